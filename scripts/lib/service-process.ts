@@ -1,0 +1,105 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Starts a Conveyor service from its TypeScript source as a child process (as `make run`, the
+ * integration tests and the benchmarks do) and follows its JSON log lines.
+ */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+export const ENTRIES = {
+  gateway: 'services/gateway/src/main.ts',
+  'inference-worker': 'services/inference-worker/src/main.ts',
+} as const;
+export type ServiceName = keyof typeof ENTRIES;
+
+export type LogRecord = Record<string, unknown> & { msg?: string; level?: string };
+
+export interface ServiceProcess {
+  readonly name: string;
+  readonly child: ChildProcess;
+  /** Every log record so far (non-JSON lines are kept as `{ msg: line }`). */
+  readonly records: LogRecord[];
+  readonly exited: Promise<number | null>;
+  waitFor(predicate: (record: LogRecord) => boolean, timeoutMs?: number): Promise<LogRecord>;
+  /** Sends a signal and waits for the exit code (SIGKILL after `timeoutMs`). */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
+}
+
+export function spawnService(
+  service: ServiceName,
+  env: Record<string, string>,
+  options: { label?: string; onRecord?: (record: LogRecord, raw: string) => void; nodeArgs?: string[] } = {},
+): ServiceProcess {
+  const child = spawn(
+    process.execPath,
+    ['--conditions=conveyor-source', '--import', 'tsx', ...(options.nodeArgs ?? []), path.join(ROOT, ENTRIES[service])],
+    { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const records: LogRecord[] = [];
+  const watchers = new Set<{ predicate: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }>();
+  const onLine = (line: string) => {
+    if (!line.trim()) return;
+    let record: LogRecord;
+    try {
+      record = JSON.parse(line) as LogRecord;
+    } catch {
+      record = { msg: line };
+    }
+    records.push(record);
+    options.onRecord?.(record, line);
+    for (const w of watchers) {
+      if (w.predicate(record)) {
+        watchers.delete(w);
+        w.resolve(record);
+      }
+    }
+  };
+  createInterface({ input: child.stdout! }).on('line', onLine);
+  createInterface({ input: child.stderr! }).on('line', onLine);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+
+  return {
+    name: options.label ?? service,
+    child,
+    records,
+    exited,
+    waitFor(predicate, timeoutMs = 20_000) {
+      const seen = records.find(predicate);
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const watcher = { predicate, resolve };
+        watchers.add(watcher);
+        const timer = setTimeout(() => {
+          watchers.delete(watcher);
+          const tail = records
+            .slice(-15)
+            .map((r) => JSON.stringify(r))
+            .join('\n');
+          reject(new Error(`${options.label ?? service}: no matching log line within ${timeoutMs} ms; last lines:\n${tail}`));
+        }, timeoutMs);
+        void exited.then((code) => {
+          if (!watchers.has(watcher)) return;
+          watchers.delete(watcher);
+          clearTimeout(timer);
+          reject(new Error(`${options.label ?? service} exited with ${code} before the expected log line`));
+        });
+        const original = watcher.resolve;
+        watcher.resolve = (r) => {
+          clearTimeout(timer);
+          original(r);
+        };
+      });
+    },
+    async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}

@@ -1,0 +1,38 @@
+import Router from '@koa/router';
+import Koa from 'koa';
+import type { Redis } from 'ioredis';
+import type { Keys } from '@conveyor/shared/contract/queue.contract';
+import type { Logger } from '@conveyor/shared/logger';
+import type { GatewayState } from './http/context.js';
+import type { HttpMetrics } from './http/metrics.js';
+import { problemMiddleware } from './http/problem.middleware.js';
+import { requestContext } from './http/request-context.middleware.js';
+import type { JobLookup } from './jobs/job-lookup.js';
+import { registerJobRoutes } from './routes/jobs.route.js';
+import { registerOpsRoutes } from './routes/ops.route.js';
+import { registerPredictRoute, type PredictDeps } from './routes/predict.route.js';
+
+export interface AppDeps extends PredictDeps {
+  readonly log: Logger;
+  readonly redis: Redis;
+  readonly keys: Keys;
+  readonly lookup: JobLookup;
+  readonly trustProxy: boolean;
+}
+
+/** The Koa application, built from its dependencies (main.ts wires real ones; tests may too). */
+export function createApp(deps: AppDeps): Koa<GatewayState> {
+  const app = new Koa<GatewayState>({ proxy: deps.trustProxy });
+  const router = new Router<GatewayState>();
+  registerPredictRoute(router, deps);
+  registerJobRoutes(router, deps.lookup);
+  registerOpsRoutes(router, deps);
+
+  app.use(requestContext(deps.log, deps.metrics));
+  app.use(problemMiddleware());
+  app.use(router.routes());
+  app.use(router.allowedMethods({ throw: true }));
+  // Errors are answered by problemMiddleware; this only sees failures writing to the socket.
+  app.on('error', (error: Error) => deps.log.debug({ err: error }, 'response stream error'));
+  return app;
+}

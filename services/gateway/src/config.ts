@@ -1,0 +1,45 @@
+import { z } from 'zod';
+import { env, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
+
+export const GatewayConfig = z
+  .object({
+    ...redisConfigShape,
+    ...logConfigShape,
+    ...resultConfigShape,
+    PORT: env.int(8080, 0, 65535, 'HTTP port of the gateway'),
+    HOST: env.string('0.0.0.0', 'Interface the gateway listens on'),
+    MAX_UPLOAD_BYTES: env.int(
+      3 * 1024 * 1024,
+      1024,
+      100 * 1024 * 1024,
+      'Largest accepted image, in bytes (uploads and URL downloads); larger → 413',
+    ),
+    MAX_IMAGE_PIXELS: env.int(
+      40_000_000,
+      1,
+      1_000_000_000,
+      'Largest accepted width × height; larger (decompression bombs) → 422 before decoding',
+    ),
+    SYNC_WAIT_DEFAULT_SECONDS: env.number(10, 0, 300, 'How long a synchronous request waits for its result before answering 202'),
+    SYNC_WAIT_MAX_SECONDS: env.number(30, 0, 300, 'Cap on `Prefer: wait=<seconds>`'),
+    MAX_QUEUE_DEPTH: env.int(
+      10_000,
+      1,
+      10_000_000,
+      'Waiting jobs beyond which new requests get 503 + Retry-After instead of queueing',
+    ),
+    URL_CONNECT_TIMEOUT_MS: env.int(2000, 50, 60_000, 'Connect timeout when fetching an image URL'),
+    URL_TOTAL_TIMEOUT_MS: env.int(5000, 100, 120_000, 'Total time allowed to fetch an image URL, redirects included'),
+    URL_MAX_REDIRECTS: env.int(3, 0, 10, 'Redirects followed when fetching an image URL (each hop is checked)'),
+    URL_ALLOW_CIDRS: env.list(
+      '',
+      'Comma-separated IPs/CIDRs that image URLs may resolve to even though they are private, loopback or link-local (default: none)',
+    ),
+    TRUST_PROXY: env.bool(false, 'Trust X-Forwarded-* headers (behind a reverse proxy)'),
+    SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed for in-flight requests before the process exits'),
+  })
+  .refine((c) => c.SYNC_WAIT_DEFAULT_SECONDS <= c.SYNC_WAIT_MAX_SECONDS, {
+    message: 'SYNC_WAIT_DEFAULT_SECONDS must not exceed SYNC_WAIT_MAX_SECONDS',
+    path: ['SYNC_WAIT_DEFAULT_SECONDS'],
+  });
+export type GatewayConfig = z.infer<typeof GatewayConfig>;

@@ -1,0 +1,84 @@
+import type { Middleware } from 'koa';
+import { problemCatalogue, problemType, ProblemError, type ProblemSlug } from '@conveyor/shared/problem';
+import type { GatewayContext, GatewayState } from './context.js';
+
+/**
+ * The one error handler, first in the chain: every failure leaves as RFC 9457 problem details
+ * with the request id. Client mistakes keep their 4xx; anything unexpected is logged with its
+ * stack and answered as a bare 500 that leaks nothing.
+ */
+export function problemMiddleware(): Middleware<GatewayState> {
+  return async (ctx, next) => {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) {
+        throw new ProblemError('not-found', `No route for ${ctx.method} ${ctx.path}`);
+      }
+    } catch (error) {
+      const problem = toProblem(error);
+      if (problem.status >= 500 && !(error instanceof ProblemError)) {
+        ctx.state.log.error({ err: error }, 'unhandled error');
+      }
+      sendProblem(ctx, problem);
+    }
+  };
+}
+
+export function sendProblem(ctx: GatewayContext, problem: ProblemError): void {
+  const { retryAfterSeconds, allow, ...extra } = problem.extra as { retryAfterSeconds?: number; allow?: string };
+  ctx.status = problem.status;
+  ctx.type = 'application/problem+json';
+  if (retryAfterSeconds !== undefined) ctx.set('Retry-After', String(retryAfterSeconds));
+  if (allow !== undefined) ctx.set('Allow', allow);
+  ctx.body = {
+    type: problemType(problem.slug),
+    title: problemCatalogue[problem.slug].title,
+    status: problem.status,
+    detail: problem.detail,
+    instance: ctx.originalUrl,
+    requestId: ctx.state.requestId,
+    ...(ctx.state.jobId ? { jobId: ctx.state.jobId } : {}),
+    ...extra,
+  };
+}
+
+/** Maps what libraries throw (koa-body/formidable, co-body, the router, ioredis) to problems. */
+export function toProblem(error: unknown): ProblemError {
+  if (error instanceof ProblemError) return error;
+  const e = (error ?? {}) as {
+    status?: unknown;
+    statusCode?: unknown;
+    httpCode?: unknown;
+    message?: unknown;
+    code?: unknown;
+    headers?: unknown;
+  };
+  const message = typeof e.message === 'string' ? e.message : 'Unexpected error';
+  // formidable sets httpCode but no status: without this mapping Koa answers 500.
+  const status = [e.status, e.statusCode, e.httpCode].find((v): v is number => typeof v === 'number');
+  if (status === 413) return new ProblemError('payload-too-large', 'The request body is larger than the limit');
+  if (status === 415) return new ProblemError('unsupported-media-type', message);
+  if (status === 405) {
+    const allow = (e.headers as Record<string, string> | undefined)?.Allow;
+    return new ProblemError('method-not-allowed', message, allow ? { allow } : {});
+  }
+  if (status === 404) return new ProblemError('not-found', message);
+  if (status !== undefined && status >= 400 && status < 500)
+    return new ProblemError('invalid-request', cleanParserMessage(message));
+  if (isRedisUnavailable(error)) {
+    return new ProblemError('not-ready', 'The queue is unavailable; retry shortly', { retryAfterSeconds: 2 });
+  }
+  return new ProblemError('internal', 'Internal error');
+}
+
+function cleanParserMessage(message: string): string {
+  if (/Unexpected token|JSON/i.test(message)) return 'The body is not valid JSON';
+  return message;
+}
+
+function isRedisUnavailable(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : '';
+  return /enableOfflineQueue|Connection is closed|ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest/i.test(message);
+}
+
+export const problemSlugList: readonly ProblemSlug[] = Object.keys(problemCatalogue) as ProblemSlug[];

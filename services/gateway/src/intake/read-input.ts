@@ -1,0 +1,136 @@
+import { Writable } from 'node:stream';
+import type { File } from 'formidable';
+import { koaBody } from 'koa-body';
+import type { Middleware } from 'koa';
+import getRawBody from 'raw-body';
+import { z } from 'zod';
+import { ProblemError } from '@conveyor/shared/problem';
+import type { GatewayContext, GatewayState } from '../http/context.js';
+
+/**
+ * Where an HTTP request becomes image bytes or an image URL. Three shapes are accepted:
+ * multipart/form-data with a `file` (or a `url`) field, a JSON body `{ "url": … }`, and a raw
+ * image body (`Content-Type: image/*` or `application/octet-stream`). Size limits are enforced
+ * while the body streams in, and a declared Content-Length over the limit is refused unread.
+ */
+export type PredictInput =
+  { readonly kind: 'upload'; readonly bytes: Buffer; readonly filename?: string } | { readonly kind: 'url'; readonly url: URL };
+
+/** Multipart framing (boundaries, part headers) on top of the file itself. */
+const MULTIPART_SLACK = 16 * 1024;
+const files = new WeakMap<File, Buffer[]>();
+
+/** koa-body for the predict route only: uploads are kept in memory, never written to disk. */
+export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
+  const parser = koaBody({
+    multipart: true,
+    json: true,
+    urlencoded: false,
+    text: false,
+    jsonLimit: 16 * 1024,
+    formidable: {
+      maxFiles: 1,
+      maxFields: 4,
+      maxFieldsSize: 8 * 1024,
+      maxFileSize: maxBytes,
+      maxTotalFileSize: maxBytes,
+      allowEmptyFiles: false,
+      fileWriteStreamHandler: (file?: unknown) => {
+        const chunks: Buffer[] = [];
+        files.set(file as File, chunks);
+        return new Writable({
+          write(chunk: Buffer, _encoding, done) {
+            chunks.push(chunk);
+            done();
+          },
+        });
+      },
+    },
+  });
+  return async (ctx, next) => {
+    const declared = Number(ctx.get('content-length') || NaN);
+    if (declared > maxBytes + (ctx.is('multipart') ? MULTIPART_SLACK : 0)) {
+      throw tooLarge(maxBytes);
+    }
+    if (ctx.is('image/*', 'application/octet-stream')) {
+      try {
+        const bytes = await getRawBody(ctx.req, { limit: maxBytes, length: ctx.get('content-length') || undefined });
+        ctx.state.rawUpload = bytes;
+      } catch (error) {
+        if ((error as { status?: number }).status === 413) throw tooLarge(maxBytes);
+        throw error;
+      }
+      return next();
+    }
+    try {
+      await parser(ctx, next as () => Promise<void>);
+    } catch (error) {
+      const e = error as { httpCode?: number; code?: number; message?: string };
+      // formidable reports limits with httpCode (no status); the file limit is the one users hit.
+      if (e.httpCode === 413 && /maxFiles/.test(e.message ?? '')) {
+        throw new ProblemError('invalid-request', 'Send one file per request, in the `file` field');
+      }
+      if (e.httpCode === 413 && /FileSize/.test(e.message ?? '')) throw tooLarge(maxBytes);
+      throw error;
+    }
+  };
+}
+
+const JsonBody = z.object({ url: z.string().min(1).max(4096) });
+
+export function readPredictInput(ctx: GatewayContext): PredictInput {
+  const raw = ctx.state.rawUpload;
+  if (raw) {
+    if (raw.length === 0) throw new ProblemError('invalid-request', 'The request body is empty');
+    return { kind: 'upload', bytes: raw };
+  }
+  if (ctx.is('multipart')) {
+    const fields = (ctx.request.body ?? {}) as Record<string, unknown>;
+    const upload = ctx.request.files?.file;
+    const url = typeof fields.url === 'string' ? fields.url : undefined;
+    if (upload && url) throw new ProblemError('invalid-request', 'Send either a `file` or a `url`, not both');
+    if (url) return { kind: 'url', url: parseImageUrl(url) };
+    if (!upload || Array.isArray(upload)) {
+      const other = Object.keys(ctx.request.files ?? {}).filter((k) => k !== 'file');
+      throw new ProblemError(
+        'invalid-request',
+        other.length
+          ? `Expected the image in the \`file\` field, got ${other.map((k) => `\`${k}\``).join(', ')}`
+          : 'Expected a `file` (or `url`) field',
+      );
+    }
+    const chunks = files.get(upload) ?? [];
+    return {
+      kind: 'upload',
+      bytes: Buffer.concat(chunks),
+      ...(upload.originalFilename ? { filename: upload.originalFilename.slice(0, 256) } : {}),
+    };
+  }
+  if (ctx.is('json')) {
+    const parsed = JsonBody.safeParse(ctx.request.body);
+    if (!parsed.success) throw new ProblemError('invalid-request', 'Expected a JSON body like {"url": "https://…"}');
+    return { kind: 'url', url: parseImageUrl(parsed.data.url) };
+  }
+  throw new ProblemError(
+    'unsupported-media-type',
+    `Send multipart/form-data (field \`file\` or \`url\`), application/json {"url": …}, or the raw image bytes; got ${ctx.get('content-type') || 'no Content-Type'}`,
+  );
+}
+
+export function parseImageUrl(text: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ProblemError('invalid-request', 'The url is not a valid absolute URL');
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ProblemError('url-not-allowed', `Only http and https URLs are fetched, not ${url.protocol.replace(':', '')}`);
+  }
+  if (url.username || url.password) throw new ProblemError('url-not-allowed', 'URLs with credentials are not fetched');
+  return url;
+}
+
+export function tooLarge(maxBytes: number): ProblemError {
+  return new ProblemError('payload-too-large', `The image must be at most ${maxBytes} bytes`, { limitBytes: maxBytes });
+}

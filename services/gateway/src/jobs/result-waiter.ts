@@ -1,0 +1,121 @@
+import type { Redis } from 'ioredis';
+import { JobResult, ReplyMessage, type Keys } from '@conveyor/shared/contract/queue.contract';
+import type { Logger } from '@conveyor/shared/logger';
+
+/**
+ * Delivers finished jobs to the requests waiting for them, without missing any.
+ *
+ * BullMQ's QueueEvents is a trimmed stream and best-effort, so it is not used. Instead each worker
+ * stores the result under its own key and publishes a reply on this gateway instance's channel; one
+ * subscriber connection serves every waiter. A waiter is registered before its job is queued, so no
+ * reply can arrive early. Pub/sub itself is fire-and-forget (a reconnect can drop messages), so a
+ * sweep re-reads the stored results of long waiters every `sweepMs` and right after a reconnect:
+ * a completion can be delayed by at most one sweep, never lost.
+ */
+export interface Ticket {
+  /** Resolves with the result, or undefined when the wait ran out or was abandoned. */
+  wait(timeoutMs: number, signal?: AbortSignal): Promise<JobResult | undefined>;
+  cancel(): void;
+}
+
+interface Pending {
+  readonly registeredAt: number;
+  settle(result: JobResult | undefined): void;
+  result?: JobResult;
+}
+
+export class ResultWaiter {
+  private readonly pending = new Map<string, Pending>();
+  private timer: NodeJS.Timeout | undefined;
+  private sweeping = false;
+
+  constructor(
+    private readonly subscriber: Redis,
+    private readonly reader: Redis,
+    private readonly keys: Keys,
+    readonly gatewayId: string,
+    private readonly log: Logger,
+    private readonly sweepMs = 1000,
+  ) {}
+
+  get waiting(): number {
+    return this.pending.size;
+  }
+
+  async start(): Promise<void> {
+    this.subscriber.on('message', (_channel: string, message: string) => this.onMessage(message));
+    // ioredis resubscribes by itself after a reconnect; whatever was published meanwhile is re-read.
+    this.subscriber.on('ready', () => void this.sweep(0));
+    await this.subscriber.subscribe(this.keys.replies(this.gatewayId));
+    this.timer = setInterval(() => void this.sweep(this.sweepMs), this.sweepMs);
+    this.timer.unref();
+  }
+
+  register(jobId: string): Ticket {
+    let resolve: (r: JobResult | undefined) => void = () => undefined;
+    const settled = new Promise<JobResult | undefined>((r) => (resolve = r));
+    const entry: Pending = {
+      registeredAt: Date.now(),
+      settle: (result) => {
+        if (this.pending.get(jobId) !== entry) return;
+        this.pending.delete(jobId);
+        resolve(result);
+      },
+    };
+    this.pending.set(jobId, entry);
+    return {
+      wait: async (timeoutMs, signal) => {
+        const timer = setTimeout(() => entry.settle(undefined), timeoutMs);
+        const abort = () => entry.settle(undefined);
+        signal?.addEventListener('abort', abort, { once: true });
+        try {
+          return await settled;
+        } finally {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', abort);
+        }
+      },
+      cancel: () => entry.settle(undefined),
+    };
+  }
+
+  /** Answers every waiter with "not yet" (they reply 202; the jobs go on) and unsubscribes. */
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    for (const entry of [...this.pending.values()]) entry.settle(undefined);
+    if (this.subscriber.status === 'ready') await this.subscriber.unsubscribe();
+  }
+
+  private onMessage(message: string): void {
+    let parsed: ReplyMessage;
+    try {
+      parsed = ReplyMessage.parse(JSON.parse(message));
+    } catch (error) {
+      this.log.warn({ err: error }, 'ignoring a malformed reply');
+      return;
+    }
+    this.pending.get(parsed.result.id)?.settle(parsed.result);
+  }
+
+  private async sweep(minAgeMs: number): Promise<void> {
+    if (this.sweeping || this.pending.size === 0 || this.reader.status !== 'ready') return;
+    this.sweeping = true;
+    try {
+      const cutoff = Date.now() - minAgeMs;
+      const ids = [...this.pending.entries()].filter(([, p]) => p.registeredAt <= cutoff).map(([id]) => id);
+      for (let i = 0; i < ids.length; i += 500) {
+        const batch = ids.slice(i, i + 500);
+        const values = await this.reader.mget(batch.map((id) => this.keys.result(id)));
+        values.forEach((value, j) => {
+          if (value === null) return;
+          const result = JobResult.safeParse(JSON.parse(value));
+          if (result.success) this.pending.get(batch[j]!)?.settle(result.data);
+        });
+      }
+    } catch (error) {
+      this.log.warn({ err: error }, 'result sweep failed; retrying on the next tick');
+    } finally {
+      this.sweeping = false;
+    }
+  }
+}

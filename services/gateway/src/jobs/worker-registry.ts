@@ -1,0 +1,14 @@
+import type { Redis } from 'ioredis';
+import { WorkerHeartbeat, type Keys } from '@conveyor/shared/contract/queue.contract';
+
+/** Workers whose heartbeat has not expired, with the model each one serves. */
+export async function liveWorkers(redis: Redis, keys: Keys): Promise<WorkerHeartbeat[]> {
+  const ids = await redis.zrangebyscore(keys.workers, Date.now(), '+inf');
+  if (ids.length === 0) return [];
+  const values = await redis.mget(ids.map((id) => keys.worker(id)));
+  return values.flatMap((value) => {
+    if (value === null) return [];
+    const parsed = WorkerHeartbeat.safeParse(JSON.parse(value));
+    return parsed.success ? [parsed.data] : [];
+  });
+}

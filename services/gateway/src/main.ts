@@ -1,0 +1,89 @@
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import os from 'node:os';
+import { Queue } from 'bullmq';
+import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { loadConfig } from '@conveyor/shared/config';
+import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
+import { createLogger } from '@conveyor/shared/logger';
+import { restrictDecoders } from '@conveyor/shared/model/decoders';
+import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { createApp } from './app.js';
+import { GatewayConfig } from './config.js';
+import { HttpMetrics } from './http/metrics.js';
+import { createImageFetcher } from './intake/fetch-image.js';
+import { Admission } from './jobs/admission.js';
+import { JobLookup } from './jobs/job-lookup.js';
+import { JobSubmitter } from './jobs/job-submitter.js';
+import { ResultWaiter } from './jobs/result-waiter.js';
+
+const config = loadConfig(GatewayConfig);
+const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+const log = createLogger('gateway', config.LOG_LEVEL);
+restrictDecoders();
+
+const keys = keysOf(config.REDIS_PREFIX);
+const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`);
+const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`);
+await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
+
+const queue = new Queue(QUEUES.inference, {
+  connection: createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`),
+  prefix: config.REDIS_PREFIX,
+});
+const admission = new Admission(queue, config.MAX_QUEUE_DEPTH);
+const metrics = new HttpMetrics(() => admission.waiting());
+const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));
+await waiter.start();
+
+const app = createApp({
+  config,
+  log,
+  redis,
+  keys,
+  metrics,
+  admission,
+  waiter,
+  trustProxy: config.TRUST_PROXY,
+  lookup: new JobLookup(queue, redis, keys),
+  submitter: new JobSubmitter(queue, redis, keys, config.INPUT_TTL_SECONDS),
+  fetchImage: createImageFetcher({
+    maxBytes: config.MAX_UPLOAD_BYTES,
+    connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,
+    totalTimeoutMs: config.URL_TOTAL_TIMEOUT_MS,
+    maxRedirects: config.URL_MAX_REDIRECTS,
+    allowCidrs: config.URL_ALLOW_CIDRS,
+  }),
+});
+
+const server = createServer(app.callback());
+// A request may legitimately wait SYNC_WAIT_MAX_SECONDS for its result; slow uploads may not linger forever.
+server.requestTimeout = (config.SYNC_WAIT_MAX_SECONDS + 30) * 1000;
+server.headersTimeout = 15_000;
+const closed = new Promise<void>((resolve) => server.on('close', resolve));
+
+const shutdown = installShutdown(
+  log,
+  [
+    {
+      name: 'stop accepting connections',
+      run: async () => {
+        server.close();
+        server.closeIdleConnections();
+      },
+    },
+    // Requests still waiting for a result get their 202 now; their jobs carry on without them.
+    { name: 'release waiting requests', run: () => waiter.close() },
+    { name: 'finish in-flight requests', run: () => closed },
+    { name: 'queue', run: () => queue.close() },
+    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber)]) },
+  ],
+  config.SHUTDOWN_BUDGET_MS,
+);
+installCrashHandlers(log, shutdown);
+
+server.listen(config.PORT, config.HOST, () => {
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.PORT;
+  log.info({ port, host: config.HOST, gatewayId }, 'gateway listening');
+});

@@ -1,0 +1,44 @@
+import type Router from '@koa/router';
+import { z } from 'zod';
+import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
+import type { GatewayState } from '../http/context.js';
+import type { JobLookup } from '../jobs/job-lookup.js';
+
+const JobId = z.uuid();
+
+/** GET /v1/jobs/:id: status while queued or running, the result (or error) once finished. */
+export function registerJobRoutes(router: Router<GatewayState>, lookup: JobLookup): void {
+  router.get('/v1/jobs/:id', async (ctx) => {
+    const id = ctx.params.id ?? '';
+    const view = JobId.safeParse(id).success ? await lookup.find(id) : undefined;
+    if (!view) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
+    ctx.state.jobId = id;
+    ctx.state.log = ctx.state.log.child({ jobId: id });
+    switch (view.kind) {
+      case 'pending':
+        ctx.set('Retry-After', '1');
+        ctx.body = { id, status: view.status };
+        return;
+      case 'finished':
+        ctx.body = view.result;
+        return;
+      case 'lost':
+        ctx.body = lostJob(id, view.reason);
+        return;
+    }
+  });
+}
+
+function lostJob(id: string, reason: string) {
+  return {
+    id,
+    status: 'failed',
+    error: {
+      type: problemType('inference-failed'),
+      title: problemCatalogue['inference-failed'].title,
+      status: 500,
+      detail: reason,
+      slug: 'inference-failed',
+    },
+  };
+}

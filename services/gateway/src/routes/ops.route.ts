@@ -1,0 +1,67 @@
+import type Router from '@koa/router';
+import type { Redis } from 'ioredis';
+import type { Keys } from '@conveyor/shared/contract/queue.contract';
+import { problemCatalogue, problemType, ProblemError, type ProblemSlug } from '@conveyor/shared/problem';
+import type { GatewayState } from '../http/context.js';
+import type { HttpMetrics } from '../http/metrics.js';
+import { liveWorkers } from '../jobs/worker-registry.js';
+
+/**
+ * /health: the process is alive. /ready: Redis answers and at least one worker with a loaded
+ * model is alive (503 otherwise, so a load balancer holds traffic). /metrics: Prometheus.
+ * /problems/:slug: what each problem type means.
+ */
+export function registerOpsRoutes(router: Router<GatewayState>, deps: { redis: Redis; keys: Keys; metrics: HttpMetrics }): void {
+  router.get('/health', (ctx) => {
+    ctx.body = { status: 'ok' };
+  });
+
+  router.get('/ready', async (ctx) => {
+    const started = performance.now();
+    let redisOk = false;
+    let workers: Awaited<ReturnType<typeof liveWorkers>> = [];
+    try {
+      await withTimeout(deps.redis.ping(), 1000);
+      redisOk = true;
+      workers = await withTimeout(liveWorkers(deps.redis, deps.keys), 1000);
+    } catch (error) {
+      ctx.state.log.warn({ err: error }, 'readiness check failed');
+    }
+    const ready = redisOk && workers.length > 0;
+    ctx.status = ready ? 200 : 503;
+    ctx.body = {
+      status: ready ? 'ready' : 'not-ready',
+      redis: { ok: redisOk, latencyMs: Math.round((performance.now() - started) * 100) / 100 },
+      workers: workers.map((w) => ({
+        id: w.id,
+        model: w.model,
+        concurrency: w.concurrency,
+        processed: w.processed,
+        lastSeen: w.at,
+      })),
+    };
+  });
+
+  router.get('/metrics', async (ctx) => {
+    ctx.type = deps.metrics.registry.contentType;
+    ctx.body = await deps.metrics.registry.metrics();
+  });
+
+  router.get('/problems/:slug', (ctx) => {
+    const slug = ctx.params.slug as ProblemSlug;
+    if (!Object.hasOwn(problemCatalogue, slug)) throw new ProblemError('not-found', `No problem type ${slug}`);
+    ctx.body = { type: problemType(slug), ...problemCatalogue[slug] };
+  });
+}
+
+async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,121 @@
+import { randomUUID } from 'node:crypto';
+import type Router from '@koa/router';
+import type { InferenceJob } from '@conveyor/shared/contract/queue.contract';
+import { ProblemError } from '@conveyor/shared/problem';
+import type { GatewayConfig } from '../config.js';
+import type { GatewayContext, GatewayState } from '../http/context.js';
+import type { HttpMetrics } from '../http/metrics.js';
+import { parsePrefer } from '../http/prefer.js';
+import { sendProblem } from '../http/problem.middleware.js';
+import type { ImageFetcher } from '../intake/fetch-image.js';
+import { inspectImage } from '../intake/inspect-image.js';
+import { predictBodyParser, readPredictInput } from '../intake/read-input.js';
+import type { Admission } from '../jobs/admission.js';
+import type { JobSubmitter } from '../jobs/job-submitter.js';
+import type { ResultWaiter } from '../jobs/result-waiter.js';
+
+export interface PredictDeps {
+  readonly config: Pick<
+    GatewayConfig,
+    'MAX_UPLOAD_BYTES' | 'MAX_IMAGE_PIXELS' | 'SYNC_WAIT_DEFAULT_SECONDS' | 'SYNC_WAIT_MAX_SECONDS'
+  >;
+  readonly admission: Admission;
+  readonly fetchImage: ImageFetcher;
+  readonly submitter: JobSubmitter;
+  readonly waiter: ResultWaiter;
+  readonly metrics: HttpMetrics;
+}
+
+/**
+ * POST /v1/predict (and /predict): check the image, queue a job, then either answer 202 at once
+ * (`Prefer: respond-async`) or wait for the result, answering 202 anyway if the wait runs out.
+ * A job, once queued, is never dropped: the 202 says where to poll.
+ */
+export function registerPredictRoute(router: Router<GatewayState>, deps: PredictDeps): void {
+  const { config } = deps;
+  const handler = async (ctx: GatewayContext) => {
+    const acceptedAt = Date.now();
+    let input;
+    let bytes: Buffer;
+    let facts;
+    try {
+      input = readPredictInput(ctx);
+      bytes = input.kind === 'url' ? await deps.fetchImage(input.url) : input.bytes;
+      facts = await inspectImage(bytes, config.MAX_IMAGE_PIXELS);
+    } catch (error) {
+      deps.metrics.outcomes.inc({ outcome: 'rejected' });
+      throw error;
+    }
+    const prefer = parsePrefer(ctx.get('prefer'), config.SYNC_WAIT_DEFAULT_SECONDS, config.SYNC_WAIT_MAX_SECONDS);
+    const jobId = randomUUID();
+    ctx.state.jobId = jobId;
+    ctx.state.log = ctx.state.log.child({ jobId });
+    ctx.set('Preference-Applied', prefer.applied);
+
+    // Registered before the job exists, so the reply cannot arrive before anyone listens.
+    const ticket = prefer.respondAsync || prefer.waitSeconds === 0 ? undefined : deps.waiter.register(jobId);
+    const job: InferenceJob = {
+      kind: 'inference',
+      version: 1,
+      requestId: ctx.state.requestId,
+      ...(ticket ? { replyTo: deps.waiter.gatewayId } : {}),
+      acceptedAt,
+      input: {
+        ...facts,
+        bytes: bytes.length,
+        source:
+          input.kind === 'url'
+            ? { kind: 'url', url: input.url.href }
+            : { kind: 'upload', ...(input.filename ? { filename: input.filename } : {}) },
+      },
+    };
+    try {
+      await deps.submitter.submit(jobId, bytes, job);
+    } catch (error) {
+      ticket?.cancel();
+      throw error;
+    }
+    ctx.state.log.debug({ format: facts.format, width: facts.width, height: facts.height, bytes: bytes.length }, 'job queued');
+    if (!ticket) return accepted(ctx, jobId, deps);
+
+    // A client that hangs up stops the wait, not the job.
+    const gone = new AbortController();
+    const onClose = () => {
+      if (!ctx.res.writableEnded) gone.abort();
+    };
+    ctx.res.once('close', onClose);
+    const result = await ticket.wait(prefer.waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
+    if (!result) return accepted(ctx, jobId, deps);
+    if (result.status === 'completed') {
+      deps.metrics.outcomes.inc({ outcome: 'completed' });
+      ctx.status = 200;
+      ctx.body = result;
+      return;
+    }
+    deps.metrics.outcomes.inc({ outcome: 'failed' });
+    sendProblem(ctx, new ProblemError(result.error.slug, result.error.detail));
+  };
+  router.post('/v1/predict', admit(deps), predictBodyParser(config.MAX_UPLOAD_BYTES), handler);
+  router.post('/predict', admit(deps), predictBodyParser(config.MAX_UPLOAD_BYTES), handler);
+}
+
+function admit(deps: PredictDeps) {
+  return async (_ctx: GatewayContext, next: () => Promise<unknown>) => {
+    try {
+      await deps.admission.admit();
+    } catch (error) {
+      deps.metrics.outcomes.inc({ outcome: 'rejected' });
+      throw error;
+    }
+    await next();
+  };
+}
+
+function accepted(ctx: GatewayContext, jobId: string, deps: PredictDeps): void {
+  deps.metrics.outcomes.inc({ outcome: 'accepted' });
+  const location = `/v1/jobs/${jobId}`;
+  ctx.status = 202;
+  ctx.set('Location', location);
+  ctx.set('Retry-After', '1');
+  ctx.body = { id: jobId, status: 'queued', requestId: ctx.state.requestId, links: { self: location } };
+}

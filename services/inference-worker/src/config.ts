@@ -1,0 +1,39 @@
+import { z } from 'zod';
+import { env, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
+
+export const WorkerConfig = z.object({
+  ...redisConfigShape,
+  ...logConfigShape,
+  ...resultConfigShape,
+  MODEL_DIR: env.string('models/digits', 'Model folder (model.onnx + manifest.json) the worker serves'),
+  WORKER_CONCURRENCY: env.int(4, 1, 256, 'Jobs one worker process handles at once (decoding overlaps on libuv threads)'),
+  ORT_THREADS: env.int(1, 1, 64, 'onnxruntime intra-op threads per process; scale with processes rather than threads'),
+  SHARP_CONCURRENCY: env.int(1, 0, 64, 'libvips threads per image (0 = one per core); 1 lets concurrent jobs use the cores'),
+  MAX_IMAGE_PIXELS: env.int(40_000_000, 1, 1_000_000_000, 'Largest image (width × height) a worker will decode'),
+  TOP_K: env.int(3, 1, 100, 'Classes listed in `prediction.top`'),
+  LOCK_DURATION_MS: env.int(
+    30_000,
+    1000,
+    600_000,
+    'Job lock; a job whose worker stops renewing it (crash, SIGKILL) is retried elsewhere after this',
+  ),
+  STALLED_INTERVAL_MS: env.int(30_000, 1000, 600_000, 'How often each worker looks for stalled jobs of dead workers'),
+  SHUTDOWN_BUDGET_MS: env.int(
+    10_000,
+    100,
+    300_000,
+    'On SIGTERM, time allowed for in-flight jobs before they are handed back to the queue',
+  ),
+  HEARTBEAT_INTERVAL_MS: env.int(
+    5000,
+    100,
+    60_000,
+    'How often a worker announces itself; it counts as gone after three missed beats',
+  ),
+  PREDICTION_STREAM_MAXLEN: env.int(100_000, 100, 100_000_000, 'Approximate length the prediction event stream is trimmed to'),
+  EVENT_EMBEDDINGS: env.bool(
+    true,
+    'Publish the model embedding (when it has one) with each prediction event, for drift monitoring',
+  ),
+});
+export type WorkerConfig = z.infer<typeof WorkerConfig>;

@@ -1,0 +1,160 @@
+import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import {
+  InferenceJob,
+  type CompletedResult,
+  type FailedResult,
+  type Keys,
+  type PredictionEvent,
+} from '@conveyor/shared/contract/queue.contract';
+import type { Logger } from '@conveyor/shared/logger';
+import { preprocess } from '@conveyor/shared/model/preprocess';
+import { classify, type LoadedModel } from '@conveyor/shared/model/runtime';
+import { ProblemError, problemCatalogue, problemType } from '@conveyor/shared/problem';
+import type { ResultPublisher } from './result-publisher.js';
+
+/**
+ * Where a job becomes a prediction: fetch the image, preprocess it as the model's manifest says,
+ * run the model, publish the result and the prediction event.
+ *
+ * Bad input (a ProblemError with a 4xx status) fails the job once, for good. Anything else is
+ * transient and BullMQ retries it; the last attempt records the failure so callers are told.
+ */
+export interface ProcessorDeps {
+  readonly redis: Redis;
+  readonly keys: Keys;
+  readonly publisher: ResultPublisher;
+  /** The model to use for the next job (read per job, so a swapped model takes effect at once). */
+  readonly model: () => LoadedModel;
+  readonly workerId: string;
+  readonly maxPixels: number;
+  readonly topK: number;
+  readonly eventEmbeddings: boolean;
+  readonly log: Logger;
+  readonly stats: { processed: number; failed: number };
+}
+
+export type InferenceProcessor = (
+  job: Job,
+  token?: string,
+  signal?: AbortSignal,
+) => Promise<{ label: string } | { failed: string }>;
+
+export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcessor {
+  return async (job, token, signal) => {
+    const jobId = job.id!;
+    const attempt = job.attemptsMade + 1;
+    const parsed = InferenceJob.safeParse(job.data);
+    if (!parsed.success) {
+      // A payload that breaks the contract cannot succeed on retry; it is not poisoned forever either.
+      deps.log.error({ jobId, issues: parsed.error.issues }, 'job payload violates the contract');
+      throw new UnrecoverableError(`invalid job payload: ${parsed.error.message}`);
+    }
+    const data = parsed.data;
+    const log = deps.log.child({ jobId, requestId: data.requestId, attempt });
+    const startedAt = Date.now();
+    const clock = performance.now();
+
+    // An earlier attempt may have published the result and died before BullMQ recorded it.
+    const [[, done], [, bytes]] = (await deps.redis
+      .pipeline()
+      .exists(deps.keys.result(jobId))
+      .getBuffer(deps.keys.input(jobId))
+      .exec()) as [[Error | null, number], [Error | null, Buffer | null]];
+    if (done) {
+      log.info('already finished by an earlier attempt');
+      return { label: 'duplicate' };
+    }
+
+    const model = deps.model();
+    const modelRef = { name: model.manifest.name, version: model.manifest.version };
+    const base = {
+      id: jobId,
+      requestId: data.requestId,
+      acceptedAt: new Date(data.acceptedAt).toISOString(),
+      attempt,
+      worker: deps.workerId,
+    };
+    try {
+      if (!bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
+      await handBackIfCancelled(job, token, signal);
+      const prepared = await preprocess({ kind: 'encoded', bytes }, model.manifest, { maxPixels: deps.maxPixels });
+      const preprocessedAt = performance.now();
+      await handBackIfCancelled(job, token, signal);
+      const [output] = await model.run([prepared.tensor]);
+      const inferredAt = performance.now();
+      const prediction = classify(output!.probabilities, model.manifest.labels, deps.topK);
+      const finished = Date.now();
+      const timings = {
+        queueMs: Math.max(0, (job.processedOn ?? startedAt) - data.acceptedAt),
+        preprocessMs: ms(preprocessedAt - clock),
+        inferenceMs: ms(inferredAt - preprocessedAt),
+        totalMs: Math.max(0, finished - data.acceptedAt),
+      };
+      const input = { format: data.input.format, bytes: data.input.bytes, ...prepared.descriptors };
+      const finishedAt = new Date(finished).toISOString();
+      const result: CompletedResult = { ...base, status: 'completed', finishedAt, model: modelRef, prediction, timings, input };
+      const event: PredictionEvent = {
+        kind: 'prediction',
+        version: 1,
+        jobId,
+        requestId: data.requestId,
+        at: finishedAt,
+        model: modelRef,
+        prediction,
+        timings,
+        input,
+        ...(deps.eventEmbeddings && output!.embedding
+          ? { embedding: Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) }
+          : {}),
+      };
+      await deps.publisher.publish(result, data.replyTo, event);
+      deps.stats.processed++;
+      log.info({ label: prediction.label, confidence: prediction.confidence, model: modelRef, timings }, 'prediction');
+      return { label: prediction.label };
+    } catch (error) {
+      if (error instanceof WaitingError) throw error;
+      const problem = error instanceof ProblemError ? error : undefined;
+      const permanent = problem?.permanent ?? false;
+      const lastAttempt = attempt >= (job.opts.attempts ?? 1);
+      if (permanent || lastAttempt) {
+        const failure = problem ?? new ProblemError('inference-failed', 'The model could not process this image');
+        const result: FailedResult = {
+          ...base,
+          status: 'failed',
+          finishedAt: new Date().toISOString(),
+          model: modelRef,
+          error: {
+            type: problemType(failure.slug),
+            title: problemCatalogue[failure.slug].title,
+            status: failure.status,
+            detail: failure.detail,
+            slug: failure.slug,
+          },
+        };
+        await deps.publisher.publish(result, data.replyTo);
+        deps.stats.failed++;
+      }
+      if (permanent) {
+        log.info({ problem: problem!.slug, detail: problem!.detail }, 'rejected input');
+        throw new UnrecoverableError(problem!.message);
+      }
+      log.warn({ err: error, lastAttempt }, 'job failed; BullMQ retries it unless this was the last attempt');
+      throw error;
+    }
+  };
+}
+
+function ms(value: number): number {
+  return Math.round(value * 100) / 100;
+}
+
+/**
+ * During a shutdown whose budget ran out, jobs not yet past their expensive step go straight
+ * back to the wait list for another worker, instead of waiting for their lock to expire.
+ */
+async function handBackIfCancelled(job: Job, token: string | undefined, signal: AbortSignal | undefined): Promise<void> {
+  if (!signal?.aborted || !token) return;
+  await job.moveToWait(token);
+  throw new WaitingError();
+}

@@ -1,0 +1,91 @@
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import path from 'node:path';
+import { Worker } from 'bullmq';
+import sharp from 'sharp';
+import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { loadConfig } from '@conveyor/shared/config';
+import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
+import { createLogger } from '@conveyor/shared/logger';
+import { loadModel } from '@conveyor/shared/model/runtime';
+import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { WorkerConfig } from './config.js';
+import { drain } from './drain.js';
+import { Heartbeat } from './heartbeat.js';
+import { createInferenceProcessor } from './inference.processor.js';
+import { ResultPublisher } from './result-publisher.js';
+import { restrictDecoders } from '@conveyor/shared/model/decoders';
+
+const config = loadConfig(WorkerConfig);
+const workerId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+const log = createLogger('inference-worker', config.LOG_LEVEL).child({ workerId });
+
+restrictDecoders();
+sharp.cache(false); // every upload is new: libvips' operation cache would only hold memory
+sharp.concurrency(config.SHARP_CONCURRENCY);
+
+const model = await loadModel(path.resolve(config.MODEL_DIR), { threads: config.ORT_THREADS });
+log.info({ model: { name: model.manifest.name, version: model.manifest.version }, dir: model.dir }, 'model loaded');
+
+const keys = keysOf(config.REDIS_PREFIX);
+const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`);
+await waitForReady(redis, 30_000);
+const stats = { processed: 0, failed: 0 };
+const publisher = new ResultPublisher(redis, keys, {
+  resultTtlSeconds: config.RESULT_TTL_SECONDS,
+  streamMaxLen: config.PREDICTION_STREAM_MAXLEN,
+});
+const processor = createInferenceProcessor({
+  redis,
+  keys,
+  publisher,
+  model: () => model,
+  workerId,
+  maxPixels: config.MAX_IMAGE_PIXELS,
+  topK: config.TOP_K,
+  eventEmbeddings: config.EVENT_EMBEDDINGS,
+  log,
+  stats,
+});
+
+const worker = new Worker(QUEUES.inference, processor, {
+  connection: createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`),
+  prefix: config.REDIS_PREFIX,
+  concurrency: config.WORKER_CONCURRENCY,
+  lockDuration: config.LOCK_DURATION_MS,
+  stalledInterval: config.STALLED_INTERVAL_MS,
+  // A job may be orphaned by two crashed workers before it is declared failed.
+  maxStalledCount: 2,
+  autorun: false,
+});
+worker.on('error', (error) => log.error({ err: error }, 'worker error'));
+worker.on('stalled', (jobId) => log.warn({ jobId }, 'took over a stalled job'));
+
+const heartbeat = new Heartbeat(
+  redis,
+  keys,
+  workerId,
+  config.HEARTBEAT_INTERVAL_MS,
+  () => ({
+    model: { name: model.manifest.name, version: model.manifest.version },
+    concurrency: config.WORKER_CONCURRENCY,
+    ...stats,
+  }),
+  log,
+);
+
+const shutdown = installShutdown(
+  log,
+  [
+    { name: 'drain jobs', run: () => drain(worker, config.SHUTDOWN_BUDGET_MS, log) },
+    { name: 'heartbeat', run: () => heartbeat.stop() },
+    { name: 'model', run: () => model.close() },
+    { name: 'redis', run: () => closeRedis(redis) },
+  ],
+  config.SHUTDOWN_BUDGET_MS + 3000,
+);
+installCrashHandlers(log, shutdown);
+
+await heartbeat.start();
+void worker.run();
+log.info({ queue: QUEUES.inference, concurrency: config.WORKER_CONCURRENCY }, 'worker ready');

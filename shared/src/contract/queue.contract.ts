@@ -1,0 +1,194 @@
+import { z } from 'zod';
+import { problemSlugs } from '../problem.js';
+
+/**
+ * The contract between the gateway, the inference workers and the monitor: queue names, Redis
+ * keys, job payloads, results and events. Producers and consumers import these schemas and
+ * consumers validate what they receive. Messages are tagged by `kind` and carry a `version`.
+ *
+ * Do not rename a queue, key or stream without a migration: running processes of the previous
+ * release share them during a rolling deploy.
+ */
+export const QUEUES = {
+  inference: 'inference',
+} as const;
+
+export const STREAMS = {
+  predictions: 'stream:predictions',
+} as const;
+
+/** Redis keys other than BullMQ's own, all under the deployment prefix. */
+export function keys(prefix: string) {
+  return {
+    /** The uploaded image bytes of a job, stored as a binary string (not base64 inside job JSON). */
+    input: (jobId: string) => `${prefix}:input:${jobId}`,
+    /** The finished job (result or error), JSON, expires after RESULT_TTL_SECONDS. */
+    result: (jobId: string) => `${prefix}:result:${jobId}`,
+    /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
+    replies: (gatewayId: string) => `${prefix}:replies:${gatewayId}`,
+    /** Sorted set of live workers, scored by the time their heartbeat expires. */
+    workers: `${prefix}:workers`,
+    /** Heartbeat details of one worker, JSON, with a TTL. */
+    worker: (workerId: string) => `${prefix}:worker:${workerId}`,
+    predictions: `${prefix}:${STREAMS.predictions}`,
+  };
+}
+export type Keys = ReturnType<typeof keys>;
+
+/** The formats Conveyor accepts (sniffed from the bytes; see model/decoders.ts for the decoders allowed to run). */
+export const ImageFormat = z.enum(['jpeg', 'png', 'webp', 'gif']);
+export type ImageFormat = z.infer<typeof ImageFormat>;
+
+const JobId = z.uuid();
+const RequestId = z.string().min(1).max(128);
+
+export const InputSource = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('upload'), filename: z.string().max(256).optional() }),
+  z.object({ kind: z.literal('url'), url: z.url() }),
+]);
+
+/** The payload of an inference job. The image itself lives under `keys().input(jobId)`. */
+export const InferenceJob = z.object({
+  kind: z.literal('inference'),
+  version: z.literal(1),
+  requestId: RequestId,
+  /** The gateway instance to notify when the job finishes; absent for fire-and-poll requests. */
+  replyTo: z.string().min(1).max(64).optional(),
+  /** When the gateway accepted the request (epoch ms). */
+  acceptedAt: z.number().int().positive(),
+  input: z.object({
+    format: ImageFormat,
+    bytes: z.number().int().positive(),
+    width: z.number().int().positive(),
+    height: z.number().int().positive(),
+    source: InputSource,
+  }),
+});
+export type InferenceJob = z.infer<typeof InferenceJob>;
+
+export const ModelRef = z.object({ name: z.string(), version: z.string() });
+export type ModelRef = z.infer<typeof ModelRef>;
+
+export const Prediction = z.object({
+  label: z.string(),
+  index: z.number().int().min(0),
+  confidence: z.number().min(0).max(1),
+  top: z.array(z.object({ label: z.string(), confidence: z.number().min(0).max(1) })).min(1),
+});
+export type Prediction = z.infer<typeof Prediction>;
+
+export const Timings = z.object({
+  /** From acceptance by the gateway until a worker started the job. */
+  queueMs: z.number().min(0),
+  /** Fetching the image from Redis, decoding and preparing the tensor. */
+  preprocessMs: z.number().min(0),
+  /** The onnxruntime session run. */
+  inferenceMs: z.number().min(0),
+  /** From acceptance by the gateway until the result was stored. */
+  totalMs: z.number().min(0),
+});
+export type Timings = z.infer<typeof Timings>;
+
+export const InputDescriptors = z.object({
+  format: ImageFormat,
+  bytes: z.number().int().positive(),
+  width: z.number().int().positive(),
+  height: z.number().int().positive(),
+  brightness: z.number().min(0).max(1),
+  contrast: z.number().min(0).max(1),
+  inkRatio: z.number().min(0).max(1),
+  inverted: z.boolean(),
+});
+export type InputDescriptors = z.infer<typeof InputDescriptors>;
+
+export const ProblemBody = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int().min(400).max(599),
+  detail: z.string(),
+  slug: z.enum(problemSlugs),
+});
+export type ProblemBody = z.infer<typeof ProblemBody>;
+
+const ResultBase = z.object({
+  id: JobId,
+  requestId: RequestId,
+  acceptedAt: z.iso.datetime(),
+  finishedAt: z.iso.datetime(),
+  /** Delivery attempt that produced this record (1 = first). */
+  attempt: z.number().int().positive(),
+  worker: z.string(),
+});
+
+export const CompletedResult = ResultBase.extend({
+  status: z.literal('completed'),
+  model: ModelRef,
+  prediction: Prediction,
+  timings: Timings,
+  input: InputDescriptors,
+});
+export type CompletedResult = z.infer<typeof CompletedResult>;
+
+export const FailedResult = ResultBase.extend({
+  status: z.literal('failed'),
+  error: ProblemBody,
+  model: ModelRef.optional(),
+});
+export type FailedResult = z.infer<typeof FailedResult>;
+
+/** What `GET /v1/jobs/:id` and a synchronous `POST /v1/predict` answer for a finished job. */
+export const JobResult = z.discriminatedUnion('status', [CompletedResult, FailedResult]);
+export type JobResult = z.infer<typeof JobResult>;
+
+/** Worker → gateway, on `keys().replies(gatewayId)`. */
+export const ReplyMessage = z.object({
+  kind: z.literal('job-finished'),
+  version: z.literal(1),
+  result: JobResult,
+});
+export type ReplyMessage = z.infer<typeof ReplyMessage>;
+
+/** Worker → monitor, one entry per completed prediction on the predictions stream (field `event`). */
+export const PredictionEvent = z.object({
+  kind: z.literal('prediction'),
+  version: z.literal(1),
+  jobId: JobId,
+  requestId: RequestId,
+  at: z.iso.datetime(),
+  model: ModelRef,
+  prediction: Prediction,
+  timings: Timings,
+  input: InputDescriptors,
+  /** The model's embedding output (e.g. the penultimate layer), when its manifest declares one. */
+  embedding: z.array(z.number()).optional(),
+});
+export type PredictionEvent = z.infer<typeof PredictionEvent>;
+
+/** Worker → anyone, the value of `keys().worker(id)`: who is alive and what it serves. */
+export const WorkerHeartbeat = z.object({
+  kind: z.literal('worker-heartbeat'),
+  version: z.literal(1),
+  id: z.string(),
+  hostname: z.string(),
+  pid: z.number().int(),
+  model: ModelRef,
+  concurrency: z.number().int().positive(),
+  startedAt: z.iso.datetime(),
+  at: z.iso.datetime(),
+  processed: z.number().int().min(0),
+  failed: z.number().int().min(0),
+});
+export type WorkerHeartbeat = z.infer<typeof WorkerHeartbeat>;
+
+/** Job options every producer uses, so retries and clean-up behave the same everywhere. */
+export const INFERENCE_JOB_OPTIONS = {
+  /** Transient failures (a Redis blip, a worker crash) are retried; bad input is not (see ProblemError). */
+  attempts: 3,
+  backoff: { type: 'exponential', delay: 250 },
+  /** The result lives under keys().result with its own TTL; BullMQ's copy is not needed. */
+  removeOnComplete: true,
+  /** Failed jobs stay a day (bounded) for the dashboard; their result record expires on its own. */
+  removeOnFail: { age: 24 * 3600, count: 1000 },
+} as const;
+
+export const INFERENCE_JOB_NAME = 'predict';

@@ -1,0 +1,93 @@
+import { z } from 'zod';
+
+/**
+ * A model is a folder: `model.onnx` plus `manifest.json` described here. The worker knows nothing
+ * about a model beyond its manifest, so a new architecture, input size or colour mode is a new
+ * folder, not new code.
+ */
+export const MANIFEST_FILE = 'manifest.json';
+
+const Normalize = z
+  .object({
+    /** Applied first: pixel (0–255) × scale. */
+    scale: z
+      .number()
+      .positive()
+      .default(1 / 255),
+    /** Then (value − mean[c]) / std[c], one entry per channel. */
+    mean: z.array(z.number()).min(1).max(3),
+    std: z.array(z.number().positive()).min(1).max(3),
+  })
+  .describe('Per-channel normalisation');
+
+export const ResizePolicy = z.enum([
+  /** MNIST's own recipe: crop to the ink, fit it in a `box`×`box` square, centre by mass. */
+  'digit',
+  /** Scale to cover the input, centre-crop the overflow (the usual ImageNet recipe). */
+  'cover',
+  /** Scale to fit inside, pad with the background colour. */
+  'contain',
+  /** Stretch to the input size, ignoring aspect ratio. */
+  'fill',
+]);
+export type ResizePolicy = z.infer<typeof ResizePolicy>;
+
+export const PreprocessSpec = z
+  .object({
+    color: z.enum(['gray', 'rgb']),
+    resize: ResizePolicy,
+    /** For `digit`: the side of the square the ink is fitted into (MNIST: 20 in a 28 field). */
+    box: z.number().int().positive().optional(),
+    /**
+     * `light-on-dark`: detect the background from the border and invert dark-on-light scans so the
+     * model always sees light ink on a dark field (as MNIST does). `none`: leave pixels as they are.
+     */
+    polarity: z.enum(['light-on-dark', 'none']).default('none'),
+    /** Colour that transparent pixels are flattened onto (and `contain` pads with), as 0–255 RGB. */
+    background: z.tuple([z.number(), z.number(), z.number()]).default([255, 255, 255]),
+    normalize: Normalize,
+  })
+  .refine((p) => p.resize !== 'digit' || (p.box !== undefined && p.color === 'gray'), {
+    message: 'the digit policy needs a box size and gray colour',
+  });
+export type PreprocessSpec = z.infer<typeof PreprocessSpec>;
+
+export const ModelManifest = z
+  .object({
+    schema: z.literal('conveyor.model/v1'),
+    name: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/),
+    version: z.string().min(1),
+    description: z.string().optional(),
+    file: z.string().default('model.onnx'),
+    /** sha256 of the ONNX file; checked when the model is loaded. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    input: z.object({
+      name: z.string(),
+      layout: z.enum(['NCHW', 'NHWC']),
+      channels: z.union([z.literal(1), z.literal(3)]),
+      height: z.number().int().positive(),
+      width: z.number().int().positive(),
+    }),
+    output: z.object({
+      name: z.string(),
+      /** `probabilities` are used as they are; `logits` go through a softmax first. */
+      kind: z.enum(['probabilities', 'logits']),
+      /** An optional second output (e.g. the penultimate layer) published for drift monitoring. */
+      embedding: z.string().optional(),
+    }),
+    preprocess: PreprocessSpec,
+    labels: z.array(z.string().min(1)).min(2),
+    /** Figures measured when the model was built, e.g. `{ testAccuracy: 0.981 }`. */
+    metrics: z.record(z.string(), z.number()).default({}),
+    /** Free-form provenance: dataset hash, seed, git commit, training run id. */
+    training: z.record(z.string(), z.unknown()).default({}),
+  })
+  .refine((m) => (m.preprocess.color === 'gray' ? 1 : 3) === m.input.channels, {
+    message: 'preprocess.color must match input.channels (gray = 1, rgb = 3)',
+  })
+  .refine(
+    (m) => m.preprocess.normalize.mean.length === m.input.channels && m.preprocess.normalize.std.length === m.input.channels,
+    { message: 'normalize.mean and normalize.std need one entry per input channel' },
+  );
+export type ModelManifest = z.infer<typeof ModelManifest>;
+export type ModelManifestInput = z.input<typeof ModelManifest>;

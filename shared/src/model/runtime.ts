@@ -1,0 +1,143 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import ort from 'onnxruntime-node';
+import { MANIFEST_FILE, ModelManifest } from './manifest.js';
+
+/**
+ * A loaded model: its manifest and an onnxruntime session. Shared by the worker (serving) and the
+ * trainer (offline evaluation), so both score an ONNX file with exactly the same code.
+ */
+export interface Classification {
+  label: string;
+  index: number;
+  confidence: number;
+  top: { label: string; confidence: number }[];
+}
+
+export interface ModelOutput {
+  probabilities: Float32Array;
+  embedding?: Float32Array;
+}
+
+export interface LoadedModel {
+  readonly manifest: ModelManifest;
+  readonly dir: string;
+  /** Runs a batch of preprocessed images (each laid out as the model's input without batch axis). */
+  run(images: readonly Float32Array[]): Promise<ModelOutput[]>;
+  close(): Promise<void>;
+}
+
+export interface LoadOptions {
+  /** onnxruntime intra-op threads. 1 per process, scaled by processes, gave the best throughput. */
+  readonly threads?: number;
+}
+
+export class ModelLoadError extends Error {
+  override readonly name = 'ModelLoadError';
+}
+
+export async function readManifest(dir: string): Promise<ModelManifest> {
+  const file = path.join(dir, MANIFEST_FILE);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new ModelLoadError(`cannot read ${file}: ${(error as Error).message}`);
+  }
+  const parsed = ModelManifest.safeParse(JSON.parse(text));
+  if (!parsed.success) {
+    throw new ModelLoadError(
+      `invalid manifest ${file}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
+  }
+  return parsed.data;
+}
+
+export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
+  const manifest = await readManifest(dir);
+  const bytes = await readFile(path.join(dir, manifest.file));
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  if (sha256 !== manifest.sha256) {
+    throw new ModelLoadError(`${manifest.file} in ${dir} has sha256 ${sha256}, the manifest says ${manifest.sha256}`);
+  }
+  const session = await ort.InferenceSession.create(bytes, {
+    intraOpNumThreads: options.threads ?? 1,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+    // Idle onnxruntime threads spin by default and burn a core each; serving processes share cores.
+    extra: { session: { 'intra_op.allow_spinning': '0', 'inter_op.allow_spinning': '0' } },
+  });
+  const { input, output } = manifest;
+  for (const name of [output.name, ...(output.embedding ? [output.embedding] : [])]) {
+    if (!session.outputNames.includes(name)) {
+      throw new ModelLoadError(`the manifest names output "${name}", the model has ${session.outputNames.join(', ')}`);
+    }
+  }
+  if (!session.inputNames.includes(input.name)) {
+    throw new ModelLoadError(`the manifest names input "${input.name}", the model has ${session.inputNames.join(', ')}`);
+  }
+  const imageSize = input.channels * input.height * input.width;
+  const dims = (n: number) =>
+    input.layout === 'NCHW' ? [n, input.channels, input.height, input.width] : [n, input.height, input.width, input.channels];
+  const fetches = output.embedding ? [output.name, output.embedding] : [output.name];
+
+  const model: LoadedModel = {
+    manifest,
+    dir,
+    async run(images) {
+      if (images.length === 0) return [];
+      const batch = new Float32Array(images.length * imageSize);
+      images.forEach((image, i) => {
+        if (image.length !== imageSize) throw new Error(`expected ${imageSize} values per image, got ${image.length}`);
+        batch.set(image, i * imageSize);
+      });
+      const results = await session.run({ [input.name]: new ort.Tensor('float32', batch, dims(images.length)) }, fetches);
+      const scores = results[output.name]!.data as Float32Array;
+      const classes = scores.length / images.length;
+      const embedding = output.embedding ? (results[output.embedding]!.data as Float32Array) : undefined;
+      const width = embedding ? embedding.length / images.length : 0;
+      return images.map((_, i) => {
+        const row = scores.slice(i * classes, (i + 1) * classes);
+        return {
+          probabilities: output.kind === 'logits' ? softmax(row) : row,
+          ...(embedding ? { embedding: embedding.slice(i * width, (i + 1) * width) } : {}),
+        };
+      });
+    },
+    async close() {
+      await session.release();
+    },
+  };
+  // The first run allocates and plans; do it now so the first request does not pay for it.
+  await model.run([new Float32Array(imageSize)]);
+  return model;
+}
+
+export function softmax(logits: Float32Array): Float32Array {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  const out = new Float32Array(logits.length);
+  let sum = 0;
+  logits.forEach((v, i) => {
+    out[i] = Math.exp(v - max);
+    sum += out[i]!;
+  });
+  for (let i = 0; i < out.length; i++) out[i]! /= sum;
+  return out;
+}
+
+export function classify(probabilities: Float32Array, labels: readonly string[], topK = 3): Classification {
+  const ranked = Array.from(probabilities, (confidence, index) => ({ index, confidence }))
+    .sort((a, b) => b.confidence - a.confidence)
+    .slice(0, Math.min(topK, labels.length));
+  const best = ranked[0]!;
+  const round = (v: number) => Math.round(v * 1e6) / 1e6;
+  return {
+    label: labels[best.index] ?? String(best.index),
+    index: best.index,
+    confidence: round(best.confidence),
+    top: ranked.map((r) => ({ label: labels[r.index] ?? String(r.index), confidence: round(r.confidence) })),
+  };
+}

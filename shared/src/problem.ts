@@ -1,0 +1,51 @@
+/**
+ * Problem details (RFC 9457) shared by the gateway (which answers with them) and the worker
+ * (which records them on a failed job). The catalogue below is the only place a status code is
+ * chosen for a kind of failure.
+ */
+export const problemCatalogue = {
+  'invalid-request': { status: 400, title: 'The request is malformed' },
+  'payload-too-large': { status: 413, title: 'The upload is larger than the limit' },
+  'unsupported-media-type': { status: 415, title: 'The content is not a supported image type' },
+  'undecodable-image': { status: 422, title: 'The image cannot be decoded' },
+  'image-too-large': { status: 422, title: 'The image has more pixels than the limit' },
+  'url-not-allowed': { status: 422, title: 'The URL is not allowed' },
+  'url-fetch-failed': { status: 422, title: 'The image could not be fetched from the URL' },
+  'input-expired': { status: 410, title: 'The uploaded image expired before a worker took the job' },
+  'not-found': { status: 404, title: 'Not found' },
+  'method-not-allowed': { status: 405, title: 'Method not allowed' },
+  overloaded: { status: 503, title: 'The queue is full; retry later' },
+  'not-ready': { status: 503, title: 'The service is not ready' },
+  'inference-failed': { status: 500, title: 'The model could not process the image' },
+  internal: { status: 500, title: 'Internal error' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ProblemSlug = keyof typeof problemCatalogue;
+
+export const problemSlugs = Object.keys(problemCatalogue) as [ProblemSlug, ...ProblemSlug[]];
+
+export function problemType(slug: ProblemSlug): string {
+  return `/problems/${slug}`;
+}
+
+/**
+ * A failure caused by the input itself: retrying cannot help, so it is never retried, and it maps
+ * to a 4xx. Anything else that is thrown is treated as transient.
+ */
+export class ProblemError extends Error {
+  override readonly name = 'ProblemError';
+  readonly status: number;
+
+  constructor(
+    readonly slug: ProblemSlug,
+    readonly detail: string,
+    readonly extra: Readonly<Record<string, unknown>> = {},
+  ) {
+    super(`${slug}: ${detail}`);
+    this.status = problemCatalogue[slug].status;
+  }
+
+  get permanent(): boolean {
+    return this.status < 500;
+  }
+}
