@@ -84,7 +84,11 @@ export function spawnService(
           if (!watchers.has(watcher)) return;
           watchers.delete(watcher);
           clearTimeout(timer);
-          reject(new Error(`${options.label ?? service} exited with ${code} before the expected log line`));
+          const tail = records
+            .slice(-10)
+            .map((r) => JSON.stringify(r))
+            .join('\n');
+          reject(new Error(`${options.label ?? service} exited with ${code} before the expected log line; last lines:\n${tail}`));
         });
         const original = watcher.resolve;
         watcher.resolve = (r) => {

@@ -22,6 +22,20 @@ export function loadConfig<S extends z.ZodType>(schema: S, env: Record<string, s
   throw new ConfigError(`Invalid configuration:\n${lines.join('\n')}`);
 }
 
+/** For entry points: a bad configuration is printed plainly (no stack trace) and the process exits 78 (EX_CONFIG). */
+export function loadConfigOrExit<S extends z.ZodType>(
+  schema: S,
+  env: Record<string, string | undefined> = process.env,
+): z.output<S> {
+  try {
+    return loadConfig(schema, env);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`${error.message}\n`);
+    process.exit(78);
+  }
+}
+
 /** Field builders: environment values are strings, these coerce and bound them. */
 export const env = {
   int: (def: number, min: number, max: number, description: string) =>
@@ -69,7 +83,7 @@ export const logConfigShape = {
 };
 
 export const resultConfigShape = {
-  RESULT_TTL_SECONDS: env.int(3600, 10, 7 * 24 * 3600, 'How long a finished job (result or error) can be fetched, in seconds'),
+  RESULT_TTL_SECONDS: env.int(3600, 1, 7 * 24 * 3600, 'How long a finished job (result or error) can be fetched, in seconds'),
   INPUT_TTL_SECONDS: env.int(
     24 * 3600,
     60,

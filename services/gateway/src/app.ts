@@ -31,7 +31,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   app.use(requestContext(deps.log, deps.metrics));
   app.use(problemMiddleware());
   app.use(router.routes());
-  app.use(router.allowedMethods({ throw: true }));
+  app.use(router.allowedMethods());
   // Errors are answered by problemMiddleware; this only sees failures writing to the socket.
   app.on('error', (error: Error) => deps.log.debug({ err: error }, 'response stream error'));
   return app;

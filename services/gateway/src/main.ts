@@ -3,7 +3,7 @@ import { createServer } from 'node:http';
 import os from 'node:os';
 import { Queue } from 'bullmq';
 import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract';
-import { loadConfig } from '@conveyor/shared/config';
+import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
@@ -17,7 +17,7 @@ import { JobLookup } from './jobs/job-lookup.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
 
-const config = loadConfig(GatewayConfig);
+const config = loadConfigOrExit(GatewayConfig);
 const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 const log = createLogger('gateway', config.LOG_LEVEL);
 restrictDecoders();
@@ -74,7 +74,17 @@ const shutdown = installShutdown(
     },
     // Requests still waiting for a result get their 202 now; their jobs carry on without them.
     { name: 'release waiting requests', run: () => waiter.close() },
-    { name: 'finish in-flight requests', run: () => closed },
+    {
+      name: 'finish in-flight requests',
+      run: async () => {
+        // Keep-alive connections would hold the server open forever; cut what is left at the budget.
+        const idle = setInterval(() => server.closeIdleConnections(), 100);
+        const budget = new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_BUDGET_MS - 500).unref());
+        await Promise.race([closed, budget]);
+        clearInterval(idle);
+        server.closeAllConnections();
+      },
+    },
     { name: 'queue', run: () => queue.close() },
     { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber)]) },
   ],

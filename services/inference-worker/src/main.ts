@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Worker } from 'bullmq';
 import sharp from 'sharp';
 import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract';
-import { loadConfig } from '@conveyor/shared/config';
+import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
 import { loadModel } from '@conveyor/shared/model/runtime';
@@ -16,7 +16,7 @@ import { createInferenceProcessor } from './inference.processor.js';
 import { ResultPublisher } from './result-publisher.js';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
 
-const config = loadConfig(WorkerConfig);
+const config = loadConfigOrExit(WorkerConfig);
 const workerId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 const log = createLogger('inference-worker', config.LOG_LEVEL).child({ workerId });
 

@@ -11,8 +11,14 @@ export function problemMiddleware(): Middleware<GatewayState> {
   return async (ctx, next) => {
     try {
       await next();
-      if (ctx.status === 404 && ctx.body === undefined) {
+      if (ctx.body === undefined && ctx.status === 404) {
         throw new ProblemError('not-found', `No route for ${ctx.method} ${ctx.path}`);
+      }
+      // The router's allowedMethods() answers 405/501 with an Allow header and no body.
+      if (ctx.body === undefined && (ctx.status === 405 || ctx.status === 501)) {
+        throw new ProblemError('method-not-allowed', `${ctx.method} is not allowed on ${ctx.path}`, {
+          allow: ctx.response.get('Allow'),
+        });
       }
     } catch (error) {
       const problem = toProblem(error);

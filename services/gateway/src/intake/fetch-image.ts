@@ -40,8 +40,12 @@ export function createImageFetcher(options: FetchOptions): ImageFetcher {
   return async (url) => {
     const chunks: Buffer[] = [];
     let total = 0;
+    // Not AbortSignal.timeout(): got keeps its abort listener after the request ends, and a
+    // signal that fires later throws from nowhere. This timer is cleared when the fetch is over.
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(), options.totalTimeoutMs);
     try {
-      const stream = client.stream(url, { signal: AbortSignal.timeout(options.totalTimeoutMs) });
+      const stream = client.stream(url, { signal: deadline.signal });
       stream.on('response', (response: { headers: Record<string, string | undefined> }) => {
         const declared = Number(response.headers['content-length'] ?? NaN);
         if (declared > options.maxBytes) stream.destroy(tooLarge(options.maxBytes));
@@ -56,6 +60,8 @@ export function createImageFetcher(options: FetchOptions): ImageFetcher {
       }
     } catch (error) {
       throw toFetchProblem(error, url, options);
+    } finally {
+      clearTimeout(timer);
     }
     if (total === 0) throw new ProblemError('url-fetch-failed', 'The URL returned an empty body', { url: url.href });
     return Buffer.concat(chunks);

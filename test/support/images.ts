@@ -1,0 +1,97 @@
+import sharp from 'sharp';
+import { loadMnist, splitDataset, type Dataset, type Split } from '../../services/trainer/src/pipeline/ingest.js';
+import { readManifest } from '@conveyor/shared/model/runtime';
+
+/** MNIST digits of the committed model's held-out test split, and ways to render them. */
+let cache: { dataset: Dataset; split: Split } | undefined;
+
+export async function heldOutDigits(): Promise<{ dataset: Dataset; split: Split }> {
+  if (cache) return cache;
+  const manifest = await readManifest('models/digits');
+  const split = manifest.training.split as { seed: number; train: number; validation: number; test: number };
+  const dataset = loadMnist();
+  const total = split.train + split.validation + split.test;
+  cache = {
+    dataset,
+    split: splitDataset(dataset, { train: split.train / total, validation: split.validation / total }, split.seed),
+  };
+  return cache;
+}
+
+export function digitPng(pixels: Uint8Array, side = 28): Promise<Buffer> {
+  return sharp(pixels, { raw: { width: side, height: side, channels: 1 } })
+    .png()
+    .toBuffer();
+}
+
+/** A scan-like rendering: dark ink on light paper, upscaled, as a JPEG. */
+export function scannedDigit(pixels: Uint8Array, scale = 4): Promise<Buffer> {
+  const inverted = Uint8Array.from(pixels, (v) => 255 - Math.round(v * 0.85));
+  return sharp(inverted, { raw: { width: 28, height: 28, channels: 1 } })
+    .resize(28 * scale, 28 * scale, { kernel: 'cubic' })
+    .jpeg({ quality: 90 })
+    .toBuffer();
+}
+
+/** Black strokes on a transparent canvas, as a drawing app exports them. */
+export function transparentDigit(pixels: Uint8Array): Promise<Buffer> {
+  const rgba = new Uint8Array(28 * 28 * 4);
+  pixels.forEach((v, i) => rgba.set([0, 0, 0, v], i * 4));
+  return sharp(rgba, { raw: { width: 28, height: 28, channels: 4 } })
+    .resize(84, 84)
+    .png()
+    .toBuffer();
+}
+
+/** Stored rotated 90° with an EXIF orientation that tells viewers to turn it upright. */
+export function exifRotatedDigit(pixels: Uint8Array): Promise<Buffer> {
+  return sharp(pixels, { raw: { width: 28, height: 28, channels: 1 } })
+    .resize(56, 56)
+    .rotate(-90)
+    .withMetadata({ orientation: 6 })
+    .jpeg({ quality: 95 })
+    .toBuffer();
+}
+
+export function solidImage(
+  width: number,
+  height: number,
+  rgb: [number, number, number],
+  format: 'png' | 'jpeg' = 'png',
+): Promise<Buffer> {
+  const img = sharp({ create: { width, height, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } });
+  return (format === 'png' ? img.png() : img.jpeg()).toBuffer();
+}
+
+/** A PNG whose header claims `width`×`height` but which carries no real pixel data. */
+export function pngBombHeader(width: number, height: number): Buffer {
+  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 0, 0, 0, 0], 8); // 8-bit gray
+  return Buffer.concat([
+    signature,
+    chunk('IHDR', ihdr),
+    chunk('IDAT', Buffer.from([0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01])),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+function chunk(type: string, data: Buffer): Buffer {
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(data.length);
+  const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(body));
+  return Buffer.concat([length, body, crc]);
+}
+
+function crc32(buf: Buffer): number {
+  let c = ~0;
+  for (const byte of buf) {
+    c ^= byte;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return ~c >>> 0;
+}
