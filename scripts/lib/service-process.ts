@@ -31,12 +31,18 @@ export interface ServiceProcess {
 export function spawnService(
   service: ServiceName,
   env: Record<string, string>,
-  options: { label?: string; onRecord?: (record: LogRecord, raw: string) => void; nodeArgs?: string[] } = {},
+  options: {
+    label?: string;
+    onRecord?: (record: LogRecord, raw: string) => void;
+    nodeArgs?: string[];
+    /** false: discard stdout (benchmarks, where parsing logs would load the measuring process). */
+    logs?: boolean;
+  } = {},
 ): ServiceProcess {
   const child = spawn(
     process.execPath,
     ['--conditions=conveyor-source', '--import', 'tsx', ...(options.nodeArgs ?? []), path.join(ROOT, ENTRIES[service])],
-    { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', options.logs === false ? 'ignore' : 'pipe', 'pipe'] },
   );
   const records: LogRecord[] = [];
   const watchers = new Set<{ predicate: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }>();
@@ -57,7 +63,7 @@ export function spawnService(
       }
     }
   };
-  createInterface({ input: child.stdout! }).on('line', onLine);
+  if (child.stdout) createInterface({ input: child.stdout }).on('line', onLine);
   createInterface({ input: child.stderr! }).on('line', onLine);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
 

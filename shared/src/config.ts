@@ -45,10 +45,9 @@ export const env = {
   bool: (def: boolean, description: string) =>
     z
       .enum(['true', 'false', '1', '0', 'yes', 'no'])
+      .default(def ? 'true' : 'false')
       .transform((v) => v === 'true' || v === '1' || v === 'yes')
-      .optional()
-      .transform((v) => v ?? def)
-      .describe(`${description} (true/false; default ${String(def)})`),
+      .describe(`${description} (true/false)`),
   string: (def: string, description: string) => z.string().min(1).default(def).describe(description),
   optionalString: (description: string) => z.string().min(1).optional().describe(description),
   /** Comma-separated list; empty string means an empty list. */

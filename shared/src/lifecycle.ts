@@ -11,13 +11,11 @@ export interface ShutdownStep {
   run(): Promise<unknown>;
 }
 
-export function installShutdown(
-  log: Logger,
-  steps: readonly ShutdownStep[],
-  budgetMs: number,
-): (reason: string) => Promise<void> {
+export type Shutdown = (reason: string, exitCode?: number) => Promise<void>;
+
+export function installShutdown(log: Logger, steps: readonly ShutdownStep[], budgetMs: number): Shutdown {
   let running: Promise<void> | undefined;
-  const shutdown = (reason: string): Promise<void> => {
+  const shutdown: Shutdown = (reason, exitCode = 0) => {
     if (running) {
       log.warn({ reason }, 'shutdown already in progress; waiting for it');
       return running;
@@ -41,7 +39,10 @@ export function installShutdown(
       }
       log.info('shutdown complete');
       clearTimeout(force);
-      process.exitCode = failed ? 1 : 0;
+      // Everything that matters is closed; a forgotten timer or socket must not keep a stopped
+      // service alive (and hold its container) after this point. Buffered log lines go out first.
+      await new Promise<void>((resolve) => log.flush(() => resolve()));
+      process.exit(failed ? 1 : exitCode);
     })();
     return running;
   };
@@ -52,13 +53,13 @@ export function installShutdown(
 }
 
 /** Fatal errors that escape everything: log them and start an orderly shutdown. */
-export function installCrashHandlers(log: Logger, shutdown: (reason: string) => Promise<void>): void {
+export function installCrashHandlers(log: Logger, shutdown: Shutdown): void {
   process.on('uncaughtException', (error) => {
     log.fatal({ err: error }, 'uncaught exception');
-    void shutdown('uncaughtException').finally(() => process.exit(1));
+    void shutdown('uncaughtException', 1);
   });
   process.on('unhandledRejection', (reason) => {
     log.fatal({ err: reason }, 'unhandled rejection');
-    void shutdown('unhandledRejection').finally(() => process.exit(1));
+    void shutdown('unhandledRejection', 1);
   });
 }

@@ -32,7 +32,7 @@ export async function pollUntilDone(base: string, id: string, timeoutMs = 20_000
   for (;;) {
     const reply = await request(`${base}/v1/jobs/${id}`);
     if (reply.status !== 200 || (reply.body.status !== 'queued' && reply.body.status !== 'active')) return reply;
-    if (Date.now() > deadline) throw new Error(`job ${id} still ${String(reply.body.status)} after ${timeoutMs} ms`);
+    if (Date.now() > deadline) throw new Error(`job ${id} still ${JSON.stringify(reply.body.status)} after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

@@ -8,13 +8,10 @@ let cache: { dataset: Dataset; split: Split } | undefined;
 export async function heldOutDigits(): Promise<{ dataset: Dataset; split: Split }> {
   if (cache) return cache;
   const manifest = await readManifest('models/digits');
-  const split = manifest.training.split as { seed: number; train: number; validation: number; test: number };
+  // The split the model was trained with, as its manifest records it.
+  const split = manifest.training.split as { seed: number; train: number; validation: number };
   const dataset = loadMnist();
-  const total = split.train + split.validation + split.test;
-  cache = {
-    dataset,
-    split: splitDataset(dataset, { train: split.train / total, validation: split.validation / total }, split.seed),
-  };
+  cache = { dataset, split: splitDataset(dataset, split, split.seed) };
   return cache;
 }
 

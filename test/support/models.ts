@@ -44,21 +44,30 @@ export function writeRgbModel(dir: string): string {
 }
 
 /**
- * A digit-shaped model (28×28 gray, MNIST preprocessing) that burns real CPU: a chain of
- * 1024×1024 matrix products. Used to hold a job in flight long enough to kill its worker.
+ * A digit-shaped model (28×28 gray, MNIST preprocessing) that burns real CPU: the hidden vector is
+ * broadcast to 256 rows and pushed through `layers` 1024×1024 matrix products (about 10 ms each
+ * here). Used to hold a job in flight long enough to kill or stop its worker. Batch size 1 only.
  */
 export function writeSlowModel(dir: string, layers: number): string {
   const side = 1024;
-  const g = new OnnxGraphBuilder('slow').input('input', ['N', 1, 28, 28]).output('probabilities', ['N', 10]);
+  const rows = 256;
+  const g = new OnnxGraphBuilder('slow').input('input', [1, 1, 28, 28]).output('probabilities', [1, 10]);
   const w0 = new Float32Array(784 * side).map((_, i) => ((i * 7919) % 13) / 1300 - 0.005);
   const w = new Float32Array(side * side).map((_, i) => ((i * 104729) % 17) / 1700 - 0.005);
   const w1 = new Float32Array(side * 10).map((_, i) => ((i * 31) % 11) / 110);
-  g.initializer('w0', [784, side], w0).initializer('w', [side, side], w).initializer('w1', [side, 10], w1);
-  g.node('Flatten', ['input'], ['flat'], { axis: attr.int(1) }).node('MatMul', ['flat', 'w0'], ['h0']);
+  g.initializer('w0', [784, side], w0)
+    .initializer('w', [side, side], w)
+    .initializer('w1', [side, 10], w1)
+    .initializer('rows', [2], [rows, side], 'int64');
+  g.node('Flatten', ['input'], ['flat'], { axis: attr.int(1) })
+    .node('MatMul', ['flat', 'w0'], ['v'])
+    .node('Expand', ['v', 'rows'], ['h0']);
   for (let i = 0; i < layers; i++) {
     g.node('MatMul', [`h${i}`, 'w'], [`m${i}`]).node('Tanh', [`m${i}`], [`h${i + 1}`]);
   }
-  g.node('MatMul', [`h${layers}`, 'w1'], ['logits']).node('Softmax', ['logits'], ['probabilities'], { axis: attr.int(1) });
+  g.node('ReduceMean', [`h${layers}`], ['pooled'], { axes: attr.ints([0]), keepdims: attr.int(1) })
+    .node('MatMul', ['pooled', 'w1'], ['logits'])
+    .node('Softmax', ['logits'], ['probabilities'], { axis: attr.int(1) });
   return writeFolder(dir, g.encode(), {
     schema: 'conveyor.model/v1',
     name: 'slow-digits',

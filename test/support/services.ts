@@ -37,7 +37,7 @@ export async function startWorker(
 }
 
 export async function stopAll(...procs: (ServiceProcess | undefined)[]): Promise<void> {
-  await Promise.all(procs.map((p) => p?.stop('SIGTERM')));
+  await Promise.all(procs.filter((p) => p !== undefined).map((p) => p.stop('SIGTERM')));
 }
 
 export function recordsWith(proc: ServiceProcess, field: string, value: unknown): LogRecord[] {

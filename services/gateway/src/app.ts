@@ -4,7 +4,6 @@ import type { Redis } from 'ioredis';
 import type { Keys } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { GatewayState } from './http/context.js';
-import type { HttpMetrics } from './http/metrics.js';
 import { problemMiddleware } from './http/problem.middleware.js';
 import { requestContext } from './http/request-context.middleware.js';
 import type { JobLookup } from './jobs/job-lookup.js';

@@ -39,7 +39,7 @@ export const GatewayConfig = z
     SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed for in-flight requests before the process exits'),
   })
   .refine((c) => c.SYNC_WAIT_DEFAULT_SECONDS <= c.SYNC_WAIT_MAX_SECONDS, {
-    message: 'SYNC_WAIT_DEFAULT_SECONDS must not exceed SYNC_WAIT_MAX_SECONDS',
+    error: 'SYNC_WAIT_DEFAULT_SECONDS must not exceed SYNC_WAIT_MAX_SECONDS',
     path: ['SYNC_WAIT_DEFAULT_SECONDS'],
   });
 export type GatewayConfig = z.infer<typeof GatewayConfig>;

@@ -27,8 +27,10 @@ const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gate
 const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`);
 await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
 
+// BullMQ does not close a connection it was given; shutdown closes it below.
+const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`);
 const queue = new Queue(QUEUES.inference, {
-  connection: createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`),
+  connection: queueConnection,
   prefix: config.REDIS_PREFIX,
 });
 const admission = new Admission(queue, config.MAX_QUEUE_DEPTH);
@@ -56,20 +58,22 @@ const app = createApp({
   }),
 });
 
-const server = createServer(app.callback());
+const handle = app.callback();
+const server = createServer((req, res) => void handle(req, res));
 // A request may legitimately wait SYNC_WAIT_MAX_SECONDS for its result; slow uploads may not linger forever.
 server.requestTimeout = (config.SYNC_WAIT_MAX_SECONDS + 30) * 1000;
 server.headersTimeout = 15_000;
-const closed = new Promise<void>((resolve) => server.on('close', resolve));
+const closed = new Promise<void>((resolve) => server.on('close', () => resolve()));
 
 const shutdown = installShutdown(
   log,
   [
     {
       name: 'stop accepting connections',
-      run: async () => {
+      run: () => {
         server.close();
         server.closeIdleConnections();
+        return Promise.resolve();
       },
     },
     // Requests still waiting for a result get their 202 now; their jobs carry on without them.
@@ -86,7 +90,7 @@ const shutdown = installShutdown(
       },
     },
     { name: 'queue', run: () => queue.close() },
-    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber)]) },
+    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber), closeRedis(queueConnection)]) },
   ],
   config.SHUTDOWN_BUDGET_MS,
 );

@@ -48,8 +48,10 @@ const processor = createInferenceProcessor({
   stats,
 });
 
+// BullMQ does not close a connection it was given; shutdown closes it below.
+const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`);
 const worker = new Worker(QUEUES.inference, processor, {
-  connection: createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`),
+  connection: bullConnection,
   prefix: config.REDIS_PREFIX,
   concurrency: config.WORKER_CONCURRENCY,
   lockDuration: config.LOCK_DURATION_MS,
@@ -80,7 +82,7 @@ const shutdown = installShutdown(
     { name: 'drain jobs', run: () => drain(worker, config.SHUTDOWN_BUDGET_MS, log) },
     { name: 'heartbeat', run: () => heartbeat.stop() },
     { name: 'model', run: () => model.close() },
-    { name: 'redis', run: () => closeRedis(redis) },
+    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(bullConnection)]) },
   ],
   config.SHUTDOWN_BUDGET_MS + 3000,
 );

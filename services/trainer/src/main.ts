@@ -14,7 +14,7 @@ const { values } = parseArgs({
     out: { type: 'string' },
   },
 });
-const log = createLogger('trainer', process.env.LOG_LEVEL ?? 'info');
+const log = createLogger('trainer', process.env.LOG_LEVEL ?? 'info', { sync: true });
 const config = await readTrainConfig(values.config);
 const out = path.resolve(values.out ?? path.join('models', config.model));
 log.info({ config: config.name, out }, 'training');

@@ -48,7 +48,7 @@ export const PreprocessSpec = z
     normalize: Normalize,
   })
   .refine((p) => p.resize !== 'digit' || (p.box !== undefined && p.color === 'gray'), {
-    message: 'the digit policy needs a box size and gray colour',
+    error: 'the digit policy needs a box size and gray colour',
   });
 export type PreprocessSpec = z.infer<typeof PreprocessSpec>;
 
@@ -83,11 +83,11 @@ export const ModelManifest = z
     training: z.record(z.string(), z.unknown()).default({}),
   })
   .refine((m) => (m.preprocess.color === 'gray' ? 1 : 3) === m.input.channels, {
-    message: 'preprocess.color must match input.channels (gray = 1, rgb = 3)',
+    error: 'preprocess.color must match input.channels (gray = 1, rgb = 3)',
   })
   .refine(
     (m) => m.preprocess.normalize.mean.length === m.input.channels && m.preprocess.normalize.std.length === m.input.channels,
-    { message: 'normalize.mean and normalize.std need one entry per input channel' },
+    { error: 'normalize.mean and normalize.std need one entry per input channel' },
   );
 export type ModelManifest = z.infer<typeof ModelManifest>;
 export type ModelManifestInput = z.input<typeof ModelManifest>;

@@ -152,7 +152,8 @@ async function framePipeline(
   let pipeline = source.autoOrient().flatten({ background }).resize({ width, height, fit, background });
   pipeline = spec.color === 'gray' ? pipeline.greyscale() : pipeline.toColourspace('srgb');
   const { data, info } = await pipeline.removeAlpha().raw().toBuffer({ resolveWithObject: true });
-  const channels = info.channels as 1 | 3;
+  const channels = spec.color === 'gray' ? 1 : 3;
+  if (info.channels !== channels) throw new Error(`expected ${channels} channels after preprocessing, got ${info.channels}`);
   const pixels = new Uint8Array(data.buffer, data.byteOffset, data.length);
 
   const gray = channels === 1 ? Uint8Array.from(pixels) : lumaOf(pixels);
@@ -311,10 +312,14 @@ async function fitIntoBox(crop: Uint8Array, w: number, h: number, box: number) {
   const width = Math.max(1, Math.round(w * scale));
   const height = Math.max(1, Math.round(h * scale));
   if (width === w && height === h) return { data: crop, width, height };
-  const data = await sharp(crop, { raw: { width: w, height: h, channels: 1 } })
+  const { data, info } = await sharp(crop, { raw: { width: w, height: h, channels: 1 } })
     .resize({ width, height, fit: 'fill', kernel: 'mitchell' })
+    // Without this libvips hands back three identical sRGB channels for a one-channel input.
+    .toColourspace('b-w')
     .raw()
-    .toBuffer();
+    .toBuffer({ resolveWithObject: true });
+  if (info.channels !== 1 || data.length !== width * height)
+    throw new Error(`expected ${width}×${height}×1, got ${info.width}×${info.height}×${info.channels}`);
   return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width, height };
 }
 

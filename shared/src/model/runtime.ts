@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import ort from 'onnxruntime-node';
+import * as ort from 'onnxruntime-node';
 import { MANIFEST_FILE, ModelManifest } from './manifest.js';
 
 /**
@@ -121,10 +121,11 @@ export function softmax(logits: Float32Array): Float32Array {
   const out = new Float32Array(logits.length);
   let sum = 0;
   logits.forEach((v, i) => {
-    out[i] = Math.exp(v - max);
-    sum += out[i]!;
+    const e = Math.exp(v - max);
+    out[i] = e;
+    sum += e;
   });
-  for (let i = 0; i < out.length; i++) out[i]! /= sum;
+  for (let i = 0; i < out.length; i++) out[i] = out[i]! / sum;
   return out;
 }
 

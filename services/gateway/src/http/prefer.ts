@@ -15,7 +15,10 @@ export function parsePrefer(header: string, defaultWaitSeconds: number, maxWaitS
   for (const token of header.split(/[,;]/)) {
     const [rawName, rawValue] = token.split('=', 2).map((s) => s.trim().toLowerCase());
     if (rawName === 'respond-async') respondAsync = true;
-    if (rawName === 'wait' && rawValue !== undefined && /^\d+(\.\d+)?$/.test(rawValue)) wait = Number(rawValue);
+    if (rawName === 'wait' && rawValue) {
+      const seconds = Number(rawValue);
+      if (Number.isFinite(seconds) && seconds >= 0) wait = seconds;
+    }
   }
   if (respondAsync) return { respondAsync, waitSeconds: 0, applied: 'respond-async' };
   const waitSeconds = Math.min(wait ?? defaultWaitSeconds, maxWaitSeconds);

@@ -72,7 +72,7 @@ function toFetchProblem(error: unknown, url: URL, options: FetchOptions): Proble
   if (error instanceof ProblemError) return error;
   const cause = error instanceof RequestError ? ((error.cause as Error | undefined) ?? error) : (error as Error);
   if (cause instanceof ProblemError) return cause;
-  const message = cause?.message ?? String(error);
+  const message = cause.message;
   const context = { url: url.href };
   if (/is not allowed/.test(message)) {
     return new ProblemError('url-not-allowed', 'The URL resolves to a private, loopback or link-local address', context);

@@ -60,7 +60,8 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
         if ((error as { status?: number }).status === 413) throw tooLarge(maxBytes);
         throw error;
       }
-      return next();
+      await next();
+      return;
     }
     try {
       await parser(ctx, next as () => Promise<void>);

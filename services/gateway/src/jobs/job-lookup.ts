@@ -35,7 +35,10 @@ export class JobLookup {
         const job = await this.queue.getJob(id);
         return { kind: 'lost', reason: job?.failedReason ?? 'the job failed' };
       }
-      default:
+      case 'waiting':
+      case 'prioritized':
+      case 'delayed': // a retry waiting out its backoff
+      case 'waiting-children':
         return { kind: 'pending', status: 'queued' };
     }
   }

@@ -43,13 +43,16 @@ export function buildNetwork(config: ArchitectureConfig, side: number, classes: 
   }
 }
 
+/** tfjs registers variables by name in one global engine: keep every name unique. */
+let nextId = 0;
+
 /** He-normal weights for ReLU layers, Glorot-uniform for the output layer; zero biases. */
 function heNormal(rng: Random, shape: number[], fanIn: number, name: string): tf.Variable {
   const n = shape.reduce((a, b) => a * b, 1);
   const data = new Float32Array(n);
   const std = Math.sqrt(2 / fanIn);
   for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
-  return tf.variable(tf.tensor(data, shape), true, name);
+  return tf.variable(tf.tensor(data, shape), true, `${name}_${nextId++}`);
 }
 
 function glorot(rng: Random, shape: number[], fanIn: number, fanOut: number, name: string): tf.Variable {
@@ -57,11 +60,11 @@ function glorot(rng: Random, shape: number[], fanIn: number, fanOut: number, nam
   const data = new Float32Array(n);
   const limit = Math.sqrt(6 / (fanIn + fanOut));
   for (let i = 0; i < n; i++) data[i] = rng.uniform(-limit, limit);
-  return tf.variable(tf.tensor(data, shape), true, name);
+  return tf.variable(tf.tensor(data, shape), true, `${name}_${nextId++}`);
 }
 
 function zeros(shape: number[], name: string): tf.Variable {
-  return tf.variable(tf.zeros(shape), true, name);
+  return tf.variable(tf.zeros(shape), true, `${name}_${nextId++}`);
 }
 
 function values(v: tf.Variable): Float32Array {

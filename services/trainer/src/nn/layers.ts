@@ -24,7 +24,7 @@ export function conv2d(x: tf.Tensor4D, w: tf.Tensor4D, inputNeedsGradient: boole
       },
     };
   });
-  return op(x, w) as tf.Tensor4D;
+  return op(x, w);
 }
 
 export function dense(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {

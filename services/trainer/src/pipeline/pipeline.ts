@@ -82,7 +82,10 @@ export async function runPipeline(config: TrainConfig, outDir: string, log: Logg
       seed: config.seed,
       datasetSource: dataset.source,
       datasetHash: dataset.hash,
-      split: { ...config.split, train: split.train.length, validation: split.validation.length, test: split.test.length },
+      split: {
+        ...config.split,
+        sizes: { train: split.train.length, validation: split.validation.length, test: split.test.length },
+      },
       bestEpoch: trained.bestEpoch,
       epochs: trained.history.length,
     },

@@ -1,0 +1,258 @@
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+import { preprocess } from '@conveyor/shared/model/preprocess';
+import { classify, loadModel } from '@conveyor/shared/model/runtime';
+import { freePort } from '../scripts/lib/free-port.js';
+import { startRedis } from '../scripts/lib/redis-server.js';
+import { ROOT, spawnService } from '../scripts/lib/service-process.js';
+import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
+
+/**
+ * Throughput and latency of the full HTTP path (client → gateway → Redis/BullMQ → one worker
+ * process → result) against one process calling sharp + onnxruntime directly on the same images.
+ * The two are measured in alternating rounds in one run (the machine is shared and noisy), and the
+ * medians over the rounds are reported. Everything runs on this machine: the load generator, the
+ * gateway, the worker and Redis share its cores.
+ *
+ *   make bench                       # both image sets, 3 rounds
+ *   make bench ARGS="--rounds 5 --requests 1000"
+ */
+const { values } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '3' },
+    requests: { type: 'string', default: '600' },
+    concurrency: { type: 'string', default: '16' },
+    'worker-concurrency': { type: 'string', default: '4' },
+    images: { type: 'string', default: 'mnist-png,scan-jpeg' },
+    out: { type: 'string', default: path.join(ROOT, 'bench', 'results', 'throughput.json') },
+  },
+});
+const rounds = Number(values.rounds);
+const requests = Number(values.requests);
+const concurrency = Number(values.concurrency);
+const modelDir = path.join(ROOT, 'models', 'digits');
+
+interface Stats {
+  imagesPerSecond: number;
+  p50: number;
+  p95: number;
+  p99: number;
+}
+
+function quantile(sorted: number[], q: number): number {
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  return sorted[lo]! + (sorted[Math.ceil(pos)]! - sorted[lo]!) * (pos - lo);
+}
+
+function stats(latencies: number[], seconds: number): Stats {
+  const sorted = [...latencies].sort((a, b) => a - b);
+  return {
+    imagesPerSecond: latencies.length / seconds,
+    p50: quantile(sorted, 0.5),
+    p95: quantile(sorted, 0.95),
+    p99: quantile(sorted, 0.99),
+  };
+}
+
+const median = (xs: number[]) =>
+  quantile(
+    [...xs].sort((a, b) => a - b),
+    0.5,
+  );
+
+async function imageSets(): Promise<Record<string, Buffer[]>> {
+  const dataset = loadMnist();
+  const split = splitDataset(dataset, { train: 0.7, validation: 0.15 }, 20261126);
+  const pixels = split.test.slice(0, 200).map((i) => dataset.samples[i]!.pixels);
+  const raw = (p: Uint8Array) => sharp(p, { raw: { width: 28, height: 28, channels: 1 } });
+  return {
+    // What MNIST-style clients send: a 28×28 PNG of ~0.4 KB.
+    'mnist-png': await Promise.all(pixels.map((p) => raw(p).png().toBuffer())),
+    // A scan: dark ink on paper, 280×280 JPEG of ~5 KB, so decoding and resizing cost more.
+    'scan-jpeg': await Promise.all(
+      pixels.map((p) =>
+        sharp(
+          Uint8Array.from(p, (v) => 255 - Math.round(v * 0.85)),
+          { raw: { width: 28, height: 28, channels: 1 } },
+        )
+          .resize(280, 280, { kernel: 'cubic' })
+          .jpeg({ quality: 85 })
+          .toBuffer(),
+      ),
+    ),
+  };
+}
+
+/** sharp + onnxruntime in this process, `inFlight` images at a time. */
+async function direct(images: Buffer[], inFlight: number): Promise<Stats> {
+  const model = await loadModel(modelDir);
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (next < requests) {
+        const bytes = images[next++ % images.length]!;
+        const t = performance.now();
+        const p = await preprocess({ kind: 'encoded', bytes }, model.manifest, { maxPixels: 40_000_000 });
+        const [out] = await model.run([p.tensor]);
+        classify(out!.probabilities, model.manifest.labels);
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  const result = stats(latencies, (performance.now() - started) / 1000);
+  await model.close();
+  return result;
+}
+
+/** Pre-built multipart bodies, so the load generator spends as little CPU as possible. */
+function multipart(bytes: Buffer): { body: Buffer; type: string } {
+  const boundary = 'conveyorbench';
+  const head = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit"\r\nContent-Type: application/octet-stream\r\n\r\n`;
+  return {
+    body: Buffer.concat([Buffer.from(head), bytes, Buffer.from(`\r\n--${boundary}--\r\n`)]),
+    type: `multipart/form-data; boundary=${boundary}`,
+  };
+}
+
+async function fullPath(port: number, images: Buffer[], inFlight: number): Promise<Stats> {
+  const agent = new Agent({ keepAlive: true, maxSockets: inFlight });
+  const bodies = images.map(multipart);
+  const latencies: number[] = [];
+  let next = 0;
+  let failures = 0;
+  const send = (b: { body: Buffer; type: string }) =>
+    new Promise<number>((resolve, reject) => {
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port,
+          path: '/v1/predict',
+          method: 'POST',
+          agent,
+          headers: { 'content-type': b.type, 'content-length': b.body.length },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
+      req.on('error', reject);
+      req.end(b.body);
+    });
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (next < requests) {
+        const b = bodies[next++ % bodies.length]!;
+        const t = performance.now();
+        if ((await send(b)) !== 200) failures++;
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  agent.destroy();
+  if (failures) throw new Error(`${failures} requests did not answer 200`);
+  return stats(latencies, seconds);
+}
+
+async function waitReady(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const ok = await fetch(`http://127.0.0.1:${port}/ready`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the system did not become ready');
+}
+
+const sets = await imageSets();
+const dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-bench-'));
+const redis = await startRedis({ dir });
+const port = await freePort();
+const env = { REDIS_URL: redis.url, REDIS_PREFIX: 'bench', LOG_LEVEL: 'info' };
+const worker = spawnService('inference-worker', { ...env, WORKER_CONCURRENCY: values['worker-concurrency'] }, { logs: false });
+const gateway = spawnService(
+  'gateway',
+  { ...env, PORT: String(port), HOST: '127.0.0.1', MAX_QUEUE_DEPTH: '100000' },
+  { logs: false },
+);
+
+const report: Record<string, unknown> = {
+  machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version },
+  settings: { rounds, requests, concurrency, workerConcurrency: Number(values['worker-concurrency']) },
+  results: {},
+};
+try {
+  await waitReady(port);
+  for (const name of values.images.split(',')) {
+    const images = sets[name];
+    if (!images) throw new Error(`unknown image set ${name}`);
+    // Warm both paths (JIT, connection pools, libvips caches) before measuring.
+    await direct(images.slice(0, 50), 4);
+    await fullPath(port, images.slice(0, 50), 4);
+    const r: Record<string, Stats[]> = { directSerial: [], directParallel: [], fullLowLoad: [], fullLoaded: [] };
+    for (let round = 0; round < rounds; round++) {
+      r.directSerial!.push(await direct(images, 1));
+      r.fullLowLoad!.push(await fullPath(port, images, 1));
+      r.directParallel!.push(await direct(images, 4));
+      r.fullLoaded!.push(await fullPath(port, images, concurrency));
+    }
+    const med = (k: string, f: keyof Stats) => median(r[k]!.map((s) => s[f]));
+    const summary = {
+      bytesPerImage: Math.round(images.reduce((s, b) => s + b.length, 0) / images.length),
+      directSerial: { imagesPerSecond: med('directSerial', 'imagesPerSecond'), p50Ms: med('directSerial', 'p50') },
+      directParallel4: { imagesPerSecond: med('directParallel', 'imagesPerSecond'), p50Ms: med('directParallel', 'p50') },
+      fullPathConcurrency1: {
+        imagesPerSecond: med('fullLowLoad', 'imagesPerSecond'),
+        p50Ms: med('fullLowLoad', 'p50'),
+        p95Ms: med('fullLowLoad', 'p95'),
+        p99Ms: med('fullLowLoad', 'p99'),
+      },
+      [`fullPathConcurrency${concurrency}`]: {
+        imagesPerSecond: med('fullLoaded', 'imagesPerSecond'),
+        p50Ms: med('fullLoaded', 'p50'),
+        p95Ms: med('fullLoaded', 'p95'),
+        p99Ms: med('fullLoaded', 'p99'),
+      },
+      throughputRatio: med('fullLoaded', 'imagesPerSecond') / med('directParallel', 'imagesPerSecond'),
+      addedMedianMsAtLowLoad: med('fullLowLoad', 'p50') - med('directSerial', 'p50'),
+      rounds: r,
+    };
+    (report.results as Record<string, unknown>)[name] = summary;
+    const f = (v: number) => v.toFixed(v < 10 ? 2 : 0);
+    console.log(`\n${name} (${summary.bytesPerImage} B per image, median of ${rounds} rounds × ${requests} images)`);
+    console.log(
+      `  direct, 1 in flight      ${f(summary.directSerial.imagesPerSecond)} img/s   p50 ${f(summary.directSerial.p50Ms)} ms`,
+    );
+    console.log(`  direct, 4 in flight      ${f(summary.directParallel4.imagesPerSecond)} img/s`);
+    const low = summary.fullPathConcurrency1;
+    console.log(
+      `  full path, concurrency 1 ${f(low.imagesPerSecond)} img/s   p50 ${f(low.p50Ms)} ms  p95 ${f(low.p95Ms)} ms  p99 ${f(low.p99Ms)} ms`,
+    );
+    const high = summary[`fullPathConcurrency${concurrency}`] as typeof low;
+    console.log(
+      `  full path, concurrency ${concurrency} ${f(high.imagesPerSecond)} img/s   p50 ${f(high.p50Ms)} ms  p95 ${f(high.p95Ms)} ms  p99 ${f(high.p99Ms)} ms`,
+    );
+    console.log(
+      `  full path / direct (4 in flight): ${(summary.throughputRatio * 100).toFixed(0)} %   added median at low load: ${f(summary.addedMedianMsAtLowLoad)} ms`,
+    );
+  }
+  mkdirSync(path.dirname(values.out), { recursive: true });
+  writeFileSync(values.out, `${JSON.stringify({ at: new Date().toISOString(), ...report }, null, 2)}\n`);
+  console.log(`\nwritten to ${path.relative(ROOT, values.out)}`);
+} finally {
+  await gateway.stop();
+  await worker.stop();
+  await redis.stop();
+  rmSync(dir, { recursive: true, force: true });
+}

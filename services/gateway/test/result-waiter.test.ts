@@ -1,0 +1,81 @@
+import { expect } from 'chai';
+import type { Redis } from 'ioredis';
+import pino from 'pino';
+import { keys as keysOf, type CompletedResult, type ReplyMessage } from '@conveyor/shared/contract/queue.contract';
+import { randomPrefix, testRedis } from '../../../test/support/redis.js';
+import { ResultWaiter } from '../src/jobs/result-waiter.js';
+
+describe('result waiter (real Redis)', () => {
+  const prefix = randomPrefix('waiter');
+  const keys = keysOf(prefix);
+  let subscriber: Redis;
+  let reader: Redis;
+  let waiter: ResultWaiter;
+
+  const result = (id: string): CompletedResult => ({
+    id,
+    requestId: 'r',
+    acceptedAt: new Date().toISOString(),
+    finishedAt: new Date().toISOString(),
+    attempt: 1,
+    worker: 'w',
+    status: 'completed',
+    model: { name: 'm', version: '1' },
+    prediction: { label: '7', index: 7, confidence: 0.9, top: [{ label: '7', confidence: 0.9 }] },
+    timings: { queueMs: 1, preprocessMs: 1, inferenceMs: 1, totalMs: 3 },
+    input: { format: 'png', bytes: 10, width: 28, height: 28, brightness: 0.1, contrast: 0.2, inkRatio: 0.1, inverted: false },
+  });
+  const uuid = () => crypto.randomUUID();
+
+  beforeEach(async () => {
+    subscriber = testRedis();
+    reader = testRedis();
+    waiter = new ResultWaiter(subscriber, reader, keys, 'gw-1', pino({ level: 'silent' }), 100);
+    await waiter.start();
+  });
+  afterEach(async () => {
+    await waiter.close();
+    await Promise.all([subscriber.quit(), reader.quit()]);
+  });
+
+  it('delivers a published reply to its waiter', async () => {
+    const id = uuid();
+    const ticket = waiter.register(id);
+    const message: ReplyMessage = { kind: 'job-finished', version: 1, result: result(id) };
+    await reader.publish(keys.replies('gw-1'), JSON.stringify(message));
+    expect((await ticket.wait(2000))?.id).to.equal(id);
+    expect(waiter.waiting).to.equal(0);
+  });
+
+  it('still delivers a result whose notification was lost, from the stored result', async () => {
+    const id = uuid();
+    const ticket = waiter.register(id);
+    await reader.set(keys.result(id), JSON.stringify(result(id)), 'EX', 10); // no PUBLISH
+    const started = Date.now();
+    expect((await ticket.wait(2000))?.id).to.equal(id);
+    expect(Date.now() - started).to.be.lessThan(1000);
+  });
+
+  it('gives up after the timeout and when the client goes away', async () => {
+    expect(await waiter.register(uuid()).wait(50)).to.equal(undefined);
+    const gone = new AbortController();
+    const pending = waiter.register(uuid()).wait(5000, gone.signal);
+    gone.abort();
+    expect(await pending).to.equal(undefined);
+    expect(waiter.waiting).to.equal(0);
+  });
+
+  it('ignores malformed and foreign messages', async () => {
+    const id = uuid();
+    const ticket = waiter.register(id);
+    await reader.publish(keys.replies('gw-1'), 'not json');
+    await reader.publish(keys.replies('gw-1'), JSON.stringify({ kind: 'job-finished', version: 1, result: result(uuid()) }));
+    expect(await ticket.wait(300)).to.equal(undefined);
+  });
+
+  it('releases every waiter on close', async () => {
+    const pending = [waiter.register(uuid()).wait(10_000), waiter.register(uuid()).wait(10_000)];
+    await waiter.close();
+    expect(await Promise.all(pending)).to.deep.equal([undefined, undefined]);
+  });
+});

@@ -1,0 +1,38 @@
+import { expect } from 'chai';
+import type { Worker } from 'bullmq';
+import pino from 'pino';
+import { drain } from '../src/drain.js';
+
+/** A stand-in for BullMQ's Worker: only the calls drain() makes. */
+function fakeWorker(closeTakesMs: number | 'never') {
+  const calls: string[] = [];
+  const worker = {
+    close: (force?: boolean) => {
+      calls.push(force ? 'close(force)' : 'close');
+      if (force) return Promise.resolve();
+      return closeTakesMs === 'never'
+        ? new Promise<void>(() => undefined)
+        : new Promise<void>((r) => setTimeout(r, closeTakesMs));
+    },
+    cancelAllJobs: () => calls.push('cancelAllJobs'),
+  };
+  return { worker: worker as unknown as Worker, calls };
+}
+
+describe('worker drain', () => {
+  const log = pino({ level: 'silent' });
+
+  it('waits for in-flight jobs that finish within the budget', async () => {
+    const { worker, calls } = fakeWorker(20);
+    await drain(worker, 500, log);
+    expect(calls).to.deep.equal(['close']);
+  });
+
+  it('cancels (hands back) and then abandons jobs that outlast the budget', async () => {
+    const { worker, calls } = fakeWorker('never');
+    const started = Date.now();
+    await drain(worker, 100, log);
+    expect(calls).to.deep.equal(['close', 'cancelAllJobs', 'close(force)']);
+    expect(Date.now() - started).to.be.lessThan(2000);
+  });
+});
