@@ -16,7 +16,7 @@ help: ## List the targets
 install: $(NODE_MODULES) ## Install dependencies from the lockfile
 
 .PHONY: run
-run: $(NODE_MODULES) ## Run the gateway and a worker (Redis from REDIS_URL, else a local redis-server); WORKERS=n for more
+run: build ## Run the gateway and a worker (Redis from REDIS_URL, else a local redis-server); WORKERS=n for more
 	$(TSX) scripts/run.ts
 
 .PHONY: test
@@ -44,8 +44,8 @@ train: $(NODE_MODULES) ## Train the default digit model (deterministic) into mod
 	$(TSX) services/trainer/src/main.ts --config services/trainer/configs/cnn.json --out models/digits
 
 .PHONY: bench
-bench: $(NODE_MODULES) ## Throughput and latency: full HTTP path vs. sharp + onnxruntime called directly
-	$(TSX) bench/throughput.bench.ts
+bench: build ## Throughput and latency: full HTTP path vs. sharp + onnxruntime called directly
+	$(TSX) bench/throughput.bench.ts $(ARGS)
 
 .PHONY: clean
 clean: ## Remove build output and local data

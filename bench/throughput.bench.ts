@@ -16,7 +16,8 @@ import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest
  * process → result) against one process calling sharp + onnxruntime directly on the same images.
  * The two are measured in alternating rounds in one run (the machine is shared and noisy), and the
  * medians over the rounds are reported. Everything runs on this machine: the load generator, the
- * gateway, the worker and Redis share its cores.
+ * gateway, the worker and Redis share its cores. The services run from their compiled build
+ * (`make bench` builds first), as in a container.
  *
  *   make bench                       # both image sets, 3 rounds
  *   make bench ARGS="--rounds 5 --requests 1000"
@@ -180,11 +181,15 @@ const dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-bench-'));
 const redis = await startRedis({ dir });
 const port = await freePort();
 const env = { REDIS_URL: redis.url, REDIS_PREFIX: 'bench', LOG_LEVEL: 'info' };
-const worker = spawnService('inference-worker', { ...env, WORKER_CONCURRENCY: values['worker-concurrency'] }, { logs: false });
+const worker = spawnService(
+  'inference-worker',
+  { ...env, WORKER_CONCURRENCY: values['worker-concurrency'] },
+  { logs: false, built: true },
+);
 const gateway = spawnService(
   'gateway',
   { ...env, PORT: String(port), HOST: '127.0.0.1', MAX_QUEUE_DEPTH: '100000' },
-  { logs: false },
+  { logs: false, built: true },
 );
 
 const report: Record<string, unknown> = {

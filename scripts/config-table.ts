@@ -30,7 +30,12 @@ export function renderConfigTable(): string {
     for (const [key, prop] of Object.entries(json.properties)) {
       const row = rows.get(key) ?? { key, services: [], default: '', description: prop.description ?? '' };
       row.services.push(service);
-      row.default = prop.default === undefined ? '—' : prop.default === '' ? '(empty)' : `\`${String(prop.default)}\``;
+      row.default =
+        prop.default === undefined
+          ? '—'
+          : prop.default === ''
+            ? '(empty)'
+            : `\`${JSON.stringify(prop.default).replace(/^"|"$/g, '')}\``;
       rows.set(key, row);
     }
   }

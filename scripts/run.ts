@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { prettyFactory } from 'pino-pretty';
 import { parseArgs } from 'node:util';
 import { INSTALL_HINT, redisServerAvailable, startRedis, type LocalRedis } from './lib/redis-server.js';
 import { ROOT, spawnService, type ServiceProcess } from './lib/service-process.js';
@@ -30,13 +31,19 @@ if (!redisUrl) {
 const colours = ['\x1b[36m', '\x1b[35m', '\x1b[33m', '\x1b[32m', '\x1b[34m'];
 const reset = '\x1b[0m';
 const tty = process.stdout.isTTY;
+// In a terminal, JSON lines are made readable; piped elsewhere they stay JSON for tools.
+const pretty = tty ? prettyFactory({ colorize: true, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname,service' }) : undefined;
 const services: ServiceProcess[] = [];
 const launch = (service: 'gateway' | 'inference-worker', label: string, index: number) => {
   const prefix = tty ? `${colours[index % colours.length]}[${label}]${reset}` : `[${label}]`;
   const proc = spawnService(
     service,
     { REDIS_URL: redisUrl },
-    { label, onRecord: (_record, raw) => console.log(`${prefix} ${raw}`) },
+    {
+      label,
+      built: true,
+      onRecord: (record, raw) => console.log(`${prefix} ${pretty && record.level ? pretty(raw).trimEnd() : raw}`),
+    },
   );
   services.push(proc);
   void proc.exited.then((code) => {

@@ -15,6 +15,11 @@ export const ENTRIES = {
 } as const;
 export type ServiceName = keyof typeof ENTRIES;
 
+/** The compiled entry point (`npm run build`), as containers run it. */
+export function builtEntry(service: ServiceName): string {
+  return ENTRIES[service].replace('/src/', '/dist/').replace(/\.ts$/, '.js');
+}
+
 export type LogRecord = Record<string, unknown> & { msg?: string; level?: string };
 
 export interface ServiceProcess {
@@ -37,13 +42,18 @@ export function spawnService(
     nodeArgs?: string[];
     /** false: discard stdout (benchmarks, where parsing logs would load the measuring process). */
     logs?: boolean;
+    /** Run the compiled JavaScript from dist/ (after `npm run build`) instead of the sources. */
+    built?: boolean;
   } = {},
 ): ServiceProcess {
-  const child = spawn(
-    process.execPath,
-    ['--conditions=conveyor-source', '--import', 'tsx', ...(options.nodeArgs ?? []), path.join(ROOT, ENTRIES[service])],
-    { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', options.logs === false ? 'ignore' : 'pipe', 'pipe'] },
-  );
+  const args = options.built
+    ? [...(options.nodeArgs ?? []), path.join(ROOT, builtEntry(service))]
+    : ['--conditions=conveyor-source', '--import', 'tsx', ...(options.nodeArgs ?? []), path.join(ROOT, ENTRIES[service])];
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', options.logs === false ? 'ignore' : 'pipe', 'pipe'],
+  });
   const records: LogRecord[] = [];
   const watchers = new Set<{ predicate: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }>();
   const onLine = (line: string) => {

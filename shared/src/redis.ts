@@ -15,8 +15,9 @@ export function createRedis(url: string, role: RedisRole, name: string, extra: R
     retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2000),
   };
   const byRole: Record<RedisRole, RedisOptions> = {
-    producer: { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 5000 },
-    consumer: { maxRetriesPerRequest: null, enableReadyCheck: true },
+    // Commands issued in the same tick (by concurrent requests or jobs) go out in one write.
+    producer: { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: true },
+    consumer: { maxRetriesPerRequest: null, enableReadyCheck: true, enableAutoPipelining: true },
     subscriber: { maxRetriesPerRequest: null },
   };
   return new Redis(url, { ...common, ...byRole[role], ...extra });

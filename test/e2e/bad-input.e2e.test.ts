@@ -138,6 +138,8 @@ describe('bad input', function () {
       }
       expect(state).to.equal('failed');
       expect((await queue.getJob(jobId))?.attemptsStarted, 'attempts').to.equal(1);
+      await worker.waitFor((r) => r.jobId === jobId && r.msg === 'rejected input');
+      await new Promise((r) => setTimeout(r, 600)); // log lines are flushed every 250 ms
       expect(worker.records.filter((r) => r.jobId === jobId && r.msg === 'rejected input')).to.have.length(1);
     });
 

@@ -6,7 +6,6 @@ import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract
 import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
-import { restrictDecoders } from '@conveyor/shared/model/decoders';
 import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
 import { createApp } from './app.js';
 import { GatewayConfig } from './config.js';
@@ -20,7 +19,6 @@ import { ResultWaiter } from './jobs/result-waiter.js';
 const config = loadConfigOrExit(GatewayConfig);
 const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 const log = createLogger('gateway', config.LOG_LEVEL);
-restrictDecoders();
 
 const keys = keysOf(config.REDIS_PREFIX);
 const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`);
@@ -28,7 +26,9 @@ const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway
 await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
 
 // BullMQ does not close a connection it was given; shutdown closes it below.
-const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`);
+const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`, {
+  enableAutoPipelining: false,
+});
 const queue = new Queue(QUEUES.inference, {
   connection: queueConnection,
   prefix: config.REDIS_PREFIX,

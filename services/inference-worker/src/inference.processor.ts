@@ -78,7 +78,10 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
     try {
       if (!bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
       await handBackIfCancelled(job, token, signal);
-      const prepared = await preprocess({ kind: 'encoded', bytes }, model.manifest, { maxPixels: deps.maxPixels });
+      const prepared = await preprocess({ kind: 'encoded', bytes }, model.manifest, {
+        maxPixels: deps.maxPixels,
+        size: { width: data.input.width, height: data.input.height },
+      });
       const preprocessedAt = performance.now();
       await handBackIfCancelled(job, token, signal);
       const [output] = await model.run([prepared.tensor]);

@@ -49,7 +49,9 @@ const processor = createInferenceProcessor({
 });
 
 // BullMQ does not close a connection it was given; shutdown closes it below.
-const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`);
+const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`, {
+  enableAutoPipelining: false,
+});
 const worker = new Worker(QUEUES.inference, processor, {
   connection: bullConnection,
   prefix: config.REDIS_PREFIX,

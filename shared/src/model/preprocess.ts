@@ -48,6 +48,8 @@ export interface Prepared {
 export interface PreprocessOptions {
   /** Refuse images with more pixels than this before decoding them (decompression bombs). */
   readonly maxPixels: number;
+  /** The upright size, when the caller already read it from the header (saves a libvips call). */
+  readonly size?: { readonly width: number; readonly height: number };
 }
 
 /** The digit policy works on a copy at most this many times the model's input side. */
@@ -64,8 +66,10 @@ export async function preprocess(
   const { width, height } = manifest.input;
   try {
     const source = open(input, options.maxPixels);
-    const meta = await source.metadata();
-    const oriented = meta.autoOrient;
+    const oriented =
+      input.kind === 'raw'
+        ? { width: input.width, height: input.height }
+        : (options.size ?? (await source.metadata()).autoOrient);
     if (spec.resize === 'digit') {
       return await digitPipeline(source, oriented, manifest, spec);
     }
@@ -120,7 +124,7 @@ async function digitPipeline(
   const box = bounds(ink, info.width, info.height);
   if (box) {
     const crop = cropGray(ink, info.width, box);
-    const fitted = await fitIntoBox(crop, box.w, box.h, spec.box ?? manifest.input.width);
+    const fitted = fitIntoBox(crop, box.w, box.h, spec.box ?? manifest.input.width);
     placeByCentreOfMass(fitted.data, fitted.width, fitted.height, field, manifest.input.width, manifest.input.height);
   }
   let inkPixels = 0;
@@ -307,20 +311,65 @@ function cropGray(ink: Uint8Array, width: number, box: Box): Uint8Array {
 }
 
 /** Scale the ink so its longer side is `box` pixels, keeping the aspect ratio (MNIST: 20). */
-async function fitIntoBox(crop: Uint8Array, w: number, h: number, box: number) {
+function fitIntoBox(crop: Uint8Array, w: number, h: number, box: number): { data: Uint8Array; width: number; height: number } {
   const scale = box / Math.max(w, h);
   const width = Math.max(1, Math.round(w * scale));
   const height = Math.max(1, Math.round(h * scale));
   if (width === w && height === h) return { data: crop, width, height };
-  const { data, info } = await sharp(crop, { raw: { width: w, height: h, channels: 1 } })
-    .resize({ width, height, fit: 'fill', kernel: 'mitchell' })
-    // Without this libvips hands back three identical sRGB channels for a one-channel input.
-    .toColourspace('b-w')
-    .raw()
-    .toBuffer({ resolveWithObject: true });
-  if (info.channels !== 1 || data.length !== width * height)
-    throw new Error(`expected ${width}×${height}×1, got ${info.width}×${info.height}×${info.channels}`);
-  return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width, height };
+  return { data: resampleGray(crop, w, h, width, height), width, height };
+}
+
+/**
+ * Separable resampling of a small gray image: area averaging when shrinking (every source pixel
+ * counts by the share of it an output pixel covers, so thin strokes survive), linear interpolation
+ * when enlarging. Done here rather than in libvips because the crop is tiny and a second libvips
+ * pipeline per image cost more than the whole resize.
+ */
+export function resampleGray(src: Uint8Array, w: number, h: number, outW: number, outH: number): Uint8Array {
+  const xs = weights(w, outW);
+  const ys = weights(h, outH);
+  const rows = new Float32Array(outW * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < outW; x++) {
+      let v = 0;
+      for (const [i, wt] of xs[x]!) v += src[y * w + i]! * wt;
+      rows[y * outW + x] = v;
+    }
+  }
+  const out = new Uint8Array(outW * outH);
+  for (let y = 0; y < outH; y++) {
+    for (let x = 0; x < outW; x++) {
+      let v = 0;
+      for (const [i, wt] of ys[y]!) v += rows[i * outW + x]! * wt;
+      out[y * outW + x] = Math.min(255, Math.max(0, Math.round(v)));
+    }
+  }
+  return out;
+}
+
+/** For each output index, the source indices and weights (summing to 1) that make it up. */
+function weights(from: number, to: number): [number, number][][] {
+  const scale = from / to;
+  const table: [number, number][][] = [];
+  for (let o = 0; o < to; o++) {
+    const taps: [number, number][] = [];
+    if (scale >= 1) {
+      const start = o * scale;
+      const end = start + scale;
+      for (let i = Math.floor(start); i < Math.min(from, Math.ceil(end)); i++) {
+        const overlap = Math.min(end, i + 1) - Math.max(start, i);
+        if (overlap > 0) taps.push([i, overlap / scale]);
+      }
+    } else {
+      const centre = Math.min(from - 1, Math.max(0, (o + 0.5) * scale - 0.5));
+      const left = Math.floor(centre);
+      const t = centre - left;
+      taps.push([left, 1 - t]);
+      if (t > 0 && left + 1 < from) taps.push([left + 1, t]);
+    }
+    table.push(taps);
+  }
+  return table;
 }
 
 /** Put the ink's centre of mass at the centre of the field, as MNIST did. */

@@ -1,16 +1,18 @@
 import { fileTypeFromBuffer } from 'file-type';
-import sharp from 'sharp';
+import { disableTypes, imageSize } from 'image-size';
 import type { ImageFormat } from '@conveyor/shared/contract/queue.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 
 /**
  * The cheap checks the gateway makes before queueing: the type comes from the bytes (magic
  * numbers, never the client's Content-Type or file name), and the declared dimensions come from
- * the header, so a decompression bomb is refused without decoding a pixel. Full decoding (and
+ * the header, so a decompression bomb is refused without decoding a pixel. Both are read in
+ * JavaScript (file-type, image-size): no decoder runs in the gateway at all. Full decoding (and
  * with it truncation) is the worker's job: doing it here too would double the CPU per image.
  */
 export interface ImageFacts {
   readonly format: ImageFormat;
+  /** The upright size (EXIF orientation applied). */
   readonly width: number;
   readonly height: number;
 }
@@ -22,6 +24,26 @@ const FORMATS: Readonly<Record<string, ImageFormat>> = {
   'image/webp': 'webp',
   'image/gif': 'gif', // first frame
 };
+
+// image-size knows many formats; only the accepted ones may be parsed.
+disableTypes([
+  'bmp',
+  'cur',
+  'dds',
+  'heif',
+  'icns',
+  'ico',
+  'j2c',
+  'jp2',
+  'jxl',
+  'jxl-stream',
+  'ktx',
+  'pnm',
+  'psd',
+  'svg',
+  'tga',
+  'tiff',
+]);
 
 export async function inspectImage(bytes: Buffer, maxPixels: number): Promise<ImageFacts> {
   const type = await fileTypeFromBuffer(bytes);
@@ -38,9 +60,10 @@ export async function inspectImage(bytes: Buffer, maxPixels: number): Promise<Im
   let width: number;
   let height: number;
   try {
-    // Header only, so no pixel limit is needed here; the limit is applied to the figures below.
-    const meta = await sharp(bytes, { limitInputPixels: false }).metadata();
-    ({ width, height } = meta.autoOrient);
+    const size = imageSize(bytes);
+    // EXIF orientations 5–8 turn the image by 90°.
+    const turned = (size.orientation ?? 1) >= 5;
+    ({ width, height } = turned ? { width: size.height, height: size.width } : size);
   } catch (error) {
     throw new ProblemError('undecodable-image', `The ${format.toUpperCase()} header cannot be read: ${(error as Error).message}`);
   }

@@ -35,6 +35,8 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
       maxFileSize: maxBytes,
       maxTotalFileSize: maxBytes,
       allowEmptyFiles: false,
+      // Nothing touches the disk, so the per-file random name (cuid2 over sha3) is wasted work.
+      filename: () => 'upload',
       fileWriteStreamHandler: (file?: unknown) => {
         const chunks: Buffer[] = [];
         files.set(file as File, chunks);

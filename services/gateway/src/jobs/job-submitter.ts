@@ -1,6 +1,11 @@
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { INFERENCE_JOB_NAME, INFERENCE_JOB_OPTIONS, InferenceJob, type Keys } from '@conveyor/shared/contract/queue.contract';
+import {
+  INFERENCE_JOB_NAME,
+  INFERENCE_JOB_OPTIONS,
+  type InferenceJob,
+  type Keys,
+} from '@conveyor/shared/contract/queue.contract';
 
 /**
  * Where an upload becomes a job: the image bytes go to their own key as a binary string (not as
@@ -16,7 +21,6 @@ export class JobSubmitter {
   ) {}
 
   async submit(jobId: string, bytes: Buffer, job: InferenceJob): Promise<void> {
-    InferenceJob.parse(job); // a producer bug must not reach the queue
     await this.redis.set(this.keys.input(jobId), bytes, 'EX', this.inputTtlSeconds);
     try {
       await this.queue.add(INFERENCE_JOB_NAME, job, { ...INFERENCE_JOB_OPTIONS, jobId });
