@@ -39,9 +39,25 @@ format: $(NODE_MODULES) ## Format the code with Prettier
 build: $(NODE_MODULES) ## Compile every package to dist/
 	npm run build
 
+.PHONY: mlflow
+mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on :5000 (installs the pinned server into .venv/mlflow once)
+	$(TSX) scripts/mlflow.ts
+
 .PHONY: train
-train: $(NODE_MODULES) ## Train the default digit model (deterministic) into models/digits
-	$(TSX) services/trainer/src/main.ts --config services/trainer/configs/cnn.json --out models/digits
+train: $(NODE_MODULES) ## ingest → validate → train 3 experiments → track in MLflow → register the best (alias staging) → models/digits, MODEL_CARD.md
+	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts all --publish models/digits --card MODEL_CARD.md --reports docs/validation
+
+.PHONY: promote
+promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; move the production alias if it passes
+	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts promote $(if $(VERSION),--version $(VERSION),)
+
+.PHONY: rollback
+rollback: $(NODE_MODULES) ## Point the production alias back at the version it replaced
+	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts rollback
+
+.PHONY: screenshots
+screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in headless Chromium → docs/images
+	$(TSX) scripts/with-mlflow.ts $(TSX) scripts/screenshot-mlflow.ts
 
 .PHONY: bench
 bench: build ## Throughput and latency: full HTTP path vs. sharp + onnxruntime called directly

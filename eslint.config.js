@@ -7,7 +7,7 @@ import tseslint from 'typescript-eslint';
  * TypeScript counterpart of the roadmap's bandit. Formatting is Prettier's job, not the linter's.
  */
 export default tseslint.config(
-  { ignores: ['**/dist/**', 'node_modules/**', 'data/**', 'models/**', 'coverage/**'] },
+  { ignores: ['**/dist/**', 'node_modules/**', 'data/**', 'models/**', 'coverage/**', '.venv/**'] },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   security.configs.recommended,

@@ -2,9 +2,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
+import { stopSharedMlflow } from './mlflow.js';
 
 /**
- * One real redis-server for the whole run, on a free port, started by the test command itself.
+ * One real redis-server for the whole run, on a free port, started by the test command itself
+ * (and, on first use, one real MLflow server: see mlflow.ts).
  * Suites isolate themselves with a random REDIS_PREFIX. Without redis-server the run fails loudly
  * (it is never skipped): `.ci/run` installs it on a bare machine.
  */
@@ -18,6 +20,7 @@ export async function mochaGlobalSetup(): Promise<void> {
 }
 
 export async function mochaGlobalTeardown(): Promise<void> {
+  await stopSharedMlflow();
   await redis?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 }

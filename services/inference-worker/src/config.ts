@@ -5,7 +5,24 @@ export const WorkerConfig = z.object({
   ...redisConfigShape,
   ...logConfigShape,
   ...resultConfigShape,
-  MODEL_DIR: env.string('models/digits', 'Model folder (model.onnx + manifest.json) the worker serves'),
+  MODEL_DIR: env.string(
+    'models/digits',
+    'Model folder (model.onnx + manifest.json) served when no MLflow registry is configured',
+  ),
+  MLFLOW_TRACKING_URI: z
+    .url()
+    .optional()
+    .describe('MLflow tracking server; when set, the worker serves MODEL_URI from its registry instead of MODEL_DIR'),
+  MODEL_URI: z
+    .string()
+    .regex(/^models:\/[^/@]+(@[A-Za-z0-9_-]+|\/\d+)$/, 'models:/<name>@<alias> or models:/<name>/<version>')
+    .default('models:/digits@production')
+    .describe('Registry model to serve (with MLFLOW_TRACKING_URI); an alias is followed as it moves'),
+  MODEL_CACHE_DIR: env.string(
+    'data/model-cache',
+    'Where downloaded model versions are kept (verified by checksum, reused across restarts)',
+  ),
+  MODEL_POLL_INTERVAL_MS: env.int(10_000, 100, 3_600_000, 'How often the worker checks whether the alias it serves has moved'),
   WORKER_CONCURRENCY: env.int(4, 1, 256, 'Jobs one worker process handles at once (decoding overlaps on libuv threads)'),
   ORT_THREADS: env.int(1, 1, 64, 'onnxruntime intra-op threads per process; scale with processes rather than threads'),
   SHARP_CONCURRENCY: env.int(1, 0, 64, 'libvips threads per image (0 = one per core); 1 lets concurrent jobs use the cores'),

@@ -9,8 +9,9 @@ import {
 } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess } from '@conveyor/shared/model/preprocess';
-import { classify, type LoadedModel } from '@conveyor/shared/model/runtime';
+import { classify } from '@conveyor/shared/model/runtime';
 import { ProblemError, problemCatalogue, problemType } from '@conveyor/shared/problem';
+import type { ModelHost } from './model/model-host.js';
 import type { ResultPublisher } from './result-publisher.js';
 
 /**
@@ -24,8 +25,8 @@ export interface ProcessorDeps {
   readonly redis: Redis;
   readonly keys: Keys;
   readonly publisher: ResultPublisher;
-  /** The model to use for the next job (read per job, so a swapped model takes effect at once). */
-  readonly model: () => LoadedModel;
+  /** The model to use for the next job (leased per job, so a swapped model takes effect at once). */
+  readonly models: ModelHost;
   readonly workerId: string;
   readonly maxPixels: number;
   readonly topK: number;
@@ -66,8 +67,9 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
       return { label: 'duplicate' };
     }
 
-    const model = deps.model();
-    const modelRef = { name: model.manifest.name, version: model.manifest.version };
+    // The job keeps the model it started with, even if a new version is swapped in meanwhile.
+    const lease = deps.models.acquire();
+    const { model, ref: modelRef } = lease;
     const base = {
       id: jobId,
       requestId: data.requestId,
@@ -144,6 +146,8 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
       }
       log.warn({ err: error, lastAttempt }, 'job failed; BullMQ retries it unless this was the last attempt');
       throw error;
+    } finally {
+      lease.release();
     }
   };
 }

@@ -7,14 +7,18 @@ import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract
 import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
-import { loadModel } from '@conveyor/shared/model/runtime';
 import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
 import { WorkerConfig } from './config.js';
 import { drain } from './drain.js';
+import { ModelHost } from './model/model-host.js';
+import { ModelWatcher } from './model/model-watcher.js';
+import { RegistrySource } from './model/registry-source.js';
 import { Heartbeat } from './heartbeat.js';
 import { createInferenceProcessor } from './inference.processor.js';
 import { ResultPublisher } from './result-publisher.js';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
+import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
 
 const config = loadConfigOrExit(WorkerConfig);
 const workerId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -24,8 +28,24 @@ restrictDecoders();
 sharp.cache(false); // every upload is new: libvips' operation cache would only hold memory
 sharp.concurrency(config.SHARP_CONCURRENCY);
 
-const model = await loadModel(path.resolve(config.MODEL_DIR), { threads: config.ORT_THREADS });
-log.info({ model: { name: model.manifest.name, version: model.manifest.version }, dir: model.dir }, 'model loaded');
+// The model: from the MLflow registry (followed as its alias moves) when configured, else the
+// local model folder (the committed default).
+const models = new ModelHost(log);
+let watcher: ModelWatcher | undefined;
+if (config.MLFLOW_TRACKING_URI) {
+  const source = new RegistrySource(
+    new MlflowClient(config.MLFLOW_TRACKING_URI),
+    config.MODEL_URI,
+    path.resolve(config.MODEL_CACHE_DIR),
+    log,
+  );
+  watcher = new ModelWatcher(source, models, { threads: config.ORT_THREADS, intervalMs: config.MODEL_POLL_INTERVAL_MS }, log);
+  await watcher.start();
+} else {
+  const model = await loadCheckedModel(path.resolve(config.MODEL_DIR), { threads: config.ORT_THREADS });
+  models.replace(model, { name: model.manifest.name, version: model.manifest.version });
+  log.info({ model: models.ref, dir: model.dir }, 'model loaded');
+}
 
 const keys = keysOf(config.REDIS_PREFIX);
 const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`);
@@ -39,7 +59,7 @@ const processor = createInferenceProcessor({
   redis,
   keys,
   publisher,
-  model: () => model,
+  models,
   workerId,
   maxPixels: config.MAX_IMAGE_PIXELS,
   topK: config.TOP_K,
@@ -71,7 +91,7 @@ const heartbeat = new Heartbeat(
   workerId,
   config.HEARTBEAT_INTERVAL_MS,
   () => ({
-    model: { name: model.manifest.name, version: model.manifest.version },
+    model: models.ref!,
     concurrency: config.WORKER_CONCURRENCY,
     ...stats,
   }),
@@ -83,7 +103,13 @@ const shutdown = installShutdown(
   [
     { name: 'drain jobs', run: () => drain(worker, config.SHUTDOWN_BUDGET_MS, log) },
     { name: 'heartbeat', run: () => heartbeat.stop() },
-    { name: 'model', run: () => model.close() },
+    {
+      name: 'model',
+      run: () => {
+        watcher?.stop();
+        return models.close();
+      },
+    },
     { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(bullConnection)]) },
   ],
   config.SHUTDOWN_BUDGET_MS + 3000,

