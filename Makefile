@@ -60,8 +60,13 @@ screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in
 	$(TSX) scripts/with-mlflow.ts $(TSX) scripts/screenshot-mlflow.ts
 
 .PHONY: bench
-bench: build ## Throughput and latency: full HTTP path vs. sharp + onnxruntime called directly
+bench: build ## Benchmarks: full HTTP path vs. sharp + onnxruntime directly; drift false alarms, detection, monitor throughput
 	$(TSX) bench/throughput.bench.ts $(ARGS)
+	$(TSX) bench/drift.bench.ts
+
+.PHONY: drift-demo
+drift-demo: build ## Normal → shifted → normal traffic through the system; the monitor alerts once and resolves; report in docs/reports
+	$(TSX) scripts/drift-demo.ts
 
 .PHONY: clean
 clean: ## Remove build output and local data

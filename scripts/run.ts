@@ -5,7 +5,7 @@ import { INSTALL_HINT, redisServerAvailable, startRedis, type LocalRedis } from 
 import { ROOT, spawnService, type ServiceProcess } from './lib/service-process.js';
 
 /**
- * `make run`: the gateway and inference workers in the foreground, every log line prefixed with
+ * `make run`: the gateway, the inference workers and the drift monitor in the foreground, every log line prefixed with
  * its process. Redis comes from REDIS_URL, else a local redis-server is started with its data in
  * ./data/redis and stopped on exit. Ctrl-C or SIGTERM stops everything in order.
  */
@@ -34,7 +34,7 @@ const tty = process.stdout.isTTY;
 // In a terminal, JSON lines are made readable; piped elsewhere they stay JSON for tools.
 const pretty = tty ? prettyFactory({ colorize: true, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname,service' }) : undefined;
 const services: ServiceProcess[] = [];
-const launch = (service: 'gateway' | 'inference-worker', label: string, index: number) => {
+const launch = (service: 'gateway' | 'inference-worker' | 'monitor', label: string, index: number) => {
   const prefix = tty ? `${colours[index % colours.length]}[${label}]${reset}` : `[${label}]`;
   const proc = spawnService(
     service,
@@ -55,15 +55,17 @@ const launch = (service: 'gateway' | 'inference-worker', label: string, index: n
 };
 for (let i = 0; i < workerCount; i++) launch('inference-worker', workerCount > 1 ? `worker-${i + 1}` : 'worker', i + 1);
 launch('gateway', 'gateway', 0);
+launch('monitor', 'monitor', workerCount + 1);
 
 let stopping = false;
 async function stopAll(code: number): Promise<void> {
   if (stopping) return;
   stopping = true;
   console.log('[run] stopping…');
-  // Gateway first (no new work), then workers (they drain), then Redis.
+  // Gateway first (no new work), then workers (they drain), then the monitor, then Redis.
   await services.find((s) => s.name === 'gateway')?.stop('SIGTERM');
-  await Promise.all(services.filter((s) => s.name !== 'gateway').map((s) => s.stop('SIGTERM')));
+  await Promise.all(services.filter((s) => s.name !== 'gateway' && s.name !== 'monitor').map((s) => s.stop('SIGTERM')));
+  await services.find((s) => s.name === 'monitor')?.stop('SIGTERM');
   await redis?.stop();
   process.exit(code);
 }

@@ -12,6 +12,7 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const ENTRIES = {
   gateway: 'services/gateway/src/main.ts',
   'inference-worker': 'services/inference-worker/src/main.ts',
+  monitor: 'services/monitor/src/main.ts',
 } as const;
 export type ServiceName = keyof typeof ENTRIES;
 

@@ -13,6 +13,7 @@ export const problemCatalogue = {
   'url-fetch-failed': { status: 422, title: 'The image could not be fetched from the URL' },
   'input-expired': { status: 410, title: 'The uploaded image expired before a worker took the job' },
   'not-found': { status: 404, title: 'Not found' },
+  conflict: { status: 409, title: 'The request conflicts with the state of the job' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },
   overloaded: { status: 503, title: 'The queue is full; retry later' },
   'not-ready': { status: 503, title: 'The service is not ready' },

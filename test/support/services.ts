@@ -36,6 +36,28 @@ export async function startWorker(
   return Object.assign(proc, { id: String(ready.workerId) });
 }
 
+export async function startMonitor(
+  prefix: string,
+  env: Record<string, string> = {},
+  label = 'monitor',
+): Promise<ServiceProcess & { url: string }> {
+  const proc = spawnService(
+    'monitor',
+    {
+      REDIS_URL: testRedisUrl(),
+      REDIS_PREFIX: prefix,
+      LOG_LEVEL: 'debug',
+      MONITOR_PORT: '0',
+      MONITOR_HOST: '127.0.0.1',
+      REPORT_INTERVAL_MS: '0',
+      ...env,
+    },
+    { label },
+  );
+  const listening = await proc.waitFor((r) => r.msg === 'monitor listening', 30_000);
+  return Object.assign(proc, { url: `http://127.0.0.1:${String(listening.port)}` });
+}
+
 export async function stopAll(...procs: (ServiceProcess | undefined)[]): Promise<void> {
   await Promise.all(procs.filter((p) => p !== undefined).map((p) => p.stop('SIGTERM')));
 }

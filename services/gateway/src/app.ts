@@ -7,6 +7,7 @@ import type { GatewayState } from './http/context.js';
 import { problemMiddleware } from './http/problem.middleware.js';
 import { requestContext } from './http/request-context.middleware.js';
 import type { JobLookup } from './jobs/job-lookup.js';
+import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
 import { registerOpsRoutes } from './routes/ops.route.js';
 import { registerPredictRoute, type PredictDeps } from './routes/predict.route.js';
@@ -25,6 +26,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   const router = new Router<GatewayState>();
   registerPredictRoute(router, deps);
   registerJobRoutes(router, deps.lookup);
+  registerFeedbackRoute(router, { redis: deps.redis, keys: deps.keys, resultTtlSeconds: deps.config.RESULT_TTL_SECONDS });
   registerOpsRoutes(router, deps);
 
   app.use(requestContext(deps.log, deps.metrics));

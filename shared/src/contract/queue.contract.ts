@@ -15,6 +15,8 @@ export const QUEUES = {
 
 export const STREAMS = {
   predictions: 'stream:predictions',
+  feedback: 'stream:feedback',
+  alerts: 'stream:alerts',
 } as const;
 
 /** Redis keys other than BullMQ's own, all under the deployment prefix. */
@@ -24,6 +26,8 @@ export function keys(prefix: string) {
     input: (jobId: string) => `${prefix}:input:${jobId}`,
     /** The finished job (result or error), JSON, expires after RESULT_TTL_SECONDS. */
     result: (jobId: string) => `${prefix}:result:${jobId}`,
+    /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
+    feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
     replies: (gatewayId: string) => `${prefix}:replies:${gatewayId}`,
     /** Sorted set of live workers, scored by the time their heartbeat expires. */
@@ -31,6 +35,8 @@ export function keys(prefix: string) {
     /** Heartbeat details of one worker, JSON, with a TTL. */
     worker: (workerId: string) => `${prefix}:worker:${workerId}`,
     predictions: `${prefix}:${STREAMS.predictions}`,
+    feedbackStream: `${prefix}:${STREAMS.feedback}`,
+    alerts: `${prefix}:${STREAMS.alerts}`,
   };
 }
 export type Keys = ReturnType<typeof keys>;
@@ -192,3 +198,39 @@ export const INFERENCE_JOB_OPTIONS = {
 } as const;
 
 export const INFERENCE_JOB_NAME = 'predict';
+
+/** Gateway → monitor, one entry per `POST /v1/feedback` on the feedback stream (field `event`). */
+export const FeedbackEvent = z.object({
+  kind: z.literal('feedback'),
+  version: z.literal(1),
+  jobId: JobId,
+  /** The true label, as the caller learnt it later. */
+  label: z.string().min(1).max(64),
+  at: z.iso.datetime(),
+  requestId: RequestId,
+});
+export type FeedbackEvent = z.infer<typeof FeedbackEvent>;
+
+export const Severity = z.enum(['warn', 'alert', 'resolved']);
+export type Severity = z.infer<typeof Severity>;
+
+/** Monitor → anyone (alerts stream, webhook, log line): a drift or quality state change. */
+export const AlertEvent = z.object({
+  kind: z.literal('alert'),
+  version: z.literal(1),
+  id: z.string(),
+  at: z.iso.datetime(),
+  severity: Severity,
+  /** `psi`, `js`, `embedding-drift-share`, `accuracy`… */
+  metric: z.string(),
+  /** `brightness`, `confidence`, `predicted-class`, `embedding`, `quality`… */
+  feature: z.string(),
+  value: z.number().nullable(),
+  threshold: z.number().nullable(),
+  /** The window the decision was made on. */
+  window: z.object({ index: z.number().int().min(0), size: z.number().int().min(0), from: z.string(), to: z.string() }),
+  model: ModelRef,
+  state: z.object({ from: z.string(), to: z.string() }),
+  message: z.string(),
+});
+export type AlertEvent = z.infer<typeof AlertEvent>;

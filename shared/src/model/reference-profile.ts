@@ -70,7 +70,8 @@ export function numericProfile(values: readonly number[], bins = 10): NumericPro
   const std = Math.sqrt(sorted.reduce((s, v) => s + (v - mean) ** 2, 0) / n);
   const edges: number[] = [];
   for (let i = 1; i < bins; i++) {
-    const q = sorted[Math.min(n - 1, Math.floor((i * n) / bins))]!;
+    // The i-th decile: the largest value with at most i/bins of the sample at or below it.
+    const q = sorted[Math.max(0, Math.ceil((i * n) / bins) - 1)]!;
     if (edges.length === 0 || q > edges.at(-1)!) edges.push(q);
   }
   // The top edge must leave something above it, or the last bin would be empty by construction.

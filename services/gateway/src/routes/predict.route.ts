@@ -17,7 +17,7 @@ import type { ResultWaiter } from '../jobs/result-waiter.js';
 export interface PredictDeps {
   readonly config: Pick<
     GatewayConfig,
-    'MAX_UPLOAD_BYTES' | 'MAX_IMAGE_PIXELS' | 'SYNC_WAIT_DEFAULT_SECONDS' | 'SYNC_WAIT_MAX_SECONDS'
+    'MAX_UPLOAD_BYTES' | 'MAX_IMAGE_PIXELS' | 'SYNC_WAIT_DEFAULT_SECONDS' | 'SYNC_WAIT_MAX_SECONDS' | 'RESULT_TTL_SECONDS'
   >;
   readonly admission: Admission;
   readonly fetchImage: ImageFetcher;

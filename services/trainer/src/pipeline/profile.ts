@@ -1,6 +1,6 @@
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { numericProfile, type EmbeddingProfile, type ReferenceProfile } from '@conveyor/shared/model/reference-profile';
-import type { LoadedModel } from '@conveyor/shared/model/runtime';
+import { classify, type LoadedModel } from '@conveyor/shared/model/runtime';
 import type { Dataset } from './ingest.js';
 
 /**
@@ -37,12 +37,13 @@ export async function buildReferenceProfile(
     const outputs = await model.run(prepared.map((p) => p.tensor));
     outputs.forEach((out, j) => {
       const d = prepared[j]!.descriptors;
-      let best = 0;
-      for (let c = 1; c < out.probabilities.length; c++) if (out.probabilities[c]! > out.probabilities[best]!) best = c;
+      // Exactly what the worker publishes (classify rounds), or near-1 confidences would land in
+      // different bins in production than in the reference and read as drift.
+      const { index: best, confidence } = classify(out.probabilities, manifest.labels);
       features.brightness!.push(d.brightness);
       features.contrast!.push(d.contrast);
       features.inkRatio!.push(d.inkRatio);
-      features.confidence!.push(out.probabilities[best]!);
+      features.confidence!.push(confidence);
       predicted.push(best);
       correct.push(best === dataset.samples[batch[j]!]!.label);
       if (out.embedding) embeddings.push(out.embedding);

@@ -1,0 +1,50 @@
+import type Router from '@koa/router';
+import type { Redis } from 'ioredis';
+import { koaBody } from 'koa-body';
+import { z } from 'zod';
+import { JobResult, type FeedbackEvent, type Keys } from '@conveyor/shared/contract/queue.contract';
+import { ProblemError } from '@conveyor/shared/problem';
+import type { GatewayState } from '../http/context.js';
+
+const FeedbackBody = z.object({ jobId: z.uuid(), label: z.string().trim().min(1).max(64) });
+
+/**
+ * POST /v1/feedback `{ jobId, label }`: the ground truth of a prediction, learnt later. Accepted
+ * once per job while the job's result is kept; the monitor joins it to the prediction and keeps
+ * the rolling accuracy.
+ */
+export function registerFeedbackRoute(
+  router: Router<GatewayState>,
+  deps: { redis: Redis; keys: Keys; resultTtlSeconds: number },
+): void {
+  router.post(
+    '/v1/feedback',
+    koaBody({ json: true, multipart: false, urlencoded: false, text: false, jsonLimit: 4096 }),
+    async (ctx) => {
+      if (!ctx.is('json')) throw new ProblemError('unsupported-media-type', 'Send application/json {"jobId": "…", "label": "…"}');
+      const parsed = FeedbackBody.safeParse(ctx.request.body);
+      if (!parsed.success) throw new ProblemError('invalid-request', 'Expected {"jobId": "<uuid>", "label": "<class>"}');
+      const { jobId, label } = parsed.data;
+      ctx.state.jobId = jobId;
+      const raw = await deps.redis.get(deps.keys.result(jobId));
+      if (raw === null)
+        throw new ProblemError('not-found', `No job ${jobId}: unknown, not finished yet, or its result has expired`);
+      const result = JobResult.parse(JSON.parse(raw));
+      if (result.status !== 'completed')
+        throw new ProblemError('conflict', `Job ${jobId} failed; there is no prediction to compare with`);
+      const first = await deps.redis.set(deps.keys.feedback(jobId), label, 'EX', deps.resultTtlSeconds, 'NX');
+      if (first !== 'OK') throw new ProblemError('conflict', `Feedback for job ${jobId} was already recorded`);
+      const event: FeedbackEvent = {
+        kind: 'feedback',
+        version: 1,
+        jobId,
+        label,
+        at: new Date().toISOString(),
+        requestId: ctx.state.requestId,
+      };
+      await deps.redis.xadd(deps.keys.feedbackStream, 'MAXLEN', '~', 100_000, '*', 'event', JSON.stringify(event));
+      ctx.status = 202;
+      ctx.body = { jobId, label, status: 'accepted', predicted: result.prediction.label, model: result.model };
+    },
+  );
+}

@@ -1,0 +1,86 @@
+import { z } from 'zod';
+import { env, logConfigShape, redisConfigShape } from '@conveyor/shared/config';
+
+const Thresholds = z
+  .object({ warn: z.number().min(0), alert: z.number().min(0) })
+  .refine((t) => t.alert >= t.warn, { error: 'alert must be ≥ warn' });
+
+export const MonitorConfig = z.object({
+  ...redisConfigShape,
+  ...logConfigShape,
+  MONITOR_PORT: env.int(9100, 0, 65535, 'HTTP port of the monitor (/drift, /metrics, /reports, /health)'),
+  MONITOR_HOST: env.string('0.0.0.0', 'Interface the monitor listens on'),
+  WINDOW_SIZE: env.int(
+    500,
+    20,
+    1_000_000,
+    'Predictions per drift window (tumbling, per model version); 500 keeps false alarms near zero',
+  ),
+  MIN_WINDOW: env.int(200, 10, 1_000_000, 'Below this many predictions a window reports insufficient_data instead of a PSI'),
+  DRIFT_WARN: env.number(0.1, 0, 100, 'Default PSI at which a feature is in WARN'),
+  DRIFT_ALERT: env.number(0.25, 0, 100, 'Default PSI at which a feature is in ALERT'),
+  DRIFT_THRESHOLDS: z
+    .string()
+    .default('{}')
+    .transform((text, ctx) => {
+      try {
+        return z.record(z.string(), Thresholds).parse(JSON.parse(text));
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', message: `not a JSON object of {warn, alert} per feature: ${(error as Error).message}` });
+        return z.NEVER;
+      }
+    })
+    .describe(
+      'Per-feature overrides as JSON, e.g. {"confidence":{"warn":0.15,"alert":0.3}}; `embedding` is the share of drifted principal components (default 0.25/0.5), a component drifting at the `embedding-component` warn PSI (default 0.2)',
+    ),
+  ALERT_CONSECUTIVE: env.int(2, 1, 100, 'Windows in a row that must agree before a state changes (hysteresis)'),
+  ALERT_COOLDOWN_MS: env.int(
+    600_000,
+    0,
+    86_400_000,
+    'After a resolution, a new episode of the same feature within this time is not announced again',
+  ),
+  QUALITY_WINDOW: env.int(500, 10, 1_000_000, 'Labelled predictions the rolling accuracy is computed over'),
+  QUALITY_MIN_LABELS: env.int(100, 1, 1_000_000, 'Labelled predictions needed before quality is judged'),
+  QUALITY_TARGET: env.number(
+    0.95,
+    0,
+    1,
+    'Rolling accuracy below which quality warns (alerts when the whole 95 % interval is below)',
+  ),
+  QUALITY_CONFIDENCE: env.number(0.5, 0, 1, 'Confidence threshold of the rolling accuracy (coverage is the share above it)'),
+  ALERT_WEBHOOK_URL: z
+    .url()
+    .optional()
+    .describe('POST every alert here as JSON (signed with ALERT_WEBHOOK_SECRET, retried with backoff)'),
+  ALERT_WEBHOOK_SECRET: env.optionalString('Shared secret for the X-Conveyor-Signature HMAC-SHA256 header of webhook calls'),
+  WEBHOOK_MAX_ATTEMPTS: env.int(5, 1, 20, 'Attempts per webhook call (exponential backoff from 500 ms)'),
+  REPORT_DIR: env.string('data/reports', 'Where drift reports (CSV, PNG) are written'),
+  REPORT_INTERVAL_MS: env.int(600_000, 0, 86_400_000, 'How often reports are written (0: only on demand, POST /reports)'),
+  MLFLOW_TRACKING_URI: z
+    .url()
+    .optional()
+    .describe('MLflow server to fetch the reference profile of registry model versions from'),
+  MODEL_DIR: env.string('models/digits', 'Local model folder whose reference profile is used for its own version'),
+  CLAIM_IDLE_MS: env.int(
+    30_000,
+    100,
+    3_600_000,
+    'Events pending this long with a dead consumer are reclaimed by another monitor',
+  ),
+  PREDICTION_TTL_SECONDS: env.int(86_400, 60, 30 * 86_400, 'How long a prediction is kept to join late feedback to it'),
+  SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed to finish the batch in hand'),
+});
+export type MonitorConfig = z.infer<typeof MonitorConfig>;
+
+export function thresholdsFor(config: MonitorConfig): (feature: string) => { warn: number; alert: number } {
+  // The embedding is judged by the share of its principal components that drifted, a component
+  // counting as drifted at a PSI of 0.2 (at the warn PSI, one component in four tripped in 1.2 % of
+  // same-distribution windows of 500: measured by bench/drift.bench.ts).
+  const defaults: Record<string, { warn: number; alert: number }> = {
+    embedding: { warn: 0.25, alert: 0.5 },
+    'embedding-component': { warn: 0.2, alert: 0.4 },
+  };
+  return (feature) =>
+    config.DRIFT_THRESHOLDS[feature] ?? defaults[feature] ?? { warn: config.DRIFT_WARN, alert: config.DRIFT_ALERT };
+}

@@ -1,0 +1,78 @@
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import type { Monitor, WindowRecord } from '../monitor.js';
+import type { QualitySnapshot } from '../quality/quality.js';
+import type { MonitorStore } from '../store/monitor-store.js';
+
+/**
+ * Prometheus gauges read from the shared state at scrape time, so every monitor instance reports
+ * the same figures whichever of them evaluated the window.
+ */
+const LEVEL = { ok: 0, warn: 1, alert: 2 } as const;
+
+export function monitorMetrics(store: MonitorStore, monitor: Monitor): Registry {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'conveyor_monitor_' });
+  new Gauge({
+    name: 'conveyor_drift_value',
+    help: 'Drift of the last evaluated window (PSI, or share of drifted embedding components)',
+    labelNames: ['model', 'version', 'feature', 'metric'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const model of await store.models()) {
+        const latest = (await store.latest(model, 'drift')) as WindowRecord | undefined;
+        for (const [feature, f] of Object.entries(latest?.features ?? {})) {
+          this.set({ model: model.name, version: model.version, feature, metric: f.metric }, f.value);
+        }
+      }
+    },
+  });
+  new Gauge({
+    name: 'conveyor_drift_state',
+    help: 'Alert state per feature: 0 OK, 1 WARN, 2 ALERT',
+    labelNames: ['model', 'version', 'feature'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const model of await store.models()) {
+        for (const [feature, s] of Object.entries(await store.featureStates(model)))
+          this.set({ model: model.name, version: model.version, feature }, LEVEL[s.level]);
+      }
+    },
+  });
+  new Gauge({
+    name: 'conveyor_quality_accuracy',
+    help: 'Rolling accuracy of labelled predictions at the confidence threshold',
+    labelNames: ['model', 'version'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const model of await store.models()) {
+        const q = (await store.latest(model, 'quality')) as QualitySnapshot | undefined;
+        if (q?.accuracy !== null && q?.accuracy !== undefined)
+          this.set({ model: model.name, version: model.version }, q.accuracy);
+      }
+    },
+  });
+  const processed = new Counter({
+    name: 'conveyor_monitor_events_total',
+    help: 'Events applied by this instance',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+  });
+  let seen = { predictions: 0, feedback: 0, duplicates: 0, windows: 0, alerts: 0 };
+  new Gauge({
+    name: 'conveyor_monitor_alerts_emitted',
+    help: 'Alerts emitted by this instance since it started',
+    registers: [registry],
+    collect() {
+      const now = { ...monitor.stats };
+      processed.inc({ kind: 'prediction' }, now.predictions - seen.predictions);
+      processed.inc({ kind: 'feedback' }, now.feedback - seen.feedback);
+      processed.inc({ kind: 'duplicate' }, now.duplicates - seen.duplicates);
+      seen = now;
+      this.set(now.alerts);
+    },
+  });
+  return registry;
+}

@@ -1,0 +1,150 @@
+import os from 'node:os';
+import path from 'node:path';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { loadConfigOrExit } from '@conveyor/shared/config';
+import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
+import { createLogger } from '@conveyor/shared/logger';
+import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { AlertSink } from './alerts/alert-sink.js';
+import { MonitorConfig, thresholdsFor } from './config.js';
+import { monitorMetrics } from './http/metrics.js';
+import { createMonitorServer } from './http/server.js';
+import { Monitor, type WindowRecord } from './monitor.js';
+import { ProfileSource } from './reference/profile-source.js';
+import { writeReport } from './reports/report.js';
+import { MonitorStore } from './store/monitor-store.js';
+import { StreamConsumer } from './store/stream-consumer.js';
+
+const config = loadConfigOrExit(MonitorConfig);
+const consumerName = `${os.hostname()}-${process.pid}`;
+const log = createLogger('monitor', config.LOG_LEVEL).child({ consumer: consumerName });
+const keys = keysOf(config.REDIS_PREFIX);
+
+const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`);
+// Blocking reads get connections of their own.
+const predictionsConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-predictions:${consumerName}`, {
+  enableAutoPipelining: false,
+});
+const feedbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-feedback:${consumerName}`, {
+  enableAutoPipelining: false,
+});
+await Promise.all([redis, predictionsConnection, feedbackConnection].map((r) => waitForReady(r, 30_000)));
+
+const store = new MonitorStore(redis, config.REDIS_PREFIX);
+const profiles = new ProfileSource(
+  {
+    ...(config.MLFLOW_TRACKING_URI ? { client: new MlflowClient(config.MLFLOW_TRACKING_URI) } : {}),
+    localDir: path.resolve(config.MODEL_DIR),
+  },
+  log.child({ module: 'profiles' }),
+);
+const alerts = new AlertSink(
+  redis,
+  keys.alerts,
+  log.child({ module: 'alerts' }),
+  config.ALERT_WEBHOOK_URL
+    ? {
+        url: config.ALERT_WEBHOOK_URL,
+        maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
+        ...(config.ALERT_WEBHOOK_SECRET ? { secret: config.ALERT_WEBHOOK_SECRET } : {}),
+      }
+    : undefined,
+);
+const monitor = new Monitor(
+  store,
+  profiles,
+  alerts,
+  {
+    windowSize: config.WINDOW_SIZE,
+    minWindow: config.MIN_WINDOW,
+    thresholdsFor: thresholdsFor(config),
+    policy: { consecutive: config.ALERT_CONSECUTIVE, cooldownMs: config.ALERT_COOLDOWN_MS },
+    quality: {
+      window: config.QUALITY_WINDOW,
+      minLabels: config.QUALITY_MIN_LABELS,
+      target: config.QUALITY_TARGET,
+      confidence: config.QUALITY_CONFIDENCE,
+    },
+    predictionTtlSeconds: config.PREDICTION_TTL_SECONDS,
+  },
+  log,
+);
+
+const consumerOptions = {
+  group: 'monitor',
+  consumer: consumerName,
+  count: 200,
+  blockMs: 1000,
+  claimIdleMs: config.CLAIM_IDLE_MS,
+};
+const predictions = new StreamConsumer(
+  predictionsConnection,
+  { ...consumerOptions, stream: keys.predictions, maxDeliveries: 5 },
+  (id, fields) => monitor.handlePrediction(id, fields),
+  log.child({ module: 'predictions' }),
+);
+const feedback = new StreamConsumer(
+  feedbackConnection,
+  // Feedback may arrive before its prediction was applied: it is retried, then dead-lettered.
+  { ...consumerOptions, stream: keys.feedbackStream, maxDeliveries: 20, claimIdleMs: Math.min(config.CLAIM_IDLE_MS, 2000) },
+  (id, fields, deliveries) => monitor.handleFeedback(id, fields, deliveries),
+  log.child({ module: 'feedback' }),
+);
+
+const report = async () => {
+  const files = await writeReport((await store.windowRecords()) as WindowRecord[], path.resolve(config.REPORT_DIR));
+  log.info(files, 'drift report written');
+  return files;
+};
+const server = createMonitorServer({
+  snapshot: () => monitor.snapshot(),
+  registry: monitorMetrics(store, monitor),
+  writeReport: report,
+  redisPing: () => redis.ping(),
+  log,
+});
+
+// A window closed by a monitor that died before evaluating it is picked up here.
+const sweeper = setInterval(
+  () => void monitor.evaluatePending().catch((error: unknown) => log.warn({ err: error }, 'window sweep failed')),
+  1000,
+);
+const reporter =
+  config.REPORT_INTERVAL_MS > 0
+    ? setInterval(
+        () => void report().catch((error: unknown) => log.warn({ err: error }, 'report failed')),
+        config.REPORT_INTERVAL_MS,
+      )
+    : undefined;
+
+const shutdown = installShutdown(
+  log,
+  [
+    { name: 'stop consuming', run: () => Promise.all([predictions.stop(), feedback.stop()]) },
+    {
+      name: 'timers and http',
+      run: async () => {
+        clearInterval(sweeper);
+        clearInterval(reporter);
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeAllConnections();
+        });
+      },
+    },
+    { name: 'webhook deliveries', run: () => alerts.drain() },
+    { name: 'redis', run: () => Promise.all([redis, predictionsConnection, feedbackConnection].map((r) => closeRedis(r))) },
+  ],
+  config.SHUTDOWN_BUDGET_MS,
+);
+installCrashHandlers(log, shutdown);
+
+await Promise.all([predictions.start(), feedback.start()]);
+server.listen(config.MONITOR_PORT, config.MONITOR_HOST, () => {
+  const address = server.address();
+  log.info(
+    { port: typeof address === 'object' && address ? address.port : config.MONITOR_PORT, windowSize: config.WINDOW_SIZE },
+    'monitor listening',
+  );
+});
