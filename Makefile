@@ -68,6 +68,18 @@ bench: build ## Benchmarks: full HTTP path vs. sharp + onnxruntime directly; dri
 drift-demo: build ## Normal → shifted → normal traffic through the system; the monitor alerts once and resolves; report in docs/reports
 	$(TSX) scripts/drift-demo.ts
 
+.PHONY: compose-up
+compose-up: ## docker compose up -d --build with 4 inference workers (gateway :8080, monitor :9100, MLflow :5000)
+	docker compose up -d --build --scale inference-worker=4 || docker-compose up -d --build --scale inference-worker=4
+
+.PHONY: compose-down
+compose-down: ## Stop the compose system and remove its volumes
+	docker compose down -v || docker-compose down -v
+
+.PHONY: compose-smoke
+compose-smoke: ## Build, start with 4 workers, check from outside (predictions, spread, dashboard, monitor, MLflow), tear down
+	bash scripts/compose-smoke.sh
+
 .PHONY: clean
 clean: ## Remove build output and local data
 	rm -rf dist shared/dist services/*/dist data *.tsbuildinfo

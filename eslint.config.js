@@ -1,5 +1,6 @@
 import js from '@eslint/js';
 import security from 'eslint-plugin-security';
+import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 /**
@@ -38,6 +39,7 @@ export default tseslint.config(
   {
     files: ['**/*.js', '**/*.mjs'],
     ...tseslint.configs.disableTypeChecked,
+    languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, globals: globals.node },
   },
   {
     // Tests, benchmarks and dev scripts start processes (redis-server, the services) on purpose.

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { GatewayConfig } from '../services/gateway/src/config.js';
 import { WorkerConfig } from '../services/inference-worker/src/config.js';
+import { MonitorConfig } from '../services/monitor/src/config.js';
 import { ROOT } from './lib/service-process.js';
 
 /**
@@ -12,6 +13,7 @@ import { ROOT } from './lib/service-process.js';
 const services: [string, z.ZodType][] = [
   ['gateway', GatewayConfig],
   ['inference-worker', WorkerConfig],
+  ['monitor', MonitorConfig],
 ];
 
 interface Row {

@@ -11,7 +11,9 @@ export class ConfigError extends Error {
 }
 
 export function loadConfig<S extends z.ZodType>(schema: S, env: Record<string, string | undefined> = process.env): z.output<S> {
-  const parsed = schema.safeParse(env);
+  // An empty variable means unset (compose files pass `KEY: ${KEY:-}` through).
+  const given = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
+  const parsed = schema.safeParse(given);
   if (parsed.success) return parsed.data;
   const lines = parsed.error.issues.map((issue) => {
     const key = issue.path.join('.') || '(environment)';

@@ -12,6 +12,7 @@ export const problemCatalogue = {
   'url-not-allowed': { status: 422, title: 'The URL is not allowed' },
   'url-fetch-failed': { status: 422, title: 'The image could not be fetched from the URL' },
   'input-expired': { status: 410, title: 'The uploaded image expired before a worker took the job' },
+  unauthorized: { status: 401, title: 'Authentication required' },
   'not-found': { status: 404, title: 'Not found' },
   conflict: { status: 409, title: 'The request conflicts with the state of the job' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },

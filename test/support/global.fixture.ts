@@ -14,6 +14,8 @@ let redis: LocalRedis | undefined;
 let dir: string | undefined;
 
 export async function mochaGlobalSetup(): Promise<void> {
+  // CI may provide a Redis service container instead: suites isolate themselves by prefix anyway.
+  if (process.env.CONVEYOR_TEST_REDIS_URL) return;
   dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-test-redis-'));
   redis = await startRedis({ dir });
   process.env.CONVEYOR_TEST_REDIS_URL = redis.url;

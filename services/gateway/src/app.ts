@@ -1,5 +1,5 @@
 import Router from '@koa/router';
-import Koa from 'koa';
+import Koa, { type Middleware } from 'koa';
 import type { Redis } from 'ioredis';
 import type { Keys } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
@@ -13,6 +13,8 @@ import { registerOpsRoutes } from './routes/ops.route.js';
 import { registerPredictRoute, type PredictDeps } from './routes/predict.route.js';
 
 export interface AppDeps extends PredictDeps {
+  /** The queue dashboard, when credentials are configured. */
+  readonly dashboard?: Middleware<GatewayState>;
   readonly log: Logger;
   readonly redis: Redis;
   readonly keys: Keys;
@@ -31,6 +33,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
 
   app.use(requestContext(deps.log, deps.metrics));
   app.use(problemMiddleware());
+  if (deps.dashboard) app.use(deps.dashboard);
   app.use(router.routes());
   app.use(router.allowedMethods());
   // Errors are answered by problemMiddleware; this only sees failures writing to the socket.

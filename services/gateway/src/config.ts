@@ -37,6 +37,18 @@ export const GatewayConfig = z
     ),
     TRUST_PROXY: env.bool(false, 'Trust X-Forwarded-* headers (behind a reverse proxy)'),
     SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed for in-flight requests before the process exits'),
+    DASHBOARD_USER: env.optionalString(
+      'User for the queue dashboard at /admin/queues; the dashboard is off unless user and password are set',
+    ),
+    DASHBOARD_PASSWORD: z
+      .string()
+      .min(12, 'at least 12 characters')
+      .optional()
+      .describe('Password for the queue dashboard (at least 12 characters)'),
+  })
+  .refine((c) => (c.DASHBOARD_USER === undefined) === (c.DASHBOARD_PASSWORD === undefined), {
+    error: 'set both DASHBOARD_USER and DASHBOARD_PASSWORD, or neither',
+    path: ['DASHBOARD_PASSWORD'],
   })
   .refine((c) => c.SYNC_WAIT_DEFAULT_SECONDS <= c.SYNC_WAIT_MAX_SECONDS, {
     error: 'SYNC_WAIT_DEFAULT_SECONDS must not exceed SYNC_WAIT_MAX_SECONDS',

@@ -9,6 +9,7 @@ import { createLogger } from '@conveyor/shared/logger';
 import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
 import { createApp } from './app.js';
 import { GatewayConfig } from './config.js';
+import { dashboard } from './http/dashboard.js';
 import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
@@ -39,6 +40,9 @@ const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ 
 await waiter.start();
 
 const app = createApp({
+  ...(config.DASHBOARD_USER && config.DASHBOARD_PASSWORD
+    ? { dashboard: dashboard([queue], { user: config.DASHBOARD_USER, password: config.DASHBOARD_PASSWORD }) }
+    : {}),
   config,
   log,
   redis,

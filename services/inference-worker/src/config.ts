@@ -47,6 +47,7 @@ export const WorkerConfig = z.object({
     60_000,
     'How often a worker announces itself; it counts as gone after three missed beats',
   ),
+  HEALTH_FILE: env.optionalString('A file the worker touches on every heartbeat (the container health check reads its age)'),
   PREDICTION_STREAM_MAXLEN: env.int(100_000, 100, 100_000_000, 'Approximate length the prediction event stream is trimmed to'),
   EVENT_EMBEDDINGS: env.bool(
     true,

@@ -1,3 +1,4 @@
+import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Keys, ModelRef, WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
@@ -19,6 +20,7 @@ export class Heartbeat {
     private readonly intervalMs: number,
     private readonly describe: () => { model: ModelRef; concurrency: number; processed: number; failed: number },
     private readonly log: Logger,
+    private readonly healthFile?: string,
   ) {}
 
   async start(): Promise<void> {
@@ -54,5 +56,6 @@ export class Heartbeat {
       .zadd(this.keys.workers, now + ttl, this.id)
       .zremrangebyscore(this.keys.workers, '-inf', now)
       .exec();
+    if (this.healthFile) await writeFile(this.healthFile, body.at);
   }
 }

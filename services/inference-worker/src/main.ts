@@ -96,6 +96,7 @@ const heartbeat = new Heartbeat(
     ...stats,
   }),
   log,
+  config.HEALTH_FILE,
 );
 
 const shutdown = installShutdown(

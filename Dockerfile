@@ -1,0 +1,62 @@
+# One image for the gateway, the inference workers and the drift monitor: the command picks the
+# service (see docker-compose.yml). Dependencies come from the lockfile; TypeScript is compiled in
+# a build stage; the runtime stage holds production dependencies, the compiled code and the default
+# model, and runs as an unprivileged user.
+ARG NODE_IMAGE=node:22-bookworm-slim
+
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+COPY shared/package.json shared/
+COPY services/gateway/package.json services/gateway/
+COPY services/inference-worker/package.json services/inference-worker/
+COPY services/monitor/package.json services/monitor/
+COPY services/trainer/package.json services/trainer/
+RUN npm ci --no-audit --no-fund
+
+FROM deps AS build
+COPY tsconfig.base.json tsconfig.build.json ./
+COPY shared shared
+COPY services services
+RUN npm run build
+
+FROM ${NODE_IMAGE} AS prod-deps
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+COPY shared/package.json shared/
+COPY services/gateway/package.json services/gateway/
+COPY services/inference-worker/package.json services/inference-worker/
+COPY services/monitor/package.json services/monitor/
+COPY services/trainer/package.json services/trainer/
+# Serving services only (the trainer's tfjs stays out), and onnxruntime for this platform only.
+RUN npm ci --omit=dev --no-audit --no-fund \
+      --workspace shared --workspace services/gateway --workspace services/inference-worker --workspace services/monitor \
+ && rm -rf node_modules/onnxruntime-node/bin/napi-v*/darwin node_modules/onnxruntime-node/bin/napi-v*/win32 \
+           node_modules/onnxruntime-node/bin/napi-v*/linux/arm64 \
+ && npm cache clean --force
+
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production \
+    CONVEYOR_SERVICE=gateway \
+    HEALTH_FILE=/tmp/conveyor-healthy
+WORKDIR /app
+RUN groupadd --system --gid 10001 conveyor \
+ && useradd --system --uid 10001 --gid conveyor --home-dir /app --shell /usr/sbin/nologin conveyor
+COPY --from=prod-deps /app/node_modules node_modules
+COPY --from=prod-deps /app/package.json ./
+COPY --from=prod-deps /app/shared/package.json shared/
+COPY --from=prod-deps /app/services/gateway/package.json services/gateway/
+COPY --from=prod-deps /app/services/inference-worker/package.json services/inference-worker/
+COPY --from=prod-deps /app/services/monitor/package.json services/monitor/
+COPY --from=build /app/shared/dist shared/dist
+COPY --from=build /app/services/gateway/dist services/gateway/dist
+COPY --from=build /app/services/inference-worker/dist services/inference-worker/dist
+COPY --from=build /app/services/monitor/dist services/monitor/dist
+COPY models models
+COPY docker/healthcheck.mjs docker/healthcheck.mjs
+RUN mkdir -p /app/data && chown -R conveyor:conveyor /app/data
+USER conveyor
+EXPOSE 8080 9100
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["node", "docker/healthcheck.mjs"]
+ENTRYPOINT ["node"]
+CMD ["services/gateway/dist/main.js"]

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Compose smoke test: build the images, start the whole system with four inference workers, and
+# check it from outside through the published ports: readiness, a synchronous and an asynchronous
+# prediction, jobs spread over all four workers, the queue dashboard behind its credentials, the
+# monitor and MLflow. Always tears everything down (volumes included). Prints what it checked.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+project=${COMPOSE_PROJECT:-conveyor-smoke}
+export GATEWAY_PORT=${GATEWAY_PORT:-18080} MONITOR_PORT=${MONITOR_PORT:-19100} MLFLOW_PORT=${MLFLOW_PORT:-15000}
+export DASHBOARD_USER=smoke DASHBOARD_PASSWORD=smoke-test-password
+dc() { "${compose[@]}" -p "$project" "$@"; }
+gateway="http://127.0.0.1:$GATEWAY_PORT"
+checks=0
+ok() { checks=$((checks + 1)); printf '  \033[32m✓\033[0m %s\n' "$*"; }
+fail() { printf '  \033[31m✗ %s\033[0m\n' "$*"; dc logs --tail 40 || true; exit 1; }
+cleanup() { echo "== down -v"; dc down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+echo "== build and up (${compose[*]}, --scale inference-worker=4)"
+started=$(date +%s)
+dc build >/dev/null
+built=$(date +%s)
+dc up -d --scale inference-worker=4 >/dev/null
+echo "   images built in $((built - started)) s, system started in $(($(date +%s) - built)) s"
+for image in conveyor:local conveyor-mlflow:local; do
+  size=$(docker image inspect --format '{{.Size}}' "$image" 2>/dev/null || echo 0)
+  echo "   $image: $((size / 1000000)) MB"
+done
+
+echo "== checks"
+for _ in $(seq 1 90); do
+  workers=$(curl -fsS "$gateway/ready" 2>/dev/null | python3 -c 'import sys, json; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
+  [ "$workers" = 4 ] && break
+  sleep 2
+done
+[ "$workers" = 4 ] || fail "gateway /ready does not list 4 workers (got $workers)"
+ok "gateway ready on :$GATEWAY_PORT with 4 live workers"
+
+label=$(curl -fsS -F file=@docs/examples/seven.png "$gateway/v1/predict" | python3 -c 'import sys, json; print(json.load(sys.stdin)["prediction"]["label"])')
+[ "$label" = 7 ] || fail "synchronous prediction answered $label"
+ok "synchronous prediction of docs/examples/seven.png: 7"
+
+location=$(curl -fsS -o /dev/null -D - -H 'Prefer: respond-async' -F file=@docs/examples/three-scan.jpg "$gateway/v1/predict" | tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }')
+[ -n "$location" ] || fail "asynchronous request gave no Location"
+for _ in $(seq 1 50); do
+  status=$(curl -fsS "$gateway$location" | python3 -c 'import sys, json; d = json.load(sys.stdin); print(d["status"], d.get("prediction", {}).get("label", ""))')
+  [[ "$status" == completed* ]] && break
+  sleep 0.2
+done
+[ "$status" = "completed 3" ] || fail "asynchronous job ended as: $status"
+ok "asynchronous prediction (202, polled $location): 3"
+
+served=$(for _ in $(seq 1 80); do curl -fsS -F file=@docs/examples/seven.png "$gateway/v1/predict" & done | python3 -c '
+import sys, json
+text = sys.stdin.read().replace("}{", "}\n{")
+print(len({json.loads(line)["worker"] for line in text.splitlines() if line.strip()}))')
+wait
+[ "$served" = 4 ] || fail "80 requests were served by $served workers, expected 4"
+ok "80 concurrent requests spread over all 4 workers"
+
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$gateway/admin/queues")" = 401 ] || fail "dashboard answered without credentials"
+queues=$(curl -fsS -u "$DASHBOARD_USER:$DASHBOARD_PASSWORD" "$gateway/admin/queues/api/queues" | python3 -c 'import sys, json; print(",".join(q["name"] for q in json.load(sys.stdin)["queues"]))')
+[ "$queues" = inference ] || fail "dashboard lists queues: $queues"
+ok "queue dashboard at /admin/queues: 401 without credentials, lists the inference queue with them"
+
+curl -fsS "http://127.0.0.1:$MONITOR_PORT/drift" | python3 -c 'import sys, json; d = json.load(sys.stdin); assert d["models"], d' || fail "monitor /drift saw no predictions"
+ok "monitor on :$MONITOR_PORT consumed the prediction events (/drift)"
+
+for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1 && break; sleep 2; done
+curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null || fail "MLflow does not answer"
+ok "MLflow tracking server on :$MLFLOW_PORT"
+
+for _ in $(seq 1 30); do
+  unhealthy=$(dc ps | tail -n +3 | grep -vc '(healthy)' || true)
+  [ "$unhealthy" = 0 ] && break
+  sleep 2
+done
+[ "$unhealthy" = 0 ] || fail "containers not healthy: $(dc ps)"
+ok "all $(dc ps | tail -n +3 | wc -l) containers report healthy"
+
+echo "== $checks checks passed"
