@@ -4,7 +4,8 @@
 # model, and runs as an unprivileged user.
 ARG NODE_IMAGE=node:22-bookworm-slim
 
-FROM ${NODE_IMAGE} AS deps
+# The lockfile and the workspaces' package.json files: what both dependency stages install from.
+FROM ${NODE_IMAGE} AS manifests
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
 COPY shared/package.json shared/
@@ -12,6 +13,8 @@ COPY services/gateway/package.json services/gateway/
 COPY services/inference-worker/package.json services/inference-worker/
 COPY services/monitor/package.json services/monitor/
 COPY services/trainer/package.json services/trainer/
+
+FROM manifests AS deps
 RUN npm ci --no-audit --no-fund
 
 FROM deps AS build
@@ -20,14 +23,7 @@ COPY shared shared
 COPY services services
 RUN npm run build
 
-FROM ${NODE_IMAGE} AS prod-deps
-WORKDIR /app
-COPY package.json package-lock.json .npmrc ./
-COPY shared/package.json shared/
-COPY services/gateway/package.json services/gateway/
-COPY services/inference-worker/package.json services/inference-worker/
-COPY services/monitor/package.json services/monitor/
-COPY services/trainer/package.json services/trainer/
+FROM manifests AS prod-deps
 # Serving services only (the trainer's tfjs stays out), and onnxruntime for this platform only.
 RUN npm ci --omit=dev --no-audit --no-fund \
       --workspace shared --workspace services/gateway --workspace services/inference-worker --workspace services/monitor \

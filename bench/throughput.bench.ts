@@ -1,5 +1,4 @@
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { Agent, request } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -7,6 +6,7 @@ import sharp from 'sharp';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify, loadModel } from '@conveyor/shared/model/runtime';
 import { freePort } from '../scripts/lib/free-port.js';
+import { multipartBody, predictClient } from '../scripts/lib/load-client.js';
 import { startRedis } from '../scripts/lib/redis-server.js';
 import { ROOT, spawnService } from '../scripts/lib/service-process.js';
 import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
@@ -112,54 +112,26 @@ async function direct(images: Buffer[], inFlight: number): Promise<Stats> {
   return result;
 }
 
-/** Pre-built multipart bodies, so the load generator spends as little CPU as possible. */
-function multipart(bytes: Buffer): { body: Buffer; type: string } {
-  const boundary = 'conveyorbench';
-  const head = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit"\r\nContent-Type: application/octet-stream\r\n\r\n`;
-  return {
-    body: Buffer.concat([Buffer.from(head), bytes, Buffer.from(`\r\n--${boundary}--\r\n`)]),
-    type: `multipart/form-data; boundary=${boundary}`,
-  };
-}
-
 async function fullPath(port: number, images: Buffer[], inFlight: number): Promise<Stats> {
-  const agent = new Agent({ keepAlive: true, maxSockets: inFlight });
-  const bodies = images.map(multipart);
+  const client = predictClient(port, inFlight);
+  // Pre-built multipart bodies, so the load generator spends as little CPU as possible.
+  const bodies = images.map(multipartBody);
   const latencies: number[] = [];
   let next = 0;
   let failures = 0;
-  const send = (b: { body: Buffer; type: string }) =>
-    new Promise<number>((resolve, reject) => {
-      const req = request(
-        {
-          host: '127.0.0.1',
-          port,
-          path: '/v1/predict',
-          method: 'POST',
-          agent,
-          headers: { 'content-type': b.type, 'content-length': b.body.length },
-        },
-        (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode ?? 0));
-        },
-      );
-      req.on('error', reject);
-      req.end(b.body);
-    });
   const started = performance.now();
   await Promise.all(
     Array.from({ length: inFlight }, async () => {
       while (next < requests) {
         const b = bodies[next++ % bodies.length]!;
         const t = performance.now();
-        if ((await send(b)) !== 200) failures++;
+        if ((await client.send(b.body, b.type)) !== 200) failures++;
         latencies.push(performance.now() - t);
       }
     }),
   );
   const seconds = (performance.now() - started) / 1000;
-  agent.destroy();
+  client.close();
   if (failures) throw new Error(`${failures} requests did not answer 200`);
   return stats(latencies, seconds);
 }

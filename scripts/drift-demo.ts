@@ -1,9 +1,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { Agent, request } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { freePort } from './lib/free-port.js';
+import { predictClient } from './lib/load-client.js';
 import { startRedis } from './lib/redis-server.js';
 import { ROOT, spawnService, type LogRecord } from './lib/service-process.js';
 import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
@@ -72,26 +72,7 @@ try {
       break;
     await new Promise((r) => setTimeout(r, 200));
   }
-  const agent = new Agent({ keepAlive: true, maxSockets: 8 });
-  const send = (body: Buffer) =>
-    new Promise<number>((resolve, reject) => {
-      const req = request(
-        {
-          host: '127.0.0.1',
-          port,
-          path: '/v1/predict',
-          method: 'POST',
-          agent,
-          headers: { 'content-type': 'image/png', 'content-length': body.length },
-        },
-        (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode ?? 0));
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
-    });
+  const client = predictClient(port, 8);
   let offset = 0;
   for (const phase of phases) {
     console.log(`\n${phase.name}: ${phase.requests} requests (monitor windows of 500)`);
@@ -106,14 +87,14 @@ try {
     await Promise.all(
       Array.from({ length: 8 }, async () => {
         while (next < bodies.length) {
-          const status = await send(bodies[next++]!);
+          const status = await client.send(bodies[next++]!, 'image/png');
           if (status !== 200) throw new Error(`request answered ${status}`);
         }
       }),
     );
     await new Promise((r) => setTimeout(r, 1500)); // let the monitor evaluate the last window
   }
-  agent.destroy();
+  client.close();
   const report = (await fetch(`http://127.0.0.1:${monitorPort}/reports`, { method: 'POST' }).then((r) => r.json())) as {
     csv: string;
     png: string;
