@@ -175,9 +175,8 @@ export class MlflowClient {
       timestamp: m.timestamp ?? now,
     }));
     const tags = Object.entries(batch.tags ?? {}).map(([key, value]) => ({ key, value }));
-    for (let i = 0; i < Math.max(params.length, 1); i += 100) {
-      if (params.length) await this.post('runs/log-batch', { run_id: runId, params: params.slice(i, i + 100) });
-    }
+    for (let i = 0; i < params.length; i += 100)
+      await this.post('runs/log-batch', { run_id: runId, params: params.slice(i, i + 100) });
     for (let i = 0; i < metrics.length; i += 1000)
       await this.post('runs/log-batch', { run_id: runId, metrics: metrics.slice(i, i + 1000) });
     for (let i = 0; i < tags.length; i += 100) await this.post('runs/log-batch', { run_id: runId, tags: tags.slice(i, i + 100) });

@@ -1,5 +1,5 @@
 import type { Middleware } from 'koa';
-import { problemCatalogue, problemType, ProblemError, type ProblemSlug } from '@conveyor/shared/problem';
+import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
 import type { GatewayContext, GatewayState } from './context.js';
 
 /**
@@ -86,5 +86,3 @@ function isRedisUnavailable(error: unknown): boolean {
   const message = error instanceof Error ? error.message : '';
   return /enableOfflineQueue|Connection is closed|ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest/i.test(message);
 }
-
-export const problemSlugList: readonly ProblemSlug[] = Object.keys(problemCatalogue) as ProblemSlug[];

@@ -54,24 +54,23 @@ export function monitorMetrics(store: MonitorStore, monitor: Monitor): Registry 
       }
     },
   });
-  const processed = new Counter({
+  // Totals since this instance started, from the monitor's own counts at scrape time.
+  let reported = { ...monitor.stats };
+  const totals = (metric: Counter<'kind'>, kind: string, delta: number) => {
+    if (delta > 0) metric.inc({ kind }, delta);
+  };
+  new Counter({
     name: 'conveyor_monitor_events_total',
-    help: 'Events applied by this instance',
+    help: 'Events applied by this instance (duplicate: a redelivery it recognised and skipped), and alerts it emitted',
     labelNames: ['kind'] as const,
-    registers: [registry],
-  });
-  let seen = { predictions: 0, feedback: 0, duplicates: 0, windows: 0, alerts: 0 };
-  new Gauge({
-    name: 'conveyor_monitor_alerts_emitted',
-    help: 'Alerts emitted by this instance since it started',
     registers: [registry],
     collect() {
       const now = { ...monitor.stats };
-      processed.inc({ kind: 'prediction' }, now.predictions - seen.predictions);
-      processed.inc({ kind: 'feedback' }, now.feedback - seen.feedback);
-      processed.inc({ kind: 'duplicate' }, now.duplicates - seen.duplicates);
-      seen = now;
-      this.set(now.alerts);
+      totals(this, 'prediction', now.predictions - reported.predictions);
+      totals(this, 'feedback', now.feedback - reported.feedback);
+      totals(this, 'duplicate', now.duplicates - reported.duplicates);
+      totals(this, 'alert', now.alerts - reported.alerts);
+      reported = now;
     },
   });
   return registry;
