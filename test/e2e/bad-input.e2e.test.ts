@@ -276,7 +276,9 @@ describe('bad input', function () {
     it('still predicts, with nothing stuck in the queue and no process crashed', async () => {
       const reply = await predict(gateway.url, seven);
       expect(reply.status).to.equal(200);
-      const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed');
+      // The worker publishes the result before BullMQ moves the job out of `active` (one more round trip),
+      // so the answer can arrive while the job is still listed as active: give the queue a moment to settle.
+      const counts = await settledCounts(queue, 5_000);
       expect(counts).to.include({ waiting: 0, active: 0, delayed: 0 });
       expect(worker.child.exitCode).to.equal(null);
       expect(gateway.child.exitCode).to.equal(null);
@@ -285,6 +287,17 @@ describe('bad input', function () {
     });
   });
 });
+
+/** The queue's counts once nothing is waiting, active or delayed, or as they stand when `timeoutMs` runs out. */
+async function settledCounts(queue: Queue, timeoutMs: number): Promise<Record<string, number>> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed');
+    const busy = (counts.waiting ?? 0) + (counts.active ?? 0) + (counts.delayed ?? 0);
+    if (busy === 0 || performance.now() > deadline) return counts;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
 
 /** Sends a request body of `total` bytes in 64 KB chunks until the server answers. */
 async function rawRequest(
