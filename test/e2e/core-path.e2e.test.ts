@@ -124,8 +124,10 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
     const k = keysOf(prefix);
     expect(await redis.exists(k.input(id)), 'input deleted on completion').to.equal(0);
     expect(await redis.exists(k.result(id))).to.equal(1);
-    expect(await redis.exists(`${prefix}:inference:${id}`), 'BullMQ job removed on completion').to.equal(0);
+    // BullMQ removes its job record when it moves the job to completed, one round trip after the
+    // result (and so the reply) went out: checked after the wait, not at once.
     await new Promise((r) => setTimeout(r, 3500));
+    expect(await redis.exists(`${prefix}:inference:${id}`), 'BullMQ job removed on completion').to.equal(0);
     expect((await request(`${gateway.url}/v1/jobs/${id}`)).status).to.equal(404);
     const left = (await keysUnder(redis, prefix)).filter((key) => key.includes(id));
     expect(left).to.deep.equal([]);
