@@ -1,7 +1,8 @@
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
 import sharp from 'sharp';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify, loadModel } from '@conveyor/shared/model/runtime';
@@ -17,7 +18,9 @@ import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest
  * The two are measured in alternating rounds in one run (the machine is shared and noisy), and the
  * medians over the rounds are reported. Everything runs on this machine: the load generator, the
  * gateway, the worker and Redis share its cores. The services run from their compiled build
- * (`make bench` builds first), as in a container.
+ * (`make bench` builds first), as in a container. Beside the rates, it reports where the CPU goes:
+ * milliseconds of CPU per image for the direct path, and per request for each process of the full
+ * path (the per-process figures read /proc, so they are Linux only).
  *
  *   make bench                       # both image sets, 3 rounds
  *   make bench ARGS="--rounds 5 --requests 1000"
@@ -42,7 +45,28 @@ interface Stats {
   p50: number;
   p95: number;
   p99: number;
+  /** CPU milliseconds per image, per process (direct: this process; full path: each process). */
+  cpuMs: Record<string, number>;
 }
+
+/** CPU time (user + system) of a child process in ms, from /proc; undefined where there is none. */
+function processCpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined || process.platform !== 'linux') return undefined;
+  // Fields after the command name: utime and stime are the 12th and 13th, in clock ticks (100 Hz on Linux).
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** Redis's own CPU time in ms (INFO cpu), which works wherever Redis runs. */
+async function redisCpuMs(redis: Redis): Promise<number> {
+  const fields = new Map((await redis.info('cpu')).split('\r\n').map((line) => line.split(':') as [string, string]));
+  return (Number(fields.get('used_cpu_user') ?? 0) + Number(fields.get('used_cpu_sys') ?? 0)) * 1000;
+}
+
+const ownCpuMs = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+};
 
 function quantile(sorted: number[], q: number): number {
   const pos = (sorted.length - 1) * q;
@@ -50,13 +74,15 @@ function quantile(sorted: number[], q: number): number {
   return sorted[lo]! + (sorted[Math.ceil(pos)]! - sorted[lo]!) * (pos - lo);
 }
 
-function stats(latencies: number[], seconds: number): Stats {
+function stats(latencies: number[], seconds: number, cpuMs: Record<string, number>): Stats {
   const sorted = [...latencies].sort((a, b) => a - b);
+  const perImage = Object.fromEntries(Object.entries(cpuMs).map(([k, v]) => [k, v / latencies.length]));
   return {
     imagesPerSecond: latencies.length / seconds,
     p50: quantile(sorted, 0.5),
     p95: quantile(sorted, 0.95),
     p99: quantile(sorted, 0.99),
+    cpuMs: perImage,
   };
 }
 
@@ -94,6 +120,7 @@ async function direct(images: Buffer[], inFlight: number): Promise<Stats> {
   const model = await loadModel(modelDir);
   const latencies: number[] = [];
   let next = 0;
+  const cpuBefore = ownCpuMs();
   const started = performance.now();
   await Promise.all(
     Array.from({ length: inFlight }, async () => {
@@ -107,18 +134,32 @@ async function direct(images: Buffer[], inFlight: number): Promise<Stats> {
       }
     }),
   );
-  const result = stats(latencies, (performance.now() - started) / 1000);
+  const result = stats(latencies, (performance.now() - started) / 1000, { direct: ownCpuMs() - cpuBefore });
   await model.close();
   return result;
 }
 
-async function fullPath(port: number, images: Buffer[], inFlight: number): Promise<Stats> {
+/** The processes of the full path whose CPU time is counted. */
+interface FullPathProcesses {
+  readonly gateway: number | undefined;
+  readonly worker: number | undefined;
+  readonly redis: Redis;
+}
+
+async function fullPath(port: number, images: Buffer[], inFlight: number, procs: FullPathProcesses): Promise<Stats> {
   const client = predictClient(port, inFlight);
   // Pre-built multipart bodies, so the load generator spends as little CPU as possible.
   const bodies = images.map(multipartBody);
   const latencies: number[] = [];
   let next = 0;
   let failures = 0;
+  const cpu = async () => ({
+    gateway: processCpuMs(procs.gateway),
+    worker: processCpuMs(procs.worker),
+    redis: await redisCpuMs(procs.redis),
+    loadGenerator: ownCpuMs(),
+  });
+  const before = await cpu();
   const started = performance.now();
   await Promise.all(
     Array.from({ length: inFlight }, async () => {
@@ -131,9 +172,15 @@ async function fullPath(port: number, images: Buffer[], inFlight: number): Promi
     }),
   );
   const seconds = (performance.now() - started) / 1000;
+  const after = await cpu();
   client.close();
   if (failures) throw new Error(`${failures} requests did not answer 200`);
-  return stats(latencies, seconds);
+  const used: Record<string, number> = {};
+  for (const key of Object.keys(after) as (keyof typeof after)[]) {
+    const [a, b] = [after[key], before[key]];
+    if (a !== undefined && b !== undefined) used[key] = a - b;
+  }
+  return stats(latencies, seconds, used);
 }
 
 async function waitReady(port: number): Promise<void> {
@@ -163,6 +210,8 @@ const gateway = spawnService(
   { ...env, PORT: String(port), HOST: '127.0.0.1', MAX_QUEUE_DEPTH: '100000' },
   { logs: false, built: true },
 );
+const redisClient = new Redis(redis.url, { lazyConnect: true });
+const procs: FullPathProcesses = { gateway: gateway.child.pid, worker: worker.child.pid, redis: redisClient };
 
 const report: Record<string, unknown> = {
   machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version },
@@ -171,24 +220,31 @@ const report: Record<string, unknown> = {
 };
 try {
   await waitReady(port);
+  await redisClient.connect();
   for (const name of values.images.split(',')) {
     const images = sets[name];
     if (!images) throw new Error(`unknown image set ${name}`);
     // Warm both paths (JIT, connection pools, libvips caches) before measuring.
     await direct(images.slice(0, 50), 4);
-    await fullPath(port, images.slice(0, 50), 4);
+    await fullPath(port, images.slice(0, 50), 4, procs);
     const r: Record<string, Stats[]> = { directSerial: [], directParallel: [], fullLowLoad: [], fullLoaded: [] };
     for (let round = 0; round < rounds; round++) {
       r.directSerial!.push(await direct(images, 1));
-      r.fullLowLoad!.push(await fullPath(port, images, 1));
+      r.fullLowLoad!.push(await fullPath(port, images, 1, procs));
       r.directParallel!.push(await direct(images, 4));
-      r.fullLoaded!.push(await fullPath(port, images, concurrency));
+      r.fullLoaded!.push(await fullPath(port, images, concurrency, procs));
     }
-    const med = (k: string, f: keyof Stats) => median(r[k]!.map((s) => s[f]));
+    const med = (k: string, f: Exclude<keyof Stats, 'cpuMs'>) => median(r[k]!.map((s) => s[f]));
+    const medCpu = (k: string) =>
+      Object.fromEntries(Object.keys(r[k]![0]!.cpuMs).map((p) => [p, median(r[k]!.map((s) => s.cpuMs[p] ?? NaN))]));
     const summary = {
       bytesPerImage: Math.round(images.reduce((s, b) => s + b.length, 0) / images.length),
       directSerial: { imagesPerSecond: med('directSerial', 'imagesPerSecond'), p50Ms: med('directSerial', 'p50') },
-      directParallel4: { imagesPerSecond: med('directParallel', 'imagesPerSecond'), p50Ms: med('directParallel', 'p50') },
+      directParallel4: {
+        imagesPerSecond: med('directParallel', 'imagesPerSecond'),
+        p50Ms: med('directParallel', 'p50'),
+        cpuMsPerImage: medCpu('directParallel'),
+      },
       fullPathConcurrency1: {
         imagesPerSecond: med('fullLowLoad', 'imagesPerSecond'),
         p50Ms: med('fullLowLoad', 'p50'),
@@ -200,6 +256,7 @@ try {
         p50Ms: med('fullLoaded', 'p50'),
         p95Ms: med('fullLoaded', 'p95'),
         p99Ms: med('fullLoaded', 'p99'),
+        cpuMsPerRequest: medCpu('fullLoaded'),
       },
       throughputRatio: med('fullLoaded', 'imagesPerSecond') / med('directParallel', 'imagesPerSecond'),
       addedMedianMsAtLowLoad: med('fullLowLoad', 'p50') - med('directSerial', 'p50'),
@@ -216,9 +273,18 @@ try {
     console.log(
       `  full path, concurrency 1 ${f(low.imagesPerSecond)} img/s   p50 ${f(low.p50Ms)} ms  p95 ${f(low.p95Ms)} ms  p99 ${f(low.p99Ms)} ms`,
     );
-    const high = summary[`fullPathConcurrency${concurrency}`] as typeof low;
+    const high = summary[`fullPathConcurrency${concurrency}`] as typeof low & { cpuMsPerRequest: Record<string, number> };
     console.log(
       `  full path, concurrency ${concurrency} ${f(high.imagesPerSecond)} img/s   p50 ${f(high.p50Ms)} ms  p95 ${f(high.p95Ms)} ms  p99 ${f(high.p99Ms)} ms`,
+    );
+    const cpuLine = (cpu: Record<string, number>) =>
+      Object.entries(cpu)
+        .map(([p, v]) => `${p} ${v.toFixed(2)}`)
+        .join(', ');
+    const totalCpu = Object.values(high.cpuMsPerRequest).reduce((a, b) => a + b, 0);
+    console.log(`  CPU ms per image, direct (4 in flight): ${cpuLine(summary.directParallel4.cpuMsPerImage)}`);
+    console.log(
+      `  CPU ms per request, full path (${concurrency} in flight): ${cpuLine(high.cpuMsPerRequest)}; total ${totalCpu.toFixed(2)}`,
     );
     console.log(
       `  full path / direct (4 in flight): ${(summary.throughputRatio * 100).toFixed(0)} %   added median at low load: ${f(summary.addedMedianMsAtLowLoad)} ms`,
@@ -228,6 +294,7 @@ try {
   writeFileSync(values.out, `${JSON.stringify({ at: new Date().toISOString(), ...report }, null, 2)}\n`);
   console.log(`\nwritten to ${path.relative(ROOT, values.out)}`);
 } finally {
+  redisClient.disconnect();
   await gateway.stop();
   await worker.stop();
   await redis.stop();
