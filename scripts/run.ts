@@ -19,11 +19,14 @@ if (!redisUrl) {
     console.error(`[run] ${INSTALL_HINT}`);
     process.exit(1);
   }
+  // Every child runs in a process group of its own: a Ctrl-C reaches only this script, which stops
+  // them in order (gateway, workers, monitor, Redis last), instead of all at once.
   redis = await startRedis({
     dir: path.join(ROOT, 'data', 'redis'),
     persist: true,
     port: Number(process.env.REDIS_PORT ?? 6379),
-  }).catch(async () => startRedis({ dir: path.join(ROOT, 'data', 'redis'), persist: true }));
+    detached: true,
+  }).catch(async () => startRedis({ dir: path.join(ROOT, 'data', 'redis'), persist: true, detached: true }));
   redisUrl = redis.url;
   console.log(`[run] started redis-server at ${redisUrl} (data in data/redis)`);
 }
@@ -42,6 +45,7 @@ const launch = (service: 'gateway' | 'inference-worker' | 'monitor', label: stri
     {
       label,
       built: true,
+      detached: true,
       onRecord: (record, raw) => console.log(`${prefix} ${pretty && record.level ? pretty(raw).trimEnd() : raw}`),
     },
   );
@@ -71,3 +75,5 @@ async function stopAll(code: number): Promise<void> {
 }
 process.on('SIGINT', () => void stopAll(0));
 process.on('SIGTERM', () => void stopAll(0));
+// The children are out of the terminal's process group, so a closed terminal's hang-up reaches only this script.
+process.on('SIGHUP', () => void stopAll(0));

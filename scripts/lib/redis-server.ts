@@ -20,14 +20,20 @@ export function redisServerAvailable(): boolean {
 export const INSTALL_HINT =
   'redis-server is not installed. Install it (Debian/Ubuntu: `sudo apt-get install -y redis-server`, macOS: `brew install redis`) or set REDIS_URL to an existing Redis.';
 
-export async function startRedis(options: { dir: string; persist?: boolean; port?: number }): Promise<LocalRedis> {
+export async function startRedis(options: {
+  dir: string;
+  persist?: boolean;
+  port?: number;
+  /** In its own process group, out of reach of the terminal's Ctrl-C (see spawnService). */
+  detached?: boolean;
+}): Promise<LocalRedis> {
   if (!redisServerAvailable()) throw new Error(INSTALL_HINT);
   mkdirSync(options.dir, { recursive: true });
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = options.port ?? (await freePort());
     const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', options.dir, '--save', '', '--daemonize', 'no'];
     args.push('--appendonly', options.persist ? 'yes' : 'no');
-    const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached ?? false });
     const output: string[] = [];
     child.stdout.on('data', (d: Buffer) => output.push(d.toString()));
     child.stderr.on('data', (d: Buffer) => output.push(d.toString()));

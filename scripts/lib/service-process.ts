@@ -45,6 +45,11 @@ export function spawnService(
     logs?: boolean;
     /** Run the compiled JavaScript from dist/ (after `npm run build`) instead of the sources. */
     built?: boolean;
+    /**
+     * In a process group of its own, so a Ctrl-C in the terminal reaches only the parent, which
+     * then stops its children in order (`make run`).
+     */
+    detached?: boolean;
   } = {},
 ): ServiceProcess {
   const args = options.built
@@ -54,6 +59,7 @@ export function spawnService(
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', options.logs === false ? 'ignore' : 'pipe', 'pipe'],
+    detached: options.detached ?? false,
   });
   const records: LogRecord[] = [];
   const watchers = new Set<{ predicate: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }>();

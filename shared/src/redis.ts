@@ -1,4 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from './logger.js';
 
 /**
  * Redis connections by role. BullMQ's guidance: producers fail fast when Redis is away (so a
@@ -7,7 +8,7 @@ import { Redis, type RedisOptions } from 'ioredis';
  */
 export type RedisRole = 'producer' | 'consumer' | 'subscriber';
 
-export function createRedis(url: string, role: RedisRole, name: string, extra: RedisOptions = {}): Redis {
+export function createRedis(url: string, role: RedisRole, name: string, log: Logger, extra: RedisOptions = {}): Redis {
   const common: RedisOptions = {
     connectionName: name,
     lazyConnect: false,
@@ -20,7 +21,68 @@ export function createRedis(url: string, role: RedisRole, name: string, extra: R
     consumer: { maxRetriesPerRequest: null, enableReadyCheck: true, enableAutoPipelining: true },
     subscriber: { maxRetriesPerRequest: null },
   };
-  return new Redis(url, { ...common, ...byRole[role], ...extra });
+  const redis = new Redis(url, { ...common, ...byRole[role], ...extra });
+  reportConnectionErrors(redis, log.child({ redisConnection: name }));
+  return redis;
+}
+
+/** How often a connection that keeps failing to reconnect repeats its warning. */
+const ERROR_REPEAT_MS = 30_000;
+
+// Socket errors, and ioredis refusing commands outright while a fail-fast (producer) connection is down.
+const UNAVAILABLE =
+  /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN|EPIPE|Connection is closed|enableOfflineQueue|Stream isn't writeable|MaxRetriesPerRequest/i;
+
+/** Whether an error says Redis cannot be reached (as opposed to a command that failed). */
+export function isRedisUnavailable(error: unknown): boolean {
+  if (typeof error !== 'object' || error === null) return false;
+  const { code, message } = error as { code?: unknown; message?: unknown };
+  return UNAVAILABLE.test(`${typeof code === 'string' ? code : ''} ${typeof message === 'string' ? message : ''}`);
+}
+
+/**
+ * Logs connection errors the way people can read them during an outage: one warning when it
+ * starts, a reminder every 30 s while it lasts (with how many attempts failed), instead of a line per
+ * reconnect attempt. `restored()` logs the end of the outage. Other errors are not throttled.
+ */
+export function connectionErrorLog(
+  log: Logger,
+  messages: { readonly error: string; readonly restored: string },
+): { error(error: unknown): void; restored(): void } {
+  let failures = 0;
+  let warnedAt = 0;
+  return {
+    error(error) {
+      if (!isRedisUnavailable(error)) {
+        log.error({ err: error }, messages.error);
+        return;
+      }
+      failures++;
+      const now = Date.now();
+      if (now - warnedAt < ERROR_REPEAT_MS) return;
+      warnedAt = now;
+      const { code, message: detail } = error as { code?: string; message?: string };
+      // The message is the whole story (a refused or reset connection): no stack.
+      log.warn({ error: detail, code, failures }, messages.error);
+    },
+    restored() {
+      if (failures === 0) return;
+      log.info({ failures }, messages.restored);
+      failures = 0;
+      warnedAt = 0;
+    },
+  };
+}
+
+/**
+ * Every connection gets an error listener: without one, ioredis prints "Unhandled error event" with a
+ * stack for every failed reconnect attempt (several a second while Redis is away), outside the
+ * structured logs.
+ */
+function reportConnectionErrors(redis: Redis, log: Logger): void {
+  const errors = connectionErrorLog(log, { error: 'redis connection error', restored: 'redis connection restored' });
+  redis.on('error', (error: Error) => errors.error(error));
+  redis.on('ready', () => errors.restored());
 }
 
 /** Resolves when the connection is ready, rejects after `timeoutMs`. */
@@ -43,12 +105,30 @@ export async function waitForReady(redis: Redis, timeoutMs = 10_000): Promise<vo
   });
 }
 
-/** QUIT politely, DISCONNECT if that fails; safe to call twice. */
-export async function closeRedis(redis: Redis): Promise<void> {
+/**
+ * QUIT politely when connected (replies still in flight arrive first), DISCONNECT otherwise: a
+ * QUIT queued on a connection that is trying to reconnect would wait for Redis to come back. Safe
+ * to call twice; bounded by `timeoutMs` either way.
+ */
+export async function closeRedis(redis: Redis, timeoutMs = 2000): Promise<void> {
   if (redis.status === 'end') return;
-  try {
-    await redis.quit();
-  } catch {
+  if (redis.status !== 'ready') {
     redis.disconnect();
+    return;
   }
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+  try {
+    await Promise.race([redis.quit(), late]);
+  } catch {
+    // The connection broke while quitting: nothing left to flush.
+  } finally {
+    clearTimeout(timer);
+    // QUIT timed out: drop the connection. (`status` changes behind TypeScript's back, hence the read through a function.)
+    if (statusOf(redis) !== 'end') redis.disconnect();
+  }
+}
+
+function statusOf(redis: Redis): string {
+  return redis.status;
 }

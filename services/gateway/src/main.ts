@@ -6,7 +6,7 @@ import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract
 import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
-import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { closeRedis, connectionErrorLog, createRedis, waitForReady } from '@conveyor/shared/redis';
 import { createApp } from './app.js';
 import { GatewayConfig } from './config.js';
 import { dashboard } from './http/dashboard.js';
@@ -22,18 +22,22 @@ const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('he
 const log = createLogger('gateway', config.LOG_LEVEL);
 
 const keys = keysOf(config.REDIS_PREFIX);
-const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`);
-const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`);
+const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`, log);
+const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`, log);
 await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
 
 // BullMQ does not close a connection it was given; shutdown closes it below.
-const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`, {
+const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`, log, {
   enableAutoPipelining: false,
 });
 const queue = new Queue(QUEUES.inference, {
   connection: queueConnection,
   prefix: config.REDIS_PREFIX,
 });
+// BullMQ re-emits its connection's errors here: one warning per outage, not one per reconnect attempt.
+const queueErrors = connectionErrorLog(log, { error: 'queue error', restored: 'queue connection restored' });
+queue.on('error', (error) => queueErrors.error(error));
+queueConnection.on('ready', () => queueErrors.restored());
 const admission = new Admission(queue, config.MAX_QUEUE_DEPTH);
 const metrics = new HttpMetrics(() => admission.waiting());
 const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));

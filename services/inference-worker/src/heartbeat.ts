@@ -31,10 +31,19 @@ export class Heartbeat {
     this.timer.unref();
   }
 
-  async stop(): Promise<void> {
+  /** Deregisters at once, so /ready stops counting this worker; with Redis away, the entry expires with its TTL. */
+  async stop(timeoutMs = 2000): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
-    await this.redis.multi().zrem(this.keys.workers, this.id).del(this.keys.worker(this.id)).exec();
+    if (this.redis.status !== 'ready') {
+      this.log.warn('Redis is unreachable: the heartbeat entry is left to expire');
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+    await Promise.race([this.redis.multi().zrem(this.keys.workers, this.id).del(this.keys.worker(this.id)).exec(), late]).finally(
+      () => clearTimeout(timer),
+    );
   }
 
   private async beat(): Promise<void> {

@@ -33,6 +33,8 @@ export interface ProcessorDeps {
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
   readonly stats: { processed: number; failed: number };
+  /** Jobs being processed right now (the shutdown drain asks). */
+  readonly inFlight: { count: number };
 }
 
 export type InferenceProcessor = (
@@ -42,6 +44,18 @@ export type InferenceProcessor = (
 ) => Promise<{ label: string } | { failed: string }>;
 
 export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcessor {
+  const handle = processOne(deps);
+  return async (job, token, signal) => {
+    deps.inFlight.count++;
+    try {
+      return await handle(job, token, signal);
+    } finally {
+      deps.inFlight.count--;
+    }
+  };
+}
+
+function processOne(deps: ProcessorDeps): InferenceProcessor {
   return async (job, token, signal) => {
     const jobId = job.id!;
     const attempt = job.attemptsMade + 1;

@@ -7,7 +7,7 @@ import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract
 import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
-import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { closeRedis, connectionErrorLog, createRedis, waitForReady } from '@conveyor/shared/redis';
 import { WorkerConfig } from './config.js';
 import { drain } from './drain.js';
 import { ModelHost } from './model/model-host.js';
@@ -48,9 +48,10 @@ if (config.MLFLOW_TRACKING_URI) {
 }
 
 const keys = keysOf(config.REDIS_PREFIX);
-const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`);
+const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
 await waitForReady(redis, 30_000);
 const stats = { processed: 0, failed: 0 };
+const inFlight = { count: 0 };
 const publisher = new ResultPublisher(redis, keys, {
   resultTtlSeconds: config.RESULT_TTL_SECONDS,
   streamMaxLen: config.PREDICTION_STREAM_MAXLEN,
@@ -66,10 +67,11 @@ const processor = createInferenceProcessor({
   eventEmbeddings: config.EVENT_EMBEDDINGS,
   log,
   stats,
+  inFlight,
 });
 
 // BullMQ does not close a connection it was given; shutdown closes it below.
-const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`, {
+const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`, log, {
   enableAutoPipelining: false,
 });
 const worker = new Worker(QUEUES.inference, processor, {
@@ -82,7 +84,10 @@ const worker = new Worker(QUEUES.inference, processor, {
   maxStalledCount: 2,
   autorun: false,
 });
-worker.on('error', (error) => log.error({ err: error }, 'worker error'));
+// BullMQ re-emits its connections' errors here: one warning per outage, not one per reconnect attempt.
+const workerErrors = connectionErrorLog(log, { error: 'worker error', restored: 'worker connection restored' });
+worker.on('error', (error) => workerErrors.error(error));
+bullConnection.on('ready', () => workerErrors.restored());
 worker.on('stalled', (jobId) => log.warn({ jobId }, 'took over a stalled job'));
 
 const heartbeat = new Heartbeat(
@@ -102,7 +107,14 @@ const heartbeat = new Heartbeat(
 const shutdown = installShutdown(
   log,
   [
-    { name: 'drain jobs', run: () => drain(worker, config.SHUTDOWN_BUDGET_MS, log) },
+    {
+      name: 'drain jobs',
+      run: () =>
+        drain(worker, config.SHUTDOWN_BUDGET_MS, log, {
+          inFlight: () => inFlight.count,
+          redisReady: () => bullConnection.status === 'ready' && redis.status === 'ready',
+        }),
+    },
     { name: 'heartbeat', run: () => heartbeat.stop() },
     {
       name: 'model',

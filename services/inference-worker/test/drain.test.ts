@@ -35,4 +35,20 @@ describe('worker drain', () => {
     expect(calls).to.deep.equal(['close', 'cancelAllJobs', 'close(force)']);
     expect(Date.now() - started).to.be.lessThan(2000);
   });
+
+  it('does not wait out the budget while Redis is unreachable and no job runs', async () => {
+    const { worker, calls } = fakeWorker('never');
+    const started = Date.now();
+    await drain(worker, 10_000, log, { inFlight: () => 0, redisReady: () => false });
+    expect(calls).to.deep.equal(['close']);
+    expect(Date.now() - started).to.be.lessThan(1000);
+  });
+
+  it('still waits for a running job while Redis is unreachable, up to the budget', async () => {
+    const { worker, calls } = fakeWorker('never');
+    const started = Date.now();
+    await drain(worker, 300, log, { inFlight: () => 1, redisReady: () => false });
+    expect(calls).to.deep.equal(['close', 'cancelAllJobs', 'close(force)']);
+    expect(Date.now() - started).to.be.at.least(290);
+  });
 });

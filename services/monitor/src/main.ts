@@ -21,12 +21,12 @@ const consumerName = `${os.hostname()}-${process.pid}`;
 const log = createLogger('monitor', config.LOG_LEVEL).child({ consumer: consumerName });
 const keys = keysOf(config.REDIS_PREFIX);
 
-const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`);
+const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`, log);
 // Blocking reads get connections of their own.
-const predictionsConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-predictions:${consumerName}`, {
+const predictionsConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-predictions:${consumerName}`, log, {
   enableAutoPipelining: false,
 });
-const feedbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-feedback:${consumerName}`, {
+const feedbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-feedback:${consumerName}`, log, {
   enableAutoPipelining: false,
 });
 await Promise.all([redis, predictionsConnection, feedbackConnection].map((r) => waitForReady(r, 30_000)));

@@ -1,5 +1,6 @@
 import type { Middleware } from 'koa';
 import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
+import { isRedisUnavailable } from '@conveyor/shared/redis';
 import type { GatewayContext, GatewayState } from './context.js';
 
 /**
@@ -80,9 +81,4 @@ export function toProblem(error: unknown): ProblemError {
 function cleanParserMessage(message: string): string {
   if (/Unexpected token|JSON/i.test(message)) return 'The body is not valid JSON';
   return message;
-}
-
-function isRedisUnavailable(error: unknown): boolean {
-  const message = error instanceof Error ? error.message : '';
-  return /enableOfflineQueue|Connection is closed|ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest/i.test(message);
 }

@@ -1,4 +1,5 @@
 import type Router from '@koa/router';
+import { isRedisUnavailable } from '@conveyor/shared/redis';
 import type { Redis } from 'ioredis';
 import type { Keys } from '@conveyor/shared/contract/queue.contract';
 import { problemCatalogue, problemType, ProblemError, type ProblemSlug } from '@conveyor/shared/problem';
@@ -25,7 +26,9 @@ export function registerOpsRoutes(router: Router<GatewayState>, deps: { redis: R
       redisOk = true;
       workers = await withTimeout(liveWorkers(deps.redis, deps.keys), 1000);
     } catch (error) {
-      ctx.state.log.warn({ err: error }, 'readiness check failed');
+      // Probes ask every few seconds: an outage is reported by the connections themselves, once.
+      if (isRedisUnavailable(error)) ctx.state.log.debug({ error: (error as Error).message }, 'readiness check failed');
+      else ctx.state.log.warn({ err: error }, 'readiness check failed');
     }
     const ready = redisOk && workers.length > 0;
     ctx.status = ready ? 200 : 503;

@@ -32,20 +32,32 @@ export class StreamConsumer {
   ) {}
 
   async start(): Promise<void> {
-    try {
-      // From the beginning of the stream: events produced before the first monitor started count too.
-      await this.redis.xgroup('CREATE', this.options.stream, this.options.group, '0', 'MKSTREAM');
-    } catch (error) {
-      if (!(error as Error).message.includes('BUSYGROUP')) throw error;
-    }
+    await this.ensureGroup();
     this.running = true;
     this.loop = this.run();
   }
 
-  /** Stops after the batch in hand; the blocking read returns within `blockMs`. */
+  /**
+   * Stops after the batch in hand; the blocking read returns within `blockMs`. While Redis is away
+   * the read never returns, so the wait is bounded: closing the connection afterwards ends the loop,
+   * and whatever was delivered but not acknowledged is reclaimed by the next monitor.
+   */
   async stop(): Promise<void> {
     this.running = false;
-    await this.loop;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.options.blockMs + 1000)));
+    const outcome = await Promise.race([this.loop, late]);
+    clearTimeout(timer);
+    if (outcome === 'late') this.log.warn({ stream: this.options.stream }, 'stream read did not return; stopping without it');
+  }
+
+  /** From the beginning of the stream: events produced before the first monitor started count too. */
+  private async ensureGroup(): Promise<void> {
+    try {
+      await this.redis.xgroup('CREATE', this.options.stream, this.options.group, '0', 'MKSTREAM');
+    } catch (error) {
+      if (!(error as Error).message.includes('BUSYGROUP')) throw error;
+    }
   }
 
   private async run(): Promise<void> {
@@ -71,6 +83,15 @@ export class StreamConsumer {
         for (const [, entries] of reply ?? []) await this.process(entries, 1);
       } catch (error) {
         if (!this.isRunning()) break;
+        // Redis restarted without its data (or someone deleted the stream): the group is gone.
+        if ((error as Error).message.startsWith('NOGROUP')) {
+          this.log.warn({ stream: this.options.stream, group: this.options.group }, 'consumer group missing; creating it again');
+          const created = await this.ensureGroup().then(
+            () => true,
+            () => false,
+          );
+          if (created) continue;
+        }
         this.log.warn({ err: error, stream: this.options.stream }, 'stream read failed; retrying');
         await new Promise((r) => setTimeout(r, 500));
       }
