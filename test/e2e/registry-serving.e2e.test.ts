@@ -9,6 +9,7 @@ import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
 import { rollback } from '../../services/trainer/src/registry/rollback.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
+import { freePort } from '../../scripts/lib/free-port.js';
 import { predict } from '../support/http.js';
 import { sharedMlflow } from '../support/mlflow.js';
 import { randomPrefix, testRedis } from '../support/redis.js';
@@ -146,5 +147,20 @@ describe('serving from the registry: hot swap under traffic', function () {
     workers[0] = await startWorker(prefix, env, 'worker-a2');
     await workers[0].waitFor((r) => r.msg === 'serving model version');
     expect(workers[0].records.some((r) => r.msg === 'model version downloaded')).to.equal(false);
+  });
+
+  it('starts from its cache and keeps serving while the registry is unreachable', async () => {
+    await stopAll(...workers);
+    // Nothing listens on a freshly freed port: the registry is "down".
+    const deadRegistry = `http://127.0.0.1:${await freePort()}`;
+    const offline = await startWorker(prefix, { ...env, MLFLOW_TRACKING_URI: deadRegistry }, 'worker-offline');
+    workers = [offline];
+    expect(offline.records.some((r) => r.msg === 'registry unavailable; starting from the last cached version')).to.equal(true);
+    await offline.waitFor((r) => r.msg === 'model check failed; still serving the current model', 10_000);
+    for (const { png } of digits.slice(0, 5)) {
+      const reply = await predict(gateway.url, png);
+      expect(reply.status).to.equal(200);
+      expect(reply.body).to.deep.include({ worker: offline.id, model: { name, version: '1' } });
+    }
   });
 });
