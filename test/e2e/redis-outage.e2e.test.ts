@@ -74,6 +74,11 @@ describe('Redis outage and recovery', function () {
     expect(reply.headers.get('retry-after')).to.match(/^\d+$/);
     expect(reply.body).to.include({ status: 503, type: '/problems/not-ready' });
     expect(reply.body.requestId).to.be.a('string');
+    await gateway.waitFor((r) => r.msg === 'request' && r.requestId === reply.body.requestId && r.status === 503);
+    expect(
+      gateway.records.filter((r) => r.msg === 'unhandled error'),
+      'not an unhandled error',
+    ).to.deep.equal([]);
     // Several reconnect attempts a second for a few seconds: each connection warns once, not once per attempt.
     await new Promise((r) => setTimeout(r, 4000));
     for (const proc of services) {

@@ -23,7 +23,8 @@ export function problemMiddleware(): Middleware<GatewayState> {
       }
     } catch (error) {
       const problem = toProblem(error);
-      if (problem.status >= 500 && !(error instanceof ProblemError)) {
+      // A Redis outage is reported once by the connections themselves, not by every request it fails.
+      if (problem.status >= 500 && !(error instanceof ProblemError) && !isRedisUnavailable(error)) {
         ctx.state.log.error({ err: error }, 'unhandled error');
       }
       sendProblem(ctx, problem);
