@@ -63,3 +63,21 @@ export function installCrashHandlers(log: Logger, shutdown: Shutdown): void {
     void shutdown('unhandledRejection', 1);
   });
 }
+
+/**
+ * Whether `promise` fulfils within `ms` (a rejection propagates). Shutdown steps use it to wait
+ * for something that may never finish — a drain, a QUIT, a blocked read while Redis is away —
+ * without letting it eat the whole budget.
+ */
+export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    const settled = promise.then(() => true);
+    // A rejection after the deadline has nobody left to tell; it must not become an unhandled one.
+    settled.catch(() => undefined);
+    return await Promise.race([settled, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,4 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
+import { settlesWithin } from './lifecycle.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -116,19 +117,7 @@ export async function closeRedis(redis: Redis, timeoutMs = 2000): Promise<void> 
     redis.disconnect();
     return;
   }
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
-  try {
-    await Promise.race([redis.quit(), late]);
-  } catch {
-    // The connection broke while quitting: nothing left to flush.
-  } finally {
-    clearTimeout(timer);
-    // QUIT timed out: drop the connection. (`status` changes behind TypeScript's back, hence the read through a function.)
-    if (statusOf(redis) !== 'end') redis.disconnect();
-  }
-}
-
-function statusOf(redis: Redis): string {
-  return redis.status;
+  // A QUIT that fails (the connection broke meanwhile) or times out leaves nothing to flush: drop it.
+  const quit = await settlesWithin(redis.quit(), timeoutMs).catch(() => false);
+  if (!quit) redis.disconnect();
 }

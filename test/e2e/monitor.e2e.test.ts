@@ -11,6 +11,7 @@ import { digitPng, heldOutDigits } from '../support/images.js';
 import { noisy, predictionEvents, publish } from '../support/events.js';
 import { predict, request } from '../support/http.js';
 import { randomPrefix, testRedis } from '../support/redis.js';
+import { until } from '../support/wait.js';
 import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
 
 /**
@@ -18,15 +19,6 @@ import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, ty
  * monitor killed mid-stream, drift raised once and resolved once, a signed webhook, and rolling
  * quality from feedback posted to the gateway.
  */
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function alertsOf(redis: Redis, prefix: string): Promise<AlertEvent[]> {
   return (await redis.xrange(keysOf(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));

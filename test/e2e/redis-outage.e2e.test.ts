@@ -9,7 +9,10 @@ import type { ServiceProcess } from '../../scripts/lib/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { predict, request } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
+import { until } from '../support/wait.js';
 import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
+
+const logged = (proc: ServiceProcess, msg: string) => proc.records.filter((r) => r.msg === msg);
 
 /**
  * Redis goes away and comes back empty (a restart without persistence, the worst case): every
@@ -17,16 +20,6 @@ import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, ty
  * of hanging, everything recovers on its own, and a shutdown during the outage is prompt. The suite
  * runs its own redis-server, since it has to stop it.
  */
-async function until(what: string, probe: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-const logged = (proc: ServiceProcess, msg: string) => proc.records.filter((r) => r.msg === msg);
-
 describe('Redis outage and recovery', function () {
   this.timeout(90_000);
   const prefix = randomPrefix('outage');

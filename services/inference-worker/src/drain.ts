@@ -1,4 +1,5 @@
 import type { Worker } from 'bullmq';
+import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
@@ -22,33 +23,20 @@ const POLL_MS = 100;
 
 export async function drain(worker: Worker, budgetMs: number, log: Logger, state?: DrainState): Promise<void> {
   const closing = worker.close();
-  const settled = await settlesWithin(closing, budgetMs, () => {
-    if (!state || state.redisReady() || state.inFlight() > 0) return false;
-    log.warn('Redis is unreachable and no job is running: not waiting for the queue to close');
-    return true;
+  let poll: NodeJS.Timeout | undefined;
+  // Resolves once waiting can achieve nothing: Redis is away and no job runs.
+  const pointless = new Promise<void>((resolve) => {
+    if (!state) return;
+    poll = setInterval(() => {
+      if (state.redisReady() || state.inFlight() > 0) return;
+      log.warn('Redis is unreachable and no job is running: not waiting for the queue to close');
+      resolve();
+    }, POLL_MS);
   });
+  const settled = await settlesWithin(Promise.race([closing, pointless]), budgetMs).finally(() => clearInterval(poll));
   if (settled) return;
   log.warn({ budgetMs }, 'drain budget exceeded; handing in-flight jobs back to the queue');
   worker.cancelAllJobs('worker shutting down');
   if (await settlesWithin(closing, 1000)) return;
   await settlesWithin(worker.close(true), 1000);
-}
-
-/** True when `promise` settles (or `giveUp` says so, checked every POLL_MS) within `ms`. */
-async function settlesWithin(promise: Promise<unknown>, ms: number, giveUp?: () => boolean): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  let poll: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  const abandoned = new Promise<true>((resolve) => {
-    if (!giveUp) return;
-    poll = setInterval(() => {
-      if (giveUp()) resolve(true);
-    }, POLL_MS);
-  });
-  try {
-    return await Promise.race([promise.then(() => true), timeout, abandoned]);
-  } finally {
-    clearTimeout(timer);
-    clearInterval(poll);
-  }
 }

@@ -2,6 +2,7 @@ import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Keys, ModelRef, WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
+import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
@@ -39,11 +40,7 @@ export class Heartbeat {
       this.log.warn('Redis is unreachable: the heartbeat entry is left to expire');
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
-    await Promise.race([this.redis.multi().zrem(this.keys.workers, this.id).del(this.keys.worker(this.id)).exec(), late]).finally(
-      () => clearTimeout(timer),
-    );
+    await settlesWithin(this.redis.multi().zrem(this.keys.workers, this.id).del(this.keys.worker(this.id)).exec(), timeoutMs);
   }
 
   private async beat(): Promise<void> {

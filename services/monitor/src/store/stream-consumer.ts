@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
@@ -44,11 +45,9 @@ export class StreamConsumer {
    */
   async stop(): Promise<void> {
     this.running = false;
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.options.blockMs + 1000)));
-    const outcome = await Promise.race([this.loop, late]);
-    clearTimeout(timer);
-    if (outcome === 'late') this.log.warn({ stream: this.options.stream }, 'stream read did not return; stopping without it');
+    if (this.loop && !(await settlesWithin(this.loop, this.options.blockMs + 1000))) {
+      this.log.warn({ stream: this.options.stream }, 'stream read did not return; stopping without it');
+    }
   }
 
   /** From the beginning of the stream: events produced before the first monitor started count too. */
