@@ -54,6 +54,8 @@ export interface PreprocessOptions {
 
 /** The digit policy works on a copy at most this many times the model's input side. */
 const WORKING_SCALE = 4;
+/** Images up to this many times the working side are decoded in full and shrunk in JS (see workingGray). */
+const JS_SHRINK_LIMIT = 4;
 /** After contrast stretching, gray levels below this are paper or sensor noise, not ink. */
 const INK_FLOOR = 26;
 
@@ -108,27 +110,21 @@ async function digitPipeline(
   spec: PreprocessSpec,
 ): Promise<Prepared> {
   const side = Math.max(manifest.input.width, manifest.input.height) * WORKING_SCALE;
-  const { data, info } = await source
-    .autoOrient()
-    .resize({ width: side, height: side, fit: 'inside', withoutEnlargement: true })
-    .ensureAlpha()
-    .raw()
-    .toBuffer({ resolveWithObject: true });
-
-  const gray = flattenToGray(data, info.width * info.height);
+  const working = await workingGray(source, oriented, side);
+  const gray = working.data;
   const { brightness, contrast } = meanAndStd(gray);
-  const inverted = normalisePolarity(gray, info.width, info.height, spec.polarity);
+  const inverted = normalisePolarity(gray, working.width, working.height, spec.polarity);
   const ink = stretchInk(gray);
 
   const field = new Uint8Array(manifest.input.width * manifest.input.height);
-  const box = bounds(ink, info.width, info.height);
+  const box = bounds(ink, working.width, working.height);
   if (box) {
-    const crop = cropGray(ink, info.width, box);
+    const crop = cropGray(ink, working.width, box);
     const fitted = fitIntoBox(crop, box.w, box.h, spec.box ?? manifest.input.width);
     placeByCentreOfMass(fitted.data, fitted.width, fitted.height, field, manifest.input.width, manifest.input.height);
   }
   let inkPixels = 0;
-  for (const v of field) if (v > INK_FLOOR) inkPixels++;
+  for (let i = 0; i < field.length; i++) if (field[i]! > INK_FLOOR) inkPixels++;
   return {
     tensor: toTensor(field, 1, manifest.input.width, manifest.input.height, manifest.input.layout, spec),
     descriptors: {
@@ -142,6 +138,66 @@ async function digitPipeline(
   };
 }
 
+/**
+ * The gray working copy, at most `side` pixels on its longer side, from one libvips pipeline.
+ *
+ * Up to JS_SHRINK_LIMIT × `side`, the image is decoded at full size and shrunk here by an integer
+ * box average: a libvips resize of a small image costs ~0.5 ms more than its whole decode (sharp
+ * opens the image a second time to shrink it on load), the box average ~0.1 ms (measured with
+ * bench/preprocess.bench.ts). Larger images are shrunk by libvips, which decodes a JPEG at 1/2,
+ * 1/4 or 1/8 scale straight away.
+ */
+async function workingGray(
+  source: Sharp,
+  oriented: { width: number; height: number },
+  side: number,
+): Promise<{ data: Uint8Array; width: number; height: number }> {
+  const longer = Math.max(oriented.width, oriented.height);
+  const pipeline = source.autoOrient();
+  if (longer > side * JS_SHRINK_LIMIT) {
+    pipeline.resize({ width: side, height: side, fit: 'inside', withoutEnlargement: true });
+  }
+  const { data, info } = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  const { width, height, channels } = info;
+  if (channels < 1 || channels > 4) throw new Error(`cannot read an image with ${channels} channels`);
+  const factor = Math.ceil(Math.max(width, height) / side);
+  const pixels = new Uint8Array(data.buffer, data.byteOffset, data.length);
+  const small = factor > 1 ? boxShrink(pixels, width, height, channels, factor) : { data: pixels, width, height };
+  return { data: toGray(small.data, small.width * small.height, channels), width: small.width, height: small.height };
+}
+
+/**
+ * Interleaved pixels → each `factor`×`factor` block averaged into one (blocks at the right and
+ * bottom edges may be partial and are averaged over what they hold, so no ink is cut off).
+ * Integer sums in one pass over the source: this runs on every upload.
+ */
+function boxShrink(
+  src: Uint8Array,
+  width: number,
+  height: number,
+  channels: number,
+  factor: number,
+): { data: Uint8Array; width: number; height: number } {
+  const outW = Math.ceil(width / factor);
+  const outH = Math.ceil(height / factor);
+  const rowLength = width * channels;
+  const sums = new Uint32Array(outW * channels);
+  const out = new Uint8Array(outW * outH * channels);
+  for (let oy = 0; oy < outH; oy++) {
+    sums.fill(0);
+    const y0 = oy * factor;
+    const y1 = Math.min(height, y0 + factor);
+    for (let y = y0; y < y1; y++) addRow(src, y * rowLength, width, channels, factor, sums);
+    const rows = y1 - y0;
+    for (let ox = 0, o = oy * outW * channels; ox < outW; ox++) {
+      const area = rows * (Math.min(width, (ox + 1) * factor) - ox * factor);
+      const half = area >> 1;
+      for (let c = 0; c < channels; c++, o++) out[o] = Math.floor((sums[ox * channels + c]! + half) / area);
+    }
+  }
+  return { data: out, width: outW, height: outH };
+}
+
 async function framePipeline(
   source: Sharp,
   oriented: { width: number; height: number },
@@ -153,21 +209,27 @@ async function framePipeline(
   const [r, g, b] = spec.background;
   const background = { r, g, b, alpha: 1 };
   const fit = spec.resize === 'fill' ? 'fill' : spec.resize === 'contain' ? 'contain' : 'cover';
-  let pipeline = source.autoOrient().flatten({ background }).resize({ width, height, fit, background });
+  let pipeline = source.autoOrient().flatten({ background });
+  // An image already at the model's size needs no resampling (every fit is the identity then).
+  if (oriented.width !== width || oriented.height !== height) pipeline = pipeline.resize({ width, height, fit, background });
   pipeline = spec.color === 'gray' ? pipeline.greyscale() : pipeline.toColourspace('srgb');
-  const { data, info } = await pipeline.removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const { data, info } = await pipeline.removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   const channels = spec.color === 'gray' ? 1 : 3;
   if (info.channels !== channels) throw new Error(`expected ${channels} channels after preprocessing, got ${info.channels}`);
+  if (info.width !== width || info.height !== height) {
+    throw new Error(`expected ${width}×${height} after preprocessing, got ${info.width}×${info.height}`);
+  }
   const pixels = new Uint8Array(data.buffer, data.byteOffset, data.length);
-
-  const gray = channels === 1 ? Uint8Array.from(pixels) : lumaOf(pixels);
+  const gray = channels === 1 ? pixels : lumaOf(pixels);
+  // The polarity is decided on the border before anything is inverted; the tensor's tables then
+  // invert as they normalise, so the pixels are read once more and never rewritten.
+  const inverted = spec.polarity !== 'none' && borderMedian(gray, width, height) > 127;
   const { brightness, contrast } = meanAndStd(gray);
-  const inverted = normalisePolarity(gray, width, height, spec.polarity);
-  if (inverted) for (let i = 0; i < pixels.length; i++) pixels[i] = 255 - (pixels[i] ?? 0);
-  let inkPixels = 0;
-  for (const v of gray) if (v > 127) inkPixels++;
+  let dark = 0;
+  for (let i = 0; i < gray.length; i++) if (gray[i]! < 128) dark++;
+  const inkPixels = inverted ? dark : gray.length - dark;
   return {
-    tensor: toTensor(pixels, channels, width, height, manifest.input.layout, spec),
+    tensor: toTensor(pixels, channels, width, height, manifest.input.layout, spec, inverted),
     descriptors: {
       width: oriented.width,
       height: oriented.height,
@@ -179,29 +241,36 @@ async function framePipeline(
   };
 }
 
-/** RGBA → gray. Transparent pixels are flattened onto whichever of white or black contrasts with
- * the visible content, so a dark or a light drawing on a transparent canvas both stay visible. */
-function flattenToGray(rgba: Buffer, n: number): Uint8Array {
+/**
+ * 8-bit pixels of 1–4 channels (gray, gray + alpha, RGB, RGBA) → gray. Transparent pixels are
+ * flattened onto whichever of white or black contrasts with the visible content, so a dark or a
+ * light drawing on a transparent canvas both stay visible.
+ */
+function toGray(pixels: Uint8Array, n: number, channels: number): Uint8Array {
+  if (channels === 1) return Uint8Array.from(pixels);
   const gray = new Uint8Array(n);
-  const alpha = new Float32Array(n);
+  const hasAlpha = channels === 2 || channels === 4;
+  const colour = channels >= 3;
+  const alpha = hasAlpha ? new Float32Array(n) : undefined;
   let weighted = 0;
   let weights = 0;
   let transparent = false;
-  for (let i = 0; i < n; i++) {
-    const o = i * 4;
-    const y = 0.299 * (rgba[o] ?? 0) + 0.587 * (rgba[o + 1] ?? 0) + 0.114 * (rgba[o + 2] ?? 0);
-    const a = (rgba[o + 3] ?? 255) / 255;
+  for (let i = 0, o = 0; i < n; i++, o += channels) {
+    const y = colour ? 0.299 * pixels[o]! + 0.587 * pixels[o + 1]! + 0.114 * pixels[o + 2]! : pixels[o]!;
     gray[i] = Math.round(y);
-    alpha[i] = a;
-    weighted += y * a;
-    weights += a;
-    if (a < 1) transparent = true;
+    if (alpha) {
+      const a = pixels[o + channels - 1]! / 255;
+      alpha[i] = a;
+      weighted += y * a;
+      weights += a;
+      if (a < 1) transparent = true;
+    }
   }
-  if (!transparent) return gray;
+  if (!alpha || !transparent) return gray;
   const background = weights > 0 && weighted / weights < 128 ? 255 : 0;
   for (let i = 0; i < n; i++) {
-    const a = alpha[i] ?? 1;
-    gray[i] = Math.round((gray[i] ?? 0) * a + background * (1 - a));
+    const a = alpha[i]!;
+    gray[i] = Math.round(gray[i]! * a + background * (1 - a));
   }
   return gray;
 }
@@ -209,16 +278,18 @@ function flattenToGray(rgba: Buffer, n: number): Uint8Array {
 function lumaOf(rgb: Uint8Array): Uint8Array {
   const n = rgb.length / 3;
   const gray = new Uint8Array(n);
-  for (let i = 0; i < n; i++) {
-    gray[i] = Math.round(0.299 * (rgb[i * 3] ?? 0) + 0.587 * (rgb[i * 3 + 1] ?? 0) + 0.114 * (rgb[i * 3 + 2] ?? 0));
-  }
+  // ITU-R BT.601 weights (0.299, 0.587, 0.114) in 16-bit fixed point, rounded: exact for gray
+  // pixels, and 2–3× faster in V8 than the floating-point form.
+  for (let i = 0, o = 0; i < n; i++, o += 3)
+    gray[i] = (19595 * rgb[o]! + 38470 * rgb[o + 1]! + 7471 * rgb[o + 2]! + 32768) >>> 16;
   return gray;
 }
 
 function meanAndStd(gray: Uint8Array): { brightness: number; contrast: number } {
   let sum = 0;
   let sumSq = 0;
-  for (const v of gray) {
+  for (let i = 0; i < gray.length; i++) {
+    const v = gray[i]!;
     sum += v;
     sumSq += v * v;
   }
@@ -231,7 +302,7 @@ function meanAndStd(gray: Uint8Array): { brightness: number; contrast: number } 
 function normalisePolarity(gray: Uint8Array, width: number, height: number, polarity: PreprocessSpec['polarity']): boolean {
   if (polarity === 'none') return false;
   if (borderMedian(gray, width, height) <= 127) return false;
-  for (let i = 0; i < gray.length; i++) gray[i] = 255 - (gray[i] ?? 0);
+  for (let i = 0; i < gray.length; i++) gray[i] = 255 - gray[i]!;
   return true;
 }
 
@@ -240,11 +311,12 @@ function borderMedian(gray: Uint8Array, width: number, height: number): number {
   const histogram = new Uint32Array(256);
   let count = 0;
   for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      if (y < ring || y >= height - ring || x < ring || x >= width - ring) {
-        histogram[gray[y * width + x] ?? 0]!++;
-        count++;
-      }
+    const row = y * width;
+    // Whole rows in the top and bottom bands, the left and right bands elsewhere.
+    const band = y < ring || y >= height - ring;
+    for (let x = 0; x < width; x = band || x >= width - ring - 1 || x < ring - 1 ? x + 1 : width - ring) {
+      histogram[gray[row + x]!]!++;
+      count++;
     }
   }
   let seen = 0;
@@ -259,7 +331,8 @@ function borderMedian(gray: Uint8Array, width: number, height: number): number {
 function stretchInk(gray: Uint8Array): Uint8Array {
   const histogram = new Uint32Array(256);
   let max = 0;
-  for (const v of gray) {
+  for (let i = 0; i < gray.length; i++) {
+    const v = gray[i]!;
     histogram[v]!++;
     if (v > max) max = v;
   }
@@ -269,10 +342,13 @@ function stretchInk(gray: Uint8Array): Uint8Array {
   const out = new Uint8Array(gray.length);
   const range = max - background;
   if (range < 16) return out; // a blank or nearly uniform image: no ink
-  for (let i = 0; i < gray.length; i++) {
-    const v = Math.round((((gray[i] ?? 0) - background) * 255) / range);
-    out[i] = v < INK_FLOOR ? 0 : Math.min(255, v);
+  // The same arithmetic for every pixel of a level: one table of 256, not a division per pixel.
+  const level = new Uint8Array(256);
+  for (let g = 0; g < 256; g++) {
+    const v = Math.round(((g - background) * 255) / range);
+    level[g] = v < INK_FLOOR ? 0 : Math.min(255, v);
   }
+  for (let i = 0; i < gray.length; i++) out[i] = level[gray[i]!]!;
   return out;
 }
 
@@ -326,13 +402,14 @@ function fitIntoBox(crop: Uint8Array, w: number, h: number, box: number): { data
  * pipeline per image cost more than the whole resize.
  */
 export function resampleGray(src: Uint8Array, w: number, h: number, outW: number, outH: number): Uint8Array {
-  const xs = weights(w, outW);
-  const ys = weights(h, outH);
+  const xs = taps(w, outW);
+  const ys = taps(h, outH);
   const rows = new Float32Array(outW * h);
   for (let y = 0; y < h; y++) {
+    const row = y * w;
     for (let x = 0; x < outW; x++) {
       let v = 0;
-      for (const [i, wt] of xs[x]!) v += src[y * w + i]! * wt;
+      for (let t = xs.start[x]!, end = xs.start[x + 1]!; t < end; t++) v += src[row + xs.index[t]!]! * xs.weight[t]!;
       rows[y * outW + x] = v;
     }
   }
@@ -340,36 +417,52 @@ export function resampleGray(src: Uint8Array, w: number, h: number, outW: number
   for (let y = 0; y < outH; y++) {
     for (let x = 0; x < outW; x++) {
       let v = 0;
-      for (const [i, wt] of ys[y]!) v += rows[i * outW + x]! * wt;
+      for (let t = ys.start[y]!, end = ys.start[y + 1]!; t < end; t++) v += rows[ys.index[t]! * outW + x]! * ys.weight[t]!;
       out[y * outW + x] = Math.min(255, Math.max(0, Math.round(v)));
     }
   }
   return out;
 }
 
-/** For each output index, the source indices and weights (summing to 1) that make it up. */
-function weights(from: number, to: number): [number, number][][] {
+/** For each output index o, the source indices and weights (summing to 1) that make it up, at
+ * `index[start[o] … start[o + 1])` and `weight[…]` (flat typed arrays: this runs per image). */
+interface Taps {
+  readonly start: Int32Array;
+  readonly index: Int32Array;
+  readonly weight: Float64Array;
+}
+
+function taps(from: number, to: number): Taps {
   const scale = from / to;
-  const table: [number, number][][] = [];
+  const start = new Int32Array(to + 1);
+  const index: number[] = [];
+  const weight: number[] = [];
   for (let o = 0; o < to; o++) {
-    const taps: [number, number][] = [];
+    start[o] = index.length;
     if (scale >= 1) {
-      const start = o * scale;
-      const end = start + scale;
-      for (let i = Math.floor(start); i < Math.min(from, Math.ceil(end)); i++) {
-        const overlap = Math.min(end, i + 1) - Math.max(start, i);
-        if (overlap > 0) taps.push([i, overlap / scale]);
+      const first = o * scale;
+      const last = first + scale;
+      for (let i = Math.floor(first); i < Math.min(from, Math.ceil(last)); i++) {
+        const overlap = Math.min(last, i + 1) - Math.max(first, i);
+        if (overlap > 0) {
+          index.push(i);
+          weight.push(overlap / scale);
+        }
       }
     } else {
       const centre = Math.min(from - 1, Math.max(0, (o + 0.5) * scale - 0.5));
       const left = Math.floor(centre);
       const t = centre - left;
-      taps.push([left, 1 - t]);
-      if (t > 0 && left + 1 < from) taps.push([left + 1, t]);
+      index.push(left);
+      weight.push(1 - t);
+      if (t > 0 && left + 1 < from) {
+        index.push(left + 1);
+        weight.push(t);
+      }
     }
-    table.push(taps);
   }
-  return table;
+  start[to] = index.length;
+  return { start, index: Int32Array.from(index), weight: Float64Array.from(weight) };
 }
 
 /** Put the ink's centre of mass at the centre of the field, as MNIST did. */
@@ -400,7 +493,57 @@ function clamp(v: number, lo: number, hi: number): number {
   return Math.min(Math.max(v, lo), Math.max(lo, hi));
 }
 
-/** Interleaved 8-bit pixels → normalised float32 in the model's layout. */
+/**
+ * Adds one source row into the per-block sums. Gray and RGB rows, the common cases, run with the
+ * block's sums in locals: a typed-array read-modify-write per byte, or a loop set up per block,
+ * made the whole shrink 4–5× slower (measured with bench/preprocess.bench.ts).
+ */
+function addRow(src: Uint8Array, start: number, width: number, channels: number, factor: number, sums: Uint32Array): void {
+  const end = start + width * channels;
+  let o = 0;
+  let n = 0;
+  if (channels === 1) {
+    let s0 = 0;
+    for (let p = start; p < end; p++) {
+      s0 += src[p]!;
+      if (++n === factor) {
+        sums[o++]! += s0;
+        s0 = 0;
+        n = 0;
+      }
+    }
+    if (n > 0) sums[o]! += s0;
+  } else if (channels === 3) {
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    for (let p = start; p < end; p += 3) {
+      s0 += src[p]!;
+      s1 += src[p + 1]!;
+      s2 += src[p + 2]!;
+      if (++n === factor) {
+        sums[o]! += s0;
+        sums[o + 1]! += s1;
+        sums[o + 2]! += s2;
+        o += 3;
+        s0 = s1 = s2 = 0;
+        n = 0;
+      }
+    }
+    if (n > 0) {
+      sums[o]! += s0;
+      sums[o + 1]! += s1;
+      sums[o + 2]! += s2;
+    }
+  } else {
+    for (let p = start, x = 0; p < end; x++) {
+      const block = Math.floor(x / factor) * channels;
+      for (let c = 0; c < channels; c++) sums[block + c]! += src[p++]!;
+    }
+  }
+}
+
+/** Interleaved 8-bit pixels → normalised float32 in the model's layout (inverted first if asked). */
 function toTensor(
   pixels: Uint8Array,
   channels: number,
@@ -408,16 +551,32 @@ function toTensor(
   height: number,
   layout: 'NCHW' | 'NHWC',
   spec: PreprocessSpec,
+  inverted = false,
 ): Float32Array {
   const { scale, mean, std } = spec.normalize;
   const plane = width * height;
   const out = new Float32Array(plane * channels);
-  for (let c = 0; c < channels; c++) {
+  // One table per channel: the same arithmetic as (v · scale − m) / s, done 256 times, not per pixel.
+  const tables = Array.from({ length: channels }, (_, c) => {
     const m = mean[c] ?? 0;
     const s = std[c] ?? 1;
-    for (let i = 0; i < plane; i++) {
-      const v = ((pixels[i * channels + c] ?? 0) * scale - m) / s;
-      out[layout === 'NCHW' ? c * plane + i : i * channels + c] = v;
+    const table = new Float32Array(256);
+    for (let v = 0; v < 256; v++) table[v] = ((inverted ? 255 - v : v) * scale - m) / s;
+    return table;
+  });
+  if (layout === 'NHWC') {
+    for (let i = 0; i < out.length; i++) out[i] = tables[i % channels]![pixels[i]!]!;
+  } else if (channels === 3) {
+    const [r, g, b] = tables as [Float32Array, Float32Array, Float32Array];
+    for (let i = 0, p = 0; i < plane; i++, p += 3) {
+      out[i] = r[pixels[p]!]!;
+      out[plane + i] = g[pixels[p + 1]!]!;
+      out[2 * plane + i] = b[pixels[p + 2]!]!;
+    }
+  } else {
+    for (let c = 0; c < channels; c++) {
+      const table = tables[c]!;
+      for (let i = 0, o = c * plane, p = c; i < plane; i++, o++, p += channels) out[o] = table[pixels[p]!]!;
     }
   }
   return out;
