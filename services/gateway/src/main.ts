@@ -56,7 +56,7 @@ const app = createApp({
   waiter,
   trustProxy: config.TRUST_PROXY,
   lookup: new JobLookup(queue, redis, keys),
-  submitter: new JobSubmitter(queue, redis, keys, config.INPUT_TTL_SECONDS),
+  submitter: new JobSubmitter(queue, queueConnection, keys, config.INPUT_TTL_SECONDS),
   fetchImage: createImageFetcher({
     maxBytes: config.MAX_UPLOAD_BYTES,
     connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,
