@@ -64,6 +64,10 @@ bench: build ## Benchmarks: full HTTP path vs. sharp + onnxruntime directly; dri
 	$(TSX) bench/throughput.bench.ts $(ARGS)
 	$(TSX) bench/drift.bench.ts
 
+.PHONY: bench-compare
+bench-compare: build ## Conveyor (1 and 2 workers) vs FastAPI and in-process sharp + onnxruntime (ARGS="--bentoml" adds BentoML), 2 models, c1/c16/c64
+	$(TSX) bench/compare.bench.ts $(ARGS)
+
 .PHONY: drift-demo
 drift-demo: build ## Normal → shifted → normal traffic through the system; the monitor alerts once and resolves; report in docs/reports
 	$(TSX) scripts/drift-demo.ts
