@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { PredictionEvent, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
-import { digitPng, heldOutDigits } from '../support/images.js';
+import { digitInEveryFormat, digitPng, heldOutDigits } from '../support/images.js';
 import { pollUntilDone, predict, request } from '../support/http.js';
 import { keysUnder, randomPrefix, testRedis } from '../support/redis.js';
 import { dumpLogsOnFailure, recordsWith, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
@@ -17,6 +17,8 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
   let worker: Awaited<ReturnType<typeof startWorker>>;
   let redis: Redis;
   let seven: Buffer;
+  let everyFormat: Awaited<ReturnType<typeof digitInEveryFormat>>;
+  let everyFormatLabel: string;
 
   before(async () => {
     redis = testRedis();
@@ -27,6 +29,9 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
     const { dataset, split } = await heldOutDigits();
     const index = split.test.find((i) => dataset.samples[i]!.label === 7)!;
     seven = await digitPng(dataset.samples[index]!.pixels);
+    const four = dataset.samples[split.test.find((i) => dataset.samples[i]!.label === 4)!]!;
+    everyFormat = await digitInEveryFormat(four.pixels);
+    everyFormatLabel = String(four.label);
   });
 
   afterEach(function () {
@@ -55,6 +60,15 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
     expect(body.timings).to.have.all.keys('queueMs', 'preprocessMs', 'inferenceMs', 'totalMs');
     expect(body.worker).to.equal(worker.id);
   });
+
+  for (const format of ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif'] as const) {
+    it(`reads a ${format.toUpperCase()} made by sharp${format === 'gif' ? ' (first frame of two)' : format === 'tiff' ? ' (first page of two)' : ''} and gives its label`, async () => {
+      const reply = await predict(gateway.url, everyFormat[format]);
+      expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
+      expect(reply.body.input).to.include({ format, width: 84, height: 84 });
+      expect((reply.body.prediction as { label: string }).label).to.equal(everyFormatLabel);
+    });
+  }
 
   it('answers 202 with a job id and Location at once for Prefer: respond-async, and the job can be polled', async () => {
     const reply = await predict(gateway.url, seven, { Prefer: 'respond-async' });

@@ -92,3 +92,34 @@ function crc32(buf: Buffer): number {
   }
   return ~c >>> 0;
 }
+
+/**
+ * A held-out digit in every accepted format, each written by sharp: dark ink on light paper at
+ * 3× (a small scan), so the formats' own quirks (palette, alpha, pages) are exercised. The GIF is
+ * animated (the digit first, then a blank frame) and the TIFF has two pages (the digit first):
+ * Conveyor reads the first frame or page.
+ */
+export async function digitInEveryFormat(
+  pixels: Uint8Array,
+): Promise<Record<'jpeg' | 'png' | 'webp' | 'gif' | 'tiff' | 'avif', Buffer>> {
+  const ink = Uint8Array.from(pixels, (v) => 255 - v);
+  const rgb = await sharp(ink, { raw: { width: 28, height: 28, channels: 1 } })
+    .resize(84, 84, { kernel: 'cubic' })
+    .toColourspace('srgb')
+    .raw()
+    .toBuffer();
+  const image = () => sharp(rgb, { raw: { width: 84, height: 84, channels: 3 } });
+  const blank = Buffer.alloc(rgb.length, 255);
+  const pages = sharp(Buffer.concat([rgb, blank]), { raw: { width: 84, height: 168, channels: 3, pageHeight: 84 } });
+  return {
+    jpeg: await image().jpeg({ quality: 90 }).toBuffer(),
+    png: await image().png().toBuffer(),
+    webp: await image().webp({ quality: 90 }).toBuffer(),
+    gif: await pages
+      .clone()
+      .gif({ delay: [100, 100] })
+      .toBuffer(),
+    tiff: await pages.clone().tiff({ compression: 'lzw' }).toBuffer(),
+    avif: await image().avif({ quality: 80 }).toBuffer(),
+  };
+}

@@ -42,7 +42,7 @@ export function keys(prefix: string) {
 export type Keys = ReturnType<typeof keys>;
 
 /** The formats Conveyor accepts (sniffed from the bytes; see model/decoders.ts for the decoders allowed to run). */
-export const ImageFormat = z.enum(['jpeg', 'png', 'webp', 'gif']);
+export const ImageFormat = z.enum(['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif']);
 export type ImageFormat = z.infer<typeof ImageFormat>;
 
 const JobId = z.uuid();

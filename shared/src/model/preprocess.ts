@@ -17,7 +17,7 @@ export interface RawImage {
   readonly channels: 1 | 3 | 4;
 }
 
-/** The bytes of a JPEG, PNG, WebP or GIF file, as uploaded. */
+/** The bytes of an image file in one of the accepted formats (`ImageFormat`), as uploaded. */
 export interface EncodedImage {
   readonly kind: 'encoded';
   readonly bytes: Buffer;

@@ -23,14 +23,17 @@ const FORMATS: Readonly<Record<string, ImageFormat>> = {
   'image/apng': 'png', // decoded as its first frame
   'image/webp': 'webp',
   'image/gif': 'gif', // first frame
+  'image/tiff': 'tiff', // first page
+  'image/avif': 'avif',
 };
 
-// image-size knows many formats; only the accepted ones may be parsed.
+const ACCEPTED = 'JPEG, PNG, WebP, GIF, TIFF or AVIF';
+
+// image-size knows many formats; only the accepted ones may be parsed (its `heif` reader covers AVIF).
 disableTypes([
   'bmp',
   'cur',
   'dds',
-  'heif',
   'icns',
   'ico',
   'j2c',
@@ -42,7 +45,6 @@ disableTypes([
   'psd',
   'svg',
   'tga',
-  'tiff',
 ]);
 
 export async function inspectImage(bytes: Buffer, maxPixels: number): Promise<ImageFacts> {
@@ -52,8 +54,8 @@ export async function inspectImage(bytes: Buffer, maxPixels: number): Promise<Im
     throw new ProblemError(
       'unsupported-media-type',
       type
-        ? `${type.mime} is not accepted; send JPEG, PNG, WebP or GIF`
-        : 'The content is not a recognised image; send JPEG, PNG, WebP or GIF',
+        ? `${type.mime} is not accepted; send ${ACCEPTED}`
+        : `The content is not a recognised image; send ${ACCEPTED}`,
       type ? { detected: type.mime } : {},
     );
   }
