@@ -92,3 +92,20 @@ export const resultConfigShape = {
     'Safety expiry of an uploaded image that no worker has taken yet, in seconds; normally deleted as soon as the job finishes',
   ),
 };
+
+/** What an image may declare in its header, checked by the gateway (before queueing) and again by the worker. */
+export const imageLimitsShape = {
+  MAX_IMAGE_PIXELS: env.int(
+    40_000_000,
+    1,
+    1_000_000_000,
+    'Largest accepted width × height; larger (decompression bombs) → 422 before decoding',
+  ),
+  MAX_IMAGE_SIDE: env.int(16_384, 1, 1_000_000_000, 'Longest accepted side, in pixels; longer → 422 before decoding'),
+  MAX_ASPECT_RATIO: env.number(
+    50,
+    1,
+    1_000_000_000,
+    'Largest accepted ratio of the longer side to the shorter → 422 before decoding (a 1 × 40,000,000 strip holds a worker for seconds)',
+  ),
+};

@@ -4,8 +4,10 @@ import {
   digitPng,
   exifRotatedDigit,
   heldOutDigits,
+  jpegDeclaringMore,
   pngBombHeader,
   scannedDigit,
+  thinStrip,
   transparentDigit,
 } from '../../test/support/images.js';
 import { ModelManifest } from '../src/model/manifest.js';
@@ -120,6 +122,37 @@ describe('preprocessing (digit policy)', function () {
       expect((error as ProblemError).slug).to.equal('undecodable-image');
       expect((error as ProblemError).permanent).to.equal(true);
     }
+  });
+
+  // (Larger declared sizes are shrunk on load, where libvips reports no warning: the gateway's
+  // density check refuses those before they are queued.)
+  it('rejects a JPEG whose data ends before the pixels its header declares (not grey fill)', async () => {
+    const error = (await preprocess(encoded(await jpegDeclaringMore(400)), manifest, limits).catch(
+      (e: unknown) => e,
+    )) as ProblemError;
+    expect(error).to.be.instanceOf(ProblemError);
+    expect(error.slug).to.equal('undecodable-image');
+    expect(error.detail).to.match(/truncated/);
+  });
+
+  it('refuses a side or an aspect ratio beyond the limits before decoding', async () => {
+    const strip = await thinStrip(20_000);
+    const error = (await preprocess(encoded(strip), manifest, { ...limits, maxSide: 16_384, maxAspectRatio: 50 }).catch(
+      (e: unknown) => e,
+    )) as ProblemError;
+    expect(error.slug).to.equal('image-too-large');
+  });
+
+  it('gives up at the deadline with a permanent problem, even where libvips seldom checks its timeout', async () => {
+    const strip = await thinStrip(3_000_000);
+    const started = performance.now();
+    const error = (await preprocess(encoded(strip), manifest, { ...limits, timeoutMs: 100 }).catch(
+      (e: unknown) => e,
+    )) as ProblemError;
+    expect(error).to.be.instanceOf(ProblemError);
+    expect(error.slug).to.equal('processing-deadline');
+    expect(error.permanent).to.equal(true);
+    expect(performance.now() - started).to.be.below(1000);
   });
 
   it('refuses images over the pixel limit before decoding them', async () => {

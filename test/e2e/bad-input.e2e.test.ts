@@ -4,7 +4,7 @@ import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import sharp from 'sharp';
 import { QUEUES } from '@conveyor/shared/contract/queue.contract';
-import { digitPng, heldOutDigits, pngBombHeader } from '../support/images.js';
+import { digitPng, heldOutDigits, jpegDeclaringMore, pngBombHeader, thinStrip } from '../support/images.js';
 import { pollUntilDone, predict, request, uploadForm, type Reply } from '../support/http.js';
 import { randomPrefix, testRedisUrl } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
@@ -123,7 +123,10 @@ describe('bad input', function () {
 
   describe('undecodable images', () => {
     it('answers 422 for a truncated JPEG, failing its job once without retries', async () => {
-      const jpeg = await sharp({ create: { width: 400, height: 300, channels: 3, background: '#808080' } })
+      // Noisy, so that half of it is still plausible by size and the worker is the one to find the cut.
+      const jpeg = await sharp({
+        create: { width: 400, height: 300, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } },
+      })
         .jpeg()
         .toBuffer();
       const reply = await predict(gateway.url, jpeg.subarray(0, Math.floor(jpeg.length / 2)));
@@ -143,6 +146,33 @@ describe('bad input', function () {
       expect(worker.records.filter((r) => r.jobId === jobId && r.msg === 'rejected input')).to.have.length(1);
     });
 
+    it('answers 422 for a JPEG whose header declares more pixels than its data holds, never a prediction on grey fill', async () => {
+      // Far more than the data can hold: refused at the gateway from the markers, before queueing.
+      const patched = await predict(gateway.url, await jpegDeclaringMore(6000));
+      expectProblem(patched, 422, 'undecodable-image');
+      expect(patched.body.jobId).to.equal(undefined);
+      // Twice the rows the data holds: plausible by size, so the worker decodes it and sees the data end.
+      const real = Buffer.from(
+        await sharp({ create: { width: 300, height: 200, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
+          .jpeg()
+          .toBuffer(),
+      );
+      const sof = real.findIndex((b, i) => b === 0xff && real[i + 1] === 0xc0);
+      real.writeUInt16BE(400, sof + 5);
+      const reply = await predict(gateway.url, real);
+      expectProblem(reply, 422, 'undecodable-image');
+      expect(reply.body.detail).to.match(/truncated/);
+    });
+
+    it('refuses a thin strip inside the pixel limit (1 × 40,000,000) from its header, without queueing', async () => {
+      const started = performance.now();
+      const reply = await predict(gateway.url, pngBombHeader(1, 40_000_000));
+      expectProblem(reply, 422, 'image-too-large');
+      expect(reply.body.limitSide).to.equal(16_384);
+      expect(reply.body.jobId).to.equal(undefined);
+      expect(performance.now() - started).to.be.lessThan(1000);
+    });
+
     it('reports the failure when polled for an asynchronous request', async () => {
       const reply = await predict(gateway.url, seven.subarray(0, 200), { Prefer: 'respond-async' });
       expect(reply.status).to.equal(202);
@@ -157,6 +187,44 @@ describe('bad input', function () {
       expectProblem(reply, 422, 'image-too-large');
       expect(performance.now() - started).to.be.lessThan(1000);
       expect(reply.body.jobId).to.equal(undefined);
+    });
+  });
+
+  describe('a job past its processing deadline', () => {
+    const slowPrefix = randomPrefix('deadline');
+    let relaxed: Gateway;
+    let strictWorker: Awaited<ReturnType<typeof startWorker>>;
+    let slowQueue: Queue;
+    // Limits relaxed so that a thin strip gets through to a worker; the deadline is what stops it.
+    const env = { MAX_IMAGE_SIDE: '100000000', MAX_ASPECT_RATIO: '100000000' };
+
+    before(async () => {
+      [relaxed, strictWorker] = await Promise.all([
+        startGateway(slowPrefix, env),
+        startWorker(slowPrefix, { ...env, PREPROCESS_TIMEOUT_MS: '100' }),
+      ]);
+      slowQueue = new Queue(QUEUES.inference, { connection: { url: testRedisUrl() }, prefix: slowPrefix });
+    });
+    afterEach(function () {
+      dumpLogsOnFailure(this, relaxed, strictWorker);
+    });
+    after(async () => {
+      await stopAll(relaxed, strictWorker);
+      await slowQueue.close();
+    });
+
+    it('fails with a clear 422 problem once, not retried, and the worker goes on', async () => {
+      const reply = await predict(relaxed.url, await thinStrip(3_000_000));
+      expectProblem(reply, 422, 'processing-deadline');
+      const jobId = reply.body.jobId as string;
+      let state = await slowQueue.getJobState(jobId);
+      for (let i = 0; i < 100 && state !== 'failed'; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        state = await slowQueue.getJobState(jobId);
+      }
+      expect(state).to.equal('failed');
+      expect((await slowQueue.getJob(jobId))?.attemptsStarted, 'attempts').to.equal(1);
+      expect((await predict(relaxed.url, seven)).status).to.equal(200);
     });
   });
 

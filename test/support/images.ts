@@ -123,3 +123,28 @@ export async function digitInEveryFormat(
     avif: await image().avif({ quality: 80 }).toBuffer(),
   };
 }
+
+/** A real 28×28 JPEG whose frame header was patched to declare `side`×`side`: the data ends early. */
+export async function jpegDeclaringMore(side: number): Promise<Buffer> {
+  const bytes = Buffer.from(
+    await sharp({ create: { width: 28, height: 28, channels: 3, background: '#777' } })
+      .jpeg()
+      .toBuffer(),
+  );
+  for (let i = 0; i + 9 < bytes.length; i++) {
+    // SOF0/SOF2: FF C0|C2, length (2), precision (1), height (2), width (2).
+    if (bytes[i] === 0xff && (bytes[i + 1] === 0xc0 || bytes[i + 1] === 0xc2)) {
+      bytes.writeUInt16BE(side, i + 5);
+      bytes.writeUInt16BE(side, i + 7);
+      return bytes;
+    }
+  }
+  throw new Error('no frame header found');
+}
+
+/** A real PNG one pixel wide: tiny to send, slow to decode (libvips works a row at a time). */
+export function thinStrip(height: number): Promise<Buffer> {
+  return sharp(Buffer.alloc(height, 128), { raw: { width: 1, height, channels: 1 } })
+    .png()
+    .toBuffer();
+}

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { env, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
+import { env, imageLimitsShape, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
 
 export const GatewayConfig = z
   .object({
@@ -14,12 +14,7 @@ export const GatewayConfig = z
       100 * 1024 * 1024,
       'Largest accepted image, in bytes (uploads and URL downloads); larger → 413',
     ),
-    MAX_IMAGE_PIXELS: env.int(
-      40_000_000,
-      1,
-      1_000_000_000,
-      'Largest accepted width × height; larger (decompression bombs) → 422 before decoding',
-    ),
+    ...imageLimitsShape,
     SYNC_WAIT_DEFAULT_SECONDS: env.number(10, 0, 300, 'How long a synchronous request waits for its result before answering 202'),
     SYNC_WAIT_MAX_SECONDS: env.number(30, 0, 300, 'Cap on `Prefer: wait=<seconds>`'),
     MAX_QUEUE_DEPTH: env.int(

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { env, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
+import { env, imageLimitsShape, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
 
 export const WorkerConfig = z.object({
   ...redisConfigShape,
@@ -26,7 +26,13 @@ export const WorkerConfig = z.object({
   WORKER_CONCURRENCY: env.int(4, 1, 256, 'Jobs one worker process handles at once (decoding overlaps on libuv threads)'),
   ORT_THREADS: env.int(1, 1, 64, 'onnxruntime intra-op threads per process; scale with processes rather than threads'),
   SHARP_CONCURRENCY: env.int(1, 0, 64, 'libvips threads per image (0 = one per core); 1 lets concurrent jobs use the cores'),
-  MAX_IMAGE_PIXELS: env.int(40_000_000, 1, 1_000_000_000, 'Largest image (width × height) a worker will decode'),
+  ...imageLimitsShape,
+  PREPROCESS_TIMEOUT_MS: env.int(
+    5000,
+    10,
+    3_600_000,
+    'Deadline for decoding and preparing one image; past it the job fails for good (422 processing-deadline), not retried',
+  ),
   TOP_K: env.int(3, 1, 100, 'Classes listed in `prediction.top`'),
   LOCK_DURATION_MS: env.int(
     30_000,

@@ -28,7 +28,8 @@ export interface ProcessorDeps {
   /** The model to use for the next job (leased per job, so a swapped model takes effect at once). */
   readonly models: ModelHost;
   readonly workerId: string;
-  readonly maxPixels: number;
+  readonly limits: { readonly maxPixels: number; readonly maxSide: number; readonly maxAspectRatio: number };
+  readonly preprocessTimeoutMs: number;
   readonly topK: number;
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
@@ -95,7 +96,8 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
       if (!bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
       await handBackIfCancelled(job, token, signal);
       const prepared = await preprocess({ kind: 'encoded', bytes }, model.manifest, {
-        maxPixels: deps.maxPixels,
+        ...deps.limits,
+        timeoutMs: deps.preprocessTimeoutMs,
         size: { width: data.input.width, height: data.input.height },
       });
       const preprocessedAt = performance.now();

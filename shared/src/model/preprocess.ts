@@ -1,5 +1,6 @@
 import sharp, { type Sharp } from 'sharp';
 import { ProblemError } from '../problem.js';
+import { checkDimensions } from './limits.js';
 import type { ModelManifest, PreprocessSpec } from './manifest.js';
 
 /**
@@ -48,6 +49,11 @@ export interface Prepared {
 export interface PreprocessOptions {
   /** Refuse images with more pixels than this before decoding them (decompression bombs). */
   readonly maxPixels: number;
+  /** Refuse images with a longer side, or a more extreme aspect ratio, before decoding them. */
+  readonly maxSide?: number;
+  readonly maxAspectRatio?: number;
+  /** The deadline for the whole of it, in ms; past it the image is a permanent problem. */
+  readonly timeoutMs?: number;
   /** The upright size, when the caller already read it from the header (saves a libvips call). */
   readonly size?: { readonly width: number; readonly height: number };
 }
@@ -67,35 +73,88 @@ export async function preprocess(
   const spec = manifest.preprocess;
   const { width, height } = manifest.input;
   try {
-    const source = open(input, options.maxPixels);
+    const { source, warnings } = open(input, options);
     const oriented =
       input.kind === 'raw'
         ? { width: input.width, height: input.height }
         : (options.size ?? (await source.metadata()).autoOrient);
-    if (spec.resize === 'digit') {
-      return await digitPipeline(source, oriented, manifest, spec);
-    }
-    return await framePipeline(source, oriented, manifest, spec, width, height);
+    checkDimensions(oriented.width, oriented.height, {
+      maxPixels: options.maxPixels,
+      maxSide: options.maxSide ?? Infinity,
+      maxAspectRatio: options.maxAspectRatio ?? Infinity,
+    });
+    const prepared = await withDeadline(
+      spec.resize === 'digit'
+        ? digitPipeline(source, oriented, manifest, spec)
+        : framePipeline(source, oriented, manifest, spec, width, height),
+      options.timeoutMs,
+    );
+    const truncated = warnings.find((w) => TRUNCATED.test(w));
+    if (truncated) throw new ProblemError('undecodable-image', `The image is truncated: ${truncated.replace(/^\w+: /, '').trim()}`);
+    return prepared;
   } catch (error) {
     throw asProblem(error);
   }
 }
 
-function open(input: ImageInput, maxPixels: number): Sharp {
-  if (input.kind === 'raw') {
-    return sharp(input.data, {
-      raw: { width: input.width, height: input.height, channels: input.channels },
-      limitInputPixels: maxPixels,
-    });
+/**
+ * libvips' `failOn: 'truncated'` catches a file cut short, but not compressed data that ends before
+ * the pixels its header declares (a JPEG patched to say 6000×6000 over 28×28 of data decodes as
+ * grey fill, with this warning only). Other warnings (extraneous bytes, odd markers: common in
+ * real cameras' files) stay tolerated.
+ */
+const TRUNCATED = /premature end|truncated|unexpected end/i;
+
+function open(input: ImageInput, options: PreprocessOptions): { source: Sharp; warnings: string[] } {
+  const warnings: string[] = [];
+  const source =
+    input.kind === 'raw'
+      ? sharp(input.data, {
+          raw: { width: input.width, height: input.height, channels: input.channels },
+          limitInputPixels: options.maxPixels,
+        })
+      : // `truncated` rejects images cut short in transit but tolerates the benign warnings many real
+        // cameras and editors produce (see TRUNCATED); GIFs and TIFFs decode their first frame or page only.
+        sharp(input.bytes, { failOn: 'truncated', limitInputPixels: options.maxPixels, pages: 1 });
+  source.on('warning', (message: string) => warnings.push(message));
+  // libvips stops a pipeline past its timeout when it next reports progress, which some pipelines
+  // (a long, thin image shrunk to a few pixels) seldom do: withDeadline() bounds the job either way.
+  if (options.timeoutMs) source.timeout({ seconds: Math.ceil(options.timeoutMs / 1000) });
+  return { source, warnings };
+}
+
+const DEADLINE = Symbol('deadline');
+
+/**
+ * The job's answer does not wait past the deadline. The libvips work itself cannot be cancelled
+ * from here; it ends at libvips' own timeout above or when it finishes, on a libuv thread.
+ */
+async function withDeadline<T>(work: Promise<T>, timeoutMs: number | undefined): Promise<T> {
+  if (!timeoutMs) return work;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<typeof DEADLINE>((resolve) => (timer = setTimeout(() => resolve(DEADLINE), timeoutMs)));
+  try {
+    const outcome = await Promise.race([work, expired]);
+    if (outcome === DEADLINE) {
+      work.catch(() => undefined); // settles later, unobserved
+      throw new ProblemError(
+        'processing-deadline',
+        `Preparing the image took longer than ${timeoutMs} ms; send a smaller or simpler image`,
+        { deadlineMs: timeoutMs },
+      );
+    }
+    return outcome;
+  } finally {
+    clearTimeout(timer);
   }
-  // `truncated` rejects images cut short in transit but tolerates the benign warnings many real
-  // cameras and editors produce; GIFs decode their first frame only.
-  return sharp(input.bytes, { failOn: 'truncated', limitInputPixels: maxPixels, pages: 1 });
 }
 
 function asProblem(error: unknown): unknown {
   if (error instanceof ProblemError) return error;
   const message = error instanceof Error ? error.message : String(error);
+  if (/^timeout/i.test(message)) {
+    return new ProblemError('processing-deadline', 'Decoding the image took longer than the deadline allows; send a smaller or simpler image');
+  }
   if (/pixel limit/i.test(message)) {
     return new ProblemError('image-too-large', 'The image has more pixels than the configured limit');
   }

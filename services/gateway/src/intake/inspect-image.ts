@@ -1,7 +1,9 @@
 import { fileTypeFromBuffer } from 'file-type';
 import { disableTypes, imageSize } from 'image-size';
 import type { ImageFormat } from '@conveyor/shared/contract/queue.contract';
+import { checkDimensions, type ImageLimits } from '@conveyor/shared/model/limits';
 import { ProblemError } from '@conveyor/shared/problem';
+import { checkJpegDensity } from './jpeg-density.js';
 
 /**
  * The cheap checks the gateway makes before queueing: the type comes from the bytes (magic
@@ -47,7 +49,7 @@ disableTypes([
   'tga',
 ]);
 
-export async function inspectImage(bytes: Buffer, maxPixels: number): Promise<ImageFacts> {
+export async function inspectImage(bytes: Buffer, limits: ImageLimits): Promise<ImageFacts> {
   const type = await fileTypeFromBuffer(bytes);
   const format = type ? FORMATS[type.mime] : undefined;
   if (!format) {
@@ -70,12 +72,7 @@ export async function inspectImage(bytes: Buffer, maxPixels: number): Promise<Im
     throw new ProblemError('undecodable-image', `The ${format.toUpperCase()} header cannot be read: ${(error as Error).message}`);
   }
   if (!(width > 0 && height > 0)) throw new ProblemError('undecodable-image', 'The image declares no dimensions');
-  if (width * height > maxPixels) {
-    throw new ProblemError('image-too-large', `${width}×${height} is ${width * height} pixels; the limit is ${maxPixels}`, {
-      width,
-      height,
-      limitPixels: maxPixels,
-    });
-  }
+  checkDimensions(width, height, limits);
+  if (format === 'jpeg') checkJpegDensity(bytes);
   return { format, width, height };
 }

@@ -17,7 +17,7 @@ import type { ResultWaiter } from '../jobs/result-waiter.js';
 export interface PredictDeps {
   readonly config: Pick<
     GatewayConfig,
-    'MAX_UPLOAD_BYTES' | 'MAX_IMAGE_PIXELS' | 'SYNC_WAIT_DEFAULT_SECONDS' | 'SYNC_WAIT_MAX_SECONDS' | 'RESULT_TTL_SECONDS'
+    'MAX_UPLOAD_BYTES' | 'MAX_IMAGE_PIXELS' | 'MAX_IMAGE_SIDE' | 'MAX_ASPECT_RATIO' | 'SYNC_WAIT_DEFAULT_SECONDS' | 'SYNC_WAIT_MAX_SECONDS' | 'RESULT_TTL_SECONDS'
   >;
   readonly admission: Admission;
   readonly fetchImage: ImageFetcher;
@@ -41,7 +41,11 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     try {
       input = readPredictInput(ctx);
       bytes = input.kind === 'url' ? await deps.fetchImage(input.url) : input.bytes;
-      facts = await inspectImage(bytes, config.MAX_IMAGE_PIXELS);
+      facts = await inspectImage(bytes, {
+        maxPixels: config.MAX_IMAGE_PIXELS,
+        maxSide: config.MAX_IMAGE_SIDE,
+        maxAspectRatio: config.MAX_ASPECT_RATIO,
+      });
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
