@@ -125,7 +125,7 @@ describe('bad input', function () {
     it('answers 422 for a truncated JPEG, failing its job once without retries', async () => {
       // Noisy, so that half of it is still plausible by size and the worker is the one to find the cut.
       const jpeg = await sharp({
-        create: { width: 400, height: 300, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } },
+        create: { width: 400, height: 300, channels: 3, background: '#000', noise: { type: 'gaussian', mean: 128, sigma: 40 } },
       })
         .jpeg()
         .toBuffer();
@@ -153,7 +153,9 @@ describe('bad input', function () {
       expect(patched.body.jobId).to.equal(undefined);
       // Twice the rows the data holds: plausible by size, so the worker decodes it and sees the data end.
       const real = Buffer.from(
-        await sharp({ create: { width: 300, height: 200, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
+        await sharp({
+          create: { width: 300, height: 200, channels: 3, background: '#000', noise: { type: 'gaussian', mean: 128, sigma: 40 } },
+        })
           .jpeg()
           .toBuffer(),
       );
@@ -304,8 +306,17 @@ describe('bad input', function () {
       }
     });
 
-    it('checks every redirect hop against the policy', async () => {
+    it('refuses an IPv4-compatible IPv6 notation of loopback, even where 127.0.0.1 itself is allowed', async () => {
+      for (const base of [gateway.url, strictGateway.url]) {
+        expectProblem(await byUrl(base, `http://[::127.0.0.1]:${server.port}/seven.png`), 422, 'url-not-allowed');
+      }
+    });
+
+    it('checks every redirect hop against the policy, credentials included', async () => {
       expectProblem(await byUrl(gateway.url, server.url('/redirect-private')), 422, 'url-not-allowed');
+      const withCredentials = await byUrl(gateway.url, server.url('/redirect-credentials'));
+      expectProblem(withCredentials, 422, 'url-not-allowed');
+      expect(JSON.stringify(withCredentials.body)).not.to.contain('secret');
       const toFile = await byUrl(gateway.url, server.url('/redirect-file'));
       expect(toFile.status).to.equal(422);
     });

@@ -26,6 +26,10 @@ export async function startUrlServer(files: Record<string, { type: string; body:
         // 127.0.0.2 is loopback too, but not on the gateway's allow-list.
         res.writeHead(302, { location: `http://127.0.0.2:${port}/seven.png` }).end();
         return;
+      case '/redirect-credentials':
+        // Same allowed host: only the credentials in the target make it wrong.
+        res.writeHead(302, { location: `http://user:secret@127.0.0.1:${port}/seven.png` }).end();
+        return;
       case '/redirect-file':
         res.writeHead(302, { location: 'file:///etc/passwd' }).end();
         return;

@@ -22,7 +22,14 @@ export interface FetchOptions {
 export type ImageFetcher = (url: URL) => Promise<Buffer>;
 
 export function createImageFetcher(options: FetchOptions): ImageFetcher {
-  const filter = { allowIPAddressList: [...options.allowCidrs], keepAlive: false };
+  const filter = {
+    allowIPAddressList: [...options.allowCidrs],
+    // IPv4-compatible IPv6 (::a.b.c.d, deprecated by RFC 4291): ipaddr.js calls it unicast, yet it
+    // embeds an IPv4 address (`http://[::127.0.0.1]/` is ::7f00:1). The other embedding forms
+    // (IPv4-mapped, 6to4, Teredo, NAT64) are already refused as non-unicast.
+    denyIPAddressList: ['::/96'],
+    keepAlive: false,
+  };
   const agent = { http: new RequestFilteringHttpAgent(filter), https: new RequestFilteringHttpsAgent(filter) };
   const client = got.extend({
     agent,
@@ -34,6 +41,21 @@ export function createImageFetcher(options: FetchOptions): ImageFetcher {
     },
     maxRedirects: options.maxRedirects,
     retry: { limit: 0 },
+    hooks: {
+      // The first URL's rules hold for every hop: no credentials sent on, http and https only.
+      beforeRedirect: [
+        (next, response) => {
+          // got drops a Location's credentials before this hook sees the URL; the header still has them.
+          const location = response.headers.location;
+          const target = location ? new URL(location, response.url) : undefined;
+          if (target && (target.username || target.password || next.username || next.password)) {
+            throw new ProblemError('url-not-allowed', 'The URL redirected to a URL with credentials; those are not fetched', {
+              url: redacted(target),
+            });
+          }
+        },
+      ],
+    },
     headers: { 'user-agent': 'Conveyor image fetcher', accept: 'image/*' },
   });
 
@@ -66,6 +88,13 @@ export function createImageFetcher(options: FetchOptions): ImageFetcher {
     if (total === 0) throw new ProblemError('url-fetch-failed', 'The URL returned an empty body', { url: url.href });
     return Buffer.concat(chunks);
   };
+}
+
+function redacted(url: URL): string {
+  const copy = new URL(url.href);
+  copy.username = '';
+  copy.password = '';
+  return copy.href;
 }
 
 function toFetchProblem(error: unknown, url: URL, options: FetchOptions): ProblemError {
