@@ -1,4 +1,5 @@
 import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
@@ -348,6 +349,39 @@ describe('bad input', function () {
       const reply = await byUrl(gateway.url, server.url('/missing.png'));
       expectProblem(reply, 422, 'url-fetch-failed');
       expect(reply.body.upstreamStatus).to.equal(404);
+    });
+  });
+
+  describe('clients that hang up', () => {
+    it('are not server errors: no 5xx in the access log or the metrics, no error line', async () => {
+      const url = new URL(gateway.url);
+      const boundary = 'conveyor-abort';
+      const head = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`;
+      const aborts = 20;
+      await Promise.all(
+        Array.from(
+          { length: aborts },
+          () =>
+            new Promise<void>((resolve, reject) => {
+              const socket = connect(Number(url.port), url.hostname, () => {
+                socket.write(
+                  `POST /v1/predict HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: multipart/form-data; boundary=${boundary}\r\n` +
+                    `Content-Length: ${1024 * 1024}\r\n\r\n${head}`,
+                );
+                socket.write(randomBytes(64 * 1024), () => socket.destroy());
+              });
+              socket.on('close', () => resolve());
+              socket.on('error', reject);
+            }),
+        ),
+      );
+      const closed = () => gateway.records.filter((r) => r.msg === 'request' && r.status === 499).length;
+      for (let i = 0; i < 100 && closed() < aborts; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(closed(), 'access-log lines with 499').to.equal(aborts);
+      expect(gateway.records.filter((r) => r.msg === 'request' && Number(r.status) >= 500 && r.status !== 499)).to.deep.equal([]);
+      expect(gateway.records.filter((r) => r.msg === 'unhandled error')).to.deep.equal([]);
+      const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+      expect(metrics).not.to.match(/conveyor_http_request_duration_seconds_count\{[^}]*status="5\d\d"/);
     });
   });
 

@@ -22,6 +22,13 @@ export function problemMiddleware(): Middleware<GatewayState> {
         });
       }
     } catch (error) {
+      if (clientGone(ctx)) {
+        // Nobody is left to answer, and nothing failed on our side: not a 5xx in the access log or
+        // the metrics (nginx's 499, "client closed request"), and no error line with a stack.
+        ctx.status = CLIENT_CLOSED_REQUEST;
+        ctx.state.log.debug({ err: error }, 'the client closed the request before it was answered');
+        return;
+      }
       const problem = toProblem(error);
       // A Redis outage is reported once by the connections themselves, not by every request it fails.
       if (problem.status >= 500 && !(error instanceof ProblemError) && !isRedisUnavailable(error)) {
@@ -30,6 +37,14 @@ export function problemMiddleware(): Middleware<GatewayState> {
       sendProblem(ctx, problem);
     }
   };
+}
+
+/** nginx's code for a request the client abandoned; it never reaches the client. */
+export const CLIENT_CLOSED_REQUEST = 499;
+
+/** The client hung up before the request was read or answered (aborted upload, closed socket). */
+export function clientGone(ctx: GatewayContext): boolean {
+  return ctx.req.aborted || ctx.req.readableAborted || (ctx.req.socket.destroyed && !ctx.res.writableEnded);
 }
 
 export function sendProblem(ctx: GatewayContext, problem: ProblemError): void {
