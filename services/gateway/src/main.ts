@@ -38,7 +38,7 @@ const queue = new Queue(QUEUES.inference, {
 const queueErrors = connectionErrorLog(log, { error: 'queue error', restored: 'queue connection restored' });
 queue.on('error', (error) => queueErrors.error(error));
 queueConnection.on('ready', () => queueErrors.restored());
-const admission = new Admission(queue, config.MAX_QUEUE_DEPTH);
+const admission = new Admission(queue, redis, keys.admissionReserved, config.MAX_QUEUE_DEPTH);
 const metrics = new HttpMetrics(() => admission.waiting());
 const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));
 await waiter.start();

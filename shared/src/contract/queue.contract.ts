@@ -30,6 +30,8 @@ export function keys(prefix: string) {
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
     replies: (gatewayId: string) => `${prefix}:replies:${gatewayId}`,
+    /** Places in the queue reserved by requests whose job is not queued yet (gateway admission). */
+    admissionReserved: `${prefix}:admission:reserved`,
     /** Sorted set of live workers, scored by the time their heartbeat expires. */
     workers: `${prefix}:workers`,
     /** Heartbeat details of one worker, JSON, with a TTL. */

@@ -1,3 +1,4 @@
+import type { Reservation } from '../jobs/admission.js';
 import type { ParameterizedContext } from 'koa';
 import type { Logger } from '@conveyor/shared/logger';
 
@@ -9,6 +10,8 @@ export interface GatewayState {
   jobId?: string;
   /** A raw image body (Content-Type image/* or application/octet-stream), read within the size limit. */
   rawUpload?: Buffer;
+  /** The place in the queue reserved at admission, given back once the job is queued. */
+  reservation?: Reservation;
 }
 
 export type GatewayContext = ParameterizedContext<GatewayState>;

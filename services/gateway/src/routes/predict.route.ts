@@ -10,14 +10,20 @@ import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
 import { inspectImage } from '../intake/inspect-image.js';
 import { predictBodyParser, readPredictInput } from '../intake/read-input.js';
-import type { Admission } from '../jobs/admission.js';
+import type { Admission, Reservation } from '../jobs/admission.js';
 import type { JobSubmitter } from '../jobs/job-submitter.js';
 import type { ResultWaiter } from '../jobs/result-waiter.js';
 
 export interface PredictDeps {
   readonly config: Pick<
     GatewayConfig,
-    'MAX_UPLOAD_BYTES' | 'MAX_IMAGE_PIXELS' | 'MAX_IMAGE_SIDE' | 'MAX_ASPECT_RATIO' | 'SYNC_WAIT_DEFAULT_SECONDS' | 'SYNC_WAIT_MAX_SECONDS' | 'RESULT_TTL_SECONDS'
+    | 'MAX_UPLOAD_BYTES'
+    | 'MAX_IMAGE_PIXELS'
+    | 'MAX_IMAGE_SIDE'
+    | 'MAX_ASPECT_RATIO'
+    | 'SYNC_WAIT_DEFAULT_SECONDS'
+    | 'SYNC_WAIT_MAX_SECONDS'
+    | 'RESULT_TTL_SECONDS'
   >;
   readonly admission: Admission;
   readonly fetchImage: ImageFetcher;
@@ -78,6 +84,9 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     } catch (error) {
       ticket?.cancel();
       throw error;
+    } finally {
+      // Queued (it counts as waiting now) or failed: the place reserved at admission is given back.
+      ctx.state.reservation?.release();
     }
     ctx.state.log.debug({ format: facts.format, width: facts.width, height: facts.height, bytes: bytes.length }, 'job queued');
     if (!ticket) return accepted(ctx, jobId, deps);
@@ -104,14 +113,20 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
 }
 
 function admit(deps: PredictDeps) {
-  return async (_ctx: GatewayContext, next: () => Promise<unknown>) => {
+  return async (ctx: GatewayContext, next: () => Promise<unknown>) => {
+    let reservation: Reservation;
     try {
-      await deps.admission.admit();
+      reservation = await deps.admission.admit();
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
     }
-    await next();
+    ctx.state.reservation = reservation;
+    try {
+      await next();
+    } finally {
+      reservation.release(); // if the handler has not already (a refused image, a failed submit)
+    }
   };
 }
 
