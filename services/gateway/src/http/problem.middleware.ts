@@ -44,7 +44,9 @@ export const CLIENT_CLOSED_REQUEST = 499;
 
 /** The client hung up before the request was read or answered (aborted upload, closed socket). */
 export function clientGone(ctx: GatewayContext): boolean {
-  return ctx.req.aborted || ctx.req.readableAborted || (ctx.req.socket.destroyed && !ctx.res.writableEnded);
+  return (
+    ctx.req.readableAborted || (ctx.req.destroyed && !ctx.req.complete) || (ctx.req.socket.destroyed && !ctx.res.writableEnded)
+  );
 }
 
 export function sendProblem(ctx: GatewayContext, problem: ProblemError): void {

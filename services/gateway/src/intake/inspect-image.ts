@@ -32,22 +32,7 @@ const FORMATS: Readonly<Record<string, ImageFormat>> = {
 const ACCEPTED = 'JPEG, PNG, WebP, GIF, TIFF or AVIF';
 
 // image-size knows many formats; only the accepted ones may be parsed (its `heif` reader covers AVIF).
-disableTypes([
-  'bmp',
-  'cur',
-  'dds',
-  'icns',
-  'ico',
-  'j2c',
-  'jp2',
-  'jxl',
-  'jxl-stream',
-  'ktx',
-  'pnm',
-  'psd',
-  'svg',
-  'tga',
-]);
+disableTypes(['bmp', 'cur', 'dds', 'icns', 'ico', 'j2c', 'jp2', 'jxl', 'jxl-stream', 'ktx', 'pnm', 'psd', 'svg', 'tga']);
 
 export async function inspectImage(bytes: Buffer, limits: ImageLimits): Promise<ImageFacts> {
   const type = await fileTypeFromBuffer(bytes);
@@ -55,9 +40,7 @@ export async function inspectImage(bytes: Buffer, limits: ImageLimits): Promise<
   if (!format) {
     throw new ProblemError(
       'unsupported-media-type',
-      type
-        ? `${type.mime} is not accepted; send ${ACCEPTED}`
-        : `The content is not a recognised image; send ${ACCEPTED}`,
+      type ? `${type.mime} is not accepted; send ${ACCEPTED}` : `The content is not a recognised image; send ${ACCEPTED}`,
       type ? { detected: type.mime } : {},
     );
   }
