@@ -73,27 +73,58 @@ describe('drift monitor', function () {
 
     it('counts every event exactly once, even when a monitor dies with events in hand', async () => {
       const events = normal.slice(0, 1500);
-      await publish(redis, keysOf(prefix).predictions, events.slice(0, 700));
-      // Kill one monitor while it still holds delivered but unacknowledged events.
+      const stream = keysOf(prefix).predictions;
+      await publish(redis, stream, events.slice(0, 700));
       await until('both monitors busy', () =>
         Promise.resolve(
           a.records.some((r) => r.msg === 'window evaluated') || b.records.some((r) => r.msg === 'window evaluated'),
         ),
       );
+      // Monitor a is frozen while its read is blocked in Redis: Redis then hands it entries it can
+      // never acknowledge, and it is killed holding them. A read can end (BLOCK timeout) between the
+      // check and the freeze, so this repeats, ten more events at a time, until a holds some.
+      const consumerA = String(a.records.find((r) => typeof r.consumer === 'string')?.consumer);
+      const heldByA = async () => {
+        const [, , , consumers] = (await redis.xpending(stream, 'monitor')) as [number, unknown, unknown, [string, string][]];
+        return Number(consumers.find(([name]) => name === consumerA)?.[1] ?? 0);
+      };
+      const blockedReadOfA = async () =>
+        String(await redis.client('LIST'))
+          .split('\n')
+          .map((line) => Object.fromEntries(line.split(' ').map((kv) => kv.split('=') as [string, string])))
+          .some(
+            (c) => c.name === `conveyor:monitor-predictions:${consumerA}` && c.cmd === 'xreadgroup' && c.flags?.includes('b'),
+          );
+      let published = 700;
+      const held = await until('monitor a frozen with entries in hand', async () => {
+        if (!(await blockedReadOfA())) return undefined;
+        a.child.kill('SIGSTOP');
+        await publish(redis, stream, events.slice(published, published + 10));
+        published += 10;
+        const count = await heldByA();
+        if (count > 0) return count;
+        a.child.kill('SIGCONT');
+        return published < 1400 ? undefined : Promise.reject(new Error('monitor a never received entries'));
+      });
       a.child.kill('SIGKILL');
       await a.exited;
-      await publish(redis, keysOf(prefix).predictions, events.slice(700));
-      const done = await until('five windows', async () => {
-        const w = await windows(redis, prefix);
-        return w.length >= 5 ? w : undefined;
+      await publish(redis, stream, events.slice(published));
+      await until('five windows, nothing pending', async () => {
+        const pending = (await redis.xpending(stream, 'monitor')) as [number, ...unknown[]];
+        return pending[0] === 0 && (await windows(redis, prefix)).length >= 5;
       });
-      await new Promise((r) => setTimeout(r, 1500));
       const all = await windows(redis, prefix);
       expect(all.map((w) => w.index)).to.deep.equal([1, 2, 3, 4, 5]);
       expect(all.every((w) => w.size === 300)).to.equal(true);
-      expect(done.length).to.equal(5);
-      const pending = (await redis.xpending(keysOf(prefix).predictions, 'monitor')) as [number, ...unknown[]];
-      expect(pending[0], 'nothing left pending').to.equal(0);
+      // 5 × 300 = 1500: nothing counted twice, nothing left over.
+      const open = await redis.llen(`${prefix}:monitor:window:${model.manifest.name}@${model.manifest.version}`);
+      expect(open, 'events in the open window').to.equal(0);
+      // The entries monitor a died with were taken over by b, not just waited out. b counts them
+      // before it acknowledges them, so its counter is complete once nothing is pending (its log
+      // lines, read through a pipe, may still be on their way).
+      const metrics = await fetch(`${b.url}/metrics`).then((r) => r.text());
+      const reclaimed = /conveyor_monitor_stream_entries_total\{stream="predictions",kind="reclaimed"\} (\d+)/.exec(metrics);
+      expect(Number(reclaimed?.[1]), 'entries reclaimed by monitor b').to.be.at.least(held);
       // The same-distribution traffic raised nothing.
       expect(await alertsOf(redis, prefix)).to.deep.equal([]);
     });

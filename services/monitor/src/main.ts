@@ -14,7 +14,7 @@ import { Monitor, type WindowRecord } from './monitor.js';
 import { ProfileSource } from './reference/profile-source.js';
 import { writeReport } from './reports/report.js';
 import { MonitorStore } from './store/monitor-store.js';
-import { StreamConsumer } from './store/stream-consumer.js';
+import { oneByOne, StreamConsumer } from './store/stream-consumer.js';
 
 const config = loadConfigOrExit(MonitorConfig);
 const consumerName = `${os.hostname()}-${process.pid}`;
@@ -74,21 +74,27 @@ const monitor = new Monitor(
 const consumerOptions = {
   group: 'monitor',
   consumer: consumerName,
-  count: 200,
   blockMs: 1000,
   claimIdleMs: config.CLAIM_IDLE_MS,
 };
 const predictions = new StreamConsumer(
   predictionsConnection,
-  { ...consumerOptions, stream: keys.predictions, maxDeliveries: 5 },
-  (id, fields) => monitor.handlePrediction(id, fields),
+  // Large reads: the per-read costs (round trips, the script call, the XACK) are shared by the batch.
+  { ...consumerOptions, stream: keys.predictions, count: 500, maxDeliveries: 5 },
+  (entries) => monitor.handlePredictions(entries),
   log.child({ module: 'predictions' }),
 );
 const feedback = new StreamConsumer(
   feedbackConnection,
   // Feedback may arrive before its prediction was applied: it is retried, then dead-lettered.
-  { ...consumerOptions, stream: keys.feedbackStream, maxDeliveries: 20, claimIdleMs: Math.min(config.CLAIM_IDLE_MS, 2000) },
-  (id, fields, deliveries) => monitor.handleFeedback(id, fields, deliveries),
+  {
+    ...consumerOptions,
+    stream: keys.feedbackStream,
+    count: 200,
+    maxDeliveries: 20,
+    claimIdleMs: Math.min(config.CLAIM_IDLE_MS, 2000),
+  },
+  oneByOne((entry) => monitor.handleFeedback(entry), log.child({ module: 'feedback' })),
   log.child({ module: 'feedback' }),
 );
 
@@ -99,7 +105,7 @@ const report = async () => {
 };
 const server = createMonitorServer({
   snapshot: () => monitor.snapshot(),
-  registry: monitorMetrics(store, monitor),
+  registry: monitorMetrics(store, monitor, { predictions, feedback }),
   writeReport: report,
   redisPing: () => redis.ping(),
   log,

@@ -1,13 +1,13 @@
 import { FeedbackEvent, PredictionEvent, type ModelRef } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { AlertSink } from './alerts/alert-sink.js';
-import { step, type AlertPolicy } from './alerts/alert-state.js';
+import { INITIAL_STATE, step, type AlertPolicy } from './alerts/alert-state.js';
 import { observe } from './drift/features.js';
 import { evaluateWindow, type Level, type Thresholds, type WindowDrift } from './drift/window.js';
-import type { Outcome } from './store/stream-consumer.js';
+import type { Outcome, StreamEntry } from './store/stream-consumer.js';
 import { quality, qualityLevel, type QualitySnapshot } from './quality/quality.js';
 import type { ProfileSource } from './reference/profile-source.js';
-import type { MonitorStore } from './store/monitor-store.js';
+import { modelKey, type MonitorStore } from './store/monitor-store.js';
 
 /**
  * Where prediction events become drift windows and feedback becomes rolling quality, and where a
@@ -47,31 +47,70 @@ export class Monitor {
     private readonly log: Logger,
   ) {}
 
-  async handlePrediction(id: string, fields: Record<string, string>): Promise<Outcome> {
-    const parsed = PredictionEvent.safeParse(JSON.parse(fields.event ?? 'null'));
-    if (!parsed.success) {
-      this.log.warn({ id, issues: parsed.error.issues.slice(0, 3) }, 'skipping a malformed prediction event');
-      return 'ack';
+  /**
+   * Applies a read of the predictions stream: malformed events are skipped (acknowledged), the
+   * others go to their model version's window in one script call per version. A version whose call
+   * fails stays pending and is retried; the script counts each job once, so that is safe.
+   */
+  async handlePredictions(entries: readonly StreamEntry[]): Promise<Outcome[]> {
+    const outcomes: Outcome[] = entries.map(() => 'ack');
+    // Per model version: the events and the positions of their entries, in stream order.
+    const groups = new Map<string, { model: ModelRef; events: PredictionEvent[]; at: number[] }>();
+    for (const [i, entry] of entries.entries()) {
+      const event = this.parsePrediction(entry);
+      if (!event) continue;
+      const mk = modelKey(event.model);
+      let group = groups.get(mk);
+      if (!group) groups.set(mk, (group = { model: event.model, events: [], at: [] }));
+      group.events.push(event);
+      group.at.push(i);
     }
-    const event = parsed.data;
-    const profile = await this.profiles.get(event.model);
-    const observation = observe(event, profile?.embedding);
-    const closed = await this.store.appendPrediction(
-      id,
-      event.model,
-      event.jobId,
-      observation,
-      { label: event.prediction.label, confidence: event.prediction.confidence, model: event.model },
-      this.options.windowSize,
-      this.options.predictionTtlSeconds,
-    );
-    if (closed < 0) this.stats.duplicates++;
-    else this.stats.predictions++;
-    if (closed > 0) await this.evaluatePending();
-    return 'ack';
+    let closed = 0;
+    for (const { model, events, at } of groups.values()) {
+      try {
+        const profile = await this.profiles.get(model);
+        const items = events.map((event) => ({
+          jobId: event.jobId,
+          observation: observe(event, profile?.embedding),
+          prediction: { label: event.prediction.label, confidence: event.prediction.confidence, model },
+        }));
+        const result = await this.store.appendPredictions(
+          model,
+          items,
+          this.options.windowSize,
+          this.options.predictionTtlSeconds,
+        );
+        this.stats.predictions += result.applied;
+        this.stats.duplicates += result.duplicates;
+        closed += result.closed.length;
+      } catch (error) {
+        this.log.warn({ err: error, model, events: events.length }, 'applying predictions failed; they stay pending');
+        for (const i of at) outcomes[i] = 'retry';
+      }
+    }
+    // The events are in their windows whatever happens here: a window left unevaluated is picked up
+    // by the sweeper, so a failure must not send the batch round again.
+    if (closed > 0)
+      await this.evaluatePending().catch((error: unknown) => this.log.warn({ err: error }, 'window evaluation failed'));
+    return outcomes;
   }
 
-  async handleFeedback(id: string, fields: Record<string, string>, deliveries: number): Promise<Outcome> {
+  /** The event of an entry, or undefined (logged) when it breaks the contract. */
+  private parsePrediction(entry: StreamEntry): PredictionEvent | undefined {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(entry.fields.event ?? 'null');
+    } catch {
+      this.log.warn({ id: entry.id }, 'skipping a prediction entry that is not JSON');
+      return undefined;
+    }
+    const parsed = PredictionEvent.safeParse(raw);
+    if (parsed.success) return parsed.data;
+    this.log.warn({ id: entry.id, issues: parsed.error.issues.slice(0, 3) }, 'skipping a malformed prediction event');
+    return undefined;
+  }
+
+  async handleFeedback({ id, fields, deliveries }: StreamEntry): Promise<Outcome> {
     const parsed = FeedbackEvent.safeParse(JSON.parse(fields.event ?? 'null'));
     if (!parsed.success) {
       this.log.warn({ id }, 'skipping a malformed feedback event');
@@ -128,21 +167,23 @@ export class Monitor {
       return { ...base, from: times[0] ?? '', to: times.at(-1) ?? '', status: 'no_reference', features: {} };
     }
     const drift = evaluateWindow(profile, observations, this.options.thresholdsFor);
+    const states = await this.applyLevels(
+      model,
+      Object.entries(drift.features).map(([feature, d]) => ({
+        feature,
+        level: d.level,
+        figures: { metric: d.metric, value: d.value, threshold: d.level === 'alert' ? d.thresholds.alert : d.thresholds.warn },
+      })),
+      { index, drift },
+    );
     const features: WindowRecord['features'] = {};
     for (const [feature, d] of Object.entries(drift.features)) {
-      const state = await this.applyLevel(
-        model,
-        feature,
-        d.level,
-        { metric: d.metric, value: d.value, threshold: d.level === 'alert' ? d.thresholds.alert : d.thresholds.warn },
-        { index, drift },
-      );
       features[feature] = {
         metric: d.metric,
         value: d.value,
         js: d.js,
         level: d.level,
-        state,
+        state: states[feature]!,
         warn: d.thresholds.warn,
         alert: d.thresholds.alert,
       };
@@ -165,29 +206,44 @@ export class Monitor {
     const level = qualityLevel(snapshot, this.options.quality.target, this.options.quality.minLabels);
     if (level !== 'insufficient_data') {
       const now = new Date().toISOString();
-      await this.applyLevel(
+      await this.applyLevels(
         model,
-        'quality',
-        level,
-        { metric: 'accuracy', value: snapshot.accuracy, threshold: this.options.quality.target },
+        [
+          {
+            feature: 'quality',
+            level,
+            figures: { metric: 'accuracy', value: snapshot.accuracy, threshold: this.options.quality.target },
+          },
+        ],
         { index: snapshot.labelled, drift: { size: snapshot.covered, from: now, to: now } },
       );
     }
     return snapshot;
   }
 
-  /** Steps the feature's state machine and announces what it says to announce. */
-  private async applyLevel(
+  /**
+   * Steps each feature's state machine and announces what it says to announce. The states are read
+   * and written once for all features of the window (two commands, not two per feature), and saved
+   * before anything is announced, as they were when this ran feature by feature.
+   */
+  private async applyLevels(
     model: ModelRef,
-    feature: string,
-    level: Level,
-    figures: { metric: string; value: number | null; threshold: number | null },
+    decisions: readonly {
+      feature: string;
+      level: Level;
+      figures: { metric: string; value: number | null; threshold: number | null };
+    }[],
     window: { index: number; drift: Pick<WindowDrift, 'size' | 'from' | 'to'> },
-  ): Promise<Level> {
-    const previous = await this.store.featureState(model, feature);
-    const { state, transition } = step(previous, level, Date.now(), this.options.policy);
-    await this.store.saveFeatureState(model, feature, state);
-    if (transition?.notify) {
+  ): Promise<Record<string, Level>> {
+    const previous = await this.store.featureStates(model);
+    const now = Date.now();
+    const steps = decisions.map((d) => ({
+      ...d,
+      ...step(previous[d.feature] ?? INITIAL_STATE, d.level, now, this.options.policy),
+    }));
+    await this.store.saveFeatureStates(model, Object.fromEntries(steps.map((s) => [s.feature, s.state])));
+    for (const { feature, figures, transition } of steps) {
+      if (!transition?.notify) continue;
       this.stats.alerts++;
       const verb =
         transition.notify === 'resolved' ? 'is back to normal' : transition.notify === 'alert' ? 'drifted' : 'is drifting';
@@ -203,7 +259,7 @@ export class Monitor {
         message: `${model.name}@${model.version}: ${feature} ${verb} (${figures.metric} ${figures.value === null ? 'n/a' : round(figures.value)}${figures.threshold === null ? '' : `, threshold ${figures.threshold}`})`,
       });
     }
-    return state.level;
+    return Object.fromEntries(steps.map((s) => [s.feature, s.state.level]));
   }
 
   /** The current state per model version and feature, for GET /drift. */

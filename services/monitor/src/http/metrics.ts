@@ -2,6 +2,7 @@ import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { Monitor, WindowRecord } from '../monitor.js';
 import type { QualitySnapshot } from '../quality/quality.js';
 import type { MonitorStore } from '../store/monitor-store.js';
+import type { StreamConsumer } from '../store/stream-consumer.js';
 
 /**
  * Prometheus gauges read from the shared state at scrape time, so every monitor instance reports
@@ -9,7 +10,11 @@ import type { MonitorStore } from '../store/monitor-store.js';
  */
 const LEVEL = { ok: 0, warn: 1, alert: 2 } as const;
 
-export function monitorMetrics(store: MonitorStore, monitor: Monitor): Registry {
+export function monitorMetrics(
+  store: MonitorStore,
+  monitor: Monitor,
+  consumers: Readonly<Record<string, StreamConsumer>> = {},
+): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'conveyor_monitor_' });
   new Gauge({
@@ -71,6 +76,27 @@ export function monitorMetrics(store: MonitorStore, monitor: Monitor): Registry 
       totals(this, 'duplicate', now.duplicates - reported.duplicates);
       totals(this, 'alert', now.alerts - reported.alerts);
       reported = now;
+    },
+  });
+  // Reclaimed: entries this instance took over from a consumer that stopped acknowledging (died).
+  const consumed: Record<string, StreamConsumer['stats']> = Object.fromEntries(
+    Object.keys(consumers).map((stream) => [stream, { delivered: 0, acknowledged: 0, reclaimed: 0, deadLettered: 0 }]),
+  );
+  new Counter({
+    name: 'conveyor_monitor_stream_entries_total',
+    help: 'Stream entries handled by this instance: delivered, acknowledged, reclaimed from another consumer, dead-lettered',
+    labelNames: ['stream', 'kind'] as const,
+    registers: [registry],
+    collect() {
+      for (const [stream, consumer] of Object.entries(consumers)) {
+        const now = { ...consumer.stats };
+        const before = consumed[stream]!;
+        for (const kind of ['delivered', 'acknowledged', 'reclaimed', 'deadLettered'] as const) {
+          // Zero increments too, so every series exists from the first scrape.
+          this.inc({ stream, kind }, now[kind] - before[kind]);
+        }
+        consumed[stream] = now;
+      }
     },
   });
   return registry;

@@ -1,29 +1,50 @@
 import type { Redis } from 'ioredis';
 import type { ModelRef } from '@conveyor/shared/contract/queue.contract';
-import { INITIAL_STATE, type FeatureState } from '../alerts/alert-state.js';
+import type { FeatureState } from '../alerts/alert-state.js';
 import type { Observation } from '../drift/features.js';
 import type { Labelled } from '../quality/quality.js';
 
 /**
  * The monitor's state lives in Redis, not in a process: any number of monitors share the work of
- * one consumer group and see the same windows. Each event is applied by a Lua script that first
- * marks its stream entry as done (SET NX), so a redelivered event — after a crash, or reclaimed
- * from a dead consumer — is never counted twice.
+ * one consumer group and see the same windows. A batch of predictions is applied by one Lua script
+ * per model version that first claims each job's prediction key (SET NX), so an event seen again —
+ * redelivered after a crash, reclaimed from a dead consumer, or the same job published twice by two
+ * workers — is never counted twice.
  */
 export const modelKey = (m: ModelRef) => `${m.name}@${m.version}`;
 
-// KEYS: done, window, seq, closed-zset, prediction. ARGV: ttl, observation, prediction, size, closed-prefix, model key.
+// KEYS: window, seq, closed-zset, models-set, then one prediction key per event (`pred:<jobId>`).
+// ARGV: ttl, window size, closed-prefix, model key, then observation and prediction per event.
+// Returns { applied, { index of each window closed } }. The prediction key doubles as the job's
+// "already counted" marker (feedback reads it too), so a fresh event costs one SET and a share of
+// one RPUSH. A batch that fills the window closes it where the event-by-event order would, and the
+// rest of the batch goes into the next window.
 const APPEND = `
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return -1 end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[1]) end
-local n = redis.call('RPUSH', KEYS[2], ARGV[2])
-if n >= tonumber(ARGV[4]) then
-  local index = redis.call('INCR', KEYS[3])
-  redis.call('RENAME', KEYS[2], ARGV[5] .. index)
-  redis.call('ZADD', KEYS[4], index, ARGV[6] .. '|' .. index)
-  return index
+local size = tonumber(ARGV[2])
+local fresh = {}
+for i = 5, #KEYS do
+  local o = 2 * i - 5
+  if redis.call('SET', KEYS[i], ARGV[o + 1], 'NX', 'EX', ARGV[1]) then fresh[#fresh + 1] = ARGV[o] end
 end
-return 0`;
+local closed = {}
+if #fresh == 0 then return { 0, closed } end
+redis.call('SADD', KEYS[4], ARGV[4])
+local n = redis.call('LLEN', KEYS[1])
+local at = 1
+while at <= #fresh do
+  -- at least one: a window already at or over size (WINDOW_SIZE lowered) closes on the next event
+  local last = math.min(#fresh, at + math.max(1, size - n) - 1, at + 999)
+  n = redis.call('RPUSH', KEYS[1], unpack(fresh, at, last))
+  at = last + 1
+  if n >= size then
+    local index = redis.call('INCR', KEYS[2])
+    redis.call('RENAME', KEYS[1], ARGV[3] .. index)
+    redis.call('ZADD', KEYS[3], index, ARGV[4] .. '|' .. index)
+    closed[#closed + 1] = index
+    n = 0
+  end
+end
+return { #fresh, closed }`;
 
 // KEYS: done, quality list. ARGV: ttl, item, max length.
 const LABEL = `
@@ -31,6 +52,38 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return -1 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 return 1`;
+
+// KEYS: lock. ARGV: token.
+const UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/** The scripts, registered once per connection and sent by SHA (EVALSHA; ioredis falls back on NOSCRIPT). */
+interface ScriptedRedis extends Redis {
+  conveyorMonitorAppend(numKeys: number, ...args: (string | number)[]): Promise<[number, number[]]>;
+  conveyorMonitorLabel(done: string, list: string, ttl: number, item: string, max: number): Promise<number>;
+  conveyorMonitorUnlock(key: string, token: string): Promise<number>;
+}
+
+function withScripts(redis: Redis): ScriptedRedis {
+  redis.defineCommand('conveyorMonitorAppend', { lua: APPEND });
+  redis.defineCommand('conveyorMonitorLabel', { lua: LABEL, numberOfKeys: 2 });
+  redis.defineCommand('conveyorMonitorUnlock', { lua: UNLOCK, numberOfKeys: 1 });
+  return redis as ScriptedRedis;
+}
+
+/** One prediction event as the window keeps it. */
+export interface PredictionItem {
+  readonly jobId: string;
+  readonly observation: Observation;
+  readonly prediction: StoredPrediction;
+}
+
+export interface AppendResult {
+  /** Events counted now; the others of the batch had been counted before. */
+  readonly applied: number;
+  readonly duplicates: number;
+  /** Indexes of the windows this batch closed, in order. */
+  readonly closed: readonly number[];
+}
 
 export interface StoredPrediction {
   label: string;
@@ -40,41 +93,30 @@ export interface StoredPrediction {
 
 export class MonitorStore {
   private readonly p: string;
+  private readonly redis: ScriptedRedis;
 
-  constructor(
-    private readonly redis: Redis,
-    prefix: string,
-  ) {
+  constructor(redis: Redis, prefix: string) {
+    this.redis = withScripts(redis);
     this.p = `${prefix}:monitor`;
   }
 
-  /** Applies a prediction once; returns the index of the window it closed, 0, or -1 for a duplicate. */
-  async appendPrediction(
-    entryId: string,
+  /** Applies one model version's predictions in stream order, each job at most once, in one script call. */
+  async appendPredictions(
     model: ModelRef,
-    jobId: string,
-    observation: Observation,
-    prediction: StoredPrediction,
+    items: readonly PredictionItem[],
     windowSize: number,
     ttlSeconds: number,
-  ): Promise<number> {
+  ): Promise<AppendResult> {
+    if (items.length === 0) return { applied: 0, duplicates: 0, closed: [] };
     const mk = modelKey(model);
-    await this.redis.sadd(`${this.p}:models`, mk);
-    return (await this.redis.eval(
-      APPEND,
-      5,
-      `${this.p}:done:p:${entryId}`,
-      `${this.p}:window:${mk}`,
-      `${this.p}:seq:${mk}`,
-      `${this.p}:closed`,
-      `${this.p}:pred:${jobId}`,
-      ttlSeconds,
-      JSON.stringify(observation),
-      JSON.stringify(prediction),
-      windowSize,
-      `${this.p}:closedwin:${mk}:`,
-      mk,
-    )) as number;
+    const keys: string[] = [`${this.p}:window:${mk}`, `${this.p}:seq:${mk}`, `${this.p}:closed`, `${this.p}:models`];
+    const args: (string | number)[] = [ttlSeconds, windowSize, `${this.p}:closedwin:${mk}:`, mk];
+    for (const item of items) {
+      keys.push(`${this.p}:pred:${item.jobId}`);
+      args.push(JSON.stringify(item.observation), JSON.stringify(item.prediction));
+    }
+    const [applied, closed] = await this.redis.conveyorMonitorAppend(keys.length, ...keys, ...args);
+    return { applied, duplicates: items.length - applied, closed };
   }
 
   async prediction(jobId: string): Promise<StoredPrediction | undefined> {
@@ -84,15 +126,13 @@ export class MonitorStore {
 
   /** Adds one labelled prediction to a model version's quality window, once per feedback entry. */
   async appendLabel(entryId: string, model: ModelRef, item: Labelled, max: number, ttlSeconds: number): Promise<boolean> {
-    const result = (await this.redis.eval(
-      LABEL,
-      2,
+    const result = await this.redis.conveyorMonitorLabel(
       `${this.p}:done:f:${entryId}`,
       `${this.p}:quality:${modelKey(model)}`,
       ttlSeconds,
       JSON.stringify(item),
       max,
-    )) as number;
+    );
     return result === 1;
   }
 
@@ -155,13 +195,9 @@ export class MonitorStore {
     return Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, JSON.parse(v) as FeatureState]));
   }
 
-  async featureState(model: ModelRef, feature: string): Promise<FeatureState> {
-    const raw = await this.redis.hget(`${this.p}:state:${modelKey(model)}`, feature);
-    return raw ? (JSON.parse(raw) as FeatureState) : INITIAL_STATE;
-  }
-
-  async saveFeatureState(model: ModelRef, feature: string, state: FeatureState): Promise<void> {
-    await this.redis.hset(`${this.p}:state:${modelKey(model)}`, feature, JSON.stringify(state));
+  async saveFeatureStates(model: ModelRef, states: Readonly<Record<string, FeatureState>>): Promise<void> {
+    const fields = Object.entries(states).flatMap(([feature, state]) => [feature, JSON.stringify(state)]);
+    if (fields.length > 0) await this.redis.hset(`${this.p}:state:${modelKey(model)}`, ...fields);
   }
 
   async latest(model: ModelRef, field: 'drift' | 'quality'): Promise<unknown> {
@@ -181,12 +217,7 @@ export class MonitorStore {
     try {
       return await work();
     } finally {
-      await this.redis.eval(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        1,
-        key,
-        token,
-      );
+      await this.redis.conveyorMonitorUnlock(key, token);
     }
   }
 }

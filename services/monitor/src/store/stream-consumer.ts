@@ -7,9 +7,22 @@ import type { Logger } from '@conveyor/shared/logger';
  * only after they were processed; entries left pending by a consumer that died are reclaimed
  * (XAUTOCLAIM) after `claimIdleMs`; an entry that keeps failing is dead-lettered after
  * `maxDeliveries` (logged and acknowledged) so it cannot block the stream forever.
+ *
+ * The handler gets a whole read at once and answers one outcome per entry, and the entries it
+ * accepts are acknowledged with one XACK: per-entry round trips were most of the monitor's cost.
  */
 export type Outcome = 'ack' | 'retry';
-export type EntryHandler = (id: string, fields: Record<string, string>, deliveries: number) => Promise<Outcome>;
+
+export interface StreamEntry {
+  readonly id: string;
+  readonly fields: Record<string, string>;
+  /** How often the entry was delivered, this delivery included (1 on a first read). */
+  readonly deliveries: number;
+}
+
+/** One outcome per entry, in the order of `entries`. Throwing leaves the whole batch pending. */
+export type BatchHandler = (entries: readonly StreamEntry[]) => Promise<Outcome[]>;
+export type EntryHandler = (entry: StreamEntry) => Promise<Outcome>;
 
 export interface ConsumerOptions {
   readonly stream: string;
@@ -21,14 +34,35 @@ export interface ConsumerOptions {
   readonly maxDeliveries: number;
 }
 
+/**
+ * A batch handler that runs an entry handler one entry at a time, for streams that are not hot
+ * (feedback): an entry that throws stays pending without holding back the others.
+ */
+export function oneByOne(handle: EntryHandler, log: Logger): BatchHandler {
+  return async (entries) => {
+    const outcomes: Outcome[] = [];
+    for (const entry of entries) {
+      try {
+        outcomes.push(await handle(entry));
+      } catch (error) {
+        log.warn({ err: error, id: entry.id }, 'processing an entry failed; it stays pending');
+        outcomes.push('retry');
+      }
+    }
+    return outcomes;
+  };
+}
+
 export class StreamConsumer {
+  /** Since this consumer started; `reclaimed` counts entries taken over from other consumers. */
+  readonly stats = { delivered: 0, acknowledged: 0, reclaimed: 0, deadLettered: 0 };
   private running = false;
   private loop: Promise<void> | undefined;
 
   constructor(
     private readonly redis: Redis,
     private readonly options: ConsumerOptions,
-    private readonly handle: EntryHandler,
+    private readonly handle: BatchHandler,
     private readonly log: Logger,
   ) {}
 
@@ -79,7 +113,7 @@ export class StreamConsumer {
           this.options.stream,
           '>',
         )) as [string, [string, string[]][]][] | null;
-        for (const [, entries] of reply ?? []) await this.process(entries, 1);
+        for (const [, entries] of reply ?? []) await this.process(entries, () => 1);
       } catch (error) {
         if (!this.isRunning()) break;
         // Redis restarted without its data (or someone deleted the stream): the group is gone.
@@ -115,8 +149,10 @@ export class StreamConsumer {
         this.options.count,
       )) as [string, [string, string[] | null][]];
       cursor = next;
+      // Entries trimmed from the stream meanwhile: Redis 6.2 returns them without fields (7 leaves them out).
       const live = entries.filter((e): e is [string, string[]] => e[1] !== null);
       if (live.length === 0) continue;
+      this.stats.reclaimed += live.length;
       this.log.info({ stream: this.options.stream, entries: live.length }, 'reclaimed pending entries of another consumer');
       const pending = (await this.redis.xpending(
         this.options.stream,
@@ -126,29 +162,43 @@ export class StreamConsumer {
         live.length,
       )) as [string, string, number, number][];
       const deliveries = new Map(pending.map(([id, , , count]) => [id, count]));
-      for (const entry of live) await this.process([entry], deliveries.get(entry[0]) ?? 2);
+      await this.process(live, (id) => deliveries.get(id) ?? 2);
     } while (cursor !== '0-0' && this.running);
   }
 
-  private async process(entries: [string, string[]][], deliveries: number): Promise<void> {
-    for (const [id, flat] of entries) {
+  private async process(raw: [string, string[]][], deliveriesOf: (id: string) => number): Promise<void> {
+    const entries: StreamEntry[] = raw.map(([id, flat]) => {
       const fields: Record<string, string> = {};
       for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
-      let outcome: Outcome;
-      try {
-        outcome = await this.handle(id, fields, deliveries);
-      } catch (error) {
-        this.log.warn({ err: error, id, stream: this.options.stream }, 'processing an entry failed; it stays pending');
-        outcome = 'retry';
-      }
-      if (outcome === 'retry' && deliveries >= this.options.maxDeliveries) {
+      return { id, fields, deliveries: deliveriesOf(id) };
+    });
+    this.stats.delivered += entries.length;
+    let outcomes: Outcome[];
+    try {
+      outcomes = await this.handle(entries);
+      if (outcomes.length !== entries.length) throw new Error(`${outcomes.length} outcomes for ${entries.length} entries`);
+    } catch (error) {
+      this.log.warn(
+        { err: error, stream: this.options.stream, entries: entries.length },
+        'processing a batch failed; its entries stay pending',
+      );
+      outcomes = entries.map(() => 'retry');
+    }
+    const ack: string[] = [];
+    for (const [i, entry] of entries.entries()) {
+      if (outcomes[i] === 'ack') {
+        ack.push(entry.id);
+      } else if (entry.deliveries >= this.options.maxDeliveries) {
         this.log.error(
-          { id, stream: this.options.stream, deliveries },
+          { id: entry.id, stream: this.options.stream, deliveries: entry.deliveries },
           'giving up on an entry after repeated failures (dead-lettered)',
         );
-        outcome = 'ack';
+        this.stats.deadLettered++;
+        ack.push(entry.id);
       }
-      if (outcome === 'ack') await this.redis.xack(this.options.stream, this.options.group, id);
     }
+    if (ack.length === 0) return;
+    await this.redis.xack(this.options.stream, this.options.group, ...ack);
+    this.stats.acknowledged += ack.length;
   }
 }
