@@ -2,10 +2,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { digitPng, heldOutDigits, solidImage } from '../support/images.js';
 import { pollUntilDone, pool, predict, request } from '../support/http.js';
 import { writeRgbModel, writeSlowModel } from '../support/models.js';
-import { randomPrefix } from '../support/redis.js';
+import { randomPrefix, testRedis } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 
 /** Worker processes: sharing a queue, dying mid-job, draining on SIGTERM, serving other models. */
@@ -89,6 +90,50 @@ describe('inference workers', function () {
       expect(done.body.status).to.equal('completed');
       expect(done.body.worker).to.equal(rescuer.id);
       await rescuer.waitFor((r) => r.msg === 'took over a stalled job' && r.jobId === id);
+    });
+  });
+
+  describe('a worker frozen past its lock (SIGSTOP, as a GC pause or a VM freeze would)', () => {
+    const prefix = randomPrefix('frozen');
+    // The frozen worker's lock lapses soon after the freeze; the rescuer (the fast default model,
+    // the default lock) checks for stalled jobs every second.
+    const env = { LOCK_DURATION_MS: '2000', STALLED_INTERVAL_MS: '1000', WORKER_CONCURRENCY: '1' };
+    let gateway: Gateway;
+    let frozen: Awaited<ReturnType<typeof startWorker>>;
+    let rescuer: Awaited<ReturnType<typeof startWorker>> | undefined;
+    before(async () => {
+      const slow = writeSlowModel(path.join(tmp, 'slow-frozen'), 250);
+      [gateway, frozen] = await Promise.all([startGateway(prefix), startWorker(prefix, { ...env, MODEL_DIR: slow }, 'frozen')]);
+    });
+    afterEach(function () {
+      dumpLogsOnFailure(this, gateway, frozen, rescuer);
+    });
+    after(() => stopAll(gateway, frozen, rescuer));
+
+    it('does not publish again after another worker finished the job: one result, one event', async () => {
+      const redis = testRedis();
+      const keys = keysOf(prefix);
+      try {
+        const accepted = await predict(gateway.url, digits[2]!, { Prefer: 'respond-async' });
+        const id = accepted.body.id as string;
+        while ((await request(`${gateway.url}/v1/jobs/${id}`)).body.status !== 'active')
+          await new Promise((r) => setTimeout(r, 10));
+        frozen.child.kill('SIGSTOP');
+        // The lock the result commit checks is BullMQ's own, under the name the contract gives it.
+        expect(await redis.exists(keys.jobLock(id)), 'BullMQ lock key').to.equal(1);
+        rescuer = await startWorker(prefix, { STALLED_INTERVAL_MS: '1000' }, 'rescuer');
+        const done = await pollUntilDone(gateway.url, id, 30_000);
+        expect(done.body).to.include({ status: 'completed', worker: rescuer.id });
+        frozen.child.kill('SIGCONT');
+        await frozen.waitFor((r) => r.jobId === id && r.msg?.startsWith('not publishing') === true, 30_000);
+        const events = (await redis.xrange(keys.predictions, '-', '+')).filter(([, fields]) => fields[1]!.includes(id));
+        expect(events, 'prediction events for the job').to.have.length(1);
+        const stored = JSON.parse((await redis.get(keys.result(id)))!) as { worker: string };
+        expect(stored.worker, 'the stored result').to.equal(rescuer.id);
+      } finally {
+        frozen.child.kill('SIGCONT');
+        redis.disconnect();
+      }
     });
   });
 

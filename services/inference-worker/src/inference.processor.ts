@@ -129,7 +129,12 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
           ? { embedding: Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) }
           : {}),
       };
-      await deps.publisher.publish(result, data.replyTo, event);
+      const outcome = await deps.publisher.publish(result, data.replyTo, event, token);
+      if (outcome !== 'published') {
+        // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
+        log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
+        return { label: 'duplicate' };
+      }
       deps.stats.processed++;
       log.info({ label: prediction.label, confidence: prediction.confidence, model: modelRef, timings }, 'prediction');
       return { label: prediction.label };
@@ -153,8 +158,7 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
             slug: failure.slug,
           },
         };
-        await deps.publisher.publish(result, data.replyTo);
-        deps.stats.failed++;
+        if ((await deps.publisher.publish(result, data.replyTo, undefined, token)) === 'published') deps.stats.failed++;
       }
       if (permanent) {
         log.info({ problem: problem!.slug, detail: problem!.detail }, 'rejected input');

@@ -2,31 +2,77 @@ import type { Redis } from 'ioredis';
 import type { JobResult, Keys, PredictionEvent, ReplyMessage } from '@conveyor/shared/contract/queue.contract';
 
 /**
- * Publishes a finished job in one MULTI: the result record (with its TTL), the deletion of the
- * input image, the prediction event for the monitor, and the notification to the waiting gateway.
- * Either all of it happens or none (and the job is retried).
+ * Publishes a finished job at most once, in one Lua call: the result record (with its TTL), the
+ * deletion of the input image, the prediction event for the monitor, and the notification to the
+ * waiting gateway — only if no result exists yet and this attempt still holds the job's lock.
+ *
+ * Why both checks: a worker frozen past its lock (a long GC pause, a VM freeze, a throttled
+ * container; measured: SIGSTOP for 50 s) comes back to find that another worker took the job over
+ * and finished it. Without them it published a second time: the result overwritten, the event
+ * counted twice by the monitor.
  */
+export type PublishOutcome = 'published' | 'already-published' | 'lock-lost';
+
+// KEYS: result, input, predictions stream, job lock. ARGV: token ('' = no lock check), result JSON,
+// TTL (s), event JSON ('' = none), stream max length, reply channel ('' = none), reply JSON.
+const COMMIT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('DEL', KEYS[2])
+if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4]) end
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+return 1`;
+
+type CommitRedis = Redis & {
+  conveyorCommitResult(
+    result: string,
+    input: string,
+    stream: string,
+    lock: string,
+    token: string,
+    resultJson: string,
+    ttl: number,
+    eventJson: string,
+    maxLen: number,
+    channel: string,
+    replyJson: string,
+  ): Promise<number>;
+};
+
 export class ResultPublisher {
+  private readonly redis: CommitRedis;
+
   constructor(
-    private readonly redis: Redis,
+    redis: Redis,
     private readonly keys: Keys,
     private readonly options: { resultTtlSeconds: number; streamMaxLen: number },
-  ) {}
+  ) {
+    redis.defineCommand('conveyorCommitResult', { numberOfKeys: 4, lua: COMMIT });
+    this.redis = redis as CommitRedis;
+  }
 
-  async publish(result: JobResult, replyTo: string | undefined, event?: PredictionEvent): Promise<void> {
-    const tx = this.redis.multi();
-    tx.set(this.keys.result(result.id), JSON.stringify(result), 'EX', this.options.resultTtlSeconds);
-    tx.del(this.keys.input(result.id));
-    if (event) {
-      tx.xadd(this.keys.predictions, 'MAXLEN', '~', this.options.streamMaxLen, '*', 'event', JSON.stringify(event));
-    }
-    if (replyTo) {
-      const message: ReplyMessage = { kind: 'job-finished', version: 1, result };
-      tx.publish(this.keys.replies(replyTo), JSON.stringify(message));
-    }
-    const replies = await tx.exec();
-    const failed = replies?.find(([error]) => error);
-    if (!replies || failed)
-      throw new Error(`storing the result of ${result.id} failed: ${String(failed?.[0] ?? 'transaction aborted')}`);
+  /** `token`: the BullMQ lock token of the attempt publishing; without one, only the result is checked. */
+  async publish(
+    result: JobResult,
+    replyTo: string | undefined,
+    event: PredictionEvent | undefined,
+    token: string | undefined,
+  ): Promise<PublishOutcome> {
+    const reply: ReplyMessage | undefined = replyTo ? { kind: 'job-finished', version: 1, result } : undefined;
+    const code = await this.redis.conveyorCommitResult(
+      this.keys.result(result.id),
+      this.keys.input(result.id),
+      this.keys.predictions,
+      this.keys.jobLock(result.id),
+      token ?? '',
+      JSON.stringify(result),
+      this.options.resultTtlSeconds,
+      event ? JSON.stringify(event) : '',
+      this.options.streamMaxLen,
+      replyTo ? this.keys.replies(replyTo) : '',
+      reply ? JSON.stringify(reply) : '',
+    );
+    return code === 1 ? 'published' : code === 0 ? 'already-published' : 'lock-lost';
   }
 }

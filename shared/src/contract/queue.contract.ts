@@ -30,6 +30,12 @@ export function keys(prefix: string) {
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
     replies: (gatewayId: string) => `${prefix}:replies:${gatewayId}`,
+    /**
+     * BullMQ's own lock of an active job (bullmq 6: `<prefix>:<queue>:<id>:lock`, holding the
+     * processing attempt's token). A worker commits a result only while its attempt holds it;
+     * `workers.e2e.test.ts` checks the name against a running BullMQ.
+     */
+    jobLock: (jobId: string) => `${prefix}:${QUEUES.inference}:${jobId}:lock`,
     /** Places in the queue reserved by requests whose job is not queued yet (gateway admission). */
     admissionReserved: `${prefix}:admission:reserved`,
     /** Sorted set of live workers, scored by the time their heartbeat expires. */
