@@ -15,6 +15,20 @@ export const GatewayConfig = z
       'Largest accepted image, in bytes (uploads and URL downloads); larger → 413',
     ),
     ...imageLimitsShape,
+    MAX_INFLIGHT_UPLOAD_BYTES: env.int(
+      64 * 1024 * 1024,
+      1024,
+      16 * 1024 * 1024 * 1024,
+      'Bytes of request bodies one gateway holds at once (declared lengths reserved before reading); beyond → 503 + Retry-After',
+    ),
+    MIN_UPLOAD_BYTES_PER_SECOND: env.int(
+      16 * 1024,
+      0,
+      1024 * 1024 * 1024,
+      'A body arriving slower than this (after UPLOAD_GRACE_MS) is answered 408 and its connection closed; 0 = off',
+    ),
+    UPLOAD_GRACE_MS: env.int(3000, 100, 600_000, 'Time a body may take before MIN_UPLOAD_BYTES_PER_SECOND applies'),
+    MAX_CONNECTIONS: env.int(1024, 1, 1_000_000, 'Open connections one gateway accepts; beyond, new ones are closed at once'),
     SYNC_WAIT_DEFAULT_SECONDS: env.number(10, 0, 300, 'How long a synchronous request waits for its result before answering 202'),
     SYNC_WAIT_MAX_SECONDS: env.number(30, 0, 300, 'Cap on `Prefer: wait=<seconds>`'),
     MAX_QUEUE_DEPTH: env.int(

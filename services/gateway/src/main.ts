@@ -13,6 +13,7 @@ import { dashboard } from './http/dashboard.js';
 import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
+import { UploadBudget } from './intake/upload-guard.js';
 import { JobLookup } from './jobs/job-lookup.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
@@ -53,6 +54,7 @@ const app = createApp({
   keys,
   metrics,
   admission,
+  uploadBudget: new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES),
   waiter,
   trustProxy: config.TRUST_PROXY,
   lookup: new JobLookup(queue, redis, keys),
@@ -71,6 +73,7 @@ const server = createServer((req, res) => void handle(req, res));
 // A request may legitimately wait SYNC_WAIT_MAX_SECONDS for its result; slow uploads may not linger forever.
 server.requestTimeout = (config.SYNC_WAIT_MAX_SECONDS + 30) * 1000;
 server.headersTimeout = 15_000;
+server.maxConnections = config.MAX_CONNECTIONS;
 const closed = new Promise<void>((resolve) => server.on('close', () => resolve()));
 
 const shutdown = installShutdown(

@@ -1,4 +1,5 @@
 import type { Reservation } from '../jobs/admission.js';
+import type { UploadReservation } from '../intake/upload-guard.js';
 import type { ParameterizedContext } from 'koa';
 import type { Logger } from '@conveyor/shared/logger';
 
@@ -12,6 +13,8 @@ export interface GatewayState {
   rawUpload?: Buffer;
   /** The place in the queue reserved at admission, given back once the job is queued. */
   reservation?: Reservation;
+  /** The share of the gateway's upload budget this request holds while its bytes are in memory. */
+  upload?: UploadReservation;
 }
 
 export type GatewayContext = ParameterizedContext<GatewayState>;

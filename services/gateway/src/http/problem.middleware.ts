@@ -22,6 +22,11 @@ export function problemMiddleware(): Middleware<GatewayState> {
         });
       }
     } catch (error) {
+      // Already answered from outside the chain (a body that arrived too slowly): keep that answer.
+      if (ctx.res.headersSent) {
+        ctx.state.log.debug({ err: error }, 'request ended after it was answered');
+        return;
+      }
       if (clientGone(ctx)) {
         // Nobody is left to answer, and nothing failed on our side: not a 5xx in the access log or
         // the metrics (nginx's 499, "client closed request"), and no error line with a stack.

@@ -17,7 +17,7 @@ export type PredictInput =
   { readonly kind: 'upload'; readonly bytes: Buffer; readonly filename?: string } | { readonly kind: 'url'; readonly url: URL };
 
 /** Multipart framing (boundaries, part headers) on top of the file itself. */
-const MULTIPART_SLACK = 16 * 1024;
+export const MULTIPART_SLACK = 16 * 1024;
 const files = new WeakMap<File, Buffer[]>();
 
 /** koa-body for the predict route only: uploads are kept in memory, never written to disk. */

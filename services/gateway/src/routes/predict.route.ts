@@ -9,7 +9,8 @@ import { parsePrefer } from '../http/prefer.js';
 import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
 import { inspectImage } from '../intake/inspect-image.js';
-import { predictBodyParser, readPredictInput } from '../intake/read-input.js';
+import { MULTIPART_SLACK, predictBodyParser, readPredictInput } from '../intake/read-input.js';
+import { uploadGuard, type UploadBudget } from '../intake/upload-guard.js';
 import type { Admission, Reservation } from '../jobs/admission.js';
 import type { JobSubmitter } from '../jobs/job-submitter.js';
 import type { ResultWaiter } from '../jobs/result-waiter.js';
@@ -18,6 +19,8 @@ export interface PredictDeps {
   readonly config: Pick<
     GatewayConfig,
     | 'MAX_UPLOAD_BYTES'
+    | 'MIN_UPLOAD_BYTES_PER_SECOND'
+    | 'UPLOAD_GRACE_MS'
     | 'MAX_IMAGE_PIXELS'
     | 'MAX_IMAGE_SIDE'
     | 'MAX_ASPECT_RATIO'
@@ -30,6 +33,7 @@ export interface PredictDeps {
   readonly submitter: JobSubmitter;
   readonly waiter: ResultWaiter;
   readonly metrics: HttpMetrics;
+  readonly uploadBudget: UploadBudget;
 }
 
 /**
@@ -85,8 +89,10 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
       ticket?.cancel();
       throw error;
     } finally {
-      // Queued (it counts as waiting now) or failed: the place reserved at admission is given back.
+      // Queued (it counts as waiting now) or failed: the place reserved at admission is given back,
+      // and so is the upload budget (the bytes are in Redis now).
       ctx.state.reservation?.release();
+      ctx.state.upload?.release();
     }
     ctx.state.log.debug({ format: facts.format, width: facts.width, height: facts.height, bytes: bytes.length }, 'job queued');
     if (!ticket) return accepted(ctx, jobId, deps);
@@ -108,8 +114,15 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     deps.metrics.outcomes.inc({ outcome: 'failed' });
     sendProblem(ctx, new ProblemError(result.error.slug, result.error.detail));
   };
-  router.post('/v1/predict', admit(deps), predictBodyParser(config.MAX_UPLOAD_BYTES), handler);
-  router.post('/predict', admit(deps), predictBodyParser(config.MAX_UPLOAD_BYTES), handler);
+  const guard = uploadGuard(deps.uploadBudget, {
+    budgetBytes: deps.uploadBudget.capacity,
+    undeclaredBytes: config.MAX_UPLOAD_BYTES + MULTIPART_SLACK,
+    minBytesPerSecond: config.MIN_UPLOAD_BYTES_PER_SECOND,
+    graceMs: config.UPLOAD_GRACE_MS,
+  });
+  const parse = predictBodyParser(config.MAX_UPLOAD_BYTES);
+  router.post('/v1/predict', admit(deps), guard, parse, handler);
+  router.post('/predict', admit(deps), guard, parse, handler);
 }
 
 function admit(deps: PredictDeps) {

@@ -1,0 +1,118 @@
+import type { Middleware } from 'koa';
+import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
+import type { GatewayContext, GatewayState } from '../http/context.js';
+
+/**
+ * What an outsider can make one gateway hold while bodies arrive. Bodies are kept in memory (they
+ * go to Redis as they are), so without a bound 150 uploads of 3 MB held open at once took a gateway
+ * from 104 MB to 547 MB; and a body trickling in was held for 60–90 s.
+ *
+ * - Bytes being received at once are bounded: every request reserves its declared Content-Length
+ *   (or the upload limit, when the length is not declared) before its body is read, and beyond the
+ *   budget it is told 503 + Retry-After unread. The reservation is given back once its job is
+ *   queued or the request ends.
+ * - A body that arrives slower than a minimum rate, after a short grace, is answered 408 and its
+ *   connection closed. The rate is read from the socket's own byte counter, so nothing competes
+ *   with the body parser for the stream.
+ */
+export interface UploadGuardOptions {
+  readonly budgetBytes: number;
+  /** Reserved for a body whose length is not declared (chunked): the most it may grow to. */
+  readonly undeclaredBytes: number;
+  readonly minBytesPerSecond: number;
+  readonly graceMs: number;
+}
+
+export interface UploadReservation {
+  release(): void;
+}
+
+export class UploadBudget {
+  private held = 0;
+
+  constructor(readonly capacity: number) {}
+
+  get bytes(): number {
+    return this.held;
+  }
+
+  reserve(bytes: number): UploadReservation | undefined {
+    if (this.held + bytes > this.capacity) return undefined;
+    this.held += bytes;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.held -= bytes;
+      },
+    };
+  }
+}
+
+export function uploadGuard(budget: UploadBudget, options: UploadGuardOptions): Middleware<GatewayState> {
+  return async (ctx, next) => {
+    const declared = Number(ctx.get('content-length') || NaN);
+    const bytes = Number.isFinite(declared) ? declared : options.undeclaredBytes;
+    const reservation = budget.reserve(bytes);
+    if (!reservation) {
+      throw new ProblemError('overloaded', 'The gateway is receiving as many uploads as it can hold; retry shortly', {
+        retryAfterSeconds: 2,
+      });
+    }
+    ctx.state.upload = reservation;
+    const stopWatching = watchBodyRate(ctx, options);
+    try {
+      await next();
+    } finally {
+      stopWatching();
+      reservation.release();
+    }
+  };
+}
+
+/** Stops watching once the body is complete (or the request is over); returns the stop function. */
+function watchBodyRate(ctx: GatewayContext, options: UploadGuardOptions): () => void {
+  const socket = ctx.req.socket;
+  const started = Date.now();
+  const startBytes = socket.bytesRead;
+  const timer = setInterval(() => {
+    if (ctx.req.complete || ctx.res.headersSent || socket.destroyed) return clearInterval(timer);
+    const elapsedMs = Date.now() - started;
+    if (elapsedMs < options.graceMs) return;
+    const rate = ((socket.bytesRead - startBytes) * 1000) / elapsedMs;
+    if (rate >= options.minBytesPerSecond) return;
+    clearInterval(timer);
+    const problem = new ProblemError(
+      'request-timeout',
+      `The body arrived at ${Math.round(rate)} bytes/s; the minimum is ${options.minBytesPerSecond} bytes/s`,
+    );
+    ctx.state.log.info({ rate: Math.round(rate), elapsedMs }, 'dropping a body that arrives too slowly');
+    // Answered here and now (the body parser is still waiting for the rest): the status is kept for
+    // the access log, and the connection is closed once the answer is out.
+    ctx.status = problem.status;
+    ctx.res.writeHead(problem.status, {
+      'content-type': 'application/problem+json',
+      connection: 'close',
+      'x-request-id': ctx.state.requestId,
+    });
+    ctx.res.end(
+      JSON.stringify({
+        type: problemType(problem.slug),
+        title: problemCatalogue[problem.slug].title,
+        status: problem.status,
+        detail: problem.detail,
+        instance: ctx.originalUrl,
+        requestId: ctx.state.requestId,
+      }),
+      () => {
+        // The request too: once its answer is out, Node no longer aborts it with the socket, and the
+        // body parser would wait for the rest forever (holding this request's budget).
+        ctx.req.destroy();
+        socket.destroy();
+      },
+    );
+  }, 250);
+  timer.unref();
+  return () => clearInterval(timer);
+}

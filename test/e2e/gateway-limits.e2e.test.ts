@@ -1,0 +1,109 @@
+import { connect, type Socket } from 'node:net';
+import { expect } from 'chai';
+import { randomPrefix } from '../support/redis.js';
+import { dumpLogsOnFailure, startGateway, stopAll, type Gateway } from '../support/services.js';
+
+/**
+ * What an outsider can make one gateway hold: bytes being received at once, connections, and time
+ * for a body that trickles in. Each bound is reached here through raw sockets, as an attacker would.
+ */
+describe('gateway resource bounds', function () {
+  this.timeout(60_000);
+  const prefix = randomPrefix('limits');
+  let gateway: Gateway;
+  let url: URL;
+  const open: Socket[] = [];
+
+  before(async () => {
+    gateway = await startGateway(prefix, {
+      MAX_INFLIGHT_UPLOAD_BYTES: String(5 * 1024 * 1024),
+      MIN_UPLOAD_BYTES_PER_SECOND: '16384',
+      UPLOAD_GRACE_MS: '1000',
+      MAX_CONNECTIONS: '6',
+    });
+    url = new URL(gateway.url);
+  });
+  afterEach(function () {
+    dumpLogsOnFailure(this, gateway);
+    for (const s of open.splice(0)) s.destroy();
+  });
+  after(() => stopAll(gateway));
+
+  /** Opens a connection and sends a request head declaring `length` bytes of multipart body, plus `first` bytes of it. */
+  function startUpload(length: number, first = 1024): Promise<{ socket: Socket; answer: Promise<string> }> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(Number(url.port), url.hostname, () => {
+        socket.write(
+          `POST /v1/predict HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: multipart/form-data; boundary=b\r\n` +
+            `Content-Length: ${length}\r\n\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n`,
+        );
+        socket.write(Buffer.alloc(first, 7));
+        resolve({ socket, answer });
+      });
+      open.push(socket);
+      let text = '';
+      const answer = new Promise<string>((done) => {
+        socket.on('data', (d: Buffer) => (text += d.toString()));
+        socket.on('close', () => done(text));
+      });
+      socket.on('error', reject);
+    });
+  }
+
+  const status = (text: string) => Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
+
+  it('refuses with 503 + Retry-After, unread, what would exceed the bytes it may receive at once', async () => {
+    await startUpload(3 * 1024 * 1024);
+    const second = await startUpload(3 * 1024 * 1024);
+    const answer = await Promise.race([
+      new Promise<string>((resolve) => {
+        let text = '';
+        second.socket.on('data', (d: Buffer) => {
+          text += d.toString();
+          if (text.includes('\r\n\r\n')) resolve(text);
+        });
+      }),
+      second.answer,
+    ]);
+    expect(status(answer)).to.equal(503);
+    expect(answer).to.match(/retry-after: 2/i);
+    expect(answer).to.contain('/problems/overloaded');
+    // Once the first upload is gone, its share is free again.
+    for (const s of open.splice(0)) s.destroy();
+    await new Promise((r) => setTimeout(r, 200));
+    const third = await startUpload(3 * 1024 * 1024);
+    const early = await Promise.race([third.answer, new Promise<string>((r) => setTimeout(() => r('still reading'), 500))]);
+    expect(early).to.equal('still reading');
+  });
+
+  it('answers 408 and closes the connection when a body trickles in below the minimum rate', async () => {
+    const started = performance.now();
+    const { socket, answer } = await startUpload(1024 * 1024, 100);
+    const drip = setInterval(() => socket.writable && socket.write(Buffer.alloc(10, 1)), 200);
+    const text = await answer;
+    clearInterval(drip);
+    expect(status(text)).to.equal(408);
+    expect(text).to.contain('/problems/request-timeout');
+    expect(performance.now() - started).to.be.below(4000);
+    const line = await gateway.waitFor((r) => r.msg === 'request' && r.status === 408);
+    expect(line.route).to.equal('/v1/predict');
+  });
+
+  it('accepts at most MAX_CONNECTIONS connections; the rest are closed at once', async () => {
+    const sockets = await Promise.all(
+      Array.from(
+        { length: 10 },
+        () =>
+          new Promise<{ socket: Socket; closed: () => boolean }>((resolve) => {
+            let closed = false;
+            const socket = connect(Number(url.port), url.hostname, () => resolve({ socket, closed: () => closed }));
+            socket.on('close', () => (closed = true));
+            socket.on('error', () => undefined);
+            open.push(socket);
+          }),
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    expect(sockets.filter((s) => s.closed())).to.have.length(4);
+  });
+});
