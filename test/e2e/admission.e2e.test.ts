@@ -1,10 +1,10 @@
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import { QUEUES } from '@conveyor/shared/contract/queue.contract';
-import { digitPng, heldOutDigits } from '../support/images.js';
+import { digitPng, heldOutDigits, scannedDigit } from '../support/images.js';
 import { predict } from '../support/http.js';
-import { randomPrefix, testRedisUrl } from '../support/redis.js';
-import { dumpLogsOnFailure, startGateway, stopAll, type Gateway } from '../support/services.js';
+import { randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
+import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 
 /**
  * The queue-depth bound holds under concurrent requests and across gateway instances: with no
@@ -50,5 +50,61 @@ describe('admission', function () {
     await queue.drain();
     const reply = await predict(gateways[0]!.url, image, { Prefer: 'respond-async' });
     expect(reply.status).to.equal(202);
+  });
+
+  describe('by bytes', () => {
+    const bytesPrefix = randomPrefix('admission-bytes');
+    let gateway: Gateway;
+    let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
+    let scan: Buffer;
+    before(async () => {
+      const { dataset, split } = await heldOutDigits();
+      scan = await scannedDigit(dataset.samples[split.test[1]!]!.pixels, 10); // a 280×280 JPEG, a few KB
+      // Room for three such images (declared lengths are reserved: multipart framing included).
+      gateway = await startGateway(bytesPrefix, { MAX_QUEUED_BYTES: String(4 * (scan.length + 400)) });
+    });
+    afterEach(function () {
+      dumpLogsOnFailure(this, gateway, worker);
+    });
+    after(() => stopAll(gateway, worker));
+
+    it('refuses with 503 once the queued images reach MAX_QUEUED_BYTES, and admits again as workers take them', async () => {
+      const statuses: number[] = [];
+      for (let i = 0; i < 8; i++) statuses.push((await predict(gateway.url, scan, { Prefer: 'respond-async' })).status);
+      const accepted = statuses.filter((s) => s === 202).length;
+      expect(accepted, statuses.join(',')).to.be.within(3, 4);
+      const refused = await predict(gateway.url, scan, { Prefer: 'respond-async' });
+      expect(refused.status).to.equal(503);
+      expect(refused.body.detail).to.match(/Queued images hold \d+ bytes/);
+      worker = await startWorker(bytesPrefix);
+      const retried = await predict(gateway.url, scan);
+      expect(retried.status, JSON.stringify(retried.body)).to.equal(200);
+    });
+
+    it('answers 503, not 500, when Redis itself is full (maxmemory with noeviction)', async () => {
+      const redis = testRedis();
+      const [, before] = (await redis.config('GET', 'maxmemory')) as [string, string];
+      const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as [string, string];
+      try {
+        const used = Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]);
+        await redis.config('SET', 'maxmemory-policy', 'noeviction');
+        await redis.config('SET', 'maxmemory', String(used + 256 * 1024));
+        const big = await scannedDigit((await heldOutDigits()).dataset.samples[0]!.pixels, 60); // ~1680 px, a few hundred KB
+        const statuses = new Set<number>();
+        for (let i = 0; i < 6 && !statuses.has(503); i++) {
+          // A gateway with the default byte budget: only Redis itself can refuse these.
+          const reply = await predict(gateways[0]!.url, big, { Prefer: 'respond-async' });
+          statuses.add(reply.status);
+          if (reply.status === 503)
+            expect(reply.body).to.include({ type: '/problems/overloaded', detail: 'The queue store is full; retry later' });
+        }
+        expect([...statuses]).to.include(503);
+        expect([...statuses].filter((s) => s >= 500 && s !== 503)).to.deep.equal([]);
+      } finally {
+        await redis.config('SET', 'maxmemory', before);
+        await redis.config('SET', 'maxmemory-policy', policy);
+        redis.disconnect();
+      }
+    });
   });
 });

@@ -15,6 +15,12 @@ export const GatewayConfig = z
       'Largest accepted image, in bytes (uploads and URL downloads); larger → 413',
     ),
     ...imageLimitsShape,
+    MAX_QUEUED_BYTES: env.int(
+      512 * 1024 * 1024,
+      1024,
+      1024 * 1024 * 1024 * 1024,
+      'Bytes of images waiting in Redis for a worker, across all gateways; beyond → 503 + Retry-After',
+    ),
     MAX_INFLIGHT_UPLOAD_BYTES: env.int(
       64 * 1024 * 1024,
       1024,

@@ -39,7 +39,12 @@ const queue = new Queue(QUEUES.inference, {
 const queueErrors = connectionErrorLog(log, { error: 'queue error', restored: 'queue connection restored' });
 queue.on('error', (error) => queueErrors.error(error));
 queueConnection.on('ready', () => queueErrors.restored());
-const admission = new Admission(queue, redis, keys.admissionReserved, config.MAX_QUEUE_DEPTH);
+const admission = new Admission(
+  queue,
+  redis,
+  { reserved: keys.admissionReserved, queuedBytes: keys.queuedBytes },
+  { maxDepth: config.MAX_QUEUE_DEPTH, maxQueuedBytes: config.MAX_QUEUED_BYTES },
+);
 const metrics = new HttpMetrics(() => admission.waiting());
 const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));
 await waiter.start();

@@ -129,7 +129,7 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
           ? { embedding: Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) }
           : {}),
       };
-      const outcome = await deps.publisher.publish(result, data.replyTo, event, token);
+      const outcome = await deps.publisher.publish(result, data.replyTo, event, token, data.input.bytes);
       if (outcome !== 'published') {
         // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
         log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
@@ -158,7 +158,8 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
             slug: failure.slug,
           },
         };
-        if ((await deps.publisher.publish(result, data.replyTo, undefined, token)) === 'published') deps.stats.failed++;
+        if ((await deps.publisher.publish(result, data.replyTo, undefined, token, data.input.bytes)) === 'published')
+          deps.stats.failed++;
       }
       if (permanent) {
         log.info({ problem: problem!.slug, detail: problem!.detail }, 'rejected input');

@@ -13,13 +13,15 @@ import type { JobResult, Keys, PredictionEvent, ReplyMessage } from '@conveyor/s
  */
 export type PublishOutcome = 'published' | 'already-published' | 'lock-lost';
 
-// KEYS: result, input, predictions stream, job lock. ARGV: token ('' = no lock check), result JSON,
-// TTL (s), event JSON ('' = none), stream max length, reply channel ('' = none), reply JSON.
+// KEYS: result, input, predictions stream, job lock, queued-bytes counter. ARGV: token ('' = no lock
+// check), result JSON, TTL (s), event JSON ('' = none), stream max length, reply channel ('' = none),
+// reply JSON, the job's image size (taken off the gateways' queued-bytes count, once per job).
 const COMMIT = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('DEL', KEYS[2])
+if redis.call('DECRBY', KEYS[5], ARGV[8]) < 0 then redis.call('SET', KEYS[5], 0) end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4]) end
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 return 1`;
@@ -30,6 +32,7 @@ type CommitRedis = Redis & {
     input: string,
     stream: string,
     lock: string,
+    queuedBytes: string,
     token: string,
     resultJson: string,
     ttl: number,
@@ -37,6 +40,7 @@ type CommitRedis = Redis & {
     maxLen: number,
     channel: string,
     replyJson: string,
+    inputBytes: number,
   ): Promise<number>;
 };
 
@@ -48,16 +52,20 @@ export class ResultPublisher {
     private readonly keys: Keys,
     private readonly options: { resultTtlSeconds: number; streamMaxLen: number },
   ) {
-    redis.defineCommand('conveyorCommitResult', { numberOfKeys: 4, lua: COMMIT });
+    redis.defineCommand('conveyorCommitResult', { numberOfKeys: 5, lua: COMMIT });
     this.redis = redis as CommitRedis;
   }
 
-  /** `token`: the BullMQ lock token of the attempt publishing; without one, only the result is checked. */
+  /**
+   * `token`: the BullMQ lock token of the attempt publishing (without one, only the result is
+   * checked); `inputBytes`: the size of the job's image.
+   */
   async publish(
     result: JobResult,
     replyTo: string | undefined,
     event: PredictionEvent | undefined,
     token: string | undefined,
+    inputBytes: number,
   ): Promise<PublishOutcome> {
     const reply: ReplyMessage | undefined = replyTo ? { kind: 'job-finished', version: 1, result } : undefined;
     const code = await this.redis.conveyorCommitResult(
@@ -65,6 +73,7 @@ export class ResultPublisher {
       this.keys.input(result.id),
       this.keys.predictions,
       this.keys.jobLock(result.id),
+      this.keys.queuedBytes,
       token ?? '',
       JSON.stringify(result),
       this.options.resultTtlSeconds,
@@ -72,6 +81,7 @@ export class ResultPublisher {
       this.options.streamMaxLen,
       replyTo ? this.keys.replies(replyTo) : '',
       reply ? JSON.stringify(reply) : '',
+      inputBytes,
     );
     return code === 1 ? 'published' : code === 0 ? 'already-published' : 'lock-lost';
   }

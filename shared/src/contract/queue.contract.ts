@@ -38,6 +38,8 @@ export function keys(prefix: string) {
     jobLock: (jobId: string) => `${prefix}:${QUEUES.inference}:${jobId}:lock`,
     /** Places in the queue reserved by requests whose job is not queued yet (gateway admission). */
     admissionReserved: `${prefix}:admission:reserved`,
+    /** Bytes of images stored for queued jobs: raised at admission, lowered by the worker's result commit. */
+    queuedBytes: `${prefix}:admission:queued-bytes`,
     /** Sorted set of live workers, scored by the time their heartbeat expires. */
     workers: `${prefix}:workers`,
     /** Heartbeat details of one worker, JSON, with a TTL. */

@@ -95,6 +95,10 @@ export function toProblem(error: unknown): ProblemError {
   if (status === 404) return new ProblemError('not-found', message);
   if (status !== undefined && status >= 400 && status < 500)
     return new ProblemError('invalid-request', cleanParserMessage(message));
+  // Redis at its maxmemory with noeviction refuses writes: the system is full, not broken.
+  if (/OOM command not allowed/.test(message)) {
+    return new ProblemError('overloaded', 'The queue store is full; retry later', { retryAfterSeconds: 5 });
+  }
   if (isRedisUnavailable(error)) {
     return new ProblemError('not-ready', 'The queue is unavailable; retry shortly', { retryAfterSeconds: 2 });
   }

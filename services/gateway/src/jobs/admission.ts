@@ -14,17 +14,34 @@ import { ProblemError } from '@conveyor/shared/problem';
  * queue limited to 50.
  */
 export interface Reservation {
-  /** Idempotent; call once the job is queued (it then counts as waiting) or the request failed. */
+  /** The job is queued with an image of `bytes` (it now counts as waiting, its bytes as queued). */
+  queued(bytes: number): void;
+  /** Idempotent; gives back whatever `queued` did not keep (the place, the reserved bytes). */
   release(): void;
 }
 
-// KEYS: wait list, prioritized set, reservations counter. ARGV: max depth, counter TTL (ms).
+// Admission counts bytes as well as jobs: images wait in Redis, and 100 async uploads of 3 MB with
+// no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). The queued-bytes counter
+// rises by what a request reserves (its declared length, corrected once the image is stored) and
+// falls when a worker commits the job's result (result-publisher.ts), once per job.
+// KEYS: wait list, prioritized set, reservations counter, queued-bytes counter.
+// ARGV: max depth, counter TTL (ms), max queued bytes, bytes to reserve.
+// Returns { 0 } admitted, { 1, depth } queue full, { 2, queued bytes } byte budget full.
 const RESERVE = `
 local depth = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + tonumber(redis.call('GET', KEYS[3]) or '0')
-if depth >= tonumber(ARGV[1]) then return depth end
+if depth >= tonumber(ARGV[1]) then return { 1, depth } end
+local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
+if queued + tonumber(ARGV[4]) > tonumber(ARGV[3]) then return { 2, queued } end
 redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
-return -1`;
+redis.call('INCRBY', KEYS[4], ARGV[4])
+return { 0 }`;
+
+// KEYS: queued-bytes counter. ARGV: change. Never below zero.
+const ADJUST = `
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if v < 0 then redis.call('SET', KEYS[1], 0) end
+return v`;
 
 // KEYS: reservations counter. Never below zero (the counter may have expired meanwhile).
 const RELEASE = `
@@ -34,9 +51,24 @@ return 0`;
 const RESERVATION_TTL_MS = 60_000;
 
 type AdmissionRedis = Redis & {
-  conveyorReserve(wait: string, prioritized: string, counter: string, max: number, ttlMs: number): Promise<number>;
+  conveyorReserve(
+    wait: string,
+    prioritized: string,
+    counter: string,
+    queuedBytes: string,
+    max: number,
+    ttlMs: number,
+    maxBytes: number,
+    bytes: number,
+  ): Promise<[number, number?]>;
   conveyorRelease(counter: string): Promise<number>;
+  conveyorAdjustBytes(queuedBytes: string, change: number): Promise<number>;
 };
+
+export interface AdmissionLimits {
+  readonly maxDepth: number;
+  readonly maxQueuedBytes: number;
+}
 
 export class Admission {
   private depth = 0;
@@ -47,12 +79,13 @@ export class Admission {
   constructor(
     private readonly queue: Queue,
     redis: Redis,
-    private readonly counterKey: string,
-    private readonly maxDepth: number,
+    private readonly keys: { readonly reserved: string; readonly queuedBytes: string },
+    private readonly limits: AdmissionLimits,
     private readonly refreshMs = 250,
   ) {
-    redis.defineCommand('conveyorReserve', { numberOfKeys: 3, lua: RESERVE });
+    redis.defineCommand('conveyorReserve', { numberOfKeys: 4, lua: RESERVE });
     redis.defineCommand('conveyorRelease', { numberOfKeys: 1, lua: RELEASE });
+    redis.defineCommand('conveyorAdjustBytes', { numberOfKeys: 1, lua: ADJUST });
     this.redis = redis as AdmissionRedis;
   }
 
@@ -70,21 +103,52 @@ export class Admission {
     return this.inflight;
   }
 
-  async admit(): Promise<Reservation> {
+  /** `bytes`: what the request may store (its declared length, or the upload limit). */
+  async admit(bytes: number): Promise<Reservation> {
     const { wait, prioritized } = this.queue.keys;
-    const depth = await this.redis.conveyorReserve(wait!, prioritized!, this.counterKey, this.maxDepth, RESERVATION_TTL_MS);
-    if (depth >= 0) {
-      throw new ProblemError('overloaded', `${depth} jobs are waiting or being queued; the limit is ${this.maxDepth}`, {
+    const { reserved, queuedBytes } = this.keys;
+    const { maxDepth, maxQueuedBytes } = this.limits;
+    const [code, value] = await this.redis.conveyorReserve(
+      wait!,
+      prioritized!,
+      reserved,
+      queuedBytes,
+      maxDepth,
+      RESERVATION_TTL_MS,
+      maxQueuedBytes,
+      bytes,
+    );
+    if (code === 1) {
+      throw new ProblemError('overloaded', `${value} jobs are waiting or being queued; the limit is ${maxDepth}`, {
         retryAfterSeconds: 5,
       });
     }
-    let released = false;
+    if (code === 2) {
+      throw new ProblemError('overloaded', `Queued images hold ${value} bytes; the limit is ${maxQueuedBytes}`, {
+        retryAfterSeconds: 5,
+      });
+    }
+    let place = true;
+    let heldBytes = bytes;
+    // Fire and forget: a lost update only makes admission stricter until the counters settle.
+    const adjust = (change: number) => {
+      if (change !== 0) this.redis.conveyorAdjustBytes(queuedBytes, change).catch(() => undefined);
+    };
+    const givePlace = () => {
+      if (!place) return;
+      place = false;
+      this.redis.conveyorRelease(reserved).catch(() => undefined);
+    };
     return {
+      queued: (stored) => {
+        adjust(stored - heldBytes);
+        heldBytes = 0; // the worker's commit takes the stored bytes off
+        givePlace();
+      },
       release: () => {
-        if (released) return;
-        released = true;
-        // Fire and forget: a failed release only makes admission stricter until the counter expires.
-        this.redis.conveyorRelease(this.counterKey).catch(() => undefined);
+        adjust(-heldBytes);
+        heldBytes = 0;
+        givePlace();
       },
     };
   }

@@ -85,12 +85,14 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     };
     try {
       await deps.submitter.submit(jobId, bytes, job);
+      // Queued: it counts as waiting now, and its image as queued bytes.
+      ctx.state.reservation?.queued(bytes.length);
     } catch (error) {
       ticket?.cancel();
       throw error;
     } finally {
-      // Queued (it counts as waiting now) or failed: the place reserved at admission is given back,
-      // and so is the upload budget (the bytes are in Redis now).
+      // The place reserved at admission is given back, and so is the upload budget (the bytes are
+      // in Redis now, or nowhere).
       ctx.state.reservation?.release();
       ctx.state.upload?.release();
     }
@@ -121,15 +123,18 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     graceMs: config.UPLOAD_GRACE_MS,
   });
   const parse = predictBodyParser(config.MAX_UPLOAD_BYTES);
-  router.post('/v1/predict', admit(deps), guard, parse, handler);
-  router.post('/predict', admit(deps), guard, parse, handler);
+  router.post('/v1/predict', admit(deps, config), guard, parse, handler);
+  router.post('/predict', admit(deps, config), guard, parse, handler);
 }
 
-function admit(deps: PredictDeps) {
+function admit(deps: PredictDeps, config: PredictDeps['config']) {
   return async (ctx: GatewayContext, next: () => Promise<unknown>) => {
     let reservation: Reservation;
     try {
-      reservation = await deps.admission.admit();
+      const declared = Number(ctx.get('content-length') || NaN);
+      // A URL's image is not in the body: it may be as large as an upload.
+      const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
+      reservation = await deps.admission.admit(Math.min(bytes, config.MAX_UPLOAD_BYTES));
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
