@@ -94,10 +94,17 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
   });
 
   it('answers 202 when the synchronous wait runs out, and the job still completes', async () => {
-    // A wait of 0.001 s cannot be met by any worker; the job must not be dropped.
-    const reply = await predict(gateway.url, seven, { Prefer: 'wait=0.001' });
+    // With the only worker frozen no wait can be met, however short or fast the machine (a wait of
+    // 1 ms alone was met 7 times in 20); the job must not be dropped, and completes once it thaws.
+    worker.child.kill('SIGSTOP');
+    let reply;
+    try {
+      reply = await predict(gateway.url, seven, { Prefer: 'wait=0.2' });
+    } finally {
+      worker.child.kill('SIGCONT');
+    }
     expect(reply.status).to.equal(202);
-    expect(reply.headers.get('preference-applied')).to.equal('wait=0.001');
+    expect(reply.headers.get('preference-applied')).to.equal('wait=0.2');
     const done = await pollUntilDone(gateway.url, reply.body.id as string);
     expect(done.body.status).to.equal('completed');
   });
@@ -145,6 +152,22 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
     expect((await request(`${gateway.url}/v1/jobs/${id}`)).status).to.equal(404);
     const left = (await keysUnder(redis, prefix)).filter((key) => key.includes(id));
     expect(left).to.deep.equal([]);
+  });
+
+  it('takes feedback only with a label the model has, once per job', async () => {
+    const done = await predict(gateway.url, seven);
+    const send = (label: string) =>
+      request(`${gateway.url}/v1/feedback`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ jobId: done.body.id, label }),
+      });
+    const forged = await send('banana');
+    expect(forged.status, JSON.stringify(forged.body)).to.equal(400);
+    expect(forged.body.detail).to.match(/has no label "banana"/);
+    expect(forged.body.labels).to.deep.equal(['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+    expect((await send('7')).status).to.equal(202);
+    expect((await send('7')).status).to.equal(409);
   });
 
   it('answers 404 problem details for unknown jobs', async () => {

@@ -20,6 +20,8 @@ export class Heartbeat {
     private readonly id: string,
     private readonly intervalMs: number,
     private readonly describe: () => { model: ModelRef; concurrency: number; processed: number; failed: number },
+    /** The labels of the model served now: published so the gateway can check feedback against them. */
+    private readonly labels: () => readonly string[],
     private readonly log: Logger,
     private readonly healthFile?: string,
   ) {}
@@ -58,6 +60,7 @@ export class Heartbeat {
     };
     await this.redis
       .multi()
+      .hsetnx(this.keys.modelLabels, `${body.model.name}@${body.model.version}`, JSON.stringify(this.labels()))
       .set(this.keys.worker(this.id), JSON.stringify(body), 'PX', ttl)
       .zadd(this.keys.workers, now + ttl, this.id)
       .zremrangebyscore(this.keys.workers, '-inf', now)

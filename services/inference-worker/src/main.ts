@@ -101,6 +101,7 @@ const heartbeat = new Heartbeat(
     concurrency: config.WORKER_CONCURRENCY,
     ...stats,
   }),
+  () => models.labels,
   log,
   config.HEALTH_FILE,
 );

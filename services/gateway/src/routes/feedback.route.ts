@@ -32,6 +32,17 @@ export function registerFeedbackRoute(
       const result = JobResult.parse(JSON.parse(raw));
       if (result.status !== 'completed')
         throw new ProblemError('conflict', `Job ${jobId} failed; there is no prediction to compare with`);
+      // A label the model cannot predict is not ground truth for it (150 forged "banana" labels
+      // raised a quality alert); the workers serving a version publish its labels.
+      const model = `${result.model.name}@${result.model.version}`;
+      const known = await deps.redis.hget(deps.keys.modelLabels, model);
+      if (known === null) {
+        throw new ProblemError('not-ready', `The labels of ${model} are not known yet; retry shortly`, { retryAfterSeconds: 5 });
+      }
+      const labels = JSON.parse(known) as string[];
+      if (!labels.includes(label)) {
+        throw new ProblemError('invalid-request', `${model} has no label "${label}"`, labels.length <= 100 ? { labels } : {});
+      }
       const first = await deps.redis.set(deps.keys.feedback(jobId), label, 'EX', deps.resultTtlSeconds, 'NX');
       if (first !== 'OK') throw new ProblemError('conflict', `Feedback for job ${jobId} was already recorded`);
       const event: FeedbackEvent = {

@@ -29,6 +29,11 @@ export class ModelHost {
     return this.active?.ref;
   }
 
+  /** The labels of the model served now (empty before the first is loaded). */
+  get labels(): readonly string[] {
+    return this.active?.model.manifest.labels ?? [];
+  }
+
   get loaded(): boolean {
     return this.active !== undefined;
   }
