@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -44,6 +45,7 @@ const png = (pixels: Uint8Array) =>
 const dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-drift-demo-'));
 const redis = await startRedis({ dir });
 const [port, monitorPort] = [await freePort(), await freePort()];
+const monitorToken = randomBytes(24).toString('hex');
 const env = { REDIS_URL: redis.url, REDIS_PREFIX: 'demo' };
 const alertLine = (r: LogRecord) => {
   if (r.event !== 'alert') return;
@@ -57,7 +59,14 @@ const services = [
   spawnService('gateway', { ...env, PORT: String(port), HOST: '127.0.0.1' }, { built: true }),
   spawnService(
     'monitor',
-    { ...env, MONITOR_PORT: String(monitorPort), MONITOR_HOST: '127.0.0.1', REPORT_DIR: reportDir, REPORT_INTERVAL_MS: '0' },
+    {
+      ...env,
+      MONITOR_PORT: String(monitorPort),
+      MONITOR_HOST: '127.0.0.1',
+      MONITOR_TOKEN: monitorToken,
+      REPORT_DIR: reportDir,
+      REPORT_INTERVAL_MS: '0',
+    },
     { built: true, onRecord: alertLine },
   ),
 ];
@@ -95,11 +104,14 @@ try {
     await new Promise((r) => setTimeout(r, 1500)); // let the monitor evaluate the last window
   }
   client.close();
-  const report = (await fetch(`http://127.0.0.1:${monitorPort}/reports`, { method: 'POST' }).then((r) => r.json())) as {
-    csv: string;
-    png: string;
-  };
-  console.log(`\nreport: ${path.relative(ROOT, report.csv)}, ${path.relative(ROOT, report.png)}`);
+  // Writing a report is the monitor's one protected route: it takes the bearer token.
+  const written = await fetch(`http://127.0.0.1:${monitorPort}/reports`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${monitorToken}` },
+  });
+  if (!written.ok) throw new Error(`the monitor refused to write its report: HTTP ${written.status}`);
+  const relative = (file: string) => path.relative(ROOT, path.join(reportDir, file));
+  console.log(`\nreport: ${relative('drift.csv')}, ${relative('drift.png')}`);
   const drift = (await fetch(`http://127.0.0.1:${monitorPort}/drift`).then((r) => r.json())) as {
     models: { states: Record<string, string> }[];
   };

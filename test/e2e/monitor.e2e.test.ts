@@ -156,6 +156,7 @@ describe('drift monitor', function () {
   describe('drift raised and resolved, with a signed webhook', () => {
     const prefix = randomPrefix('mon-drift');
     const secret = 'shared-secret';
+    const monitorToken = 'monitor-token-for-reports';
     let monitor: Awaited<ReturnType<typeof startMonitor>>;
     let hook: Server;
     const received: { body: string; signature: string }[] = [];
@@ -186,6 +187,7 @@ describe('drift monitor', function () {
         ALERT_WEBHOOK_URL: `http://127.0.0.1:${port}/alerts`,
         ALERT_WEBHOOK_SECRET: secret,
         REPORT_DIR: reportDir,
+        MONITOR_TOKEN: monitorToken,
       });
     });
     afterEach(function () {
@@ -232,12 +234,19 @@ describe('drift monitor', function () {
     });
 
     it('writes a CSV of metrics per window and a PNG chart on demand, and exposes Prometheus gauges', async () => {
-      const written = await request<{ csv: string; png: string }>(`${monitor.url}/reports`, { method: 'POST' });
+      const written = await request<{ csv: string; png: string }>(`${monitor.url}/reports`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${monitorToken}` },
+      });
       expect(written.status).to.equal(201);
-      const csv = readFileSync(written.body.csv, 'utf8').trim().split('\n');
+      // The answer names the reports by URL; the files are in REPORT_DIR.
+      const csv = readFileSync(path.join(reportDir, 'drift.csv'), 'utf8').trim().split('\n');
       expect(csv[0]).to.equal('evaluated_at,model,version,window,size,from,to,feature,metric,value,js,level,state,warn,alert');
       expect(csv.length - 1).to.equal((await windows(redis, prefix)).length * 6);
-      expect(readFileSync(written.body.png).subarray(1, 4).toString()).to.equal('PNG');
+      expect(await fetch(new URL(written.body.csv, monitor.url)).then((r) => r.text())).to.equal(`${csv.join('\n')}\n`);
+      const png = Buffer.from(await (await fetch(new URL(written.body.png, monitor.url))).arrayBuffer());
+      expect(png.subarray(1, 4).toString()).to.equal('PNG');
+      expect(png.equals(readFileSync(path.join(reportDir, 'drift.png')))).to.equal(true);
       const metrics = await fetch(`${monitor.url}/metrics`).then((r) => r.text());
       expect(metrics).to.match(/conveyor_drift_value\{model="digits",version="[^"]+",feature="brightness",metric="psi"\} \d/);
       expect(metrics).to.match(/conveyor_drift_state\{model="digits",version="[^"]+",feature="brightness"\} 0/);

@@ -9,7 +9,17 @@ export const MonitorConfig = z.object({
   ...redisConfigShape,
   ...logConfigShape,
   MONITOR_PORT: env.int(9100, 0, 65535, 'HTTP port of the monitor (/drift, /metrics, /reports, /health)'),
-  MONITOR_HOST: env.string('0.0.0.0', 'Interface the monitor listens on'),
+  MONITOR_HOST: env.string(
+    '127.0.0.1',
+    'Interface the monitor listens on; the default keeps it to this machine (0.0.0.0: every interface, as compose sets inside its network)',
+  ),
+  MONITOR_TOKEN: z
+    .string()
+    .min(16, 'at least 16 characters')
+    .optional()
+    .describe(
+      'Bearer token for writes to the monitor (POST /reports with `Authorization: Bearer <token>`, at least 16 characters); unset: writes are refused with 403',
+    ),
   WINDOW_SIZE: env.int(
     500,
     20,

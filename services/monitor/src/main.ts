@@ -107,6 +107,7 @@ const server = createMonitorServer({
   snapshot: () => monitor.snapshot(),
   registry: monitorMetrics(store, monitor, { predictions, feedback }),
   writeReport: report,
+  ...(config.MONITOR_TOKEN ? { writeToken: config.MONITOR_TOKEN } : {}),
   redisPing: () => redis.ping(),
   log,
 });

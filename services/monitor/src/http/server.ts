@@ -1,26 +1,63 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from '@conveyor/shared/logger';
+import { problemCatalogue, problemType, type ProblemSlug } from '@conveyor/shared/problem';
 import type { Registry } from 'prom-client';
 
 /**
  * The monitor's small HTTP surface: GET /drift (current state per model version and feature),
  * GET /metrics (Prometheus), POST /reports (write a report now), GET /reports/drift.csv|png (the
  * latest report), GET /health. No framework: five routes, no request bodies.
+ *
+ * Reads are open (they are what Prometheus and dashboards scrape); the one write needs the bearer
+ * token. Without a token configured, writes are refused outright rather than allowed from loopback:
+ * a loopback peer is not an identity (any local process, a reverse proxy on the host, a browser on
+ * the operator's machine posting cross-site to 127.0.0.1). Answers name reports by URL, never by
+ * their place on the server's disk.
  */
 export interface MonitorHttpDeps {
   readonly snapshot: () => Promise<unknown>;
   readonly registry: Registry;
+  /** Writes the report files and returns their paths on disk (kept here, never sent). */
   readonly writeReport: () => Promise<{ csv: string; png: string }>;
+  /** The bearer token writes need; without one, writes are refused. */
+  readonly writeToken?: string;
   readonly redisPing: () => Promise<unknown>;
   readonly log: Logger;
 }
+
+/** Where the latest report is served (GET), as POST /reports answers. */
+export const REPORT_URLS = { csv: '/reports/drift.csv', png: '/reports/drift.png' } as const;
 
 export function createMonitorServer(deps: MonitorHttpDeps): Server {
   let latest: { csv: string; png: string } | undefined;
   const json = (res: ServerResponse, status: number, body: unknown, type = 'application/json') => {
     res.writeHead(status, { 'content-type': type });
     res.end(JSON.stringify(body));
+  };
+  const problem = (res: ServerResponse, slug: ProblemSlug, detail: string, headers: Record<string, string> = {}) => {
+    const { status, title } = problemCatalogue[slug];
+    res.writeHead(status, { 'content-type': 'application/problem+json', ...headers });
+    res.end(JSON.stringify({ type: problemType(slug), title, status, detail }));
+  };
+  const expectedToken = deps.writeToken === undefined ? undefined : sha256(deps.writeToken);
+  /** Answers and returns false when the request may not write. */
+  const authorizeWrite = (req: IncomingMessage, res: ServerResponse): boolean => {
+    if (expectedToken === undefined) {
+      problem(res, 'forbidden', 'Writes to the monitor are disabled: set MONITOR_TOKEN to allow them');
+      return false;
+    }
+    const offered = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')?.[1];
+    // Digests have one length whatever was offered: the comparison reveals neither the length nor a prefix.
+    if (offered === undefined || !timingSafeEqual(sha256(offered), expectedToken)) {
+      const error = offered === undefined ? '' : ', error="invalid_token"';
+      problem(res, 'unauthorized', 'Writes to the monitor need its bearer token', {
+        'www-authenticate': `Bearer realm="Conveyor monitor"${error}`,
+      });
+      return false;
+    }
+    return true;
   };
   const handler = async (req: IncomingMessage, res: ServerResponse) => {
     const route = `${req.method ?? 'GET'} ${(req.url ?? '/').split('?')[0]}`;
@@ -40,8 +77,9 @@ export function createMonitorServer(deps: MonitorHttpDeps): Server {
         res.writeHead(200, { 'content-type': deps.registry.contentType });
         return res.end(await deps.registry.metrics());
       case 'POST /reports':
+        if (!authorizeWrite(req, res)) return;
         latest = await deps.writeReport();
-        return json(res, 201, latest);
+        return json(res, 201, REPORT_URLS);
       case 'GET /reports/drift.csv':
       case 'GET /reports/drift.png': {
         latest ??= await deps.writeReport();
@@ -50,25 +88,18 @@ export function createMonitorServer(deps: MonitorHttpDeps): Server {
         return res.end(await readFile(png ? latest.png : latest.csv));
       }
       default:
-        return json(
-          res,
-          404,
-          { type: '/problems/not-found', title: 'Not found', status: 404, detail: `No route ${route}` },
-          'application/problem+json',
-        );
+        return problem(res, 'not-found', `No route ${route}`);
     }
   };
   return createServer((req, res) => {
     handler(req, res).catch((error: unknown) => {
       deps.log.error({ err: error, url: req.url }, 'monitor request failed');
-      if (!res.headersSent)
-        json(
-          res,
-          500,
-          { type: '/problems/internal', title: 'Internal error', status: 500, detail: 'Internal error' },
-          'application/problem+json',
-        );
+      if (!res.headersSent) problem(res, 'internal', 'Internal error');
       else res.end();
     });
   });
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
 }
