@@ -27,8 +27,13 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   const app = new Koa<GatewayState>({ proxy: deps.trustProxy });
   const router = new Router<GatewayState>();
   registerPredictRoute(router, deps);
-  registerJobRoutes(router, deps.lookup);
-  registerFeedbackRoute(router, { redis: deps.redis, keys: deps.keys, resultTtlSeconds: deps.config.RESULT_TTL_SECONDS });
+  registerJobRoutes(router, deps.lookup, deps.access);
+  registerFeedbackRoute(router, {
+    redis: deps.redis,
+    keys: deps.keys,
+    resultTtlSeconds: deps.config.RESULT_TTL_SECONDS,
+    access: deps.access,
+  });
   registerOpsRoutes(router, deps);
 
   app.use(requestContext(deps.log, deps.metrics));

@@ -34,6 +34,17 @@ export const GatewayConfig = z
       'A body arriving slower than this (after UPLOAD_GRACE_MS) is answered 408 and its connection closed; 0 = off',
     ),
     UPLOAD_GRACE_MS: env.int(3000, 100, 600_000, 'Time a body may take before MIN_UPLOAD_BYTES_PER_SECOND applies'),
+    API_KEYS_REQUIRED: env.bool(
+      false,
+      "Require an API key (Authorization: Bearer <key>) with the route's scope on /v1 routes; create keys with `make api-key`",
+    ),
+    RATE_LIMIT_REQUESTS: env.int(
+      0,
+      0,
+      100_000_000,
+      'Requests per RATE_LIMIT_WINDOW_SECONDS per API key (per client IP when keys are off), shared by every gateway; 0 = no limit',
+    ),
+    RATE_LIMIT_WINDOW_SECONDS: env.int(60, 1, 86_400, 'Window of RATE_LIMIT_REQUESTS'),
     MAX_CONNECTIONS: env.int(1024, 1, 1_000_000, 'Open connections one gateway accepts; beyond, new ones are closed at once'),
     SYNC_WAIT_DEFAULT_SECONDS: env.number(10, 0, 300, 'How long a synchronous request waits for its result before answering 202'),
     SYNC_WAIT_MAX_SECONDS: env.number(30, 0, 300, 'Cap on `Prefer: wait=<seconds>`'),

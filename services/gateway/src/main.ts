@@ -14,6 +14,8 @@ import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
 import { UploadBudget } from './intake/upload-guard.js';
+import { createAccess } from './access/access.middleware.js';
+import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
@@ -60,6 +62,11 @@ const app = createApp({
   metrics,
   admission,
   uploadBudget: new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES),
+  access: createAccess(redis, config.REDIS_PREFIX, new ApiKeyStore(redis, keys.apiKeys), {
+    keysRequired: config.API_KEYS_REQUIRED,
+    ratePoints: config.RATE_LIMIT_REQUESTS,
+    rateWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
+  }),
   waiter,
   trustProxy: config.TRUST_PROXY,
   lookup: new JobLookup(queue, redis, keys),

@@ -40,6 +40,8 @@ export function keys(prefix: string) {
     admissionReserved: `${prefix}:admission:reserved`,
     /** Bytes of images stored for queued jobs: raised at admission, lowered by the worker's result commit. */
     queuedBytes: `${prefix}:admission:queued-bytes`,
+    /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */
+    apiKeys: `${prefix}:api-keys`,
     /** Hash `name@version` → JSON array of the model's labels, written by the workers serving it. */
     modelLabels: `${prefix}:model-labels`,
     /** Sorted set of live workers, scored by the time their heartbeat expires. */

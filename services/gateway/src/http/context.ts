@@ -1,3 +1,4 @@
+import type { ApiKeyIdentity } from '../access/api-keys.js';
 import type { Reservation } from '../jobs/admission.js';
 import type { UploadReservation } from '../intake/upload-guard.js';
 import type { ParameterizedContext } from 'koa';
@@ -15,6 +16,8 @@ export interface GatewayState {
   reservation?: Reservation;
   /** The share of the gateway's upload budget this request holds while its bytes are in memory. */
   upload?: UploadReservation;
+  /** The API key the request was made with, when keys are required. */
+  apiKey?: ApiKeyIdentity;
 }
 
 export type GatewayContext = ParameterizedContext<GatewayState>;

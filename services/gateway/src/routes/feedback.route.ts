@@ -1,3 +1,4 @@
+import type { Access } from '../access/access.middleware.js';
 import type Router from '@koa/router';
 import type { Redis } from 'ioredis';
 import { koaBody } from 'koa-body';
@@ -15,10 +16,11 @@ const FeedbackBody = z.object({ jobId: z.uuid(), label: z.string().trim().min(1)
  */
 export function registerFeedbackRoute(
   router: Router<GatewayState>,
-  deps: { redis: Redis; keys: Keys; resultTtlSeconds: number },
+  deps: { redis: Redis; keys: Keys; resultTtlSeconds: number; access: Access },
 ): void {
   router.post(
     '/v1/feedback',
+    deps.access.require('feedback'),
     koaBody({ json: true, multipart: false, urlencoded: false, text: false, jsonLimit: 4096 }),
     async (ctx) => {
       if (!ctx.is('json')) throw new ProblemError('unsupported-media-type', 'Send application/json {"jobId": "…", "label": "…"}');

@@ -1,3 +1,4 @@
+import type { Access } from '../access/access.middleware.js';
 import type Router from '@koa/router';
 import { z } from 'zod';
 import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
@@ -7,8 +8,8 @@ import type { JobLookup } from '../jobs/job-lookup.js';
 const JobId = z.uuid();
 
 /** GET /v1/jobs/:id: status while queued or running, the result (or error) once finished. */
-export function registerJobRoutes(router: Router<GatewayState>, lookup: JobLookup): void {
-  router.get('/v1/jobs/:id', async (ctx) => {
+export function registerJobRoutes(router: Router<GatewayState>, lookup: JobLookup, access: Access): void {
+  router.get('/v1/jobs/:id', access.require('predict'), async (ctx) => {
     const id = ctx.params.id ?? '';
     const view = JobId.safeParse(id).success ? await lookup.find(id) : undefined;
     if (!view) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);

@@ -11,6 +11,7 @@ import type { ImageFetcher } from '../intake/fetch-image.js';
 import { inspectImage } from '../intake/inspect-image.js';
 import { MULTIPART_SLACK, predictBodyParser, readPredictInput } from '../intake/read-input.js';
 import { uploadGuard, type UploadBudget } from '../intake/upload-guard.js';
+import type { Access } from '../access/access.middleware.js';
 import type { Admission, Reservation } from '../jobs/admission.js';
 import type { JobSubmitter } from '../jobs/job-submitter.js';
 import type { ResultWaiter } from '../jobs/result-waiter.js';
@@ -34,6 +35,7 @@ export interface PredictDeps {
   readonly waiter: ResultWaiter;
   readonly metrics: HttpMetrics;
   readonly uploadBudget: UploadBudget;
+  readonly access: Access;
 }
 
 /**
@@ -123,8 +125,9 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     graceMs: config.UPLOAD_GRACE_MS,
   });
   const parse = predictBodyParser(config.MAX_UPLOAD_BYTES);
-  router.post('/v1/predict', admit(deps, config), guard, parse, handler);
-  router.post('/predict', admit(deps, config), guard, parse, handler);
+  const allowed = deps.access.require('predict');
+  router.post('/v1/predict', allowed, admit(deps, config), guard, parse, handler);
+  router.post('/predict', allowed, admit(deps, config), guard, parse, handler);
 }
 
 function admit(deps: PredictDeps, config: PredictDeps['config']) {

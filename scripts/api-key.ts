@@ -1,0 +1,43 @@
+import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { ApiKeyStore, Scope, SCOPES } from '../services/gateway/src/access/api-keys.js';
+
+/**
+ * `make api-key NAME=<name> SCOPES=predict,feedback`: creates an API key in the Redis the gateways
+ * use (REDIS_URL, REDIS_PREFIX) and prints it — once: only its SHA-256 is stored.
+ * `make api-key LIST=1` lists the keys (never the secrets); `make api-key REVOKE=<id>` removes one.
+ */
+const { values } = parseArgs({
+  options: {
+    name: { type: 'string' },
+    scopes: { type: 'string', default: 'predict' },
+    list: { type: 'boolean', default: false },
+    revoke: { type: 'string' },
+  },
+});
+const url = process.env.REDIS_URL;
+if (!url) {
+  console.error('Set REDIS_URL to the Redis the gateways use (and REDIS_PREFIX if it is not the default).');
+  process.exit(2);
+}
+const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+await redis.connect();
+const store = new ApiKeyStore(redis, keysOf(process.env.REDIS_PREFIX ?? 'conveyor').apiKeys);
+try {
+  if (values.list) {
+    for (const key of await store.list()) console.log(`${key.id}  ${key.name}  ${key.scopes.join(',')}  ${key.createdAt}`);
+  } else if (values.revoke) {
+    console.log((await store.revoke(values.revoke)) ? `revoked ${values.revoke}` : `no key ${values.revoke}`);
+  } else {
+    if (!values.name) throw new Error('give the key a name: NAME=<who uses it>');
+    const scopes = values.scopes.split(',').map((s) => Scope.parse(s.trim()));
+    const { id, key } = await store.create(values.name, scopes);
+    console.error(
+      `created key ${id} "${values.name}" with scopes ${scopes.join(',')} (of ${SCOPES.join(', ')}); it is shown once:`,
+    );
+    console.log(key);
+  }
+} finally {
+  redis.disconnect();
+}

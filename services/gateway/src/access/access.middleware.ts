@@ -1,0 +1,86 @@
+import type { Middleware } from 'koa';
+import type { Redis } from 'ioredis';
+import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import { ProblemError } from '@conveyor/shared/problem';
+import type { GatewayState } from '../http/context.js';
+import type { ApiKeyStore, Scope } from './api-keys.js';
+
+/**
+ * Who may call the API, and how often. With keys required, a request carries
+ * `Authorization: Bearer <key>` (or `X-API-Key`) whose key has the route's scope: 401 without a
+ * valid key, 403 without the scope. The rate limit is per key (per client IP when keys are off),
+ * counted in Redis so every gateway instance enforces one shared limit (rate-limiter-flexible);
+ * beyond it, 429 with Retry-After and the IETF RateLimit headers. Both are off unless configured.
+ */
+export interface AccessOptions {
+  readonly keysRequired: boolean;
+  /** Requests per window per key (or IP); 0 = no limit. */
+  readonly ratePoints: number;
+  readonly rateWindowSeconds: number;
+}
+
+export interface Access {
+  /** Authentication and rate limiting for a route needing `scope`. */
+  require(scope: Scope): Middleware<GatewayState>;
+}
+
+export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, options: AccessOptions): Access {
+  const limiter =
+    options.ratePoints > 0
+      ? new RateLimiterRedis({
+          storeClient: redis,
+          keyPrefix: `${prefix}:ratelimit`,
+          points: options.ratePoints,
+          duration: options.rateWindowSeconds,
+        })
+      : undefined;
+  const policy = `${options.ratePoints};w=${options.rateWindowSeconds}`;
+
+  return {
+    require: (scope) => async (ctx, next) => {
+      let subject = `ip:${ctx.ip}`;
+      if (options.keysRequired) {
+        const presented = bearer(ctx.get('authorization')) ?? (ctx.get('x-api-key') || undefined);
+        if (!presented) {
+          ctx.set('WWW-Authenticate', 'Bearer realm="conveyor"');
+          throw new ProblemError('unauthorized', 'Send an API key: Authorization: Bearer <key>');
+        }
+        const identity = await store.verify(presented);
+        if (!identity) {
+          ctx.set('WWW-Authenticate', 'Bearer realm="conveyor", error="invalid_token"');
+          throw new ProblemError('unauthorized', 'The API key is not valid');
+        }
+        if (!identity.scopes.includes(scope) && !identity.scopes.includes('admin')) {
+          throw new ProblemError('forbidden', `The API key "${identity.name}" lacks the ${scope} scope`);
+        }
+        ctx.state.apiKey = identity;
+        ctx.state.log = ctx.state.log.child({ apiKey: identity.id });
+        subject = `key:${identity.id}`;
+      }
+      if (limiter) {
+        try {
+          const used = await limiter.consume(subject);
+          rateHeaders(ctx, policy, options.ratePoints, used);
+        } catch (rejection) {
+          if (!(rejection instanceof RateLimiterRes)) throw rejection; // Redis trouble: the usual 503
+          rateHeaders(ctx, policy, options.ratePoints, rejection);
+          throw new ProblemError('rate-limited', `More than ${options.ratePoints} requests in ${options.rateWindowSeconds} s`, {
+            retryAfterSeconds: Math.max(1, Math.ceil(rejection.msBeforeNext / 1000)),
+          });
+        }
+      }
+      await next();
+    },
+  };
+}
+
+function bearer(header: string): string | undefined {
+  const match = /^Bearer\s+(\S+)$/i.exec(header);
+  return match?.[1];
+}
+
+function rateHeaders(ctx: { set(name: string, value: string): void }, policy: string, limit: number, res: RateLimiterRes): void {
+  const reset = Math.max(0, Math.ceil(res.msBeforeNext / 1000));
+  ctx.set('RateLimit-Policy', policy);
+  ctx.set('RateLimit', `limit=${limit}, remaining=${res.remainingPoints}, reset=${reset}`);
+}
