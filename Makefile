@@ -41,7 +41,7 @@ build: $(NODE_MODULES) ## Compile every package to dist/
 
 .PHONY: api-key
 api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
-	$(TSX) scripts/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
+	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
 
 .PHONY: mlflow
 mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on :5000 (installs the pinned server into .venv/mlflow once)

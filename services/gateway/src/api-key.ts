@@ -1,10 +1,10 @@
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
-import { ApiKeyStore, Scope, SCOPES } from '../services/gateway/src/access/api-keys.js';
+import { ApiKeyStore, Scope, SCOPES } from './access/api-keys.js';
 
 /**
- * `make api-key NAME=<name> SCOPES=predict,feedback`: creates an API key in the Redis the gateways
+ * `make api-key NAME=<name> SCOPES=predict,feedback` (or, in a container, `node services/gateway/dist/api-key.js --name <name> --scopes predict`): creates an API key in the Redis the gateways
  * use (REDIS_URL, REDIS_PREFIX) and prints it — once: only its SHA-256 is stored.
  * `make api-key LIST=1` lists the keys (never the secrets); `make api-key REVOKE=<id>` removes one.
  */
