@@ -24,11 +24,14 @@ COPY services services
 RUN npm run build
 
 FROM manifests AS prod-deps
-# Serving services only (the trainer's tfjs stays out), and onnxruntime for this platform only.
+# Serving services only (the trainer's tfjs stays out), and onnxruntime's native binding for the
+# architecture the image is built for only (TARGETARCH, set by BuildKit: amd64 or arm64; the
+# script fails if that binding is missing, so no image ships workers that cannot load a model).
+ARG TARGETARCH
+COPY docker/prune-onnxruntime.sh docker/
 RUN npm ci --omit=dev --no-audit --no-fund \
       --workspace shared --workspace services/gateway --workspace services/inference-worker --workspace services/monitor \
- && rm -rf node_modules/onnxruntime-node/bin/napi-v*/darwin node_modules/onnxruntime-node/bin/napi-v*/win32 \
-           node_modules/onnxruntime-node/bin/napi-v*/linux/arm64 \
+ && sh docker/prune-onnxruntime.sh "$TARGETARCH" node_modules/onnxruntime-node/bin \
  && npm cache clean --force
 
 FROM ${NODE_IMAGE} AS runtime

@@ -1,34 +1,115 @@
 import path from 'node:path';
 import { prettyFactory } from 'pino-pretty';
 import { parseArgs } from 'node:util';
-import { INSTALL_HINT, redisServerAvailable, startRedis, type LocalRedis } from './lib/redis-server.js';
+import { freePort } from './lib/free-port.js';
+import {
+  INSTALL_HINT,
+  PortInUseError,
+  portOccupant,
+  redisServerAvailable,
+  startRedis,
+  type LocalRedis,
+} from './lib/redis-server.js';
 import { ROOT, spawnService, type ServiceProcess } from './lib/service-process.js';
 
 /**
  * `make run`: the gateway, the inference workers and the drift monitor in the foreground, every log line prefixed with
- * its process. Redis comes from REDIS_URL, else a local redis-server is started with its data in
- * ./data/redis and stopped on exit. Ctrl-C or SIGTERM stops everything in order.
+ * its process. Redis comes from REDIS_URL, else a local redis-server is started on REDIS_PORT (default 6379) with its
+ * data in ./data/redis and stopped on exit. Ctrl-C or SIGTERM stops everything in order.
  */
 const { values } = parseArgs({ options: { workers: { type: 'string', default: process.env.WORKERS ?? '1' } } });
 const workerCount = Math.max(1, Number(values.workers) || 1);
+const DEFAULT_REDIS_PORT = 6379;
 
-let redis: LocalRedis | undefined;
+let redis: Promise<LocalRedis> | undefined;
+const services: ServiceProcess[] = [];
+// `as boolean`: set by a signal handler between awaits, which TypeScript's narrowing does not see.
+let stopping = false as boolean;
+async function stopAll(code: number): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  console.log('[run] stopping…');
+  // Gateway first (no new work), then workers (they drain), then the monitor, then Redis (once
+  // it is up, if a signal came while it was starting).
+  await services.find((s) => s.name === 'gateway')?.stop('SIGTERM');
+  await Promise.all(services.filter((s) => s.name !== 'gateway' && s.name !== 'monitor').map((s) => s.stop('SIGTERM')));
+  await services.find((s) => s.name === 'monitor')?.stop('SIGTERM');
+  await (await redis?.catch(() => undefined))?.stop();
+  process.exit(code);
+}
+// Before anything is started, so a signal at any point stops what is running.
+process.on('SIGINT', () => void stopAll(0));
+process.on('SIGTERM', () => void stopAll(0));
+// The children are out of the terminal's process group, so a closed terminal's hang-up reaches only this script.
+process.on('SIGHUP', () => void stopAll(0));
+
 let redisUrl = process.env.REDIS_URL;
-if (!redisUrl) {
+if (redisUrl) {
+  console.log(`[run] Redis: ${withoutPassword(redisUrl)} from REDIS_URL (not started by make run, left running on exit)`);
+} else {
   if (!redisServerAvailable()) {
     console.error(`[run] ${INSTALL_HINT}`);
     process.exit(1);
   }
-  // Every child runs in a process group of its own: a Ctrl-C reaches only this script, which stops
-  // them in order (gateway, workers, monitor, Redis last), instead of all at once.
-  redis = await startRedis({
-    dir: path.join(ROOT, 'data', 'redis'),
-    persist: true,
-    port: Number(process.env.REDIS_PORT ?? 6379),
-    detached: true,
-  }).catch(async () => startRedis({ dir: path.join(ROOT, 'data', 'redis'), persist: true, detached: true }));
-  redisUrl = redis.url;
-  console.log(`[run] started redis-server at ${redisUrl} (data in data/redis)`);
+  const port = Number(process.env.REDIS_PORT ?? DEFAULT_REDIS_PORT);
+  if (!Number.isInteger(port) || port < 1 || port > 65_535) {
+    console.error(`[run] REDIS_PORT must be a TCP port (1-65535), got ${JSON.stringify(process.env.REDIS_PORT)}`);
+    process.exit(1);
+  }
+  // A taken port is refused, not dodged onto a free one. The usual occupant is a system Redis
+  // (installed with redis-server, which Debian starts on 6379) or another `make run` of this tree:
+  // a free port would put a second server on the same ./data/redis in the second case, and in
+  // both the port would change from run to run behind the back of redis-cli, the README and any
+  // tool pointed at 6379. Saying what is there and how to choose takes the user one line.
+  try {
+    // Every child runs in a process group of its own: a Ctrl-C reaches only this script, which stops
+    // them in order (gateway, workers, monitor, Redis last), instead of all at once.
+    const maxMemory = process.env.REDIS_MAXMEMORY ?? '1gb';
+    redis = startRedis({ dir: path.join(ROOT, 'data', 'redis'), persist: true, port, detached: true, maxMemory });
+    const started = await redis;
+    redisUrl = started.url;
+    console.log(
+      `[run] Redis: ${redisUrl}, started by make run (redis-server pid ${started.pid}, data in data/redis, maxmemory ${maxMemory} noeviction, stopped on exit)`,
+    );
+  } catch (error) {
+    if (!(error instanceof PortInUseError)) {
+      console.error(`[run] could not start redis-server: ${error instanceof Error ? error.message : String(error)}`);
+      process.exit(1);
+    }
+    const other = await suggestPort(port);
+    const { description, redis: isRedis } = error.occupant;
+    console.error(
+      [
+        `[run] Redis port ${port} is already in use by ${description}.`,
+        '[run] make run starts a Redis of its own (data in data/redis) and does not use one it did not start. Either:',
+        ...(isRedis ? [`[run]   use that Redis on purpose:     REDIS_URL=redis://127.0.0.1:${port} make run`] : []),
+        `[run]   start its own on another port: REDIS_PORT=${other} make run`,
+        isRedis
+          ? '[run]   or stop that Redis (a system one: sudo systemctl stop redis-server, or sudo service redis-server stop)'
+          : `[run]   or stop the process on port ${port}`,
+      ].join('\n'),
+    );
+    process.exit(1);
+  }
+}
+
+/** For the log: a password in REDIS_URL stays out of the terminal's scrollback. */
+function withoutPassword(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(REDIS_URL is not a valid URL)';
+  }
+}
+
+/** The next port after `port` that nothing listens on, for the hint; else one the OS picks. */
+async function suggestPort(port: number): Promise<number> {
+  for (let candidate = port + 1; candidate <= Math.min(port + 20, 65_535); candidate++) {
+    if (!(await portOccupant(candidate))) return candidate;
+  }
+  return freePort();
 }
 
 const colours = ['\x1b[36m', '\x1b[35m', '\x1b[33m', '\x1b[32m', '\x1b[34m'];
@@ -36,7 +117,6 @@ const reset = '\x1b[0m';
 const tty = process.stdout.isTTY;
 // In a terminal, JSON lines are made readable; piped elsewhere they stay JSON for tools.
 const pretty = tty ? prettyFactory({ colorize: true, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname,service' }) : undefined;
-const services: ServiceProcess[] = [];
 const launch = (service: 'gateway' | 'inference-worker' | 'monitor', label: string, index: number) => {
   const prefix = tty ? `${colours[index % colours.length]}[${label}]${reset}` : `[${label}]`;
   const proc = spawnService(
@@ -57,23 +137,9 @@ const launch = (service: 'gateway' | 'inference-worker' | 'monitor', label: stri
     }
   });
 };
-for (let i = 0; i < workerCount; i++) launch('inference-worker', workerCount > 1 ? `worker-${i + 1}` : 'worker', i + 1);
-launch('gateway', 'gateway', 0);
-launch('monitor', 'monitor', workerCount + 1);
-
-let stopping = false;
-async function stopAll(code: number): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  console.log('[run] stopping…');
-  // Gateway first (no new work), then workers (they drain), then the monitor, then Redis.
-  await services.find((s) => s.name === 'gateway')?.stop('SIGTERM');
-  await Promise.all(services.filter((s) => s.name !== 'gateway' && s.name !== 'monitor').map((s) => s.stop('SIGTERM')));
-  await services.find((s) => s.name === 'monitor')?.stop('SIGTERM');
-  await redis?.stop();
-  process.exit(code);
+// Not once stopping: a signal while Redis was starting.
+if (!stopping) {
+  for (let i = 0; i < workerCount; i++) launch('inference-worker', workerCount > 1 ? `worker-${i + 1}` : 'worker', i + 1);
+  launch('gateway', 'gateway', 0);
+  launch('monitor', 'monitor', workerCount + 1);
 }
-process.on('SIGINT', () => void stopAll(0));
-process.on('SIGTERM', () => void stopAll(0));
-// The children are out of the terminal's process group, so a closed terminal's hang-up reaches only this script.
-process.on('SIGHUP', () => void stopAll(0));

@@ -60,7 +60,16 @@ describe('access', function () {
     it('creates keys with `make api-key` (stored as hashes) and enforces their scopes', async () => {
       const { stdout } = await promisify(execFile)(
         process.execPath,
-        ['--conditions=conveyor-source', '--import', 'tsx', 'services/gateway/src/api-key.ts', '--name', 'app', '--scopes', 'predict'],
+        [
+          '--conditions=conveyor-source',
+          '--import',
+          'tsx',
+          'services/gateway/src/api-key.ts',
+          '--name',
+          'app',
+          '--scopes',
+          'predict',
+        ],
         { env: { ...process.env, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix } },
       );
       const predictKey = stdout.trim();

@@ -14,17 +14,25 @@ export interface ImageLimits {
 export function checkDimensions(width: number, height: number, limits: ImageLimits): void {
   const extra = { width, height };
   if (width * height > limits.maxPixels) {
-    throw new ProblemError('image-too-large', `${width}×${height} is ${width * height} pixels; the limit is ${limits.maxPixels}`, {
-      ...extra,
-      limitPixels: limits.maxPixels,
-    });
+    throw new ProblemError(
+      'image-too-large',
+      `${width}×${height} is ${width * height} pixels; the limit is ${limits.maxPixels}`,
+      {
+        ...extra,
+        limitPixels: limits.maxPixels,
+      },
+    );
   }
   const longer = Math.max(width, height);
   if (longer > limits.maxSide) {
-    throw new ProblemError('image-too-large', `${width}×${height} has a side of ${longer} pixels; the limit is ${limits.maxSide}`, {
-      ...extra,
-      limitSide: limits.maxSide,
-    });
+    throw new ProblemError(
+      'image-too-large',
+      `${width}×${height} has a side of ${longer} pixels; the limit is ${limits.maxSide}`,
+      {
+        ...extra,
+        limitSide: limits.maxSide,
+      },
+    );
   }
   const ratio = longer / Math.min(width, height);
   if (ratio > limits.maxAspectRatio) {

@@ -90,7 +90,8 @@ export async function preprocess(
       options.timeoutMs,
     );
     const truncated = warnings.find((w) => TRUNCATED.test(w));
-    if (truncated) throw new ProblemError('undecodable-image', `The image is truncated: ${truncated.replace(/^\w+: /, '').trim()}`);
+    if (truncated)
+      throw new ProblemError('undecodable-image', `The image is truncated: ${truncated.replace(/^\w+: /, '').trim()}`);
     return prepared;
   } catch (error) {
     throw asProblem(error);
@@ -153,7 +154,10 @@ function asProblem(error: unknown): unknown {
   if (error instanceof ProblemError) return error;
   const message = error instanceof Error ? error.message : String(error);
   if (/^timeout/i.test(message)) {
-    return new ProblemError('processing-deadline', 'Decoding the image took longer than the deadline allows; send a smaller or simpler image');
+    return new ProblemError(
+      'processing-deadline',
+      'Decoding the image took longer than the deadline allows; send a smaller or simpler image',
+    );
   }
   if (/pixel limit/i.test(message)) {
     return new ProblemError('image-too-large', 'The image has more pixels than the configured limit');
