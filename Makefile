@@ -64,12 +64,14 @@ screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in
 	$(TSX) scripts/with-mlflow.ts $(TSX) scripts/screenshot-mlflow.ts
 
 .PHONY: bench
-bench: build ## Benchmarks: full HTTP path vs. sharp + onnxruntime directly; drift false alarms, detection, monitor throughput
-	$(TSX) bench/throughput.bench.ts $(ARGS)
+bench: build ## Benchmarks: Conveyor vs in-process, FastAPI (and BentoML with BENTOML=1) on both models at c1/c16/c64; preprocessing; batching; drift
+	$(TSX) bench/compare.bench.ts $(if $(BENTOML),--bentoml,) $(ARGS)
+	$(TSX) bench/preprocess.bench.ts
+	$(TSX) bench/batching.bench.ts
 	$(TSX) bench/drift.bench.ts
 
 .PHONY: bench-compare
-bench-compare: build ## Conveyor (1 and 2 workers) vs FastAPI and in-process sharp + onnxruntime (ARGS="--bentoml" adds BentoML), 2 models, c1/c16/c64
+bench-compare: build ## Only the comparison (ARGS="--bentoml --rounds 1 --requests 200" for a quick look)
 	$(TSX) bench/compare.bench.ts $(ARGS)
 
 .PHONY: drift-demo

@@ -95,7 +95,7 @@ interface TestImage {
 }
 
 /**
- * One MNIST test digit as a scan: dark ink on paper, 280×280 JPEG (as bench/throughput.bench.ts
+ * One MNIST test digit as a scan: dark ink on paper, 280×280 JPEG (as the earlier throughput benchmark
  * makes them, ~5 KB on average): of the first 50 test digits, the one whose scan is nearest 5 KB.
  */
 async function scanImage(): Promise<TestImage> {

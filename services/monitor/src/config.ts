@@ -72,6 +72,12 @@ export const MonitorConfig = z.object({
     .optional()
     .describe('MLflow server to fetch the reference profile of registry model versions from'),
   MODEL_DIR: env.string('models/digits', 'Local model folder whose reference profile is used for its own version'),
+  READ_LINGER_MS: env.int(
+    200,
+    0,
+    10_000,
+    'After a read of predictions that did not fill a batch, wait this long before the next (events are applied in batches; drift figures lag by at most this)',
+  ),
   CLAIM_IDLE_MS: env.int(
     30_000,
     100,

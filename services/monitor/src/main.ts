@@ -80,7 +80,7 @@ const consumerOptions = {
 const predictions = new StreamConsumer(
   predictionsConnection,
   // Large reads: the per-read costs (round trips, the script call, the XACK) are shared by the batch.
-  { ...consumerOptions, stream: keys.predictions, count: 500, maxDeliveries: 5 },
+  { ...consumerOptions, stream: keys.predictions, count: 500, maxDeliveries: 5, lingerMs: config.READ_LINGER_MS },
   (entries) => monitor.handlePredictions(entries),
   log.child({ module: 'predictions' }),
 );

@@ -61,8 +61,7 @@ type AdmissionRedis = Redis & {
     maxBytes: number,
     bytes: number,
   ): Promise<[number, number?]>;
-  conveyorRelease(counter: string): Promise<number>;
-  conveyorAdjustBytes(queuedBytes: string, change: number): Promise<number>;
+  conveyorRelease(counter: string, queuedBytes: string, bytesChange: number): Promise<number>;
 };
 
 export interface AdmissionLimits {
@@ -84,8 +83,7 @@ export class Admission {
     private readonly refreshMs = 250,
   ) {
     redis.defineCommand('conveyorReserve', { numberOfKeys: 4, lua: RESERVE });
-    redis.defineCommand('conveyorRelease', { numberOfKeys: 1, lua: RELEASE });
-    redis.defineCommand('conveyorAdjustBytes', { numberOfKeys: 1, lua: ADJUST });
+    redis.defineCommand('conveyorRelease', { numberOfKeys: 2, lua: RELEASE });
     this.redis = redis as AdmissionRedis;
   }
 
@@ -128,28 +126,17 @@ export class Admission {
         retryAfterSeconds: 5,
       });
     }
-    let place = true;
-    let heldBytes = bytes;
-    // Fire and forget: a lost update only makes admission stricter until the counters settle.
-    const adjust = (change: number) => {
-      if (change !== 0) this.redis.conveyorAdjustBytes(queuedBytes, change).catch(() => undefined);
-    };
-    const givePlace = () => {
-      if (!place) return;
-      place = false;
-      this.redis.conveyorRelease(reserved).catch(() => undefined);
+    let held = true;
+    // Fire and forget: a lost release only makes admission stricter until the counters settle.
+    const giveBack = (bytesChange: number) => {
+      if (!held) return;
+      held = false;
+      this.redis.conveyorRelease(reserved, queuedBytes, bytesChange).catch(() => undefined);
     };
     return {
-      queued: (stored) => {
-        adjust(stored - heldBytes);
-        heldBytes = 0; // the worker's commit takes the stored bytes off
-        givePlace();
-      },
-      release: () => {
-        adjust(-heldBytes);
-        heldBytes = 0;
-        givePlace();
-      },
+      // The image stays counted (the worker's result commit takes it off); only the estimate is corrected.
+      queued: (stored) => giveBack(stored - bytes),
+      release: () => giveBack(-bytes),
     };
   }
 }

@@ -32,6 +32,13 @@ export interface ConsumerOptions {
   readonly blockMs: number;
   readonly claimIdleMs: number;
   readonly maxDeliveries: number;
+  /**
+   * After a read that did not fill a batch, wait this long before the next one. At a steady trickle
+   * (a few hundred events per second) every read returns one or two events, and the per-read costs
+   * (the blocking read, the script call, the XACK) are paid per event: lingering lets a batch gather.
+   * Measured with the full system at c16: 0.30 ms of monitor CPU per event without it.
+   */
+  readonly lingerMs?: number;
 }
 
 /**
@@ -79,6 +86,7 @@ export class StreamConsumer {
    */
   async stop(): Promise<void> {
     this.running = false;
+    this.wake?.();
     if (this.loop && !(await settlesWithin(this.loop, this.options.blockMs + 1000))) {
       this.log.warn({ stream: this.options.stream }, 'stream read did not return; stopping without it');
     }
@@ -113,7 +121,12 @@ export class StreamConsumer {
           this.options.stream,
           '>',
         )) as [string, [string, string[]][]][] | null;
-        for (const [, entries] of reply ?? []) await this.process(entries, () => 1);
+        let read = 0;
+        for (const [, entries] of reply ?? []) {
+          read += entries.length;
+          await this.process(entries, () => 1);
+        }
+        if (read > 0 && read < this.options.count && this.options.lingerMs) await this.linger(this.options.lingerMs);
       } catch (error) {
         if (!this.isRunning()) break;
         // Redis restarted without its data (or someone deleted the stream): the group is gone.
@@ -129,6 +142,23 @@ export class StreamConsumer {
         await new Promise((r) => setTimeout(r, 500));
       }
     }
+  }
+
+  private wake: (() => void) | undefined;
+
+  /** A pause that stop() cuts short. */
+  private linger(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wake = undefined;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        this.wake = undefined;
+        resolve();
+      };
+    });
   }
 
   /** Read through a method: stop() flips the flag while the loop awaits. */
