@@ -1,8 +1,9 @@
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
-import { QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { QUEUES, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { digitPng, heldOutDigits, scannedDigit } from '../support/images.js';
 import { predict } from '../support/http.js';
+import { until } from '../support/wait.js';
 import { randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 
@@ -79,6 +80,15 @@ describe('admission', function () {
       worker = await startWorker(bytesPrefix);
       const retried = await predict(gateway.url, scan);
       expect(retried.status, JSON.stringify(retried.body)).to.equal(200);
+      // Every reservation is given back and every stored image taken off: once the queue is empty,
+      // the count of queued bytes is zero again.
+      const redis = testRedis();
+      try {
+        const counter = keysOf(bytesPrefix).queuedBytes;
+        await until('queued bytes back to 0', async () => (await redis.get(counter)) === '0', 10_000);
+      } finally {
+        redis.disconnect();
+      }
     });
 
     it('answers 503, not 500, when Redis itself is full (maxmemory with noeviction)', async () => {

@@ -37,16 +37,13 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('INCRBY', KEYS[4], ARGV[4])
 return { 0 }`;
 
-// KEYS: queued-bytes counter. ARGV: change. Never below zero.
-const ADJUST = `
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if v < 0 then redis.call('SET', KEYS[1], 0) end
-return v`;
-
-// KEYS: reservations counter. Never below zero (the counter may have expired meanwhile).
+// Gives a reservation's place back and corrects the queued bytes by ARGV[1], in one call; neither
+// counter goes below zero (the reservations counter may have expired meanwhile).
+// KEYS: reservations counter, queued-bytes counter. ARGV: bytes change.
 const RELEASE = `
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR', KEYS[1]) end
-return 0`;
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+if tonumber(ARGV[1]) ~= 0 and redis.call('INCRBY', KEYS[2], ARGV[1]) < 0 then redis.call('SET', KEYS[2], 0) end
+return 1`;
 
 const RESERVATION_TTL_MS = 60_000;
 
