@@ -4,7 +4,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ModelManifestInput } from '@conveyor/shared/model/manifest';
-import { numericProfile, REFERENCE_PROFILE_FILE, type ReferenceProfile } from '@conveyor/shared/model/reference-profile';
+import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { attr, OnnxGraphBuilder } from '@conveyor/shared/onnx/graph-builder';
 import { ROOT } from '../../scripts/lib/service-process.js';
 
@@ -187,21 +187,7 @@ function writeFolder(dir: string, onnx: Uint8Array, manifest: Omit<ModelManifest
   writeFileSync(path.join(dir, 'manifest.json'), `${JSON.stringify({ ...manifest, sha256 }, null, 2)}\n`);
   // The worker refuses a folder without the profile of its training data. There is no training
   // data here: a flat placeholder profile (as the tests' generated models have) satisfies the check.
-  const flat = numericProfile([0, 0.25, 0.5, 0.75, 1]);
-  const profile: ReferenceProfile = {
-    schema: 'conveyor.reference/v1',
-    model: { name: manifest.name, version: manifest.version },
-    dataset: { hash: 'synthetic', split: 'validation', n: 5 },
-    image: { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels },
-    features: { brightness: flat, contrast: flat, inkRatio: flat, confidence: flat },
-    predictedClass: {
-      kind: 'categorical',
-      n: manifest.labels.length,
-      categories: manifest.labels,
-      counts: manifest.labels.map(() => 1),
-    },
-    quality: { accuracy: 1, atThreshold: [] },
-  };
+  const profile = placeholderProfile(manifest);
   writeFileSync(path.join(dir, REFERENCE_PROFILE_FILE), `${JSON.stringify(profile)}\n`);
 }
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ModelManifestInput } from '@conveyor/shared/model/manifest';
-import { numericProfile, REFERENCE_PROFILE_FILE, type ReferenceProfile } from '@conveyor/shared/model/reference-profile';
+import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { attr, OnnxGraphBuilder } from '@conveyor/shared/onnx/graph-builder';
 
 /** Purpose-built model folders for tests, generated with the project's own ONNX writer. */
@@ -12,21 +12,7 @@ function writeFolder(dir: string, onnx: Uint8Array, manifest: Omit<ModelManifest
   const sha256 = createHash('sha256').update(onnx).digest('hex');
   writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify({ ...manifest, sha256 }, null, 2));
   // Every model folder ships the profile of its training data; these synthetic models get a minimal one.
-  const flat = numericProfile([0, 0.25, 0.5, 0.75, 1]);
-  const profile: ReferenceProfile = {
-    schema: 'conveyor.reference/v1',
-    model: { name: manifest.name, version: manifest.version },
-    dataset: { hash: 'synthetic', split: 'validation', n: 5 },
-    image: { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels },
-    features: { brightness: flat, contrast: flat, inkRatio: flat, confidence: flat },
-    predictedClass: {
-      kind: 'categorical',
-      n: manifest.labels.length,
-      categories: manifest.labels,
-      counts: manifest.labels.map(() => 1),
-    },
-    quality: { accuracy: 1, atThreshold: [] },
-  };
+  const profile = placeholderProfile(manifest);
   writeFileSync(path.join(dir, REFERENCE_PROFILE_FILE), JSON.stringify(profile, null, 2));
   return dir;
 }

@@ -96,3 +96,30 @@ export function binCounts(values: readonly number[], edges: readonly number[]): 
   for (const v of values) counts[binOf(v, edges)]!++;
   return counts;
 }
+
+/**
+ * A flat placeholder profile for a generated model that has no training data (the tests' and the
+ * benchmarks' synthetic models): it satisfies the model-folder checks; drift against it means nothing.
+ */
+export function placeholderProfile(manifest: {
+  readonly name: string;
+  readonly version: string;
+  readonly input: { readonly width: number; readonly height: number; readonly channels: number };
+  readonly labels: readonly string[];
+}): ReferenceProfile {
+  const flat = numericProfile([0, 0.25, 0.5, 0.75, 1]);
+  return {
+    schema: 'conveyor.reference/v1',
+    model: { name: manifest.name, version: manifest.version },
+    dataset: { hash: 'synthetic', split: 'validation', n: 5 },
+    image: { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels },
+    features: { brightness: flat, contrast: flat, inkRatio: flat, confidence: flat },
+    predictedClass: {
+      kind: 'categorical',
+      n: manifest.labels.length,
+      categories: [...manifest.labels],
+      counts: manifest.labels.map(() => 1),
+    },
+    quality: { accuracy: 1, atThreshold: [] },
+  };
+}

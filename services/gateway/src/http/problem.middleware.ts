@@ -60,15 +60,18 @@ export function sendProblem(ctx: GatewayContext, problem: ProblemError): void {
   ctx.type = 'application/problem+json';
   if (retryAfterSeconds !== undefined) ctx.set('Retry-After', String(retryAfterSeconds));
   if (allow !== undefined) ctx.set('Allow', allow);
-  ctx.body = {
+  ctx.body = { ...problemBody(ctx, problem), ...(ctx.state.jobId ? { jobId: ctx.state.jobId } : {}), ...extra };
+}
+
+/** The RFC 9457 members every problem answer has. */
+export function problemBody(ctx: GatewayContext, problem: ProblemError): Record<string, unknown> {
+  return {
     type: problemType(problem.slug),
     title: problemCatalogue[problem.slug].title,
     status: problem.status,
     detail: problem.detail,
     instance: ctx.originalUrl,
     requestId: ctx.state.requestId,
-    ...(ctx.state.jobId ? { jobId: ctx.state.jobId } : {}),
-    ...extra,
   };
 }
 

@@ -1,5 +1,6 @@
 import type { Middleware } from 'koa';
-import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
+import { ProblemError } from '@conveyor/shared/problem';
+import { problemBody } from '../http/problem.middleware.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 
 /**
@@ -96,22 +97,12 @@ function watchBodyRate(ctx: GatewayContext, options: UploadGuardOptions): () => 
       connection: 'close',
       'x-request-id': ctx.state.requestId,
     });
-    ctx.res.end(
-      JSON.stringify({
-        type: problemType(problem.slug),
-        title: problemCatalogue[problem.slug].title,
-        status: problem.status,
-        detail: problem.detail,
-        instance: ctx.originalUrl,
-        requestId: ctx.state.requestId,
-      }),
-      () => {
-        // The request too: once its answer is out, Node no longer aborts it with the socket, and the
-        // body parser would wait for the rest forever (holding this request's budget).
-        ctx.req.destroy();
-        socket.destroy();
-      },
-    );
+    ctx.res.end(JSON.stringify(problemBody(ctx, problem)), () => {
+      // The request too: once its answer is out, Node no longer aborts it with the socket, and the
+      // body parser would wait for the rest forever (holding this request's budget).
+      ctx.req.destroy();
+      socket.destroy();
+    });
   }, 250);
   timer.unref();
   return () => clearInterval(timer);
