@@ -43,6 +43,10 @@ build: $(NODE_MODULES) ## Compile every package to dist/
 api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
 	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
 
+.PHONY: signing-key
+signing-key: $(NODE_MODULES) ## An Ed25519 key pair for model signatures in data/keys (trainer: MODEL_SIGNING_KEY_FILE, workers: MODEL_SIGNING_PUBLIC_KEY_FILE)
+	$(TSX) scripts/signing-key.ts
+
 .PHONY: mlflow
 mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on :5000 (installs the pinned server into .venv/mlflow once)
 	$(TSX) scripts/mlflow.ts

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,6 +9,7 @@ import { MlflowClient } from '@conveyor/shared/mlflow/client';
 import { ValidationError } from '@conveyor/shared/validation/suite';
 import { readMnistSource, type SourceDataset } from '../../services/trainer/src/pipeline/ingest.js';
 import { runAll } from '../../services/trainer/src/pipeline/run-all.js';
+import { signatureProblem } from '@conveyor/shared/model/signature';
 import { tagsOf } from '../../services/trainer/src/registry/gate.js';
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
@@ -62,13 +64,14 @@ describe('model lifecycle (real MLflow)', function () {
   describe('make train (with small configurations)', () => {
     let result: Awaited<ReturnType<typeof runAll>>;
     const experiment = `pipeline-${suffix}`;
+    const signing = generateKeyPairSync('ed25519');
 
     before(async () => {
       result = await runAll({
         configFiles: [tinyConfig('softmax'), tinyConfig('mlp'), tinyConfig('cnn')],
         dataRoot: path.join(tmp, 'data'),
         source,
-        tracking: { client, experiment },
+        tracking: { client, experiment, signingKey: signing.privateKey },
         register: true,
         publishTo: path.join(tmp, 'published'),
         reportsDir: path.join(tmp, 'reports'),
@@ -103,7 +106,20 @@ describe('model lifecycle (real MLflow)', function () {
     it('logs the model folder (with MLmodel and reference profile), the confusion matrix and the validation report', async () => {
       const best = result.runs.find((r) => r.run === result.best)!.tracked!;
       const model = (await client.listArtifacts(`${best.artifactUri}/model`)).map((f) => path.posix.basename(f.path)).sort();
-      expect(model).to.deep.equal(['MLmodel', 'evaluation.json', 'manifest.json', 'model.onnx', 'reference-profile.json']);
+      expect(model).to.deep.equal([
+        'MLmodel',
+        'evaluation.json',
+        'manifest.json',
+        'model.onnx',
+        'reference-profile.json',
+        'signature.json',
+      ]);
+      // Signed by the trainer before upload: what the registry serves verifies against its public key.
+      const downloaded = path.join(tmp, 'downloaded-model');
+      await client.downloadDirectory(`${best.artifactUri}/model`, downloaded);
+      expect(await signatureProblem(downloaded, signing.publicKey, ['manifest.json', 'model.onnx', 'MLmodel'])).to.equal(
+        undefined,
+      );
       const reports = (await client.listArtifacts(`${best.artifactUri}/reports`)).map((f) => path.posix.basename(f.path)).sort();
       expect(reports).to.deep.equal(['confusion-matrix.png', 'history.json', 'validation.json', 'validation.md']);
       const png = await client.downloadArtifact(`${best.artifactUri}/reports/confusion-matrix.png`);

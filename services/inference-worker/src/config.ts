@@ -22,6 +22,9 @@ export const WorkerConfig = z.object({
     'data/model-cache',
     'Where downloaded model versions are kept (verified by checksum, reused across restarts)',
   ),
+  MODEL_SIGNING_PUBLIC_KEY_FILE: env.optionalString(
+    "The trainer's Ed25519 public key (PEM); when set, model versions not signed with its private key are refused",
+  ),
   MODEL_POLL_INTERVAL_MS: env.int(10_000, 100, 3_600_000, 'How often the worker checks whether the alias it serves has moved'),
   WORKER_CONCURRENCY: env.int(4, 1, 256, 'Jobs one worker process handles at once (decoding overlaps on libuv threads)'),
   ORT_THREADS: env.int(1, 1, 64, 'onnxruntime intra-op threads per process; scale with processes rather than threads'),

@@ -1,4 +1,5 @@
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'bullmq';
@@ -38,6 +39,9 @@ if (config.MLFLOW_TRACKING_URI) {
     config.MODEL_URI,
     path.resolve(config.MODEL_CACHE_DIR),
     log,
+    config.MODEL_SIGNING_PUBLIC_KEY_FILE
+      ? createPublicKey(readFileSync(config.MODEL_SIGNING_PUBLIC_KEY_FILE, 'utf8'))
+      : undefined,
   );
   watcher = new ModelWatcher(source, models, { threads: config.ORT_THREADS, intervalMs: config.MODEL_POLL_INTERVAL_MS }, log);
   await watcher.start();

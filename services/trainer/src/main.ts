@@ -1,3 +1,5 @@
+import { createPrivateKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -35,11 +37,17 @@ const Env = z.object({
   MLFLOW_EXPERIMENT: z.string().default('conveyor-digits').describe('MLflow experiment the runs are logged to'),
   LOG_LEVEL: z.string().default('info'),
   DATA_DIR: z.string().default('data').describe('Where snapshots and run folders go'),
+  MODEL_SIGNING_KEY_FILE: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('Ed25519 private key (PEM) that signs every tracked model folder; `make signing-key` makes a pair'),
 });
 const env = loadConfigOrExit(Env);
 const log = createLogger('trainer', env.LOG_LEVEL, { sync: true });
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const client = env.MLFLOW_TRACKING_URI ? new MlflowClient(env.MLFLOW_TRACKING_URI) : undefined;
+const signingKey = env.MODEL_SIGNING_KEY_FILE ? createPrivateKey(readFileSync(env.MODEL_SIGNING_KEY_FILE, 'utf8')) : undefined;
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -115,6 +123,7 @@ try {
           dataset,
           report,
           log,
+          signingKey,
         );
         console.log(tracked.runId);
       }
@@ -157,7 +166,7 @@ try {
       const result = await runAll({
         configFiles: values.config?.length ? values.config : await defaultConfigs(),
         dataRoot: env.DATA_DIR,
-        ...(client ? { tracking: { client, experiment: env.MLFLOW_EXPERIMENT } } : {}),
+        ...(client ? { tracking: { client, experiment: env.MLFLOW_EXPERIMENT, ...(signingKey ? { signingKey } : {}) } } : {}),
         register: !values['no-register'],
         ...(values.publish ? { publishTo: path.resolve(values.publish) } : {}),
         ...(values.card ? { modelCardFile: path.resolve(values.card) } : {}),

@@ -1,3 +1,4 @@
+import type { KeyObject } from 'node:crypto';
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '@conveyor/shared/logger';
@@ -20,7 +21,7 @@ export interface RunAllOptions {
   readonly dataRoot: string;
   readonly source?: SourceDataset;
   readonly suiteFile?: string;
-  readonly tracking?: { client: MlflowClient; experiment: string };
+  readonly tracking?: { client: MlflowClient; experiment: string; signingKey?: KeyObject };
   /** Register the best run under this model name (needs tracking). */
   readonly register?: boolean;
   /** Copy the best model folder here (e.g. models/digits). */
@@ -62,7 +63,7 @@ export async function runAll(options: RunAllOptions): Promise<RunAllResult> {
     const run = await trainRun(config, dataset, report, path.join(options.dataRoot, 'runs', config.name, 'model'), log, features);
     const tracked =
       options.tracking && experimentId
-        ? await trackRun(options.tracking.client, experimentId, run, dataset, report, log)
+        ? await trackRun(options.tracking.client, experimentId, run, dataset, report, log, options.tracking.signingKey)
         : undefined;
     runs.push({ run, ...(tracked ? { tracked } : {}) });
   }

@@ -1,3 +1,5 @@
+import type { KeyObject } from 'node:crypto';
+import { signModelFolder } from '@conveyor/shared/model/signature';
 import { execFileSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -26,6 +28,8 @@ export async function trackRun(
   dataset: Dataset,
   validation: ValidationReport,
   log: Logger,
+  /** Signs the model folder before it is uploaded (workers holding the public key refuse unsigned versions). */
+  signingKey?: KeyObject,
 ): Promise<TrackedRun> {
   const { config, metrics } = run;
   const info = await client.createRun(
@@ -85,6 +89,7 @@ export async function trackRun(
       ],
     });
     await writeFile(path.join(run.dir, 'MLmodel'), mlmodelYaml({ runId: info.run_id, onnxFile: 'model.onnx' }));
+    if (signingKey) await signModelFolder(run.dir, signingKey);
     await client.uploadDirectory(info.artifact_uri, run.dir, 'model');
     await client.uploadArtifact(info.artifact_uri, 'reports/confusion-matrix.png', run.confusionPng, 'image/png');
     await client.uploadArtifact(
