@@ -22,7 +22,9 @@ export class JobLookup {
     const state = await this.queue.getJobState(id);
     switch (state) {
       case 'unknown':
-        return undefined;
+        // Either no such job, or it finished between the two reads: its result is stored first,
+        // then BullMQ removes the job. Re-read, or a poller gets a 404 for a job that just completed.
+        return this.finished(id);
       case 'active':
         return { kind: 'pending', status: 'active' };
       case 'completed':

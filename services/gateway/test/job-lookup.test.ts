@@ -1,0 +1,54 @@
+import { randomUUID } from 'node:crypto';
+import type { Queue } from 'bullmq';
+import { expect } from 'chai';
+import type { Redis } from 'ioredis';
+import { keys as keysOf, type CompletedResult } from '@conveyor/shared/contract/queue.contract';
+import { randomPrefix, testRedis } from '../../../test/support/redis.js';
+import { JobLookup } from '../src/jobs/job-lookup.js';
+
+/**
+ * A poll racing the job's completion: the result is stored, then BullMQ removes the job. A lookup
+ * that read "no result" just before, then "no such job" just after, must still find the result.
+ */
+describe('job lookup (real Redis, BullMQ state faked)', () => {
+  const prefix = randomPrefix('lookup');
+  const keys = keysOf(prefix);
+  let redis: Redis;
+
+  before(() => {
+    redis = testRedis();
+  });
+  after(() => redis.quit());
+
+  const result = (id: string): CompletedResult => ({
+    id,
+    requestId: 'r',
+    acceptedAt: new Date().toISOString(),
+    finishedAt: new Date().toISOString(),
+    attempt: 1,
+    worker: 'w',
+    status: 'completed',
+    model: { name: 'm', version: '1' },
+    prediction: { label: '7', index: 7, confidence: 0.9, top: [{ label: '7', confidence: 0.9 }] },
+    timings: { queueMs: 1, preprocessMs: 1, inferenceMs: 1, totalMs: 3 },
+    input: { format: 'png', bytes: 10, width: 28, height: 28, brightness: 0.1, contrast: 0.2, inkRatio: 0.1, inverted: false },
+  });
+
+  it('finds a job that completed between reading its result and reading its state', async () => {
+    const id = randomUUID();
+    // The job completes (result stored, job removed) while the lookup asks BullMQ for its state.
+    const queue = {
+      getJobState: async () => {
+        await redis.set(keys.result(id), JSON.stringify(result(id)), 'EX', 60);
+        return 'unknown';
+      },
+    } as unknown as Queue;
+    const view = await new JobLookup(queue, redis, keys).find(id);
+    expect(view).to.deep.include({ kind: 'finished' });
+  });
+
+  it('still answers "no such job" for an id that never existed', async () => {
+    const queue = { getJobState: () => Promise.resolve('unknown') } as unknown as Queue;
+    expect(await new JobLookup(queue, redis, keys).find(randomUUID())).to.equal(undefined);
+  });
+});
