@@ -2,8 +2,9 @@ import { randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
-import { keys as keysOf, type CompletedResult } from '@conveyor/shared/contract/queue.contract';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
+import { completedResult } from '../../../test/support/results.js';
 import { JobLookup } from '../src/jobs/job-lookup.js';
 
 /**
@@ -20,19 +21,7 @@ describe('job lookup (real Redis, BullMQ state faked)', () => {
   });
   after(() => redis.quit());
 
-  const result = (id: string): CompletedResult => ({
-    id,
-    requestId: 'r',
-    acceptedAt: new Date().toISOString(),
-    finishedAt: new Date().toISOString(),
-    attempt: 1,
-    worker: 'w',
-    status: 'completed',
-    model: { name: 'm', version: '1' },
-    prediction: { label: '7', index: 7, confidence: 0.9, top: [{ label: '7', confidence: 0.9 }] },
-    timings: { queueMs: 1, preprocessMs: 1, inferenceMs: 1, totalMs: 3 },
-    input: { format: 'png', bytes: 10, width: 28, height: 28, brightness: 0.1, contrast: 0.2, inkRatio: 0.1, inverted: false },
-  });
+  const result = completedResult;
 
   it('finds a job that completed between reading its result and reading its state', async () => {
     const id = randomUUID();

@@ -1,8 +1,9 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
-import { keys as keysOf, type CompletedResult, type ReplyMessage } from '@conveyor/shared/contract/queue.contract';
+import { keys as keysOf, type ReplyMessage } from '@conveyor/shared/contract/queue.contract';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
+import { completedResult } from '../../../test/support/results.js';
 import { ResultWaiter } from '../src/jobs/result-waiter.js';
 
 describe('result waiter (real Redis)', () => {
@@ -12,19 +13,7 @@ describe('result waiter (real Redis)', () => {
   let reader: Redis;
   let waiter: ResultWaiter;
 
-  const result = (id: string): CompletedResult => ({
-    id,
-    requestId: 'r',
-    acceptedAt: new Date().toISOString(),
-    finishedAt: new Date().toISOString(),
-    attempt: 1,
-    worker: 'w',
-    status: 'completed',
-    model: { name: 'm', version: '1' },
-    prediction: { label: '7', index: 7, confidence: 0.9, top: [{ label: '7', confidence: 0.9 }] },
-    timings: { queueMs: 1, preprocessMs: 1, inferenceMs: 1, totalMs: 3 },
-    input: { format: 'png', bytes: 10, width: 28, height: 28, brightness: 0.1, contrast: 0.2, inkRatio: 0.1, inverted: false },
-  });
+  const result = completedResult;
   const uuid = () => crypto.randomUUID();
 
   beforeEach(async () => {
