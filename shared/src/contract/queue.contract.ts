@@ -36,8 +36,11 @@ export function keys(prefix: string) {
      * `workers.e2e.test.ts` checks the name against a running BullMQ.
      */
     jobLock: (jobId: string) => `${prefix}:${QUEUES.inference}:${jobId}:lock`,
-    /** Places in the queue reserved by requests whose job is not queued yet (gateway admission). */
-    admissionReserved: `${prefix}:admission:reserved`,
+    /**
+     * Sorted set of places in the queue reserved by requests whose job is not queued yet (gateway
+     * admission): member the job id the request will use, score the time (ms) the place lapses.
+     */
+    admissionReserved: `${prefix}:admission:reservations`,
     /** Bytes of images stored for queued jobs: raised at admission, lowered by the worker's result commit. */
     queuedBytes: `${prefix}:admission:queued-bytes`,
     /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */

@@ -8,12 +8,19 @@ import { ProblemError } from '@conveyor/shared/problem';
  *
  * The bound is strict across concurrent requests and gateway instances: a request reserves its
  * place atomically (one Lua call counting the waiting jobs plus the places reserved by requests
- * not yet queued), and gives the reservation back once its job is queued or it failed. A gateway
- * that dies holding reservations leaves them to expire with the counter (RESERVATION_TTL_MS after
- * the last reservation). Before, the depth was read at most every 250 ms, and 66 jobs got into a
- * queue limited to 50.
+ * not yet queued), and gives the reservation back once its job is queued or it failed.
+ *
+ * A reservation is held under the job id the request will use, so the count never holds a job
+ * twice: a reserved place whose job hash already exists is queued (counted as waiting, or already
+ * taken by a worker) and is not counted again, however late its release arrives. (A plain counter
+ * of reservations counted every job twice between its add and its release: with 150 concurrent
+ * requests and a limit of 50, CI admitted 49.) A gateway that dies holding reservations leaves them
+ * to lapse RESERVATION_TTL_MS after they were made. Before any of this, the depth was read at most
+ * every 250 ms, and 66 jobs got into a queue limited to 50.
  */
 export interface Reservation {
+  /** The id the request's job is to have: the place is reserved under it. */
+  readonly jobId: string;
   /** The job is queued with an image of `bytes` (it now counts as waiting, its bytes as queued). */
   queued(bytes: number): void;
   /** Idempotent; gives back whatever `queued` did not keep (the place, the reserved bytes). */
@@ -24,24 +31,34 @@ export interface Reservation {
 // no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). The queued-bytes counter
 // rises by what a request reserves (its declared length, corrected once the image is stored) and
 // falls when a worker commits the job's result (result-publisher.ts), once per job.
-// KEYS: wait list, prioritized set, reservations counter, queued-bytes counter.
-// ARGV: max depth, counter TTL (ms), max queued bytes, bytes to reserve.
+//
+// The scan over the reservations is bounded by the requests being admitted at that moment (each
+// gateway holds at most MAX_CONNECTIONS), not by the queue. The job hashes are read by name, as
+// BullMQ's own scripts do: the whole queue lives under one prefix, on one Redis (or one hash slot).
+// KEYS: wait list, prioritized set, reservations set, queued-bytes counter.
+// ARGV: max depth, reservation TTL (ms), max queued bytes, bytes to reserve, job id, job key prefix.
 // Returns { 0 } admitted, { 1, depth } queue full, { 2, queued bytes } byte budget full.
 const RESERVE = `
-local depth = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + tonumber(redis.call('GET', KEYS[3]) or '0')
+local now = redis.call('TIME')
+local nowMs = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', nowMs)
+for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if redis.call('EXISTS', ARGV[6] .. id) == 1 then redis.call('ZREM', KEYS[3], id) end
+end
+local depth = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
 if depth >= tonumber(ARGV[1]) then return { 1, depth } end
 local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
 if queued + tonumber(ARGV[4]) > tonumber(ARGV[3]) then return { 2, queued } end
-redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[3], nowMs + tonumber(ARGV[2]), ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('INCRBY', KEYS[4], ARGV[4])
 return { 0 }`;
 
-// Gives a reservation's place back and corrects the queued bytes by ARGV[1], in one call; neither
-// counter goes below zero (the reservations counter may have expired meanwhile).
-// KEYS: reservations counter, queued-bytes counter. ARGV: bytes change.
+// Gives a reservation's place back and corrects the queued bytes by ARGV[1], in one call; the
+// byte counter never goes below zero.
+// KEYS: reservations set, queued-bytes counter. ARGV: bytes change, job id.
 const RELEASE = `
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+redis.call('ZREM', KEYS[1], ARGV[2])
 if tonumber(ARGV[1]) ~= 0 and redis.call('INCRBY', KEYS[2], ARGV[1]) < 0 then redis.call('SET', KEYS[2], 0) end
 return 1`;
 
@@ -51,14 +68,16 @@ type AdmissionRedis = Redis & {
   conveyorReserve(
     wait: string,
     prioritized: string,
-    counter: string,
+    reservations: string,
     queuedBytes: string,
     max: number,
     ttlMs: number,
     maxBytes: number,
     bytes: number,
+    jobId: string,
+    jobKeyPrefix: string,
   ): Promise<[number, number?]>;
-  conveyorRelease(counter: string, queuedBytes: string, bytesChange: number): Promise<number>;
+  conveyorRelease(reservations: string, queuedBytes: string, bytesChange: number, jobId: string): Promise<number>;
 };
 
 export interface AdmissionLimits {
@@ -98,8 +117,8 @@ export class Admission {
     return this.inflight;
   }
 
-  /** `bytes`: what the request may store (its declared length, or the upload limit). */
-  async admit(bytes: number): Promise<Reservation> {
+  /** `jobId`: the id the request's job will have; `bytes`: what it may store (its declared length, or the upload limit). */
+  async admit(jobId: string, bytes: number): Promise<Reservation> {
     const { wait, prioritized } = this.queue.keys;
     const { reserved, queuedBytes } = this.keys;
     const { maxDepth, maxQueuedBytes } = this.limits;
@@ -112,6 +131,8 @@ export class Admission {
       RESERVATION_TTL_MS,
       maxQueuedBytes,
       bytes,
+      jobId,
+      this.queue.toKey(''),
     );
     if (code === 1) {
       throw new ProblemError('overloaded', `${value} jobs are waiting or being queued; the limit is ${maxDepth}`, {
@@ -128,9 +149,10 @@ export class Admission {
     const giveBack = (bytesChange: number) => {
       if (!held) return;
       held = false;
-      this.redis.conveyorRelease(reserved, queuedBytes, bytesChange).catch(() => undefined);
+      this.redis.conveyorRelease(reserved, queuedBytes, bytesChange, jobId).catch(() => undefined);
     };
     return {
+      jobId,
       // The image stays counted (the worker's result commit takes it off); only the estimate is corrected.
       queued: (stored) => giveBack(stored - bytes),
       release: () => giveBack(-bytes),

@@ -63,7 +63,8 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
       throw error;
     }
     const prefer = parsePrefer(ctx.get('prefer'), config.SYNC_WAIT_DEFAULT_SECONDS, config.SYNC_WAIT_MAX_SECONDS);
-    const jobId = randomUUID();
+    // Chosen at admission, which reserved the place under it; named in answers once the job exists.
+    const jobId = ctx.state.reservation?.jobId ?? randomUUID();
     ctx.state.jobId = jobId;
     ctx.state.log = ctx.state.log.child({ jobId });
     ctx.set('Preference-Applied', prefer.applied);
@@ -137,7 +138,7 @@ function admit(deps: PredictDeps, config: PredictDeps['config']) {
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
-      reservation = await deps.admission.admit(Math.min(bytes, config.MAX_UPLOAD_BYTES));
+      reservation = await deps.admission.admit(randomUUID(), Math.min(bytes, config.MAX_UPLOAD_BYTES));
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
