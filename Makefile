@@ -55,6 +55,10 @@ mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on :5000 (installs the 
 train: $(NODE_MODULES) ## ingest → validate → train 3 experiments → track in MLflow → register the best (alias staging) → models/digits, MODEL_CARD.md
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts all --publish models/digits --card MODEL_CARD.md --reports docs/validation
 
+.PHONY: model-moderation
+model-moderation: $(NODE_MODULES) ## models/moderation: nsfwjs's MobileNetV2 → ONNX (pinned .venv/models), sha256 checked, compared with the original in tfjs (RECORD=1 rewrites its reference predictions)
+	$(TSX) scripts/models/moderation.ts $(if $(RECORD),--record,)
+
 .PHONY: promote
 promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; move the production alias if it passes
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts promote $(if $(VERSION),--version $(VERSION),)

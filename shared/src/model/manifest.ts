@@ -29,6 +29,13 @@ export const ResizePolicy = z.enum([
   'contain',
   /** Stretch to the input size, ignoring aspect ratio. */
   'fill',
+  /**
+   * Stretch like `fill`, but sampled exactly as TensorFlow's `resizeBilinear(…, alignCorners: true)`
+   * (corner pixels onto corner pixels, two-tap linear interpolation, no antialiasing), in floating
+   * point from the full-size decode: for models served that way at training time (nsfwjs). A
+   * different resampler moves such a model's probabilities by far more than its conversion does.
+   */
+  'bilinear-align-corners',
 ]);
 export type ResizePolicy = z.infer<typeof ResizePolicy>;
 

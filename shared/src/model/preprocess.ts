@@ -272,17 +272,28 @@ async function framePipeline(
   const [r, g, b] = spec.background;
   const background = { r, g, b, alpha: 1 };
   const fit = spec.resize === 'fill' ? 'fill' : spec.resize === 'contain' ? 'contain' : 'cover';
+  // `bilinear-align-corners` is resampled here in floating point from the full-size decode: libvips
+  // has no such kernel, and rounding its output to 8 bits would already move the model's answers.
+  const aligned = spec.resize === 'bilinear-align-corners';
   let pipeline = source.autoOrient().flatten({ background });
   // An image already at the model's size needs no resampling (every fit is the identity then).
-  if (oriented.width !== width || oriented.height !== height) pipeline = pipeline.resize({ width, height, fit, background });
+  if (!aligned && (oriented.width !== width || oriented.height !== height)) {
+    pipeline = pipeline.resize({ width, height, fit, background });
+  }
   pipeline = spec.color === 'gray' ? pipeline.greyscale() : pipeline.toColourspace('srgb');
   const { data, info } = await pipeline.removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   const channels = spec.color === 'gray' ? 1 : 3;
   if (info.channels !== channels) throw new Error(`expected ${channels} channels after preprocessing, got ${info.channels}`);
-  if (info.width !== width || info.height !== height) {
+  let pixels = new Uint8Array(data.buffer, data.byteOffset, data.length);
+  let resampled: Float32Array | undefined;
+  if (aligned) {
+    resampled = resizeAlignedBilinear(pixels, info.width, info.height, channels, width, height);
+    // The descriptors below are 8-bit statistics, as for every other policy; the tensor is not.
+    pixels = new Uint8Array(resampled.length);
+    for (let i = 0; i < resampled.length; i++) pixels[i] = Math.round(resampled[i]!);
+  } else if (info.width !== width || info.height !== height) {
     throw new Error(`expected ${width}×${height} after preprocessing, got ${info.width}×${info.height}`);
   }
-  const pixels = new Uint8Array(data.buffer, data.byteOffset, data.length);
   const gray = channels === 1 ? pixels : lumaOf(pixels);
   // The polarity is decided on the border before anything is inverted; the tensor's tables then
   // invert as they normalise, so the pixels are read once more and never rewritten.
@@ -292,7 +303,9 @@ async function framePipeline(
   for (let i = 0; i < gray.length; i++) if (gray[i]! < 128) dark++;
   const inkPixels = inverted ? dark : gray.length - dark;
   return {
-    tensor: toTensor(pixels, channels, width, height, manifest.input.layout, spec, inverted),
+    tensor: resampled
+      ? floatTensor(resampled, channels, width, height, manifest.input.layout, spec, inverted)
+      : toTensor(pixels, channels, width, height, manifest.input.layout, spec, inverted),
     descriptors: {
       width: oriented.width,
       height: oriented.height,
@@ -302,6 +315,56 @@ async function framePipeline(
       inverted,
     },
   };
+}
+
+/**
+ * TensorFlow's `resizeBilinear` with `alignCorners: true` (and no half-pixel centres), computed as
+ * tfjs' CPU kernel computes it: output pixel (x, y) samples the source at (x · (w − 1) / (W − 1),
+ * y · (h − 1) / (H − 1)) and interpolates its four neighbours, first along x, then along y.
+ * Interleaved 8-bit pixels in, interleaved floats (0–255) out.
+ */
+export function resizeAlignedBilinear(
+  src: Uint8Array,
+  w: number,
+  h: number,
+  channels: number,
+  outW: number,
+  outH: number,
+): Float32Array {
+  const ratioX = outW > 1 ? (w - 1) / (outW - 1) : w / outW;
+  const ratioY = outH > 1 ? (h - 1) / (outH - 1) : h / outH;
+  // The column taps are the same for every row: computed once.
+  const left = new Int32Array(outW);
+  const right = new Int32Array(outW);
+  const fracX = new Float64Array(outW);
+  for (let x = 0; x < outW; x++) {
+    const at = ratioX * x;
+    const floor = Math.max(0, Math.floor(at));
+    left[x] = floor * channels;
+    right[x] = Math.min(w - 1, Math.ceil(at)) * channels;
+    fracX[x] = at - floor;
+  }
+  const out = new Float32Array(outW * outH * channels);
+  for (let y = 0, o = 0; y < outH; y++) {
+    const at = ratioY * y;
+    const floor = Math.max(0, Math.floor(at));
+    const fracY = at - floor;
+    const top = floor * w * channels;
+    const bottom = Math.min(h - 1, Math.ceil(at)) * w * channels;
+    for (let x = 0; x < outW; x++) {
+      const l = left[x]!;
+      const r = right[x]!;
+      const t = fracX[x]!;
+      for (let c = 0; c < channels; c++, o++) {
+        const topLeft = src[top + l + c]!;
+        const bottomLeft = src[bottom + l + c]!;
+        const upper = topLeft + (src[top + r + c]! - topLeft) * t;
+        const lower = bottomLeft + (src[bottom + r + c]! - bottomLeft) * t;
+        out[o] = upper + (lower - upper) * fracY;
+      }
+    }
+  }
+  return out;
 }
 
 /**
@@ -604,6 +667,30 @@ function addRow(src: Uint8Array, start: number, width: number, channels: number,
       for (let c = 0; c < channels; c++) sums[block + c]! += src[p++]!;
     }
   }
+}
+
+/** Interleaved float pixels (0–255) → normalised float32 in the model's layout (inverted first if asked). */
+function floatTensor(
+  values: Float32Array,
+  channels: number,
+  width: number,
+  height: number,
+  layout: 'NCHW' | 'NHWC',
+  spec: PreprocessSpec,
+  inverted: boolean,
+): Float32Array {
+  const { scale, mean, std } = spec.normalize;
+  const plane = width * height;
+  const out = new Float32Array(plane * channels);
+  for (let c = 0; c < channels; c++) {
+    const m = mean[c] ?? 0;
+    const s = std[c] ?? 1;
+    for (let i = 0, p = c; i < plane; i++, p += channels) {
+      const v = inverted ? 255 - values[p]! : values[p]!;
+      out[layout === 'NCHW' ? c * plane + i : p] = (v * scale - m) / s;
+    }
+  }
+  return out;
 }
 
 /** Interleaved 8-bit pixels → normalised float32 in the model's layout (inverted first if asked). */

@@ -1,0 +1,86 @@
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { expect } from 'chai';
+import onnxProto from 'onnx-proto';
+import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
+import { readManifest } from '@conveyor/shared/model/runtime';
+import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
+import {
+  ensureModelsVenv,
+  ensureModerationModel,
+  MODERATION_DIR,
+  readReferencePredictions,
+} from '../scripts/models/moderation.js';
+import { ensureNsfwjs } from '../scripts/models/nsfwjs.js';
+
+/**
+ * models/moderation is converted at build time from the nsfwjs npm package; the repository holds
+ * the converter and the sha256. When model.onnx is missing (a fresh clone), this builds it as
+ * `make model-moderation` does (venv, npm pack, convert.py: seconds once installed) rather than
+ * skipping, and then holds the file to its recorded checksum.
+ */
+describe('models/moderation: nsfwjs MobileNetV2 converted to ONNX at build time', function () {
+  this.timeout(600_000);
+  const file = path.join(MODERATION_DIR, 'model.onnx');
+
+  before(async () => {
+    await ensureModerationModel();
+  });
+
+  it('has exactly the sha256 its manifest records', async () => {
+    const manifest = await readManifest(MODERATION_DIR);
+    expect(createHash('sha256').update(readFileSync(file)).digest('hex')).to.equal(manifest.sha256);
+    expect(manifest.version).to.equal(`sha-${manifest.sha256.slice(0, 12)}`);
+  });
+
+  it('is deterministic: converting again gives the same bytes', () => {
+    const out = mkdtempSync(path.join(os.tmpdir(), 'conveyor-moderation-'));
+    try {
+      const python = path.join(ensureModelsVenv(), 'bin', 'python');
+      const convert = path.join(MODERATION_DIR, 'convert.py');
+      const run = spawnSync(python, [convert, '--tfjs', ensureNsfwjs().tfjsDir, '--out', path.join(out, 'model.onnx')], {
+        encoding: 'utf8',
+      });
+      expect(run.status, run.stderr).to.equal(0);
+      expect(readFileSync(path.join(out, 'model.onnx')).equals(readFileSync(file))).to.equal(true);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  it('is IR version 8, opset 13, with an NCHW 3×224×224 input (what onnxruntime-node 1.30 loads)', () => {
+    const model = onnxProto.onnx.ModelProto.decode(readFileSync(file));
+    expect(Number(model.irVersion)).to.equal(8);
+    expect(model.opsetImport.map((o) => [o.domain ?? '', Number(o.version)])).to.deep.equal([['', 13]]);
+    const [input] = model.graph?.input ?? [];
+    const dims = input?.type?.tensorType?.shape?.dim?.map((d) => d.dimParam || Number(d.dimValue)) ?? [];
+    expect([input?.name, dims]).to.deep.equal(['input', ['N', 3, 224, 224]]);
+  });
+
+  it("passes the worker's model-folder checks, with one label per output and a placeholder profile", async () => {
+    const model = await loadCheckedModel(MODERATION_DIR);
+    try {
+      expect(model.outputSize).to.equal(5);
+      expect(model.manifest.labels).to.deep.equal(['Drawing', 'Hentai', 'Neutral', 'Porn', 'Sexy']);
+      const profile: unknown = JSON.parse(readFileSync(path.join(MODERATION_DIR, REFERENCE_PROFILE_FILE), 'utf8'));
+      expect(profile).to.deep.equal(placeholderProfile(model.manifest));
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('has reference predictions recorded for this very model version', async () => {
+    const manifest = await readManifest(MODERATION_DIR);
+    const reference = readReferencePredictions();
+    expect(reference.model).to.deep.equal({ name: manifest.name, version: manifest.version });
+    expect(reference.labels).to.deep.equal(manifest.labels);
+    expect(reference.images.map((i) => i.name)).to.deep.equal(['chelsea', 'astronaut', 'coffee']);
+    // The package's own figure for the cat photo: Neutral ≈ 0.93.
+    const chelsea = reference.images[0]!;
+    expect(chelsea.label).to.equal('Neutral');
+    expect(chelsea.probabilities[manifest.labels.indexOf('Neutral')]).to.be.closeTo(0.93, 0.01);
+  });
+});
