@@ -1,6 +1,7 @@
 # The MLflow tracking server and model registry: the pinned Python package (every dependency at
-# the version in requirements/mlflow.lock.txt), SQLite backend store and served artifacts, both on
-# the /mlflow volume, running as an unprivileged user.
+# the version in requirements/mlflow.lock.txt, with the `auth` extra), SQLite backend store and
+# served artifacts, both on the /mlflow volume, running as an unprivileged user behind MLflow's
+# basic-auth app: every request but /health needs an account (docker/mlflow-entrypoint.sh).
 FROM python:3.11-slim-bookworm
 RUN useradd --system --create-home --home-dir /home/mlflow mlflow \
  && mkdir -p /mlflow && chown mlflow:mlflow /mlflow
@@ -8,12 +9,17 @@ COPY requirements/mlflow.lock.txt /tmp/mlflow.lock.txt
 RUN python3 -m venv /opt/mlflow \
  && /opt/mlflow/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/mlflow.lock.txt \
  && rm /tmp/mlflow.lock.txt
+COPY scripts/mlflow/basic-auth.ini scripts/mlflow/provision-auth.py docker/mlflow-entrypoint.sh /opt/conveyor/
 USER mlflow
+# The auth INI's database path is relative: the accounts live on the volume, beside mlflow.db.
+WORKDIR /mlflow
+ENV MLFLOW_AUTH_CONFIG_PATH=/opt/conveyor/basic-auth.ini
 VOLUME ["/mlflow"]
 EXPOSE 5000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=5 \
   CMD ["/opt/mlflow/bin/python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4).status == 200 else 1)"]
+ENTRYPOINT ["/bin/sh", "/opt/conveyor/mlflow-entrypoint.sh"]
 # The Host check (MLflow >= 3.5) must let the other services in by their compose name.
-CMD ["/opt/mlflow/bin/mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--workers", "2", \
+CMD ["--host", "0.0.0.0", "--port", "5000", "--workers", "2", \
      "--backend-store-uri", "sqlite:////mlflow/mlflow.db", "--artifacts-destination", "/mlflow/artifacts", "--serve-artifacts", \
      "--allowed-hosts", "mlflow,mlflow:5000,localhost,localhost:*,127.0.0.1,127.0.0.1:*"]

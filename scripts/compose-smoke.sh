@@ -2,7 +2,8 @@
 # Compose smoke test: build the images, start the whole system with four inference workers, and
 # check it from outside through the published ports: readiness, a synchronous and an asynchronous
 # prediction, jobs spread over all four workers, the queue dashboard behind its credentials, the
-# monitor and MLflow. Always tears everything down (volumes included). Prints what it checked.
+# monitor, and MLflow behind its own (basic-auth: anonymous refused, the READ-only reader reads and
+# cannot change what the admin made). Always tears everything down (volumes included). Prints what it checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ if docker compose version >/dev/null 2>&1; then compose=(docker compose); else c
 project=${COMPOSE_PROJECT:-conveyor-smoke}
 export GATEWAY_PORT=${GATEWAY_PORT:-18080} MONITOR_PORT=${MONITOR_PORT:-19100} MLFLOW_PORT=${MLFLOW_PORT:-15000}
 export DASHBOARD_USER=smoke DASHBOARD_PASSWORD=smoke-test-password
+export MLFLOW_ADMIN_PASSWORD=smoke-admin-password MLFLOW_READER_PASSWORD=smoke-reader-password
 dc() { "${compose[@]}" -p "$project" "$@"; }
 gateway="http://127.0.0.1:$GATEWAY_PORT"
 checks=0
@@ -70,7 +72,14 @@ ok "monitor on :$MONITOR_PORT consumed the prediction events (/drift)"
 
 for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1 && break; sleep 2; done
 curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null || fail "MLflow does not answer"
-ok "MLflow tracking server on :$MLFLOW_PORT"
+api="http://127.0.0.1:$MLFLOW_PORT/api/2.0/mlflow"
+status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+[ "$(status "$api/experiments/search?max_results=1")" = 401 ] || fail "MLflow answered without credentials"
+[ "$(status -u "reader:$MLFLOW_READER_PASSWORD" "$api/experiments/search?max_results=1")" = 200 ] || fail "MLflow refused the reader"
+[ "$(status -u admin:wrong-password-here "$api/experiments/search?max_results=1")" = 401 ] || fail "MLflow took a wrong password"
+[ "$(status -u "admin:$MLFLOW_ADMIN_PASSWORD" -H 'content-type: application/json' -d '{"name":"smoke"}' "$api/registered-models/create")" = 200 ] || fail "the MLflow admin cannot create a model"
+[ "$(status -u "reader:$MLFLOW_READER_PASSWORD" -X PATCH -H 'content-type: application/json' -d '{"name":"smoke","description":"x"}' "$api/registered-models/update")" = 403 ] || fail "the MLflow reader could change the admin's model"
+ok "MLflow on :$MLFLOW_PORT with authentication: 401 anonymous or with a wrong password, the reader reads (200) and cannot change the admin's model (403)"
 
 for _ in $(seq 1 30); do
   unhealthy=$(dc ps | tail -n +3 | grep -vc '(healthy)' || true)

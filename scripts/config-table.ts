@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { GatewayConfig } from '../services/gateway/src/config.js';
 import { WorkerConfig } from '../services/inference-worker/src/config.js';
 import { MonitorConfig } from '../services/monitor/src/config.js';
+import { TrainerConfig } from '../services/trainer/src/config.js';
 import { ROOT } from './lib/service-process.js';
 
 /**
@@ -14,6 +15,7 @@ const services: [string, z.ZodType][] = [
   ['gateway', GatewayConfig],
   ['inference-worker', WorkerConfig],
   ['monitor', MonitorConfig],
+  ['trainer', TrainerConfig],
 ];
 
 interface Row {

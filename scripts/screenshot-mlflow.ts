@@ -1,6 +1,8 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { chromium, type Page } from 'playwright-core';
+import { z } from 'zod';
+import { checkMlflowAuth, loadConfigOrExit, mlflowAuthShape, mlflowCredentials } from '@conveyor/shared/config';
 import { MlflowClient } from '@conveyor/shared/mlflow/client';
 import { ROOT } from './lib/service-process.js';
 
@@ -10,14 +12,18 @@ import { ROOT } from './lib/service-process.js';
  * and the registered model with its versions and aliases.
  * Run through `make screenshots`.
  */
-const uri = process.env.MLFLOW_TRACKING_URI;
-if (!uri) throw new Error('MLFLOW_TRACKING_URI is not set (use make screenshots)');
+const config = loadConfigOrExit(
+  z.object({ MLFLOW_TRACKING_URI: z.url().describe('set by make screenshots'), ...mlflowAuthShape }).superRefine(checkMlflowAuth),
+);
+const uri = config.MLFLOW_TRACKING_URI;
 const experimentName = process.env.MLFLOW_EXPERIMENT ?? 'conveyor-digits';
 const modelName = process.env.MODEL_NAME ?? 'digits';
 const out = path.join(ROOT, 'docs', 'images');
 mkdirSync(out, { recursive: true });
 
-const client = new MlflowClient(uri);
+// On a server with authentication, the same account for the REST calls and the browser (Basic auth).
+const credentials = mlflowCredentials(config);
+const client = new MlflowClient(uri, { credentials });
 const experiment = await client.getExperimentByName(experimentName);
 if (!experiment) throw new Error(`no experiment ${experimentName}: run make train first`);
 
@@ -41,7 +47,10 @@ async function tidy(page: Page): Promise<void> {
   await page.waitForTimeout(500);
 }
 try {
-  const page = await browser.newPage({ viewport: { width: 1500, height: 820 } });
+  const page = await browser.newPage({
+    viewport: { width: 1500, height: 820 },
+    ...(credentials ? { httpCredentials: credentials } : {}),
+  });
   await page.goto(`${uri}/#/experiments/${experiment.experimentId}/runs`, { waitUntil: 'domcontentloaded' });
   await page.getByText('Model training').first().waitFor({ timeout: 60_000 });
   await tidy(page);

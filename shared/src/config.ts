@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import type { MlflowCredentials } from './mlflow/client.js';
 
 /**
  * Configuration is read from the environment once, at start-up, and validated against a zod schema.
@@ -18,10 +20,23 @@ export function loadConfig<S extends z.ZodType>(schema: S, env: Record<string, s
   const lines = parsed.error.issues.map((issue) => {
     const key = issue.path.join('.') || '(environment)';
     const value = typeof issue.path[0] === 'string' ? env[issue.path[0]] : undefined;
-    const shown = value === undefined ? 'unset' : JSON.stringify(value);
+    // The message goes to logs and terminals: a secret that fails validation is not printed.
+    const secret = typeof issue.path[0] === 'string' && SECRET_KEY.test(issue.path[0]);
+    const shown = value === undefined ? 'unset' : secret ? 'set, not shown' : JSON.stringify(withoutUrlPassword(value));
     return `  ${key} (${shown}): ${issue.message}`;
   });
   throw new ConfigError(`Invalid configuration:\n${lines.join('\n')}`);
+}
+
+const SECRET_KEY = /(PASSWORD|SECRET|TOKEN)$/;
+
+/** `redis://:pw@host` → `redis://:***@host`; anything that is not a URL with a password, as it is. */
+function withoutUrlPassword(value: string): string {
+  if (!URL.canParse(value)) return value;
+  const url = new URL(value);
+  if (!url.password) return value;
+  url.password = '***';
+  return url.toString();
 }
 
 /** For entry points: a bad configuration is printed plainly (no stack trace) and the process exits 78 (EX_CONFIG). */
@@ -109,3 +124,69 @@ export const imageLimitsShape = {
     'Largest accepted ratio of the longer side to the shorter → 422 before decoding (a 1 × 40,000,000 strip holds a worker for seconds)',
   ),
 };
+
+/**
+ * Credentials for an MLflow server with authentication (`mlflow server --app-name basic-auth`), for
+ * every process that talks to the registry. MLflow's own client reads the same two variables; the
+ * `_FILE` variant takes a secret's path (compose, Kubernetes), like MODEL_SIGNING_KEY_FILE.
+ * Objects using it add `.superRefine(checkMlflowAuth)`.
+ */
+export const mlflowAuthShape = {
+  MLFLOW_TRACKING_USERNAME: env.optionalString(
+    'User for an MLflow server with authentication (`--app-name basic-auth`), with MLFLOW_TRACKING_PASSWORD_FILE or MLFLOW_TRACKING_PASSWORD; a refusal (401/403) is reported as such and never retried',
+  ),
+  MLFLOW_TRACKING_PASSWORD_FILE: env.optionalString(
+    'File holding the password of MLFLOW_TRACKING_USERNAME (a compose or Kubernetes secret; a trailing newline is ignored)',
+  ),
+  MLFLOW_TRACKING_PASSWORD: env.optionalString(
+    'The password itself, where a file is impractical (prefer MLFLOW_TRACKING_PASSWORD_FILE: environments show up in `docker inspect` and crash reports)',
+  ),
+};
+
+type MlflowAuthConfig = {
+  [K in keyof typeof mlflowAuthShape]?: string | undefined;
+} & { MLFLOW_TRACKING_URI?: string | undefined };
+
+/** A secret file's content; a trailing newline (from `echo` or an editor) is not part of the secret. */
+export function readSecretFile(file: string): string {
+  const value = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  if (!value) throw new Error('the file is empty');
+  return value;
+}
+
+/** The cross-field rules of mlflowAuthShape, checked at start-up with the rest of the configuration. */
+export function checkMlflowAuth(config: MlflowAuthConfig, ctx: z.RefinementCtx): void {
+  const issue = (key: string, message: string) => ctx.addIssue({ code: 'custom', path: [key], message });
+  const { MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_USERNAME: user } = config;
+  const { MLFLOW_TRACKING_PASSWORD: password, MLFLOW_TRACKING_PASSWORD_FILE: file } = config;
+  if (uri && URL.canParse(uri)) {
+    const parsed = new URL(uri);
+    if (parsed.username || parsed.password)
+      issue(
+        'MLFLOW_TRACKING_URI',
+        'no credentials in the URL (it is logged): use MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD_FILE',
+      );
+  }
+  if (password && file)
+    issue('MLFLOW_TRACKING_PASSWORD', 'set MLFLOW_TRACKING_PASSWORD_FILE or MLFLOW_TRACKING_PASSWORD, not both');
+  if (user && !password && !file)
+    issue('MLFLOW_TRACKING_USERNAME', 'needs MLFLOW_TRACKING_PASSWORD_FILE (or MLFLOW_TRACKING_PASSWORD)');
+  if (!user && (password || file))
+    issue('MLFLOW_TRACKING_USERNAME', 'a password is configured but no user: set MLFLOW_TRACKING_USERNAME too');
+  if (file) {
+    try {
+      readSecretFile(file);
+    } catch (error) {
+      issue('MLFLOW_TRACKING_PASSWORD_FILE', `cannot read the password: ${(error as Error).message}`);
+    }
+  }
+}
+
+/** The configured MLflow credentials (the password read from its file), or undefined for none. */
+export function mlflowCredentials(config: MlflowAuthConfig): MlflowCredentials | undefined {
+  const username = config.MLFLOW_TRACKING_USERNAME;
+  if (!username) return undefined;
+  const file = config.MLFLOW_TRACKING_PASSWORD_FILE;
+  const password = file ? readSecretFile(file) : config.MLFLOW_TRACKING_PASSWORD;
+  return password ? { username, password } : undefined;
+}

@@ -1,6 +1,17 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { expect } from 'chai';
 import { z } from 'zod';
-import { ConfigError, env, loadConfig, redisConfigShape } from '../src/config.js';
+import {
+  checkMlflowAuth,
+  ConfigError,
+  env,
+  loadConfig,
+  mlflowAuthShape,
+  mlflowCredentials,
+  redisConfigShape,
+} from '../src/config.js';
 
 describe('config', () => {
   const Schema = z.object({
@@ -35,5 +46,74 @@ describe('config', () => {
     expect(message).to.contain('PORT ("70000")');
     expect(message).to.contain('DEBUG ("maybe")');
     expect(message).to.contain('REDIS_URL ("http://x"): must be a redis:// or rediss:// URL');
+  });
+
+  it('never prints a secret that fails validation, nor the password in a URL', () => {
+    const Secrets = z.object({ ...redisConfigShape, DASHBOARD_PASSWORD: z.string().min(12) });
+    const message = (() => {
+      try {
+        loadConfig(Secrets, { DASHBOARD_PASSWORD: 'hunter2', REDIS_URL: 'http://:s3cret@x' });
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return '';
+    })();
+    expect(message).to.contain('DASHBOARD_PASSWORD (set, not shown)');
+    expect(message).to.contain('REDIS_URL ("http://:***@x/")');
+    expect(message).not.to.match(/hunter2|s3cret/);
+  });
+
+  describe('MLflow credentials', () => {
+    const Mlflow = z.object({ MLFLOW_TRACKING_URI: z.url().optional(), ...mlflowAuthShape }).superRefine(checkMlflowAuth);
+    let dir: string;
+    before(() => {
+      dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-config-'));
+    });
+    after(() => rmSync(dir, { recursive: true, force: true }));
+
+    const problems = (values: Record<string, string>) => {
+      try {
+        loadConfig(Mlflow, values);
+        return '';
+      } catch (e) {
+        expect(e).to.be.instanceOf(ConfigError);
+        return (e as Error).message;
+      }
+    };
+
+    it('reads the password from its file (a trailing newline is not part of it), or from the variable', () => {
+      const file = path.join(dir, 'reader.password');
+      writeFileSync(file, 'correct horse battery\n');
+      const fromFile = loadConfig(Mlflow, { MLFLOW_TRACKING_USERNAME: 'reader', MLFLOW_TRACKING_PASSWORD_FILE: file });
+      expect(mlflowCredentials(fromFile)).to.deep.equal({ username: 'reader', password: 'correct horse battery' });
+      const fromVariable = loadConfig(Mlflow, { MLFLOW_TRACKING_USERNAME: 'admin', MLFLOW_TRACKING_PASSWORD: 'p w' });
+      expect(mlflowCredentials(fromVariable)).to.deep.equal({ username: 'admin', password: 'p w' });
+      expect(mlflowCredentials(loadConfig(Mlflow, {}))).to.equal(undefined);
+    });
+
+    it('refuses half or doubly configured credentials, unreadable or empty files, and credentials in the URL', () => {
+      const empty = path.join(dir, 'empty.password');
+      writeFileSync(empty, '\n');
+      expect(problems({ MLFLOW_TRACKING_USERNAME: 'reader' })).to.contain(
+        'MLFLOW_TRACKING_USERNAME ("reader"): needs MLFLOW_TRACKING_PASSWORD_FILE',
+      );
+      expect(problems({ MLFLOW_TRACKING_PASSWORD: 'secret-value' })).to.contain('a password is configured but no user');
+      expect(
+        problems({
+          MLFLOW_TRACKING_USERNAME: 'r',
+          MLFLOW_TRACKING_PASSWORD: 'secret-value',
+          MLFLOW_TRACKING_PASSWORD_FILE: empty,
+        }),
+      ).to.contain('not both');
+      expect(problems({ MLFLOW_TRACKING_USERNAME: 'r', MLFLOW_TRACKING_PASSWORD_FILE: empty })).to.contain(
+        'cannot read the password: the file is empty',
+      );
+      expect(problems({ MLFLOW_TRACKING_USERNAME: 'r', MLFLOW_TRACKING_PASSWORD_FILE: path.join(dir, 'missing') })).to.contain(
+        'cannot read the password: ENOENT',
+      );
+      const inUrl = problems({ MLFLOW_TRACKING_URI: 'http://admin:secret-value@mlflow:5000' });
+      expect(inUrl).to.contain('no credentials in the URL');
+      expect(inUrl).not.to.contain('secret-value');
+    });
   });
 });

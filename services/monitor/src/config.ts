@@ -1,11 +1,11 @@
 import { z } from 'zod';
-import { env, logConfigShape, redisConfigShape } from '@conveyor/shared/config';
+import { checkMlflowAuth, env, logConfigShape, mlflowAuthShape, redisConfigShape } from '@conveyor/shared/config';
 
 const Thresholds = z
   .object({ warn: z.number().min(0), alert: z.number().min(0) })
   .refine((t) => t.alert >= t.warn, { error: 'alert must be ≥ warn' });
 
-export const MonitorConfig = z.object({
+const MonitorFields = z.object({
   ...redisConfigShape,
   ...logConfigShape,
   MONITOR_PORT: env.int(9100, 0, 65535, 'HTTP port of the monitor (/drift, /metrics, /reports, /health)'),
@@ -71,6 +71,8 @@ export const MonitorConfig = z.object({
     .url()
     .optional()
     .describe('MLflow server to fetch the reference profile of registry model versions from'),
+  // Reads only: the workers' READ-only account will do.
+  ...mlflowAuthShape,
   MODEL_DIR: env.string('models/digits', 'Local model folder whose reference profile is used for its own version'),
   READ_LINGER_MS: env.int(
     200,
@@ -87,6 +89,8 @@ export const MonitorConfig = z.object({
   PREDICTION_TTL_SECONDS: env.int(86_400, 60, 30 * 86_400, 'How long a prediction is kept to join late feedback to it'),
   SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed to finish the batch in hand'),
 });
+// Cross-field rules (user and password together, no credentials in the URL) need the whole object.
+export const MonitorConfig = MonitorFields.superRefine(checkMlflowAuth);
 export type MonitorConfig = z.infer<typeof MonitorConfig>;
 
 export function thresholdsFor(config: MonitorConfig): (feature: string) => { warn: number; alert: number } {

@@ -1,10 +1,10 @@
 import os from 'node:os';
 import path from 'node:path';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
-import { loadConfigOrExit } from '@conveyor/shared/config';
+import { loadConfigOrExit, mlflowCredentials } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
-import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
 import { AlertSink } from './alerts/alert-sink.js';
 import { MonitorConfig, thresholdsFor } from './config.js';
@@ -31,10 +31,24 @@ const feedbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:m
 });
 await Promise.all([redis, predictionsConnection, feedbackConnection].map((r) => waitForReady(r, 30_000)));
 
+const mlflow = config.MLFLOW_TRACKING_URI
+  ? new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) })
+  : undefined;
+// Refused credentials are a configuration error to report now (exit 77, EX_NOPERM), not reference
+// profiles that silently never load; an unreachable registry is not (profiles are fetched when needed).
+await mlflow?.checkAccess().catch(async (error: unknown) => {
+  if (!(error instanceof MlflowAuthError)) {
+    log.warn({ err: error }, 'MLflow unreachable at start-up; reference profiles are fetched from it when needed');
+    return;
+  }
+  log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
+  await new Promise<void>((resolve) => log.flush(() => resolve()));
+  process.exit(77);
+});
 const store = new MonitorStore(redis, config.REDIS_PREFIX);
 const profiles = new ProfileSource(
   {
-    ...(config.MLFLOW_TRACKING_URI ? { client: new MlflowClient(config.MLFLOW_TRACKING_URI) } : {}),
+    ...(mlflow ? { client: mlflow } : {}),
     localDir: path.resolve(config.MODEL_DIR),
   },
   log.child({ module: 'profiles' }),

@@ -3,11 +3,11 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { z } from 'zod';
-import { loadConfigOrExit } from '@conveyor/shared/config';
+import { loadConfigOrExit, mlflowCredentials } from '@conveyor/shared/config';
 import { createLogger } from '@conveyor/shared/logger';
-import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 import { ValidationError } from '@conveyor/shared/validation/suite';
+import { TrainerConfig } from './config.js';
 import { readMnistSource, readSnapshot, toImages, writeSnapshot } from './pipeline/ingest.js';
 import { FeatureCache, trainRun } from './pipeline/pipeline.js';
 import { runAll } from './pipeline/run-all.js';
@@ -32,21 +32,12 @@ import { rollback } from './registry/rollback.js';
  *   promote [--version n]        apply the promotion gate; move `production` if it passes
  *   rollback                     point `production` back at the version it replaced
  */
-const Env = z.object({
-  MLFLOW_TRACKING_URI: z.url().optional().describe('MLflow tracking server; without it nothing is tracked or registered'),
-  MLFLOW_EXPERIMENT: z.string().default('conveyor-digits').describe('MLflow experiment the runs are logged to'),
-  LOG_LEVEL: z.string().default('info'),
-  DATA_DIR: z.string().default('data').describe('Where snapshots and run folders go'),
-  MODEL_SIGNING_KEY_FILE: z
-    .string()
-    .min(1)
-    .optional()
-    .describe('Ed25519 private key (PEM) that signs every tracked model folder; `make signing-key` makes a pair'),
-});
-const env = loadConfigOrExit(Env);
+const env = loadConfigOrExit(TrainerConfig);
 const log = createLogger('trainer', env.LOG_LEVEL, { sync: true });
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const client = env.MLFLOW_TRACKING_URI ? new MlflowClient(env.MLFLOW_TRACKING_URI) : undefined;
+const client = env.MLFLOW_TRACKING_URI
+  ? new MlflowClient(env.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(env) })
+  : undefined;
 const signingKey = env.MODEL_SIGNING_KEY_FILE ? createPrivateKey(readFileSync(env.MODEL_SIGNING_KEY_FILE, 'utf8')) : undefined;
 
 const { positionals, values } = parseArgs({
@@ -215,6 +206,12 @@ try {
     log.error({ failed: error.report.results.filter((r) => !r.success) }, 'data validation failed; the pipeline stops here');
     console.error(error.message);
     process.exit(4);
+  }
+  if (error instanceof MlflowAuthError) {
+    // The account, not the data: nothing to retry. Exit 77 (EX_NOPERM), as the services do.
+    log.error({ err: error }, `${command} failed: ${error.message}`);
+    console.error(error.message);
+    process.exit(77);
   }
   log.error({ err: error }, `${command} failed`);
   console.error(error instanceof Error ? error.message : String(error));

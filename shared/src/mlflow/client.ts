@@ -9,7 +9,7 @@ import { z } from 'zod';
  * Every response is validated, so a server that answers something unexpected fails loudly here.
  */
 export class MlflowError extends Error {
-  override readonly name = 'MlflowError';
+  override readonly name: string = 'MlflowError';
   constructor(
     message: string,
     readonly status: number,
@@ -17,6 +17,21 @@ export class MlflowError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * MLflow refused the request's credentials (401: none, or a wrong user or password) or the account's
+ * permission (403: e.g. a READ-only account moving an alias). Permanent: asking again with the same
+ * configuration gets the same answer, so callers stop and say so instead of retrying.
+ */
+export class MlflowAuthError extends MlflowError {
+  override readonly name = 'MlflowAuthError';
+}
+
+/** HTTP Basic credentials for a server running MLflow's basic-auth app (`mlflow server --app-name basic-auth`). */
+export interface MlflowCredentials {
+  readonly username: string;
+  readonly password: string;
 }
 
 const Tag = z.object({ key: z.string(), value: z.string().optional().default('') });
@@ -108,16 +123,29 @@ export function parseModelUri(uri: string): { name: string; alias?: string; vers
 
 export class MlflowClient {
   private readonly base: string;
+  private readonly authorization: string | undefined;
 
   constructor(
     trackingUri: string,
-    private readonly options: { timeoutMs?: number } = {},
+    private readonly options: { timeoutMs?: number; credentials?: MlflowCredentials | undefined } = {},
   ) {
     this.base = trackingUri.replace(/\/+$/, '');
+    const credentials = options.credentials;
+    this.authorization = credentials
+      ? `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`, 'utf8').toString('base64')}`
+      : undefined;
   }
 
   get trackingUri(): string {
     return this.base;
+  }
+
+  /**
+   * One cheap read that needs an account on a server with authentication: throws MlflowAuthError
+   * if the server refuses the credentials, MlflowError if it cannot be reached. For start-up checks.
+   */
+  async checkAccess(): Promise<void> {
+    await this.get('experiments/search', { max_results: '1' });
   }
 
   // ── experiments ────────────────────────────────────────────────────────────────────────────
@@ -221,7 +249,7 @@ export class MlflowClient {
   ): Promise<void> {
     const url = `${this.base}/api/2.0/mlflow-artifacts/artifacts/${encodePath(`${artifactProxyPath(artifactUri)}/${relativePath}`)}`;
     const response = await this.fetch(url, { method: 'PUT', body: bytes, headers: { 'content-type': contentType } });
-    await this.check(response, url);
+    await this.check(response, 'PUT', url);
   }
 
   /** Uploads every file of a local folder under `destination` (a path inside the run's artifacts). */
@@ -245,7 +273,7 @@ export class MlflowClient {
   async downloadArtifact(artifactUri: string): Promise<Buffer> {
     const url = `${this.base}/api/2.0/mlflow-artifacts/artifacts/${encodePath(artifactProxyPath(artifactUri))}`;
     const response = await this.fetch(url, { method: 'GET' });
-    await this.check(response, url);
+    await this.check(response, 'GET', url);
     return Buffer.from(await response.arrayBuffer());
   }
 
@@ -393,21 +421,28 @@ export class MlflowClient {
       await response.body?.cancel();
       return undefined;
     }
-    await this.check(response, url);
+    await this.check(response, method, url);
     const text = await response.text();
     return text ? (JSON.parse(text) as unknown) : {};
   }
 
-  private async fetch(url: string, init: RequestInit): Promise<Response> {
+  private async fetch(
+    url: string,
+    init: { method: string; body?: string | Uint8Array; headers?: Record<string, string> },
+  ): Promise<Response> {
+    // Sent with every request, unasked: MLflow's basic-auth app answers 401 rather than
+    // challenging first, and a server without it ignores the header.
+    const headers = { ...init.headers, ...(this.authorization ? { authorization: this.authorization } : {}) };
     try {
-      return await fetch(url, { ...init, signal: AbortSignal.timeout(this.options.timeoutMs ?? 30_000) });
+      return await fetch(url, { ...init, headers, signal: AbortSignal.timeout(this.options.timeoutMs ?? 30_000) });
     } catch (error) {
       throw new MlflowError(`MLflow at ${this.base} is unreachable: ${(error as Error).message}`, 0, 'UNREACHABLE');
     }
   }
 
-  private async check(response: Response, url: string): Promise<void> {
+  private async check(response: Response, method: string, url: string): Promise<void> {
     if (response.ok) return;
+    if (response.status === 401 || response.status === 403) throw await this.refused(response, method, url);
     const text = await response.text();
     let code: string | undefined;
     let message = text.slice(0, 500);
@@ -419,6 +454,28 @@ export class MlflowClient {
       /* not JSON */
     }
     throw new MlflowError(`${response.status} from ${url.replace(this.base, '')}: ${message}`, response.status, code);
+  }
+
+  /** The error for a 401 or 403, saying which of the configuration's parts to fix. */
+  private async refused(response: Response, method: string, url: string): Promise<MlflowAuthError> {
+    await response.body?.cancel();
+    // The path says what was attempted; the query (artifact paths, filters) is left out.
+    const what = `${response.status} to ${method} ${url.replace(this.base, '').replace(/\?.*$/, '')}`;
+    const user = this.options.credentials?.username;
+    if (response.status === 403) {
+      return new MlflowAuthError(
+        `MLflow refused user ${JSON.stringify(user ?? '(anonymous)')} this operation (${what}: permission denied): the account lacks the permission (a READ-only account cannot register versions or move aliases)`,
+        403,
+        'PERMISSION_DENIED',
+      );
+    }
+    return new MlflowAuthError(
+      user === undefined
+        ? `MLflow refused the credentials: ${this.base} requires authentication and none are configured (${what}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD_FILE (or MLFLOW_TRACKING_PASSWORD)`
+        : `MLflow refused the credentials of user ${JSON.stringify(user)} (${what}): wrong user name or password (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD_FILE / MLFLOW_TRACKING_PASSWORD)`,
+      401,
+      'UNAUTHENTICATED',
+    );
   }
 }
 

@@ -1,4 +1,5 @@
 import type { Logger } from '@conveyor/shared/logger';
+import { MlflowAuthError } from '@conveyor/shared/mlflow/client';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
 import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
 import type { ModelHost } from './model-host.js';
@@ -8,11 +9,15 @@ import type { RegistrySource, ResolvedVersion } from './registry-source.js';
  * Follows a registry alias: every `intervalMs` it asks which version the alias points at and, when
  * that changes (a promotion or a rollback), downloads, verifies, checks and loads the new version
  * before swapping it in. Any failure leaves the current model serving and is retried next time.
+ * A refusal of the worker's credentials is not a failure to retry: at start-up it ends `start()`
+ * (starting from the cached version would hide the misconfiguration: the worker would silently
+ * never follow a promotion), and while serving it is logged once as an error, not at every poll.
  */
 export class ModelWatcher {
   private timer: NodeJS.Timeout | undefined;
   private current: ResolvedVersion | undefined;
   private busy = false;
+  private refusedWith: string | undefined;
 
   constructor(
     private readonly source: RegistrySource,
@@ -27,6 +32,7 @@ export class ModelWatcher {
       try {
         await this.load(await this.source.resolve());
       } catch (error) {
+        if (error instanceof MlflowAuthError) throw error;
         const cached = await this.source.lastKnown();
         if (cached) {
           this.log.warn({ err: error, cached }, 'registry unavailable; starting from the last cached version');
@@ -53,9 +59,19 @@ export class ModelWatcher {
     this.busy = true;
     try {
       const target = await this.source.resolve();
+      this.refusedWith = undefined;
       if (target.version !== this.current?.version) await this.load(target);
     } catch (error) {
-      this.log.warn({ err: error }, 'model check failed; still serving the current model');
+      if (!(error instanceof MlflowAuthError)) {
+        this.log.warn({ err: error }, 'model check failed; still serving the current model');
+      } else if (this.refusedWith !== error.message) {
+        // Polling goes on (the account may be fixed on the server), quietly until the answer changes.
+        this.refusedWith = error.message;
+        this.log.error(
+          { err: error, model: this.current },
+          'MLflow refused the credentials; still serving the current model, not following the alias until they are accepted',
+        );
+      }
     } finally {
       this.busy = false;
     }

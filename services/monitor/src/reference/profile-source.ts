@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { ModelRef } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
-import type { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { MlflowAuthError, type MlflowClient } from '@conveyor/shared/mlflow/client';
 import { REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
 import { readReferenceProfile } from '@conveyor/shared/validation/model-folder';
 
@@ -25,7 +25,9 @@ export class ProfileSource {
     // A missing profile is looked up again after a minute (the version may be registered meanwhile).
     if (cached && (cached.profile || Date.now() - cached.at < 60_000)) return cached.profile;
     const profile = await this.lookup(model).catch((error: unknown) => {
-      this.log.warn({ err: error, model }, 'could not load the reference profile');
+      // Checked at start-up; a refusal now means the account changed on the server: say so plainly.
+      if (error instanceof MlflowAuthError) this.log.error({ err: error, model }, error.message);
+      else this.log.warn({ err: error, model }, 'could not load the reference profile');
       return undefined;
     });
     this.cache.set(key, { profile, at: Date.now() });
