@@ -24,8 +24,13 @@ test: $(NODE_MODULES) ## Run every test (unit and integration; starts its own Re
 	npm test
 
 .PHONY: lint
-lint: $(NODE_MODULES) ## ESLint (type-aware, security rules) and Prettier
+lint: $(NODE_MODULES) ## ESLint (type-aware, security rules), Prettier, actionlint, and promtool on the alert rules
 	npm run lint
+	bash scripts/promtool.sh
+
+.PHONY: rules-check
+rules-check: ## promtool (pinned, built once into .tools/bin): check the Prometheus rules and config, run their unit tests
+	bash scripts/promtool.sh
 
 .PHONY: typecheck
 typecheck: $(NODE_MODULES) ## TypeScript, strict, every package and test
@@ -48,7 +53,7 @@ signing-key: $(NODE_MODULES) ## An Ed25519 key pair for model signatures in data
 	$(TSX) scripts/signing-key.ts
 
 .PHONY: mlflow
-mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on :5000 (installs the pinned server into .venv/mlflow once)
+mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on 127.0.0.1:5000 (installs the pinned server into .venv/mlflow once); MLFLOW_AUTH=1 with accounts, as compose
 	$(TSX) scripts/mlflow.ts
 
 .PHONY: train

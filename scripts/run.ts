@@ -16,10 +16,22 @@ import { ROOT, spawnService, type ServiceProcess } from './lib/service-process.j
  * `make run`: the gateway, the inference workers and the drift monitor in the foreground, every log line prefixed with
  * its process. Redis comes from REDIS_URL, else a local redis-server is started on REDIS_PORT (default 6379) with its
  * data in ./data/redis and stopped on exit. Ctrl-C or SIGTERM stops everything in order.
+ *
+ * Each worker gets a Prometheus endpoint of its own: METRICS_PORT (default 9101, next to the monitor's 9100) for the
+ * first, the next port for the second, and so on; METRICS_PORT=0 lets the OS choose. The URLs are printed once the
+ * workers listen.
  */
 const { values } = parseArgs({ options: { workers: { type: 'string', default: process.env.WORKERS ?? '1' } } });
 const workerCount = Math.max(1, Number(values.workers) || 1);
 const DEFAULT_REDIS_PORT = 6379;
+const DEFAULT_METRICS_PORT = 9101;
+const metricsBase = Number(process.env.METRICS_PORT ?? DEFAULT_METRICS_PORT);
+if (!Number.isInteger(metricsBase) || metricsBase < 0 || metricsBase + workerCount - 1 > 65_535) {
+  console.error(
+    `[run] METRICS_PORT must be a TCP port (0-65535) leaving room for ${workerCount} workers, got ${JSON.stringify(process.env.METRICS_PORT)}`,
+  );
+  process.exit(1);
+}
 
 let redis: Promise<LocalRedis> | undefined;
 const services: ServiceProcess[] = [];
@@ -117,11 +129,16 @@ const reset = '\x1b[0m';
 const tty = process.stdout.isTTY;
 // In a terminal, JSON lines are made readable; piped elsewhere they stay JSON for tools.
 const pretty = tty ? prettyFactory({ colorize: true, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname,service' }) : undefined;
-const launch = (service: 'gateway' | 'inference-worker' | 'monitor', label: string, index: number) => {
+const launch = (
+  service: 'gateway' | 'inference-worker' | 'monitor',
+  label: string,
+  index: number,
+  env: Record<string, string> = {},
+) => {
   const prefix = tty ? `${colours[index % colours.length]}[${label}]${reset}` : `[${label}]`;
   const proc = spawnService(
     service,
-    { REDIS_URL: redisUrl },
+    { REDIS_URL: redisUrl, ...env },
     {
       label,
       built: true,
@@ -130,6 +147,15 @@ const launch = (service: 'gateway' | 'inference-worker' | 'monitor', label: stri
     },
   );
   services.push(proc);
+  if (service === 'inference-worker') {
+    // The port the worker actually bound (METRICS_PORT=0 included), not the one asked for.
+    void proc
+      .waitFor((r) => r.msg === 'metrics listening', 120_000)
+      .then(
+        (r) => console.log(`[run] ${label} metrics: ${String(r.url)}`),
+        () => undefined,
+      );
+  }
   void proc.exited.then((code) => {
     if (!stopping) {
       console.error(`[run] ${label} exited with ${code}; stopping everything`);
@@ -139,7 +165,10 @@ const launch = (service: 'gateway' | 'inference-worker' | 'monitor', label: stri
 };
 // Not once stopping: a signal while Redis was starting.
 if (!stopping) {
-  for (let i = 0; i < workerCount; i++) launch('inference-worker', workerCount > 1 ? `worker-${i + 1}` : 'worker', i + 1);
+  for (let i = 0; i < workerCount; i++) {
+    const port = metricsBase === 0 ? 0 : metricsBase + i;
+    launch('inference-worker', workerCount > 1 ? `worker-${i + 1}` : 'worker', i + 1, { METRICS_PORT: String(port) });
+  }
   launch('gateway', 'gateway', 0);
   launch('monitor', 'monitor', workerCount + 1);
 }

@@ -19,6 +19,7 @@ import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
+import { liveWorkers } from './jobs/worker-registry.js';
 
 const config = loadConfigOrExit(GatewayConfig);
 const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -47,7 +48,10 @@ const admission = new Admission(
   { reserved: keys.admissionReserved, queuedBytes: keys.queuedBytes },
   { maxDepth: config.MAX_QUEUE_DEPTH, maxQueuedBytes: config.MAX_QUEUED_BYTES },
 );
-const metrics = new HttpMetrics(() => admission.waiting());
+const metrics = new HttpMetrics(
+  () => admission.waiting(),
+  async () => (await liveWorkers(redis, keys)).length,
+);
 const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));
 await waiter.start();
 

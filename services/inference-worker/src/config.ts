@@ -1,7 +1,15 @@
 import { z } from 'zod';
-import { env, imageLimitsShape, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
+import {
+  checkMlflowAuth,
+  env,
+  imageLimitsShape,
+  logConfigShape,
+  mlflowAuthShape,
+  redisConfigShape,
+  resultConfigShape,
+} from '@conveyor/shared/config';
 
-export const WorkerConfig = z.object({
+const WorkerFields = z.object({
   ...redisConfigShape,
   ...logConfigShape,
   ...resultConfigShape,
@@ -13,6 +21,8 @@ export const WorkerConfig = z.object({
     .url()
     .optional()
     .describe('MLflow tracking server; when set, the worker serves MODEL_URI from its registry instead of MODEL_DIR'),
+  // A READ-only account is enough (and all a worker should hold): it resolves aliases and downloads.
+  ...mlflowAuthShape,
   MODEL_URI: z
     .string()
     .regex(/^models:\/[^/@]+(@[A-Za-z0-9_-]+|\/\d+)$/, 'models:/<name>@<alias> or models:/<name>/<version>')
@@ -58,9 +68,24 @@ export const WorkerConfig = z.object({
   ),
   HEALTH_FILE: env.optionalString('A file the worker touches on every heartbeat (the container health check reads its age)'),
   PREDICTION_STREAM_MAXLEN: env.int(100_000, 100, 100_000_000, 'Approximate length the prediction event stream is trimmed to'),
+  METRICS_PORT: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(65_535)
+    .optional()
+    .describe(
+      "Port of the worker's Prometheus endpoint (GET /metrics); unset: none, since workers scale to several processes per host and any fixed default would collide (`make run` gives each worker its own from 9101, compose sets 9101 in every container); 0: a free port, logged",
+    ),
+  METRICS_HOST: env.string(
+    '127.0.0.1',
+    'Interface the metrics endpoint listens on; the default keeps it to this machine (compose sets 0.0.0.0 inside its network and publishes no port)',
+  ),
   EVENT_EMBEDDINGS: env.bool(
     true,
     'Publish the model embedding (when it has one) with each prediction event, for drift monitoring',
   ),
 });
+// Cross-field rules (user and password together, no credentials in the URL) need the whole object.
+export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth);
 export type WorkerConfig = z.infer<typeof WorkerConfig>;

@@ -11,6 +11,7 @@ import type { Logger } from '@conveyor/shared/logger';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify } from '@conveyor/shared/model/runtime';
 import { ProblemError, problemCatalogue, problemType } from '@conveyor/shared/problem';
+import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost } from './model/model-host.js';
 import type { ResultPublisher } from './result-publisher.js';
 
@@ -34,6 +35,7 @@ export interface ProcessorDeps {
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
   readonly stats: { processed: number; failed: number };
+  readonly metrics: JobMetrics;
   /** Jobs being processed right now (the shutdown drain asks). */
   readonly inFlight: { count: number };
 }
@@ -44,32 +46,52 @@ export type InferenceProcessor = (
   signal?: AbortSignal,
 ) => Promise<{ label: string } | { failed: string }>;
 
+/** One attempt; it names its outcome through `report` as soon as it is known. */
+type AttemptHandler = (
+  job: Job,
+  token: string | undefined,
+  signal: AbortSignal | undefined,
+  report: (outcome: JobOutcome) => void,
+) => ReturnType<InferenceProcessor>;
+
 export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcessor {
   const handle = processOne(deps);
   return async (job, token, signal) => {
     deps.inFlight.count++;
+    const started = performance.now();
+    let outcome: JobOutcome | undefined;
     try {
-      return await handle(job, token, signal);
+      return await handle(job, token, signal, (o) => (outcome = o));
+    } catch (error) {
+      // Thrown before the attempt could say (Redis failing the input fetch, say): BullMQ retries it.
+      outcome ??= 'failed_transient';
+      throw error;
     } finally {
       deps.inFlight.count--;
+      // Exactly one outcome per attempt, counted once it is over.
+      deps.metrics.processing((performance.now() - started) / 1000);
+      if (outcome) deps.metrics.outcome(outcome);
     }
   };
 }
 
-function processOne(deps: ProcessorDeps): InferenceProcessor {
-  return async (job, token, signal) => {
+function processOne(deps: ProcessorDeps): AttemptHandler {
+  return async (job, token, signal, report) => {
     const jobId = job.id!;
     const attempt = job.attemptsMade + 1;
     const parsed = InferenceJob.safeParse(job.data);
     if (!parsed.success) {
       // A payload that breaks the contract cannot succeed on retry; it is not poisoned forever either.
       deps.log.error({ jobId, issues: parsed.error.issues }, 'job payload violates the contract');
+      report('failed_permanent');
       throw new UnrecoverableError(`invalid job payload: ${parsed.error.message}`);
     }
     const data = parsed.data;
     const log = deps.log.child({ jobId, requestId: data.requestId, attempt });
     const startedAt = Date.now();
     const clock = performance.now();
+    // processedOn is when BullMQ made the job active for this attempt; acceptedAt is the gateway's clock.
+    deps.metrics.queueWait(Math.max(0, (job.processedOn ?? startedAt) - data.acceptedAt) / 1000);
 
     // An earlier attempt may have published the result and died before BullMQ recorded it.
     const [[, done], [, bytes]] = (await deps.redis
@@ -79,6 +101,7 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
       .exec()) as [[Error | null, number], [Error | null, Buffer | null]];
     if (done) {
       log.info('already finished by an earlier attempt');
+      report('not_published');
       return { label: 'duplicate' };
     }
 
@@ -95,15 +118,19 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
     try {
       if (!bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
       await handBackIfCancelled(job, token, signal);
+      // The stage alone, without the input fetch before it (timings.preprocessMs includes that).
+      const preprocessStart = performance.now();
       const prepared = await preprocess({ kind: 'encoded', bytes }, model.manifest, {
         ...deps.limits,
         timeoutMs: deps.preprocessTimeoutMs,
         size: { width: data.input.width, height: data.input.height },
       });
       const preprocessedAt = performance.now();
+      deps.metrics.preprocess((preprocessedAt - preprocessStart) / 1000);
       await handBackIfCancelled(job, token, signal);
       const [output] = await model.run([prepared.tensor]);
       const inferredAt = performance.now();
+      deps.metrics.inference((inferredAt - preprocessedAt) / 1000);
       const prediction = classify(output!.probabilities, model.manifest.labels, deps.topK);
       const finished = Date.now();
       const timings = {
@@ -133,16 +160,22 @@ function processOne(deps: ProcessorDeps): InferenceProcessor {
       if (outcome !== 'published') {
         // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
         log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
+        report('not_published');
         return { label: 'duplicate' };
       }
       deps.stats.processed++;
+      report('completed');
       log.info({ label: prediction.label, confidence: prediction.confidence, model: modelRef, timings }, 'prediction');
       return { label: prediction.label };
     } catch (error) {
-      if (error instanceof WaitingError) throw error;
+      if (error instanceof WaitingError) {
+        report('handed_back');
+        throw error;
+      }
       const problem = error instanceof ProblemError ? error : undefined;
       const permanent = problem?.permanent ?? false;
       const lastAttempt = attempt >= (job.opts.attempts ?? 1);
+      report(permanent ? 'failed_permanent' : 'failed_transient');
       if (permanent || lastAttempt) {
         const failure = problem ?? new ProblemError('inference-failed', 'The model could not process this image');
         const result: FailedResult = {

@@ -1,6 +1,7 @@
 import type { ApiKeyIdentity } from '../access/api-keys.js';
 import type { Reservation } from '../jobs/admission.js';
 import type { UploadReservation } from '../intake/upload-guard.js';
+import type { PredictMode } from './metrics.js';
 import type { ParameterizedContext } from 'koa';
 import type { Logger } from '@conveyor/shared/logger';
 
@@ -16,6 +17,8 @@ export interface GatewayState {
   reservation?: Reservation;
   /** The share of the gateway's upload budget this request holds while its bytes are in memory. */
   upload?: UploadReservation;
+  /** On predict requests, from the Prefer header: whether the caller waits for the result (for the metrics). */
+  predictMode?: PredictMode;
   /** The API key the request was made with, when keys are required. */
   apiKey?: ApiKeyIdentity;
 }

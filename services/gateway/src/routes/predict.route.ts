@@ -133,6 +133,9 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
 
 function admit(deps: PredictDeps, config: PredictDeps['config']) {
   return async (ctx: GatewayContext, next: () => Promise<unknown>) => {
+    // Read before admission, so a request refused there is counted under its mode too.
+    const prefer = parsePrefer(ctx.get('prefer'), config.SYNC_WAIT_DEFAULT_SECONDS, config.SYNC_WAIT_MAX_SECONDS);
+    ctx.state.predictMode = prefer.respondAsync || prefer.waitSeconds === 0 ? 'async' : 'sync';
     let reservation: Reservation;
     try {
       const declared = Number(ctx.get('content-length') || NaN);
