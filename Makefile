@@ -103,6 +103,27 @@ compose-down: ## Stop the compose system and remove its volumes
 compose-smoke: ## Build, start with 4 workers, check from outside (predictions, spread, dashboard, monitor, MLflow), tear down
 	bash scripts/compose-smoke.sh
 
+# Load tests (loadtests/): each starts a whole system of its own on free ports and checks it against
+# loadtests/slo.yaml (SLO_FILE=… for another); Locust and matplotlib come from .venv/loadtests, vegeta
+# from .tools/bin, both installed on first use. ARGS=… go to the driver (loadtests/capacity.ts).
+LOADTEST := $(TSX) loadtests/capacity.ts
+
+.PHONY: loadtest
+loadtest: build ## Capacity curve: vegeta at a rate ladder for 1, 2, 4 workers to saturation → loadtests/results/capacity.csv/.png (~15 min, ≤ 21)
+	$(LOADTEST) capacity $(ARGS)
+
+.PHONY: loadtest-scaleout
+loadtest-scaleout: build ## Proof: a rate that overloads 1 worker, 3 workers added at 20 s, p95 per 5 s → loadtests/results/scaleout.csv (~1.5 min)
+	$(LOADTEST) scaleout $(ARGS)
+
+.PHONY: loadtest-smoke
+loadtest-smoke: build ## 40 s Locust run at a modest rate + SLO check (CI); HTML report in loadtests/results/smoke-report.html
+	$(LOADTEST) smoke $(ARGS)
+
+.PHONY: loadtest-locust
+loadtest-locust: build ## The Locust scenario in steps up to and past saturation (2 workers, ~4 min) → loadtests/results/locust-report.html
+	$(LOADTEST) locust $(ARGS)
+
 .PHONY: clean
 clean: ## Remove build output and local data
 	rm -rf dist shared/dist services/*/dist data *.tsbuildinfo

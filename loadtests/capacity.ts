@@ -1,0 +1,338 @@
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { ROOT } from '../scripts/lib/service-process.js';
+import { ensureImageSet } from './lib/images.js';
+import { queueDepth, startSystem, waitFor, type LoadSystem } from './lib/system.js';
+import { attack, ensurePython, ensureVegeta, run, writeTargets } from './lib/tools.js';
+
+/**
+ * The load tests' driver. Each mode installs what it needs on first use (the pinned venv with
+ * Locust, vegeta built with Go), generates the image set, starts a whole Conveyor system of its own
+ * (Redis, gateway, N workers, monitor, on free ports, from dist/: `npm run build` first, as the
+ * make targets do) and checks the results against the SLO (loadtests/slo.yaml, or SLO_FILE) with
+ * loadtests/check_slo.py.
+ *
+ *   capacity  (make loadtest)           vegeta at a ladder of arrival rates for 1, 2 and 4 workers,
+ *                                       each up to saturation → results/capacity.csv and .png, and
+ *                                       per worker count the highest rate within the SLO (about 15 min,
+ *                                       21 at most: 12 steps of 33 s per worker count if none saturates)
+ *   scaleout  (make loadtest-scaleout)  a fixed rate that overloads 1 worker; 3 more are added at
+ *                                       20 s while it runs; per 5 s window p95 → results/scaleout.csv;
+ *                                       fails unless it breached first and the last windows are within (~1.5 min)
+ *   smoke     (make loadtest-smoke)     a 40 s Locust run at a modest rate with the SLO check, the
+ *                                       HTML report in results/smoke-report.html (~1 min)
+ *   locust    (make loadtest-locust)    the Locust scenario in steps up to and past saturation (~4 min)
+ *
+ *   node --conditions=conveyor-source --import tsx loadtests/capacity.ts <mode> [options]
+ *   options: --workers 1,2,4  --rates 50,100,…,450  --step-seconds 30  --warmup-seconds 10  (capacity)
+ *            --rate 180  --duration 60  --add-at 20  --add-workers 3  --window 5  --last 3  (scaleout)
+ *            --worker-concurrency n (default: the shipped 4; scaleout 1)  --out dir  --verbose
+ */
+const MODES = ['capacity', 'scaleout', 'smoke', 'locust'] as const;
+type Mode = (typeof MODES)[number];
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    workers: { type: 'string' },
+    rates: { type: 'string', default: '50,100,150,200,225,250,275,300,325,350,400,450' },
+    'step-seconds': { type: 'string', default: '30' },
+    'warmup-seconds': { type: 'string', default: '10' },
+    rate: { type: 'string', default: '180' },
+    duration: { type: 'string', default: '60' },
+    'add-at': { type: 'string', default: '20' },
+    'add-workers': { type: 'string', default: '3' },
+    window: { type: 'string', default: '5' },
+    last: { type: 'string', default: '3' },
+    'worker-concurrency': { type: 'string' },
+    out: { type: 'string', default: path.join(ROOT, 'loadtests', 'results') },
+    verbose: { type: 'boolean', default: false },
+  },
+});
+const mode = (positionals[0] ?? 'capacity') as Mode;
+if (!MODES.includes(mode)) throw new Error(`unknown mode ${mode} (known: ${MODES.join(', ')})`);
+const number = (name: keyof typeof values, value: string | undefined): number => {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} needs a positive number, got ${JSON.stringify(value)}`);
+  return n;
+};
+const outDir = path.resolve(values.out);
+/** Raw per-step files (vegeta's binary results and per-request CSV): large, kept out of the repository. */
+const runsDir = path.join(ROOT, 'data', 'loadtests', 'runs');
+mkdirSync(outDir, { recursive: true });
+mkdirSync(runsDir, { recursive: true });
+const checker = path.join(ROOT, 'loadtests', 'check_slo.py');
+
+/**
+ * WORKER_CONCURRENCY for the workers (unset: the shipped default, 4 jobs per process at once). The
+ * scale-out run uses 1: on this 2-core machine one worker with 4 jobs in flight already decodes on
+ * both cores (libvips runs on libuv threads), so a second process could add no capacity; one job at a
+ * time bounds each worker by itself, as a worker with its own CPU quota is bounded in production.
+ */
+function workerEnv(fallback?: string): Record<string, string> {
+  const concurrency = values['worker-concurrency'] ?? process.env.WORKER_CONCURRENCY ?? fallback;
+  return concurrency ? { WORKER_CONCURRENCY: String(number('worker-concurrency', concurrency)) } : {};
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Until no job waits (the previous step's backlog is not billed to the next), then a short rest. */
+async function drained(system: LoadSystem): Promise<void> {
+  await waitFor('the queue to drain', async () => (await queueDepth(system.url)) === 0, 180_000);
+  await sleep(2000);
+}
+
+interface Verdict {
+  ok: boolean;
+  measured: {
+    sync: { p50: number | null; p95: number | null; p99: number | null; count: number; misses: number }[];
+    ok_rps: number;
+    sent_rps: number;
+  };
+}
+
+interface VegetaReport {
+  requests: number;
+  rate: number;
+  latencies: Record<'50th' | '95th' | '99th', number>;
+  status_codes?: Record<string, number>;
+}
+
+async function capacity(): Promise<number> {
+  const workerCounts = (values.workers ?? '1,2,4').split(',').map((w) => number('workers', w));
+  const rates = values.rates.split(',').map((r) => number('rates', r));
+  const stepSeconds = number('step-seconds', values['step-seconds']);
+  const warmup = number('warmup-seconds', values['warmup-seconds']);
+  const python = ensurePython();
+  const vegeta = ensureVegeta();
+  const set = await ensureImageSet();
+  const header =
+    'workers,target_rps,sent_rps,ok_rps,requests,p50_ms,p95_ms,p99_ms,all_p50_ms,all_p95_ms,all_p99_ms,error_rate,wait_ran_out_202_rate,within_slo';
+  const lines = [header];
+  const csvFile = path.join(outDir, 'capacity.csv');
+  const started = Date.now();
+  console.log(
+    `capacity: ${workerCounts.join(', ')} worker(s), rates ${rates.join(', ')}/s, ${stepSeconds} s per step, until saturation` +
+      ` (${set.valid.length} images, weighted mix; workers: ${JSON.stringify(workerEnv()) === '{}' ? 'shipped defaults' : JSON.stringify(workerEnv())})`,
+  );
+  for (const workers of workerCounts) {
+    const system = await startSystem({ workers, worker: workerEnv(), verbose: values.verbose });
+    try {
+      const targets = writeTargets(set, system.url, path.join(runsDir, 'bodies'));
+      // Not measured: the JIT, libvips' caches and the connection pools warm up.
+      await attack(vegeta, targets, rates[0]!, warmup, path.join(runsDir, `warmup-w${workers}`));
+      await drained(system);
+      console.log(`\n${workers} worker(s)`);
+      console.log('  target/s  sent/s   200/s   p50       p95       p99       non-2xx  202     SLO');
+      let breaches = 0;
+      for (const rate of rates) {
+        const prefix = path.join(runsDir, `capacity-w${workers}-r${rate}`);
+        const files = await attack(vegeta, targets, rate, stepSeconds, prefix);
+        const verdictFile = `${prefix}.verdict.json`;
+        await run(
+          python,
+          [
+            checker,
+            'vegeta',
+            files.report,
+            '--results',
+            files.results,
+            '--target-rate',
+            String(rate),
+            '--json',
+            verdictFile,
+            '--quiet',
+          ],
+          {
+            quiet: true,
+          },
+        );
+        const verdict = JSON.parse(readFileSync(verdictFile, 'utf8')) as Verdict;
+        const report = JSON.parse(readFileSync(files.report, 'utf8')) as VegetaReport;
+        rmSync(files.bin, { force: true });
+        const codes = report.status_codes ?? {};
+        const total = Math.max(1, report.requests);
+        const non2xx = Object.entries(codes)
+          .filter(([code]) => !code.startsWith('2'))
+          .reduce((n, [, c]) => n + c, 0);
+        const waitRanOut = codes['202'] ?? 0;
+        const sync = verdict.measured.sync[0]!;
+        const cell = (v: number | null) => (v === null ? 'inf' : v.toFixed(1));
+        const shown = (v: number | null) => (v === null ? 'miss' : `${v.toFixed(0)} ms`);
+        const all = (q: '50th' | '95th' | '99th') => (report.latencies[q] / 1e6).toFixed(1);
+        lines.push(
+          [
+            workers,
+            rate,
+            verdict.measured.sent_rps.toFixed(1),
+            verdict.measured.ok_rps.toFixed(1),
+            report.requests,
+            cell(sync.p50),
+            cell(sync.p95),
+            cell(sync.p99),
+            all('50th'),
+            all('95th'),
+            all('99th'),
+            (non2xx / total).toFixed(4),
+            (waitRanOut / total).toFixed(4),
+            verdict.ok ? 'yes' : 'no',
+          ].join(','),
+        );
+        writeFileSync(csvFile, `${lines.join('\n')}\n`);
+        console.log(
+          `  ${String(rate).padStart(8)}  ${verdict.measured.sent_rps.toFixed(1).padStart(6)}  ${verdict.measured.ok_rps.toFixed(1).padStart(6)}` +
+            `  ${shown(sync.p50).padStart(8)}  ${shown(sync.p95).padStart(8)}  ${shown(sync.p99).padStart(8)}` +
+            `  ${`${((non2xx / total) * 100).toFixed(1)}%`.padStart(7)}  ${`${((waitRanOut / total) * 100).toFixed(1)}%`.padStart(6)}  ${verdict.ok ? 'ok' : 'BREACH'}`,
+        );
+        breaches = verdict.ok ? 0 : breaches + 1;
+        // Saturated: the answers no longer keep up with the arrivals, or the tail is a miss. Two
+        // breaches in a row also end the ladder (one may be a slow spell of the shared machine).
+        const saturated = verdict.measured.ok_rps < 0.9 * rate || sync.p99 === null;
+        if (breaches >= 2 || (breaches > 0 && saturated)) break;
+        await drained(system);
+      }
+    } finally {
+      await system.stop();
+    }
+  }
+  const minutes = ((Date.now() - started) / 60_000).toFixed(1);
+  console.log(`\nwrote ${path.relative(ROOT, csvFile)} (${minutes} min)`);
+  // The plot, and per worker count the highest rate within the SLO (the checker's SLO file).
+  return run(python, [path.join(ROOT, 'loadtests', 'plot_capacity.py'), csvFile, path.join(outDir, 'capacity.png')]);
+}
+
+async function scaleout(): Promise<number> {
+  const rate = number('rate', values.rate);
+  const duration = number('duration', values.duration);
+  const addAt = number('add-at', values['add-at']);
+  const add = number('add-workers', values['add-workers']);
+  const startWorkers = number('workers', values.workers ?? '1');
+  const python = ensurePython();
+  const vegeta = ensureVegeta();
+  const set = await ensureImageSet();
+  const env = workerEnv('1');
+  const system = await startSystem({ workers: startWorkers, worker: env, verbose: values.verbose });
+  let attackStart = 0;
+  let added = '';
+  try {
+    const targets = writeTargets(set, system.url, path.join(runsDir, 'bodies'));
+    await attack(
+      vegeta,
+      targets,
+      Math.max(10, Math.round(rate / 4)),
+      number('warmup-seconds', values['warmup-seconds']),
+      path.join(runsDir, 'warmup-scaleout'),
+    );
+    await drained(system);
+    console.log(
+      `scale-out: ${rate}/s for ${duration} s on ${startWorkers} worker(s) (${JSON.stringify(env)}); ${add} more at ${addAt} s`,
+    );
+    const prefix = path.join(runsDir, 'scaleout');
+    const scale = (async () => {
+      await waitFor('the attack to start', () => Promise.resolve(attackStart > 0), 10_000);
+      await sleep(Math.max(0, attackStart + addAt * 1000 - Date.now()));
+      const asked = (Date.now() - attackStart) / 1000;
+      await system.addWorkers(add);
+      const ready = (Date.now() - attackStart) / 1000;
+      added = `workers ${startWorkers}→${startWorkers + add}`;
+      console.log(
+        `  t=${asked.toFixed(1)} s: ${add} workers started; /ready lists ${system.workerCount()} at t=${ready.toFixed(1)} s`,
+      );
+    })();
+    // Awaited after the attack; a failure to add workers must not go unhandled meanwhile.
+    scale.catch(() => undefined);
+    const files = await attack(vegeta, targets, rate, duration, prefix, () => (attackStart = Date.now()));
+    await scale;
+    rmSync(files.bin, { force: true });
+    return await run(python, [
+      checker,
+      'windows',
+      files.results,
+      '--window',
+      values.window,
+      '--last',
+      values.last,
+      '--workers',
+      String(startWorkers),
+      '--event',
+      `${addAt}=${added}`,
+      '--breach-before',
+      String(addAt),
+      '--out',
+      path.join(outDir, 'scaleout.csv'),
+    ]);
+  } finally {
+    await system.stop();
+  }
+}
+
+/** Locust against a system of its own; then the same verdict from the files, by the stand-alone checker. */
+async function locust(shape: 'smoke' | 'steps'): Promise<number> {
+  const python = ensurePython();
+  await ensureImageSet();
+  const workers = number('workers', values.workers ?? '2');
+  const name = shape === 'smoke' ? 'smoke' : 'locust';
+  const prefix = path.join(outDir, name);
+  const html = path.join(outDir, `${name}-report.html`);
+  const system = await startSystem({ workers, worker: workerEnv(), verbose: values.verbose });
+  let locustCode: number;
+  try {
+    console.log(`${name}: Locust (--shape ${shape}) against ${system.url} with ${workers} worker(s)`);
+    const locustBin = path.join(path.dirname(python), 'locust');
+    locustCode = await run(locustBin, [
+      '-f',
+      path.join(ROOT, 'loadtests', 'locustfile.py'),
+      '--headless',
+      '--host',
+      system.url,
+      '--shape',
+      shape,
+      '--csv',
+      prefix,
+      '--html',
+      html,
+      '--only-summary',
+      '--loglevel',
+      'WARNING',
+    ]);
+  } finally {
+    await system.stop();
+  }
+  const checkCode = await run(python, [checker, 'locust', prefix]);
+  console.log(`Locust exited with ${locustCode}; the checker with ${checkCode}; report: ${path.relative(ROOT, html)}`);
+  if (shape === 'smoke') {
+    // The checker must catch a breach, not only pass: the same results against an impossible SLO.
+    const impossible = path.join(os.tmpdir(), `conveyor-impossible-slo-${process.pid}.yaml`);
+    writeFileSync(
+      impossible,
+      'sync_predict: {p95_ms: 1, p99_ms: 1}\nasync_end_to_end: {p95_ms: 1}\navailability: {min_ratio_without_5xx: 1}\njobs: {max_lost: 0}\nbad_inputs: {max_5xx: 0}\n',
+    );
+    const selfTest = await run(python, [checker, 'locust', prefix, '--slo', impossible, '--quiet'], { quiet: true });
+    rmSync(impossible, { force: true });
+    const caught = selfTest === 1;
+    console.log(
+      `checker self-test: an impossible SLO (p95 < 1 ms) on the same results exits ${selfTest}: ${caught ? 'ok' : 'WRONG'}`,
+    );
+    if (!caught) return 1;
+  }
+  return locustCode !== 0 ? locustCode : checkCode;
+}
+
+let code: number;
+switch (mode) {
+  case 'capacity':
+    code = await capacity();
+    break;
+  case 'scaleout':
+    code = await scaleout();
+    break;
+  case 'smoke':
+    code = await locust('smoke');
+    break;
+  case 'locust':
+    code = await locust('steps');
+    break;
+}
+process.exit(code);

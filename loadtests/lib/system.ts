@@ -1,0 +1,155 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { freePort } from '../../scripts/lib/free-port.js';
+import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
+import { spawnService, type ServiceProcess } from '../../scripts/lib/service-process.js';
+
+/**
+ * A whole Conveyor system for a load test, as `make run` starts it but on free ports and from the
+ * compiled dist/ (`npm run build`): a private redis-server, N inference workers, the gateway and the
+ * drift monitor. Workers can be added while it runs (the scale-out proof). Everything is stopped by
+ * `stop()`, and by a signal to this process.
+ */
+export interface LoadSystem {
+  readonly url: string;
+  readonly redisUrl: string;
+  readonly monitorUrl: string;
+  workerCount(): number;
+  /** Starts `count` more workers and resolves once /ready lists all of them. */
+  addWorkers(count: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface SystemOptions {
+  workers: number;
+  /** Extra gateway environment. */
+  gateway?: Record<string, string>;
+  /** Extra worker environment (e.g. WORKER_CONCURRENCY). */
+  worker?: Record<string, string>;
+  /** Print the services' log lines (otherwise only what they write to stderr: crashes). */
+  verbose?: boolean;
+}
+
+/**
+ * The load tests' own gateway settings. URL_ALLOW_CIDRS lets image URLs resolve to 127.0.0.1, where
+ * the Locust scenario serves its images: the gateway refuses loopback URLs otherwise (SSRF
+ * protection), and must keep doing so everywhere but here.
+ */
+export const LOADTEST_GATEWAY_ENV = { URL_ALLOW_CIDRS: '127.0.0.1/32' } as const;
+
+export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-loadtest-'));
+  const services: ServiceProcess[] = [];
+  let redis: LocalRedis | undefined;
+  let stopped = false as boolean;
+  // The services log as they do in production (their cost is part of what is measured), to stdout,
+  // which is dropped unless verbose: parsing every line here would load the shared cores.
+  const logs = options.verbose ?? false;
+  const onRecord = (label: string) => (_record: Record<string, unknown>, raw: string) => console.error(`[${label}] ${raw}`);
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    // As `make run` stops: the gateway (no new work), the workers (they drain), the monitor, Redis.
+    await services.find((s) => s.name === 'gateway')?.stop();
+    await Promise.all(services.filter((s) => s.name.startsWith('worker')).map((s) => s.stop()));
+    await services.find((s) => s.name === 'monitor')?.stop();
+    await redis?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const onSignal = () => {
+    void stop().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    redis = await startRedis({ dir: path.join(dir, 'redis') });
+    const env = { REDIS_URL: redis.url };
+    const port = await freePort();
+    const monitorPort = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    let workers = 0;
+    const startWorkers = (count: number) => {
+      for (let i = 0; i < count; i++) {
+        workers++;
+        const label = `worker-${workers}`;
+        services.push(
+          spawnService(
+            'inference-worker',
+            { ...env, ...options.worker },
+            { label, logs, built: true, onRecord: onRecord(label) },
+          ),
+        );
+      }
+    };
+    const ready = async (count: number) => {
+      await waitFor(`the gateway with ${count} worker(s) ready`, async () => {
+        for (const s of services) if (s.child.exitCode !== null) throw new Error(`${s.name} exited with ${s.child.exitCode}`);
+        const r = await fetch(`${url}/ready`).catch(() => undefined);
+        if (!r?.ok) return false;
+        const body = (await r.json()) as { workers?: unknown[] };
+        return (body.workers?.length ?? 0) >= count;
+      });
+    };
+    startWorkers(options.workers);
+    services.push(
+      spawnService(
+        'gateway',
+        { ...env, ...LOADTEST_GATEWAY_ENV, ...options.gateway, PORT: String(port), HOST: '127.0.0.1' },
+        { logs, built: true, onRecord: onRecord('gateway') },
+      ),
+    );
+    services.push(
+      spawnService(
+        'monitor',
+        {
+          ...env,
+          MONITOR_PORT: String(monitorPort),
+          MONITOR_HOST: '127.0.0.1',
+          REPORT_DIR: path.join(dir, 'reports'),
+          // No periodic report in the middle of a measurement.
+          REPORT_INTERVAL_MS: '0',
+        },
+        { logs, built: true, onRecord: onRecord('monitor') },
+      ),
+    );
+    await ready(options.workers);
+    const monitorUrl = `http://127.0.0.1:${monitorPort}`;
+    await waitFor('the monitor', async () => (await fetch(`${monitorUrl}/ready`).catch(() => undefined))?.ok === true);
+    return {
+      url,
+      redisUrl: redis.url,
+      monitorUrl,
+      workerCount: () => workers,
+      addWorkers: async (count) => {
+        startWorkers(count);
+        await ready(workers);
+      },
+      stop: async () => {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+        await stop();
+      },
+    };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+export async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 90_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Jobs waiting in the queue, from the gateway's /metrics (conveyor_queue_waiting_jobs). */
+export async function queueDepth(gatewayUrl: string): Promise<number> {
+  const text = await (await fetch(`${gatewayUrl}/metrics`)).text();
+  const line = text
+    .split('\n')
+    .find((l) => l.startsWith('conveyor_queue_waiting_jobs ') || l.startsWith('conveyor_queue_waiting_jobs{'));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : NaN;
+}
