@@ -53,7 +53,7 @@ signing-key: $(NODE_MODULES) ## An Ed25519 key pair for model signatures in data
 	$(TSX) scripts/signing-key.ts
 
 .PHONY: mlflow
-mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on 127.0.0.1:5000 (installs the pinned server into .venv/mlflow once); MLFLOW_AUTH=1 with accounts, as compose
+mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on 127.0.0.1:5000 (installs the pinned server into .venv/mlflow once); MLFLOW_AUTH=1 with accounts, as compose; MLFLOW_S3=1 artifacts in a local versioned bucket (MLFLOW_ARTIFACTS_DESTINATION=s3://… for a real one)
 	$(TSX) scripts/mlflow.ts
 
 .PHONY: train
@@ -71,6 +71,14 @@ promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; mov
 .PHONY: rollback
 rollback: $(NODE_MODULES) ## Point the production alias back at the version it replaced
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts rollback
+
+.PHONY: orchestrate
+orchestrate: $(NODE_MODULES) ## Prefect 3: server (UI 127.0.0.1:4200, data/prefect), the weekly training deployment, a worker, one run now, then up until Ctrl-C; ONCE=1 exits after the run
+	$(TSX) scripts/with-mlflow.ts $(TSX) scripts/orchestrate.ts
+
+.PHONY: orchestrate-screenshots
+orchestrate-screenshots: $(NODE_MODULES) ## One orchestrated run (PARAMETERS='{"configs": […]}' for others), then screenshots of the Prefect UI → docs/images
+	SCREENSHOTS=1 $(TSX) scripts/with-mlflow.ts $(TSX) scripts/orchestrate.ts
 
 .PHONY: screenshots
 screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in headless Chromium → docs/images

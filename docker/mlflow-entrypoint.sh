@@ -13,4 +13,10 @@ if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
   MLFLOW_FLASK_SERVER_SECRET_KEY=$(/opt/mlflow/bin/python -c 'import secrets; print(secrets.token_hex(32))')
   export MLFLOW_FLASK_SERVER_SECRET_KEY
 fi
-exec /opt/mlflow/bin/mlflow server --app-name basic-auth "$@"
+# Compose passes an empty MLFLOW_S3_ENDPOINT_URL to mean AWS's own endpoint; MLflow would hand the
+# empty string to boto3 as the endpoint ("Invalid endpoint"), so empty is made unset.
+if [ -z "${MLFLOW_S3_ENDPOINT_URL:-}" ]; then unset MLFLOW_S3_ENDPOINT_URL; fi
+# Artifacts where MLFLOW_ARTIFACTS_DESTINATION says (compose: the `s3` service's versioned bucket; on
+# AWS a real one, with MLFLOW_S3_ENDPOINT_URL empty and the task's role or AWS_* keys), else on the
+# volume. Clients always go through the server (--serve-artifacts): only this container talks to S3.
+exec /opt/mlflow/bin/mlflow server --app-name basic-auth --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-/mlflow/artifacts}" "$@"

@@ -1,7 +1,8 @@
 # The MLflow tracking server and model registry: the pinned Python package (every dependency at
-# the version in requirements/mlflow.lock.txt, with the `auth` extra), SQLite backend store and
-# served artifacts, both on the /mlflow volume, running as an unprivileged user behind MLflow's
-# basic-auth app: every request but /health needs an account (docker/mlflow-entrypoint.sh).
+# the version in requirements/mlflow.lock.txt, with the `auth` extra and boto3 for S3), SQLite
+# backend store on the /mlflow volume, served artifacts in MLFLOW_ARTIFACTS_DESTINATION (an
+# s3://<bucket>/<prefix>; unset: /mlflow/artifacts on the volume), running as an unprivileged user
+# behind MLflow's basic-auth app: every request but /health needs an account (docker/mlflow-entrypoint.sh).
 FROM python:3.11-slim-bookworm
 RUN useradd --system --create-home --home-dir /home/mlflow mlflow \
  && mkdir -p /mlflow && chown mlflow:mlflow /mlflow
@@ -21,5 +22,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=5 \
 ENTRYPOINT ["/bin/sh", "/opt/conveyor/mlflow-entrypoint.sh"]
 # The Host check (MLflow >= 3.5) must let the other services in by their compose name.
 CMD ["--host", "0.0.0.0", "--port", "5000", "--workers", "2", \
-     "--backend-store-uri", "sqlite:////mlflow/mlflow.db", "--artifacts-destination", "/mlflow/artifacts", "--serve-artifacts", \
+     "--backend-store-uri", "sqlite:////mlflow/mlflow.db", "--serve-artifacts", \
      "--allowed-hosts", "mlflow,mlflow:5000,localhost,localhost:*,127.0.0.1,127.0.0.1:*"]

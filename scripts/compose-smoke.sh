@@ -81,6 +81,21 @@ status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 [ "$(status -u "reader:$MLFLOW_READER_PASSWORD" -X PATCH -H 'content-type: application/json' -d '{"name":"smoke","description":"x"}' "$api/registered-models/update")" = 403 ] || fail "the MLflow reader could change the admin's model"
 ok "MLflow on :$MLFLOW_PORT with authentication: 401 anonymous or with a wrong password, the reader reads (200) and cannot change the admin's model (403)"
 
+# Artifacts go through MLflow into the `s3` service's versioned bucket: the same path written twice
+# leaves two object versions, and the reader downloads the latest through MLflow.
+artifact="http://127.0.0.1:$MLFLOW_PORT/api/2.0/mlflow-artifacts/artifacts/0/smoke/artifacts/model/notes.txt"
+for body in first second; do
+  [ "$(status -u "admin:$MLFLOW_ADMIN_PASSWORD" -X PUT --data-binary "$body" "$artifact")" = 200 ] || fail "MLflow did not store an artifact in S3"
+done
+[ "$(curl -fsS -u "reader:$MLFLOW_READER_PASSWORD" "$artifact")" = second ] || fail "the reader did not get the latest artifact back"
+versions=$(dc exec -T s3 /opt/s3/bin/python -c "
+import boto3
+s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:9000', region_name='us-east-1', aws_access_key_id='smoke', aws_secret_access_key='smoke')
+assert s3.get_bucket_versioning(Bucket='conveyor-mlflow')['Status'] == 'Enabled'
+print(len(s3.list_object_versions(Bucket='conveyor-mlflow', Prefix='artifacts/0/smoke/artifacts/model/notes.txt')['Versions']))") || fail "could not read the s3 service's bucket"
+[ "$versions" = 2 ] || fail "the bucket holds $versions versions of the artifact written twice, expected 2"
+ok "MLflow's artifacts in the s3 service's bucket (versioning on): one path written twice → 2 object versions, the latest served"
+
 for _ in $(seq 1 30); do
   unhealthy=$(dc ps | tail -n +3 | grep -vc '(healthy)' || true)
   [ "$unhealthy" = 0 ] && break

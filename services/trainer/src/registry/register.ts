@@ -18,6 +18,8 @@ export interface RegistrationInput {
   readonly datasetHash: string;
   readonly validationPassed: boolean;
   readonly metrics: Pick<RunMetrics, 'testAccuracy' | 'validationAccuracy' | 'testMacroF1' | 'latency'>;
+  /** More tags for the version, e.g. the orchestrator's run id (they cannot replace the gate's figures). */
+  readonly tags?: Readonly<Record<string, string>>;
 }
 
 export async function registerRun(client: MlflowClient, input: RegistrationInput, log: Logger): Promise<ModelVersion> {
@@ -28,6 +30,7 @@ export async function registerRun(client: MlflowClient, input: RegistrationInput
   const version = await client.createModelVersion(input.modelName, `${input.artifactUri}/model`, input.runId, {
     description: `${input.config} (${input.build}): test accuracy ${(input.metrics.testAccuracy * 100).toFixed(2)} %`,
     tags: {
+      ...input.tags,
       config: input.config,
       build: input.build,
       dataset_hash: input.datasetHash,

@@ -1,0 +1,148 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { expect } from 'chai';
+import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { contentHash, readMnistSource, writeSnapshot, type SourceDataset } from '../../services/trainer/src/pipeline/ingest.js';
+import { tagsOf } from '../../services/trainer/src/registry/gate.js';
+import {
+  deployTraining,
+  readDeployment,
+  runDeployment,
+  startPrefectServer,
+  startWorker,
+  taskRunsOf,
+  waitForFlowRun,
+  WORK_POOL,
+  type PrefectServer,
+} from '../../scripts/lib/prefect-server.js';
+import { startMlflow } from '../../scripts/lib/mlflow-server.js';
+import { until } from '../support/wait.js';
+
+/**
+ * The training pipeline as a Prefect 3 flow (orchestration/): a real Prefect server and process
+ * worker, a real MLflow, the trainer's own steps as subprocesses. One server for the file (~30 s
+ * to start on two cores); a tiny configuration keeps the training itself to seconds. MLflow runs
+ * its basic-auth app here: every write the steps make needs the admin's account, which reaches them
+ * only through the worker's environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD_FILE).
+ */
+describe('orchestration (real Prefect and MLflow)', function () {
+  this.timeout(600_000);
+  const suffix = Math.random().toString(36).slice(2, 8);
+  const model = `orchestrated-${suffix}`;
+  let tmp: string;
+  let server: PrefectServer;
+  // What before() started, stopped in reverse even when it failed half-way.
+  const started: (() => Promise<void>)[] = [];
+  let client: MlflowClient;
+  let deploymentId: string;
+  let source: SourceDataset;
+
+  before(async () => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'conveyor-orchestration-'));
+    const admin = { username: 'admin', password: `admin-${suffix}-${Math.random().toString(36).slice(2)}` };
+    const mlflow = await startMlflow({ dir: path.join(tmp, 'mlflow'), quiet: true, auth: { admin } });
+    started.push(() => mlflow.stop());
+    const passwordFile = path.join(tmp, 'admin.password');
+    writeFileSync(passwordFile, `${admin.password}\n`, { mode: 0o600 });
+    client = new MlflowClient(mlflow.url, { credentials: admin });
+    source = readMnistSource();
+    const config = path.join(tmp, 'tiny-softmax.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        name: 'tiny-softmax',
+        model,
+        architecture: { kind: 'softmax' },
+        seed: 3,
+        epochs: 2,
+        batchSize: 64,
+        learningRate: 0.003,
+        patience: 2,
+        limitTrain: 600,
+      }),
+    );
+    server = await startPrefectServer({ home: path.join(tmp, 'prefect'), quiet: true });
+    started.push(() => server.stop());
+    deploymentId = deployTraining(server, {
+      parameters: { configs: [config], data_dir: path.join(tmp, 'data'), model, experiment: `orchestrated-${suffix}` },
+    });
+    const worker = startWorker(server, {
+      env: {
+        MLFLOW_TRACKING_URI: mlflow.url,
+        MLFLOW_TRACKING_USERNAME: admin.username,
+        MLFLOW_TRACKING_PASSWORD_FILE: passwordFile,
+      },
+      quiet: true,
+    });
+    started.push(() => worker.stop());
+  });
+
+  after(async () => {
+    for (const stop of started.reverse()) await stop();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('deploys the flow on a weekly cron schedule to a process work pool', async () => {
+    const deployment = await readDeployment(server, deploymentId);
+    expect(deployment.name).to.equal('weekly');
+    expect(deployment.work_pool_name).to.equal(WORK_POOL);
+    expect(deployment.schedules.map((s) => [s.active, s.schedule.cron])).to.deep.equal([[true, '0 3 * * 1']]);
+  });
+
+  it('runs ingest → validate → train → evaluate → register to Completed, registering (with the account given to the worker) a version tagged with the dataset hash and the flow run', async () => {
+    const submitted = await runDeployment(server, deploymentId);
+    const run = await waitForFlowRun(server, submitted.id, 300_000);
+    expect(run.state_type, run.state?.message ?? '').to.equal('COMPLETED');
+
+    // Task runs report their states as events, which may land a moment after the flow run's.
+    const tasks = await until('five completed task runs', async () => {
+      const all = await taskRunsOf(server, run.id);
+      return all.length === 5 && all.every((t) => t.state_type === 'COMPLETED') && all;
+    });
+    expect(tasks.map((t) => t.name.replace(/-[0-9a-f]{3}$/, ''))).to.deep.equal([
+      'ingest',
+      'validate',
+      'train[tiny-softmax]',
+      'evaluate',
+      'register',
+    ]);
+
+    const staging = await client.getVersionByAlias(model, 'staging');
+    expect(staging, 'a version behind staging').to.not.equal(undefined);
+    expect(tagsOf(staging!)).to.include({
+      dataset_hash: source.hash,
+      'prefect.flow_run_id': run.id,
+      'prefect.flow_run_name': run.name,
+      'validation.passed': 'true',
+    });
+    // The MLflow run the version came from is the one the train task tracked.
+    const tracked = await client.getRun(staging!.run_id!);
+    expect(tracked.data.params.find((p) => p.key === 'dataset_hash')?.value).to.equal(source.hash);
+  });
+
+  it('fails the flow on data that fails validation, with the report in the message, no retry and no new version', async () => {
+    const before = (await client.searchModelVersions(model)).length;
+    const broken: SourceDataset = {
+      ...source,
+      rows: source.rows.map((r, i) => (i === 42 ? { ...r, pixels: r.pixels.map((v, j) => (j === 0 ? NaN : v)) } : r)),
+    };
+    const snapshot = await writeSnapshot({ ...broken, hash: contentHash(broken.rows) }, path.join(tmp, 'drop'));
+
+    const submitted = await runDeployment(server, deploymentId, { source_snapshot: snapshot });
+    const run = await waitForFlowRun(server, submitted.id, 180_000);
+    expect(run.state_type).to.equal('FAILED');
+    expect(run.state?.message).to.contain('data validation failed').and.contain('validation.md');
+
+    const tasks = await until('the failed validation task run', async () => {
+      const all = await taskRunsOf(server, run.id);
+      return all.some((t) => t.name.startsWith('validate') && t.state_type === 'FAILED') && all;
+    });
+    const byName = Object.fromEntries(tasks.map((t) => [t.name.replace(/-[0-9a-f]{3}$/, ''), t]));
+    expect(byName.ingest?.state_type).to.equal('COMPLETED');
+    expect(byName.validate?.state_type).to.equal('FAILED');
+    expect(byName.validate?.run_count, 'a failed validation is not retried').to.equal(1);
+    expect(Object.keys(byName).some((n) => n.startsWith('train'))).to.equal(false);
+    expect((await client.searchModelVersions(model)).length).to.equal(before);
+  });
+});
