@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ROOT } from '../scripts/lib/service-process.js';
-import { ensureImageSet } from './lib/images.js';
+import { ensureImageSet, multipartBody, type ImageSet } from './lib/images.js';
 import { queueDepth, startSystem, waitFor, type LoadSystem } from './lib/system.js';
 import { attack, ensurePython, ensureVegeta, run, writeTargets } from './lib/tools.js';
 
@@ -268,10 +268,24 @@ async function scaleout(): Promise<number> {
   }
 }
 
+/** Every valid image of the set, synchronously, a few rounds, four at a time; each must answer 200. */
+async function warmUp(base: string, set: ImageSet, rounds = 3): Promise<void> {
+  const queue = Array.from({ length: rounds }, () => set.valid).flat();
+  const one = async (): Promise<void> => {
+    for (let image = queue.shift(); image; image = queue.shift()) {
+      const { body, type } = multipartBody(readFileSync(path.join(set.dir, image.file)), image.file, image.contentType);
+      const reply = await fetch(`${base}/v1/predict`, { method: 'POST', body, headers: { 'content-type': type } });
+      await reply.arrayBuffer();
+      if (reply.status !== 200) throw new Error(`warm-up: ${image.name} answered ${reply.status}`);
+    }
+  };
+  await Promise.all([one(), one(), one(), one()]);
+}
+
 /** Locust against a system of its own; then the same verdict from the files, by the stand-alone checker. */
 async function locust(shape: 'smoke' | 'steps'): Promise<number> {
   const python = ensurePython();
-  await ensureImageSet();
+  const set = await ensureImageSet();
   const workers = number('workers', values.workers ?? '2');
   const name = shape === 'smoke' ? 'smoke' : 'locust';
   const prefix = path.join(outDir, name);
@@ -279,6 +293,9 @@ async function locust(shape: 'smoke' | 'steps'): Promise<number> {
   const system = await startSystem({ workers, worker: workerEnv(), verbose: values.verbose });
   let locustCode: number;
   try {
+    // Not measured, as in the capacity run: the first requests of a fresh system pay for the JIT,
+    // libvips' caches and onnxruntime's first runs (a CI smoke saw p99 2.3 s from a handful of them).
+    await warmUp(system.url, set);
     console.log(`${name}: Locust (--shape ${shape}) against ${system.url} with ${workers} worker(s)`);
     const locustBin = path.join(path.dirname(python), 'locust');
     locustCode = await run(locustBin, [
