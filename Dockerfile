@@ -1,7 +1,8 @@
 # One image for the gateway, the inference workers and the drift monitor: the command picks the
 # service (see docker-compose.yml). Dependencies come from the lockfile; TypeScript is compiled in
-# a build stage; the runtime stage holds production dependencies, the compiled code and the default
-# model, and runs as an unprivileged user.
+# a build stage; the runtime stage holds production dependencies, the compiled code and both models
+# (models/digits as committed, models/moderation converted in its own stage), and runs as an
+# unprivileged user.
 ARG NODE_IMAGE=node:22-bookworm-slim
 
 # The lockfile and the workspaces' package.json files: what both dependency stages install from.
@@ -22,6 +23,24 @@ COPY tsconfig.base.json tsconfig.build.json ./
 COPY shared shared
 COPY services services
 RUN npm run build
+
+# models/moderation/model.onnx is not in the repository (its converter and checksum are): it is built
+# here exactly as `make model-moderation` builds it, so every image serves the same, checked file
+# whatever the build context holds. nsfwjs is fetched with `npm pack` (integrity checked), numpy and
+# onnx come from the pinned lock into a venv, and convert.py refuses any output but the manifest's
+# sha256. The file is the same on every architecture. (The comparison with the original model in
+# tfjs, which `make model-moderation` also runs, is left to the tests.)
+FROM deps AS moderation-model
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+COPY shared shared
+COPY scripts/lib scripts/lib
+COPY scripts/models scripts/models
+COPY models/moderation models/moderation
+RUN rm -f models/moderation/model.onnx \
+ && node --conditions=conveyor-source --import tsx scripts/models/moderation.ts --build-only \
+ && rm -rf .venv .tools
 
 FROM manifests AS prod-deps
 # Serving services only (the trainer's tfjs stays out), and onnxruntime's native binding for the
@@ -52,6 +71,7 @@ COPY --from=build /app/services/gateway/dist services/gateway/dist
 COPY --from=build /app/services/inference-worker/dist services/inference-worker/dist
 COPY --from=build /app/services/monitor/dist services/monitor/dist
 COPY models models
+COPY --from=moderation-model /app/models/moderation/model.onnx models/moderation/model.onnx
 COPY docker/healthcheck.mjs docker/healthcheck.mjs
 RUN mkdir -p /app/data && chown -R conveyor:conveyor /app/data
 USER conveyor

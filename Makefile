@@ -16,7 +16,7 @@ help: ## List the targets
 install: $(NODE_MODULES) ## Install dependencies from the lockfile
 
 .PHONY: run
-run: build ## Run the gateway and a worker (Redis from REDIS_URL, else a local redis-server); WORKERS=n for more
+run: build ## Run the gateway and a worker (Redis from REDIS_URL, else a local redis-server); WORKERS=n for more, MODELS=digits,moderation for both models
 	$(TSX) scripts/run.ts
 
 .PHONY: test

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Compose smoke test: build the images, start the whole system with four inference workers, and
-# check it from outside through the published ports: readiness, a synchronous and an asynchronous
-# prediction, jobs spread over all four workers, the queue dashboard behind its credentials, the
-# monitor, and MLflow behind its own (basic-auth: anonymous refused, the READ-only reader reads and
-# cannot change what the admin made). Always tears everything down (volumes included). Prints what it checked.
+# Compose smoke test: build the images, start the whole system with four digits workers and the
+# moderation worker, and check it from outside through the published ports: readiness per model, a
+# synchronous and an asynchronous prediction, the moderation model, jobs spread over all four digits
+# workers, the queue dashboard behind its credentials, the monitor, and MLflow behind its own
+# (basic-auth: anonymous refused, the READ-only reader reads and cannot change what the admin made)
+# with its artifacts in the `s3` service's versioned bucket. Always tears everything down (volumes
+# included). Prints what it checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,19 +28,24 @@ dc build >/dev/null
 built=$(date +%s)
 dc up -d --scale inference-worker=4 >/dev/null
 echo "   images built in $((built - started)) s, system started in $(($(date +%s) - built)) s"
-for image in conveyor:local conveyor-mlflow:local; do
+for image in conveyor:local conveyor-mlflow:local conveyor-s3:local; do
   size=$(docker image inspect --format '{{.Size}}' "$image" 2>/dev/null || echo 0)
   echo "   $image: $((size / 1000000)) MB"
 done
 
 echo "== checks"
+# Four digits workers (the scaled service) and the moderation worker, each counted under its model.
 for _ in $(seq 1 90); do
-  workers=$(curl -fsS "$gateway/ready" 2>/dev/null | python3 -c 'import sys, json; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
-  [ "$workers" = 4 ] && break
+  workers=$(curl -fsS "$gateway/ready" 2>/dev/null | python3 -c 'import sys, json; m = json.load(sys.stdin)["models"]; print(m["digits"]["workers"], m["moderation"]["workers"])' 2>/dev/null || echo 0 0)
+  [ "$workers" = "4 1" ] && break
   sleep 2
 done
-[ "$workers" = 4 ] || fail "gateway /ready does not list 4 workers (got $workers)"
-ok "gateway ready on :$GATEWAY_PORT with 4 live workers"
+[ "$workers" = "4 1" ] || fail "gateway /ready does not list 4 digits workers and 1 moderation worker (got $workers)"
+ok "gateway ready on :$GATEWAY_PORT with 4 live digits workers and 1 moderation worker"
+
+moderation=$(curl -fsS -F file=@docs/examples/seven.png "$gateway/v1/models/moderation/predict" | python3 -c 'import sys, json; d = json.load(sys.stdin); print(d["model"]["name"], len(d["prediction"]["top"]))')
+[ "$moderation" = "moderation 5" ] || fail "the moderation model answered: $moderation"
+ok "the moderation model (built into the image) on /v1/models/moderation/predict, all five classes"
 
 label=$(curl -fsS -F file=@docs/examples/seven.png "$gateway/v1/predict" | python3 -c 'import sys, json; print(json.load(sys.stdin)["prediction"]["label"])')
 [ "$label" = 7 ] || fail "synchronous prediction answered $label"

@@ -1,5 +1,10 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { prettyFactory } from 'pino-pretty';
+import { z } from 'zod';
+import { loadConfig, modelsConfigShape } from '@conveyor/shared/config';
+import { readManifest } from '@conveyor/shared/model/runtime';
 import { parseArgs } from 'node:util';
 import { freePort } from './lib/free-port.js';
 import {
@@ -17,6 +22,10 @@ import { ROOT, spawnService, type ServiceProcess } from './lib/service-process.j
  * its process. Redis comes from REDIS_URL, else a local redis-server is started on REDIS_PORT (default 6379) with its
  * data in ./data/redis and stopped on exit. Ctrl-C or SIGTERM stops everything in order.
  *
+ * The workers serve the default model (digits) unless MODELS says otherwise (`MODELS=digits,moderation make run`:
+ * every worker serves both, each model on its own queue). A model folder without its ONNX file is built first when
+ * this repository knows how (models/moderation: `make model-moderation`, ~20 s), else the run stops and says so.
+ *
  * Each worker gets a Prometheus endpoint of its own: METRICS_PORT (default 9101, next to the monitor's 9100) for the
  * first, the next port for the second, and so on; METRICS_PORT=0 lets the OS choose. The URLs are printed once the
  * workers listen.
@@ -31,6 +40,63 @@ if (!Number.isInteger(metricsBase) || metricsBase < 0 || metricsBase + workerCou
     `[run] METRICS_PORT must be a TCP port (0-65535) leaving room for ${workerCount} workers, got ${JSON.stringify(process.env.METRICS_PORT)}`,
   );
   process.exit(1);
+}
+
+const models = await checkModels();
+
+/** The models the workers will serve, each folder ready (built if it can be); exits with the reason otherwise. */
+async function checkModels(): Promise<{ name: string; dir: string }[]> {
+  let config;
+  try {
+    config = loadConfig(z.object(modelsConfigShape), process.env);
+  } catch (error) {
+    console.error(`[run] ${error instanceof Error ? error.message : String(error)}`);
+    process.exit(1);
+  }
+  const modelsDir = process.env.MODELS_DIR || 'models';
+  const planned = (config.MODELS ?? [{ name: config.DEFAULT_MODEL }]).map(({ name }) => ({
+    name,
+    dir: path.resolve(ROOT, (name === config.DEFAULT_MODEL && process.env.MODEL_DIR) || path.join(modelsDir, name)),
+  }));
+  // Served from the registry, the folders are not read.
+  if (process.env.MLFLOW_TRACKING_URI) return planned;
+  for (const { name, dir } of planned) {
+    const file = await modelFile(dir);
+    if (file.ok) continue;
+    if (dir === path.join(ROOT, 'models', 'moderation')) {
+      console.log(`[run] models/moderation has no model.onnx yet: building it (make model-moderation, ~20 s)…`);
+      try {
+        const { ensureModerationModel } = await import('./models/moderation.js');
+        await ensureModerationModel();
+        continue;
+      } catch (error) {
+        console.error(`[run] building models/moderation failed: ${error instanceof Error ? error.message : String(error)}`);
+        console.error('[run] build it with `make model-moderation` (needs python3 with venv), then run again');
+        process.exit(1);
+      }
+    }
+    console.error(`[run] the model ${name} cannot be served from ${path.relative(ROOT, dir) || dir}: ${file.reason}`);
+    console.error(
+      '[run] a model folder holds model.onnx and manifest.json (see README, "Add a model"); set MODELS_DIR or MODELS',
+    );
+    process.exit(1);
+  }
+  return planned;
+}
+
+/** Whether a model folder has its manifest and the ONNX file the manifest names, with its sha256. */
+async function modelFile(dir: string): Promise<{ ok: true } | { ok: false; reason: string }> {
+  try {
+    const manifest = await readManifest(dir);
+    const bytes = await readFile(path.join(dir, manifest.file)).catch(() => undefined);
+    if (!bytes) return { ok: false, reason: `${manifest.file} is missing` };
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    return sha256 === manifest.sha256
+      ? { ok: true }
+      : { ok: false, reason: `${manifest.file} does not have the manifest's sha256` };
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  }
 }
 
 let redis: Promise<LocalRedis> | undefined;
@@ -171,4 +237,9 @@ if (!stopping) {
   }
   launch('gateway', 'gateway', 0);
   launch('monitor', 'monitor', workerCount + 1);
+  const [first] = models;
+  console.log(
+    `[run] models: ${models.map((m) => m.name).join(', ')} (each worker serves ${models.length === 1 ? 'it' : 'all of them'}); ` +
+      `POST /v1/models/<name>/predict, GET /v1/models${first ? `; e.g. curl -F file=@docs/examples/seven.png localhost:8080/v1/models/${first.name}/predict` : ''}`,
+  );
 }

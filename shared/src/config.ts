@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { ModelName } from './contract/queue.contract.js';
 import type { MlflowCredentials } from './mlflow/client.js';
 
 /**
@@ -92,6 +93,52 @@ export const redisConfigShape = {
     .regex(/^[a-z][a-z0-9-]*$/, 'lowercase letters, digits and dashes')
     .default('conveyor')
     .describe('Key prefix for queues, results, streams and heartbeats; several deployments can share one Redis'),
+};
+
+/** One entry of MODELS: a serving name and, for a worker, how many of its jobs run at once. */
+export interface ModelEntry {
+  readonly name: ModelName;
+  /** Unset: the worker's WORKER_CONCURRENCY. */
+  readonly concurrency?: number;
+}
+
+/**
+ * The models of a deployment, shared by the gateway and the workers so that one `.env` serves both:
+ * `MODELS=digits:4,moderation:2` is what a worker serves (with each model's concurrency) and what
+ * a gateway knows before any worker announced it (the concurrency is the workers' business).
+ */
+export const modelsConfigShape = {
+  DEFAULT_MODEL: ModelName.default('digits').describe(
+    'The model of /v1/predict and /predict (gateway), and the one a worker serves from MODEL_DIR or MODEL_URI',
+  ),
+  MODELS: z
+    .string()
+    .transform((value, ctx): ModelEntry[] => {
+      const entries: ModelEntry[] = [];
+      for (const part of value.split(',').map((s) => s.trim())) {
+        if (part === '') continue;
+        const [name = '', concurrency, ...rest] = part.split(':');
+        const issue = (message: string) => ctx.addIssue({ code: 'custom', message: `"${part}": ${message}` });
+        if (!ModelName.safeParse(name).success) {
+          issue('not a model name (lowercase letters, digits, ".", "_" and "-")');
+          continue;
+        }
+        if (rest.length > 0 || (concurrency !== undefined && !/^\d+$/.test(concurrency))) {
+          issue('expected name or name:concurrency, e.g. moderation:2');
+          continue;
+        }
+        const n = concurrency === undefined ? undefined : Number(concurrency);
+        if (n !== undefined && (n < 1 || n > 256)) issue('the concurrency must be 1–256');
+        if (entries.some((e) => e.name === name)) issue('named twice');
+        entries.push(n === undefined ? { name } : { name, concurrency: n });
+      }
+      if (entries.length === 0) ctx.addIssue({ code: 'custom', message: 'name at least one model, or leave MODELS unset' });
+      return entries;
+    })
+    .optional()
+    .describe(
+      "The deployment's models, comma-separated `name[:concurrency]` (e.g. digits:4,moderation:2). Worker: the models it serves, each from <MODELS_DIR>/<name> (the default model from MODEL_DIR when set) on its own queue, `concurrency` jobs at once (default WORKER_CONCURRENCY); unset: DEFAULT_MODEL alone. Gateway: models known before any worker announced them, whose async requests are queued while none serves them (the concurrency is ignored; DEFAULT_MODEL is always known)",
+    ),
 };
 
 export const logConfigShape = {

@@ -22,6 +22,7 @@ export const problemCatalogue = {
   'rate-limited': { status: 429, title: 'Too many requests; retry later' },
   overloaded: { status: 503, title: 'The queue is full; retry later' },
   'not-ready': { status: 503, title: 'The service is not ready' },
+  'no-worker': { status: 503, title: 'No worker serving this model is alive; retry later' },
   'inference-failed': { status: 500, title: 'The model could not process the image' },
   internal: { status: 500, title: 'Internal error' },
 } as const satisfies Record<string, { status: number; title: string }>;

@@ -29,12 +29,16 @@ describe('gateway resource bounds', function () {
   });
   after(() => stopAll(gateway));
 
-  /** Opens a connection and sends a request head declaring `length` bytes of multipart body, plus `first` bytes of it. */
+  /**
+   * Opens a connection and sends a request head declaring `length` bytes of multipart body, plus
+   * `first` bytes of it. Asynchronous: no worker runs here, and a synchronous request for a model
+   * without one is refused (503 no-worker) before any of its body is read.
+   */
   function startUpload(length: number, first = 1024): Promise<{ socket: Socket; answer: Promise<string> }> {
     return new Promise((resolve, reject) => {
       const socket = connect(Number(url.port), url.hostname, () => {
         socket.write(
-          `POST /v1/predict HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: multipart/form-data; boundary=b\r\n` +
+          `POST /v1/predict HTTP/1.1\r\nHost: ${url.host}\r\nPrefer: respond-async\r\nContent-Type: multipart/form-data; boundary=b\r\n` +
             `Content-Length: ${length}\r\n\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n`,
         );
         socket.write(Buffer.alloc(first, 7));

@@ -7,13 +7,14 @@ import {
   readReferencePredictions,
   TOLERANCE,
 } from '../../scripts/models/moderation.js';
-import { predict } from '../support/http.js';
+import { predictModel } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 
 /**
- * A second, real model served end to end: a worker pointed at models/moderation (the nsfwjs
- * MobileNetV2 converted to ONNX) answers real photos through the HTTP API with the probabilities
+ * A second, real model served end to end: a worker serving models/moderation (the nsfwjs
+ * MobileNetV2 converted to ONNX) on its own queue answers real photos through the HTTP API
+ * (`/v1/models/moderation/predict`) with the probabilities
  * the original model gives in tfjs (reference-predictions.json, recorded by
  * `make model-moderation`), so the conversion and the manifest's preprocessing are both right.
  */
@@ -27,10 +28,7 @@ describe('the moderation model (nsfwjs MobileNetV2) through the API', function (
     // Builds model.onnx if this clone has not yet (see test/moderation-model.test.ts).
     await ensureModerationModel();
     const labels = String((await readManifest(MODERATION_DIR)).labels.length);
-    [gateway, worker] = await Promise.all([
-      startGateway(prefix),
-      startWorker(prefix, { MODEL_DIR: MODERATION_DIR, TOP_K: labels }),
-    ]);
+    [gateway, worker] = await Promise.all([startGateway(prefix), startWorker(prefix, { MODELS: 'moderation', TOP_K: labels })]);
   });
   afterEach(function () {
     dumpLogsOnFailure(this, gateway, worker);
@@ -41,7 +39,7 @@ describe('the moderation model (nsfwjs MobileNetV2) through the API', function (
     it(`classifies ${name}.png (scikit-image's photo) as the original model does, within ${TOLERANCE}`, async () => {
       const reference = readReferencePredictions();
       const expected = reference.images.find((i) => i.name === name)!;
-      const reply = await predict(gateway.url, readPhoto(name).bytes);
+      const reply = await predictModel(gateway.url, 'moderation', readPhoto(name).bytes);
       expect(reply.status).to.equal(200);
       const body = reply.body as {
         model: { name: string; version: string };

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract';
 import { digitPng, heldOutDigits, solidImage } from '../support/images.js';
 import { pollUntilDone, pool, predict, request } from '../support/http.js';
 import { writeRgbModel, writeSlowModel } from '../support/models.js';
@@ -120,7 +120,7 @@ describe('inference workers', function () {
           await new Promise((r) => setTimeout(r, 10));
         frozen.child.kill('SIGSTOP');
         // The lock the result commit checks is BullMQ's own, under the name the contract gives it.
-        expect(await redis.exists(keys.jobLock(id)), 'BullMQ lock key').to.equal(1);
+        expect(await redis.exists(keys.jobLock(QUEUES.inference, id)), 'BullMQ lock key').to.equal(1);
         rescuer = await startWorker(prefix, { STALLED_INTERVAL_MS: '1000' }, 'rescuer');
         const done = await pollUntilDone(gateway.url, id, 30_000);
         expect(done.body).to.include({ status: 'completed', worker: rescuer.id });

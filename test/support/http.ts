@@ -27,6 +27,11 @@ export function predict(base: string, bytes: Buffer, headers: Record<string, str
   return request(`${base}/v1/predict`, { method: 'POST', body: uploadForm(bytes), headers });
 }
 
+/** POST /v1/models/{model}/predict. */
+export function predictModel(base: string, model: string, bytes: Buffer, headers: Record<string, string> = {}): Promise<Reply> {
+  return request(`${base}/v1/models/${model}/predict`, { method: 'POST', body: uploadForm(bytes), headers });
+}
+
 export async function pollUntilDone(base: string, id: string, timeoutMs = 20_000): Promise<Reply> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {

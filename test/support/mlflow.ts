@@ -8,20 +8,34 @@ import { startMlflow, type LocalMlflow } from '../../scripts/lib/mlflow-server.j
  * own SQLite store and artifact folder) and stopped by the global fixture's teardown — or the one
  * at CONVEYOR_TEST_MLFLOW_URL (suites use their own experiment and model names).
  */
-let server: Promise<LocalMlflow> | undefined;
-let dir: string | undefined;
+/*
+ * The state lives on globalThis, not in module variables: a spec that imports a module with
+ * top-level await is loaded by mocha as ESM and gets its own copy of this file, and the global
+ * fixture's teardown (loaded as CommonJS) would never see — or stop — a server that copy started,
+ * leaving mocha hanging after "passing".
+ */
+interface SharedState {
+  server?: Promise<LocalMlflow>;
+  dir?: string;
+}
+const state: SharedState = ((globalThis as { [key: symbol]: SharedState | undefined })[
+  Symbol.for('conveyor.test.sharedMlflow')
+] ??= {});
 
 export function sharedMlflow(): Promise<LocalMlflow> {
   const external = process.env.CONVEYOR_TEST_MLFLOW_URL;
   if (external) return Promise.resolve({ url: external, port: Number(new URL(external).port), stop: () => Promise.resolve() });
-  if (!server) {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-test-mlflow-'));
-    server = startMlflow({ dir, quiet: true });
+  if (!state.server) {
+    state.dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-test-mlflow-'));
+    state.server = startMlflow({ dir: state.dir, quiet: true });
   }
-  return server;
+  return state.server;
 }
 
 export async function stopSharedMlflow(): Promise<void> {
+  const { server, dir } = state;
+  state.server = undefined;
+  state.dir = undefined;
   if (server) await (await server).stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 }

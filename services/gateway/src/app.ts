@@ -9,6 +9,7 @@ import { requestContext } from './http/request-context.middleware.js';
 import type { JobLookup } from './jobs/job-lookup.js';
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
+import { registerModelRoutes } from './routes/models.route.js';
 import { registerOpsRoutes } from './routes/ops.route.js';
 import { registerPredictRoute, type PredictDeps } from './routes/predict.route.js';
 
@@ -34,6 +35,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
     resultTtlSeconds: deps.config.RESULT_TTL_SECONDS,
     access: deps.access,
   });
+  registerModelRoutes(router, deps);
   registerOpsRoutes(router, deps);
 
   app.use(requestContext(deps.log, deps.metrics));

@@ -1,5 +1,12 @@
 import { z } from 'zod';
-import { env, imageLimitsShape, logConfigShape, redisConfigShape, resultConfigShape } from '@conveyor/shared/config';
+import {
+  env,
+  imageLimitsShape,
+  logConfigShape,
+  modelsConfigShape,
+  redisConfigShape,
+  resultConfigShape,
+} from '@conveyor/shared/config';
 
 export const GatewayConfig = z
   .object({
@@ -52,8 +59,15 @@ export const GatewayConfig = z
       10_000,
       1,
       10_000_000,
-      'Waiting jobs beyond which new requests get 503 + Retry-After instead of queueing',
+      "Waiting jobs of one model beyond which new requests for that model get 503 + Retry-After instead of queueing (each model's queue is counted on its own)",
     ),
+    ...modelsConfigShape,
+    NO_WORKER_POLICY: z
+      .enum(['queue', 'refuse'])
+      .default('queue')
+      .describe(
+        'Asynchronous requests for a known model that no live worker serves: `queue` (202; served once a worker starts, within INPUT_TTL_SECONDS) or `refuse` (503 no-worker + Retry-After, as synchronous ones always are)',
+      ),
     URL_CONNECT_TIMEOUT_MS: env.int(2000, 50, 60_000, 'Connect timeout when fetching an image URL'),
     URL_TOTAL_TIMEOUT_MS: env.int(5000, 100, 120_000, 'Total time allowed to fetch an image URL, redirects included'),
     URL_MAX_REDIRECTS: env.int(3, 0, 10, 'Redirects followed when fetching an image URL (each hop is checked)'),

@@ -1,8 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import os from 'node:os';
-import { Queue } from 'bullmq';
-import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
 import { createLogger } from '@conveyor/shared/logger';
@@ -18,8 +17,9 @@ import { createAccess } from './access/access.middleware.js';
 import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
+import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
-import { liveWorkers } from './jobs/worker-registry.js';
+import { ModelCatalogue } from './models/model-catalogue.js';
 
 const config = loadConfigOrExit(GatewayConfig);
 const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -34,36 +34,52 @@ await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)
 const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`, log, {
   enableAutoPipelining: false,
 });
-const queue = new Queue(QUEUES.inference, {
-  connection: queueConnection,
-  prefix: config.REDIS_PREFIX,
-});
-// BullMQ re-emits its connection's errors here: one warning per outage, not one per reconnect attempt.
+// BullMQ re-emits its connection's errors on every queue: one warning per outage, not one per reconnect attempt.
 const queueErrors = connectionErrorLog(log, { error: 'queue error', restored: 'queue connection restored' });
-queue.on('error', (error) => queueErrors.error(error));
 queueConnection.on('ready', () => queueErrors.restored());
+const board =
+  config.DASHBOARD_USER && config.DASHBOARD_PASSWORD
+    ? dashboard([], { user: config.DASHBOARD_USER, password: config.DASHBOARD_PASSWORD })
+    : undefined;
+// One queue per model, made when first needed (the dashboard shows each from then on).
+const queues = new ModelQueues(queueConnection, config.REDIS_PREFIX, (queue) => {
+  queue.on('error', (error) => queueErrors.error(error));
+  board?.add(queue);
+});
+const catalogue = new ModelCatalogue(
+  redis,
+  keys,
+  { defaultModel: config.DEFAULT_MODEL, configured: (config.MODELS ?? []).map((m) => m.name) },
+  log.child({ module: 'model-catalogue' }),
+);
+// Read once before serving: the models announced so far get their queues (and dashboard entries) now.
+await catalogue.current();
+for (const model of catalogue.known()) queues.get(model);
 const admission = new Admission(
-  queue,
   redis,
   { reserved: keys.admissionReserved, queuedBytes: keys.queuedBytes },
   { maxDepth: config.MAX_QUEUE_DEPTH, maxQueuedBytes: config.MAX_QUEUED_BYTES },
 );
-const metrics = new HttpMetrics(
-  () => admission.waiting(),
-  async () => (await liveWorkers(redis, keys)).length,
-);
+const metrics = new HttpMetrics({
+  queueDepths: async () => {
+    await catalogue.current();
+    return Promise.all(catalogue.known().map(async (model) => ({ model, waiting: await admission.waiting(queues.get(model)) })));
+  },
+  liveWorkers: async () => (await catalogue.current()).workers.length,
+  modelWorkers: async () => [...(await catalogue.current()).models.values()].map((m) => ({ model: m.name, workers: m.workers })),
+});
 const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));
 await waiter.start();
 
 const app = createApp({
-  ...(config.DASHBOARD_USER && config.DASHBOARD_PASSWORD
-    ? { dashboard: dashboard([queue], { user: config.DASHBOARD_USER, password: config.DASHBOARD_PASSWORD }) }
-    : {}),
+  ...(board ? { dashboard: board.middleware } : {}),
   config,
   log,
   redis,
   keys,
   metrics,
+  catalogue,
+  queues,
   admission,
   uploadBudget: new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES),
   access: createAccess(redis, config.REDIS_PREFIX, new ApiKeyStore(redis, keys.apiKeys), {
@@ -73,8 +89,16 @@ const app = createApp({
   }),
   waiter,
   trustProxy: config.TRUST_PROXY,
-  lookup: new JobLookup(queue, redis, keys),
-  submitter: new JobSubmitter(queue, queueConnection, keys, config.INPUT_TTL_SECONDS),
+  // Every known model's queue: a job of any model can be polled.
+  lookup: new JobLookup(
+    async () => {
+      await catalogue.current();
+      return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
+    },
+    redis,
+    keys,
+  ),
+  submitter: new JobSubmitter(queueConnection, keys, config.INPUT_TTL_SECONDS),
   fetchImage: createImageFetcher({
     maxBytes: config.MAX_UPLOAD_BYTES,
     connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,
@@ -116,7 +140,7 @@ const shutdown = installShutdown(
         server.closeAllConnections();
       },
     },
-    { name: 'queue', run: () => queue.close() },
+    { name: 'queues', run: () => queues.close() },
     { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber), closeRedis(queueConnection)]) },
   ],
   config.SHUTDOWN_BUDGET_MS,

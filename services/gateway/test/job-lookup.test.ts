@@ -32,12 +32,14 @@ describe('job lookup (real Redis, BullMQ state faked)', () => {
         return 'unknown';
       },
     } as unknown as Queue;
-    const view = await new JobLookup(queue, redis, keys).find(id);
+    const view = await new JobLookup(() => Promise.resolve([{ model: 'digits', queue }]), redis, keys).find(id);
     expect(view).to.deep.include({ kind: 'finished' });
   });
 
   it('still answers "no such job" for an id that never existed', async () => {
     const queue = { getJobState: () => Promise.resolve('unknown') } as unknown as Queue;
-    expect(await new JobLookup(queue, redis, keys).find(randomUUID())).to.equal(undefined);
+    expect(await new JobLookup(() => Promise.resolve([{ model: 'digits', queue }]), redis, keys).find(randomUUID())).to.equal(
+      undefined,
+    );
   });
 });

@@ -1,10 +1,13 @@
+import path from 'node:path';
 import { z } from 'zod';
+import { inferenceQueue, type ModelName } from '@conveyor/shared/contract/queue.contract';
 import {
   checkMlflowAuth,
   env,
   imageLimitsShape,
   logConfigShape,
   mlflowAuthShape,
+  modelsConfigShape,
   redisConfigShape,
   resultConfigShape,
 } from '@conveyor/shared/config';
@@ -13,21 +16,29 @@ const WorkerFields = z.object({
   ...redisConfigShape,
   ...logConfigShape,
   ...resultConfigShape,
-  MODEL_DIR: env.string(
-    'models/digits',
-    'Model folder (model.onnx + manifest.json) served when no MLflow registry is configured',
+  ...modelsConfigShape,
+  MODELS_DIR: env.string(
+    'models',
+    'Folder holding one model folder per served model (<MODELS_DIR>/<name>: model.onnx + manifest.json), used when no MLflow registry is configured',
+  ),
+  MODEL_DIR: env.optionalString(
+    'Model folder (model.onnx + manifest.json) of the default model (DEFAULT_MODEL), served when no MLflow registry is configured; unset: <MODELS_DIR>/<DEFAULT_MODEL>',
   ),
   MLFLOW_TRACKING_URI: z
     .url()
     .optional()
-    .describe('MLflow tracking server; when set, the worker serves MODEL_URI from its registry instead of MODEL_DIR'),
+    .describe(
+      'MLflow tracking server; when set, the worker serves every model from its registry (MODEL_URI for the default model, models:/<name>@production for the others) instead of from folders',
+    ),
   // A READ-only account is enough (and all a worker should hold): it resolves aliases and downloads.
   ...mlflowAuthShape,
   MODEL_URI: z
     .string()
     .regex(/^models:\/[^/@]+(@[A-Za-z0-9_-]+|\/\d+)$/, 'models:/<name>@<alias> or models:/<name>/<version>')
-    .default('models:/digits@production')
-    .describe('Registry model to serve (with MLFLOW_TRACKING_URI); an alias is followed as it moves'),
+    .optional()
+    .describe(
+      'Registry model served as the default model (with MLFLOW_TRACKING_URI); an alias is followed as it moves; unset: models:/<DEFAULT_MODEL>@production',
+    ),
   MODEL_CACHE_DIR: env.string(
     'data/model-cache',
     'Where downloaded model versions are kept (verified by checksum, reused across restarts)',
@@ -36,7 +47,12 @@ const WorkerFields = z.object({
     "The trainer's Ed25519 public key (PEM); when set, model versions not signed with its private key are refused",
   ),
   MODEL_POLL_INTERVAL_MS: env.int(10_000, 100, 3_600_000, 'How often the worker checks whether the alias it serves has moved'),
-  WORKER_CONCURRENCY: env.int(4, 1, 256, 'Jobs one worker process handles at once (decoding overlaps on libuv threads)'),
+  WORKER_CONCURRENCY: env.int(
+    4,
+    1,
+    256,
+    'Jobs of each served model one worker process handles at once, unless MODELS gives the model its own (decoding overlaps on libuv threads)',
+  ),
   ORT_THREADS: env.int(1, 1, 64, 'onnxruntime intra-op threads per process; scale with processes rather than threads'),
   SHARP_CONCURRENCY: env.int(1, 0, 64, 'libvips threads per image (0 = one per core); 1 lets concurrent jobs use the cores'),
   ...imageLimitsShape,
@@ -86,6 +102,38 @@ const WorkerFields = z.object({
     'Publish the model embedding (when it has one) with each prediction event, for drift monitoring',
   ),
 });
+/** A model this worker serves, with where it comes from: resolved once, with the rest of the configuration. */
+export interface ModelPlan {
+  readonly name: ModelName;
+  readonly queue: string;
+  readonly concurrency: number;
+  /** The folder it is served from without a registry. */
+  readonly dir: string;
+  /** The registry model it follows with MLFLOW_TRACKING_URI. */
+  readonly uri: string;
+}
+
+type WorkerFields = z.output<typeof WorkerFields>;
+
+function planModels(config: WorkerFields): ModelPlan[] {
+  const entries = config.MODELS ?? [{ name: config.DEFAULT_MODEL }];
+  return entries.map(({ name, concurrency }) => {
+    const isDefault = name === config.DEFAULT_MODEL;
+    return {
+      name,
+      queue: inferenceQueue(name),
+      concurrency: concurrency ?? config.WORKER_CONCURRENCY,
+      // MODEL_DIR and MODEL_URI are the single-model settings: they keep meaning the default model.
+      dir: (isDefault ? config.MODEL_DIR : undefined) ?? path.join(config.MODELS_DIR, name),
+      uri: (isDefault ? config.MODEL_URI : undefined) ?? `models:/${name}@production`,
+    };
+  });
+}
+
 // Cross-field rules (user and password together, no credentials in the URL) need the whole object.
-export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth);
+export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth).transform((config) => ({
+  ...config,
+  /** What this worker serves, in MODELS order (the first is the one older gateways see in the heartbeat). */
+  models: planModels(config),
+}));
 export type WorkerConfig = z.infer<typeof WorkerConfig>;

@@ -1,17 +1,33 @@
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Redis } from 'ioredis';
-import type { Keys, ModelRef, WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
+import type { Keys, ModelAnnouncement, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
 import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
- * Tells the rest of the system that this worker is alive and which model it serves: a key with a
+ * Tells the rest of the system that this worker is alive and which models it serves: a key with a
  * TTL of three beats plus a sorted-set entry scored by its expiry, so the gateway's readiness
  * check is one ZRANGEBYSCORE and never a KEYS scan.
+ *
+ * Only warm models are listed (each has answered a synthetic input and takes jobs from its queue),
+ * so a gateway never routes a caller to a model still loading; the first beat waits for the first
+ * warm model (readers of the previous release need `model`). Each beat also rewrites what the
+ * gateways read about every model served: its announcement (manifest summary) and, per version, its
+ * labels, so both survive a Redis that restarted empty.
  */
+export interface ServingState {
+  /** The models serving now, in the configured order; never empty once the heartbeat started. */
+  readonly models: readonly ServedModel[];
+  readonly announcements: readonly ModelAnnouncement[];
+  readonly processed: number;
+  readonly failed: number;
+}
+
 export class Heartbeat {
   private timer: NodeJS.Timeout | undefined;
+  private starting: Promise<void> | undefined;
+  private stopped = false;
   private readonly startedAt = new Date().toISOString();
 
   constructor(
@@ -19,15 +35,29 @@ export class Heartbeat {
     private readonly keys: Keys,
     private readonly id: string,
     private readonly intervalMs: number,
-    private readonly describe: () => { model: ModelRef; concurrency: number; processed: number; failed: number },
-    /** The labels of the model served now: published so the gateway can check feedback against them. */
-    private readonly labels: () => readonly string[],
+    private readonly describe: () => ServingState,
     private readonly log: Logger,
     private readonly healthFile?: string,
   ) {}
 
-  async start(): Promise<void> {
+  /**
+   * Starts beating (once, however many models become warm together), or beats at once if it already
+   * does: a model that just became warm is announced now, not at the next beat.
+   */
+  async announce(): Promise<void> {
+    if (this.stopped) return;
+    if (!this.starting) {
+      this.starting = this.start();
+      return this.starting;
+    }
+    await this.starting;
     await this.beat();
+  }
+
+  private async start(): Promise<void> {
+    await this.beat();
+    // Stopped while the first beat was on its way (a shutdown during start-up): no timer to leave behind.
+    if (this.stopped) return;
     this.timer = setInterval(() => {
       this.beat().catch((error: unknown) => this.log.warn({ err: error }, 'heartbeat failed'));
     }, this.intervalMs);
@@ -36,6 +66,7 @@ export class Heartbeat {
 
   /** Deregisters at once, so /ready stops counting this worker; with Redis away, the entry expires with its TTL. */
   async stop(timeoutMs = 2000): Promise<void> {
+    this.stopped = true;
     clearInterval(this.timer);
     this.timer = undefined;
     if (this.redis.status !== 'ready') {
@@ -48,6 +79,9 @@ export class Heartbeat {
   private async beat(): Promise<void> {
     const now = Date.now();
     const ttl = this.intervalMs * 3;
+    const { models, announcements, processed, failed } = this.describe();
+    const [first] = models;
+    if (!first) throw new Error('no model is serving yet: nothing to announce');
     const body: WorkerHeartbeat = {
       kind: 'worker-heartbeat',
       version: 1,
@@ -56,11 +90,19 @@ export class Heartbeat {
       pid: process.pid,
       startedAt: this.startedAt,
       at: new Date(now).toISOString(),
-      ...this.describe(),
+      model: first.model,
+      concurrency: models.reduce((sum, m) => sum + m.concurrency, 0),
+      models: [...models],
+      processed,
+      failed,
     };
-    await this.redis
-      .multi()
-      .hsetnx(this.keys.modelLabels, `${body.model.name}@${body.model.version}`, JSON.stringify(this.labels()))
+    const multi = this.redis.multi();
+    for (const a of announcements) {
+      multi
+        .hsetnx(this.keys.modelLabels, `${a.model.name}@${a.model.version}`, JSON.stringify(a.labels))
+        .hset(this.keys.models, a.name, JSON.stringify(a));
+    }
+    await multi
       .set(this.keys.worker(this.id), JSON.stringify(body), 'PX', ttl)
       .zadd(this.keys.workers, now + ttl, this.id)
       .zremrangebyscore(this.keys.workers, '-inf', now)

@@ -5,6 +5,7 @@ import {
   type CompletedResult,
   type FailedResult,
   type Keys,
+  type ModelName,
   type PredictionEvent,
 } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
@@ -26,6 +27,10 @@ export interface ProcessorDeps {
   readonly redis: Redis;
   readonly keys: Keys;
   readonly publisher: ResultPublisher;
+  /** The serving name of the model whose queue this processor takes jobs from. */
+  readonly model: ModelName;
+  /** That queue (its jobs' BullMQ locks are under its name). */
+  readonly queue: string;
   /** The model to use for the next job (leased per job, so a swapped model takes effect at once). */
   readonly models: ModelHost;
   readonly workerId: string;
@@ -35,8 +40,9 @@ export interface ProcessorDeps {
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
   readonly stats: { processed: number; failed: number };
+  /** This model's metrics. */
   readonly metrics: JobMetrics;
-  /** Jobs being processed right now (the shutdown drain asks). */
+  /** Jobs of this model being processed right now (the shutdown drain asks). */
   readonly inFlight: { count: number };
 }
 
@@ -87,6 +93,12 @@ function processOne(deps: ProcessorDeps): AttemptHandler {
       throw new UnrecoverableError(`invalid job payload: ${parsed.error.message}`);
     }
     const data = parsed.data;
+    if (data.model !== undefined && data.model !== deps.model) {
+      // The queue decides the model; a payload naming another was put on the wrong queue.
+      deps.log.error({ jobId, model: data.model, queue: deps.queue }, 'job names another model than its queue');
+      report('failed_permanent');
+      throw new UnrecoverableError(`job for model ${data.model} on the queue of ${deps.model}`);
+    }
     const log = deps.log.child({ jobId, requestId: data.requestId, attempt });
     const startedAt = Date.now();
     const clock = performance.now();
@@ -156,7 +168,7 @@ function processOne(deps: ProcessorDeps): AttemptHandler {
           ? { embedding: Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) }
           : {}),
       };
-      const outcome = await deps.publisher.publish(result, data.replyTo, event, token, data.input.bytes);
+      const outcome = await deps.publisher.publish(result, data.replyTo, event, token, data.input.bytes, deps.queue);
       if (outcome !== 'published') {
         // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
         log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
@@ -191,7 +203,7 @@ function processOne(deps: ProcessorDeps): AttemptHandler {
             slug: failure.slug,
           },
         };
-        if ((await deps.publisher.publish(result, data.replyTo, undefined, token, data.input.bytes)) === 'published')
+        if ((await deps.publisher.publish(result, data.replyTo, undefined, token, data.input.bytes, deps.queue)) === 'published')
           deps.stats.failed++;
       }
       if (permanent) {

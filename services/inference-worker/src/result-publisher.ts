@@ -58,7 +58,7 @@ export class ResultPublisher {
 
   /**
    * `token`: the BullMQ lock token of the attempt publishing (without one, only the result is
-   * checked); `inputBytes`: the size of the job's image.
+   * checked); `inputBytes`: the size of the job's image; `queue`: the queue the job is on.
    */
   async publish(
     result: JobResult,
@@ -66,13 +66,14 @@ export class ResultPublisher {
     event: PredictionEvent | undefined,
     token: string | undefined,
     inputBytes: number,
+    queue: string,
   ): Promise<PublishOutcome> {
     const reply: ReplyMessage | undefined = replyTo ? { kind: 'job-finished', version: 1, result } : undefined;
     const code = await this.redis.conveyorCommitResult(
       this.keys.result(result.id),
       this.keys.input(result.id),
       this.keys.predictions,
-      this.keys.jobLock(result.id),
+      this.keys.jobLock(queue, result.id),
       this.keys.queuedBytes,
       token ?? '',
       JSON.stringify(result),

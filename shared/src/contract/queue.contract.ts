@@ -10,8 +10,34 @@ import { problemSlugs } from '../problem.js';
  * release share them during a rolling deploy.
  */
 export const QUEUES = {
+  /** The queue of LEGACY_QUEUE_MODEL; every other model has its own, see inferenceQueue(). */
   inference: 'inference',
 } as const;
+
+/**
+ * A model's serving name: the `{name}` of `/v1/models/{name}/predict`, the suffix of its queue, the
+ * `model` label of the metrics. The same rule as a manifest's `name`. Names reach Redis keys and
+ * metric labels only once a worker announced them or the configuration names them, never from a
+ * request alone, so they stay a small, bounded set.
+ */
+export const ModelName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'a model name: lowercase letters, digits, ".", "_" and "-", at most 64, e.g. digits');
+export type ModelName = z.infer<typeof ModelName>;
+
+/**
+ * The model whose jobs were on the queue `inference` when there was only one model: it keeps that
+ * queue (and its reservation and lock keys), so gateways and workers of the previous release go on
+ * sharing it with new ones during a rolling upgrade and nothing needs migrating. Other models get
+ * `inference.<name>` (BullMQ forbids ':' in queue names). A function of the name alone, never of
+ * configuration, so two processes can never disagree about where a model's jobs are.
+ */
+export const LEGACY_QUEUE_MODEL = 'digits';
+
+/** The BullMQ queue of a model's jobs: one per model, so each model's workers scale on their own backlog. */
+export function inferenceQueue(model: ModelName): string {
+  return model === LEGACY_QUEUE_MODEL ? QUEUES.inference : `${QUEUES.inference}.${model}`;
+}
 
 export const STREAMS = {
   predictions: 'stream:predictions',
@@ -35,18 +61,26 @@ export function keys(prefix: string) {
      * processing attempt's token). A worker commits a result only while its attempt holds it;
      * `workers.e2e.test.ts` checks the name against a running BullMQ.
      */
-    jobLock: (jobId: string) => `${prefix}:${QUEUES.inference}:${jobId}:lock`,
+    jobLock: (queue: string, jobId: string) => `${prefix}:${queue}:${jobId}:lock`,
     /**
-     * Sorted set of places in the queue reserved by requests whose job is not queued yet (gateway
-     * admission): member the job id the request will use, score the time (ms) the place lapses.
+     * Sorted set of places in a queue reserved by requests whose job is not queued yet (gateway
+     * admission): member the job id the request will use, score the time (ms) the place lapses. The
+     * legacy queue keeps the key it always had, so old and new gateways count the same places.
      */
-    admissionReserved: `${prefix}:admission:reservations`,
+    admissionReserved: (queue: string) =>
+      queue === QUEUES.inference ? `${prefix}:admission:reservations` : `${prefix}:admission:reservations:${queue}`,
     /** Bytes of images stored for queued jobs: raised at admission, lowered by the worker's result commit. */
     queuedBytes: `${prefix}:admission:queued-bytes`,
     /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */
     apiKeys: `${prefix}:api-keys`,
     /** Hash `name@version` → JSON array of the model's labels, written by the workers serving it. */
     modelLabels: `${prefix}:model-labels`,
+    /**
+     * Hash serving name → ModelAnnouncement JSON: every model a worker has ever announced (warm and
+     * serving), with the version and input it announced last. Never expires: a model once served
+     * stays known (async requests for it are queued while no worker is up); `HDEL` retires one.
+     */
+    models: `${prefix}:models`,
     /** Sorted set of live workers, scored by the time their heartbeat expires. */
     workers: `${prefix}:workers`,
     /** Heartbeat details of one worker, JSON, with a TTL. */
@@ -79,6 +113,11 @@ export const InferenceJob = z.object({
   replyTo: z.string().min(1).max(64).optional(),
   /** When the gateway accepted the request (epoch ms). */
   acceptedAt: z.number().int().positive(),
+  /**
+   * The model the job is for; it is on that model's queue (inferenceQueue). Absent from jobs of
+   * gateways that predate several models, which only ever queued for LEGACY_QUEUE_MODEL.
+   */
+  model: ModelName.optional(),
   input: z.object({
     format: ImageFormat,
     bytes: z.number().int().positive(),
@@ -187,7 +226,21 @@ export const PredictionEvent = z.object({
 });
 export type PredictionEvent = z.infer<typeof PredictionEvent>;
 
-/** Worker → anyone, the value of `keys().worker(id)`: who is alive and what it serves. */
+/** One model a worker serves: warm (it has answered a synthetic input) and taking jobs from its queue. */
+export const ServedModel = z.object({
+  /** The serving name (routes, queue); `model` is what is loaded under it. */
+  name: ModelName,
+  model: ModelRef,
+  concurrency: z.number().int().positive(),
+});
+export type ServedModel = z.infer<typeof ServedModel>;
+
+/**
+ * Worker → anyone, the value of `keys().worker(id)`: who is alive and what it serves. A worker
+ * beats only once its first model is warm, and lists a model in `models` only once that model is.
+ * `models` was added within version 1 (an additive field: readers of the previous release ignore
+ * it and read `model`, which stays the first model served, and `concurrency`, the total).
+ */
 export const WorkerHeartbeat = z.object({
   kind: z.literal('worker-heartbeat'),
   version: z.literal(1),
@@ -196,12 +249,43 @@ export const WorkerHeartbeat = z.object({
   pid: z.number().int(),
   model: ModelRef,
   concurrency: z.number().int().positive(),
+  models: z.array(ServedModel).min(1).optional(),
   startedAt: z.iso.datetime(),
   at: z.iso.datetime(),
   processed: z.number().int().min(0),
   failed: z.number().int().min(0),
 });
 export type WorkerHeartbeat = z.infer<typeof WorkerHeartbeat>;
+
+/** What a heartbeat's worker serves; a worker of the previous release served one model, from the legacy queue. */
+export function servedModels(heartbeat: WorkerHeartbeat): ServedModel[] {
+  return heartbeat.models ?? [{ name: LEGACY_QUEUE_MODEL, model: heartbeat.model, concurrency: heartbeat.concurrency }];
+}
+
+/**
+ * Worker → gateways, the value of `keys().models[name]`: a model being served, as its manifest
+ * describes it (what `GET /v1/models/{name}` shows). Rewritten by every heartbeat of a worker
+ * serving it, so it survives a Redis that restarted empty.
+ */
+export const ModelAnnouncement = z.object({
+  kind: z.literal('model-announcement'),
+  version: z.literal(1),
+  name: ModelName,
+  model: ModelRef,
+  description: z.string().optional(),
+  input: z.object({
+    name: z.string(),
+    layout: z.enum(['NCHW', 'NHWC']),
+    channels: z.number().int().positive(),
+    height: z.number().int().positive(),
+    width: z.number().int().positive(),
+    color: z.enum(['gray', 'rgb']),
+    resize: z.string(),
+  }),
+  labels: z.array(z.string()).min(1),
+  at: z.iso.datetime(),
+});
+export type ModelAnnouncement = z.infer<typeof ModelAnnouncement>;
 
 /** Job options every producer uses, so retries and clean-up behave the same everywhere. */
 export const INFERENCE_JOB_OPTIONS = {

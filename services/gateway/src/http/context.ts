@@ -2,7 +2,9 @@ import type { ApiKeyIdentity } from '../access/api-keys.js';
 import type { Reservation } from '../jobs/admission.js';
 import type { UploadReservation } from '../intake/upload-guard.js';
 import type { PredictMode } from './metrics.js';
+import type { Queue } from 'bullmq';
 import type { ParameterizedContext } from 'koa';
+import type { ModelName } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 
 export interface GatewayState {
@@ -19,6 +21,10 @@ export interface GatewayState {
   upload?: UploadReservation;
   /** On predict requests, from the Prefer header: whether the caller waits for the result (for the metrics). */
   predictMode?: PredictMode;
+  /** On predict requests, the model they are for, once it is known to exist (the metrics' `model` label). */
+  model?: ModelName;
+  /** That model's queue, where the job goes. */
+  queue?: Queue;
   /** The API key the request was made with, when keys are required. */
   apiKey?: ApiKeyIdentity;
 }

@@ -47,14 +47,20 @@ const SECURITY_HEADERS = {
 
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
+export interface Dashboard {
+  readonly middleware: Middleware<GatewayState>;
+  /** Shows one more queue (a model's, when the gateway first routes to it). */
+  add(queue: Queue): void;
+}
+
 export function dashboard(
   queues: readonly Queue[],
   credentials: { user: string; password: string },
   limiter: LoginLimiter = new LoginLimiter(),
-): Middleware<GatewayState> {
+): Dashboard {
   const serverAdapter = new KoaAdapter();
   serverAdapter.setBasePath(DASHBOARD_PATH);
-  createBullBoard({
+  const bullBoard = createBullBoard({
     queues: queues.map((q) => new BullMQAdapter(q)),
     serverAdapter,
     options: { uiConfig: { boardTitle: 'Conveyor queues' } },
@@ -62,7 +68,7 @@ export function dashboard(
   const board = serverAdapter.registerPlugin() as unknown as Middleware<GatewayState>;
   // Digests have one length whatever was offered: the comparison reveals neither the length nor a prefix.
   const expected = sha256(Buffer.from(`${credentials.user}:${credentials.password}`));
-  return async (ctx, next) => {
+  const middleware: Middleware<GatewayState> = async (ctx, next) => {
     if (ctx.path !== DASHBOARD_PATH && !ctx.path.startsWith(`${DASHBOARD_PATH}/`)) {
       await next();
       return;
@@ -96,6 +102,7 @@ export function dashboard(
     }
     await board(ctx, next);
   };
+  return { middleware, add: (queue) => bullBoard.addQueue(new BullMQAdapter(queue)) };
 }
 
 function sha256(bytes: Buffer): Buffer {

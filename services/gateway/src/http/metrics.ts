@@ -16,8 +16,8 @@ export class HttpMetrics {
   readonly registry = new Registry();
   private readonly duration = new Histogram({
     name: 'conveyor_http_request_duration_seconds',
-    help: 'HTTP request duration by route and status; predict requests also by mode (sync: the caller waits for the result; async: 202 at once)',
-    labelNames: ['method', 'route', 'status', 'mode'] as const,
+    help: 'HTTP request duration by route and status; predict requests also by mode (sync: the caller waits for the result; async: 202 at once) and by model (when the model is known)',
+    labelNames: ['method', 'route', 'status', 'mode', 'model'] as const,
     buckets: [...HTTP_BUCKETS],
     registers: [this.registry],
   });
@@ -30,31 +30,47 @@ export class HttpMetrics {
 
   /**
    * `liveWorkers` counts the workers whose heartbeat is current, as /ready does: the "no live
-   * worker" alert reads it from here, where it is true whether or not Prometheus scrapes the workers.
+   * worker" alerts read it from here, where it is true whether or not Prometheus scrapes the workers.
+   * Both per-model gauges list every known model (configured or ever announced), zero included.
    */
-  constructor(queueDepth: () => Promise<number>, liveWorkers: () => Promise<number>) {
+  constructor(sources: {
+    queueDepths: () => Promise<readonly { model: string; waiting: number }[]>;
+    liveWorkers: () => Promise<number>;
+    modelWorkers: () => Promise<readonly { model: string; workers: number }[]>;
+  }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'conveyor_gateway_' });
     new Gauge({
       name: 'conveyor_queue_waiting_jobs',
-      help: 'Jobs waiting in the inference queue',
+      help: "Jobs waiting in each model's inference queue",
+      labelNames: ['model'] as const,
       registers: [this.registry],
       async collect() {
-        this.set(await queueDepth());
+        for (const { model, waiting } of await sources.queueDepths()) this.set({ model }, waiting);
       },
     });
     new Gauge({
       name: 'conveyor_workers_live',
-      help: 'Inference workers with a current heartbeat and a loaded model (what /ready lists)',
+      help: 'Inference workers with a current heartbeat and a warm model (what /ready lists)',
       registers: [this.registry],
       async collect() {
-        this.set(await liveWorkers());
+        this.set(await sources.liveWorkers());
+      },
+    });
+    new Gauge({
+      name: 'conveyor_model_workers_live',
+      help: 'Live inference workers serving each model (warm), from their heartbeats',
+      labelNames: ['model'] as const,
+      registers: [this.registry],
+      async collect() {
+        for (const { model, workers } of await sources.modelWorkers()) this.set({ model }, workers);
       },
     });
   }
 
-  observe(method: string, route: string, status: number, seconds: number, mode?: PredictMode): void {
-    // No mode label at all outside predict: an empty label would only add a series per route.
-    const labels = { method, route, status: String(status) };
-    this.duration.observe(mode ? { ...labels, mode } : labels, seconds);
+  /** `model`: only a known model's name (bounded by the deployment's models), never one a request merely named. */
+  observe(method: string, route: string, status: number, seconds: number, mode?: PredictMode, model?: string): void {
+    // No mode or model label at all outside predict: an empty label would only add a series per route.
+    const labels = { method, route, status: String(status), ...(mode ? { mode } : {}), ...(model ? { model } : {}) };
+    this.duration.observe(labels, seconds);
   }
 }

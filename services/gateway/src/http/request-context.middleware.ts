@@ -24,7 +24,7 @@ export function requestContext(log: Logger, metrics: HttpMetrics): Middleware<Ga
     } finally {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       const route = (ctx as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
-      metrics.observe(ctx.method, route, ctx.status, durationMs / 1000, ctx.state.predictMode);
+      metrics.observe(ctx.method, route, ctx.status, durationMs / 1000, ctx.state.predictMode, ctx.state.model);
       const line = {
         method: ctx.method,
         route,

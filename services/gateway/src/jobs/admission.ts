@@ -6,6 +6,10 @@ import { ProblemError } from '@conveyor/shared/problem';
  * Backpressure: when more jobs wait than the workers can reasonably catch up with, new work is
  * refused at once with 503 and Retry-After rather than queued to time out.
  *
+ * Jobs are counted per model (each model has its own queue and MAX_QUEUE_DEPTH): a model whose
+ * workers fall behind sheds its own load and does not refuse requests for the others. Queued bytes
+ * are counted across models: they are one Redis's memory.
+ *
  * The bound is strict across concurrent requests and gateway instances: a request reserves its
  * place atomically (one Lua call counting the waiting jobs plus the places reserved by requests
  * not yet queued), and gives the reservation back once its job is queued or it failed.
@@ -85,16 +89,19 @@ export interface AdmissionLimits {
   readonly maxQueuedBytes: number;
 }
 
+interface DepthReading {
+  depth: number;
+  readAt: number;
+  inflight?: Promise<number> | undefined;
+}
+
 export class Admission {
-  private depth = 0;
-  private readAt = 0;
-  private inflight: Promise<number> | undefined;
+  private readonly depths = new Map<string, DepthReading>();
   private readonly redis: AdmissionRedis;
 
   constructor(
-    private readonly queue: Queue,
     redis: Redis,
-    private readonly keys: { readonly reserved: string; readonly queuedBytes: string },
+    private readonly keys: { readonly reserved: (queue: string) => string; readonly queuedBytes: string },
     private readonly limits: AdmissionLimits,
     private readonly refreshMs = 250,
   ) {
@@ -103,24 +110,31 @@ export class Admission {
     this.redis = redis as AdmissionRedis;
   }
 
-  /** The waiting jobs, read at most every `refreshMs` (for the metrics gauge; admission is exact). */
-  async waiting(): Promise<number> {
-    if (Date.now() - this.readAt < this.refreshMs) return this.depth;
-    this.inflight ??= this.queue
+  /** The waiting jobs of `queue`, read at most every `refreshMs` (for the metrics gauge; admission is exact). */
+  async waiting(queue: Queue): Promise<number> {
+    let reading = this.depths.get(queue.name);
+    if (!reading) this.depths.set(queue.name, (reading = { depth: 0, readAt: 0 }));
+    if (Date.now() - reading.readAt < this.refreshMs) return reading.depth;
+    const current = reading;
+    current.inflight ??= queue
       .getWaitingCount()
       .then((n) => {
-        this.depth = n;
-        this.readAt = Date.now();
+        current.depth = n;
+        current.readAt = Date.now();
         return n;
       })
-      .finally(() => (this.inflight = undefined));
-    return this.inflight;
+      .finally(() => (current.inflight = undefined));
+    return current.inflight;
   }
 
-  /** `jobId`: the id the request's job will have; `bytes`: what it may store (its declared length, or the upload limit). */
-  async admit(jobId: string, bytes: number): Promise<Reservation> {
-    const { wait, prioritized } = this.queue.keys;
-    const { reserved, queuedBytes } = this.keys;
+  /**
+   * A place on `queue` (one model's) for the job `jobId` will have; `bytes`: what it may store (its
+   * declared length, or the upload limit).
+   */
+  async admit(queue: Queue, jobId: string, bytes: number): Promise<Reservation> {
+    const { wait, prioritized } = queue.keys;
+    const reserved = this.keys.reserved(queue.name);
+    const { queuedBytes } = this.keys;
     const { maxDepth, maxQueuedBytes } = this.limits;
     const [code, value] = await this.redis.conveyorReserve(
       wait!,
@@ -132,10 +146,10 @@ export class Admission {
       maxQueuedBytes,
       bytes,
       jobId,
-      this.queue.toKey(''),
+      queue.toKey(''),
     );
     if (code === 1) {
-      throw new ProblemError('overloaded', `${value} jobs are waiting or being queued; the limit is ${maxDepth}`, {
+      throw new ProblemError('overloaded', `${value} jobs are waiting or being queued for this model; the limit is ${maxDepth}`, {
         retryAfterSeconds: 5,
       });
     }

@@ -20,25 +20,25 @@ import {
  */
 export class JobSubmitter {
   constructor(
-    private readonly queue: Queue,
-    /** The connection `queue` was built with: the ordering above holds only on one connection. */
+    /** The connection every model's queue was built with: the ordering above holds only on one connection. */
     private readonly queueConnection: Redis,
     private readonly keys: Keys,
     private readonly inputTtlSeconds: number,
   ) {}
 
-  async submit(jobId: string, bytes: Buffer, job: InferenceJob): Promise<void> {
+  /** Queues `job` on `queue`, the queue of the model it is for. */
+  async submit(queue: Queue, jobId: string, bytes: Buffer, job: InferenceJob): Promise<void> {
     const input = this.keys.input(jobId);
     const [stored, added] = await Promise.allSettled([
       this.queueConnection.set(input, bytes, 'EX', this.inputTtlSeconds),
-      this.queue.add(INFERENCE_JOB_NAME, job, { ...INFERENCE_JOB_OPTIONS, jobId }),
+      queue.add(INFERENCE_JOB_NAME, job, { ...INFERENCE_JOB_OPTIONS, jobId }),
     ]);
     if (stored.status === 'fulfilled' && added.status === 'fulfilled') return;
     // Leave neither half behind: a job without its image would fail, an image without a job would
     // hold memory until its TTL.
     await Promise.allSettled([
       stored.status === 'fulfilled' ? this.queueConnection.del(input) : undefined,
-      added.status === 'fulfilled' ? this.queue.remove(jobId) : undefined,
+      added.status === 'fulfilled' ? queue.remove(jobId) : undefined,
     ]);
     throw stored.status === 'rejected' ? stored.reason : (added as PromiseRejectedResult).reason;
   }

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { WorkerHeartbeat, type Keys } from '@conveyor/shared/contract/queue.contract';
 
-/** Workers whose heartbeat has not expired, with the model each one serves. */
+/** Workers whose heartbeat has not expired, with the models each one serves. */
 export async function liveWorkers(redis: Redis, keys: Keys): Promise<WorkerHeartbeat[]> {
   const ids = await redis.zrangebyscore(keys.workers, Date.now(), '+inf');
   if (ids.length === 0) return [];

@@ -7,7 +7,7 @@ import type { JobLookup } from '../jobs/job-lookup.js';
 
 const JobId = z.uuid();
 
-/** GET /v1/jobs/:id: status while queued or running, the result (or error) once finished. */
+/** GET /v1/jobs/:id, for a job of any model: status while queued or running, the result (or error) once finished. */
 export function registerJobRoutes(router: Router<GatewayState>, lookup: JobLookup, access: Access): void {
   router.get('/v1/jobs/:id', access.require('predict'), async (ctx) => {
     const id = ctx.params.id ?? '';
@@ -18,7 +18,7 @@ export function registerJobRoutes(router: Router<GatewayState>, lookup: JobLooku
     switch (view.kind) {
       case 'pending':
         ctx.set('Retry-After', '1');
-        ctx.body = { id, status: view.status };
+        ctx.body = { id, status: view.status, model: view.model };
         return;
       case 'finished':
         ctx.body = view.result;

@@ -4,7 +4,7 @@ import type { InferenceJob } from '@conveyor/shared/contract/queue.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayConfig } from '../config.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
-import type { HttpMetrics } from '../http/metrics.js';
+import type { HttpMetrics, PredictMode } from '../http/metrics.js';
 import { parsePrefer } from '../http/prefer.js';
 import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
@@ -14,6 +14,8 @@ import { uploadGuard, type UploadBudget } from '../intake/upload-guard.js';
 import type { Access } from '../access/access.middleware.js';
 import type { Admission, Reservation } from '../jobs/admission.js';
 import type { JobSubmitter } from '../jobs/job-submitter.js';
+import type { ModelQueues } from '../jobs/model-queues.js';
+import type { ModelCatalogue, ModelStatus } from '../models/model-catalogue.js';
 import type { ResultWaiter } from '../jobs/result-waiter.js';
 
 export interface PredictDeps {
@@ -28,7 +30,11 @@ export interface PredictDeps {
     | 'SYNC_WAIT_DEFAULT_SECONDS'
     | 'SYNC_WAIT_MAX_SECONDS'
     | 'RESULT_TTL_SECONDS'
+    | 'DEFAULT_MODEL'
+    | 'NO_WORKER_POLICY'
   >;
+  readonly catalogue: ModelCatalogue;
+  readonly queues: ModelQueues;
   readonly admission: Admission;
   readonly fetchImage: ImageFetcher;
   readonly submitter: JobSubmitter;
@@ -39,9 +45,14 @@ export interface PredictDeps {
 }
 
 /**
- * POST /v1/predict (and /predict): check the image, queue a job, then either answer 202 at once
+ * POST /v1/models/{name}/predict, and POST /v1/predict (alias /predict) for the default model:
+ * check the image, queue a job on the model's queue, then either answer 202 at once
  * (`Prefer: respond-async`) or wait for the result, answering 202 anyway if the wait runs out.
  * A job, once queued, is never dropped: the 202 says where to poll.
+ *
+ * Before any of the body is read: an unknown model is a 404; a model no live worker serves is a
+ * 503 no-worker with Retry-After for a caller who would wait (a sync wait would only run out), and
+ * for an asynchronous caller too with NO_WORKER_POLICY=refuse (else the job waits for a worker).
  */
 export function registerPredictRoute(router: Router<GatewayState>, deps: PredictDeps): void {
   const { config } = deps;
@@ -77,6 +88,7 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
       requestId: ctx.state.requestId,
       ...(ticket ? { replyTo: deps.waiter.gatewayId } : {}),
       acceptedAt,
+      model: ctx.state.model,
       input: {
         ...facts,
         bytes: bytes.length,
@@ -87,7 +99,7 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
       },
     };
     try {
-      await deps.submitter.submit(jobId, bytes, job);
+      await deps.submitter.submit(ctx.state.queue!, jobId, bytes, job);
       // Queued: it counts as waiting now, and its image as queued bytes.
       ctx.state.reservation?.queued(bytes.length);
     } catch (error) {
@@ -127,21 +139,29 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
   });
   const parse = predictBodyParser(config.MAX_UPLOAD_BYTES);
   const allowed = deps.access.require('predict');
-  router.post('/v1/predict', allowed, admit(deps, config), guard, parse, handler);
-  router.post('/predict', allowed, admit(deps, config), guard, parse, handler);
+  const defaultModel = () => config.DEFAULT_MODEL;
+  const named = (ctx: GatewayContext) => (ctx as { params?: Record<string, string> }).params?.name ?? '';
+  router.post('/v1/predict', allowed, admit(deps, config, defaultModel), guard, parse, handler);
+  router.post('/predict', allowed, admit(deps, config, defaultModel), guard, parse, handler);
+  router.post('/v1/models/:name/predict', allowed, admit(deps, config, named), guard, parse, handler);
 }
 
-function admit(deps: PredictDeps, config: PredictDeps['config']) {
+function admit(deps: PredictDeps, config: PredictDeps['config'], modelOf: (ctx: GatewayContext) => string) {
   return async (ctx: GatewayContext, next: () => Promise<unknown>) => {
     // Read before admission, so a request refused there is counted under its mode too.
     const prefer = parsePrefer(ctx.get('prefer'), config.SYNC_WAIT_DEFAULT_SECONDS, config.SYNC_WAIT_MAX_SECONDS);
-    ctx.state.predictMode = prefer.respondAsync || prefer.waitSeconds === 0 ? 'async' : 'sync';
+    const mode = prefer.respondAsync || prefer.waitSeconds === 0 ? 'async' : 'sync';
+    ctx.state.predictMode = mode;
     let reservation: Reservation;
     try {
+      const model = await routable(deps, modelOf(ctx), mode, config.NO_WORKER_POLICY);
+      // Known to exist from here on: only now may its name become a metric label.
+      ctx.state.model = model.name;
+      ctx.state.queue = deps.queues.get(model.name);
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
-      reservation = await deps.admission.admit(randomUUID(), Math.min(bytes, config.MAX_UPLOAD_BYTES));
+      reservation = await deps.admission.admit(ctx.state.queue, randomUUID(), Math.min(bytes, config.MAX_UPLOAD_BYTES));
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
@@ -155,11 +175,35 @@ function admit(deps: PredictDeps, config: PredictDeps['config']) {
   };
 }
 
+/** The model `name`, if a request in `mode` may be queued for it; else the problem that answers it. */
+async function routable(
+  deps: PredictDeps,
+  name: string,
+  mode: PredictMode,
+  policy: PredictDeps['config']['NO_WORKER_POLICY'],
+): Promise<ModelStatus> {
+  const model = await deps.catalogue.resolve(name);
+  if (!model) {
+    throw new ProblemError('not-found', `No model named ${JSON.stringify(name.slice(0, 64))}`, {
+      models: deps.catalogue.known(),
+    });
+  }
+  // A caller who would wait is told at once: its wait could only run out (and would hold a connection).
+  if (!model.ready && (mode === 'sync' || policy === 'refuse')) {
+    const hint = mode === 'sync' && policy === 'queue' ? ', or send Prefer: respond-async to queue the job until one does' : '';
+    throw new ProblemError('no-worker', `No live worker serves the model ${model.name} now; retry later${hint}`, {
+      retryAfterSeconds: 5,
+      model: model.name,
+    });
+  }
+  return model;
+}
+
 function accepted(ctx: GatewayContext, jobId: string, deps: PredictDeps): void {
   deps.metrics.outcomes.inc({ outcome: 'accepted' });
   const location = `/v1/jobs/${jobId}`;
   ctx.status = 202;
   ctx.set('Location', location);
   ctx.set('Retry-After', '1');
-  ctx.body = { id: jobId, status: 'queued', requestId: ctx.state.requestId, links: { self: location } };
+  ctx.body = { id: jobId, status: 'queued', requestId: ctx.state.requestId, model: ctx.state.model, links: { self: location } };
 }

@@ -8,9 +8,10 @@ import type { ModelRef } from '@conveyor/shared/contract/queue.contract';
  * preprocessing and inference.
  *
  * Labels are bounded by construction: no job ids, request ids or worker ids (Prometheus adds the
- * scrape target as `instance`); outcomes are a closed set; the model name and version appear on one
- * info gauge only, so a promotion adds one series rather than a histogram's worth per stage. Join
- * on `instance` to split a histogram by the version a worker serves.
+ * scrape target as `instance`); outcomes are a closed set; `model` is the serving name of one of
+ * the models this worker was configured with (MODELS), never a name read from a job; the version
+ * appears on one info gauge only, so a promotion adds one series rather than a histogram's worth per
+ * stage. Join on `instance` and `model` to split a histogram by the version a worker serves.
  */
 export const JOB_OUTCOMES = ['completed', 'failed_permanent', 'failed_transient', 'not_published', 'handed_back'] as const;
 export type JobOutcome = (typeof JOB_OUTCOMES)[number];
@@ -36,14 +37,21 @@ export interface JobMetrics {
   outcome(outcome: JobOutcome): void;
 }
 
-export interface WorkerMetricsSources {
-  /** The model served now; undefined before the first one is loaded. */
-  readonly model: () => ModelRef | undefined;
+/** One of the models this worker serves, as the metrics see it. */
+export interface ModelMetricsSource {
+  /** The serving name: the `model` label. */
+  readonly name: string;
+  /** The version loaded now; undefined before the first one is warm. */
+  readonly ref: () => ModelRef | undefined;
   readonly inFlight: () => number;
   readonly concurrency: number;
 }
 
-export class WorkerMetrics implements JobMetrics {
+export interface WorkerMetricsSources {
+  readonly models: readonly ModelMetricsSource[];
+}
+
+export class WorkerMetrics {
   readonly registry = new Registry();
   private readonly queueWaitSeconds = this.histogram(
     'conveyor_worker_queue_wait_seconds',
@@ -60,63 +68,67 @@ export class WorkerMetrics implements JobMetrics {
   );
   private readonly jobs = new Counter({
     name: 'conveyor_worker_jobs_total',
-    help: 'Job attempts by outcome: completed; failed_permanent (bad input, not retried); failed_transient (retried, or recorded as inference-failed on the last attempt); not_published (another attempt finished the job or holds it); handed_back (to the queue during a shutdown)',
-    labelNames: ['outcome'] as const,
+    help: 'Job attempts by model and outcome: completed; failed_permanent (bad input, not retried); failed_transient (retried, or recorded as inference-failed on the last attempt); not_published (another attempt finished the job or holds it); handed_back (to the queue during a shutdown)',
+    labelNames: ['model', 'outcome'] as const,
     registers: [this.registry],
   });
+  private readonly models: ReadonlySet<string>;
 
   constructor(sources: WorkerMetricsSources) {
     collectDefaultMetrics({ register: this.registry, prefix: 'conveyor_worker_' });
-    // Every outcome exists from the first scrape, so rate() and ratios see a zero, not a gap.
-    for (const outcome of JOB_OUTCOMES) this.jobs.inc({ outcome }, 0);
+    this.models = new Set(sources.models.map((m) => m.name));
+    // Every model and outcome exists from the first scrape, so rate() and ratios see a zero, not a gap.
+    for (const model of this.models) {
+      for (const outcome of JOB_OUTCOMES) this.jobs.inc({ model, outcome }, 0);
+      for (const histogram of [this.queueWaitSeconds, this.preprocessSeconds, this.inferenceSeconds, this.processingSeconds])
+        histogram.zero({ model });
+    }
     new Gauge({
       name: 'conveyor_worker_jobs_in_flight',
-      help: 'Jobs this worker is processing now',
+      help: 'Jobs of each model this worker is processing now',
+      labelNames: ['model'] as const,
       registers: [this.registry],
       collect() {
-        this.set(sources.inFlight());
+        for (const m of sources.models) this.set({ model: m.name }, m.inFlight());
       },
     });
-    new Gauge({
+    const concurrency = new Gauge({
       name: 'conveyor_worker_concurrency',
-      help: 'Jobs this worker processes at once at most (WORKER_CONCURRENCY)',
+      help: 'Jobs of each model this worker processes at once at most (MODELS, else WORKER_CONCURRENCY)',
+      labelNames: ['model'] as const,
       registers: [this.registry],
-    }).set(sources.concurrency);
+    });
+    for (const m of sources.models) concurrency.set({ model: m.name }, m.concurrency);
     new Gauge({
       name: 'conveyor_worker_model_info',
-      help: 'The model this worker serves (always 1; absent until a model is loaded)',
+      help: 'The models this worker serves, with the version loaded (always 1; absent until the model is warm)',
       labelNames: ['model', 'version'] as const,
       registers: [this.registry],
       collect() {
-        // Only the current version: a swapped-out one must not linger as a second series.
+        // Only the current versions: a swapped-out one must not linger as a second series.
         this.reset();
-        const ref = sources.model();
-        if (ref) this.set({ model: ref.name, version: ref.version }, 1);
+        for (const m of sources.models) {
+          const ref = m.ref();
+          if (ref) this.set({ model: m.name, version: ref.version }, 1);
+        }
       },
     });
   }
 
-  queueWait(seconds: number): void {
-    this.queueWaitSeconds.observe(seconds);
+  /** What the processor of `model` reports to; `model` must be one the worker was built with. */
+  forModel(model: string): JobMetrics {
+    if (!this.models.has(model)) throw new Error(`no metrics for model ${model}: not one this worker serves`);
+    const labels = { model };
+    return {
+      queueWait: (seconds) => this.queueWaitSeconds.observe(labels, seconds),
+      preprocess: (seconds) => this.preprocessSeconds.observe(labels, seconds),
+      inference: (seconds) => this.inferenceSeconds.observe(labels, seconds),
+      processing: (seconds) => this.processingSeconds.observe(labels, seconds),
+      outcome: (outcome) => this.jobs.inc({ model, outcome }),
+    };
   }
 
-  preprocess(seconds: number): void {
-    this.preprocessSeconds.observe(seconds);
-  }
-
-  inference(seconds: number): void {
-    this.inferenceSeconds.observe(seconds);
-  }
-
-  processing(seconds: number): void {
-    this.processingSeconds.observe(seconds);
-  }
-
-  outcome(outcome: JobOutcome): void {
-    this.jobs.inc({ outcome });
-  }
-
-  private histogram(name: string, help: string): Histogram {
-    return new Histogram({ name, help, buckets: [...STAGE_BUCKETS], registers: [this.registry] });
+  private histogram(name: string, help: string): Histogram<'model'> {
+    return new Histogram({ name, help, labelNames: ['model'] as const, buckets: [...STAGE_BUCKETS], registers: [this.registry] });
   }
 }

@@ -1,5 +1,6 @@
 import type { ModelRef } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
+import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { LoadedModel } from '@conveyor/shared/model/runtime';
 
 /**
@@ -16,6 +17,8 @@ export interface ModelLease {
 interface Slot {
   readonly model: LoadedModel;
   readonly ref: ModelRef;
+  /** When it started serving (ISO). */
+  readonly since: string;
   leases: number;
   retired: boolean;
 }
@@ -29,9 +32,14 @@ export class ModelHost {
     return this.active?.ref;
   }
 
-  /** The labels of the model served now (empty before the first is loaded). */
-  get labels(): readonly string[] {
-    return this.active?.model.manifest.labels ?? [];
+  /** The manifest of the model served now (undefined before the first is loaded). */
+  get manifest(): ModelManifest | undefined {
+    return this.active?.model.manifest;
+  }
+
+  /** When the model served now started serving (ISO). */
+  get since(): string | undefined {
+    return this.active?.since;
   }
 
   get loaded(): boolean {
@@ -58,7 +66,7 @@ export class ModelHost {
   /** Serves `model` from now on; the previous one closes once its in-flight jobs are done. */
   replace(model: LoadedModel, ref: ModelRef): void {
     const previous = this.active;
-    this.active = { model, ref, leases: 0, retired: false };
+    this.active = { model, ref, since: new Date().toISOString(), leases: 0, retired: false };
     if (!previous) return;
     previous.retired = true;
     this.log.info({ from: previous.ref, to: ref, inFlight: previous.leases }, 'model swapped');

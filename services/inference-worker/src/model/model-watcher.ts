@@ -1,13 +1,13 @@
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError } from '@conveyor/shared/mlflow/client';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
-import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
 import type { ModelHost } from './model-host.js';
 import type { RegistrySource, ResolvedVersion } from './registry-source.js';
+import { loadWarmModel } from './warm-up.js';
 
 /**
  * Follows a registry alias: every `intervalMs` it asks which version the alias points at and, when
- * that changes (a promotion or a rollback), downloads, verifies, checks and loads the new version
+ * that changes (a promotion or a rollback), downloads, verifies, checks, loads and warms up the new version
  * before swapping it in. Any failure leaves the current model serving and is retried next time.
  * A refusal of the worker's credentials is not a failure to retry: at start-up it ends `start()`
  * (starting from the cached version would hide the misconfiguration: the worker would silently
@@ -79,7 +79,8 @@ export class ModelWatcher {
 
   private async load(version: ResolvedVersion): Promise<void> {
     const dir = await this.source.fetch(version);
-    const model = await loadCheckedModel(dir, this.options);
+    const { model, warmUpMs } = await loadWarmModel(dir, this.options);
+    this.log.info({ model: version, warmUpMs }, 'model warmed up');
     await this.source.remember(version);
     this.current = version;
     this.host.replace(model, { name: version.name, version: version.version });

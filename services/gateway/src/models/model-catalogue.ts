@@ -1,0 +1,149 @@
+import type { Redis } from 'ioredis';
+import {
+  inferenceQueue,
+  ModelAnnouncement,
+  ModelName,
+  servedModels,
+  type Keys,
+  type WorkerHeartbeat,
+} from '@conveyor/shared/contract/queue.contract';
+import type { Logger } from '@conveyor/shared/logger';
+import { liveWorkers } from '../jobs/worker-registry.js';
+
+/**
+ * Which models exist and which of them can answer now, as the gateway learns it from the workers:
+ * a model is known once the configuration names it (DEFAULT_MODEL, MODELS) or a worker has ever
+ * announced it (`keys().models`), and ready while a live worker lists it in its heartbeat (which a
+ * worker does only once the model is warm).
+ *
+ * Requests read a view kept in memory, so routing costs no Redis call: a view older than
+ * `maxAgeMs` is answered from and refreshed behind the request. A view that says "unknown" or "no
+ * live worker" is re-read before a request is refused on its word (a worker may have announced the
+ * model a moment ago), at most every `minRefreshMs` so that a flood of requests for a model nobody
+ * serves costs a few reads a second, not one per request. A view that says "ready" can be stale by
+ * `maxAgeMs`, which only matters for a worker that died: its jobs wait for another, as they would
+ * have anyway.
+ */
+export interface ModelStatus {
+  readonly name: ModelName;
+  readonly queue: string;
+  readonly isDefault: boolean;
+  /** Named by the gateway's configuration (so known even before any worker announced it). */
+  readonly configured: boolean;
+  /** What a worker announced about it last; absent for a configured model never served. */
+  readonly announced: ModelAnnouncement | undefined;
+  /** Versions served by live workers now. */
+  readonly versions: readonly string[];
+  /** Live workers serving it (warm). */
+  readonly workers: number;
+  /** Jobs those workers take at once, together. */
+  readonly concurrency: number;
+  readonly ready: boolean;
+}
+
+export interface CatalogueView {
+  readonly models: ReadonlyMap<ModelName, ModelStatus>;
+  readonly workers: readonly WorkerHeartbeat[];
+  /** When it was read (epoch ms). */
+  readonly at: number;
+}
+
+export interface CatalogueOptions {
+  readonly defaultModel: ModelName;
+  readonly configured: readonly ModelName[];
+  readonly maxAgeMs?: number;
+  readonly minRefreshMs?: number;
+}
+
+export class ModelCatalogue {
+  private view: CatalogueView | undefined;
+  private reading: Promise<CatalogueView> | undefined;
+  private readonly maxAgeMs: number;
+  private readonly minRefreshMs: number;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly options: CatalogueOptions,
+    private readonly log: Logger,
+  ) {
+    this.maxAgeMs = options.maxAgeMs ?? 1000;
+    this.minRefreshMs = options.minRefreshMs ?? 250;
+  }
+
+  /** A view read less than `maxAgeMs` ago (0: read now, or join the read under way). */
+  async current(maxAgeMs = this.maxAgeMs): Promise<CatalogueView> {
+    const view = this.view;
+    if (view && Date.now() - view.at < maxAgeMs) return view;
+    this.reading ??= this.read().finally(() => (this.reading = undefined));
+    return this.reading;
+  }
+
+  /** The model a request names, as fresh as it needs to be; undefined for a model nobody knows. */
+  async resolve(name: string): Promise<ModelStatus | undefined> {
+    // Nothing else can be a model: no Redis read for it, however many arrive.
+    if (!ModelName.safeParse(name).success) return undefined;
+    const view = this.view;
+    const cached = view?.models.get(name);
+    if (view && cached?.ready) {
+      if (Date.now() - view.at > this.maxAgeMs) {
+        this.current().catch((error: unknown) => this.log.debug({ err: error }, 'model catalogue refresh failed'));
+      }
+      return cached;
+    }
+    return (await this.current(view ? this.minRefreshMs : 0)).models.get(name);
+  }
+
+  /** Every model known so far, the default first (from the last view; the configured ones before any). */
+  known(): ModelName[] {
+    const names = this.view ? [...this.view.models.keys()] : [this.options.defaultModel, ...this.options.configured];
+    return [...new Set(names)];
+  }
+
+  private async read(): Promise<CatalogueView> {
+    const [workers, announcedRaw] = await Promise.all([liveWorkers(this.redis, this.keys), this.redis.hgetall(this.keys.models)]);
+    const announced = new Map<ModelName, ModelAnnouncement>();
+    for (const [name, raw] of Object.entries(announcedRaw)) {
+      const parsed = ModelAnnouncement.safeParse(safeJson(raw));
+      if (parsed.success && parsed.data.name === name) announced.set(name, parsed.data);
+    }
+    const serving = new Map<ModelName, { versions: Set<string>; workers: number; concurrency: number }>();
+    for (const worker of workers) {
+      for (const model of servedModels(worker)) {
+        const entry = serving.get(model.name) ?? { versions: new Set(), workers: 0, concurrency: 0 };
+        entry.versions.add(model.model.version);
+        entry.workers++;
+        entry.concurrency += model.concurrency;
+        serving.set(model.name, entry);
+      }
+    }
+    const { defaultModel, configured } = this.options;
+    const names = [...new Set([defaultModel, ...configured, ...[...announced.keys(), ...serving.keys()].sort()])];
+    const models = new Map<ModelName, ModelStatus>();
+    for (const name of names) {
+      const live = serving.get(name);
+      models.set(name, {
+        name,
+        queue: inferenceQueue(name),
+        isDefault: name === defaultModel,
+        configured: name === defaultModel || configured.includes(name),
+        announced: announced.get(name),
+        versions: live ? [...live.versions].sort() : [],
+        workers: live?.workers ?? 0,
+        concurrency: live?.concurrency ?? 0,
+        ready: (live?.workers ?? 0) > 0,
+      });
+    }
+    const view = { models, workers, at: Date.now() };
+    this.view = view;
+    return view;
+  }
+}
+
+function safeJson(raw: string): unknown {
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+}

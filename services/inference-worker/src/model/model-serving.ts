@@ -1,0 +1,134 @@
+import { Worker, type Processor } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { ModelAnnouncement, ServedModel } from '@conveyor/shared/contract/queue.contract';
+import type { Logger } from '@conveyor/shared/logger';
+import type { LoadOptions } from '@conveyor/shared/model/runtime';
+import type { ModelPlan } from '../config.js';
+import type { ModelMetricsSource } from '../metrics/worker-metrics.js';
+import { ModelHost } from './model-host.js';
+import { ModelWatcher } from './model-watcher.js';
+import type { RegistrySource } from './registry-source.js';
+import { loadWarmModel } from './warm-up.js';
+
+/**
+ * One model this worker serves, from loading to shutdown: the model (from its folder, or followed
+ * in the registry), warmed up first; then a BullMQ Worker on the model's own queue with the
+ * model's own concurrency; and, only then, a place in the heartbeat. Models of one process are
+ * independent: one still downloading does not hold back another that is ready.
+ */
+export interface BullOptions {
+  readonly connection: Redis;
+  readonly prefix: string;
+  readonly lockDurationMs: number;
+  readonly stalledIntervalMs: number;
+}
+
+export class ModelServing {
+  readonly host: ModelHost;
+  /** Jobs of this model being processed now. */
+  readonly inFlight = { count: 0 };
+  private watcher: ModelWatcher | undefined;
+  private worker: Worker | undefined;
+  private closed = false;
+  private readonly stopping = new AbortController();
+
+  constructor(
+    readonly plan: ModelPlan,
+    private readonly log: Logger,
+  ) {
+    this.host = new ModelHost(log);
+  }
+
+  get name(): string {
+    return this.plan.name;
+  }
+
+  /** The BullMQ Worker, once it takes jobs. */
+  get bullWorker(): Worker | undefined {
+    return this.worker;
+  }
+
+  /** Loads and warms up the model: the registry's version when `registry` is given, else the plan's folder. */
+  async load(options: LoadOptions & { intervalMs: number }, registry?: RegistrySource): Promise<void> {
+    this.log.info({ dir: registry ? undefined : this.plan.dir, uri: registry ? this.plan.uri : undefined }, 'warming up model');
+    if (registry) {
+      this.watcher = new ModelWatcher(registry, this.host, options, this.log);
+      await this.watcher.start(this.stopping.signal);
+      return;
+    }
+    const { model, warmUpMs } = await loadWarmModel(this.plan.dir, options);
+    const ref = { name: model.manifest.name, version: model.manifest.version };
+    this.log.info({ model: ref, warmUpMs }, 'model warmed up');
+    if (this.closed) {
+      await model.close();
+      return;
+    }
+    this.host.replace(model, ref);
+    this.log.info({ model: ref, dir: model.dir }, 'model loaded');
+  }
+
+  /** Starts taking jobs from the model's queue (once it is warm); false if shutting down already. */
+  start(processor: Processor, bull: BullOptions, onError: (error: Error) => void): boolean {
+    if (this.closed || !this.host.loaded || this.worker) return false;
+    this.worker = new Worker(this.plan.queue, processor, {
+      // The models' Workers share this connection for their commands; each duplicates it for its blocking reads.
+      connection: bull.connection,
+      prefix: bull.prefix,
+      concurrency: this.plan.concurrency,
+      lockDuration: bull.lockDurationMs,
+      stalledInterval: bull.stalledIntervalMs,
+      // A job may be orphaned by two crashed workers before it is declared failed.
+      maxStalledCount: 2,
+      autorun: false,
+    });
+    this.worker.on('error', onError);
+    this.worker.on('stalled', (jobId) => this.log.warn({ jobId }, 'took over a stalled job'));
+    void this.worker.run();
+    return true;
+  }
+
+  /** What the heartbeat lists: only a warm model that takes jobs. */
+  served(): ServedModel | undefined {
+    const ref = this.host.ref;
+    if (!ref || !this.worker || this.closed) return undefined;
+    return { name: this.plan.name, model: ref, concurrency: this.plan.concurrency };
+  }
+
+  announcement(): ModelAnnouncement | undefined {
+    const ref = this.host.ref;
+    const manifest = this.host.manifest;
+    if (!ref || !manifest || !this.served()) return undefined;
+    const { input, preprocess } = manifest;
+    return {
+      kind: 'model-announcement',
+      version: 1,
+      name: this.plan.name,
+      model: ref,
+      ...(manifest.description ? { description: manifest.description } : {}),
+      input: { ...input, color: preprocess.color, resize: preprocess.resize },
+      labels: manifest.labels,
+      at: this.host.since ?? new Date().toISOString(),
+    };
+  }
+
+  metricsSource(): ModelMetricsSource {
+    return {
+      name: this.plan.name,
+      concurrency: this.plan.concurrency,
+      ref: () => this.host.ref,
+      inFlight: () => this.inFlight.count,
+    };
+  }
+
+  /** Stops following the registry and taking jobs for good (the drain closes the BullMQ Worker). */
+  stopLoading(): void {
+    this.closed = true;
+    this.stopping.abort();
+    this.watcher?.stop();
+  }
+
+  async close(): Promise<void> {
+    this.stopLoading();
+    await this.host.close();
+  }
+}
