@@ -2,9 +2,9 @@
 # Creates (or reuses) .venv/models, the environment of the model converters (models/moderation/convert.py),
 # from models/moderation/requirements.lock.txt: every package at an exact version, installed with
 # --no-deps because the lock already lists every one (so pip resolves nothing on its own, and
-# scikit-image comes without scipy & co.: only the photos in its wheel are used). Idempotent, like
-# scripts/mlflow/ensure-venv.sh: a stamp named after the lock file's hash skips the install when
-# nothing changed. Prints the venv's directory.
+# scikit-image comes without scipy & co.: only the photos in its wheel are used). The install is
+# scripts/lib/ensure-venv.sh's; the relock is its own (scikit-image alone without its dependencies).
+# Prints the venv's directory.
 #
 #   bash scripts/models/ensure-venv.sh            # install or reuse
 #   bash scripts/models/ensure-venv.sh --relock   # re-resolve requirements.in into the lock file
@@ -34,12 +34,6 @@ if [ "${1:-}" = "--relock" ]; then
   } >"$lock"
   touch "$venv/.installed-$(sha256sum "$lock" | cut -c1-16)"
 fi
-stamp="$venv/.installed-$(sha256sum "$lock" | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  echo "installing the model converters' environment into $venv (once)…" >&2
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  pip install --no-deps --requirement "$lock"
-  touch "$stamp"
-fi
+bash "$root/scripts/lib/ensure-venv.sh" --what "the model converters' environment" --python 3.11 --no-deps \
+  "$venv" "$lock"
 echo "$venv"
