@@ -16,9 +16,13 @@ describe('the tfjs wasm backend', function () {
       const before = count();
       await useWasmBackend();
       console.log(JSON.stringify({ before, after: count() }));`;
-    const run = spawnSync(process.execPath, ['--conditions=conveyor-source', '--import', 'tsx', '--input-type=module', '-e', script], {
-      encoding: 'utf8',
-    });
+    const run = spawnSync(
+      process.execPath,
+      ['--conditions=conveyor-source', '--import', 'tsx', '--input-type=module', '-e', script],
+      {
+        encoding: 'utf8',
+      },
+    );
     expect(run.status, run.stderr).to.equal(0);
     expect(JSON.parse(run.stdout.trim())).to.deep.equal({ before: 0, after: 0 });
   });
