@@ -126,7 +126,7 @@ export class Monitor {
       await this.store.withLock(model, LOCK_MS, async () => {
         const last = await this.store.lastEvaluated(model);
         if (index <= last) {
-          await this.store.finishWindow(model, index, member, { stale: true, model: model.model, name: model.name, index });
+          await this.store.discardWindow(model, index, member);
           return;
         }
         if (index !== last + 1) return; // an earlier window is still being evaluated elsewhere

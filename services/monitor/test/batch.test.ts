@@ -259,6 +259,19 @@ describe('batched prediction windows (real Redis)', () => {
       expect(consumer.stats).to.include({ delivered: 8, acknowledged: 6, reclaimed: 2, deadLettered: 1 });
     });
 
+    it('records each closed window once when evaluations race (the sweeper and a batch, or two monitors)', async () => {
+      const p = prefix('race');
+      const store = new MonitorStore(redis, p);
+      await store.appendPredictions(tracked, items(12), 4, 3600);
+      const [a, b] = [monitorOn(p, 4), monitorOn(p, 4)];
+      await Promise.all([a.evaluatePending(), b.evaluatePending(), a.evaluatePending()]);
+      // What a locked-out call skipped, a later sweep finishes.
+      await a.evaluatePending();
+      expect((await store.windowRecords()).map((r) => r.index)).to.deep.equal([1, 2, 3]);
+      expect(await redis.xlen(`${p}:monitor:windows`)).to.equal(3);
+      expect(await redis.zcard(`${p}:monitor:closed`)).to.equal(0);
+    });
+
     it('reclaims what a dead consumer held and counts it once', async () => {
       const p = prefix('reclaim');
       const stream = keysOf(p).predictions;

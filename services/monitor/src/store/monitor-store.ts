@@ -210,8 +210,20 @@ export class MonitorStore {
     return Number((await this.redis.get(`${this.p}:last:${trackedKey(model)}`)) ?? 0);
   }
 
+  /**
+   * Dequeues a closed window that another evaluation (this monitor's sweeper, or another monitor)
+   * already finished: nothing is recorded twice.
+   */
+  async discardWindow(model: TrackedModel, index: number, member: string): Promise<void> {
+    await this.redis
+      .multi()
+      .del(`${this.p}:closedwin:${trackedKey(model)}:${index}`)
+      .zrem(`${this.p}:closed`, member)
+      .exec();
+  }
+
   /** Marks a window evaluated: its record goes to the windows stream, its values are dropped. */
-  async finishWindow(model: TrackedModel, index: number, member: string, record: WindowStreamEntry): Promise<void> {
+  async finishWindow(model: TrackedModel, index: number, member: string, record: WindowRecord): Promise<void> {
     const mk = trackedKey(model);
     await this.redis
       .multi()
@@ -222,7 +234,7 @@ export class MonitorStore {
       .exec();
   }
 
-  /** The evaluated windows, oldest first (stale markers left out): what the reports draw. */
+  /** The evaluated windows, oldest first (stale markers of older monitors left out): what the reports draw. */
   async windowRecords(count = 10_000): Promise<WindowRecord[]> {
     const entries = await this.redis.xrevrange(`${this.p}:windows`, '+', '-', 'COUNT', count);
     return entries

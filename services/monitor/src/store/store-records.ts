@@ -102,17 +102,13 @@ export const WindowRecord = z.object({
 });
 export type WindowRecord = z.infer<typeof WindowRecord>;
 
-/** A closed window found already evaluated (by a monitor that died before dequeuing it): in the stream, never in reports. */
-export const StaleWindowRecord = z.object({
-  stale: z.literal(true),
-  model: ModelRef,
-  name: z.string().optional(),
-  index: z.number().int(),
-});
-export type StaleWindowRecord = z.infer<typeof StaleWindowRecord>;
+/**
+ * What monitors before several models also wrote to the windows stream for a closed window found
+ * already evaluated; read (and skipped) so such a stream still parses. Nothing writes it now.
+ */
+export const StaleWindowRecord = z.object({ stale: z.literal(true), model: ModelRef, index: z.number().int() });
 
 export const WindowStreamEntry = z.union([WindowRecord, StaleWindowRecord]);
-export type WindowStreamEntry = z.infer<typeof WindowStreamEntry>;
 
 /** Rolling quality (field `quality` of `monitor:latest:<key>`); see quality.ts. */
 export const QualitySnapshot = z.object({
