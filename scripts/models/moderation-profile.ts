@@ -112,7 +112,7 @@ async function variants(bytes: Buffer, u: () => number, crops: number): Promise<
 
 export async function buildModerationProfile(
   options: { images?: string; label?: string } = {},
-): Promise<{ profile: ReferenceProfile; predicted: Record<string, number> }> {
+): Promise<{ profile: ReferenceProfile; predicted: Record<string, number>; bySource: Record<string, Record<string, number>> }> {
   await ensureModerationModel();
   const model = await loadModel(MODERATION_DIR);
   const { manifest } = model;
@@ -129,8 +129,10 @@ export async function buildModerationProfile(
     confidence: [],
   };
   const predicted: number[] = [];
+  const bySource: Record<string, Record<string, number>> = {};
   try {
     for (const source of sources) {
+      const tally: Record<string, number> = (bySource[source.name] = {});
       const images = await variants(source.bytes, u, CROPS_PER_PHOTO);
       for (let start = 0; start < images.length; start += 16) {
         const prepared = await Promise.all(
@@ -146,6 +148,7 @@ export async function buildModerationProfile(
           features.inkRatio.push(d.inkRatio);
           features.confidence.push(confidence);
           predicted.push(index);
+          tally[manifest.labels[index]!] = (tally[manifest.labels[index]!] ?? 0) + 1;
         });
       }
     }
@@ -186,19 +189,20 @@ export async function buildModerationProfile(
     },
   };
   const counts = Object.fromEntries(manifest.labels.map((l, c) => [l, profile.predictedClass.counts[c]!]));
-  return { profile, predicted: counts };
+  return { profile, predicted: counts, bySource };
 }
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { images: { type: 'string' }, label: { type: 'string' } } });
   const started = performance.now();
-  const { profile, predicted } = await buildModerationProfile({
+  const { profile, predicted, bySource } = await buildModerationProfile({
     ...(values.images ? { images: path.resolve(values.images) } : {}),
     ...(values.label ? { label: values.label } : {}),
   });
   const file = path.join(MODERATION_DIR, REFERENCE_PROFILE_FILE);
   writeFileSync(file, `${JSON.stringify(profile, null, 2)}\n`);
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  for (const [name, tally] of Object.entries(bySource)) console.log(`[moderation]   ${name.padEnd(22)} ${JSON.stringify(tally)}`);
   console.log(
     `[moderation] ${path.relative(process.cwd(), file)}: ${profile.dataset.n} images (${profile.dataset.split}) in ${seconds} s; predicted ${JSON.stringify(predicted)}; accuracy ${profile.quality.accuracy.toFixed(4)}`,
   );

@@ -312,6 +312,10 @@ describe('several models in one monitor (real Redis)', function () {
     expect(text).to.include('conveyor_drift_window_events{model="alpha",version="1"} 0');
     expect(text).to.include('conveyor_drift_window_events{model="alpha",version="2"} 5');
     expect(text).to.include('conveyor_drift_window_events{model="beta",version="sha-b1"} 25');
+    // Alpha's v2 came last: its v1 states stay exported, but are no longer the model's current ones.
+    expect(text).to.include('conveyor_drift_version_current{model="alpha",version="1"} 0');
+    expect(text).to.include('conveyor_drift_version_current{model="alpha",version="2"} 1');
+    expect(text).to.include('conveyor_drift_version_current{model="beta",version="sha-b1"} 1');
   });
 
   it('words an alert with the model, the feature and the figures', () => {

@@ -2,6 +2,7 @@ import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { Monitor } from '../monitor.js';
 import type { MonitorStore } from '../store/monitor-store.js';
 import type { StreamConsumer } from '../store/stream-consumer.js';
+import { currentVersions } from '../views/drift-view.js';
 
 /**
  * Prometheus gauges read from the shared state at scrape time, so every monitor instance reports
@@ -56,6 +57,18 @@ export function monitorMetrics(
       const models = await store.models();
       const sizes = await store.openWindowSizes(models);
       models.forEach((model, i) => this.set(labelsOf(model), sizes[i] ?? 0));
+    },
+  });
+  new Gauge({
+    name: 'conveyor_drift_version_current',
+    help: 'Per model: 1 for the version whose predictions came last, 0 for versions it replaced (their states stay as they were)',
+    labelNames: ['model', 'version'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const models = await store.models();
+      const current = currentVersions(models);
+      for (const model of models) this.set(labelsOf(model), current.get(model.name) === model.model.version ? 1 : 0);
     },
   });
   new Gauge({

@@ -44,7 +44,7 @@ export interface DriftViewOptions {
 }
 
 /** The version of each serving name whose events came last (a tracked record without a time loses). */
-function currentVersions(models: readonly TrackedModel[]): Map<string, string> {
+export function currentVersions(models: readonly TrackedModel[]): Map<string, string> {
   const newest = new Map<string, TrackedModel>();
   for (const m of models) {
     const best = newest.get(m.name);
