@@ -60,11 +60,6 @@ export class DriftViews {
     private readonly options: DriftViewOptions,
   ) {}
 
-  /** The serving names the monitor has seen events of. */
-  async modelNames(): Promise<string[]> {
-    return [...new Set((await this.store.models()).map((m) => m.name))];
-  }
-
   /** Every model version, or only those of one serving name. */
   async view(only?: string): Promise<DriftView> {
     const all = await this.store.models();
