@@ -64,6 +64,10 @@ train: $(NODE_MODULES) ## ingest → validate → train 3 experiments → track 
 model-moderation: $(NODE_MODULES) ## models/moderation: nsfwjs's MobileNetV2 → ONNX (pinned .venv/models), sha256 checked, compared with the original in tfjs (RECORD=1 rewrites its reference predictions)
 	$(TSX) scripts/models/moderation.ts $(if $(RECORD),--record,)
 
+.PHONY: model-moderation-profile
+model-moderation-profile: $(NODE_MODULES) ## models/moderation/reference-profile.json: the serving pipeline over the scikit-image photographs, whole and cropped (IMAGES=dir LABEL=class: from your own traffic)
+	$(TSX) scripts/models/moderation-profile.ts $(if $(IMAGES),--images $(IMAGES),) $(if $(LABEL),--label $(LABEL),)
+
 .PHONY: promote
 promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; move the production alias if it passes
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts promote $(if $(VERSION),--version $(VERSION),)

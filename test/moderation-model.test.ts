@@ -5,15 +5,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import onnxProto from 'onnx-proto';
-import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
+import { preprocess } from '@conveyor/shared/model/preprocess';
+import { placeholderProfile, REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
 import { readManifest } from '@conveyor/shared/model/runtime';
 import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
 import {
   ensureModelsVenv,
   ensureModerationModel,
   MODERATION_DIR,
+  readPhoto,
   readReferencePredictions,
 } from '../scripts/models/moderation.js';
+import { CROPS_PER_PHOTO, PROFILE_PHOTOS } from '../scripts/models/moderation-profile.js';
 import { ensureNsfwjs } from '../scripts/models/nsfwjs.js';
 
 /**
@@ -60,13 +63,37 @@ describe('models/moderation: nsfwjs MobileNetV2 converted to ONNX at build time'
     expect([input?.name, dims]).to.deep.equal(['input', ['N', 3, 224, 224]]);
   });
 
-  it("passes the worker's model-folder checks, with one label per output and a placeholder profile", async () => {
+  it("passes the worker's model-folder checks, with one label per output and a measured reference profile", async () => {
     const model = await loadCheckedModel(MODERATION_DIR);
     try {
       expect(model.outputSize).to.equal(5);
       expect(model.manifest.labels).to.deep.equal(['Drawing', 'Hentai', 'Neutral', 'Porn', 'Sexy']);
-      const profile: unknown = JSON.parse(readFileSync(path.join(MODERATION_DIR, REFERENCE_PROFILE_FILE), 'utf8'));
-      expect(profile).to.deep.equal(placeholderProfile(model.manifest));
+      const profile = ReferenceProfile.parse(JSON.parse(readFileSync(path.join(MODERATION_DIR, REFERENCE_PROFILE_FILE), 'utf8')));
+      // Not the flat placeholder: measured through the serving pipeline (scripts/models/moderation-profile.ts).
+      expect(profile).to.not.deep.equal(placeholderProfile(model.manifest));
+      expect(profile.model).to.deep.equal({ name: model.manifest.name, version: model.manifest.version });
+      expect(profile.dataset.n).to.equal((CROPS_PER_PHOTO + 1) * Object.keys(PROFILE_PHOTOS).length);
+      expect(profile.predictedClass.categories).to.deep.equal(model.manifest.labels);
+      expect(profile.predictedClass.counts.reduce((a, b) => a + b, 0)).to.equal(profile.dataset.n);
+      for (const [feature, f] of Object.entries(profile.features)) {
+        expect(f.n, feature).to.equal(profile.dataset.n);
+        expect(
+          f.counts.reduce((a, b) => a + b, 0),
+          feature,
+        ).to.equal(f.n);
+        // Decile bins of a real sample hold about a tenth each (ties merge some).
+        expect(Math.max(...f.counts) / f.n, feature).to.be.below(0.25);
+      }
+      // The photos of reference-predictions.json, served, land inside the reference's ranges.
+      for (const image of readReferencePredictions().images) {
+        const prepared = await preprocess({ kind: 'encoded', bytes: readPhoto(image.name).bytes }, model.manifest, {
+          maxPixels: 40_000_000,
+        });
+        for (const feature of ['brightness', 'contrast', 'inkRatio'] as const) {
+          const f = profile.features[feature]!;
+          expect(prepared.descriptors[feature], `${image.name} ${feature}`).to.be.within(f.min, f.max);
+        }
+      }
     } finally {
       await model.close();
     }

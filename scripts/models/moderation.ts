@@ -8,8 +8,9 @@ import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import { preprocess } from '@conveyor/shared/model/preprocess';
-import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
+import { REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { loadModel, readManifest } from '@conveyor/shared/model/runtime';
+import { readReferenceProfile } from '@conveyor/shared/validation/model-folder';
 import { ROOT } from '../lib/service-process.js';
 import { ensureNsfwjs, NSFWJS_VERSION } from './nsfwjs.js';
 
@@ -20,7 +21,8 @@ import { ensureNsfwjs, NSFWJS_VERSION } from './nsfwjs.js';
  *
  * build   .venv/models (scripts/models/ensure-venv.sh) and the nsfwjs package (nsfwjs.ts), then
  *         convert.py → model.onnx, whose sha256 must be the manifest's (convert.py refuses
- *         anything else), and the folder's placeholder reference profile.
+ *         anything else); the committed reference profile must be this version's (it is
+ *         measured by moderation-profile.ts).
  * verify  the original model, run by nsfwjs's own code (`NSFWJS.classify`) on @tensorflow/tfjs's
  *         pure-JS CPU backend, against onnxruntime on model.onnx, on three real photos from the
  *         scikit-image wheel in .venv/models: fed nsfwjs's own input tensor (the conversion alone)
@@ -116,10 +118,13 @@ export async function buildModerationModel(): Promise<string> {
   if (convert.status !== 0) throw new Error(`models/moderation/convert.py failed (exit ${String(convert.status)}; see above)`);
   const sha256 = fileSha256(path.join(MODERATION_DIR, manifest.file));
   if (sha256 !== manifest.sha256) throw new Error(`model.onnx has sha256 ${sha256}, the manifest says ${manifest.sha256}`);
-  // No training data comes with the model: the profile only satisfies the model-folder checks.
-  const profile = `${JSON.stringify(placeholderProfile(manifest), null, 2)}\n`;
-  const profileFile = path.join(MODERATION_DIR, REFERENCE_PROFILE_FILE);
-  if (!existsSync(profileFile) || readFileSync(profileFile, 'utf8') !== profile) writeFileSync(profileFile, profile);
+  // The reference profile is committed (measured by moderation-profile.ts, a minute's work): it
+  // must describe this very version, or drift would be judged against another model's outputs.
+  const profile = await readReferenceProfile(MODERATION_DIR);
+  if (profile?.model.name !== manifest.name || profile.model.version !== manifest.version)
+    throw new Error(
+      `models/moderation/${REFERENCE_PROFILE_FILE} does not describe ${manifest.name}@${manifest.version}: run make model-moderation-profile`,
+    );
   return sha256;
 }
 

@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { pollUntilDone, pool, predict, request } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
-import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
 import { until } from '../support/wait.js';
 
 /**
@@ -88,13 +88,16 @@ describe('metrics: worker endpoint, SLO histogram, dashboard and alert rules', f
   const prefix = randomPrefix('metrics');
   let gateway: Gateway;
   let worker: Awaited<ReturnType<typeof startWorker>>;
+  let monitor: Awaited<ReturnType<typeof startMonitor>>;
   let workerMetrics: string;
   let digits: Buffer[];
 
   before(async () => {
-    [gateway, worker] = await Promise.all([
+    [gateway, worker, monitor] = await Promise.all([
       startGateway(prefix),
       startWorker(prefix, { METRICS_PORT: '0', METRICS_HOST: '127.0.0.1', WORKER_CONCURRENCY: '2' }),
+      // The drift panels and rules read the monitor's metrics.
+      startMonitor(prefix),
     ]);
     const listening = await worker.waitFor((r) => r.msg === 'metrics listening');
     workerMetrics = String(listening.url);
@@ -103,10 +106,10 @@ describe('metrics: worker endpoint, SLO histogram, dashboard and alert rules', f
   });
 
   afterEach(function () {
-    dumpLogsOnFailure(this, gateway, worker);
+    dumpLogsOnFailure(this, gateway, worker, monitor);
   });
 
-  after(() => stopAll(gateway, worker));
+  after(() => stopAll(gateway, worker, monitor));
 
   it('serves GET /metrics on METRICS_PORT (and nothing else), with the served model and every outcome from the start', async () => {
     expect(workerMetrics).to.match(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
@@ -208,7 +211,7 @@ describe('metrics: worker endpoint, SLO histogram, dashboard and alert rules', f
     expect(total(gatewayMetrics, 'conveyor_workers_live')).to.equal(1);
   });
 
-  it('exports every metric the Grafana dashboard, the alert rules and the runbook read', async () => {
+  it('exports (gateway, worker or monitor) every metric the Grafana dashboard, the alert rules and the runbook read', async () => {
     const rules = readFileSync('ops/prometheus/rules.yml', 'utf8');
     const runbook = readFileSync('docs/runbook.md', 'utf8');
     const from = runbook.indexOf('## SLO breach: which part is slow');
@@ -238,9 +241,13 @@ describe('metrics: worker endpoint, SLO histogram, dashboard and alert rules', f
     const dashboardNames = referencedNames(queried.flatMap((p) => p.targets!.map((t) => t.expr!)).join('\n'));
 
     // What the processes export, scraped: a histogram family also exports _bucket, _sum and _count.
-    const [gatewayMetrics, workerScrape] = await Promise.all([scrape(`${gateway.url}/metrics`), scrape(workerMetrics)]);
+    const [gatewayMetrics, workerScrape, monitorScrape] = await Promise.all([
+      scrape(`${gateway.url}/metrics`),
+      scrape(workerMetrics),
+      scrape(`${monitor.url}/metrics`),
+    ]);
     const exported = new Set<string>();
-    for (const { types } of [gatewayMetrics, workerScrape]) {
+    for (const { types } of [gatewayMetrics, workerScrape, monitorScrape]) {
       for (const [family, type] of types) {
         exported.add(family);
         if (type === 'histogram') for (const suffix of ['_bucket', '_sum', '_count']) exported.add(family + suffix);

@@ -74,6 +74,10 @@ const MonitorFields = z.object({
   // Reads only: the workers' READ-only account will do.
   ...mlflowAuthShape,
   MODEL_DIR: env.string('models/digits', 'Local model folder whose reference profile is used for its own version'),
+  MODELS_DIR: env.string(
+    'models',
+    'Folder of model folders (<MODELS_DIR>/<name>), each reference profile used for its own model version',
+  ),
   READ_LINGER_MS: env.int(
     200,
     0,

@@ -1,17 +1,24 @@
-import { FeedbackEvent, PredictionEvent, type ModelRef } from '@conveyor/shared/contract/queue.contract';
+import { servingName } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
+import type { AlertPolicy } from './alerts/alert-state.js';
 import type { AlertSink } from './alerts/alert-sink.js';
-import { INITIAL_STATE, step, type AlertPolicy } from './alerts/alert-state.js';
+import { round } from './alerts/alert-wording.js';
+import { Announcer } from './alerts/announcer.js';
 import { observe } from './drift/features.js';
-import { evaluateWindow, type Level, type Thresholds, type WindowDrift } from './drift/window.js';
-import type { Outcome, StreamEntry } from './store/stream-consumer.js';
-import { quality, qualityLevel, type QualitySnapshot } from './quality/quality.js';
+import { evaluateWindow, type Thresholds } from './drift/window.js';
+import { driftDecisions, evaluatedRecord, unreferencedRecord } from './drift/window-record.js';
+import { byModelVersion, parseFeedback } from './events/stream-events.js';
+import { quality, qualityLevel } from './quality/quality.js';
 import type { ProfileSource } from './reference/profile-source.js';
-import { modelKey, type MonitorStore } from './store/monitor-store.js';
+import type { MonitorStore } from './store/monitor-store.js';
+import type { TrackedModel, WindowRecord } from './store/store-records.js';
+import type { Outcome, StreamEntry } from './store/stream-consumer.js';
 
 /**
- * Where prediction events become drift windows and feedback becomes rolling quality, and where a
- * state change becomes an alert.
+ * Where prediction events become drift windows and feedback becomes rolling quality, each per model
+ * version (serving name and version: one model's traffic never enters another's window, and a new
+ * version starts windows of its own). What the records hold is in store-records.ts, what alerts say
+ * in alerts/, what GET /drift shows in views/.
  */
 export interface MonitorOptions {
   readonly windowSize: number;
@@ -22,30 +29,27 @@ export interface MonitorOptions {
   readonly predictionTtlSeconds: number;
 }
 
-export interface WindowRecord {
-  model: ModelRef;
-  index: number;
-  evaluatedAt: string;
-  size: number;
-  from: string;
-  to: string;
-  status: 'evaluated' | 'no_reference';
-  features: Record<
-    string,
-    { metric: string; value: number; js: number | null; level: Level; state: Level; warn: number; alert: number }
-  >;
-}
+/** A model version's lock is held this long at most (a monitor that died holding it loses it). */
+const LOCK_MS = 30_000;
 
 export class Monitor {
-  readonly stats = { predictions: 0, feedback: 0, duplicates: 0, windows: 0, alerts: 0 };
+  private readonly counts = { predictions: 0, feedback: 0, duplicates: 0, windows: 0 };
+  private readonly announcer: Announcer;
 
   constructor(
     private readonly store: MonitorStore,
     private readonly profiles: ProfileSource,
-    private readonly alerts: AlertSink,
+    alerts: AlertSink,
     private readonly options: MonitorOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.announcer = new Announcer(store, alerts, options.policy);
+  }
+
+  /** What this instance applied since it started (the metrics count from these). */
+  get stats(): { predictions: number; feedback: number; duplicates: number; windows: number; alerts: number } {
+    return { ...this.counts, alerts: this.announcer.announced };
+  }
 
   /**
    * Applies a read of the predictions stream: malformed events are skipped (acknowledged), the
@@ -54,25 +58,19 @@ export class Monitor {
    */
   async handlePredictions(entries: readonly StreamEntry[]): Promise<Outcome[]> {
     const outcomes: Outcome[] = entries.map(() => 'ack');
-    // Per model version: the events and the positions of their entries, in stream order.
-    const groups = new Map<string, { model: ModelRef; events: PredictionEvent[]; at: number[] }>();
-    for (const [i, entry] of entries.entries()) {
-      const event = this.parsePrediction(entry);
-      if (!event) continue;
-      const mk = modelKey(event.model);
-      let group = groups.get(mk);
-      if (!group) groups.set(mk, (group = { model: event.model, events: [], at: [] }));
-      group.events.push(event);
-      group.at.push(i);
-    }
     let closed = 0;
-    for (const { model, events, at } of groups.values()) {
+    for (const { model, events, at } of byModelVersion(entries, this.log)) {
       try {
         const profile = await this.profiles.get(model);
         const items = events.map((event) => ({
           jobId: event.jobId,
           observation: observe(event, profile?.embedding),
-          prediction: { label: event.prediction.label, confidence: event.prediction.confidence, model },
+          prediction: {
+            label: event.prediction.label,
+            confidence: event.prediction.confidence,
+            model: model.model,
+            name: model.name,
+          },
         }));
         const result = await this.store.appendPredictions(
           model,
@@ -80,8 +78,8 @@ export class Monitor {
           this.options.windowSize,
           this.options.predictionTtlSeconds,
         );
-        this.stats.predictions += result.applied;
-        this.stats.duplicates += result.duplicates;
+        this.counts.predictions += result.applied;
+        this.counts.duplicates += result.duplicates;
         closed += result.closed.length;
       } catch (error) {
         this.log.warn({ err: error, model, events: events.length }, 'applying predictions failed; they stay pending');
@@ -95,214 +93,90 @@ export class Monitor {
     return outcomes;
   }
 
-  /** The event of an entry, or undefined (logged) when it breaks the contract. */
-  private parsePrediction(entry: StreamEntry): PredictionEvent | undefined {
-    let raw: unknown;
-    try {
-      raw = JSON.parse(entry.fields.event ?? 'null');
-    } catch {
-      this.log.warn({ id: entry.id }, 'skipping a prediction entry that is not JSON');
-      return undefined;
-    }
-    const parsed = PredictionEvent.safeParse(raw);
-    if (parsed.success) return parsed.data;
-    this.log.warn({ id: entry.id, issues: parsed.error.issues.slice(0, 3) }, 'skipping a malformed prediction event');
-    return undefined;
-  }
-
-  async handleFeedback({ id, fields, deliveries }: StreamEntry): Promise<Outcome> {
-    const parsed = FeedbackEvent.safeParse(JSON.parse(fields.event ?? 'null'));
-    if (!parsed.success) {
-      this.log.warn({ id }, 'skipping a malformed feedback event');
-      return 'ack';
-    }
-    const feedback = parsed.data;
+  async handleFeedback(entry: StreamEntry): Promise<Outcome> {
+    const feedback = parseFeedback(entry, this.log);
+    if (!feedback) return 'ack';
     const prediction = await this.store.prediction(feedback.jobId);
     if (!prediction) {
       // The prediction event may simply not be processed yet: try again later (bounded by maxDeliveries).
-      this.log.debug({ jobId: feedback.jobId, deliveries }, 'feedback before its prediction; retrying later');
+      this.log.debug({ jobId: feedback.jobId, deliveries: entry.deliveries }, 'feedback before its prediction; retrying later');
       return 'retry';
     }
+    // A prediction stored by a monitor of the release before several models has no serving name.
+    const model: TrackedModel = { name: servingName(prediction), model: prediction.model };
     const added = await this.store.appendLabel(
-      id,
-      prediction.model,
+      entry.id,
+      model,
       { correct: prediction.label === feedback.label, confidence: prediction.confidence },
       this.options.quality.window,
       this.options.predictionTtlSeconds,
     );
     if (!added) {
-      this.stats.duplicates++;
+      this.counts.duplicates++;
       return 'ack';
     }
-    this.stats.feedback++;
-    await this.store.withLock(prediction.model, 30_000, () => this.judgeQuality(prediction.model));
+    this.counts.feedback++;
+    await this.store.withLock(model, LOCK_MS, () => this.judgeQuality(model));
     return 'ack';
   }
 
   /** Evaluates closed windows, each model version's in order, each under that version's lock. */
   async evaluatePending(): Promise<void> {
     for (const { model, index, member } of await this.store.closedWindows()) {
-      await this.store.withLock(model, 30_000, async () => {
+      await this.store.withLock(model, LOCK_MS, async () => {
         const last = await this.store.lastEvaluated(model);
         if (index <= last) {
-          await this.store.finishWindow(model, index, member, { stale: true, model, index });
+          await this.store.discardWindow(model, index, member);
           return;
         }
         if (index !== last + 1) return; // an earlier window is still being evaluated elsewhere
         const record = await this.evaluateWindow(model, index);
         await this.store.finishWindow(model, index, member, record);
-        await this.store.saveLatest(model, 'drift', record);
-        this.stats.windows++;
+        await this.store.saveLatestDrift(model, record);
+        this.counts.windows++;
       });
     }
   }
 
-  private async evaluateWindow(model: ModelRef, index: number): Promise<WindowRecord> {
+  private async evaluateWindow(model: TrackedModel, index: number): Promise<WindowRecord> {
     const observations = await this.store.closedWindow(model, index);
     const profile = await this.profiles.get(model);
-    const base = { model, index, evaluatedAt: new Date().toISOString(), size: observations.length };
+    const base = { index, evaluatedAt: new Date().toISOString(), size: observations.length };
     if (!profile || observations.length === 0) {
       this.log.warn({ model, index }, 'window without a reference profile: drift not computed');
-      const times = observations.map((o) => o.at).sort();
-      return { ...base, from: times[0] ?? '', to: times.at(-1) ?? '', status: 'no_reference', features: {} };
+      return unreferencedRecord(
+        model,
+        base,
+        observations.map((o) => o.at),
+      );
     }
     const drift = evaluateWindow(profile, observations, this.options.thresholdsFor);
-    const states = await this.applyLevels(
-      model,
-      Object.entries(drift.features).map(([feature, d]) => ({
-        feature,
-        level: d.level,
-        figures: { metric: d.metric, value: d.value, threshold: d.level === 'alert' ? d.thresholds.alert : d.thresholds.warn },
-      })),
-      { index, drift },
-    );
-    const features: WindowRecord['features'] = {};
-    for (const [feature, d] of Object.entries(drift.features)) {
-      features[feature] = {
-        metric: d.metric,
-        value: d.value,
-        js: d.js,
-        level: d.level,
-        state: states[feature]!,
-        warn: d.thresholds.warn,
-        alert: d.thresholds.alert,
-      };
-    }
+    const states = await this.announcer.apply(model, driftDecisions(drift), { index, drift });
+    const record = evaluatedRecord(model, base, drift, states);
     this.log.info(
       {
-        model,
+        model: model.model,
+        modelName: model.name,
         window: index,
         size: drift.size,
-        psi: Object.fromEntries(Object.entries(features).map(([k, f]) => [k, round(f.value)])),
+        psi: Object.fromEntries(Object.entries(record.features).map(([k, f]) => [k, round(f.value)])),
       },
       'window evaluated',
     );
-    return { ...base, from: drift.from, to: drift.to, status: 'evaluated', features };
+    return record;
   }
 
-  private async judgeQuality(model: ModelRef): Promise<QualitySnapshot> {
+  private async judgeQuality(model: TrackedModel): Promise<void> {
     const snapshot = quality(await this.store.labels(model), this.options.quality.confidence);
-    await this.store.saveLatest(model, 'quality', snapshot);
-    const level = qualityLevel(snapshot, this.options.quality.target, this.options.quality.minLabels);
-    if (level !== 'insufficient_data') {
-      const now = new Date().toISOString();
-      await this.applyLevels(
-        model,
-        [
-          {
-            feature: 'quality',
-            level,
-            figures: { metric: 'accuracy', value: snapshot.accuracy, threshold: this.options.quality.target },
-          },
-        ],
-        { index: snapshot.labelled, drift: { size: snapshot.covered, from: now, to: now } },
-      );
-    }
-    return snapshot;
+    await this.store.saveLatestQuality(model, snapshot);
+    const { target, minLabels } = this.options.quality;
+    const level = qualityLevel(snapshot, target, minLabels);
+    if (level === 'insufficient_data') return;
+    const now = new Date().toISOString();
+    await this.announcer.apply(
+      model,
+      [{ feature: 'quality', level, figures: { metric: 'accuracy', value: snapshot.accuracy, threshold: target } }],
+      { index: snapshot.labelled, drift: { size: snapshot.covered, from: now, to: now } },
+    );
   }
-
-  /**
-   * Steps each feature's state machine and announces what it says to announce. The states are read
-   * and written once for all features of the window (two commands, not two per feature), and saved
-   * before anything is announced, as they were when this ran feature by feature.
-   */
-  private async applyLevels(
-    model: ModelRef,
-    decisions: readonly {
-      feature: string;
-      level: Level;
-      figures: { metric: string; value: number | null; threshold: number | null };
-    }[],
-    window: { index: number; drift: Pick<WindowDrift, 'size' | 'from' | 'to'> },
-  ): Promise<Record<string, Level>> {
-    const previous = await this.store.featureStates(model);
-    const now = Date.now();
-    const steps = decisions.map((d) => ({
-      ...d,
-      ...step(previous[d.feature] ?? INITIAL_STATE, d.level, now, this.options.policy),
-    }));
-    await this.store.saveFeatureStates(model, Object.fromEntries(steps.map((s) => [s.feature, s.state])));
-    for (const { feature, figures, transition } of steps) {
-      if (!transition?.notify) continue;
-      this.stats.alerts++;
-      const verb =
-        transition.notify === 'resolved' ? 'is back to normal' : transition.notify === 'alert' ? 'drifted' : 'is drifting';
-      await this.alerts.emit({
-        severity: transition.notify,
-        metric: figures.metric,
-        feature,
-        value: figures.value,
-        threshold: figures.threshold,
-        window: { index: window.index, size: window.drift.size, from: window.drift.from, to: window.drift.to },
-        model,
-        state: { from: transition.from, to: transition.to },
-        message: `${model.name}@${model.version}: ${feature} ${verb} (${figures.metric} ${figures.value === null ? 'n/a' : round(figures.value)}${figures.threshold === null ? '' : `, threshold ${figures.threshold}`})`,
-      });
-    }
-    return Object.fromEntries(steps.map((s) => [s.feature, s.state.level]));
-  }
-
-  /** The current state per model version and feature, for GET /drift. */
-  async snapshot(): Promise<unknown> {
-    const models = await this.store.models();
-    return {
-      at: new Date().toISOString(),
-      windowSize: this.options.windowSize,
-      minWindow: this.options.minWindow,
-      models: await Promise.all(
-        models.map(async (model) => {
-          const open = await this.store.openWindow(model);
-          const profile = await this.profiles.get(model);
-          const states = await this.store.featureStates(model);
-          const latest = (await this.store.latest(model, 'drift')) as WindowRecord | undefined;
-          const current =
-            open.length < this.options.minWindow
-              ? { status: 'insufficient_data', size: open.length }
-              : profile
-                ? {
-                    status: 'provisional',
-                    size: open.length,
-                    features: Object.fromEntries(
-                      Object.entries(evaluateWindow(profile, open, this.options.thresholdsFor).features).map(([k, f]) => [
-                        k,
-                        { metric: f.metric, value: round(f.value), level: f.level },
-                      ]),
-                    ),
-                  }
-                : { status: 'no_reference', size: open.length };
-          return {
-            model,
-            states: Object.fromEntries(Object.entries(states).map(([k, s]) => [k, s.level])),
-            lastWindow: latest ?? null,
-            currentWindow: current,
-            quality: (await this.store.latest(model, 'quality')) ?? { status: 'insufficient_data' },
-          };
-        }),
-      ),
-    };
-  }
-}
-
-function round(v: number): number {
-  return Math.round(v * 1e4) / 1e4;
 }

@@ -10,7 +10,8 @@ import { AlertSink } from '../src/alerts/alert-sink.js';
 import type { Observation } from '../src/drift/features.js';
 import { Monitor } from '../src/monitor.js';
 import { ProfileSource } from '../src/reference/profile-source.js';
-import { modelKey, MonitorStore, type PredictionItem } from '../src/store/monitor-store.js';
+import { MonitorStore, type PredictionItem } from '../src/store/monitor-store.js';
+import { trackedKey, type TrackedModel } from '../src/store/store-records.js';
 import { StreamConsumer, type BatchHandler, type ConsumerOptions } from '../src/store/stream-consumer.js';
 
 /**
@@ -20,6 +21,7 @@ import { StreamConsumer, type BatchHandler, type ConsumerOptions } from '../src/
  */
 const log = pino({ level: 'silent' });
 const model: ModelRef = { name: 'digits', version: 'test-1' };
+const tracked: TrackedModel = { name: 'digits', model };
 
 // The per-event script the batched one replaced (dedup key aside), kept here as the reference.
 const PER_EVENT = `
@@ -47,7 +49,7 @@ function items(n: number, from = 0): PredictionItem[] {
 
 async function appendPerEvent(redis: Redis, prefix: string, item: PredictionItem, windowSize: number): Promise<void> {
   const p = `${prefix}:monitor`;
-  const mk = modelKey(model);
+  const mk = trackedKey(tracked);
   await redis.sadd(`${p}:models`, mk);
   await redis.eval(
     PER_EVENT,
@@ -69,7 +71,7 @@ async function appendPerEvent(redis: Redis, prefix: string, item: PredictionItem
 /** Every window a prefix holds: closed ones by index, the open one, the counters. */
 async function windowsOf(redis: Redis, prefix: string) {
   const p = `${prefix}:monitor`;
-  const mk = modelKey(model);
+  const mk = trackedKey(tracked);
   const seq = Number((await redis.get(`${p}:seq:${mk}`)) ?? 0);
   const closed: string[][] = [];
   for (let i = 1; i <= seq; i++) closed.push(await redis.lrange(`${p}:closedwin:${mk}:${i}`, 0, -1));
@@ -131,7 +133,7 @@ describe('batched prediction windows (real Redis)', () => {
       let at = 0;
       const closedByBatches: number[] = [];
       for (const size of batches) {
-        const result = await store.appendPredictions(model, all.slice(at, at + size), windowSize, 3600);
+        const result = await store.appendPredictions(tracked, all.slice(at, at + size), windowSize, 3600);
         expect(result).to.include({ applied: size, duplicates: 0 });
         closedByBatches.push(...result.closed);
         at += size;
@@ -153,19 +155,19 @@ describe('batched prediction windows (real Redis)', () => {
     for (const item of all.slice(0, 10)) await appendPerEvent(redis, reference, item, 20);
     for (const item of all.slice(10)) await appendPerEvent(redis, reference, item, 5);
     const store = new MonitorStore(redis, batched);
-    await store.appendPredictions(model, all.slice(0, 10), 20, 3600);
-    expect((await store.appendPredictions(model, all.slice(10), 5, 3600)).closed).to.deep.equal([1]);
+    await store.appendPredictions(tracked, all.slice(0, 10), 20, 3600);
+    expect((await store.appendPredictions(tracked, all.slice(10), 5, 3600)).closed).to.deep.equal([1]);
     expect(await windowsOf(redis, batched)).to.deep.equal(await windowsOf(redis, reference));
   });
 
   it('counts a job once within a batch, across batches, and when applied again', async () => {
     const store = new MonitorStore(redis, prefix('dup-store'));
     const [a, b, c] = items(3);
-    const first = await store.appendPredictions(model, [a!, b!, { ...a!, observation: c!.observation }], 10, 3600);
+    const first = await store.appendPredictions(tracked, [a!, b!, { ...a!, observation: c!.observation }], 10, 3600);
     expect(first).to.deep.equal({ applied: 2, duplicates: 1, closed: [] });
-    const again = await store.appendPredictions(model, [b!, c!, a!], 10, 3600);
+    const again = await store.appendPredictions(tracked, [b!, c!, a!], 10, 3600);
     expect(again).to.deep.equal({ applied: 1, duplicates: 2, closed: [] });
-    expect((await store.openWindow(model)).map((o) => o.at)).to.deep.equal([a, b, c].map((i) => i!.observation.at));
+    expect((await store.openWindow(tracked)).map((o) => o.at)).to.deep.equal([a, b, c].map((i) => i!.observation.at));
   });
 
   describe('through the stream consumer and the monitor', () => {
@@ -225,7 +227,7 @@ describe('batched prediction windows (real Redis)', () => {
       await publish(redis, stream, [event(twice, 0.5)]);
       await until('all entries acknowledged', () => Promise.resolve(consumer.stats.acknowledged >= 5 || undefined));
       expect(monitor.stats).to.include({ predictions: 3, duplicates: 2 });
-      const open = await new MonitorStore(redis, p).openWindow(model);
+      const open = await new MonitorStore(redis, p).openWindow(tracked);
       expect(open.map((o) => o.numeric.brightness)).to.deep.equal([0.1, 0.1, 0.1]);
       expect(await pendingCount(stream)).to.equal(0);
     });
@@ -257,6 +259,19 @@ describe('batched prediction windows (real Redis)', () => {
       expect(consumer.stats).to.include({ delivered: 8, acknowledged: 6, reclaimed: 2, deadLettered: 1 });
     });
 
+    it('records each closed window once when evaluations race (the sweeper and a batch, or two monitors)', async () => {
+      const p = prefix('race');
+      const store = new MonitorStore(redis, p);
+      await store.appendPredictions(tracked, items(12), 4, 3600);
+      const [a, b] = [monitorOn(p, 4), monitorOn(p, 4)];
+      await Promise.all([a.evaluatePending(), b.evaluatePending(), a.evaluatePending()]);
+      // What a locked-out call skipped, a later sweep finishes.
+      await a.evaluatePending();
+      expect((await store.windowRecords()).map((r) => r.index)).to.deep.equal([1, 2, 3]);
+      expect(await redis.xlen(`${p}:monitor:windows`)).to.equal(3);
+      expect(await redis.zcard(`${p}:monitor:closed`)).to.equal(0);
+    });
+
     it('reclaims what a dead consumer held and counts it once', async () => {
       const p = prefix('reclaim');
       const stream = keysOf(p).predictions;
@@ -280,7 +295,7 @@ describe('batched prediction windows (real Redis)', () => {
       expect(consumer.stats.reclaimed).to.equal(6);
       expect(monitor.stats).to.include({ predictions: 10, duplicates: 6, windows: 2 });
       const store = new MonitorStore(redis, p);
-      expect((await store.openWindow(model)).length).to.equal(2);
+      expect((await store.openWindow(tracked)).length).to.equal(2);
     });
   });
 });

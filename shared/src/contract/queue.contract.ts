@@ -217,6 +217,13 @@ export const PredictionEvent = z.object({
   jobId: JobId,
   requestId: RequestId,
   at: z.iso.datetime(),
+  /**
+   * The serving name the job was for (its route, its queue, the `model` label of every metric).
+   * `model` is what was loaded under it, whose name may differ (a registry model of another name
+   * behind MODEL_URI). Added within version 1: absent from workers that do not set it, and then
+   * readers take `model.name` (servingName()).
+   */
+  name: ModelName.optional(),
   model: ModelRef,
   prediction: Prediction,
   timings: Timings,
@@ -225,6 +232,14 @@ export const PredictionEvent = z.object({
   embedding: z.array(z.number()).optional(),
 });
 export type PredictionEvent = z.infer<typeof PredictionEvent>;
+
+/**
+ * The serving name of a prediction event (or of a record made from one that may predate the field):
+ * its own, or the loaded model's when the producer did not send it.
+ */
+export function servingName(record: { readonly name?: string | undefined; readonly model: { readonly name: string } }): string {
+  return record.name ?? record.model.name;
+}
 
 /** One model a worker serves: warm (it has answered a synthetic input) and taking jobs from its queue. */
 export const ServedModel = z.object({
@@ -331,6 +346,8 @@ export const AlertEvent = z.object({
   /** The window the decision was made on. */
   window: z.object({ index: z.number().int().min(0), size: z.number().int().min(0), from: z.string(), to: z.string() }),
   model: ModelRef,
+  /** The serving name of the model (see PredictionEvent.name); added within version 1. */
+  name: z.string().optional(),
   state: z.object({ from: z.string(), to: z.string() }),
   message: z.string(),
 });

@@ -40,6 +40,7 @@ export class AlertSink {
       threshold: event.threshold,
       window: event.window,
       model: event.model,
+      modelName: event.name ?? event.model.name,
       modelVersion: event.model.version,
       state: event.state,
       alertId: event.id,

@@ -1,4 +1,7 @@
 import type { Level } from '../drift/window.js';
+import type { FeatureState } from '../store/store-records.js';
+
+export type { FeatureState };
 
 /**
  * Alert hysteresis, deduplication and cooldown for one monitored feature, as a pure function of
@@ -14,18 +17,6 @@ import type { Level } from '../drift/window.js';
 export interface AlertPolicy {
   consecutive: number;
   cooldownMs: number;
-}
-
-export interface FeatureState {
-  level: Level;
-  /** A level being confirmed, and for how many windows in a row. */
-  pending: Level | null;
-  streak: number;
-  /** The highest severity announced in the current episode. */
-  announced: 'none' | 'warn' | 'alert';
-  /** Whether this episode was announced at all (false when it started inside the cooldown). */
-  suppressed: boolean;
-  resolvedAt: number | null;
 }
 
 export const INITIAL_STATE: FeatureState = {

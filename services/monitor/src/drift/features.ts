@@ -1,20 +1,10 @@
 import type { PredictionEvent } from '@conveyor/shared/contract/queue.contract';
 import type { EmbeddingProfile } from '@conveyor/shared/model/reference-profile';
+import type { Observation } from '../store/store-records.js';
 
-/**
- * What the monitor keeps of each prediction: the monitored numeric features, the predicted class,
- * and the embedding projected onto the reference's principal components. Compact, because a whole
- * window of these lives in Redis until it is evaluated.
- */
-export interface Observation {
-  /** Event time (ISO). */
-  at: string;
-  numeric: Record<string, number>;
-  predictedClass: string;
-  /** Projections on the reference PCA components (absent without an embedding or reference). */
-  projections?: number[];
-}
+export type { Observation };
 
+/** The monitored numeric features of a prediction (the observation keeps them; see store-records.ts). */
 export const NUMERIC_FEATURES = ['brightness', 'contrast', 'inkRatio', 'confidence'] as const;
 
 export function observe(event: PredictionEvent, embedding?: EmbeddingProfile): Observation {

@@ -1,12 +1,13 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
-import type { Monitor, WindowRecord } from '../monitor.js';
-import type { QualitySnapshot } from '../quality/quality.js';
+import type { Monitor } from '../monitor.js';
 import type { MonitorStore } from '../store/monitor-store.js';
 import type { StreamConsumer } from '../store/stream-consumer.js';
+import { currentVersions } from '../views/drift-view.js';
 
 /**
  * Prometheus gauges read from the shared state at scrape time, so every monitor instance reports
- * the same figures whichever of them evaluated the window.
+ * the same figures whichever of them evaluated the window. Per model version, labelled `model`
+ * (the serving name, as the gateway's and the workers' metrics label it) and `version`.
  */
 const LEVEL = { ok: 0, warn: 1, alert: 2 } as const;
 
@@ -17,6 +18,7 @@ export function monitorMetrics(
 ): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'conveyor_monitor_' });
+  const labelsOf = (m: { name: string; model: { version: string } }) => ({ model: m.name, version: m.model.version });
   new Gauge({
     name: 'conveyor_drift_value',
     help: 'Drift of the last evaluated window (PSI, or share of drifted embedding components)',
@@ -25,9 +27,9 @@ export function monitorMetrics(
     async collect() {
       this.reset();
       for (const model of await store.models()) {
-        const latest = (await store.latest(model, 'drift')) as WindowRecord | undefined;
+        const latest = await store.latestDrift(model);
         for (const [feature, f] of Object.entries(latest?.features ?? {})) {
-          this.set({ model: model.name, version: model.version, feature, metric: f.metric }, f.value);
+          this.set({ ...labelsOf(model), feature, metric: f.metric }, f.value);
         }
       }
     },
@@ -41,8 +43,32 @@ export function monitorMetrics(
       this.reset();
       for (const model of await store.models()) {
         for (const [feature, s] of Object.entries(await store.featureStates(model)))
-          this.set({ model: model.name, version: model.version, feature }, LEVEL[s.level]);
+          this.set({ ...labelsOf(model), feature }, LEVEL[s.level]);
       }
+    },
+  });
+  new Gauge({
+    name: 'conveyor_drift_window_events',
+    help: 'Predictions in the drift window filling now (it is evaluated when it reaches WINDOW_SIZE)',
+    labelNames: ['model', 'version'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const models = await store.models();
+      const sizes = await store.openWindowSizes(models);
+      models.forEach((model, i) => this.set(labelsOf(model), sizes[i] ?? 0));
+    },
+  });
+  new Gauge({
+    name: 'conveyor_drift_version_current',
+    help: 'Per model: 1 for the version whose predictions came last, 0 for versions it replaced (their states stay as they were)',
+    labelNames: ['model', 'version'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const models = await store.models();
+      const current = currentVersions(models);
+      for (const model of models) this.set(labelsOf(model), current.get(model.name) === model.model.version ? 1 : 0);
     },
   });
   new Gauge({
@@ -53,9 +79,8 @@ export function monitorMetrics(
     async collect() {
       this.reset();
       for (const model of await store.models()) {
-        const q = (await store.latest(model, 'quality')) as QualitySnapshot | undefined;
-        if (q?.accuracy !== null && q?.accuracy !== undefined)
-          this.set({ model: model.name, version: model.version }, q.accuracy);
+        const q = await store.latestQuality(model);
+        if (q?.accuracy !== null && q?.accuracy !== undefined) this.set(labelsOf(model), q.accuracy);
       }
     },
   });

@@ -6,9 +6,10 @@ import { problemCatalogue, problemType, type ProblemSlug } from '@conveyor/share
 import type { Registry } from 'prom-client';
 
 /**
- * The monitor's small HTTP surface: GET /drift (current state per model version and feature),
- * GET /metrics (Prometheus), POST /reports (write a report now), GET /reports/drift.csv|png (the
- * latest report), GET /health. No framework: five routes, no request bodies.
+ * The monitor's small HTTP surface: GET /drift (current state per model version and feature) and
+ * GET /drift/{model} (one model's versions), GET /metrics (Prometheus), POST /reports (write a
+ * report now), GET /reports/drift.csv|png (the latest report), GET /health. No framework: a few
+ * routes, no request bodies.
  *
  * Reads are open (they are what Prometheus and dashboards scrape); the one write needs the bearer
  * token. Without a token configured, writes are refused outright rather than allowed from loopback:
@@ -17,7 +18,8 @@ import type { Registry } from 'prom-client';
  * their place on the server's disk.
  */
 export interface MonitorHttpDeps {
-  readonly snapshot: () => Promise<unknown>;
+  /** GET /drift: every model version, or one serving name's (an empty list when it has none). */
+  readonly driftView: (model?: string) => Promise<{ models: readonly unknown[] }>;
   readonly registry: Registry;
   /** Writes the report files and returns their paths on disk (kept here, never sent). */
   readonly writeReport: () => Promise<{ csv: string; png: string }>;
@@ -72,7 +74,7 @@ export function createMonitorServer(deps: MonitorHttpDeps): Server {
           return json(res, 503, { status: 'not-ready' });
         }
       case 'GET /drift':
-        return json(res, 200, await deps.snapshot());
+        return json(res, 200, await deps.driftView());
       case 'GET /metrics':
         res.writeHead(200, { 'content-type': deps.registry.contentType });
         return res.end(await deps.registry.metrics());
@@ -87,8 +89,20 @@ export function createMonitorServer(deps: MonitorHttpDeps): Server {
         res.writeHead(200, { 'content-type': png ? 'image/png' : 'text/csv; charset=utf-8' });
         return res.end(await readFile(png ? latest.png : latest.csv));
       }
-      default:
-        return problem(res, 'not-found', `No route ${route}`);
+      default: {
+        const model = /^GET \/drift\/([^/]+)$/.exec(route)?.[1];
+        if (model === undefined) return problem(res, 'not-found', `No route ${route}`);
+        let name: string;
+        try {
+          name = decodeURIComponent(model);
+        } catch {
+          return problem(res, 'invalid-request', 'The model name is not valid percent-encoding');
+        }
+        const view = await deps.driftView(name);
+        if (view.models.length === 0)
+          return problem(res, 'not-found', `No predictions of a model named ${JSON.stringify(name.slice(0, 64))} have been seen`);
+        return json(res, 200, view);
+      }
     }
   };
   return createServer((req, res) => {

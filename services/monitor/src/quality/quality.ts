@@ -1,25 +1,13 @@
 import type { Level } from '../drift/window.js';
+import type { Labelled, QualitySnapshot } from '../store/store-records.js';
+
+export type { Labelled, QualitySnapshot };
 
 /**
  * Rolling quality from delayed ground truth: over the last N labelled predictions, the accuracy
  * of those at or above a confidence threshold, the coverage (share above the threshold), and a
  * Wilson 95 % interval for the accuracy.
  */
-export interface Labelled {
-  correct: boolean;
-  confidence: number;
-}
-
-export interface QualitySnapshot {
-  labelled: number;
-  covered: number;
-  coverage: number;
-  accuracy: number | null;
-  lower: number | null;
-  upper: number | null;
-  threshold: number;
-}
-
 export function quality(window: readonly Labelled[], threshold: number): QualitySnapshot {
   const kept = window.filter((l) => l.confidence >= threshold);
   const correct = kept.filter((l) => l.correct).length;

@@ -1,26 +1,37 @@
 import path from 'node:path';
-import type { ModelRef } from '@conveyor/shared/contract/queue.contract';
+import { ModelName } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError, type MlflowClient } from '@conveyor/shared/mlflow/client';
 import { REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
 import { readReferenceProfile } from '@conveyor/shared/validation/model-folder';
+import type { TrackedModel } from '../store/store-records.js';
 
 /**
  * The reference profile of the model version that produced an event: from the MLflow registry
- * (the `reference-profile.json` in the version's model folder) or, for the local model folder's own
- * version, from that folder. Each model version is compared with its own training data, so a
- * promotion starts a fresh comparison.
+ * (the `reference-profile.json` in the version's model folder) or, for a version a local model
+ * folder holds, from that folder — the default model's (`modelDir`) and one per model under
+ * `modelsDir` (`<modelsDir>/<name>`, as the workers lay them out). Each model version is compared
+ * with its own reference, so a promotion or a hot swap starts a fresh comparison, and one model's
+ * profile is never used for another's events.
  */
+export interface ProfileSources {
+  readonly client?: MlflowClient;
+  /** The default model's folder (MODEL_DIR). */
+  readonly modelDir?: string;
+  /** The folder of model folders (MODELS_DIR). */
+  readonly modelsDir?: string;
+}
+
 export class ProfileSource {
   private readonly cache = new Map<string, { profile: ReferenceProfile | undefined; at: number }>();
 
   constructor(
-    private readonly sources: { client?: MlflowClient; localDir?: string },
+    private readonly sources: ProfileSources,
     private readonly log: Logger,
   ) {}
 
-  async get(model: ModelRef): Promise<ReferenceProfile | undefined> {
-    const key = `${model.name}@${model.version}`;
+  async get(model: TrackedModel): Promise<ReferenceProfile | undefined> {
+    const key = `${model.model.name}@${model.model.version}`;
     const cached = this.cache.get(key);
     // A missing profile is looked up again after a minute (the version may be registered meanwhile).
     if (cached && (cached.profile || Date.now() - cached.at < 60_000)) return cached.profile;
@@ -31,17 +42,30 @@ export class ProfileSource {
       return undefined;
     });
     this.cache.set(key, { profile, at: Date.now() });
-    if (profile) this.log.info({ model }, 'reference profile loaded');
+    if (profile) this.log.info({ model: model.model, modelName: model.name }, 'reference profile loaded');
     return profile;
   }
 
-  private async lookup(model: ModelRef): Promise<ReferenceProfile | undefined> {
-    if (this.sources.localDir) {
-      const local = await readReferenceProfile(path.resolve(this.sources.localDir));
-      if (local && local.model.name === model.name && local.model.version === model.version) return local;
+  /** The local folders that may hold this version's profile, the default model's first. */
+  private folders(model: TrackedModel): string[] {
+    const dirs = this.sources.modelDir ? [path.resolve(this.sources.modelDir)] : [];
+    const { modelsDir } = this.sources;
+    if (modelsDir) {
+      // Names come from events: only a model name (no separators, never "." or "..") becomes a path.
+      for (const name of new Set([model.name, model.model.name])) {
+        if (ModelName.safeParse(name).success) dirs.push(path.resolve(modelsDir, name));
+      }
     }
-    if (this.sources.client && /^\d+$/.test(model.version)) {
-      const uri = await this.sources.client.getDownloadUri(model.name, model.version);
+    return [...new Set(dirs)];
+  }
+
+  private async lookup(model: TrackedModel): Promise<ReferenceProfile | undefined> {
+    for (const dir of this.folders(model)) {
+      const local = await readReferenceProfile(dir);
+      if (local && local.model.name === model.model.name && local.model.version === model.model.version) return local;
+    }
+    if (this.sources.client && /^\d+$/.test(model.model.version)) {
+      const uri = await this.sources.client.getDownloadUri(model.model.name, model.model.version);
       const bytes = await this.sources.client.downloadArtifact(`${uri.replace(/\/+$/, '')}/${REFERENCE_PROFILE_FILE}`);
       return ReferenceProfile.parse(JSON.parse(bytes.toString('utf8')));
     }

@@ -1,11 +1,13 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
-import type { WindowRecord } from '../monitor.js';
+import { servingName } from '@conveyor/shared/contract/queue.contract';
+import type { WindowRecord } from '../store/store-records.js';
 
 /**
  * Drift reports: a CSV with one row per window and feature, and a PNG with one small chart per
- * feature (its value per window, warn and alert thresholds drawn in), rendered from SVG by sharp.
+ * model version and feature (its value per window, warn and alert thresholds drawn in), rendered
+ * from SVG by sharp. `model` is the serving name, as in the metrics.
  */
 export function toCsv(records: readonly WindowRecord[]): string {
   const lines = ['evaluated_at,model,version,window,size,from,to,feature,metric,value,js,level,state,warn,alert'];
@@ -14,7 +16,7 @@ export function toCsv(records: readonly WindowRecord[]): string {
       lines.push(
         [
           r.evaluatedAt,
-          r.model.name,
+          servingName(r),
           r.model.version,
           r.index,
           r.size,
@@ -38,12 +40,19 @@ export function toCsv(records: readonly WindowRecord[]): string {
 }
 
 export async function toPng(records: readonly WindowRecord[], title: string): Promise<Buffer> {
+  // One chart per model version and feature: windows of different models never share a line.
   const evaluated = records.filter((r) => r.status === 'evaluated');
-  const features = [...new Set(evaluated.flatMap((r) => Object.keys(r.features)))];
+  const versionOf = (r: WindowRecord) => `${servingName(r)}@${r.model.version}`;
+  const panels: { version: string; feature: string; windows: WindowRecord[] }[] = [];
+  for (const version of new Set(evaluated.map(versionOf))) {
+    const windows = evaluated.filter((r) => versionOf(r) === version);
+    for (const feature of new Set(windows.flatMap((r) => Object.keys(r.features)))) panels.push({ version, feature, windows });
+  }
+  const several = new Set(panels.map((p) => p.version)).size > 1;
   const cols = 2;
   const w = 560;
   const h = 240;
-  const rows = Math.max(1, Math.ceil(features.length / cols));
+  const rows = Math.max(1, Math.ceil(panels.length / cols));
   const width = cols * w;
   const height = rows * h + 50;
   const esc = (s: string) => s.replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -52,12 +61,12 @@ export async function toPng(records: readonly WindowRecord[], title: string): Pr
     '<rect width="100%" height="100%" fill="white"/>',
     `<text x="${width / 2}" y="28" text-anchor="middle" font-size="16" font-weight="bold">${esc(title)}</text>`,
   ];
-  features.forEach((feature, i) => {
+  panels.forEach(({ version, feature, windows }, i) => {
     const x0 = (i % cols) * w + 60;
     const y0 = Math.floor(i / cols) * h + 60;
     const pw = w - 140;
     const ph = h - 70;
-    const points = evaluated
+    const points = windows
       .filter((r) => r.features[feature])
       .map((r, k) => ({ k, v: r.features[feature]!.value, f: r.features[feature]! }));
     const first = points[0]?.f;
@@ -69,7 +78,7 @@ export async function toPng(records: readonly WindowRecord[], title: string): Pr
     const sx = (k: number) => x0 + (points.length > 1 ? (k / (points.length - 1)) * pw : pw / 2);
     const sy = (v: number) => y0 + ph - (Math.min(v, maxV) / maxV) * ph;
     parts.push(
-      `<text x="${x0}" y="${y0 - 10}" font-size="13" font-weight="bold">${esc(feature)} (${esc(first?.metric ?? '')})</text>`,
+      `<text x="${x0}" y="${y0 - 10}" font-size="13" font-weight="bold">${esc(several ? `${version} · ${feature}` : feature)} (${esc(first?.metric ?? '')})</text>`,
     );
     parts.push(`<rect x="${x0}" y="${y0}" width="${pw}" height="${ph}" fill="#fafafa" stroke="#999"/>`);
     for (const [v, colour, label] of [
@@ -94,11 +103,11 @@ export async function toPng(records: readonly WindowRecord[], title: string): Pr
         parts.push(`<text x="${sx(p.k)}" y="${y0 + 12}" text-anchor="middle" font-size="10">${p.v.toFixed(1)}</text>`);
     }
     if (points.length > 0) {
-      parts.push(`<text x="${sx(0)}" y="${y0 + ph + 12}" text-anchor="middle">${evaluated[0]!.index}</text>`);
-      parts.push(`<text x="${sx(points.length - 1)}" y="${y0 + ph + 12}" text-anchor="middle">${evaluated.at(-1)!.index}</text>`);
+      parts.push(`<text x="${sx(0)}" y="${y0 + ph + 12}" text-anchor="middle">${windows[0]!.index}</text>`);
+      parts.push(`<text x="${sx(points.length - 1)}" y="${y0 + ph + 12}" text-anchor="middle">${windows.at(-1)!.index}</text>`);
     }
   });
-  if (features.length === 0)
+  if (panels.length === 0)
     parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle">no evaluated windows yet</text>`);
   parts.push('</svg>');
   return sharp(Buffer.from(parts.join('')))

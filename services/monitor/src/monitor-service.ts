@@ -1,0 +1,187 @@
+import type { Server } from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { mlflowCredentials } from '@conveyor/shared/config';
+import type { ShutdownStep } from '@conveyor/shared/lifecycle';
+import type { Logger } from '@conveyor/shared/logger';
+import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
+import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { AlertSink } from './alerts/alert-sink.js';
+import { thresholdsFor, type MonitorConfig } from './config.js';
+import { monitorMetrics } from './http/metrics.js';
+import { createMonitorServer } from './http/server.js';
+import { Monitor } from './monitor.js';
+import { ProfileSource } from './reference/profile-source.js';
+import { writeReport } from './reports/report.js';
+import { MonitorStore } from './store/monitor-store.js';
+import { oneByOne, StreamConsumer } from './store/stream-consumer.js';
+import { DriftViews } from './views/drift-view.js';
+
+/**
+ * The monitor process, built by hand from its configuration: Redis connections, the reference
+ * profiles, the alert sink, the two stream consumers, the HTTP server and the timers. `start`
+ * resolves once it listens; its `shutdownSteps` stop taking events, finish the batch in hand,
+ * deliver pending webhooks and close Redis last.
+ */
+export class RegistryAccessError extends Error {
+  /** EX_NOPERM: refused credentials are a configuration error, not something a restart mends. */
+  readonly exitCode = 77;
+}
+
+export interface RunningMonitor {
+  readonly port: number;
+  readonly shutdownSteps: readonly ShutdownStep[];
+}
+
+export async function startMonitor(config: MonitorConfig, baseLog: Logger): Promise<RunningMonitor> {
+  const consumerName = `${os.hostname()}-${process.pid}`;
+  const log = baseLog.child({ consumer: consumerName });
+  const keys = keysOf(config.REDIS_PREFIX);
+
+  const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`, log);
+  // Blocking reads get connections of their own.
+  const blocking = (role: string) =>
+    createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-${role}:${consumerName}`, log, { enableAutoPipelining: false });
+  const predictionsConnection = blocking('predictions');
+  const feedbackConnection = blocking('feedback');
+  const connections = [redis, predictionsConnection, feedbackConnection];
+  await Promise.all(connections.map((r) => waitForReady(r, 30_000)));
+
+  const mlflow = config.MLFLOW_TRACKING_URI
+    ? new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) })
+    : undefined;
+  // Refused credentials are reported now, not as reference profiles that silently never load; an
+  // unreachable registry is not an error (profiles are fetched when needed).
+  try {
+    await mlflow?.checkAccess();
+  } catch (error) {
+    if (error instanceof MlflowAuthError) {
+      await Promise.all(connections.map((r) => closeRedis(r)));
+      throw new RegistryAccessError(error.message, { cause: error });
+    }
+    log.warn({ err: error }, 'MLflow unreachable at start-up; reference profiles are fetched from it when needed');
+  }
+
+  const store = new MonitorStore(redis, config.REDIS_PREFIX);
+  const profiles = new ProfileSource(
+    {
+      ...(mlflow ? { client: mlflow } : {}),
+      modelDir: path.resolve(config.MODEL_DIR),
+      modelsDir: path.resolve(config.MODELS_DIR),
+    },
+    log.child({ module: 'profiles' }),
+  );
+  const alerts = new AlertSink(
+    redis,
+    keys.alerts,
+    log.child({ module: 'alerts' }),
+    config.ALERT_WEBHOOK_URL
+      ? {
+          url: config.ALERT_WEBHOOK_URL,
+          maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
+          ...(config.ALERT_WEBHOOK_SECRET ? { secret: config.ALERT_WEBHOOK_SECRET } : {}),
+        }
+      : undefined,
+  );
+  const windows = { windowSize: config.WINDOW_SIZE, minWindow: config.MIN_WINDOW, thresholdsFor: thresholdsFor(config) };
+  const monitor = new Monitor(
+    store,
+    profiles,
+    alerts,
+    {
+      ...windows,
+      policy: { consecutive: config.ALERT_CONSECUTIVE, cooldownMs: config.ALERT_COOLDOWN_MS },
+      quality: {
+        window: config.QUALITY_WINDOW,
+        minLabels: config.QUALITY_MIN_LABELS,
+        target: config.QUALITY_TARGET,
+        confidence: config.QUALITY_CONFIDENCE,
+      },
+      predictionTtlSeconds: config.PREDICTION_TTL_SECONDS,
+    },
+    log,
+  );
+  const views = new DriftViews(store, profiles, windows);
+
+  const consumerOptions = { group: 'monitor', consumer: consumerName, blockMs: 1000, claimIdleMs: config.CLAIM_IDLE_MS };
+  const predictions = new StreamConsumer(
+    predictionsConnection,
+    // Large reads: the per-read costs (round trips, the script call, the XACK) are shared by the batch.
+    { ...consumerOptions, stream: keys.predictions, count: 500, maxDeliveries: 5, lingerMs: config.READ_LINGER_MS },
+    (entries) => monitor.handlePredictions(entries),
+    log.child({ module: 'predictions' }),
+  );
+  const feedback = new StreamConsumer(
+    feedbackConnection,
+    // Feedback may arrive before its prediction was applied: it is retried, then dead-lettered.
+    {
+      ...consumerOptions,
+      stream: keys.feedbackStream,
+      count: 200,
+      maxDeliveries: 20,
+      claimIdleMs: Math.min(config.CLAIM_IDLE_MS, 2000),
+    },
+    oneByOne((entry) => monitor.handleFeedback(entry), log.child({ module: 'feedback' })),
+    log.child({ module: 'feedback' }),
+  );
+
+  const report = async () => {
+    const files = await writeReport(await store.windowRecords(), path.resolve(config.REPORT_DIR));
+    log.info(files, 'drift report written');
+    return files;
+  };
+  const server = createMonitorServer({
+    driftView: (model) => views.view(model),
+    registry: monitorMetrics(store, monitor, { predictions, feedback }),
+    writeReport: report,
+    ...(config.MONITOR_TOKEN ? { writeToken: config.MONITOR_TOKEN } : {}),
+    redisPing: () => redis.ping(),
+    log,
+  });
+
+  // A window closed by a monitor that died before evaluating it is picked up here.
+  const sweeper = setInterval(
+    () => void monitor.evaluatePending().catch((error: unknown) => log.warn({ err: error }, 'window sweep failed')),
+    1000,
+  );
+  const reporter =
+    config.REPORT_INTERVAL_MS > 0
+      ? setInterval(
+          () => void report().catch((error: unknown) => log.warn({ err: error }, 'report failed')),
+          config.REPORT_INTERVAL_MS,
+        )
+      : undefined;
+
+  const shutdownSteps: ShutdownStep[] = [
+    { name: 'stop consuming', run: () => Promise.all([predictions.stop(), feedback.stop()]) },
+    {
+      name: 'timers and http',
+      run: async () => {
+        clearInterval(sweeper);
+        clearInterval(reporter);
+        await closeServer(server);
+      },
+    },
+    { name: 'webhook deliveries', run: () => alerts.drain() },
+    { name: 'redis', run: () => Promise.all(connections.map((r) => closeRedis(r))) },
+  ];
+
+  await Promise.all([predictions.start(), feedback.start()]);
+  const port = await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.MONITOR_PORT, config.MONITOR_HOST, () => {
+      const address = server.address();
+      resolve(typeof address === 'object' && address ? address.port : config.MONITOR_PORT);
+    });
+  });
+  log.info({ port, windowSize: config.WINDOW_SIZE }, 'monitor listening');
+  return { port, shutdownSteps };
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
