@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import os from 'node:os';
+import { JobStore } from '@conveyor/shared/contract/job-store';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { loadConfigOrExit } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
@@ -68,7 +69,8 @@ const metrics = new HttpMetrics({
   liveWorkers: async () => (await catalogue.current()).workers.length,
   modelWorkers: async () => [...(await catalogue.current()).models.values()].map((m) => ({ model: m.name, workers: m.workers })),
 });
-const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));
+const jobs = new JobStore(redis, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS });
+const waiter = new ResultWaiter(subscriber, jobs, keys, gatewayId, log.child({ module: 'result-waiter' }));
 await waiter.start();
 
 const app = createApp({
@@ -77,6 +79,7 @@ const app = createApp({
   log,
   redis,
   keys,
+  jobs,
   metrics,
   catalogue,
   queues,
@@ -90,15 +93,14 @@ const app = createApp({
   waiter,
   trustProxy: config.TRUST_PROXY,
   // Every known model's queue: a job of any model can be polled.
-  lookup: new JobLookup(
-    async () => {
-      await catalogue.current();
-      return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
-    },
-    redis,
-    keys,
+  lookup: new JobLookup(async () => {
+    await catalogue.current();
+    return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
+  }, jobs),
+  submitter: new JobSubmitter(
+    new JobStore(queueConnection, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS }),
+    config.INPUT_TTL_SECONDS,
   ),
-  submitter: new JobSubmitter(queueConnection, keys, config.INPUT_TTL_SECONDS),
   fetchImage: createImageFetcher({
     maxBytes: config.MAX_UPLOAD_BYTES,
     connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
+import { JobStore } from '@conveyor/shared/contract/job-store';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { completedResult } from '../../../test/support/results.js';
@@ -32,14 +33,20 @@ describe('job lookup (real Redis, BullMQ state faked)', () => {
         return 'unknown';
       },
     } as unknown as Queue;
-    const view = await new JobLookup(() => Promise.resolve([{ model: 'digits', queue }]), redis, keys).find(id);
+    const view = await new JobLookup(
+      () => Promise.resolve([{ model: 'digits', queue }]),
+      new JobStore(redis, keys, { resultTtlSeconds: 60 }),
+    ).find(id);
     expect(view).to.deep.include({ kind: 'finished' });
   });
 
   it('still answers "no such job" for an id that never existed', async () => {
     const queue = { getJobState: () => Promise.resolve('unknown') } as unknown as Queue;
-    expect(await new JobLookup(() => Promise.resolve([{ model: 'digits', queue }]), redis, keys).find(randomUUID())).to.equal(
-      undefined,
-    );
+    expect(
+      await new JobLookup(
+        () => Promise.resolve([{ model: 'digits', queue }]),
+        new JobStore(redis, keys, { resultTtlSeconds: 60 }),
+      ).find(randomUUID()),
+    ).to.equal(undefined);
   });
 });

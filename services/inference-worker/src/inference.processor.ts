@@ -1,20 +1,18 @@
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
 import {
   InferenceJob,
   type CompletedResult,
   type FailedResult,
-  type Keys,
   type ModelName,
   type PredictionEvent,
 } from '@conveyor/shared/contract/queue.contract';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify } from '@conveyor/shared/model/runtime';
-import { ProblemError, problemCatalogue, problemType } from '@conveyor/shared/problem';
+import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost } from './model/model-host.js';
-import type { ResultPublisher } from './result-publisher.js';
 
 /**
  * Where a job becomes a prediction: fetch the image, preprocess it as the model's manifest says,
@@ -24,9 +22,8 @@ import type { ResultPublisher } from './result-publisher.js';
  * transient and BullMQ retries it; the last attempt records the failure so callers are told.
  */
 export interface ProcessorDeps {
-  readonly redis: Redis;
-  readonly keys: Keys;
-  readonly publisher: ResultPublisher;
+  /** Takes the job's image and commits its result. */
+  readonly jobs: JobStore;
   /** The serving name of the model whose queue this processor takes jobs from. */
   readonly model: ModelName;
   /** That queue (its jobs' BullMQ locks are under its name). */
@@ -106,12 +103,8 @@ function processOne(deps: ProcessorDeps): AttemptHandler {
     deps.metrics.queueWait(Math.max(0, (job.processedOn ?? startedAt) - data.acceptedAt) / 1000);
 
     // An earlier attempt may have published the result and died before BullMQ recorded it.
-    const [[, done], [, bytes]] = (await deps.redis
-      .pipeline()
-      .exists(deps.keys.result(jobId))
-      .getBuffer(deps.keys.input(jobId))
-      .exec()) as [[Error | null, number], [Error | null, Buffer | null]];
-    if (done) {
+    const taken = await deps.jobs.takeInput(jobId);
+    if (taken.finished) {
       log.info('already finished by an earlier attempt');
       report('not_published');
       return { label: 'duplicate' };
@@ -128,6 +121,7 @@ function processOne(deps: ProcessorDeps): AttemptHandler {
       worker: deps.workerId,
     };
     try {
+      const { bytes } = taken;
       if (!bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
       await handBackIfCancelled(job, token, signal);
       // The stage alone, without the input fetch before it (timings.preprocessMs includes that).
@@ -168,7 +162,13 @@ function processOne(deps: ProcessorDeps): AttemptHandler {
           ? { embedding: Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) }
           : {}),
       };
-      const outcome = await deps.publisher.publish(result, data.replyTo, event, token, data.input.bytes, deps.queue);
+      const outcome = await deps.jobs.commit(result, {
+        replyTo: data.replyTo,
+        event,
+        token,
+        inputBytes: data.input.bytes,
+        queue: deps.queue,
+      });
       if (outcome !== 'published') {
         // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
         log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
@@ -195,16 +195,15 @@ function processOne(deps: ProcessorDeps): AttemptHandler {
           status: 'failed',
           finishedAt: new Date().toISOString(),
           model: modelRef,
-          error: {
-            type: problemType(failure.slug),
-            title: problemCatalogue[failure.slug].title,
-            status: failure.status,
-            detail: failure.detail,
-            slug: failure.slug,
-          },
+          error: problemBody(failure),
         };
-        if ((await deps.publisher.publish(result, data.replyTo, undefined, token, data.input.bytes, deps.queue)) === 'published')
-          deps.stats.failed++;
+        const committed = await deps.jobs.commit(result, {
+          replyTo: data.replyTo,
+          token,
+          inputBytes: data.input.bytes,
+          queue: deps.queue,
+        });
+        if (committed === 'published') deps.stats.failed++;
       }
       if (permanent) {
         log.info({ problem: problem!.slug, detail: problem!.detail }, 'rejected input');

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
+import { JobStore } from '@conveyor/shared/contract/job-store';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { loadConfigOrExit, mlflowCredentials } from '@conveyor/shared/config';
 import { installCrashHandlers, installShutdown } from '@conveyor/shared/lifecycle';
@@ -16,7 +17,6 @@ import { Heartbeat } from './heartbeat.js';
 import { startMetricsServer, type MetricsServer } from './metrics/metrics-server.js';
 import { WorkerMetrics } from './metrics/worker-metrics.js';
 import { createInferenceProcessor } from './inference.processor.js';
-import { ResultPublisher } from './result-publisher.js';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
 import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 
@@ -62,9 +62,9 @@ if (config.METRICS_PORT !== undefined) {
 const keys = keysOf(config.REDIS_PREFIX);
 const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
 await waitForReady(redis, 30_000);
-const publisher = new ResultPublisher(redis, keys, {
+const jobs = new JobStore(redis, keys, {
   resultTtlSeconds: config.RESULT_TTL_SECONDS,
-  streamMaxLen: config.PREDICTION_STREAM_MAXLEN,
+  predictionStreamMaxLen: config.PREDICTION_STREAM_MAXLEN,
 });
 // BullMQ does not close a connection it was given; shutdown closes it below.
 const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`, log, {
@@ -136,9 +136,7 @@ async function serve(model: ModelServing): Promise<void> {
     : undefined;
   await model.load({ threads: config.ORT_THREADS, intervalMs: config.MODEL_POLL_INTERVAL_MS }, source);
   const processor = createInferenceProcessor({
-    redis,
-    keys,
-    publisher,
+    jobs,
     model: model.name,
     queue: model.plan.queue,
     models: model.host,

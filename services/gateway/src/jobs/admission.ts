@@ -34,7 +34,7 @@ export interface Reservation {
 // Admission counts bytes as well as jobs: images wait in Redis, and 100 async uploads of 3 MB with
 // no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). The queued-bytes counter
 // rises by what a request reserves (its declared length, corrected once the image is stored) and
-// falls when a worker commits the job's result (result-publisher.ts), once per job.
+// falls when a worker commits the job's result (JobStore.commit, shared/src/contract/job-store.ts), once per job.
 //
 // The scan over the reservations is bounded by the requests being admitted at that moment (each
 // gateway holds at most MAX_CONNECTIONS), not by the queue. The job hashes are read by name, as
