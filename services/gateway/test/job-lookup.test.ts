@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Queue } from 'bullmq';
+import type { InferenceQueue } from '../src/jobs/model-queues.js';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { JobStore } from '@conveyor/shared/contract/job-store';
@@ -32,7 +32,7 @@ describe('job lookup (real Redis, BullMQ state faked)', () => {
         await redis.set(keys.result(id), JSON.stringify(result(id)), 'EX', 60);
         return 'unknown';
       },
-    } as unknown as Queue;
+    } as unknown as InferenceQueue;
     const view = await new JobLookup(
       () => Promise.resolve([{ model: 'digits', queue }]),
       new JobStore(redis, keys, { resultTtlSeconds: 60 }),
@@ -41,7 +41,7 @@ describe('job lookup (real Redis, BullMQ state faked)', () => {
   });
 
   it('still answers "no such job" for an id that never existed', async () => {
-    const queue = { getJobState: () => Promise.resolve('unknown') } as unknown as Queue;
+    const queue = { getJobState: () => Promise.resolve('unknown') } as unknown as InferenceQueue;
     expect(
       await new JobLookup(
         () => Promise.resolve([{ model: 'digits', queue }]),

@@ -31,7 +31,6 @@ sharp.concurrency(config.SHARP_CONCURRENCY);
 // Every configured model gets its own host, queue, concurrency and metrics series (the `model`
 // label is bounded by MODELS); they load and warm up side by side, each taking jobs once it is warm.
 const served = config.models.map((plan) => new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue })));
-const stats = { processed: 0, failed: 0 };
 const metrics = new WorkerMetrics({ models: served.map((s) => s.metricsSource()) });
 // Before the models and Redis: a taken port fails the start at once, and a worker still loading its
 // models is already visible to Prometheus (up, no model_info yet).
@@ -82,13 +81,14 @@ const heartbeat = new Heartbeat(
   () => ({
     models: served.flatMap((s) => s.served() ?? []),
     announcements: served.flatMap((s) => s.announcement() ?? []),
-    ...stats,
+    processed: served.reduce((sum, s) => sum + s.counts.processed, 0),
+    failed: served.reduce((sum, s) => sum + s.counts.failed, 0),
   }),
   log,
   config.HEALTH_FILE,
 );
 
-const inFlight = () => served.reduce((sum, s) => sum + s.inFlight.count, 0);
+const inFlight = () => served.reduce((sum, s) => sum + s.counts.inFlight, 0);
 const shutdown = installShutdown(
   log,
   [
@@ -146,8 +146,7 @@ async function serve(model: ModelServing): Promise<void> {
     topK: config.TOP_K,
     eventEmbeddings: config.EVENT_EMBEDDINGS,
     log: log.child({ modelName: model.name }),
-    stats,
-    inFlight: model.inFlight,
+    counts: model.counts,
     metrics: metrics.forModel(model.name),
   });
   const bull = {

@@ -1,6 +1,6 @@
-import type { Queue } from 'bullmq';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { JobResult } from '@conveyor/shared/contract/queue.contract';
+import type { InferenceQueue } from './model-queues.js';
 
 /** The public view of a job: its stored result once finished, else its place in BullMQ. */
 export type JobView =
@@ -12,7 +12,7 @@ export type JobView =
 /** A model's queue, to look a job up in. */
 export interface ModelQueue {
   readonly model: string;
-  readonly queue: Queue;
+  readonly queue: InferenceQueue;
 }
 
 /**

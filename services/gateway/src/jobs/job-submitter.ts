@@ -1,4 +1,3 @@
-import type { Queue } from 'bullmq';
 import {
   INFERENCE_JOB_NAME,
   INFERENCE_JOB_OPTIONS,
@@ -8,11 +7,12 @@ import {
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { ImageFacts } from '../intake/inspect-image.js';
 import type { PredictInput } from '../intake/read-input.js';
+import type { InferenceQueue } from './model-queues.js';
 
 /** What a predict request knows once its image passed the checks: everything a job is made of. */
 export interface Submission {
   /** The queue of the model the job is for. */
-  readonly queue: Queue;
+  readonly queue: InferenceQueue;
   readonly model: ModelName;
   /** Chosen by the gateway (at admission), so it can wait for the job before it exists. */
   readonly jobId: string;
