@@ -1,0 +1,178 @@
+import os from 'node:os';
+import path from 'node:path';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { mlflowCredentials } from '@conveyor/shared/config';
+import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
+import type { Logger } from '@conveyor/shared/logger';
+import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
+import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { AlertSink } from './alerts/alert-sink.js';
+import { thresholdsFor, type MonitorConfig } from './config.js';
+import { monitorMetrics } from './http/metrics.js';
+import { createMonitorServer } from './http/server.js';
+import { Monitor, type WindowRecord } from './monitor.js';
+import { ProfileSource } from './reference/profile-source.js';
+import { writeReport } from './reports/report.js';
+import { MonitorStore } from './store/monitor-store.js';
+import { oneByOne, StreamConsumer } from './store/stream-consumer.js';
+
+export interface MonitorService extends Service {
+  /** The port of its HTTP endpoint (the one chosen by the system when MONITOR_PORT is 0). */
+  readonly port: number;
+}
+
+/**
+ * The monitor, wired from its configuration (the body main.ts had): Redis, the reference profiles,
+ * the stream consumers, the HTTP endpoint. main.ts runs it as a process; tests may start it in-process.
+ */
+export async function startMonitor(config: MonitorConfig, baseLog: Logger): Promise<MonitorService> {
+  const consumerName = `${os.hostname()}-${process.pid}`;
+  const log = baseLog.child({ consumer: consumerName });
+  const keys = keysOf(config.REDIS_PREFIX);
+
+  const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`, log);
+  // Blocking reads get connections of their own.
+  const predictionsConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-predictions:${consumerName}`, log, {
+    enableAutoPipelining: false,
+  });
+  const feedbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-feedback:${consumerName}`, log, {
+    enableAutoPipelining: false,
+  });
+  await Promise.all([redis, predictionsConnection, feedbackConnection].map((r) => waitForReady(r, 30_000)));
+
+  const mlflow = config.MLFLOW_TRACKING_URI
+    ? new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) })
+    : undefined;
+  // Refused credentials are a configuration error to report now (exit 77, EX_NOPERM), not reference
+  // profiles that silently never load; an unreachable registry is not (profiles are fetched when needed).
+  await mlflow?.checkAccess().catch((error: unknown) => {
+    if (!(error instanceof MlflowAuthError)) {
+      log.warn({ err: error }, 'MLflow unreachable at start-up; reference profiles are fetched from it when needed');
+      return;
+    }
+    log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
+    throw new ServiceFailure('MLflow refused the credentials', 77, true, { cause: error });
+  });
+  const store = new MonitorStore(redis, config.REDIS_PREFIX);
+  const profiles = new ProfileSource(
+    {
+      ...(mlflow ? { client: mlflow } : {}),
+      localDir: path.resolve(config.MODEL_DIR),
+    },
+    log.child({ module: 'profiles' }),
+  );
+  const alerts = new AlertSink(
+    redis,
+    keys.alerts,
+    log.child({ module: 'alerts' }),
+    config.ALERT_WEBHOOK_URL
+      ? {
+          url: config.ALERT_WEBHOOK_URL,
+          maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
+          ...(config.ALERT_WEBHOOK_SECRET ? { secret: config.ALERT_WEBHOOK_SECRET } : {}),
+        }
+      : undefined,
+  );
+  const monitor = new Monitor(
+    store,
+    profiles,
+    alerts,
+    {
+      windowSize: config.WINDOW_SIZE,
+      minWindow: config.MIN_WINDOW,
+      thresholdsFor: thresholdsFor(config),
+      policy: { consecutive: config.ALERT_CONSECUTIVE, cooldownMs: config.ALERT_COOLDOWN_MS },
+      quality: {
+        window: config.QUALITY_WINDOW,
+        minLabels: config.QUALITY_MIN_LABELS,
+        target: config.QUALITY_TARGET,
+        confidence: config.QUALITY_CONFIDENCE,
+      },
+      predictionTtlSeconds: config.PREDICTION_TTL_SECONDS,
+    },
+    log,
+  );
+
+  const consumerOptions = {
+    group: 'monitor',
+    consumer: consumerName,
+    blockMs: 1000,
+    claimIdleMs: config.CLAIM_IDLE_MS,
+  };
+  const predictions = new StreamConsumer(
+    predictionsConnection,
+    // Large reads: the per-read costs (round trips, the script call, the XACK) are shared by the batch.
+    { ...consumerOptions, stream: keys.predictions, count: 500, maxDeliveries: 5, lingerMs: config.READ_LINGER_MS },
+    (entries) => monitor.handlePredictions(entries),
+    log.child({ module: 'predictions' }),
+  );
+  const feedback = new StreamConsumer(
+    feedbackConnection,
+    // Feedback may arrive before its prediction was applied: it is retried, then dead-lettered.
+    {
+      ...consumerOptions,
+      stream: keys.feedbackStream,
+      count: 200,
+      maxDeliveries: 20,
+      claimIdleMs: Math.min(config.CLAIM_IDLE_MS, 2000),
+    },
+    oneByOne((entry) => monitor.handleFeedback(entry), log.child({ module: 'feedback' })),
+    log.child({ module: 'feedback' }),
+  );
+
+  const report = async () => {
+    const files = await writeReport((await store.windowRecords()) as WindowRecord[], path.resolve(config.REPORT_DIR));
+    log.info(files, 'drift report written');
+    return files;
+  };
+  const server = createMonitorServer({
+    snapshot: () => monitor.snapshot(),
+    registry: monitorMetrics(store, monitor, { predictions, feedback }),
+    writeReport: report,
+    ...(config.MONITOR_TOKEN ? { writeToken: config.MONITOR_TOKEN } : {}),
+    redisPing: () => redis.ping(),
+    log,
+  });
+
+  // A window closed by a monitor that died before evaluating it is picked up here.
+  const sweeper = setInterval(
+    () => void monitor.evaluatePending().catch((error: unknown) => log.warn({ err: error }, 'window sweep failed')),
+    1000,
+  );
+  const reporter =
+    config.REPORT_INTERVAL_MS > 0
+      ? setInterval(
+          () => void report().catch((error: unknown) => log.warn({ err: error }, 'report failed')),
+          config.REPORT_INTERVAL_MS,
+        )
+      : undefined;
+
+  const stop = stopSteps(log, [
+    { name: 'stop consuming', run: () => Promise.all([predictions.stop(), feedback.stop()]) },
+    {
+      name: 'timers and http',
+      run: async () => {
+        clearInterval(sweeper);
+        clearInterval(reporter);
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeAllConnections();
+        });
+      },
+    },
+    { name: 'webhook deliveries', run: () => alerts.drain() },
+    { name: 'redis', run: () => Promise.all([redis, predictionsConnection, feedbackConnection].map((r) => closeRedis(r))) },
+  ]);
+
+  await Promise.all([predictions.start(), feedback.start()]);
+  const port = await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.MONITOR_PORT, config.MONITOR_HOST, () => {
+      server.off('error', reject);
+      const address = server.address();
+      resolve(typeof address === 'object' && address ? address.port : config.MONITOR_PORT);
+    });
+  });
+  log.info({ port, windowSize: config.WINDOW_SIZE }, 'monitor listening');
+  return { stop, port };
+}
