@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import onnxProto from 'onnx-proto';
 import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { readManifest } from '@conveyor/shared/model/runtime';
-import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
+import { loadCheckedModel } from '@conveyor/shared/validation/model-folder-checks';
 import {
   ensureModelsVenv,
   ensureModerationModel,
