@@ -3,6 +3,41 @@ import security from 'eslint-plugin-security';
 import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
+const SERVICES = ['gateway', 'inference-worker', 'monitor', 'trainer'];
+
+/**
+ * The layout's one rule (STYLE.md, habit 11): services meet only through `shared/` (the contract,
+ * the streams, the registry), so a service never imports another and `shared/` imports no service,
+ * neither by package name (`@conveyor/monitor`) nor by a relative path into its folder.
+ */
+function forbidImporting(services, who) {
+  const names = services.join('|');
+  return {
+    'no-restricted-imports': [
+      'error',
+      {
+        patterns: [
+          {
+            regex: `^@conveyor/(${names})(/|$)|(^|/)(services|${names})(/|$)`,
+            message: `${who} may import @conveyor/shared and its own files only: services meet through the contract in shared/.`,
+          },
+        ],
+      },
+    ],
+  };
+}
+
+const layoutRules = [
+  { files: ['shared/**/*.ts'], rules: forbidImporting(SERVICES, 'shared/') },
+  ...SERVICES.map((service) => ({
+    files: [`services/${service}/**/*.ts`],
+    rules: forbidImporting(
+      SERVICES.filter((other) => other !== service),
+      `services/${service}`,
+    ),
+  })),
+];
+
 /**
  * Type-aware lint (typescript-eslint with the project service) plus eslint-plugin-security, the
  * TypeScript counterpart of the roadmap's bandit. Formatting is Prettier's job, not the linter's.
@@ -36,6 +71,7 @@ export default tseslint.config(
       'no-console': 'off',
     },
   },
+  ...layoutRules,
   {
     files: ['**/*.js', '**/*.mjs'],
     ...tseslint.configs.disableTypeChecked,

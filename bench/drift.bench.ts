@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { keys as keysOf, type PredictionEvent } from '@conveyor/shared/contract/queue.contract';
 import { loadModel } from '@conveyor/shared/model/runtime';
-import { readReferenceProfile } from '@conveyor/shared/validation/model-folder';
+import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-checks';
 import { INITIAL_STATE, step, type FeatureState } from '../services/monitor/src/alerts/alert-state.js';
 import { observe, type Observation } from '../services/monitor/src/drift/features.js';
 import { evaluateWindow } from '../services/monitor/src/drift/window.js';

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
 import { preprocess } from '@conveyor/shared/model/preprocess';
-import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
+import { loadCheckedModel } from '@conveyor/shared/validation/model-folder-checks';
 import { ensureModerationModel, MODERATION_DIR, PHOTOS, readPhoto } from '../scripts/models/moderation.js';
 
 /**

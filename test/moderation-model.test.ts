@@ -8,7 +8,7 @@ import onnxProto from 'onnx-proto';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { placeholderProfile, REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
 import { readManifest } from '@conveyor/shared/model/runtime';
-import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
+import { loadCheckedModel } from '@conveyor/shared/validation/model-folder-checks';
 import {
   ensureModelsVenv,
   ensureModerationModel,

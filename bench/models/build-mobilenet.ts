@@ -212,7 +212,7 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     ).toFixed(0)} MFLOPs per image, ${(built.parameters / 1e6).toFixed(2)} M parameters, ${(built.bytes / 1e6).toFixed(1)} MB`,
   );
   // Load it as the worker does (checksum, model-folder suite, warm-up run) and time a few runs.
-  const { loadCheckedModel } = await import('@conveyor/shared/validation/model-folder');
+  const { loadCheckedModel } = await import('@conveyor/shared/validation/model-folder-checks');
   const model = await loadCheckedModel(built.dir);
   const image = new Float32Array(3 * SIDE * SIDE).map((_, i) => Math.sin(i) * 2);
   const times: number[] = [];

@@ -208,4 +208,11 @@ async function main(): Promise<void> {
   );
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();
+// Not a top-level await: tests import this module, and one with top-level await cannot be required
+// (mocha would load it as ESM, with second copies of the test fixtures it imports).
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+}

@@ -10,7 +10,7 @@ import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { loadModel, readManifest } from '@conveyor/shared/model/runtime';
-import { readReferenceProfile } from '@conveyor/shared/validation/model-folder';
+import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-checks';
 import { ROOT } from '../lib/service-process.js';
 import { ensureNsfwjs, NSFWJS_VERSION } from './nsfwjs.js';
 
@@ -266,4 +266,11 @@ async function main(): Promise<void> {
   if (failures.length > 0) throw new Error(failures.join('; '));
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();
+// Not a top-level await: tests import this module, and one with top-level await cannot be required
+// (mocha would load it as ESM, with second copies of the test fixtures it imports).
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+}

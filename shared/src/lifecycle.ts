@@ -13,7 +13,81 @@ export interface ShutdownStep {
 
 export type Shutdown = (reason: string, exitCode?: number) => Promise<void>;
 
+/**
+ * A started service, whatever it is: what `start(config, log)` of each service returns, so a
+ * process (main.ts, through runService) and a test (in-process) start and stop it the same way.
+ */
+export interface Service {
+  /** Stops taking work, finishes in-flight work, closes connections last. Idempotent; rejects if a step failed. */
+  stop(): Promise<void>;
+  /**
+   * Settles once the service is wholly up (a worker: every model warm and taking jobs). A rejection
+   * means it cannot go on: the process stops (a ServiceFailure's exit code, else 1).
+   */
+  readonly ready?: Promise<void>;
+}
+
+/** A failure that ends the process with a chosen exit code; `logged` when the service reported it already. */
+export class ServiceFailure extends Error {
+  override readonly name = 'ServiceFailure';
+
+  constructor(
+    message: string,
+    readonly exitCode: number,
+    readonly logged = true,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/**
+ * The steps as one idempotent stop(): in order, once however often it is called, every step even if
+ * an earlier one failed; the returned promise rejects (after the last step) if any failed.
+ */
+export function stopSteps(log: Logger, steps: readonly ShutdownStep[]): () => Promise<void> {
+  let running: Promise<void> | undefined;
+  const run = async () => {
+    const failures: unknown[] = [];
+    for (const step of steps) {
+      try {
+        await step.run();
+        log.debug({ step: step.name }, 'shutdown step done');
+      } catch (error) {
+        failures.push(error);
+        log.error({ err: error, step: step.name }, 'shutdown step failed');
+      }
+    }
+    if (failures.length > 0) throw new AggregateError(failures, `${failures.length} shutdown step(s) failed`);
+  };
+  return () => (running ??= run());
+}
+
+/**
+ * The whole life of a service's process, for its main.ts: start it, then the shared shutdown on the
+ * first signal, a fatal error, or the service failing on its own (`ready` rejecting). A start that
+ * throws ends the process at once (there is nothing to drain yet).
+ */
+export async function runService<S extends Service>(log: Logger, start: () => Promise<S>, budgetMs: number): Promise<S> {
+  let service: S;
+  try {
+    service = await start();
+  } catch (error) {
+    if (!(error instanceof ServiceFailure && error.logged)) log.fatal({ err: error }, 'could not start');
+    await new Promise<void>((resolve) => log.flush(() => resolve()));
+    process.exit(error instanceof ServiceFailure ? error.exitCode : 1);
+  }
+  const shutdown = installShutdown(log, [{ name: 'service', run: () => service.stop() }], budgetMs);
+  installCrashHandlers(log, shutdown);
+  service.ready?.catch((error: unknown) => {
+    if (!(error instanceof ServiceFailure && error.logged)) log.fatal({ err: error }, 'the service failed');
+    void shutdown(error instanceof Error ? error.message : String(error), error instanceof ServiceFailure ? error.exitCode : 1);
+  });
+  return service;
+}
+
 export function installShutdown(log: Logger, steps: readonly ShutdownStep[], budgetMs: number): Shutdown {
+  const stop = stopSteps(log, steps);
   let running: Promise<void> | undefined;
   const shutdown: Shutdown = (reason, exitCode = 0) => {
     if (running) {
@@ -27,16 +101,10 @@ export function installShutdown(log: Logger, steps: readonly ShutdownStep[], bud
     }, budgetMs + 2000);
     force.unref();
     running = (async () => {
-      let failed = false;
-      for (const step of steps) {
-        try {
-          await step.run();
-          log.debug({ step: step.name }, 'shutdown step done');
-        } catch (error) {
-          failed = true;
-          log.error({ err: error, step: step.name }, 'shutdown step failed');
-        }
-      }
+      const failed = await stop().then(
+        () => false,
+        () => true,
+      );
       log.info('shutdown complete');
       clearTimeout(force);
       // Everything that matters is closed; a forgotten timer or socket must not keep a stopped

@@ -1,3 +1,5 @@
+import type { ProblemBody } from './contract/queue.contract.js';
+
 /**
  * Problem details (RFC 9457) shared by the gateway (which answers with them) and the worker
  * (which records them on a failed job). The catalogue below is the only place a status code is
@@ -33,6 +35,20 @@ export const problemSlugs = Object.keys(problemCatalogue) as [ProblemSlug, ...Pr
 
 export function problemType(slug: ProblemSlug): string {
   return `/problems/${slug}`;
+}
+
+/**
+ * The RFC 9457 members of a problem, with its slug: what a failed job records, and what the
+ * gateway's problem answers start from. The one place a problem becomes a body.
+ */
+export function problemBody(problem: ProblemError): ProblemBody {
+  return {
+    type: problemType(problem.slug),
+    title: problemCatalogue[problem.slug].title,
+    status: problem.status,
+    detail: problem.detail,
+    slug: problem.slug,
+  };
 }
 
 /**

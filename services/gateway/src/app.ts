@@ -1,6 +1,7 @@
 import Router from '@koa/router';
 import Koa, { type Middleware } from 'koa';
 import type { Redis } from 'ioredis';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { Keys } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { GatewayState } from './http/context.js';
@@ -19,6 +20,8 @@ export interface AppDeps extends PredictDeps {
   readonly log: Logger;
   readonly redis: Redis;
   readonly keys: Keys;
+  /** Results and feedback of jobs, on `redis`. */
+  readonly jobs: JobStore;
   readonly lookup: JobLookup;
   readonly trustProxy: boolean;
 }
@@ -32,7 +35,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   registerFeedbackRoute(router, {
     redis: deps.redis,
     keys: deps.keys,
-    resultTtlSeconds: deps.config.RESULT_TTL_SECONDS,
+    jobs: deps.jobs,
     access: deps.access,
   });
   registerModelRoutes(router, deps);

@@ -53,6 +53,12 @@ export const GatewayConfig = z
     ),
     RATE_LIMIT_WINDOW_SECONDS: env.int(60, 1, 86_400, 'Window of RATE_LIMIT_REQUESTS'),
     MAX_CONNECTIONS: env.int(1024, 1, 1_000_000, 'Open connections one gateway accepts; beyond, new ones are closed at once'),
+    KEEP_ALIVE_TIMEOUT_MS: env.int(
+      65_000,
+      1000,
+      600_000,
+      'How long an idle keep-alive connection stays open; keep it above the idle timeout of the load balancer or client pool in front (60 s on AWS ALB, 4 s in Node fetch) so they, not the gateway, close idle connections',
+    ),
     SYNC_WAIT_DEFAULT_SECONDS: env.number(10, 0, 300, 'How long a synchronous request waits for its result before answering 202'),
     SYNC_WAIT_MAX_SECONDS: env.number(30, 0, 300, 'Cap on `Prefer: wait=<seconds>`'),
     MAX_QUEUE_DEPTH: env.int(

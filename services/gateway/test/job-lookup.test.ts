@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import type { Queue } from 'bullmq';
+import type { InferenceQueue } from '../src/jobs/model-queues.js';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
+import { JobStore } from '@conveyor/shared/contract/job-store';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { completedResult } from '../../../test/support/results.js';
@@ -31,15 +32,21 @@ describe('job lookup (real Redis, BullMQ state faked)', () => {
         await redis.set(keys.result(id), JSON.stringify(result(id)), 'EX', 60);
         return 'unknown';
       },
-    } as unknown as Queue;
-    const view = await new JobLookup(() => Promise.resolve([{ model: 'digits', queue }]), redis, keys).find(id);
+    } as unknown as InferenceQueue;
+    const view = await new JobLookup(
+      () => Promise.resolve([{ model: 'digits', queue }]),
+      new JobStore(redis, keys, { resultTtlSeconds: 60 }),
+    ).find(id);
     expect(view).to.deep.include({ kind: 'finished' });
   });
 
   it('still answers "no such job" for an id that never existed', async () => {
-    const queue = { getJobState: () => Promise.resolve('unknown') } as unknown as Queue;
-    expect(await new JobLookup(() => Promise.resolve([{ model: 'digits', queue }]), redis, keys).find(randomUUID())).to.equal(
-      undefined,
-    );
+    const queue = { getJobState: () => Promise.resolve('unknown') } as unknown as InferenceQueue;
+    expect(
+      await new JobLookup(
+        () => Promise.resolve([{ model: 'digits', queue }]),
+        new JobStore(redis, keys, { resultTtlSeconds: 60 }),
+      ).find(randomUUID()),
+    ).to.equal(undefined);
   });
 });

@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
+import { JobStore } from '@conveyor/shared/contract/job-store';
 import { keys as keysOf, type ReplyMessage } from '@conveyor/shared/contract/queue.contract';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { completedResult } from '../../../test/support/results.js';
@@ -19,7 +20,14 @@ describe('result waiter (real Redis)', () => {
   beforeEach(async () => {
     subscriber = testRedis();
     reader = testRedis();
-    waiter = new ResultWaiter(subscriber, reader, keys, 'gw-1', pino({ level: 'silent' }), 100);
+    waiter = new ResultWaiter(
+      subscriber,
+      new JobStore(reader, keys, { resultTtlSeconds: 60 }),
+      keys,
+      'gw-1',
+      pino({ level: 'silent' }),
+      100,
+    );
     await waiter.start();
   });
   afterEach(async () => {

@@ -21,7 +21,12 @@ export interface DrainState {
 
 const POLL_MS = 100;
 
-export async function drain(worker: Worker, budgetMs: number, log: Logger, state?: DrainState): Promise<void> {
+export async function drain<D, R, N extends string>(
+  worker: Worker<D, R, N>,
+  budgetMs: number,
+  log: Logger,
+  state?: DrainState,
+): Promise<void> {
   const closing = worker.close();
   let poll: NodeJS.Timeout | undefined;
   // Resolves once waiting can achieve nothing: Redis is away and no job runs.

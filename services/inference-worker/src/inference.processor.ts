@@ -1,32 +1,33 @@
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
 import {
   InferenceJob,
+  predictionEvent,
   type CompletedResult,
   type FailedResult,
-  type Keys,
+  type InferenceJobName,
+  type InferenceJobReturn,
   type ModelName,
-  type PredictionEvent,
+  type ModelRef,
 } from '@conveyor/shared/contract/queue.contract';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify } from '@conveyor/shared/model/runtime';
-import { ProblemError, problemCatalogue, problemType } from '@conveyor/shared/problem';
+import { problemBody, ProblemError } from '@conveyor/shared/problem';
+import type { JobCounts } from './job-counts.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
-import type { ModelHost } from './model/model-host.js';
-import type { ResultPublisher } from './result-publisher.js';
+import type { ModelHost, ModelLease } from './model/model-host.js';
 
 /**
- * Where a job becomes a prediction: fetch the image, preprocess it as the model's manifest says,
- * run the model, publish the result and the prediction event.
+ * Where a job becomes a prediction: check the payload, take the image, preprocess it as the
+ * model's manifest says, run the model, commit the result with its prediction event.
  *
  * Bad input (a ProblemError with a 4xx status) fails the job once, for good. Anything else is
  * transient and BullMQ retries it; the last attempt records the failure so callers are told.
  */
 export interface ProcessorDeps {
-  readonly redis: Redis;
-  readonly keys: Keys;
-  readonly publisher: ResultPublisher;
+  /** Takes the job's image and commits its result. */
+  readonly jobs: JobStore;
   /** The serving name of the model whose queue this processor takes jobs from. */
   readonly model: ModelName;
   /** That queue (its jobs' BullMQ locks are under its name). */
@@ -39,41 +40,50 @@ export interface ProcessorDeps {
   readonly topK: number;
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
-  readonly stats: { processed: number; failed: number };
+  /** This model's jobs: in flight now, committed so far. */
+  readonly counts: JobCounts;
   /** This model's metrics. */
   readonly metrics: JobMetrics;
-  /** Jobs of this model being processed right now (the shutdown drain asks). */
-  readonly inFlight: { count: number };
 }
 
-export type InferenceProcessor = (
-  job: Job,
-  token?: string,
-  signal?: AbortSignal,
-) => Promise<{ label: string } | { failed: string }>;
+/** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
+export type InferenceBullJob = Job<InferenceJob, InferenceJobReturn, InferenceJobName>;
 
-/** One attempt; it names its outcome through `report` as soon as it is known. */
-type AttemptHandler = (
-  job: Job,
-  token: string | undefined,
-  signal: AbortSignal | undefined,
-  report: (outcome: JobOutcome) => void,
-) => ReturnType<InferenceProcessor>;
+export type InferenceProcessor = (job: InferenceBullJob, token?: string, signal?: AbortSignal) => Promise<InferenceJobReturn>;
+
+/** Names the attempt's outcome as soon as it is known. */
+type Report = (outcome: JobOutcome) => void;
+
+/** One attempt at one job, as the steps below share it. */
+interface Attempt {
+  readonly job: InferenceBullJob;
+  readonly jobId: string;
+  /** Delivery attempt (1 = first). */
+  readonly number: number;
+  readonly data: InferenceJob;
+  readonly token: string | undefined;
+  readonly signal: AbortSignal | undefined;
+  readonly log: Logger;
+  /** When this attempt started (epoch ms), and its monotonic clock. */
+  readonly startedAt: number;
+  readonly clock: number;
+}
+
+const DUPLICATE: InferenceJobReturn = { label: 'duplicate' };
 
 export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcessor {
-  const handle = processOne(deps);
   return async (job, token, signal) => {
-    deps.inFlight.count++;
+    deps.counts.started();
     const started = performance.now();
     let outcome: JobOutcome | undefined;
     try {
-      return await handle(job, token, signal, (o) => (outcome = o));
+      return await processOne(deps, job, token, signal, (o) => (outcome = o));
     } catch (error) {
       // Thrown before the attempt could say (Redis failing the input fetch, say): BullMQ retries it.
       outcome ??= 'failed_transient';
       throw error;
     } finally {
-      deps.inFlight.count--;
+      deps.counts.ended();
       // Exactly one outcome per attempt, counted once it is over.
       deps.metrics.processing((performance.now() - started) / 1000);
       if (outcome) deps.metrics.outcome(outcome);
@@ -81,141 +91,187 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
   };
 }
 
-function processOne(deps: ProcessorDeps): AttemptHandler {
-  return async (job, token, signal, report) => {
-    const jobId = job.id!;
-    const attempt = job.attemptsMade + 1;
-    const parsed = InferenceJob.safeParse(job.data);
-    if (!parsed.success) {
-      // A payload that breaks the contract cannot succeed on retry; it is not poisoned forever either.
-      deps.log.error({ jobId, issues: parsed.error.issues }, 'job payload violates the contract');
-      report('failed_permanent');
-      throw new UnrecoverableError(`invalid job payload: ${parsed.error.message}`);
-    }
-    const data = parsed.data;
-    if (data.model !== undefined && data.model !== deps.model) {
-      // The queue decides the model; a payload naming another was put on the wrong queue.
-      deps.log.error({ jobId, model: data.model, queue: deps.queue }, 'job names another model than its queue');
-      report('failed_permanent');
-      throw new UnrecoverableError(`job for model ${data.model} on the queue of ${deps.model}`);
-    }
-    const log = deps.log.child({ jobId, requestId: data.requestId, attempt });
-    const startedAt = Date.now();
-    const clock = performance.now();
-    // processedOn is when BullMQ made the job active for this attempt; acceptedAt is the gateway's clock.
-    deps.metrics.queueWait(Math.max(0, (job.processedOn ?? startedAt) - data.acceptedAt) / 1000);
+async function processOne(
+  deps: ProcessorDeps,
+  job: InferenceBullJob,
+  token: string | undefined,
+  signal: AbortSignal | undefined,
+  report: Report,
+): Promise<InferenceJobReturn> {
+  const data = acceptPayload(deps, job, report);
+  const jobId = job.id!;
+  const number = job.attemptsMade + 1;
+  const log = deps.log.child({ jobId, requestId: data.requestId, attempt: number });
+  const run: Attempt = { job, jobId, number, data, token, signal, log, startedAt: Date.now(), clock: performance.now() };
+  // processedOn is when BullMQ made the job active for this attempt; acceptedAt is the gateway's clock.
+  deps.metrics.queueWait(queueMs(run) / 1000);
 
-    // An earlier attempt may have published the result and died before BullMQ recorded it.
-    const [[, done], [, bytes]] = (await deps.redis
-      .pipeline()
-      .exists(deps.keys.result(jobId))
-      .getBuffer(deps.keys.input(jobId))
-      .exec()) as [[Error | null, number], [Error | null, Buffer | null]];
-    if (done) {
-      log.info('already finished by an earlier attempt');
-      report('not_published');
-      return { label: 'duplicate' };
-    }
+  // An earlier attempt may have committed the result and died before BullMQ recorded it.
+  const taken = await deps.jobs.takeInput(jobId);
+  if (taken.finished) {
+    log.info('already finished by an earlier attempt');
+    report('not_published');
+    return DUPLICATE;
+  }
 
-    // The job keeps the model it started with, even if a new version is swapped in meanwhile.
-    const lease = deps.models.acquire();
-    const { model, ref: modelRef } = lease;
-    const base = {
-      id: jobId,
-      requestId: data.requestId,
-      acceptedAt: new Date(data.acceptedAt).toISOString(),
-      attempt,
-      worker: deps.workerId,
-    };
-    try {
-      if (!bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
-      await handBackIfCancelled(job, token, signal);
-      // The stage alone, without the input fetch before it (timings.preprocessMs includes that).
-      const preprocessStart = performance.now();
-      const prepared = await preprocess({ kind: 'encoded', bytes }, model.manifest, {
-        ...deps.limits,
-        timeoutMs: deps.preprocessTimeoutMs,
-        size: { width: data.input.width, height: data.input.height },
-      });
-      const preprocessedAt = performance.now();
-      deps.metrics.preprocess((preprocessedAt - preprocessStart) / 1000);
-      await handBackIfCancelled(job, token, signal);
-      const [output] = await model.run([prepared.tensor]);
-      const inferredAt = performance.now();
-      deps.metrics.inference((inferredAt - preprocessedAt) / 1000);
-      const prediction = classify(output!.probabilities, model.manifest.labels, deps.topK);
-      const finished = Date.now();
-      const timings = {
-        queueMs: Math.max(0, (job.processedOn ?? startedAt) - data.acceptedAt),
-        preprocessMs: ms(preprocessedAt - clock),
-        inferenceMs: ms(inferredAt - preprocessedAt),
-        totalMs: Math.max(0, finished - data.acceptedAt),
-      };
-      const input = { format: data.input.format, bytes: data.input.bytes, ...prepared.descriptors };
-      const finishedAt = new Date(finished).toISOString();
-      const result: CompletedResult = { ...base, status: 'completed', finishedAt, model: modelRef, prediction, timings, input };
-      const event: PredictionEvent = {
-        kind: 'prediction',
-        version: 1,
-        jobId,
-        requestId: data.requestId,
-        at: finishedAt,
-        model: modelRef,
-        prediction,
-        timings,
-        input,
-        ...(deps.eventEmbeddings && output!.embedding
-          ? { embedding: Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) }
-          : {}),
-      };
-      const outcome = await deps.publisher.publish(result, data.replyTo, event, token, data.input.bytes, deps.queue);
-      if (outcome !== 'published') {
-        // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
-        log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
-        report('not_published');
-        return { label: 'duplicate' };
-      }
-      deps.stats.processed++;
-      report('completed');
-      log.info({ label: prediction.label, confidence: prediction.confidence, model: modelRef, timings }, 'prediction');
-      return { label: prediction.label };
-    } catch (error) {
-      if (error instanceof WaitingError) {
-        report('handed_back');
-        throw error;
-      }
-      const problem = error instanceof ProblemError ? error : undefined;
-      const permanent = problem?.permanent ?? false;
-      const lastAttempt = attempt >= (job.opts.attempts ?? 1);
-      report(permanent ? 'failed_permanent' : 'failed_transient');
-      if (permanent || lastAttempt) {
-        const failure = problem ?? new ProblemError('inference-failed', 'The model could not process this image');
-        const result: FailedResult = {
-          ...base,
-          status: 'failed',
-          finishedAt: new Date().toISOString(),
-          model: modelRef,
-          error: {
-            type: problemType(failure.slug),
-            title: problemCatalogue[failure.slug].title,
-            status: failure.status,
-            detail: failure.detail,
-            slug: failure.slug,
-          },
-        };
-        if ((await deps.publisher.publish(result, data.replyTo, undefined, token, data.input.bytes, deps.queue)) === 'published')
-          deps.stats.failed++;
-      }
-      if (permanent) {
-        log.info({ problem: problem!.slug, detail: problem!.detail }, 'rejected input');
-        throw new UnrecoverableError(problem!.message);
-      }
-      log.warn({ err: error, lastAttempt }, 'job failed; BullMQ retries it unless this was the last attempt');
-      throw error;
-    } finally {
-      lease.release();
-    }
+  // The job keeps the model it started with, even if a new version is swapped in meanwhile.
+  const lease = deps.models.acquire();
+  try {
+    if (!taken.bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
+    const { result, embedding } = await predict(deps, run, lease, taken.bytes);
+    return await commitCompleted(deps, run, result, embedding, report);
+  } catch (error) {
+    return await failAttempt(deps, run, lease.ref, error, report);
+  } finally {
+    lease.release();
+  }
+}
+
+/** The payload as the contract has it, on the queue of the model it names; else the job fails for good. */
+function acceptPayload(deps: ProcessorDeps, job: InferenceBullJob, report: Report): InferenceJob {
+  const jobId = job.id!;
+  const parsed = InferenceJob.safeParse(job.data);
+  if (!parsed.success) {
+    // A payload that breaks the contract cannot succeed on retry; it is not poisoned forever either.
+    deps.log.error({ jobId, issues: parsed.error.issues }, 'job payload violates the contract');
+    report('failed_permanent');
+    throw new UnrecoverableError(`invalid job payload: ${parsed.error.message}`);
+  }
+  const data = parsed.data;
+  if (data.model !== undefined && data.model !== deps.model) {
+    // The queue decides the model; a payload naming another was put on the wrong queue.
+    deps.log.error({ jobId, model: data.model, queue: deps.queue }, 'job names another model than its queue');
+    report('failed_permanent');
+    throw new UnrecoverableError(`job for model ${data.model} on the queue of ${deps.model}`);
+  }
+  return data;
+}
+
+/** Preprocess, run, classify: the completed result, and the embedding for the event when it is wanted. */
+async function predict(
+  deps: ProcessorDeps,
+  run: Attempt,
+  lease: ModelLease,
+  bytes: Buffer,
+): Promise<{ result: CompletedResult; embedding: number[] | undefined }> {
+  const { model, ref } = lease;
+  const { data } = run;
+  await handBackIfCancelled(run);
+  // The stage alone, without the input fetch before it (timings.preprocessMs includes that).
+  const preprocessStart = performance.now();
+  const prepared = await preprocess({ kind: 'encoded', bytes }, model.manifest, {
+    ...deps.limits,
+    timeoutMs: deps.preprocessTimeoutMs,
+    size: { width: data.input.width, height: data.input.height },
+  });
+  const preprocessedAt = performance.now();
+  deps.metrics.preprocess((preprocessedAt - preprocessStart) / 1000);
+  await handBackIfCancelled(run);
+  const [output] = await model.run([prepared.tensor]);
+  const inferredAt = performance.now();
+  deps.metrics.inference((inferredAt - preprocessedAt) / 1000);
+  const prediction = classify(output!.probabilities, model.manifest.labels, deps.topK);
+  const finished = Date.now();
+  const result: CompletedResult = {
+    ...resultBase(deps, run),
+    status: 'completed',
+    finishedAt: new Date(finished).toISOString(),
+    model: ref,
+    prediction,
+    timings: {
+      queueMs: queueMs(run),
+      preprocessMs: ms(preprocessedAt - run.clock),
+      inferenceMs: ms(inferredAt - preprocessedAt),
+      totalMs: Math.max(0, finished - data.acceptedAt),
+    },
+    input: { format: data.input.format, bytes: data.input.bytes, ...prepared.descriptors },
   };
+  const embedding =
+    deps.eventEmbeddings && output!.embedding ? Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) : undefined;
+  return { result, embedding };
+}
+
+async function commitCompleted(
+  deps: ProcessorDeps,
+  run: Attempt,
+  result: CompletedResult,
+  embedding: number[] | undefined,
+  report: Report,
+): Promise<InferenceJobReturn> {
+  const outcome = await deps.jobs.commit(result, {
+    ...commitTarget(deps, run),
+    event: predictionEvent(result, deps.model, embedding),
+  });
+  if (outcome !== 'published') {
+    // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
+    run.log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
+    report('not_published');
+    return DUPLICATE;
+  }
+  deps.counts.committedCompleted();
+  report('completed');
+  const { prediction, model, timings } = result;
+  run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
+  return { label: prediction.label };
+}
+
+/**
+ * A failed attempt: handed back (shutdown), failed for good (bad input, committed as such), or
+ * retried by BullMQ, except on the last attempt, whose failure is committed so callers are told.
+ * Always throws, which is how BullMQ learns which.
+ */
+async function failAttempt(
+  deps: ProcessorDeps,
+  run: Attempt,
+  modelRef: ModelRef,
+  error: unknown,
+  report: Report,
+): Promise<never> {
+  if (error instanceof WaitingError) {
+    report('handed_back');
+    throw error;
+  }
+  const problem = error instanceof ProblemError ? error : undefined;
+  const permanent = problem?.permanent ?? false;
+  const lastAttempt = run.number >= (run.job.opts.attempts ?? 1);
+  report(permanent ? 'failed_permanent' : 'failed_transient');
+  if (permanent || lastAttempt) {
+    const failure = problem ?? new ProblemError('inference-failed', 'The model could not process this image');
+    const result: FailedResult = {
+      ...resultBase(deps, run),
+      status: 'failed',
+      finishedAt: new Date().toISOString(),
+      model: modelRef,
+      error: problemBody(failure),
+    };
+    if ((await deps.jobs.commit(result, commitTarget(deps, run))) === 'published') deps.counts.committedFailed();
+  }
+  if (problem && permanent) {
+    run.log.info({ problem: problem.slug, detail: problem.detail }, 'rejected input');
+    throw new UnrecoverableError(problem.message);
+  }
+  run.log.warn({ err: error, lastAttempt }, 'job failed; BullMQ retries it unless this was the last attempt');
+  throw error;
+}
+
+/** The fields every result of this attempt has, completed or failed. */
+function resultBase(deps: ProcessorDeps, run: Attempt) {
+  return {
+    id: run.jobId,
+    requestId: run.data.requestId,
+    acceptedAt: new Date(run.data.acceptedAt).toISOString(),
+    attempt: run.number,
+    worker: deps.workerId,
+  };
+}
+
+/** Where a commit goes and who is told: the waiting gateway, the lock held, the bytes to release. */
+function commitTarget(deps: ProcessorDeps, run: Attempt) {
+  return { replyTo: run.data.replyTo, token: run.token, inputBytes: run.data.input.bytes, queue: deps.queue };
+}
+
+function queueMs(run: Attempt): number {
+  return Math.max(0, (run.job.processedOn ?? run.startedAt) - run.data.acceptedAt);
 }
 
 function ms(value: number): number {
@@ -226,7 +282,7 @@ function ms(value: number): number {
  * During a shutdown whose budget ran out, jobs not yet past their expensive step go straight
  * back to the wait list for another worker, instead of waiting for their lock to expire.
  */
-async function handBackIfCancelled(job: Job, token: string | undefined, signal: AbortSignal | undefined): Promise<void> {
+async function handBackIfCancelled({ job, token, signal }: Attempt): Promise<void> {
   if (!signal?.aborted || !token) return;
   await job.moveToWait(token);
   throw new WaitingError();

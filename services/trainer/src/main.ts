@@ -9,7 +9,7 @@ import { MlflowAuthError, MlflowClient, type Run } from '@conveyor/shared/mlflow
 import { ValidationError } from '@conveyor/shared/validation/suite';
 import { TrainerConfig } from './config.js';
 import { readMnistSource, readSnapshot, toImages, writeSnapshot } from './pipeline/ingest.js';
-import { FeatureCache, trainRun } from './pipeline/pipeline.js';
+import { FeatureCache, trainRun } from './pipeline/train-run.js';
 import { runAll } from './pipeline/run-all.js';
 import { trackRun } from './pipeline/track.js';
 import { readTrainConfig } from './pipeline/train-config.js';

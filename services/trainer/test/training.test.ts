@@ -6,7 +6,7 @@ import { buildNetwork, type ArchitectureConfig } from '../src/nn/architectures.j
 import { tf, useWasmBackend } from '../src/nn/backend.js';
 import { toFeatures, type FeatureSet } from '../src/pipeline/features.js';
 import { loadMnist, splitDataset } from '../src/pipeline/ingest.js';
-import { DIGIT_PREPROCESS } from '../src/pipeline/pipeline.js';
+import { DIGIT_PREPROCESS } from '../src/pipeline/train-run.js';
 import { predict, train } from '../src/pipeline/train.js';
 import { TrainConfig } from '../src/pipeline/train-config.js';
 

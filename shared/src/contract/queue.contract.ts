@@ -151,15 +151,26 @@ export const Timings = z.object({
 });
 export type Timings = z.infer<typeof Timings>;
 
+/** What preprocessing measures of an image (see model/preprocess.ts), without the upload's own facts. */
+export const ImageDescriptors = z.object({
+  /** Size of the image as uploaded, after EXIF orientation. */
+  width: z.number().int().positive(),
+  height: z.number().int().positive(),
+  /** Mean and standard deviation of the gray level (0–1) at working resolution, before inversion. */
+  brightness: z.number().min(0).max(1),
+  contrast: z.number().min(0).max(1),
+  /** Share of pixels that are ink after normalisation (0–1). */
+  inkRatio: z.number().min(0).max(1),
+  /** Whether the image was inverted to light-on-dark. */
+  inverted: z.boolean(),
+});
+export type ImageDescriptors = z.infer<typeof ImageDescriptors>;
+
+/** Cheap facts about an input, published with every prediction for drift monitoring. */
 export const InputDescriptors = z.object({
   format: ImageFormat,
   bytes: z.number().int().positive(),
-  width: z.number().int().positive(),
-  height: z.number().int().positive(),
-  brightness: z.number().min(0).max(1),
-  contrast: z.number().min(0).max(1),
-  inkRatio: z.number().min(0).max(1),
-  inverted: z.boolean(),
+  ...ImageDescriptors.shape,
 });
 export type InputDescriptors = z.infer<typeof InputDescriptors>;
 
@@ -241,6 +252,26 @@ export function servingName(record: { readonly name?: string | undefined; readon
   return record.name ?? record.model.name;
 }
 
+/**
+ * The event of a completed job: the result's own fields, so the two cannot disagree, and the name
+ * the model is served under (its queue's; the loaded model's own name may differ).
+ */
+export function predictionEvent(result: CompletedResult, name: string, embedding?: readonly number[]): PredictionEvent {
+  return {
+    kind: 'prediction',
+    version: 1,
+    name,
+    jobId: result.id,
+    requestId: result.requestId,
+    at: result.finishedAt,
+    model: result.model,
+    prediction: result.prediction,
+    timings: result.timings,
+    input: result.input,
+    ...(embedding ? { embedding: [...embedding] } : {}),
+  };
+}
+
 /** One model a worker serves: warm (it has answered a synthetic input) and taking jobs from its queue. */
 export const ServedModel = z.object({
   /** The serving name (routes, queue); `model` is what is loaded under it. */
@@ -314,6 +345,17 @@ export const INFERENCE_JOB_OPTIONS = {
 } as const;
 
 export const INFERENCE_JOB_NAME = 'predict';
+
+/**
+ * What a worker's processor returns to BullMQ for an inference job (BullMQ's return value, not the
+ * result: that is committed under keys().result). With the payload and the name it types the queues
+ * on both sides: `Queue<InferenceJob, InferenceJobReturn, InferenceJobName>`.
+ */
+export interface InferenceJobReturn {
+  /** The predicted label, or 'duplicate' when another attempt had committed the job. */
+  readonly label: string;
+}
+export type InferenceJobName = typeof INFERENCE_JOB_NAME;
 
 /** Gateway → monitor, one entry per `POST /v1/feedback` on the feedback stream (field `event`). */
 export const FeedbackEvent = z.object({

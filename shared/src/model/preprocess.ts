@@ -1,4 +1,5 @@
 import sharp, { type Sharp } from 'sharp';
+import type { ImageDescriptors } from '../contract/queue.contract.js';
 import { ProblemError } from '../problem.js';
 import { checkDimensions } from './limits.js';
 import type { ModelManifest, PreprocessSpec } from './manifest.js';
@@ -26,24 +27,11 @@ export interface EncodedImage {
 
 export type ImageInput = RawImage | EncodedImage;
 
-/** Cheap facts about an input, published with every prediction for drift monitoring. */
-export interface InputDescriptors {
-  /** Size of the image as uploaded, after EXIF orientation. */
-  width: number;
-  height: number;
-  /** Mean and standard deviation of the gray level (0–1) at working resolution, before inversion. */
-  brightness: number;
-  contrast: number;
-  /** Share of pixels that are ink after normalisation (0–1). */
-  inkRatio: number;
-  /** Whether the image was inverted to light-on-dark. */
-  inverted: boolean;
-}
-
 export interface Prepared {
   /** One image, laid out as the model's input (without the batch dimension). */
   readonly tensor: Float32Array;
-  readonly descriptors: InputDescriptors;
+  /** Published with every prediction for drift monitoring (the contract's schema). */
+  readonly descriptors: ImageDescriptors;
 }
 
 export interface PreprocessOptions {

@@ -2,19 +2,13 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import type { Prediction } from '../contract/queue.contract.js';
 import { MANIFEST_FILE, ModelManifest } from './manifest.js';
 
 /**
  * A loaded model: its manifest and an onnxruntime session. Shared by the worker (serving) and the
  * trainer (offline evaluation), so both score an ONNX file with exactly the same code.
  */
-export interface Classification {
-  label: string;
-  index: number;
-  confidence: number;
-  top: { label: string; confidence: number }[];
-}
-
 export interface ModelOutput {
   probabilities: Float32Array;
   embedding?: Float32Array;
@@ -145,7 +139,7 @@ export function softmax(logits: Float32Array): Float32Array {
   return out;
 }
 
-export function classify(probabilities: Float32Array, labels: readonly string[], topK = 3): Classification {
+export function classify(probabilities: Float32Array, labels: readonly string[], topK = 3): Prediction {
   const ranked = Array.from(probabilities, (confidence, index) => ({ index, confidence }))
     .sort((a, b) => b.confidence - a.confidence)
     .slice(0, Math.min(topK, labels.length));

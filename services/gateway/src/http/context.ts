@@ -2,10 +2,10 @@ import type { ApiKeyIdentity } from '../access/api-keys.js';
 import type { Reservation } from '../jobs/admission.js';
 import type { UploadReservation } from '../intake/upload-guard.js';
 import type { PredictMode } from './metrics.js';
-import type { Queue } from 'bullmq';
 import type { ParameterizedContext } from 'koa';
 import type { ModelName } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
+import type { InferenceQueue } from '../jobs/model-queues.js';
 
 export interface GatewayState {
   /** From a well-formed X-Request-Id header, or generated; echoed back and carried into the job. */
@@ -24,7 +24,7 @@ export interface GatewayState {
   /** On predict requests, the model they are for, once it is known to exist (the metrics' `model` label). */
   model?: ModelName;
   /** That model's queue, where the job goes. */
-  queue?: Queue;
+  queue?: InferenceQueue;
   /** The API key the request was made with, when keys are required. */
   apiKey?: ApiKeyIdentity;
 }

@@ -1,5 +1,5 @@
 import type { Middleware } from 'koa';
-import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
+import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import { isRedisUnavailable } from '@conveyor/shared/redis';
 import type { GatewayContext, GatewayState } from './context.js';
 
@@ -60,19 +60,13 @@ export function sendProblem(ctx: GatewayContext, problem: ProblemError): void {
   ctx.type = 'application/problem+json';
   if (retryAfterSeconds !== undefined) ctx.set('Retry-After', String(retryAfterSeconds));
   if (allow !== undefined) ctx.set('Allow', allow);
-  ctx.body = { ...problemBody(ctx, problem), ...(ctx.state.jobId ? { jobId: ctx.state.jobId } : {}), ...extra };
+  ctx.body = { ...answerBody(ctx, problem), ...(ctx.state.jobId ? { jobId: ctx.state.jobId } : {}), ...extra };
 }
 
-/** The RFC 9457 members every problem answer has. */
-export function problemBody(ctx: GatewayContext, problem: ProblemError): Record<string, unknown> {
-  return {
-    type: problemType(problem.slug),
-    title: problemCatalogue[problem.slug].title,
-    status: problem.status,
-    detail: problem.detail,
-    instance: ctx.originalUrl,
-    requestId: ctx.state.requestId,
-  };
+/** The RFC 9457 members every problem answer has (the slug is in `type` already). */
+export function answerBody(ctx: GatewayContext, problem: ProblemError): Record<string, unknown> {
+  const { slug: _slug, ...members } = problemBody(problem);
+  return { ...members, instance: ctx.originalUrl, requestId: ctx.state.requestId };
 }
 
 /** Maps what libraries throw (koa-body/formidable, co-body, the router, ioredis) to problems. */

@@ -1,6 +1,6 @@
 import type { Middleware } from 'koa';
 import { ProblemError } from '@conveyor/shared/problem';
-import { problemBody } from '../http/problem.middleware.js';
+import { answerBody } from '../http/problem.middleware.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 
 /**
@@ -97,7 +97,7 @@ function watchBodyRate(ctx: GatewayContext, options: UploadGuardOptions): () => 
       connection: 'close',
       'x-request-id': ctx.state.requestId,
     });
-    ctx.res.end(JSON.stringify(problemBody(ctx, problem)), () => {
+    ctx.res.end(JSON.stringify(answerBody(ctx, problem)), () => {
       // The request too: once its answer is out, Node no longer aborts it with the socket, and the
       // body parser would wait for the rest forever (holding this request's budget).
       ctx.req.destroy();

@@ -1,6 +1,6 @@
-import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { ProblemError } from '@conveyor/shared/problem';
+import type { InferenceQueue } from './model-queues.js';
 
 /**
  * Backpressure: when more jobs wait than the workers can reasonably catch up with, new work is
@@ -34,7 +34,7 @@ export interface Reservation {
 // Admission counts bytes as well as jobs: images wait in Redis, and 100 async uploads of 3 MB with
 // no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). The queued-bytes counter
 // rises by what a request reserves (its declared length, corrected once the image is stored) and
-// falls when a worker commits the job's result (result-publisher.ts), once per job.
+// falls when a worker commits the job's result (JobStore.commit, shared/src/contract/job-store.ts), once per job.
 //
 // The scan over the reservations is bounded by the requests being admitted at that moment (each
 // gateway holds at most MAX_CONNECTIONS), not by the queue. The job hashes are read by name, as
@@ -111,7 +111,7 @@ export class Admission {
   }
 
   /** The waiting jobs of `queue`, read at most every `refreshMs` (for the metrics gauge; admission is exact). */
-  async waiting(queue: Queue): Promise<number> {
+  async waiting(queue: InferenceQueue): Promise<number> {
     let reading = this.depths.get(queue.name);
     if (!reading) this.depths.set(queue.name, (reading = { depth: 0, readAt: 0 }));
     if (Date.now() - reading.readAt < this.refreshMs) return reading.depth;
@@ -131,7 +131,7 @@ export class Admission {
    * A place on `queue` (one model's) for the job `jobId` will have; `bytes`: what it may store (its
    * declared length, or the upload limit).
    */
-  async admit(queue: Queue, jobId: string, bytes: number): Promise<Reservation> {
+  async admit(queue: InferenceQueue, jobId: string, bytes: number): Promise<Reservation> {
     const { wait, prioritized } = queue.keys;
     const reserved = this.keys.reserved(queue.name);
     const { queuedBytes } = this.keys;

@@ -1,6 +1,6 @@
-import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
-import { JobResult, type Keys } from '@conveyor/shared/contract/queue.contract';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
+import type { JobResult } from '@conveyor/shared/contract/queue.contract';
+import type { InferenceQueue } from './model-queues.js';
 
 /** The public view of a job: its stored result once finished, else its place in BullMQ. */
 export type JobView =
@@ -12,7 +12,7 @@ export type JobView =
 /** A model's queue, to look a job up in. */
 export interface ModelQueue {
   readonly model: string;
-  readonly queue: Queue;
+  readonly queue: InferenceQueue;
 }
 
 /**
@@ -24,8 +24,7 @@ export class JobLookup {
   constructor(
     /** Every known model's queue (a promise: the gateway may have to read which models exist first). */
     private readonly queues: () => Promise<readonly ModelQueue[]>,
-    private readonly redis: Redis,
-    private readonly keys: Keys,
+    private readonly results: JobStore,
   ) {}
 
   async find(id: string): Promise<JobView | undefined> {
@@ -66,8 +65,7 @@ export class JobLookup {
     return stored ? { kind: 'finished', result: stored } : undefined;
   }
 
-  private async readResult(id: string): Promise<JobResult | undefined> {
-    const raw = await this.redis.get(this.keys.result(id));
-    return raw === null ? undefined : JobResult.parse(JSON.parse(raw));
+  private readResult(id: string): Promise<JobResult | undefined> {
+    return this.results.readResult(id);
   }
 }

@@ -1,16 +1,34 @@
-import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import {
   INFERENCE_JOB_NAME,
   INFERENCE_JOB_OPTIONS,
   type InferenceJob,
-  type Keys,
+  type ModelName,
 } from '@conveyor/shared/contract/queue.contract';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
+import type { ImageFacts } from '../intake/inspect-image.js';
+import type { PredictInput } from '../intake/read-input.js';
+import type { InferenceQueue } from './model-queues.js';
+
+/** What a predict request knows once its image passed the checks: everything a job is made of. */
+export interface Submission {
+  /** The queue of the model the job is for. */
+  readonly queue: InferenceQueue;
+  readonly model: ModelName;
+  /** Chosen by the gateway (at admission), so it can wait for the job before it exists. */
+  readonly jobId: string;
+  readonly requestId: string;
+  /** When the gateway accepted the request (epoch ms). */
+  readonly acceptedAt: number;
+  readonly input: PredictInput;
+  readonly bytes: Buffer;
+  readonly facts: ImageFacts;
+  /** This gateway instance, when a request waits for the job's reply; absent for fire-and-poll. */
+  readonly replyTo?: string | undefined;
+}
 
 /**
- * Where an upload becomes a job: the image bytes go to their own key as a binary string (not as
- * base64 inside the job's JSON), then the job is added with an id chosen by the gateway, so the
- * gateway can wait for it before it exists.
+ * Where an upload becomes a job: the job's payload is built here from what the request learnt, the
+ * image bytes go to their own key (JobStore.putInput), then the job is added with the gateway's id.
  *
  * Both commands go out on the queue's own connection without waiting for each other: Redis runs a
  * connection's commands in order, so no worker can see the job before its image, and the request
@@ -20,26 +38,46 @@ import {
  */
 export class JobSubmitter {
   constructor(
-    /** The connection every model's queue was built with: the ordering above holds only on one connection. */
-    private readonly queueConnection: Redis,
-    private readonly keys: Keys,
+    /** Built on the connection every model's queue was built with: the ordering above holds only on one connection. */
+    private readonly inputs: JobStore,
     private readonly inputTtlSeconds: number,
   ) {}
 
-  /** Queues `job` on `queue`, the queue of the model it is for. */
-  async submit(queue: Queue, jobId: string, bytes: Buffer, job: InferenceJob): Promise<void> {
-    const input = this.keys.input(jobId);
+  /** Queues the job a submission describes on its model's queue. */
+  async submit(submission: Submission): Promise<void> {
+    const { queue, jobId, bytes } = submission;
     const [stored, added] = await Promise.allSettled([
-      this.queueConnection.set(input, bytes, 'EX', this.inputTtlSeconds),
-      queue.add(INFERENCE_JOB_NAME, job, { ...INFERENCE_JOB_OPTIONS, jobId }),
+      this.inputs.putInput(jobId, bytes, this.inputTtlSeconds),
+      queue.add(INFERENCE_JOB_NAME, inferenceJob(submission), { ...INFERENCE_JOB_OPTIONS, jobId }),
     ]);
     if (stored.status === 'fulfilled' && added.status === 'fulfilled') return;
     // Leave neither half behind: a job without its image would fail, an image without a job would
     // hold memory until its TTL.
     await Promise.allSettled([
-      stored.status === 'fulfilled' ? this.queueConnection.del(input) : undefined,
+      stored.status === 'fulfilled' ? this.inputs.dropInput(jobId) : undefined,
       added.status === 'fulfilled' ? queue.remove(jobId) : undefined,
     ]);
     throw stored.status === 'rejected' ? stored.reason : (added as PromiseRejectedResult).reason;
   }
+}
+
+/** The job's payload, as the contract has it (the image itself is under its own key). */
+export function inferenceJob(submission: Submission): InferenceJob {
+  const { input, facts, bytes, replyTo } = submission;
+  return {
+    kind: 'inference',
+    version: 1,
+    requestId: submission.requestId,
+    ...(replyTo ? { replyTo } : {}),
+    acceptedAt: submission.acceptedAt,
+    model: submission.model,
+    input: {
+      ...facts,
+      bytes: bytes.length,
+      source:
+        input.kind === 'url'
+          ? { kind: 'url', url: input.url.href }
+          : { kind: 'upload', ...(input.filename ? { filename: input.filename } : {}) },
+    },
+  };
 }

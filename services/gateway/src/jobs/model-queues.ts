@@ -1,6 +1,15 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { inferenceQueue, type ModelName } from '@conveyor/shared/contract/queue.contract';
+import {
+  inferenceQueue,
+  type InferenceJob,
+  type InferenceJobName,
+  type InferenceJobReturn,
+  type ModelName,
+} from '@conveyor/shared/contract/queue.contract';
+
+/** A model's BullMQ queue, typed by the contract: its jobs' payload, return value and name. */
+export type InferenceQueue = Queue<InferenceJob, InferenceJobReturn, InferenceJobName>;
 
 /**
  * The BullMQ queue of each model (inferenceQueue), made the first time a model is routed to. Only
@@ -9,19 +18,22 @@ import { inferenceQueue, type ModelName } from '@conveyor/shared/contract/queue.
  * and the job going out on the same connection, and a Queue never blocks it.
  */
 export class ModelQueues {
-  private readonly queues = new Map<ModelName, Queue>();
+  private readonly queues = new Map<ModelName, InferenceQueue>();
 
   constructor(
     private readonly connection: Redis,
     private readonly prefix: string,
     /** Called once per new queue (error logging, the dashboard). */
-    private readonly onCreate: (queue: Queue, model: ModelName) => void = () => undefined,
+    private readonly onCreate: (queue: InferenceQueue, model: ModelName) => void = () => undefined,
   ) {}
 
-  get(model: ModelName): Queue {
+  get(model: ModelName): InferenceQueue {
     let queue = this.queues.get(model);
     if (!queue) {
-      queue = new Queue(inferenceQueue(model), { connection: this.connection, prefix: this.prefix });
+      queue = new Queue<InferenceJob, InferenceJobReturn, InferenceJobName>(inferenceQueue(model), {
+        connection: this.connection,
+        prefix: this.prefix,
+      });
       this.queues.set(model, queue);
       this.onCreate(queue, model);
     }

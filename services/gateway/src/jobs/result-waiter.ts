@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
-import { JobResult, ReplyMessage, type Keys } from '@conveyor/shared/contract/queue.contract';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
+import { ReplyMessage, type JobResult, type Keys } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
@@ -31,7 +32,7 @@ export class ResultWaiter {
 
   constructor(
     private readonly subscriber: Redis,
-    private readonly reader: Redis,
+    private readonly results: JobStore,
     private readonly keys: Keys,
     readonly gatewayId: string,
     private readonly log: Logger,
@@ -98,18 +99,16 @@ export class ResultWaiter {
   }
 
   private async sweep(minAgeMs: number): Promise<void> {
-    if (this.sweeping || this.pending.size === 0 || this.reader.status !== 'ready') return;
+    if (this.sweeping || this.pending.size === 0 || !this.results.ready) return;
     this.sweeping = true;
     try {
       const cutoff = Date.now() - minAgeMs;
       const ids = [...this.pending.entries()].filter(([, p]) => p.registeredAt <= cutoff).map(([id]) => id);
       for (let i = 0; i < ids.length; i += 500) {
         const batch = ids.slice(i, i + 500);
-        const values = await this.reader.mget(batch.map((id) => this.keys.result(id)));
-        values.forEach((value, j) => {
-          if (value === null) return;
-          const result = JobResult.safeParse(JSON.parse(value));
-          if (result.success) this.pending.get(batch[j]!)?.settle(result.data);
+        const results = await this.results.readResults(batch);
+        results.forEach((result, j) => {
+          if (result) this.pending.get(batch[j]!)?.settle(result);
         });
       }
     } catch (error) {

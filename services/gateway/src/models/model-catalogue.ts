@@ -8,7 +8,7 @@ import {
   type WorkerHeartbeat,
 } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
-import { liveWorkers } from '../jobs/worker-registry.js';
+import { liveWorkers } from './live-workers.js';
 
 /**
  * Which models exist and which of them can answer now, as the gateway learns it from the workers:

@@ -3,7 +3,8 @@ import type Router from '@koa/router';
 import type { Redis } from 'ioredis';
 import { koaBody } from 'koa-body';
 import { z } from 'zod';
-import { JobResult, type FeedbackEvent, type Keys } from '@conveyor/shared/contract/queue.contract';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
+import type { FeedbackEvent, Keys } from '@conveyor/shared/contract/queue.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
 
@@ -16,7 +17,7 @@ const FeedbackBody = z.object({ jobId: z.uuid(), label: z.string().trim().min(1)
  */
 export function registerFeedbackRoute(
   router: Router<GatewayState>,
-  deps: { redis: Redis; keys: Keys; resultTtlSeconds: number; access: Access },
+  deps: { redis: Redis; keys: Keys; jobs: JobStore; access: Access },
 ): void {
   router.post(
     '/v1/feedback',
@@ -28,10 +29,8 @@ export function registerFeedbackRoute(
       if (!parsed.success) throw new ProblemError('invalid-request', 'Expected {"jobId": "<uuid>", "label": "<class>"}');
       const { jobId, label } = parsed.data;
       ctx.state.jobId = jobId;
-      const raw = await deps.redis.get(deps.keys.result(jobId));
-      if (raw === null)
-        throw new ProblemError('not-found', `No job ${jobId}: unknown, not finished yet, or its result has expired`);
-      const result = JobResult.parse(JSON.parse(raw));
+      const result = await deps.jobs.readResult(jobId);
+      if (!result) throw new ProblemError('not-found', `No job ${jobId}: unknown, not finished yet, or its result has expired`);
       if (result.status !== 'completed')
         throw new ProblemError('conflict', `Job ${jobId} failed; there is no prediction to compare with`);
       // A label the model cannot predict is not ground truth for it (150 forged "banana" labels
@@ -45,8 +44,6 @@ export function registerFeedbackRoute(
       if (!labels.includes(label)) {
         throw new ProblemError('invalid-request', `${model} has no label "${label}"`, labels.length <= 100 ? { labels } : {});
       }
-      const first = await deps.redis.set(deps.keys.feedback(jobId), label, 'EX', deps.resultTtlSeconds, 'NX');
-      if (first !== 'OK') throw new ProblemError('conflict', `Feedback for job ${jobId} was already recorded`);
       const event: FeedbackEvent = {
         kind: 'feedback',
         version: 1,
@@ -55,7 +52,8 @@ export function registerFeedbackRoute(
         at: new Date().toISOString(),
         requestId: ctx.state.requestId,
       };
-      await deps.redis.xadd(deps.keys.feedbackStream, 'MAXLEN', '~', 100_000, '*', 'event', JSON.stringify(event));
+      if ((await deps.jobs.recordFeedback(event)) === 'duplicate')
+        throw new ProblemError('conflict', `Feedback for job ${jobId} was already recorded`);
       ctx.status = 202;
       ctx.body = { jobId, label, status: 'accepted', predicted: result.prediction.label, model: result.model };
     },

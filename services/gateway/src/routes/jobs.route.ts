@@ -1,7 +1,7 @@
 import type { Access } from '../access/access.middleware.js';
 import type Router from '@koa/router';
 import { z } from 'zod';
-import { problemCatalogue, problemType, ProblemError } from '@conveyor/shared/problem';
+import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
 import type { JobLookup } from '../jobs/job-lookup.js';
 
@@ -31,15 +31,5 @@ export function registerJobRoutes(router: Router<GatewayState>, lookup: JobLooku
 }
 
 function lostJob(id: string, reason: string) {
-  return {
-    id,
-    status: 'failed',
-    error: {
-      type: problemType('inference-failed'),
-      title: problemCatalogue['inference-failed'].title,
-      status: 500,
-      detail: reason,
-      slug: 'inference-failed',
-    },
-  };
+  return { id, status: 'failed', error: problemBody(new ProblemError('inference-failed', reason)) };
 }

@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import type Router from '@koa/router';
-import type { InferenceJob } from '@conveyor/shared/contract/queue.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayConfig } from '../config.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
@@ -82,24 +81,18 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
 
     // Registered before the job exists, so the reply cannot arrive before anyone listens.
     const ticket = prefer.respondAsync || prefer.waitSeconds === 0 ? undefined : deps.waiter.register(jobId);
-    const job: InferenceJob = {
-      kind: 'inference',
-      version: 1,
-      requestId: ctx.state.requestId,
-      ...(ticket ? { replyTo: deps.waiter.gatewayId } : {}),
-      acceptedAt,
-      model: ctx.state.model,
-      input: {
-        ...facts,
-        bytes: bytes.length,
-        source:
-          input.kind === 'url'
-            ? { kind: 'url', url: input.url.href }
-            : { kind: 'upload', ...(input.filename ? { filename: input.filename } : {}) },
-      },
-    };
     try {
-      await deps.submitter.submit(ctx.state.queue!, jobId, bytes, job);
+      await deps.submitter.submit({
+        queue: ctx.state.queue!,
+        model: ctx.state.model!,
+        jobId,
+        requestId: ctx.state.requestId,
+        acceptedAt,
+        input,
+        bytes,
+        facts,
+        replyTo: ticket ? deps.waiter.gatewayId : undefined,
+      });
       // Queued: it counts as waiting now, and its image as queued bytes.
       ctx.state.reservation?.queued(bytes.length);
     } catch (error) {

@@ -1,9 +1,17 @@
-import { Worker, type Processor } from 'bullmq';
+import { Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { ModelAnnouncement, ServedModel } from '@conveyor/shared/contract/queue.contract';
+import type {
+  InferenceJob,
+  InferenceJobName,
+  InferenceJobReturn,
+  ModelAnnouncement,
+  ServedModel,
+} from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
 import type { ModelPlan } from '../config.js';
+import type { InferenceProcessor } from '../inference.processor.js';
+import { JobCounts } from '../job-counts.js';
 import type { ModelMetricsSource } from '../metrics/worker-metrics.js';
 import { ModelHost } from './model-host.js';
 import { ModelWatcher } from './model-watcher.js';
@@ -23,12 +31,15 @@ export interface BullOptions {
   readonly stalledIntervalMs: number;
 }
 
+/** A BullMQ Worker typed by the contract: its jobs' payload, return value and name. */
+export type InferenceWorker = Worker<InferenceJob, InferenceJobReturn, InferenceJobName>;
+
 export class ModelServing {
   readonly host: ModelHost;
-  /** Jobs of this model being processed now. */
-  readonly inFlight = { count: 0 };
+  /** This model's jobs: in flight now, committed so far. */
+  readonly counts = new JobCounts();
   private watcher: ModelWatcher | undefined;
-  private worker: Worker | undefined;
+  private worker: InferenceWorker | undefined;
   private closed = false;
   private readonly stopping = new AbortController();
 
@@ -44,7 +55,7 @@ export class ModelServing {
   }
 
   /** The BullMQ Worker, once it takes jobs. */
-  get bullWorker(): Worker | undefined {
+  get bullWorker(): InferenceWorker | undefined {
     return this.worker;
   }
 
@@ -68,9 +79,9 @@ export class ModelServing {
   }
 
   /** Starts taking jobs from the model's queue (once it is warm); false if shutting down already. */
-  start(processor: Processor, bull: BullOptions, onError: (error: Error) => void): boolean {
+  start(processor: InferenceProcessor, bull: BullOptions, onError: (error: Error) => void): boolean {
     if (this.closed || !this.host.loaded || this.worker) return false;
-    this.worker = new Worker(this.plan.queue, processor, {
+    this.worker = new Worker<InferenceJob, InferenceJobReturn, InferenceJobName>(this.plan.queue, processor, {
       // The models' Workers share this connection for their commands; each duplicates it for its blocking reads.
       connection: bull.connection,
       prefix: bull.prefix,
@@ -116,7 +127,7 @@ export class ModelServing {
       name: this.plan.name,
       concurrency: this.plan.concurrency,
       ref: () => this.host.ref,
-      inFlight: () => this.inFlight.count,
+      inFlight: () => this.counts.inFlight,
     };
   }
 

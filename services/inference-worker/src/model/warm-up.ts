@@ -1,5 +1,5 @@
 import { ModelLoadError, type LoadedModel, type LoadOptions } from '@conveyor/shared/model/runtime';
-import { loadCheckedModel } from '@conveyor/shared/validation/model-folder';
+import { loadCheckedModel } from '@conveyor/shared/validation/model-folder-checks';
 
 /**
  * A model is announced (listed in the worker's heartbeat, so gateways route to it) only once it has

@@ -3,7 +3,7 @@ import { ModelName } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError, type MlflowClient } from '@conveyor/shared/mlflow/client';
 import { REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
-import { readReferenceProfile } from '@conveyor/shared/validation/model-folder';
+import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-checks';
 import type { TrackedModel } from '../store/store-records.js';
 
 /**

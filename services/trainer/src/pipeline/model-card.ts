@@ -1,4 +1,4 @@
-import type { RunResult } from './pipeline.js';
+import type { RunResult } from './train-run.js';
 
 /**
  * MODEL_CARD.md, generated from the runs of `make train` so the table is the measurement, not a

@@ -6,7 +6,7 @@ import type { MlflowClient, ModelVersion } from '@conveyor/shared/mlflow/client'
 import { registerRun } from '../registry/register.js';
 import { readMnistSource, toImages, writeSnapshot, type SourceDataset } from './ingest.js';
 import { modelCard, type CardRun } from './model-card.js';
-import { FeatureCache, publishModelFolder, selectBest, trainRun, type RunResult } from './pipeline.js';
+import { FeatureCache, publishModelFolder, selectBest, trainRun, type RunResult } from './train-run.js';
 import { trackRun, type TrackedRun } from './track.js';
 import { readTrainConfig } from './train-config.js';
 import { readSuite, requireValid, validateDataset, writeValidationReport } from './validate.js';

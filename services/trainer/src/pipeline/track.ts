@@ -7,7 +7,7 @@ import type { Logger } from '@conveyor/shared/logger';
 import type { MetricPoint, MlflowClient } from '@conveyor/shared/mlflow/client';
 import { reportToMarkdown, type ValidationReport } from '@conveyor/shared/validation/suite';
 import type { Dataset } from './ingest.js';
-import type { RunResult } from './pipeline.js';
+import type { RunResult } from './train-run.js';
 import { mlmodelYaml } from './reports.js';
 
 /**

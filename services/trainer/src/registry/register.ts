@@ -1,6 +1,6 @@
 import type { Logger } from '@conveyor/shared/logger';
 import type { MlflowClient, ModelVersion } from '@conveyor/shared/mlflow/client';
-import type { RunMetrics } from '../pipeline/pipeline.js';
+import type { RunMetrics } from '../pipeline/train-run.js';
 
 /**
  * Register: a run's model folder becomes a new version of the registered model, carrying the

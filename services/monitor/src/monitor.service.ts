@@ -1,9 +1,8 @@
-import type { Server } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { mlflowCredentials } from '@conveyor/shared/config';
-import type { ShutdownStep } from '@conveyor/shared/lifecycle';
+import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
@@ -18,23 +17,16 @@ import { MonitorStore } from './store/monitor-store.js';
 import { oneByOne, StreamConsumer } from './store/stream-consumer.js';
 import { DriftViews } from './views/drift-view.js';
 
-/**
- * The monitor process, built by hand from its configuration: Redis connections, the reference
- * profiles, the alert sink, the two stream consumers, the HTTP server and the timers. `start`
- * resolves once it listens; its `shutdownSteps` stop taking events, finish the batch in hand,
- * deliver pending webhooks and close Redis last.
- */
-export class RegistryAccessError extends Error {
-  /** EX_NOPERM: refused credentials are a configuration error, not something a restart mends. */
-  readonly exitCode = 77;
-}
-
-export interface RunningMonitor {
+export interface MonitorService extends Service {
+  /** The port of its HTTP endpoint (the one chosen by the system when MONITOR_PORT is 0). */
   readonly port: number;
-  readonly shutdownSteps: readonly ShutdownStep[];
 }
 
-export async function startMonitor(config: MonitorConfig, baseLog: Logger): Promise<RunningMonitor> {
+/**
+ * The monitor, wired from its configuration (the body main.ts had): Redis, the reference profiles,
+ * the stream consumers, the HTTP endpoint. main.ts runs it as a process; tests may start it in-process.
+ */
+export async function startMonitor(config: MonitorConfig, baseLog: Logger): Promise<MonitorService> {
   const consumerName = `${os.hostname()}-${process.pid}`;
   const log = baseLog.child({ consumer: consumerName });
   const keys = keysOf(config.REDIS_PREFIX);
@@ -51,18 +43,17 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
   const mlflow = config.MLFLOW_TRACKING_URI
     ? new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) })
     : undefined;
-  // Refused credentials are reported now, not as reference profiles that silently never load; an
-  // unreachable registry is not an error (profiles are fetched when needed).
-  try {
-    await mlflow?.checkAccess();
-  } catch (error) {
-    if (error instanceof MlflowAuthError) {
-      await Promise.all(connections.map((r) => closeRedis(r)));
-      throw new RegistryAccessError(error.message, { cause: error });
+  // Refused credentials are a configuration error to report now (exit 77, EX_NOPERM), not reference
+  // profiles that silently never load; an unreachable registry is not (profiles are fetched when needed).
+  await mlflow?.checkAccess().catch(async (error: unknown) => {
+    if (!(error instanceof MlflowAuthError)) {
+      log.warn({ err: error }, 'MLflow unreachable at start-up; reference profiles are fetched from it when needed');
+      return;
     }
-    log.warn({ err: error }, 'MLflow unreachable at start-up; reference profiles are fetched from it when needed');
-  }
-
+    log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
+    await Promise.all(connections.map((r) => closeRedis(r)));
+    throw new ServiceFailure('MLflow refused the credentials', 77, true, { cause: error });
+  });
   const store = new MonitorStore(redis, config.REDIS_PREFIX);
   const profiles = new ProfileSource(
     {
@@ -104,7 +95,12 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
   );
   const views = new DriftViews(store, profiles, windows);
 
-  const consumerOptions = { group: 'monitor', consumer: consumerName, blockMs: 1000, claimIdleMs: config.CLAIM_IDLE_MS };
+  const consumerOptions = {
+    group: 'monitor',
+    consumer: consumerName,
+    blockMs: 1000,
+    claimIdleMs: config.CLAIM_IDLE_MS,
+  };
   const predictions = new StreamConsumer(
     predictionsConnection,
     // Large reads: the per-read costs (round trips, the script call, the XACK) are shared by the batch.
@@ -153,35 +149,32 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
         )
       : undefined;
 
-  const shutdownSteps: ShutdownStep[] = [
+  const stop = stopSteps(log, [
     { name: 'stop consuming', run: () => Promise.all([predictions.stop(), feedback.stop()]) },
     {
       name: 'timers and http',
       run: async () => {
         clearInterval(sweeper);
         clearInterval(reporter);
-        await closeServer(server);
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeAllConnections();
+        });
       },
     },
     { name: 'webhook deliveries', run: () => alerts.drain() },
     { name: 'redis', run: () => Promise.all(connections.map((r) => closeRedis(r))) },
-  ];
+  ]);
 
   await Promise.all([predictions.start(), feedback.start()]);
   const port = await new Promise<number>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.MONITOR_PORT, config.MONITOR_HOST, () => {
+      server.off('error', reject);
       const address = server.address();
       resolve(typeof address === 'object' && address ? address.port : config.MONITOR_PORT);
     });
   });
   log.info({ port, windowSize: config.WINDOW_SIZE }, 'monitor listening');
-  return { port, shutdownSteps };
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
+  return { stop, port };
 }

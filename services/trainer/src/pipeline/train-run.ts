@@ -9,7 +9,7 @@ import { EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME } from '../nn/architectures.js'
 import { evaluate, measureLatency, type Evaluation, type Latency } from './evaluate.js';
 import { toFeatures, type FeatureSet } from './features.js';
 import { splitDataset, type Dataset, type Split } from './ingest.js';
-import { contentVersion, writeModelFolder } from './model-folder.js';
+import { contentVersion, writeModelFolder } from './write-model-folder.js';
 import { buildReferenceProfile } from './profile.js';
 import { confusionMatrixPng } from './reports.js';
 import { predict, train, type EpochMetrics } from './train.js';

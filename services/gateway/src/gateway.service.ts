@@ -1,0 +1,174 @@
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import os from 'node:os';
+import { JobStore } from '@conveyor/shared/contract/job-store';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { stopSteps, type Service } from '@conveyor/shared/lifecycle';
+import type { Logger } from '@conveyor/shared/logger';
+import { closeRedis, connectionErrorLog, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { createApp } from './app.js';
+import type { GatewayConfig } from './config.js';
+import { dashboard } from './http/dashboard.js';
+import { HttpMetrics } from './http/metrics.js';
+import { createImageFetcher } from './intake/fetch-image.js';
+import { Admission } from './jobs/admission.js';
+import { UploadBudget } from './intake/upload-guard.js';
+import { createAccess } from './access/access.middleware.js';
+import { ApiKeyStore } from './access/api-keys.js';
+import { JobLookup } from './jobs/job-lookup.js';
+import { JobSubmitter } from './jobs/job-submitter.js';
+import { ModelQueues } from './jobs/model-queues.js';
+import { ResultWaiter } from './jobs/result-waiter.js';
+import { ModelCatalogue } from './models/model-catalogue.js';
+
+export interface GatewayService extends Service {
+  /** The port it listens on (the one chosen by the system when PORT is 0). */
+  readonly port: number;
+  /** This instance's reply channel name (workers answer waiting requests on it). */
+  readonly gatewayId: string;
+}
+
+/**
+ * The gateway, wired from its configuration: Redis connections, the model catalogue, admission,
+ * the result waiter, the Koa app and its HTTP server, listening once everything is ready. main.ts
+ * runs it as a process; tests start it in-process (PORT 0) and stop it.
+ */
+export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayService> {
+  const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+
+  const keys = keysOf(config.REDIS_PREFIX);
+  const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`, log);
+  const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`, log);
+  await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
+
+  // BullMQ does not close a connection it was given; shutdown closes it below.
+  const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`, log, {
+    enableAutoPipelining: false,
+  });
+  // BullMQ re-emits its connection's errors on every queue: one warning per outage, not one per reconnect attempt.
+  const queueErrors = connectionErrorLog(log, { error: 'queue error', restored: 'queue connection restored' });
+  queueConnection.on('ready', () => queueErrors.restored());
+  const board =
+    config.DASHBOARD_USER && config.DASHBOARD_PASSWORD
+      ? dashboard([], { user: config.DASHBOARD_USER, password: config.DASHBOARD_PASSWORD })
+      : undefined;
+  // One queue per model, made when first needed (the dashboard shows each from then on).
+  const queues = new ModelQueues(queueConnection, config.REDIS_PREFIX, (queue) => {
+    queue.on('error', (error) => queueErrors.error(error));
+    board?.add(queue);
+  });
+  const catalogue = new ModelCatalogue(
+    redis,
+    keys,
+    { defaultModel: config.DEFAULT_MODEL, configured: (config.MODELS ?? []).map((m) => m.name) },
+    log.child({ module: 'model-catalogue' }),
+  );
+  // Read once before serving: the models announced so far get their queues (and dashboard entries) now.
+  await catalogue.current();
+  for (const model of catalogue.known()) queues.get(model);
+  const admission = new Admission(
+    redis,
+    { reserved: keys.admissionReserved, queuedBytes: keys.queuedBytes },
+    { maxDepth: config.MAX_QUEUE_DEPTH, maxQueuedBytes: config.MAX_QUEUED_BYTES },
+  );
+  const metrics = new HttpMetrics({
+    queueDepths: async () => {
+      await catalogue.current();
+      return Promise.all(
+        catalogue.known().map(async (model) => ({ model, waiting: await admission.waiting(queues.get(model)) })),
+      );
+    },
+    liveWorkers: async () => (await catalogue.current()).workers.length,
+    modelWorkers: async () =>
+      [...(await catalogue.current()).models.values()].map((m) => ({ model: m.name, workers: m.workers })),
+  });
+  const jobs = new JobStore(redis, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS });
+  const waiter = new ResultWaiter(subscriber, jobs, keys, gatewayId, log.child({ module: 'result-waiter' }));
+  await waiter.start();
+
+  const app = createApp({
+    ...(board ? { dashboard: board.middleware } : {}),
+    config,
+    log,
+    redis,
+    keys,
+    jobs,
+    metrics,
+    catalogue,
+    queues,
+    admission,
+    uploadBudget: new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES),
+    access: createAccess(redis, config.REDIS_PREFIX, new ApiKeyStore(redis, keys.apiKeys), {
+      keysRequired: config.API_KEYS_REQUIRED,
+      ratePoints: config.RATE_LIMIT_REQUESTS,
+      rateWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
+    }),
+    waiter,
+    trustProxy: config.TRUST_PROXY,
+    // Every known model's queue: a job of any model can be polled.
+    lookup: new JobLookup(async () => {
+      await catalogue.current();
+      return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
+    }, jobs),
+    submitter: new JobSubmitter(
+      new JobStore(queueConnection, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS }),
+      config.INPUT_TTL_SECONDS,
+    ),
+    fetchImage: createImageFetcher({
+      maxBytes: config.MAX_UPLOAD_BYTES,
+      connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,
+      totalTimeoutMs: config.URL_TOTAL_TIMEOUT_MS,
+      maxRedirects: config.URL_MAX_REDIRECTS,
+      allowCidrs: config.URL_ALLOW_CIDRS,
+    }),
+  });
+
+  const handle = app.callback();
+  const server = createServer((req, res) => void handle(req, res));
+  // A request may legitimately wait SYNC_WAIT_MAX_SECONDS for its result; slow uploads may not linger forever.
+  server.requestTimeout = (config.SYNC_WAIT_MAX_SECONDS + 30) * 1000;
+  server.headersTimeout = 15_000;
+  // Node's default of 5 s races clients that keep idle connections about as long: a request sent
+  // on a connection the gateway is closing at that moment fails (EPIPE/ECONNRESET) before it is read.
+  // Idle connections are bounded by MAX_CONNECTIONS.
+  server.keepAliveTimeout = config.KEEP_ALIVE_TIMEOUT_MS;
+  server.maxConnections = config.MAX_CONNECTIONS;
+  const closed = new Promise<void>((resolve) => server.on('close', () => resolve()));
+
+  const stop = stopSteps(log, [
+    {
+      name: 'stop accepting connections',
+      run: () => {
+        server.close();
+        server.closeIdleConnections();
+        return Promise.resolve();
+      },
+    },
+    // Requests still waiting for a result get their 202 now; their jobs carry on without them.
+    { name: 'release waiting requests', run: () => waiter.close() },
+    {
+      name: 'finish in-flight requests',
+      run: async () => {
+        // Keep-alive connections would hold the server open forever; cut what is left at the budget.
+        const idle = setInterval(() => server.closeIdleConnections(), 100);
+        const budget = new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_BUDGET_MS - 500).unref());
+        await Promise.race([closed, budget]);
+        clearInterval(idle);
+        server.closeAllConnections();
+      },
+    },
+    { name: 'queues', run: () => queues.close() },
+    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber), closeRedis(queueConnection)]) },
+  ]);
+
+  const port = await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.PORT, config.HOST, () => {
+      server.off('error', reject);
+      const address = server.address();
+      resolve(typeof address === 'object' && address ? address.port : config.PORT);
+    });
+  });
+  log.info({ port, host: config.HOST, gatewayId }, 'gateway listening');
+  return { stop, port, gatewayId };
+}

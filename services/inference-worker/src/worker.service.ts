@@ -1,0 +1,197 @@
+import { createPublicKey, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import sharp from 'sharp';
+import { JobStore } from '@conveyor/shared/contract/job-store';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { mlflowCredentials } from '@conveyor/shared/config';
+import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
+import type { Logger } from '@conveyor/shared/logger';
+import { closeRedis, connectionErrorLog, createRedis, waitForReady } from '@conveyor/shared/redis';
+import type { WorkerConfig } from './config.js';
+import { drain } from './drain.js';
+import { ModelServing } from './model/model-serving.js';
+import { RegistrySource } from './model/registry-source.js';
+import { Heartbeat } from './heartbeat.js';
+import { startMetricsServer, type MetricsServer } from './metrics/metrics-server.js';
+import { WorkerMetrics } from './metrics/worker-metrics.js';
+import { createInferenceProcessor } from './inference.processor.js';
+import { restrictDecoders } from '@conveyor/shared/model/decoders';
+import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
+
+export interface WorkerService extends Service {
+  /** Settles once every model is warm and taking jobs; rejects (a ServiceFailure) if one cannot be served. */
+  readonly ready: Promise<void>;
+  readonly workerId: string;
+}
+
+/**
+ * An inference worker, wired from its configuration: the metrics endpoint first, Redis, then each
+ * configured model loaded, warmed up, taking jobs and announced, side by side. It returns once Redis
+ * is up; `ready` follows the models. main.ts runs it as a process; tests start it in-process.
+ */
+export async function startWorker(config: WorkerConfig, baseLog: Logger): Promise<WorkerService> {
+  const workerId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const log = baseLog.child({ workerId });
+
+  restrictDecoders();
+  sharp.cache(false); // every upload is new: libvips' operation cache would only hold memory
+  sharp.concurrency(config.SHARP_CONCURRENCY);
+
+  // Every configured model gets its own host, queue, concurrency and metrics series (the `model`
+  // label is bounded by MODELS); they load and warm up side by side, each taking jobs once it is warm.
+  const served = config.models.map((plan) => new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue })));
+  const metrics = new WorkerMetrics({ models: served.map((s) => s.metricsSource()) });
+  // Before the models and Redis: a taken port fails the start at once, and a worker still loading its
+  // models is already visible to Prometheus (up, no model_info yet).
+  let metricsServer: MetricsServer | undefined;
+  if (config.METRICS_PORT !== undefined) {
+    try {
+      metricsServer = await startMetricsServer(metrics.registry, config.METRICS_PORT, config.METRICS_HOST);
+    } catch (error) {
+      log.fatal(
+        { err: error, port: config.METRICS_PORT, host: config.METRICS_HOST },
+        'metrics endpoint could not listen; choose another METRICS_PORT (or leave it unset for none)',
+      );
+      throw new ServiceFailure('the metrics endpoint could not listen', 1, true, { cause: error });
+    }
+    log.info(
+      {
+        port: metricsServer.port,
+        host: config.METRICS_HOST,
+        url: `http://${config.METRICS_HOST.includes(':') ? `[${config.METRICS_HOST}]` : config.METRICS_HOST}:${metricsServer.port}/metrics`,
+      },
+      'metrics listening',
+    );
+  } else {
+    log.info('metrics endpoint off (METRICS_PORT unset)');
+  }
+
+  const keys = keysOf(config.REDIS_PREFIX);
+  const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
+  await waitForReady(redis, 30_000);
+  const jobs = new JobStore(redis, keys, {
+    resultTtlSeconds: config.RESULT_TTL_SECONDS,
+    predictionStreamMaxLen: config.PREDICTION_STREAM_MAXLEN,
+  });
+  // BullMQ does not close a connection it was given; shutdown closes it below.
+  const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`, log, {
+    enableAutoPipelining: false,
+  });
+  // BullMQ re-emits its connections' errors on every Worker: one warning per outage, not one per reconnect attempt.
+  const workerErrors = connectionErrorLog(log, { error: 'worker error', restored: 'worker connection restored' });
+  bullConnection.on('ready', () => workerErrors.restored());
+
+  const heartbeat = new Heartbeat(
+    redis,
+    keys,
+    workerId,
+    config.HEARTBEAT_INTERVAL_MS,
+    () => ({
+      models: served.flatMap((s) => s.served() ?? []),
+      announcements: served.flatMap((s) => s.announcement() ?? []),
+      processed: served.reduce((sum, s) => sum + s.counts.processed, 0),
+      failed: served.reduce((sum, s) => sum + s.counts.failed, 0),
+    }),
+    log,
+    config.HEALTH_FILE,
+  );
+
+  const inFlight = () => served.reduce((sum, s) => sum + s.counts.inFlight, 0);
+  const stop = stopSteps(log, [
+    {
+      name: 'drain jobs',
+      run: async () => {
+        for (const s of served) s.stopLoading();
+        await Promise.all(
+          served.flatMap((s) =>
+            s.bullWorker
+              ? [
+                  drain(s.bullWorker, config.SHUTDOWN_BUDGET_MS, log, {
+                    inFlight,
+                    redisReady: () => bullConnection.status === 'ready' && redis.status === 'ready',
+                  }),
+                ]
+              : [],
+          ),
+        );
+      },
+    },
+    { name: 'heartbeat', run: () => heartbeat.stop() },
+    { name: 'models', run: () => Promise.all(served.map((s) => s.close())) },
+    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(bullConnection)]) },
+    // Last, so the drain itself can be watched.
+    { name: 'metrics', run: () => metricsServer?.close() ?? Promise.resolve() },
+  ]);
+
+  const registry = config.MLFLOW_TRACKING_URI
+    ? {
+        client: new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) }),
+        signingKey: config.MODEL_SIGNING_PUBLIC_KEY_FILE
+          ? createPublicKey(readFileSync(config.MODEL_SIGNING_PUBLIC_KEY_FILE, 'utf8'))
+          : undefined,
+      }
+    : undefined;
+
+  /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
+  async function serve(model: ModelServing): Promise<void> {
+    const source = registry
+      ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
+      : undefined;
+    await model.load({ threads: config.ORT_THREADS, intervalMs: config.MODEL_POLL_INTERVAL_MS }, source);
+    const processor = createInferenceProcessor({
+      jobs,
+      model: model.name,
+      queue: model.plan.queue,
+      models: model.host,
+      workerId,
+      limits: { maxPixels: config.MAX_IMAGE_PIXELS, maxSide: config.MAX_IMAGE_SIDE, maxAspectRatio: config.MAX_ASPECT_RATIO },
+      preprocessTimeoutMs: config.PREPROCESS_TIMEOUT_MS,
+      topK: config.TOP_K,
+      eventEmbeddings: config.EVENT_EMBEDDINGS,
+      log: log.child({ modelName: model.name }),
+      counts: model.counts,
+      metrics: metrics.forModel(model.name),
+    });
+    const bull = {
+      connection: bullConnection,
+      prefix: config.REDIS_PREFIX,
+      lockDurationMs: config.LOCK_DURATION_MS,
+      stalledIntervalMs: config.STALLED_INTERVAL_MS,
+    };
+    if (!model.start(processor, bull, (error) => workerErrors.error(error))) return;
+    // The first warm model starts the heartbeat; each later one is announced at once, not at the next beat.
+    await heartbeat.announce();
+    const ref = model.host.ref;
+    log.info(
+      { modelName: model.name, model: ref, queue: model.plan.queue, concurrency: model.plan.concurrency },
+      'model announced',
+    );
+  }
+
+  // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
+  const ready = (async () => {
+    const outcomes = await Promise.allSettled(served.map((s) => serve(s)));
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failure) {
+      const error: unknown = failure.reason;
+      if (error instanceof MlflowAuthError) {
+        // Retrying cannot help: the same credentials get the same answer. Exit 77 (EX_NOPERM).
+        log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
+        throw new ServiceFailure('MLflow refused the credentials', 77, true, { cause: error });
+      }
+      log.fatal({ err: error }, 'a model could not be served; stopping');
+      throw new ServiceFailure('a model could not be served', 1, true, { cause: error });
+    }
+    if (served.every((s) => s.served())) {
+      log.info(
+        { models: served.map((s) => ({ name: s.name, queue: s.plan.queue, concurrency: s.plan.concurrency })) },
+        'worker ready',
+      );
+    }
+  })();
+  // Nobody may be listening yet (a test that only stops it); runService and tests read it.
+  ready.catch(() => undefined);
+  return { stop, ready, workerId };
+}

@@ -1,0 +1,188 @@
+import type { Redis } from 'ioredis';
+import { JobResult, type FeedbackEvent, type Keys, type PredictionEvent, type ReplyMessage } from './queue.contract.js';
+
+/** How a commit ended: only 'published' changed anything. */
+export type CommitOutcome = 'published' | 'already-published' | 'lock-lost';
+
+/** What an attempt finds when it takes a job's input. */
+export type TakenInput =
+  /** An earlier attempt committed the result and died before BullMQ recorded it. */
+  | { readonly finished: true }
+  /** `bytes` is null once the image expired (INPUT_TTL_SECONDS) or was never stored. */
+  | { readonly finished: false; readonly bytes: Buffer | null };
+
+export interface CommitOptions {
+  /** The gateway instance waiting for the job (`InferenceJob.replyTo`); none for fire-and-poll jobs. */
+  readonly replyTo?: string | undefined;
+  /** The prediction event for the monitor; none for failed jobs. */
+  readonly event?: PredictionEvent | undefined;
+  /** The BullMQ lock token of the attempt committing (without one, only the result is checked). */
+  readonly token?: string | undefined;
+  /** The size of the job's image, taken off the gateways' queued-bytes count (once per job). */
+  readonly inputBytes: number;
+  /** The queue the job is on (its lock lives under the queue's name). */
+  readonly queue: string;
+}
+
+export interface JobStoreOptions {
+  /** How long a result (and the once-per-job feedback mark) is kept. */
+  readonly resultTtlSeconds: number;
+  /** The approximate length the predictions stream is trimmed to (commits only). */
+  readonly predictionStreamMaxLen?: number;
+}
+
+/** The feedback stream is trimmed to about this many entries (the monitor reads it continuously). */
+const FEEDBACK_STREAM_MAXLEN = 100_000;
+
+/**
+ * Commits a finished job at most once, in one Lua call: the result record (with its TTL), the
+ * deletion of the input image, the prediction event for the monitor, and the notification to the
+ * waiting gateway — only if no result exists yet and this attempt still holds the job's lock.
+ *
+ * Why both checks: a worker frozen past its lock (a long GC pause, a VM freeze, a throttled
+ * container; measured: SIGSTOP for 50 s) comes back to find that another worker took the job over
+ * and finished it. Without them it published a second time: the result overwritten, the event
+ * counted twice by the monitor.
+ *
+ * KEYS: result, input, predictions stream, job lock, queued-bytes counter. ARGV: token ('' = no lock
+ * check), result JSON, TTL (s), event JSON ('' = none), stream max length, reply channel ('' = none),
+ * reply JSON, the job's image size (taken off the gateways' queued-bytes count, once per job).
+ */
+const COMMIT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('DEL', KEYS[2])
+if redis.call('DECRBY', KEYS[5], ARGV[8]) < 0 then redis.call('SET', KEYS[5], 0) end
+if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4]) end
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+return 1`;
+
+type CommitRedis = Redis & {
+  conveyorCommitResult(
+    result: string,
+    input: string,
+    stream: string,
+    lock: string,
+    queuedBytes: string,
+    token: string,
+    resultJson: string,
+    ttl: number,
+    eventJson: string,
+    maxLen: number,
+    channel: string,
+    replyJson: string,
+    inputBytes: number,
+  ): Promise<number>;
+};
+
+/**
+ * The one owner of a job's state in Redis (besides BullMQ's own): the gateway puts the image and
+ * reads results and records feedback through it, the worker takes the image and commits the result
+ * through it. No other module reads or writes `keys().input`, `result`, `feedback` or publishes on
+ * `replies`, so the layout of a job in Redis can be read (and changed) in this file alone.
+ *
+ * It is used on whatever connection its caller needs: the gateway builds one on the queues'
+ * connection to put images (JobSubmitter's ordering argument) and one on its own for the rest.
+ */
+export class JobStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly options: JobStoreOptions,
+  ) {}
+
+  /** Whether the connection is up (a sweep that cannot reach Redis waits for the next tick). */
+  get ready(): boolean {
+    return this.redis.status === 'ready';
+  }
+
+  // --- the gateway's side ---
+
+  /** Stores a job's image as a binary string (not base64 inside the job's JSON), expiring after `ttlSeconds`. */
+  async putInput(jobId: string, bytes: Buffer, ttlSeconds: number): Promise<void> {
+    await this.redis.set(this.keys.input(jobId), bytes, 'EX', ttlSeconds);
+  }
+
+  /** Removes an image whose job could not be queued (it would hold memory until its TTL). */
+  async dropInput(jobId: string): Promise<void> {
+    await this.redis.del(this.keys.input(jobId));
+  }
+
+  /** The stored result of a finished job; undefined while it is not finished or once it expired. */
+  async readResult(jobId: string): Promise<JobResult | undefined> {
+    const raw = await this.redis.get(this.keys.result(jobId));
+    return raw === null ? undefined : JobResult.parse(JSON.parse(raw));
+  }
+
+  /** The stored results of many jobs in one MGET, in order; a missing or unreadable record is undefined. */
+  async readResults(jobIds: readonly string[]): Promise<(JobResult | undefined)[]> {
+    if (jobIds.length === 0) return [];
+    const values = await this.redis.mget(jobIds.map((id) => this.keys.result(id)));
+    return values.map((value) => {
+      if (value === null) return undefined;
+      const result = JobResult.safeParse(JSON.parse(value));
+      return result.success ? result.data : undefined;
+    });
+  }
+
+  /**
+   * Records the ground truth of a job, once per job while its result is kept, and hands it to the
+   * monitor on the feedback stream. 'duplicate' when feedback for the job was recorded before.
+   */
+  async recordFeedback(event: FeedbackEvent): Promise<'recorded' | 'duplicate'> {
+    const first = await this.redis.set(this.keys.feedback(event.jobId), event.label, 'EX', this.options.resultTtlSeconds, 'NX');
+    if (first !== 'OK') return 'duplicate';
+    await this.redis.xadd(this.keys.feedbackStream, 'MAXLEN', '~', FEEDBACK_STREAM_MAXLEN, '*', 'event', JSON.stringify(event));
+    return 'recorded';
+  }
+
+  // --- the worker's side ---
+
+  /** The image of a job, and whether an earlier attempt already finished it, in one round trip. */
+  async takeInput(jobId: string): Promise<TakenInput> {
+    const [[, done], [, bytes]] = (await this.redis
+      .pipeline()
+      .exists(this.keys.result(jobId))
+      .getBuffer(this.keys.input(jobId))
+      .exec()) as [[Error | null, number], [Error | null, Buffer | null]];
+    return done ? { finished: true } : { finished: false, bytes };
+  }
+
+  /** Commits a finished job at most once (see COMMIT): result, input deletion, event, reply. */
+  async commit(result: JobResult, options: CommitOptions): Promise<CommitOutcome> {
+    const { replyTo, event, token, inputBytes, queue } = options;
+    const reply: ReplyMessage | undefined = replyTo ? { kind: 'job-finished', version: 1, result } : undefined;
+    const code = await this.commitCommand().conveyorCommitResult(
+      this.keys.result(result.id),
+      this.keys.input(result.id),
+      this.keys.predictions,
+      this.keys.jobLock(queue, result.id),
+      this.keys.queuedBytes,
+      token ?? '',
+      JSON.stringify(result),
+      this.options.resultTtlSeconds,
+      event ? JSON.stringify(event) : '',
+      this.streamMaxLen(),
+      replyTo ? this.keys.replies(replyTo) : '',
+      reply ? JSON.stringify(reply) : '',
+      inputBytes,
+    );
+    return code === 1 ? 'published' : code === 0 ? 'already-published' : 'lock-lost';
+  }
+
+  private streamMaxLen(): number {
+    const maxLen = this.options.predictionStreamMaxLen;
+    if (maxLen === undefined) throw new Error('this JobStore was built without predictionStreamMaxLen: it cannot commit');
+    return maxLen;
+  }
+
+  private commitCommand(): CommitRedis {
+    const redis = this.redis as Partial<CommitRedis> & Redis;
+    // Defined on first use, on this connection only: gateways never commit.
+    if (typeof redis.conveyorCommitResult !== 'function') {
+      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 5, lua: COMMIT });
+    }
+    return redis as CommitRedis;
+  }
+}

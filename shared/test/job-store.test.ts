@@ -1,0 +1,75 @@
+import { randomUUID } from 'node:crypto';
+import { expect } from 'chai';
+import type { Redis } from 'ioredis';
+import { JobStore } from '@conveyor/shared/contract/job-store';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { randomPrefix, testRedis } from '../../test/support/redis.js';
+import { completedResult } from '../../test/support/results.js';
+
+/** A job's life through its one owner, against a real Redis: put, take, commit once, read, feedback once. */
+describe('job store (real Redis)', () => {
+  const prefix = randomPrefix('job-store');
+  const keys = keysOf(prefix);
+  let redis: Redis;
+  let store: JobStore;
+
+  before(() => {
+    redis = testRedis();
+    store = new JobStore(redis, keys, { resultTtlSeconds: 60, predictionStreamMaxLen: 100 });
+  });
+  after(() => redis.quit());
+
+  it('hands the image to the worker, commits the result once, then the image is gone', async () => {
+    const id = randomUUID();
+    const image = Buffer.from([0xff, 0xd8, 0x00, 0x01]);
+    await store.putInput(id, image, 60);
+    const taken = await store.takeInput(id);
+    expect(taken.finished).to.equal(false);
+    expect(taken.finished ? undefined : taken.bytes).to.deep.equal(image);
+
+    const result = completedResult(id);
+    const options = { inputBytes: image.length, queue: 'inference' };
+    expect(await store.commit(result, options)).to.equal('published');
+    expect(await store.commit({ ...result, worker: 'late' }, options)).to.equal('already-published');
+    expect((await store.readResult(id))?.worker).to.equal('w');
+    expect(await store.takeInput(id)).to.deep.equal({ finished: true });
+    expect(await redis.exists(keys.input(id))).to.equal(0);
+  });
+
+  it('refuses a commit from an attempt that no longer holds the lock', async () => {
+    const id = randomUUID();
+    await redis.set(keys.jobLock('inference', id), 'the-new-owner', 'EX', 60);
+    expect(await store.commit(completedResult(id), { inputBytes: 1, queue: 'inference', token: 'mine' })).to.equal('lock-lost');
+    expect(await store.readResult(id)).to.equal(undefined);
+  });
+
+  it('reads many results in order, undefined for the missing', async () => {
+    const [a, b] = [randomUUID(), randomUUID()];
+    await store.commit(completedResult(a), { inputBytes: 1, queue: 'inference' });
+    const results = await store.readResults([a, b]);
+    expect(results.map((r) => r?.id)).to.deep.equal([a, undefined]);
+  });
+
+  it('records feedback once per job', async () => {
+    const event = {
+      kind: 'feedback',
+      version: 1,
+      jobId: randomUUID(),
+      label: '7',
+      at: new Date().toISOString(),
+      requestId: 'r',
+    } as const;
+    expect(await store.recordFeedback(event)).to.equal('recorded');
+    expect(await store.recordFeedback({ ...event, label: '1' })).to.equal('duplicate');
+    expect(await redis.xlen(keys.feedbackStream)).to.equal(1);
+  });
+
+  it('cannot commit when built without a stream length (a gateway never commits)', async () => {
+    const gatewaySide = new JobStore(redis, keys, { resultTtlSeconds: 60 });
+    let error: unknown;
+    await gatewaySide
+      .commit(completedResult(randomUUID()), { inputBytes: 1, queue: 'inference' })
+      .catch((e: unknown) => (error = e));
+    expect(error).to.be.instanceOf(Error);
+  });
+});
