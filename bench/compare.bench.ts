@@ -635,8 +635,11 @@ const onSignal = () => {
 };
 process.once('SIGINT', onSignal);
 process.once('SIGTERM', onSignal);
-// The worker sets libvips to one thread per image (SHARP_CONCURRENCY=1); the direct path does too.
+// The worker sets libvips to one thread per image (SHARP_CONCURRENCY=1) and turns its operation
+// cache off; the direct path does too. With the cache on, the direct path's decodes of the same few
+// Buffers would be answered from libvips' cache, which no worker ever sees (every upload is new).
 sharp.concurrency(1);
+sharp.cache(false);
 
 const cells: Cell[] = [];
 const modelInfo: Record<string, unknown> = {};

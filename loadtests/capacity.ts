@@ -374,19 +374,30 @@ async function locust(shape: 'smoke' | 'steps'): Promise<number> {
   const checkCode = await run(python, [checker, 'locust', prefix]);
   console.log(`Locust exited with ${locustCode}; the checker with ${checkCode}; report: ${path.relative(ROOT, html)}`);
   if (shape === 'smoke') {
-    // The checker must catch a breach, not only pass: the same results against an impossible SLO.
-    const impossible = path.join(os.tmpdir(), `conveyor-impossible-slo-${process.pid}.yaml`);
-    writeFileSync(
-      impossible,
-      'sync_predict: {p95_ms: 1, p99_ms: 1}\nasync_end_to_end: {p95_ms: 1}\navailability: {min_ratio_without_5xx: 1}\njobs: {max_lost: 0}\nbad_inputs: {max_5xx: 0}\n',
-    );
-    const selfTest = await run(python, [checker, 'locust', prefix, '--slo', impossible, '--quiet'], { quiet: true });
-    rmSync(impossible, { force: true });
-    const caught = selfTest === 1;
-    console.log(
-      `checker self-test: an impossible SLO (p95 < 1 ms) on the same results exits ${selfTest}: ${caught ? 'ok' : 'WRONG'}`,
-    );
-    if (!caught) return 1;
+    // The checker must catch a breach, not only pass: the same results against an impossible SLO,
+    // and against one where only the moderation model's bounds are impossible (everything else is
+    // generous), which only a per-model check can miss.
+    const lenient =
+      'async_end_to_end: {p95_ms: 1000000000}\navailability: {min_ratio_without_5xx: 0}\njobs: {max_lost: 1000000}\nbad_inputs: {max_5xx: 1000000, max_accepted: 1000000}\n';
+    const selfTests = [
+      {
+        what: 'an impossible SLO (p95 < 1 ms)',
+        slo: 'sync_predict: {p95_ms: 1, p99_ms: 1}\nasync_end_to_end: {p95_ms: 1}\navailability: {min_ratio_without_5xx: 1}\njobs: {max_lost: 0}\nbad_inputs: {max_5xx: 0}\n',
+      },
+      {
+        what: 'an SLO impossible for the moderation model only',
+        slo: `sync_predict: {p95_ms: 1000000000, p99_ms: 1000000000}\nmodels: {moderation: {sync_predict: {p95_ms: 1, p99_ms: 1}}}\n${lenient}`,
+      },
+    ];
+    for (const [i, test] of selfTests.entries()) {
+      const file = path.join(os.tmpdir(), `conveyor-impossible-slo-${process.pid}-${i}.yaml`);
+      writeFileSync(file, test.slo);
+      const selfTest = await run(python, [checker, 'locust', prefix, '--slo', file, '--quiet'], { quiet: true });
+      rmSync(file, { force: true });
+      const caught = selfTest === 1;
+      console.log(`checker self-test: ${test.what} on the same results exits ${selfTest}: ${caught ? 'ok' : 'WRONG'}`);
+      if (!caught) return 1;
+    }
   }
   return locustCode !== 0 ? locustCode : checkCode;
 }
