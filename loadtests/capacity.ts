@@ -116,15 +116,19 @@ interface VegetaReport {
 }
 
 const CAPACITY_HEADER =
-  'model,workers,target_rps,sent_rps,ok_rps,requests,p50_ms,p95_ms,p99_ms,all_p50_ms,all_p95_ms,all_p99_ms,error_rate,wait_ran_out_202_rate,within_slo';
+  'model,workers,target_rps,sent_rps,ok_rps,requests,p50_ms,p95_ms,p99_ms,all_p50_ms,all_p95_ms,all_p99_ms,error_rate,wait_ran_out_202_rate,within_slo,load_avg_1m';
 
-/** The rows of an earlier capacity.csv for models this run does not measure (a file without a model column is digits'). */
+/**
+ * The rows of an earlier capacity.csv for models this run does not measure, in today's columns (a
+ * file without a model column is digits'; one without the load average gets an empty one).
+ */
 function keptRows(csvFile: string, measured: readonly LoadtestModel[]): string[] {
   if (!existsSync(csvFile)) return [];
   const [header = '', ...rows] = readFileSync(csvFile, 'utf8').trim().split('\n');
   const withModel = header.startsWith('model,');
+  const withLoad = header.endsWith(',load_avg_1m');
   return rows
-    .map((row) => (withModel ? row : `digits,${row}`))
+    .map((row) => `${withModel ? '' : 'digits,'}${row}${withLoad ? '' : ','}`)
     .filter((row) => !measured.includes(row.slice(0, row.indexOf(',')) as LoadtestModel));
 }
 
@@ -230,6 +234,8 @@ async function capacity(): Promise<number> {
             (non2xx / total).toFixed(4),
             (waitRanOut / total).toFixed(4),
             verdict.ok ? 'yes' : 'no',
+            // The machine's 1-minute load average after the step: on a shared machine, the neighbours' share.
+            os.loadavg()[0]!.toFixed(1),
           ].join(','),
         );
         writeFileSync(csvFile, `${lines.join('\n')}\n`);

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -132,6 +133,10 @@ def plot_model(model: str, rows: list[dict[str, str]], png: Path, slo: dict, slo
             if later:
                 shown += f" (within again at {', '.join(later)}/s: noise)"
         peak = max(float(s["ok_rps"]) for s in steps)
+        # A busy machine's figures are the neighbours' as much as Conveyor's: the load is shown beside them.
+        loads = [float(s["load_avg_1m"]) for s in steps if s.get("load_avg_1m")]
+        if loads:
+            shown += f"; 1-min load average {min(loads):g}–{max(loads):g} ({os.cpu_count()} cores)"
         print(f"  {workers} worker(s): {shown}; most answers (200) per second: {peak:.0f}")
     # The stated rate: the model's own (models.<name>.stated_at), else the top-level one for the default model.
     own = ((slo.get("models") or {}).get(model) or {}).get("stated_at")
