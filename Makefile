@@ -89,14 +89,14 @@ screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in
 	$(TSX) scripts/with-mlflow.ts $(TSX) scripts/screenshot-mlflow.ts
 
 .PHONY: bench
-bench: build ## Benchmarks: Conveyor vs in-process, FastAPI (and BentoML with BENTOML=1) on both models at c1/c16/c64; preprocessing; batching; drift
+bench: build ## Benchmarks: Conveyor (1 and 2 workers) vs in-process, FastAPI (and BentoML with BENTOML=1) on digits and the real MobileNetV2 (moderation) at c1/c16/c64; preprocessing; batching; drift
 	$(TSX) bench/compare.bench.ts $(if $(BENTOML),--bentoml,) $(ARGS)
 	$(TSX) bench/preprocess.bench.ts
 	$(TSX) bench/batching.bench.ts
 	$(TSX) bench/drift.bench.ts
 
 .PHONY: bench-compare
-bench-compare: build ## Only the comparison (ARGS="--bentoml --rounds 1 --requests 200" for a quick look)
+bench-compare: build ## Only the comparison (ARGS="--bentoml --rounds 1 --requests 200" for a quick look, --models moderation for one model)
 	$(TSX) bench/compare.bench.ts $(ARGS)
 
 .PHONY: drift-demo
@@ -121,7 +121,7 @@ compose-smoke: ## Build, start with 4 workers, check from outside (predictions, 
 LOADTEST := $(TSX) loadtests/capacity.ts
 
 .PHONY: loadtest
-loadtest: build ## Capacity curve: vegeta at a rate ladder for 1, 2, 4 workers to saturation → loadtests/results/capacity.csv/.png (~15 min, ≤ 21)
+loadtest: build ## Capacity per model: vegeta rate ladders to saturation (digits 1/2/4 workers, moderation 1/2) → loadtests/results/capacity.csv, capacity[-moderation].png (~25 min)
 	$(LOADTEST) capacity $(ARGS)
 
 .PHONY: loadtest-scaleout

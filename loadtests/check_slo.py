@@ -7,9 +7,14 @@ One checker for every tool of loadtests/:
                                         PREFIX_summary.json (status counts, async jobs, bad inputs)
     check_slo.py vegeta REPORT.json     `vegeta report -type=json`; with --results RESULTS.csv
                                         (`vegeta encode -to csv`) the percentiles are exact, with
-                                        every non-200 answer counted as a miss
+                                        every non-200 answer counted as a miss; --model NAME holds
+                                        it to that model's objectives
     check_slo.py windows RESULTS.csv    the sync objectives per time window of one vegeta run (the
                                         scale-out proof): the last windows must be within the SLO
+
+Synchronous predictions are checked per model: each model's requests against its own objectives
+(`models.<name>.sync_predict` in the SLO file, else the top-level `sync_predict`), never pooled, so
+one model's many fast answers cannot hide another's slow ones.
 
 It prints a table and exits 0 when every objective holds, 1 on a breach, 2 when the results cannot
 be read. --json FILE also writes the verdict for other programs (loadtests/capacity.ts).
@@ -41,6 +46,10 @@ SYNC_UPLOAD = "sync predict"
 SYNC_URL = "sync predict by URL"
 ASYNC_E2E = "async end-to-end"
 SYNC_NAMES = (SYNC_UPLOAD, SYNC_URL)
+# Sync uploads to another model's own route (/v1/models/{name}/predict), one request name per model.
+MODEL_SYNC_NAMES = {"moderation": "sync predict moderation"}
+SYNC_MODERATION = MODEL_SYNC_NAMES["moderation"]
+DEFAULT_MODEL = "digits"
 
 INF = math.inf
 
@@ -75,9 +84,18 @@ def load_slo(path: Path) -> dict[str, Any]:
         for key in keys
         if not isinstance((slo or {}).get(section, {}).get(key), (int, float))
     ]
+    for model, section in ((slo or {}).get("models") or {}).items():
+        sync = (section or {}).get("sync_predict", {})
+        problems += [f"models.{model}.sync_predict.{key}" for key in ("p95_ms", "p99_ms") if not isinstance(sync.get(key), (int, float))]
     if problems:
         raise ResultsError(f"{path}: missing or non-numeric {', '.join(problems)}")
     return slo
+
+
+def sync_bounds(slo: dict[str, Any], model: str) -> dict[str, Any]:
+    """A model's sync objectives: its own section under `models`, else the top-level ones."""
+    own = ((slo.get("models") or {}).get(model) or {}).get("sync_predict")
+    return own if own else slo["sync_predict"]
 
 
 # ── what a run measured ─────────────────────────────────────────────────────────────────────────
@@ -93,6 +111,8 @@ class Latency:
     p50: float
     p95: float
     p99: float
+    # Whose objectives apply (sync requests).
+    model: str = DEFAULT_MODEL
 
 
 @dataclass
@@ -156,7 +176,7 @@ def from_locust_data(source: str, percentile, summary: dict[str, Any]) -> Measur
     measured = Measured(source=source)
     by_name = summary.get("by_name", {})
 
-    def latency(name: str) -> Latency:
+    def latency(name: str, model: str = DEFAULT_MODEL) -> Latency:
         counts = by_name.get(name, {})
         count = int(counts.get("count", 0))
         misses = int(counts.get("misses", 0))
@@ -167,9 +187,11 @@ def from_locust_data(source: str, percentile, summary: dict[str, Any]) -> Measur
             p50=with_misses(percentile(name, 0.5), count, misses, 0.5),
             p95=with_misses(percentile(name, 0.95), count, misses, 0.95),
             p99=with_misses(percentile(name, 0.99), count, misses, 0.99),
+            model=model,
         )
 
     measured.sync = [latency(name) for name in SYNC_NAMES]
+    measured.sync += [latency(name, model) for model, name in MODEL_SYNC_NAMES.items()]
     measured.async_e2e = latency(ASYNC_E2E)
     valid = summary.get("valid", {})
     measured.valid_total = int(valid.get("total", 0))
@@ -193,7 +215,7 @@ def read_vegeta_results(path: Path) -> list[tuple[int, int, float, str]]:
     return out
 
 
-def sync_latency(name: str, results: Iterable[tuple[int, int, float, str]]) -> Latency:
+def sync_latency(name: str, results: Iterable[tuple[int, int, float, str]], model: str = DEFAULT_MODEL) -> Latency:
     """Exact percentiles with every non-200 answer (or no answer) counted as a miss (∞)."""
     times = sorted(latency if code == 200 else INF for _, code, latency, _ in results)
     misses = sum(1 for t in times if t == INF)
@@ -204,10 +226,17 @@ def sync_latency(name: str, results: Iterable[tuple[int, int, float, str]]) -> L
         p50=nearest_rank(times, 0.5),
         p95=nearest_rank(times, 0.95),
         p99=nearest_rank(times, 0.99),
+        model=model,
     )
 
 
-def from_vegeta(report_path: Path, results_path: Path | None, target_rps: float | None) -> Measured:
+def sync_name(model: str) -> str:
+    return SYNC_UPLOAD if model == DEFAULT_MODEL else MODEL_SYNC_NAMES.get(model, f"sync predict {model}")
+
+
+def from_vegeta(
+    report_path: Path, results_path: Path | None, target_rps: float | None, model: str = DEFAULT_MODEL
+) -> Measured:
     try:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError) as error:
@@ -223,13 +252,14 @@ def from_vegeta(report_path: Path, results_path: Path | None, target_rps: float 
     measured.sent_rps = float(report.get("rate", 0.0))
     measured.ok_rps = codes.get(200, 0) / duration_s if duration_s > 0 else 0.0
     if results_path is not None:
-        measured.sync = [sync_latency(SYNC_UPLOAD, read_vegeta_results(results_path))]
+        measured.sync = [sync_latency(sync_name(model), read_vegeta_results(results_path), model)]
     else:
         lat = report.get("latencies", {})
         misses = total - codes.get(200, 0)
         measured.sync = [
             Latency(
-                name=SYNC_UPLOAD,
+                name=sync_name(model),
+                model=model,
                 count=total,
                 misses=misses,
                 p50=with_misses(lat.get("50th", 0) / 1e6, total, misses, 0.5),
@@ -261,8 +291,8 @@ def ms(value: float) -> str:
 
 def evaluate(slo: dict[str, Any], m: Measured) -> list[Row]:
     rows: list[Row] = []
-    sync = slo["sync_predict"]
     for lat in m.sync:
+        sync = sync_bounds(slo, lat.model)
         note = f" (n={lat.count}" + (f", {lat.misses} not 200)" if lat.misses else ")")
         for q, key in ((95, "p95_ms"), (99, "p99_ms")):
             value = lat.p95 if q == 95 else lat.p99
@@ -270,7 +300,8 @@ def evaluate(slo: dict[str, Any], m: Measured) -> list[Row]:
             rows.append(Row(f"{lat.name} p{q}", f"< {sync[key]:g} ms", ms(value) + note, value < sync[key]))
             note = ""
     if m.target_rps is not None and m.ok_rps is not None:
-        ratio = float(sync.get("min_achieved_ratio", 0.95))
+        sync = sync_bounds(slo, m.sync[0].model if m.sync else DEFAULT_MODEL)
+        ratio = float(sync.get("min_achieved_ratio", slo["sync_predict"].get("min_achieved_ratio", 0.95)))
         rows.append(
             Row(
                 "sync answers (200) per second",
@@ -501,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("report")
     p.add_argument("--results", help="`vegeta encode -to csv` of the same attack: exact percentiles")
     p.add_argument("--target-rate", type=float, help="the arrival rate asked for, per second")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the model the requests went to (whose objectives apply)")
     p = sub.add_parser("windows", parents=[common], help="the sync objectives per time window of one vegeta run")
     p.add_argument("results", help="`vegeta encode -to csv` of the attack")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
@@ -519,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             measured = from_locust(args.prefix)
         else:
             results = Path(args.results) if args.results else None
-            measured = from_vegeta(Path(args.report), results, args.target_rate)
+            measured = from_vegeta(Path(args.report), results, args.target_rate, args.model)
     except ResultsError as error:
         print(f"check_slo: {error}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 What one user does, by weight:
   60  sync predict           a real image (digit scans, photo-like pictures; PNG, JPEG, WebP, GIF;
                              28×28 to 6 megapixels) uploaded as multipart (or, one time in five, as a
-                             raw body), waiting for the answer
+                             raw body) to the default model (digits, /v1/predict), waiting for the answer
+  15  sync predict moderation  a real photograph (JPEG, 451 to 1024 px) uploaded to the second model,
+                             POST /v1/models/moderation/predict (nsfwjs's MobileNetV2), waiting
   10  sync predict by URL    the same images fetched by the gateway from a local HTTP server this
                              scenario starts (the gateway must allow 127.0.0.1: URL_ALLOW_CIDRS)
   20  async end-to-end       Prefer: respond-async, then GET /v1/jobs/:id every 100 ms until it is
@@ -11,7 +13,8 @@ What one user does, by weight:
    8  bad input              not an image, truncated, a bomb's header, over the upload limit, a URL
                              that answers 404: expected 4xx (a success), a 5xx is a failure
 
-The image set comes from loadtests/lib/images.ts (generated on first use). Users, spawn rate and
+The image set comes from loadtests/lib/images.ts (generated on first use); each image names its
+model and route. Each model's sync requests are checked against that model's own objectives. Users, spawn rate and
 duration come from the StepShape below (`--shape smoke` for CI, `--shape steps` up to and past
 saturation). Every accepted async job id is kept: those not seen finished when the run stops are
 polled at the end, and one that never finishes is lost. At the end the run is checked against the
@@ -112,12 +115,18 @@ class Inputs:
             )
         manifest = json.loads(manifest_path.read_text())
         folder = manifest_path.parent  # not manifest["dir"]: the checkout may have moved since
-        self.valid = [dict(entry, data=(folder / entry["file"]).read_bytes()) for entry in manifest["valid"]]
+        images = [dict(entry, data=(folder / entry["file"]).read_bytes()) for entry in manifest["valid"]]
         self.bad = [dict(entry, data=(folder / entry["file"]).read_bytes()) for entry in manifest["bad"]]
-        for entry in self.valid + self.bad:
+        for entry in images + self.bad:
             entry["multipart"], entry["multipart_type"] = multipart(entry["data"], entry["file"], entry["contentType"])
-        self.files = {entry["file"]: entry for entry in self.valid}
+        self.files = {entry["file"]: entry for entry in images}
+        # The default model's images (sync, URL and async traffic), and the moderation model's photos.
+        self.valid = [entry for entry in images if entry["model"] == check_slo.DEFAULT_MODEL]
         self.valid_weights = [entry["weight"] for entry in self.valid]
+        self.moderation = [entry for entry in images if entry["model"] == "moderation"]
+        self.moderation_weights = [entry["weight"] for entry in self.moderation]
+        if not self.valid or not self.moderation:
+            raise RuntimeError(f"{manifest_path}: the image set needs images for both models (regenerate it)")
         self.bad_weights = [entry["weight"] for entry in self.bad]
 
 
@@ -223,11 +232,11 @@ class ConveyorClient(FastHttpUser):
         self.last_used = time.monotonic()
 
     @contextmanager
-    def predict(self, name: str, **request: Any) -> Iterator[Any]:
-        """POST /v1/predict through Locust's client (recorded as `name`), never on a connection idle past CLIENT_IDLE_LIMIT_S."""
+    def predict(self, name: str, route: str = "/v1/predict", **request: Any) -> Iterator[Any]:
+        """POST to a predict route through Locust's client (recorded as `name`), never on a connection idle past CLIENT_IDLE_LIMIT_S."""
         if time.monotonic() - self.last_used > CLIENT_IDLE_LIMIT_S:
             self.client.client.clientpool.close()
-        with self.client.post("/v1/predict", name=name, catch_response=True, **request) as response:
+        with self.client.post(route, name=name, catch_response=True, **request) as response:
             yield response
         self.last_used = time.monotonic()
 
@@ -254,6 +263,14 @@ class ConveyorClient(FastHttpUser):
             body, content_type = image["multipart"], image["multipart_type"]
         with self.predict(check_slo.SYNC_UPLOAD, data=body, headers={"Content-Type": content_type}) as response:
             self.sync_answer(response, check_slo.SYNC_UPLOAD)
+
+    @task(15)
+    def sync_predict_moderation(self) -> None:
+        photo = self.rand.choices(self.inputs.moderation, weights=self.inputs.moderation_weights)[0]
+        name = check_slo.SYNC_MODERATION
+        headers = {"Content-Type": photo["multipart_type"]}
+        with self.predict(name, photo["route"], data=photo["multipart"], headers=headers) as response:
+            self.sync_answer(response, name)
 
     @task(10)
     def sync_predict_by_url(self) -> None:

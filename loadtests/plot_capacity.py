@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""The capacity curve: loadtests/results/capacity.csv (written by `make loadtest`) as a PNG, and per
-worker count the highest arrival rate within the SLO.
+"""The capacity curves: loadtests/results/capacity.csv (written by `make loadtest`) as one PNG per
+model, and per model and worker count the highest arrival rate within that model's SLO.
 
     plot_capacity.py CAPACITY.csv OUT.png [--slo FILE]
+
+OUT.png is the default model's (digits); another model's goes beside it as OUT-<model>.png. A CSV
+without a `model` column (written before there were two models) is the digits model's.
 
 Latencies are plotted as measured over every answer (vegeta's own percentiles, a 202 at the end of
 the 10 s sync wait included), on a log scale so the knee and the collapse after it both show; a
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +43,18 @@ def main() -> int:
     if not rows:
         print(f"{args.csv} has no steps", file=sys.stderr)
         return 2
+    by_model: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        by_model[row.get("model") or check_slo.DEFAULT_MODEL].append(row)
+    png = Path(args.png)
+    for model, model_rows in by_model.items():
+        out = png if model == check_slo.DEFAULT_MODEL else png.with_name(f"{png.stem}-{model}{png.suffix}")
+        plot_model(model, model_rows, out, slo, slo_file)
+    return 0
+
+
+def plot_model(model: str, rows: list[dict[str, str]], png: Path, slo: dict, slo_file: Path) -> None:
+    bounds = check_slo.sync_bounds(slo, model)
     by_workers: dict[int, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         by_workers[int(row["workers"])].append(row)
@@ -46,8 +62,8 @@ def main() -> int:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
     colours = {1: "tab:blue", 2: "tab:orange", 4: "tab:green"}
     for ax, key, limit in (
-        (axes[0][0], "all_p95_ms", slo["sync_predict"]["p95_ms"]),
-        (axes[0][1], "all_p99_ms", slo["sync_predict"]["p99_ms"]),
+        (axes[0][0], "all_p95_ms", bounds["p95_ms"]),
+        (axes[0][1], "all_p99_ms", bounds["p99_ms"]),
     ):
         for workers, steps in sorted(by_workers.items()):
             colour = colours.get(workers)
@@ -60,7 +76,7 @@ def main() -> int:
         ax.set_yscale("log")
         ax.set_xlabel("arrival rate (requests/s, open model)")
         ax.set_ylabel(f"sync latency {key.split('_')[1]} (ms)")
-        ax.set_title(f"sync predict {key.split('_')[1]}: filled = within the SLO")
+        ax.set_title(f"{model}: sync predict {key.split('_')[1]}: filled = within the SLO")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     ax = axes[1][0]
@@ -96,11 +112,12 @@ def main() -> int:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     stated = slo.get("stated_at", {})
-    fig.suptitle(f"Conveyor capacity — {stated.get('hardware', 'this machine')}", fontsize=10)
-    fig.savefig(args.png, dpi=110)
-    print(f"wrote {args.png}")
+    fig.suptitle(f"Conveyor capacity, model {model} — {stated.get('hardware', 'this machine')}", fontsize=10)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    print(f"wrote {png}")
 
-    print(f"\nhighest arrival rate within the SLO ({slo_file}), every lower rate within it too:")
+    print(f"\n{model}: highest arrival rate within its SLO ({slo_file}), every lower rate within it too:")
     best: dict[int, float] = {}
     for workers, steps in sorted(by_workers.items()):
         # Sustained: the steps before the first breach. A pass above a breach is the shared
@@ -116,12 +133,18 @@ def main() -> int:
             if later:
                 shown += f" (within again at {', '.join(later)}/s: noise)"
         peak = max(float(s["ok_rps"]) for s in steps)
+        # A busy machine's figures are the neighbours' as much as Conveyor's: the load is shown beside them.
+        loads = [float(s["load_avg_1m"]) for s in steps if s.get("load_avg_1m")]
+        if loads:
+            shown += f"; 1-min load average {min(loads):g}–{max(loads):g} ({os.cpu_count()} cores)"
         print(f"  {workers} worker(s): {shown}; most answers (200) per second: {peak:.0f}")
-    rate, workers = stated.get("sync_rate_rps"), stated.get("workers")
-    if rate and workers in best:
-        holds = best[workers] >= float(rate)
-        print(f"the SLO is stated at {rate}/s with {workers} workers: {'holds' if holds else 'does NOT hold'} on this run")
-    return 0
+    # The stated rate: the model's own (models.<name>.stated_at), else the top-level one for the default model.
+    own = ((slo.get("models") or {}).get(model) or {}).get("stated_at")
+    if own or model == check_slo.DEFAULT_MODEL:
+        rate, workers = (own or stated).get("sync_rate_rps"), (own or stated).get("workers")
+        if rate and workers in best:
+            holds = best[workers] >= float(rate)
+            print(f"the SLO is stated at {rate}/s with {workers} worker(s): {'holds' if holds else 'does NOT hold'} on this run")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { readManifest } from '@conveyor/shared/model/runtime';
 import { ROOT } from '../../scripts/lib/service-process.js';
+import { PHOTOS, readPhoto } from '../../scripts/models/moderation.js';
 import { loadMnist, splitDataset } from '../../services/trainer/src/pipeline/ingest.js';
 
 /**
@@ -15,6 +16,10 @@ import { loadMnist, splitDataset } from '../../services/trainer/src/pipeline/ing
  *   committed model as a user would send them (the raw 28×28 PNG, small dark-on-light scans as JPEG,
  *   WebP, an animated GIF, a transparent PNG, a whole A4 page scan) and synthetic photo-like pictures
  *   from 0.3 to 6 megapixels (JPEG, WebP, PNG, GIF, every file ≤ 3 MB, the gateway's upload limit);
+ * - for the moderation model (models/moderation, `model: 'moderation'`, sent to its own route
+ *   /v1/models/moderation/predict): the real CC0/public-domain photos of the scikit-image wheel
+ *   (.venv/models, checked by sha256) as JPEG at their own size (451–600 px, 34–71 KB), and one
+ *   enlarged to 1024 px, the size an app commonly uploads;
  * - bad inputs that must be answered 4xx: text, HTML and SVG (415), truncated JPEG and PNG (422), a
  *   PNG header declaring 20,000 × 20,000 pixels (422) and a body over the upload limit (413).
  *
@@ -24,21 +29,34 @@ import { loadMnist, splitDataset } from '../../services/trainer/src/pipeline/ing
  */
 export const IMAGE_SET_DIR = path.join(ROOT, 'data', 'loadtests', 'images');
 /** Bumped whenever the set changes, so an old set on disk is regenerated. */
-const GENERATOR_VERSION = 1;
+const GENERATOR_VERSION = 2;
 const MAX_UPLOAD_BYTES = 3 * 1024 * 1024;
 
 export type Format = 'png' | 'jpeg' | 'webp' | 'gif';
 
+/** The models the load tests send traffic to; digits is the gateway's default model (/v1/predict). */
+export const LOADTEST_MODELS = ['digits', 'moderation'] as const;
+export type LoadtestModel = (typeof LOADTEST_MODELS)[number];
+
+/** The gateway route of a model: the default model's /v1/predict, or the model's own. */
+export function predictRoute(model: LoadtestModel): string {
+  return model === 'digits' ? '/v1/predict' : `/v1/models/${model}/predict`;
+}
+
 export interface ValidImage {
   readonly name: string;
   readonly file: string;
+  /** The model it is sent to. */
+  readonly model: LoadtestModel;
+  /** The gateway route for it (predictRoute(model)), written out for the Python tools. */
+  readonly route: string;
   readonly kind: 'digit' | 'photo';
   readonly format: Format;
   readonly contentType: string;
   readonly width: number;
   readonly height: number;
   readonly bytes: number;
-  /** Relative share of the valid traffic. */
+  /** Relative share of its model's valid traffic. */
   readonly weight: number;
   /** The digit drawn, for digit images. */
   readonly label?: string;
@@ -170,15 +188,20 @@ const CONTENT_TYPES: Record<Format, string> = { png: 'image/png', jpeg: 'image/j
 async function generate(dir: string): Promise<ImageSet> {
   const valid: ValidImage[] = [];
   const write = async (
-    entry: Omit<ValidImage, 'file' | 'bytes' | 'contentType' | 'width' | 'height'>,
+    entry: Omit<ValidImage, 'file' | 'bytes' | 'contentType' | 'width' | 'height' | 'model' | 'route'> & {
+      model?: LoadtestModel;
+    },
     bytes: Buffer,
   ): Promise<Buffer> => {
+    const model = entry.model ?? 'digits';
     const file = `${entry.name}.${entry.format === 'jpeg' ? 'jpg' : entry.format}`;
     if (bytes.length > MAX_UPLOAD_BYTES) throw new Error(`${file} is ${bytes.length} B, over the upload limit`);
     writeFileSync(path.join(dir, file), bytes);
     const meta = await sharp(bytes).metadata();
     valid.push({
       ...entry,
+      model,
+      route: predictRoute(model),
       file,
       contentType: CONTENT_TYPES[entry.format],
       width: meta.width,
@@ -266,6 +289,18 @@ async function generate(dir: string): Promise<ImageSet> {
   await write(
     { name: 'photo-3000x2000', kind: 'photo', format: 'jpeg', weight: 3 },
     await (await photo(3000, 2000, 15, 24)).jpeg({ quality: 88 }).toBuffer(),
+  );
+
+  // The moderation model's traffic: real photographs, as JPEG.
+  for (const photo of PHOTOS) {
+    await write(
+      { name: `moderation-${photo.name}`, model: 'moderation', kind: 'photo', format: 'jpeg', weight: 4 },
+      await sharp(readPhoto(photo.name).bytes).jpeg({ quality: 90 }).toBuffer(),
+    );
+  }
+  await write(
+    { name: 'moderation-coffee-1024', model: 'moderation', kind: 'photo', format: 'jpeg', weight: 3 },
+    await sharp(readPhoto('coffee').bytes).resize({ width: 1024, kernel: 'lanczos3' }).jpeg({ quality: 90 }).toBuffer(),
   );
 
   // Bad inputs: what a careless or hostile client sends. Each must be answered 4xx, never 5xx.

@@ -4,11 +4,15 @@ import path from 'node:path';
 import { freePort } from '../../scripts/lib/free-port.js';
 import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
 import { spawnService, type ServiceProcess } from '../../scripts/lib/service-process.js';
+import { ensureModerationModel } from '../../scripts/models/moderation.js';
+import { LOADTEST_MODELS } from './images.js';
 
 /**
  * A whole Conveyor system for a load test, as `make run` starts it but on free ports and from the
  * compiled dist/ (`npm run build`): a private redis-server, N inference workers, the gateway and the
- * drift monitor. Workers can be added while it runs (the scale-out proof). Everything is stopped by
+ * drift monitor. Every worker serves both models (MODELS=digits,moderation, as
+ * `MODELS=digits,moderation make run` does), each on its own queue with the shipped concurrency, and
+ * the system counts as ready once every worker is listed and each model has a warm one. Workers can be added while it runs (the scale-out proof). Everything is stopped by
  * `stop()`, and by a signal to this process.
  */
 export interface LoadSystem {
@@ -63,8 +67,11 @@ export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
+    // models/moderation/model.onnx is built at build time, not committed: built here if missing.
+    await ensureModerationModel();
     redis = await startRedis({ dir: path.join(dir, 'redis') });
     const env = { REDIS_URL: redis.url };
+    const models = LOADTEST_MODELS.join(',');
     const port = await freePort();
     const monitorPort = await freePort();
     const url = `http://127.0.0.1:${port}`;
@@ -76,7 +83,7 @@ export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
         services.push(
           spawnService(
             'inference-worker',
-            { ...env, ...options.worker },
+            { ...env, MODELS: models, ...options.worker },
             { label, logs, built: true, onRecord: onRecord(label) },
           ),
         );
@@ -87,15 +94,15 @@ export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
         for (const s of services) if (s.child.exitCode !== null) throw new Error(`${s.name} exited with ${s.child.exitCode}`);
         const r = await fetch(`${url}/ready`).catch(() => undefined);
         if (!r?.ok) return false;
-        const body = (await r.json()) as { workers?: unknown[] };
-        return (body.workers?.length ?? 0) >= count;
+        const body = (await r.json()) as { workers?: unknown[]; models?: Record<string, { ready?: boolean }> };
+        return (body.workers?.length ?? 0) >= count && LOADTEST_MODELS.every((m) => body.models?.[m]?.ready === true);
       });
     };
     startWorkers(options.workers);
     services.push(
       spawnService(
         'gateway',
-        { ...env, ...LOADTEST_GATEWAY_ENV, ...options.gateway, PORT: String(port), HOST: '127.0.0.1' },
+        { ...env, ...LOADTEST_GATEWAY_ENV, MODELS: models, ...options.gateway, PORT: String(port), HOST: '127.0.0.1' },
         { logs, built: true, onRecord: onRecord('gateway') },
       ),
     );
@@ -145,11 +152,11 @@ export async function waitFor(what: string, check: () => Promise<boolean>, timeo
   }
 }
 
-/** Jobs waiting in the queue, from the gateway's /metrics (conveyor_queue_waiting_jobs). */
+/** Jobs waiting in every model's queue, from the gateway's /metrics (conveyor_queue_waiting_jobs, one series per model). */
 export async function queueDepth(gatewayUrl: string): Promise<number> {
   const text = await (await fetch(`${gatewayUrl}/metrics`)).text();
-  const line = text
+  const lines = text
     .split('\n')
-    .find((l) => l.startsWith('conveyor_queue_waiting_jobs ') || l.startsWith('conveyor_queue_waiting_jobs{'));
-  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : NaN;
+    .filter((l) => l.startsWith('conveyor_queue_waiting_jobs ') || l.startsWith('conveyor_queue_waiting_jobs{'));
+  return lines.length === 0 ? NaN : lines.reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 }

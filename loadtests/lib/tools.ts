@@ -2,7 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ROOT } from '../../scripts/lib/service-process.js';
-import { multipartBody, type ImageSet } from './images.js';
+import { multipartBody, type ImageSet, type LoadtestModel } from './images.js';
 
 /**
  * The load tests' tools: the pinned Python venv (Locust, the SLO checker, the plot), the pinned
@@ -37,19 +37,20 @@ export function run(command: string, args: readonly string[], options: { env?: R
 }
 
 /**
- * vegeta's targets in its HTTP format, one per request of the valid mix: every image's multipart
+ * vegeta's targets in its HTTP format, one per request of one model's valid mix (on its own route:
+ * a model's capacity is measured on its own): every image's multipart
  * body written beforehand to a file (`@file`), repeated by its weight and shuffled with a fixed seed,
  * so the heavy photos are spread over the round robin instead of arriving together. The image's name
  * rides in the query string (the gateway ignores it) to make a request's input visible in vegeta's results.
  */
-export function writeTargets(set: ImageSet, gatewayUrl: string, dir: string): string {
+export function writeTargets(set: ImageSet, gatewayUrl: string, dir: string, model: LoadtestModel = 'digits'): string {
   mkdirSync(dir, { recursive: true });
   const entries: string[] = [];
-  for (const image of set.valid) {
+  for (const image of set.valid.filter((i) => i.model === model)) {
     const { body, type } = multipartBody(readFileSync(path.join(set.dir, image.file)), image.file, image.contentType);
     const bodyFile = path.join(dir, `${image.name}.multipart`);
     writeFileSync(bodyFile, body);
-    const target = `POST ${gatewayUrl}/v1/predict?image=${image.name}\nContent-Type: ${type}\n@${bodyFile}\n`;
+    const target = `POST ${gatewayUrl}${image.route}?image=${image.name}\nContent-Type: ${type}\n@${bodyFile}\n`;
     for (let i = 0; i < image.weight; i++) entries.push(target);
   }
   let seed = 7;
@@ -58,7 +59,7 @@ export function writeTargets(set: ImageSet, gatewayUrl: string, dir: string): st
     const j = seed % (i + 1);
     [entries[i], entries[j]] = [entries[j]!, entries[i]!];
   }
-  const file = path.join(dir, 'targets.txt');
+  const file = path.join(dir, `targets-${model}.txt`);
   writeFileSync(file, entries.join('\n'));
   return file;
 }

@@ -5,12 +5,13 @@ import { Agent, request } from 'node:http';
  * pre-built bodies, so the load generator spends as little of the shared CPU as possible.
  */
 export interface PredictClient {
-  /** POSTs a body to /v1/predict and resolves with the status code (the body is discarded). */
+  /** POSTs a body to the client's path and resolves with the status code (the body is discarded). */
   send(body: Buffer, contentType: string): Promise<number>;
   close(): void;
 }
 
-export function predictClient(port: number, maxSockets: number): PredictClient {
+/** `path`: /v1/predict (the default model), or a model's own route such as /v1/models/moderation/predict. */
+export function predictClient(port: number, maxSockets: number, path = '/v1/predict'): PredictClient {
   const agent = new Agent({ keepAlive: true, maxSockets });
   return {
     send: (body, contentType) =>
@@ -19,7 +20,7 @@ export function predictClient(port: number, maxSockets: number): PredictClient {
           {
             host: '127.0.0.1',
             port,
-            path: '/v1/predict',
+            path,
             method: 'POST',
             agent,
             headers: { 'content-type': contentType, 'content-length': body.length },
