@@ -1,6 +1,6 @@
 import Router from '@koa/router';
 import Koa, { type Middleware } from 'koa';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import type { Keys } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { GatewayState } from './http/context.js';

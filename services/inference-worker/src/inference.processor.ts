@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import {
   InferenceJob,
   type CompletedResult,

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import type { JobResult, Keys, PredictionEvent, ReplyMessage } from '@conveyor/shared/contract/queue.contract';
 
 /**

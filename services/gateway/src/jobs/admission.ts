@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import { ProblemError } from '@conveyor/shared/problem';
 
 /**

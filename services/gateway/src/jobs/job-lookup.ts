@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import { JobResult, type Keys } from '@conveyor/shared/contract/queue.contract';
 
 /** The public view of a job: its stored result once finished, else its place in BullMQ. */

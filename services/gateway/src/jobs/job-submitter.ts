@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import {
   INFERENCE_JOB_NAME,
   INFERENCE_JOB_OPTIONS,

@@ -1,5 +1,5 @@
 import { Worker, type Processor } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import type { ModelAnnouncement, ServedModel } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
