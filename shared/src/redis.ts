@@ -154,10 +154,9 @@ export function createRedis(url: string, role: RedisRole, name: string, log: Log
         ...(target.password ? { password: target.password } : {}),
         ...(target.sentinelPassword ? { sentinelPassword: target.sentinelPassword } : {}),
         ...(target.tls ? { tls: {}, enableTLSForSentinelMode: true } : {}),
-        // Ask the Sentinels again at every reconnect (and on their +switch-master): after a failover
-        // the old address is a dead or demoted server.
+        // Every reconnect asks the Sentinels where the master is: after a failover the old address
+        // is a dead or demoted server (ioredis checks the ROLE of what it reaches).
         sentinelRetryStrategy: retryStrategy,
-        failoverDetector: true,
       });
       break;
     case 'cluster': {
