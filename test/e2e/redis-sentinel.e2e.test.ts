@@ -4,7 +4,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { expect } from 'chai';
 import { digitPng, heldOutDigits } from '../support/images.js';
-import { predict, request } from '../support/http.js';
+import { request, uploadForm } from '../support/http.js';
 import { command, startSentinels, type LocalSentinels } from '../support/redis-topology.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 import { until } from '../support/wait.js';
@@ -72,7 +72,13 @@ describe('Redis Sentinel: the master killed under load', function () {
         const at = Date.now();
         let reply;
         try {
-          reply = await predict(gateway.url, seven, { Prefer: 'respond-async' });
+          // Bounded: a request that never got an answer would otherwise hold the test forever.
+          reply = await request(`${gateway.url}/v1/predict`, {
+            method: 'POST',
+            body: uploadForm(seven),
+            headers: { Prefer: 'respond-async' },
+            signal: AbortSignal.timeout(10_000),
+          });
         } catch (error) {
           otherAnswers.push(`no answer: ${(error as Error).message}`);
           continue;
@@ -86,7 +92,7 @@ describe('Redis Sentinel: the master killed under load', function () {
       }
     });
 
-    await until('100 jobs accepted before the failover', async () => accepted.length >= 100, 60_000);
+    await until('100 jobs accepted before the failover', () => Promise.resolve(accepted.length >= 100), 60_000);
     // A backlog to lose: the workers are frozen until jobs wait, and thawed the moment the master dies,
     // so the failover meets queued, active and newly submitted jobs at once.
     for (const w of workers) w.child.kill('SIGSTOP');
@@ -109,10 +115,14 @@ describe('Redis Sentinel: the master killed under load', function () {
     // Recovered: the gateway accepts jobs again, and the workers complete them, on the new master.
     const gatewayBack = await until(
       'a job accepted after the failover',
-      async () => accepted.find((a) => a.at > promoted)?.at,
+      () => Promise.resolve(accepted.find((a) => a.at > promoted)?.at),
       60_000,
     );
-    await until('100 more jobs accepted after the failover', async () => accepted.length >= acceptedBefore + 100, 60_000);
+    await until(
+      '100 more jobs accepted after the failover',
+      () => Promise.resolve(accepted.length >= acceptedBefore + 100),
+      60_000,
+    );
     submitting = false;
     await Promise.all(submitters);
 
@@ -124,9 +134,9 @@ describe('Redis Sentinel: the master killed under load', function () {
       async () => {
         for (const { id } of accepted) {
           if (outcomes.has(id)) continue;
-          const reply = await request(`${gateway.url}/v1/jobs/${id}`);
+          const reply = await request(`${gateway.url}/v1/jobs/${id}`, { signal: AbortSignal.timeout(10_000) });
           if (reply.status === 200 && (reply.body.status === 'completed' || reply.body.status === 'failed')) {
-            outcomes.set(id, reply.body.status as string);
+            outcomes.set(id, reply.body.status);
             lastCompletion = Date.now();
           } else if (reply.status === 404) outcomes.set(id, 'lost');
         }
