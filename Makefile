@@ -24,9 +24,14 @@ test: $(NODE_MODULES) ## Run every test (unit and integration; starts its own Re
 	npm test
 
 .PHONY: lint
-lint: $(NODE_MODULES) ## ESLint (type-aware, security rules), Prettier, actionlint, and promtool on the alert rules
+lint: $(NODE_MODULES) ## ESLint (type-aware, security rules), Prettier, actionlint, promtool on the alert rules, and the Kubernetes manifests (k8s-validate)
 	npm run lint
 	bash scripts/promtool.sh
+	bash scripts/k8s/validate.sh
+
+.PHONY: k8s-validate
+k8s-validate: ## Render deploy/k8s (dev, prod) with kustomize and validate offline: Kubernetes 1.37 schemas (strict), KEDA's ScaledObject schema, the project's rules
+	bash scripts/k8s/validate.sh
 
 .PHONY: rules-check
 rules-check: ## promtool (pinned, built once into .tools/bin): check the Prometheus rules and config, run their unit tests

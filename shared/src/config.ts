@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ModelName } from './contract/queue.contract.js';
 import type { MlflowCredentials } from './mlflow/client.js';
+import { hashTag, parseRedisUrl } from './redis.js';
 
 /**
  * Configuration is read from the environment once, at start-up, and validated against a zod schema.
@@ -85,15 +86,45 @@ export const env = {
 export const redisConfigShape = {
   REDIS_URL: z
     .string()
-    .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+    .superRefine((url, ctx) => {
+      try {
+        parseRedisUrl(url);
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', message: (error as Error).message });
+      }
+    })
     .default('redis://127.0.0.1:6379')
-    .describe('Redis connection URL shared by every service'),
+    .describe(
+      'Redis shared by every service: `redis://[user:password@]host:port[/db]` (`rediss://` for TLS); a Redis Cluster `redis+cluster://[user:password@]host:port,host:port,…` (seed nodes; REDIS_PREFIX then needs a hash tag, e.g. `{conveyor}`); a master found through Sentinel `redis+sentinel://[user:password@]host:26379,host:26379,…/<master-name>[?sentinelPassword=…]`',
+    ),
   REDIS_PREFIX: z
     .string()
-    .regex(/^[a-z][a-z0-9-]*$/, 'lowercase letters, digits and dashes')
+    .regex(/^([a-z][a-z0-9-]*|\{[a-z][a-z0-9-]*\})$/, 'lowercase letters, digits and dashes, optionally in braces ({conveyor})')
     .default('conveyor')
-    .describe('Key prefix for queues, results, streams and heartbeats; several deployments can share one Redis'),
+    .describe(
+      'Key prefix for queues, results, streams and heartbeats; several deployments can share one Redis. In braces (`{conveyor}`) it is a Redis Cluster hash tag: every key of the deployment in one slot (required with `redis+cluster://`)',
+    ),
 };
+
+/**
+ * The rule between REDIS_URL and REDIS_PREFIX, for every service's schema (`.superRefine`): on a
+ * Redis Cluster every key must hash to one slot, or BullMQ's scripts (and Conveyor's: admission,
+ * the result commit) fail with CROSSSLOT.
+ */
+export function checkRedisConfig(config: { REDIS_URL: string; REDIS_PREFIX: string }, ctx: z.RefinementCtx): void {
+  let cluster: boolean;
+  try {
+    cluster = parseRedisUrl(config.REDIS_URL).kind === 'cluster';
+  } catch {
+    return; // REDIS_URL's own check has said why
+  }
+  if (cluster && hashTag(config.REDIS_PREFIX) === undefined)
+    ctx.addIssue({
+      code: 'custom',
+      path: ['REDIS_PREFIX'],
+      message: `a Redis Cluster needs a hash-tag prefix, e.g. {${config.REDIS_PREFIX.replace(/[{}]/g, '')}}, so every key of a queue is in one slot`,
+    });
+}
 
 /** One entry of MODELS: a serving name and, for a worker, how many of its jobs run at once. */
 export interface ModelEntry {

@@ -45,7 +45,9 @@ describe('config', () => {
     const message = (error as Error).message;
     expect(message).to.contain('PORT ("70000")');
     expect(message).to.contain('DEBUG ("maybe")');
-    expect(message).to.contain('REDIS_URL ("http://x"): must be a redis:// or rediss:// URL');
+    expect(message).to.contain(
+      'REDIS_URL ("http://x"): must be a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL',
+    );
   });
 
   it('never prints a secret that fails validation, nor the password in a URL', () => {

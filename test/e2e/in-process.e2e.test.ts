@@ -38,6 +38,12 @@ describe('gateway and worker started in-process', function () {
       log,
     );
     await worker.ready;
+    // The gateway learns of the worker from its announcement and heartbeat, a moment after the
+    // worker is ready: until then a synchronous request is refused (no-worker), as it should be.
+    await until('the gateway sees a warm digits worker', async () => {
+      const ready = await fetch(`http://127.0.0.1:${gateway!.port}/v2/models/digits/ready`);
+      return ready.status === 200 || undefined;
+    });
   });
 
   after(async () => {
@@ -51,7 +57,7 @@ describe('gateway and worker started in-process', function () {
     const { dataset, split } = await heldOutDigits();
     const index = split.test.find((i) => dataset.samples[i]!.label === 3)!;
     const reply = await predict(`http://127.0.0.1:${gateway!.port}`, await digitPng(dataset.samples[index]!.pixels));
-    expect(reply.status).to.equal(200);
+    expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
     expect(reply.body).to.deep.include({ status: 'completed' });
     expect((reply.body.prediction as { label: string }).label).to.equal('3');
     expect(reply.body.worker).to.equal(worker!.workerId);

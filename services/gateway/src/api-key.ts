@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
-import { Redis } from 'ioredis';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { createLogger } from '@conveyor/shared/logger';
+import { createRedis, waitForReady } from '@conveyor/shared/redis';
 import { ApiKeyStore, Scope, SCOPES } from './access/api-keys.js';
 
 /**
@@ -21,8 +22,9 @@ if (!url) {
   console.error('Set REDIS_URL to the Redis the gateways use (and REDIS_PREFIX if it is not the default).');
   process.exit(2);
 }
-const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
-await redis.connect();
+// Through the services' own factory, so every REDIS_URL form they accept (cluster, sentinel) works here too.
+const redis = createRedis(url, 'producer', 'conveyor:api-key', createLogger('api-key', 'warn'));
+await waitForReady(redis, 10_000);
 const store = new ApiKeyStore(redis, keysOf(process.env.REDIS_PREFIX ?? 'conveyor').apiKeys);
 try {
   if (values.list) {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import {
+  checkRedisConfig,
   env,
   imageLimitsShape,
   logConfigShape,
@@ -99,5 +100,6 @@ export const GatewayConfig = z
   .refine((c) => c.SYNC_WAIT_DEFAULT_SECONDS <= c.SYNC_WAIT_MAX_SECONDS, {
     error: 'SYNC_WAIT_DEFAULT_SECONDS must not exceed SYNC_WAIT_MAX_SECONDS',
     path: ['SYNC_WAIT_DEFAULT_SECONDS'],
-  });
+  })
+  .superRefine(checkRedisConfig);
 export type GatewayConfig = z.infer<typeof GatewayConfig>;

@@ -5,7 +5,7 @@ import { JobStore } from '@conveyor/shared/contract/job-store';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
-import { closeRedis, connectionErrorLog, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { closeRedis, createBullConnection, createRedis, waitForReady } from '@conveyor/shared/redis';
 import { createApp } from './app.js';
 import type { GatewayConfig } from './config.js';
 import { dashboard } from './http/dashboard.js';
@@ -42,12 +42,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
 
   // BullMQ does not close a connection it was given; shutdown closes it below.
-  const queueConnection = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway-queue:${gatewayId}`, log, {
-    enableAutoPipelining: false,
-  });
-  // BullMQ re-emits its connection's errors on every queue: one warning per outage, not one per reconnect attempt.
-  const queueErrors = connectionErrorLog(log, { error: 'queue error', restored: 'queue connection restored' });
-  queueConnection.on('ready', () => queueErrors.restored());
+  const { connection: queueConnection, errors: queueErrors } = await createBullConnection(
+    config.REDIS_URL,
+    'producer',
+    `conveyor:gateway-queue:${gatewayId}`,
+    log,
+    { error: 'queue error', restored: 'queue connection restored' },
+  );
   const board =
     config.DASHBOARD_USER && config.DASHBOARD_PASSWORD
       ? dashboard([], { user: config.DASHBOARD_USER, password: config.DASHBOARD_PASSWORD })

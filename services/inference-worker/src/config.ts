@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { inferenceQueue, type ModelName } from '@conveyor/shared/contract/queue.contract';
 import {
   checkMlflowAuth,
+  checkRedisConfig,
   env,
   imageLimitsShape,
   logConfigShape,
@@ -131,9 +132,11 @@ function planModels(config: WorkerFields): ModelPlan[] {
 }
 
 // Cross-field rules (user and password together, no credentials in the URL) need the whole object.
-export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth).transform((config) => ({
-  ...config,
-  /** What this worker serves, in MODELS order (the first is the one older gateways see in the heartbeat). */
-  models: planModels(config),
-}));
+export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth)
+  .superRefine(checkRedisConfig)
+  .transform((config) => ({
+    ...config,
+    /** What this worker serves, in MODELS order (the first is the one older gateways see in the heartbeat). */
+    models: planModels(config),
+  }));
 export type WorkerConfig = z.infer<typeof WorkerConfig>;

@@ -8,7 +8,7 @@ import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
-import { closeRedis, connectionErrorLog, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { closeRedis, createBullConnection, createRedis, waitForReady } from '@conveyor/shared/redis';
 import type { WorkerConfig } from './config.js';
 import { drain } from './drain.js';
 import { ModelServing } from './model/model-serving.js';
@@ -76,12 +76,13 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     predictionStreamMaxLen: config.PREDICTION_STREAM_MAXLEN,
   });
   // BullMQ does not close a connection it was given; shutdown closes it below.
-  const bullConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker-bull:${workerId}`, log, {
-    enableAutoPipelining: false,
-  });
-  // BullMQ re-emits its connections' errors on every Worker: one warning per outage, not one per reconnect attempt.
-  const workerErrors = connectionErrorLog(log, { error: 'worker error', restored: 'worker connection restored' });
-  bullConnection.on('ready', () => workerErrors.restored());
+  const { connection: bullConnection, errors: workerErrors } = await createBullConnection(
+    config.REDIS_URL,
+    'consumer',
+    `conveyor:worker-bull:${workerId}`,
+    log,
+    { error: 'worker error', restored: 'worker connection restored' },
+  );
 
   const heartbeat = new Heartbeat(
     redis,

@@ -1,5 +1,12 @@
 import { z } from 'zod';
-import { checkMlflowAuth, env, logConfigShape, mlflowAuthShape, redisConfigShape } from '@conveyor/shared/config';
+import {
+  checkMlflowAuth,
+  checkRedisConfig,
+  env,
+  logConfigShape,
+  mlflowAuthShape,
+  redisConfigShape,
+} from '@conveyor/shared/config';
 
 const Thresholds = z
   .object({ warn: z.number().min(0), alert: z.number().min(0) })
@@ -94,7 +101,7 @@ const MonitorFields = z.object({
   SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed to finish the batch in hand'),
 });
 // Cross-field rules (user and password together, no credentials in the URL) need the whole object.
-export const MonitorConfig = MonitorFields.superRefine(checkMlflowAuth);
+export const MonitorConfig = MonitorFields.superRefine(checkMlflowAuth).superRefine(checkRedisConfig);
 export type MonitorConfig = z.infer<typeof MonitorConfig>;
 
 export function thresholdsFor(config: MonitorConfig): (feature: string) => { warn: number; alert: number } {

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import { JobResult, type FeedbackEvent, type Keys, type PredictionEvent, type ReplyMessage } from './queue.contract.js';
 
 /** How a commit ended: only 'published' changed anything. */

@@ -1,5 +1,5 @@
 import type { Middleware } from 'koa';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import { WorkerHeartbeat, type Keys } from '@conveyor/shared/contract/queue.contract';
 
 /** Workers whose heartbeat has not expired, with the models each one serves. */

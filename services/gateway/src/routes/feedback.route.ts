@@ -1,6 +1,6 @@
 import type { Access } from '../access/access.middleware.js';
 import type Router from '@koa/router';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import { koaBody } from 'koa-body';
 import { z } from 'zod';
 import type { JobStore } from '@conveyor/shared/contract/job-store';

@@ -1,6 +1,6 @@
 import type Router from '@koa/router';
 import { isRedisUnavailable } from '@conveyor/shared/redis';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import { servedModels } from '@conveyor/shared/contract/queue.contract';
 import { problemCatalogue, problemType, ProblemError, type ProblemSlug } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';

@@ -1,5 +1,5 @@
 import { createHmac, randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import type { AlertEvent } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Redis } from '@conveyor/shared/redis';
 import type { z } from 'zod';
 import {
   FeatureState,
@@ -68,11 +68,11 @@ return 1`;
 const UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /** The scripts, registered once per connection and sent by SHA (EVALSHA; ioredis falls back on NOSCRIPT). */
-interface ScriptedRedis extends Redis {
+type ScriptedRedis = Redis & {
   conveyorMonitorAppend(numKeys: number, ...args: (string | number)[]): Promise<[number, number[]]>;
   conveyorMonitorLabel(done: string, list: string, ttl: number, item: string, max: number): Promise<number>;
   conveyorMonitorUnlock(key: string, token: string): Promise<number>;
-}
+};
 
 function withScripts(redis: Redis): ScriptedRedis {
   redis.defineCommand('conveyorMonitorAppend', { lua: APPEND });
