@@ -4,6 +4,7 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } 
 import os from 'node:os';
 import path from 'node:path';
 import {
+  GetBucketLifecycleConfigurationCommand,
   GetBucketVersioningCommand,
   GetObjectCommand,
   ListObjectsV2Command,
@@ -148,6 +149,23 @@ describe('MLflow artifacts in a versioned S3 bucket (real MLflow, real moto)', f
     expect(versioning.Status).to.equal('Enabled');
     expect(mlflow!.artifactsDestination).to.equal(`s3://${bucket}/${keyPrefix}`);
     expect(existsSync(path.join(tmp, 'mlflow', 'artifacts'))).to.equal(false);
+  });
+
+  it('sets the lifecycle rule that expires noncurrent versions (scripts/s3/lifecycle.json) on the whole bucket', async () => {
+    const wanted = JSON.parse(readFileSync(path.join(ROOT, 'scripts/s3/lifecycle.json'), 'utf8')) as {
+      Rules: { NoncurrentVersionExpiration: { NoncurrentDays: number } }[];
+    };
+    const days = wanted.Rules[0]!.NoncurrentVersionExpiration.NoncurrentDays;
+    expect(days).to.be.a('number').and.be.greaterThan(0);
+    const lifecycle = await bucketClient.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket }));
+    expect(lifecycle.Rules).to.have.length(1);
+    const [rule] = lifecycle.Rules!;
+    expect(rule!.Status).to.equal('Enabled');
+    expect(rule!.NoncurrentVersionExpiration?.NoncurrentDays).to.equal(days);
+    expect(rule!.Expiration?.ExpiredObjectDeleteMarker).to.equal(true);
+    expect(rule!.AbortIncompleteMultipartUpload?.DaysAfterInitiation).to.equal(7);
+    // An empty prefix: every key, whatever MLflow's prefix (the tests' are random).
+    expect(rule!.Filter?.Prefix ?? '').to.equal('');
   });
 
   it('puts a registered version’s model folder in the bucket under the prefix, and the worker serves it', async () => {
