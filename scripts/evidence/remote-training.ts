@@ -1,10 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { z } from 'zod';
 import { MlflowClient, type Run } from '@conveyor/shared/mlflow/client';
-import { runDeployment, taskRunsOf, waitForFlowRun, type PrefectServer } from '../lib/prefect-server.js';
 import { ROOT } from '../lib/service-process.js';
 
 /**
@@ -38,6 +38,7 @@ const env = z
     /** The cat photo of the scikit-image wheel (scripts/models/moderation.ts installs it into .venv/models). */
     CAT_PHOTO: z.string().default(path.join(ROOT, '.venv/models/lib/python3.11/site-packages/skimage/data/chelsea.png')),
     FLOW_TIMEOUT_MINUTES: z.coerce.number().positive().default(90),
+    FLOW_RUN_ID: z.string().optional(),
   })
   .parse(process.env);
 
@@ -139,31 +140,74 @@ print(json.dumps({"versions": versions, "deleteMarkers": markers, "lifecycle": r
   );
 
 // ── the flow run ─────────────────────────────────────────────────────────────────────────────
-const prefect: PrefectServer = {
-  url: env.PREFECT_URL,
-  apiUrl: `${env.PREFECT_URL}/api`,
-  home: '',
-  env: {},
-  stop: () => Promise.resolve(),
-};
-async function prefectApi(route: string, body?: unknown): Promise<unknown> {
-  const response = await fetch(`${prefect.apiUrl}${route}`, {
-    method: body === undefined ? 'GET' : 'POST',
-    headers: { 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+// A fresh connection per call (agent: false): through podman's port forwarding, a kept-alive
+// connection the server had closed in the meantime failed the next POST ("other side closed").
+function prefectApi(route: string, body?: unknown): Promise<unknown> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const request = http.request(
+      `${env.PREFECT_URL}/api${route}`,
+      {
+        method: payload === undefined ? 'GET' : 'POST',
+        agent: false,
+        headers: { 'content-type': 'application/json', ...(payload ? { 'content-length': Buffer.byteLength(payload) } : {}) },
+        timeout: 30_000,
+      },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (c: Buffer) => chunks.push(c));
+        response.on('end', () => {
+          const text = Buffer.concat(chunks).toString();
+          if ((response.statusCode ?? 500) >= 300) reject(new Error(`Prefect ${route}: ${response.statusCode} ${text}`));
+          else resolve(JSON.parse(text));
+        });
+      },
+    );
+    request.on('timeout', () => request.destroy(new Error(`Prefect ${route}: timed out`)));
+    request.on('error', reject);
+    request.end(payload);
   });
-  if (!response.ok) throw new Error(`Prefect ${route}: ${response.status} ${await response.text()}`);
-  return response.json();
+}
+const FINAL = new Set(['COMPLETED', 'FAILED', 'CRASHED', 'CANCELLED']);
+const FlowRunState = z.object({ id: z.string(), name: z.string(), state_type: z.string().nullable() });
+async function waitForFlowRun(id: string, timeoutMs: number): Promise<z.infer<typeof FlowRunState>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    // A poll that fails (the machine is busy) is tried again until the deadline.
+    const run = await prefectApi(`/flow_runs/${id}`).then(
+      (r) => FlowRunState.parse(r),
+      () => undefined,
+    );
+    if (run?.state_type && FINAL.has(run.state_type)) return run;
+    if (Date.now() > deadline) throw new Error(`flow run ${id} not finished after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 5000));
+  }
 }
 const deployment = z
   .object({ id: z.string(), name: z.string(), work_pool_name: z.string().nullable(), schedules: z.array(z.unknown()) })
   .parse(await prefectApi('/deployments/name/conveyor-training/weekly'));
 
-const before = s3Counts();
-const versionsBefore = new Set(objectVersions().versions.map((v) => `${v.key}@${v.versionId}`));
-const submitted = await runDeployment(prefect, deployment.id);
-console.error(`[evidence] flow run ${submitted.name} (${submitted.id}) submitted; waiting for its final state`);
-const finished = await waitForFlowRun(prefect, submitted.id, env.FLOW_TIMEOUT_MINUTES * 60_000);
+// FLOW_RUN_ID: collect the record of a run triggered before (the counts taken before it were saved).
+const stateFile = (id: string) => path.join(ROOT, 'data', `remote-training-${id}.json`);
+const Before = z.object({ counts: S3Counts, versions: z.array(z.string()) });
+let before: S3Counts;
+let versionsBefore: Set<string>;
+let submittedId: string;
+if (env.FLOW_RUN_ID) {
+  submittedId = env.FLOW_RUN_ID;
+  const saved = Before.parse(JSON.parse(readFileSync(stateFile(submittedId), 'utf8')));
+  before = saved.counts;
+  versionsBefore = new Set(saved.versions);
+} else {
+  before = s3Counts();
+  versionsBefore = new Set(objectVersions().versions.map((v) => `${v.key}@${v.versionId}`));
+  const submitted = FlowRunState.parse(await prefectApi(`/deployments/${deployment.id}/create_flow_run`, { parameters: {} }));
+  submittedId = submitted.id;
+  mkdirSync(path.dirname(stateFile(submittedId)), { recursive: true });
+  writeFileSync(stateFile(submittedId), JSON.stringify({ counts: before, versions: [...versionsBefore] }));
+  console.error(`[evidence] flow run ${submitted.name} (${submitted.id}) submitted; waiting for its final state`);
+}
+const finished = await waitForFlowRun(submittedId, env.FLOW_TIMEOUT_MINUTES * 60_000);
 const after = s3Counts();
 const flowRun = z
   .object({
@@ -177,18 +221,24 @@ const flowRun = z
     work_pool_name: z.string().nullable().optional(),
   })
   .parse(await prefectApi(`/flow_runs/${finished.id}`));
-const tasks = (await taskRunsOf(prefect, finished.id)).map((t) => ({
-  name: t.name,
-  state: t.state_name,
-  runCount: t.run_count,
-}));
-const usageArtifact = z
-  .array(z.object({ data: z.unknown() }))
-  .parse(
-    await prefectApi('/artifacts/filter', {
-      artifacts: { flow_run_id: { any_: [finished.id] }, key: { any_: ['resource-usage'] } },
-    }),
-  )[0];
+// Task runs report their final states as events, which may land a moment after the flow run's.
+const TaskRuns = z.array(
+  z.object({ name: z.string(), state_type: z.string().nullable(), state_name: z.string().nullable(), run_count: z.number() }),
+);
+let taskRuns = TaskRuns.parse([]);
+for (let i = 0; i < 30; i++) {
+  taskRuns = TaskRuns.parse(
+    await prefectApi('/task_runs/filter', { flow_runs: { id: { any_: [finished.id] } }, sort: 'EXPECTED_START_TIME_ASC' }),
+  );
+  if (taskRuns.every((t) => t.state_type && FINAL.has(t.state_type))) break;
+  await new Promise((r) => setTimeout(r, 2000));
+}
+const tasks = taskRuns.map((t) => ({ name: t.name, state: t.state_name, runCount: t.run_count }));
+const usageArtifact = z.array(z.object({ data: z.unknown() })).parse(
+  await prefectApi('/artifacts/filter', {
+    artifacts: { flow_run_id: { any_: [finished.id] }, key: { any_: ['resource-usage'] } },
+  }),
+)[0];
 const Usage = z.array(
   z.object({
     step: z.string(),
@@ -274,7 +324,7 @@ async function predict(route: string, file: string, type: string): Promise<unkno
   const body = (await response.json()) as { status?: string; model?: unknown; prediction?: { label?: string; top?: unknown } };
   return { status: response.status, model: body.model, label: body.prediction?.label, top: body.prediction?.top };
 }
-const models = (await (await fetch(`${env.GATEWAY_URL}/v1/models`)).json());
+const models = await (await fetch(`${env.GATEWAY_URL}/v1/models`)).json();
 const serving = {
   replicas: Object.fromEntries(
     ['inference-worker', 'inference-worker-moderation'].map((s) => [

@@ -9,10 +9,12 @@ import {
   GetObjectCommand,
   ListObjectsV2Command,
   ListObjectVersionsCommand,
+  PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import pino from 'pino';
+import { z } from 'zod';
 import { artifactProxyPath, MlflowClient, type ModelVersion } from '@conveyor/shared/mlflow/client';
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
@@ -166,6 +168,24 @@ describe('MLflow artifacts in a versioned S3 bucket (real MLflow, real moto)', f
     expect(rule!.AbortIncompleteMultipartUpload?.DaysAfterInitiation).to.equal(7);
     // An empty prefix: every key, whatever MLflow's prefix (the tests' are random).
     expect(rule!.Filter?.Prefix ?? '').to.equal('');
+  });
+
+  it('counts signed S3 requests by AWS price class at /_conveyor/requests, and no unsigned ones', async () => {
+    const Counts = z.object({ total: z.number(), by_class: z.record(z.string(), z.number()) });
+    const read = async () => Counts.parse(await (await fetch(`${s3!.endpoint}/_conveyor/requests`)).json());
+    const before = await read();
+    const Key = `counter-probe-${suffix}/object`;
+    await bucketClient.send(new PutObjectCommand({ Bucket: bucket, Key, Body: 'probe' }));
+    const got = await bucketClient.send(new GetObjectCommand({ Bucket: bucket, Key }));
+    expect(await got.Body!.transformToString()).to.equal('probe');
+    await bucketClient.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `counter-probe-${suffix}/` }));
+    // Unsigned, like compose's health check: not an S3 request anyone is billed for here.
+    expect((await fetch(`${s3!.endpoint}/${bucket}`, { method: 'HEAD' })).status).to.equal(200);
+    const after = await read();
+    const delta = (k: string) => (after.by_class[k] ?? 0) - (before.by_class[k] ?? 0);
+    expect(after.total - before.total).to.equal(3);
+    expect(delta('put_copy_post_list'), 'the PUT and the LIST').to.equal(2);
+    expect(delta('get_and_other'), 'the GET').to.equal(1);
   });
 
   it('puts a registered version’s model folder in the bucket under the prefix, and the worker serves it', async () => {
