@@ -37,7 +37,7 @@ describe('README cost table', () => {
     const table = renderCostTable(measured(evidence, 30));
     const requests = 0.005 + 2 * 0.0004;
     expect(table).to.contain(
-      `| EC2 t3.medium, started for the run | $0.0416 | $${requests.toFixed(4)} | $${(0.0416 + requests).toFixed(4)} |`,
+      `| EC2 t3.medium (burstable: a long run spends CPU credits), started for the run | $0.0416 | $${requests.toFixed(4)} | $${(0.0416 + requests).toFixed(4)} |`,
     );
     // 3000 MB of peak memory needs 3 GB of Fargate memory beside its vCPU.
     expect(table).to.contain(`ECS on Fargate, 1 vCPU + 3 GB | $${(0.04048 + 3 * 0.004445).toFixed(4)} |`);

@@ -114,14 +114,15 @@ function fargateMemoryGb(peakRssMb: number): number {
   return Math.max(2, Math.ceil((peakRssMb * 2 ** 20) / 2 ** 30));
 }
 
+/** Dollars with the digits that matter: cents from a dollar up, four decimals down to $0.0001, then two significant figures. */
 const usd = (value: number): string =>
   value === 0
     ? '$0'
-    : value < 0.0001
-      ? `$${value.toExponential(1)}`
-      : value < 1
+    : value >= 1
+      ? `$${value.toFixed(2)}`
+      : value >= 0.0001
         ? `$${value.toFixed(4)}`
-        : `$${value.toFixed(2)}`;
+        : `$${value.toPrecision(2)}`;
 const link = (p: Price) => `<${p.source}>`;
 
 export function renderCostTable(m: Measured): string {
@@ -131,7 +132,11 @@ export function renderCostTable(m: Measured): string {
     (m.requests.getAndOther / 1000) * PRICES.s3GetAndOther.usd;
   const memoryGb = fargateMemoryGb(m.peakRssMb);
   const compute: [string, number, string][] = [
-    ['EC2 t3.medium, started for the run', billedHours * PRICES['t3.medium'].usd, `${PRICES['t3.medium'].usd} $/h`],
+    [
+      'EC2 t3.medium (burstable: a long run spends CPU credits), started for the run',
+      billedHours * PRICES['t3.medium'].usd,
+      `${PRICES['t3.medium'].usd} $/h`,
+    ],
     ['EC2 c7i.large, started for the run', billedHours * PRICES['c7i.large'].usd, `${PRICES['c7i.large'].usd} $/h`],
     ['EC2 m7i.large, started for the run', billedHours * PRICES['m7i.large'].usd, `${PRICES['m7i.large'].usd} $/h`],
     [
@@ -149,7 +154,7 @@ export function renderCostTable(m: Measured): string {
   const lines = [
     BEGIN,
     '',
-    `Measured in the remote training run (one flow run of \`conveyor-training/weekly\`, the three configurations of \`make train\`, in the \`trainer\` container): **${m.wallSeconds.toFixed(0)} s** wall time, **${m.cpuSeconds.toFixed(0)} s** CPU (user + system, all trainer steps, from wait4), **${m.peakRssMb.toFixed(0)} MB** peak RSS (the largest step), **${m.requests.putCopyPostList + m.requests.getAndOther + m.requests.free}** S3 requests (${m.requests.putCopyPostList} PUT/COPY/POST/LIST, ${m.requests.getAndOther} GET and other, ${m.requests.free} DELETE), **${(m.bytesPerRun / MIB).toFixed(2)} MiB** added to the bucket (every object version; ${(m.bytesPerModelVersion / MIB).toFixed(2)} MiB of it the registered model version's run, ${m.noncurrentPerRun} noncurrent versions). Prices: AWS us-east-1 on-demand list prices as of ${AS_OF} (sources in the last table).`,
+    `Measured in the remote training run (one flow run of \`conveyor-training/weekly\`, the three configurations of \`make train\`, in the \`trainer\` container, on a shared two-core machine while other work ran: the wall time is what it took here; an idle core needs about the CPU time): **${m.wallSeconds.toFixed(0)} s** wall time, **${m.cpuSeconds.toFixed(0)} s** CPU (user + system, all trainer steps, from wait4), **${m.peakRssMb.toFixed(0)} MB** peak RSS (the largest step), **${m.requests.putCopyPostList + m.requests.getAndOther + m.requests.free}** S3 requests (${m.requests.putCopyPostList} PUT/COPY/POST/LIST, ${m.requests.getAndOther} GET and other, ${m.requests.free} DELETE), **${(m.bytesPerRun / MIB).toFixed(2)} MiB** added to the bucket (every object version; ${(m.bytesPerModelVersion / MIB).toFixed(2)} MiB of it the registered model version's run, ${m.noncurrentPerRun} noncurrent versions). Prices: AWS us-east-1 on-demand list prices as of ${AS_OF} (sources in the last table).`,
     '',
     `| Per run, compute (billed per second, 60 s minimum) + S3 requests | Compute | S3 requests | Per run | Per month (${RUNS_PER_MONTH.toFixed(2)} runs) |`,
     '| --- | --- | --- | --- | --- |',

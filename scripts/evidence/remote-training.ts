@@ -3,6 +3,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { format } from 'prettier';
 import { z } from 'zod';
 import { MlflowClient, type Run } from '@conveyor/shared/mlflow/client';
 import { ROOT } from '../lib/service-process.js';
@@ -189,7 +190,7 @@ const deployment = z
 
 // FLOW_RUN_ID: collect the record of a run triggered before (the counts taken before it were saved).
 const stateFile = (id: string) => path.join(ROOT, 'data', `remote-training-${id}.json`);
-const Before = z.object({ counts: S3Counts, versions: z.array(z.string()) });
+const Before = z.object({ counts: S3Counts, versions: z.array(z.string()), after: S3Counts.optional() });
 let before: S3Counts;
 let versionsBefore: Set<string>;
 let submittedId: string;
@@ -199,8 +200,9 @@ if (env.FLOW_RUN_ID) {
   before = saved.counts;
   versionsBefore = new Set(saved.versions);
 } else {
-  before = s3Counts();
+  // The listing first: its own requests (LIST versions, GET lifecycle) must not count as the run's.
   versionsBefore = new Set(objectVersions().versions.map((v) => `${v.key}@${v.versionId}`));
+  before = s3Counts();
   const submitted = FlowRunState.parse(await prefectApi(`/deployments/${deployment.id}/create_flow_run`, { parameters: {} }));
   submittedId = submitted.id;
   mkdirSync(path.dirname(stateFile(submittedId)), { recursive: true });
@@ -208,7 +210,11 @@ if (env.FLOW_RUN_ID) {
   console.error(`[evidence] flow run ${submitted.name} (${submitted.id}) submitted; waiting for its final state`);
 }
 const finished = await waitForFlowRun(submittedId, env.FLOW_TIMEOUT_MINUTES * 60_000);
-const after = s3Counts();
+// Taken once, as soon as the run is over (before anything here browses MLflow, whose UI lists the
+// bucket), and kept for a later collection of the same run.
+const saved = Before.parse(JSON.parse(readFileSync(stateFile(finished.id), 'utf8')));
+const after = saved.after ?? s3Counts();
+writeFileSync(stateFile(finished.id), JSON.stringify({ ...saved, after }));
 const flowRun = z
   .object({
     id: z.string(),
@@ -309,7 +315,8 @@ if (best) {
     await page.getByText(trainer.hostname).first().waitFor({ timeout: 60_000 });
     const close = page.locator('button[aria-label="Close"]').first();
     if (await close.isVisible().catch(() => false)) await close.click();
-    await page.waitForLoadState('networkidle');
+    // MLflow's UI keeps polling (never network-idle): give the rest of the page a moment to draw.
+    await page.waitForTimeout(2000);
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
   } finally {
     await browser.close();
@@ -380,7 +387,8 @@ const record = {
   serving,
 };
 mkdirSync(path.dirname(OUT_JSON), { recursive: true });
-writeFileSync(OUT_JSON, `${JSON.stringify(record, null, 2)}\n`);
+// Formatted as `npm run lint` wants it (prettier --check .).
+writeFileSync(OUT_JSON, await format(JSON.stringify(record), { parser: 'json' }));
 writeFileSync(OUT_MD, markdown(record));
 console.error(`[evidence] ${path.relative(ROOT, OUT_JSON)}, ${path.relative(ROOT, OUT_MD)} written`);
 if (flowRun.state_name !== 'Completed') process.exitCode = 1;
