@@ -52,7 +52,10 @@ function run(command: string, args: string[], input?: string): string {
   if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}):\n${result.stderr}`);
   return result.stdout;
 }
-const compose = (...args: string[]) => run(env.COMPOSE, [...env.COMPOSE_FILES.split(',').flatMap((f) => ['-f', f]), ...args]);
+// COMPOSE may be two words (`docker compose`, Compose v2) or one (`docker-compose`, 1.29).
+const [composeCommand = 'docker-compose', ...composeArgs] = env.COMPOSE.split(' ').filter(Boolean);
+const compose = (...args: string[]) =>
+  run(composeCommand, [...composeArgs, ...env.COMPOSE_FILES.split(',').flatMap((f) => ['-f', f]), ...args]);
 /** Runs a Python program inside a service's container (stdin), returns its stdout parsed as JSON. */
 const pythonIn = (service: string, python: string, program: string): unknown =>
   JSON.parse(compose('exec', '-T', service, python, '-c', program));
