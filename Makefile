@@ -116,6 +116,17 @@ compose-up: ## docker compose up -d --build with 4 inference workers (gateway :8
 compose-down: ## Stop the compose system and remove its volumes
 	docker compose down -v || docker-compose down -v
 
+.PHONY: compose-remote-run
+compose-remote-run: COMPOSE_CMD := $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
+compose-remote-run: CONTAINER_CLI := $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+compose-remote-run: ## Compose with the orchestrator (2 workers per model), one remote training run in the trainer container, recorded → docs/evidence, docs/images
+	$(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build --scale inference-worker=2 --scale inference-worker-moderation=2
+	COMPOSE='$(COMPOSE_CMD)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
+
+.PHONY: cost-table
+cost-table: $(NODE_MODULES) ## Rewrite the README's cost table from docs/evidence/remote-training-run.json × AWS list prices
+	$(TSX) scripts/cost/cost-table.ts
+
 .PHONY: compose-smoke
 compose-smoke: ## Build, start with 4 workers, check from outside (predictions, spread, dashboard, monitor, MLflow), tear down
 	bash scripts/compose-smoke.sh

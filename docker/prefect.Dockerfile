@@ -34,9 +34,12 @@ COPY orchestration orchestration
 RUN mkdir -p /app/data /prefect && chown -R conveyor:conveyor /app/data /prefect
 USER conveyor
 # The flow's tasks run services/trainer/dist (no tsx at run time); Prefect offline, home on a volume.
+# The server writes its UI's static files at start-up: by default into the venv, which this user may
+# not write (the UI was then missing), so into the volume.
 ENV PATH=/opt/prefect/bin:$PATH \
     CONVEYOR_TRAINER=dist \
     PREFECT_HOME=/prefect \
+    PREFECT_UI_STATIC_DIRECTORY=/prefect/ui \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     DO_NOT_TRACK=1 \
     PYTHONUNBUFFERED=1

@@ -9,7 +9,7 @@ COPY requirements/s3.lock.txt /tmp/s3.lock.txt
 RUN python3 -m venv /opt/s3 \
  && /opt/s3/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/s3.lock.txt \
  && rm /tmp/s3.lock.txt
-COPY scripts/s3/serve.py /opt/conveyor/serve.py
+COPY scripts/s3/serve.py scripts/s3/lifecycle.json /opt/conveyor/
 USER s3
 ENV S3_BUCKET=conveyor-mlflow
 EXPOSE 9000

@@ -1,7 +1,7 @@
 """Registers the training flow with the Prefect server at PREFECT_API_URL: a process work pool and
 the `weekly` deployment on a cron schedule. Idempotent (the pool is kept, the deployment updated).
 
-    python orchestration/deploy.py [--pool conveyor] [--cron "0 3 * * 1"] [--parameters '{"…": …}']
+    python orchestration/deploy.py [--pool conveyor] [--name weekly] [--cron "0 3 * * 1"] [--parameters '{"…": …}']
 
 Prints the deployment's id. A worker (`prefect worker start --pool conveyor`) then runs its flow
 runs as local processes, with the worker's environment (MLflow's address and account).
@@ -36,6 +36,7 @@ async def ensure_pool(name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pool", default="conveyor")
+    parser.add_argument("--name", default=DEPLOYMENT, help="the deployment's name (another name: another deployment)")
     parser.add_argument("--cron", default=WEEKLY)
     parser.add_argument("--parameters", default="{}", help="default flow parameters, as JSON")
     args = parser.parse_args()
@@ -43,7 +44,7 @@ def main() -> None:
     asyncio.run(ensure_pool(args.pool))
     # The source is this checkout: the worker runs the flow from here, no image or bucket to pull.
     deployment_id = training.from_source(source=str(ROOT), entrypoint="orchestration/training_flow.py:training").deploy(
-        name=DEPLOYMENT,
+        name=args.name,
         work_pool_name=args.pool,
         cron=args.cron,
         parameters=json.loads(args.parameters),

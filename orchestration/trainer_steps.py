@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,31 @@ def trainer_command() -> list[str]:
     return ["node", "--conditions=conveyor-source", "--import", "tsx", str(TRAINER)]
 
 
+# Every step's resource use, one JSON line per process, beside the step outputs: what the cost
+# table (scripts/cost/) multiplies by prices, measured as the flow runs the steps.
+USAGE_FILE = "usage.jsonl"
+
+
+def _wait_measured(process: subprocess.Popen[str]) -> tuple[int, dict[str, float]]:
+    """Waits for the step like Popen.wait, but through wait4(2): the kernel's own account of the
+    child's CPU time and peak resident memory (ru_maxrss, KiB on Linux), not a sampled guess."""
+    _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    process.returncode = code
+    return code, {
+        "user_s": round(usage.ru_utime, 3),
+        "sys_s": round(usage.ru_stime, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def read_usage(folder: Path) -> list[dict[str, Any]]:
+    """The usage lines run_step wrote into this folder, in the order the steps ran."""
+    file = folder / USAGE_FILE
+    return [json.loads(line) for line in file.read_text().splitlines() if line] if file.exists() else []
+
+
 def run_step(
     step: str,
     args: Sequence[str],
@@ -71,9 +97,11 @@ def run_step(
 
     The environment is the caller's (MLFLOW_TRACKING_URI and the account's
     MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD(_FILE) pass through untouched) plus `env`.
+    Its wall time, CPU time and peak memory are appended to `usage.jsonl` beside `output`.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
+    started = time.monotonic()
     process = subprocess.Popen(
         [*trainer_command(), step, *args, "--output", str(output)],
         cwd=ROOT,
@@ -88,7 +116,12 @@ def run_step(
         lines.append(line)
         if log is not None:
             log.info(line.rstrip())
-    code = process.wait()
+    code, usage = _wait_measured(process)
+    record = {"step": output.stem, "exit_code": code, "wall_s": round(time.monotonic() - started, 3), **usage}
+    with (output.parent / USAGE_FILE).open("a") as file:
+        file.write(json.dumps(record) + "\n")
+    if log is not None:
+        log.info(f"step usage: {json.dumps(record)}")
     text = "".join(lines[-40:])
     if code == 0:
         return json.loads(output.read_text())

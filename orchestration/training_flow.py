@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
-from trainer_steps import ROOT, DataValidationFailed, PermanentStepError, StepError, run_step
+from trainer_steps import ROOT, DataValidationFailed, PermanentStepError, StepError, read_usage, run_step
 
 DEFAULT_EXPERIMENTS = ROOT / "services" / "trainer" / "configs" / "experiments.json"
 
@@ -79,15 +79,37 @@ def _publish_report(report: dict[str, Any]) -> None:
     )
 
 
+def _flow_run_tags() -> dict[str, str]:
+    """What ties a tracked run or a registered version to the flow run that made it."""
+    return {
+        "prefect.flow_run_id": str(flow_run.id),
+        "prefect.flow_run_name": str(flow_run.name),
+        "prefect.deployment": str(deployment.name or ""),
+    }
+
+
+def _tag_args(tags: dict[str, str]) -> list[str]:
+    return [arg for k, v in tags.items() for arg in ("--tag", f"{k}={v}")]
+
+
 @task(name="train", task_run_name="train[{config_name}]", **RETRIES, timeout_seconds=3600)
 def train(
     data_dir: str, experiment: str | None, snapshot: dict[str, Any], config: str, config_name: str
 ) -> dict[str, Any]:
-    """Trains, evaluates (test split, ONNX latency) and tracks one configuration as an MLflow run."""
+    """Trains, evaluates (test split, ONNX latency) and tracks one configuration as an MLflow run
+    (which the trainer tags with the host it ran on; the flow run's tags are added here)."""
     out = _outputs(data_dir)
     return run_step(
         "train",
-        ["--config", config, "--snapshot", snapshot["snapshot"], "--out", str(out / "runs" / config_name / "model")],
+        [
+            "--config",
+            config,
+            "--snapshot",
+            snapshot["snapshot"],
+            "--out",
+            str(out / "runs" / config_name / "model"),
+            *_tag_args(_flow_run_tags()),
+        ],
         out / f"train-{config_name}.json",
         _env(data_dir, experiment),
         get_run_logger(),
@@ -104,19 +126,7 @@ def evaluate(data_dir: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 @task(name="register", **RETRIES)
 def register(data_dir: str, model: str, best: dict[str, Any], dataset_hash: str) -> dict[str, Any]:
     """A new registry version of the best run, `staging` pointed at it, tagged with this flow run."""
-    tags = {
-        "dataset_hash": dataset_hash,
-        "prefect.flow_run_id": str(flow_run.id),
-        "prefect.flow_run_name": str(flow_run.name),
-        "prefect.deployment": str(deployment.name or ""),
-    }
-    args = [
-        "--run-id",
-        best["best"],
-        "--model",
-        model,
-        *[arg for k, v in tags.items() for arg in ("--tag", f"{k}={v}")],
-    ]
+    args = ["--run-id", best["best"], "--model", model, *_tag_args({"dataset_hash": dataset_hash, **_flow_run_tags()})]
     return run_step("register", args, _outputs(data_dir) / "register.json", _env(data_dir, None), get_run_logger())
 
 
@@ -151,9 +161,23 @@ def training(
     ]
     best = evaluate(data_dir, runs)
     version = register(data_dir, model, best, snapshot["hash"])
+    usage = _publish_usage(data_dir)
     return {
         "dataset_hash": snapshot["hash"],
         "runs": [r["runId"] for r in runs],
         "best": best["best"],
         "version": version,
+        "usage": usage,
     }
+
+
+def _publish_usage(data_dir: str) -> list[dict[str, Any]]:
+    """Each step's wall time, CPU time and peak memory (trainer_steps.run_step measures them) as a
+    table on the flow run: the figures the cost table is made from, readable where the run is."""
+    usage = read_usage(_outputs(data_dir))
+    create_table_artifact(
+        key="resource-usage",
+        table=usage,
+        description="Trainer steps of this flow run: wall time, CPU time (user + system), peak RSS, from wait4(2)",
+    )
+    return usage

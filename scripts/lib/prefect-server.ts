@@ -110,7 +110,7 @@ async function stopGroup(child: ChildProcess): Promise<void> {
  */
 export function deployTraining(
   server: PrefectServer,
-  options: { pool?: string; cron?: string; parameters?: Record<string, unknown> } = {},
+  options: { pool?: string; name?: string; cron?: string; parameters?: Record<string, unknown> } = {},
 ): string {
   const python = path.join(path.dirname(ensurePrefectInstalled()), 'python');
   const result = spawnSync(
@@ -119,6 +119,7 @@ export function deployTraining(
       path.join(ROOT, 'orchestration/deploy.py'),
       '--pool',
       options.pool ?? WORK_POOL,
+      ...(options.name ? ['--name', options.name] : []),
       ...(options.cron ? ['--cron', options.cron] : []),
       '--parameters',
       JSON.stringify(options.parameters ?? {}),

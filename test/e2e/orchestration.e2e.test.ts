@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -16,7 +17,8 @@ import {
   WORK_POOL,
   type PrefectServer,
 } from '../../scripts/lib/prefect-server.js';
-import { startMlflow } from '../../scripts/lib/mlflow-server.js';
+import { freePort } from '../../scripts/lib/free-port.js';
+import { startMlflow, type LocalMlflow } from '../../scripts/lib/mlflow-server.js';
 import { until } from '../support/wait.js';
 
 /**
@@ -37,13 +39,16 @@ describe('orchestration (real Prefect and MLflow)', function () {
   let client: MlflowClient;
   let deploymentId: string;
   let source: SourceDataset;
+  let mlflow: LocalMlflow;
+  let passwordFile: string;
+  let parameters: Record<string, unknown>;
+  const admin = { username: 'admin', password: `admin-${suffix}-${Math.random().toString(36).slice(2)}` };
 
   before(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'conveyor-orchestration-'));
-    const admin = { username: 'admin', password: `admin-${suffix}-${Math.random().toString(36).slice(2)}` };
-    const mlflow = await startMlflow({ dir: path.join(tmp, 'mlflow'), quiet: true, auth: { admin } });
+    mlflow = await startMlflow({ dir: path.join(tmp, 'mlflow'), quiet: true, auth: { admin } });
     started.push(() => mlflow.stop());
-    const passwordFile = path.join(tmp, 'admin.password');
+    passwordFile = path.join(tmp, 'admin.password');
     writeFileSync(passwordFile, `${admin.password}\n`, { mode: 0o600 });
     client = new MlflowClient(mlflow.url, { credentials: admin });
     source = readMnistSource();
@@ -64,9 +69,8 @@ describe('orchestration (real Prefect and MLflow)', function () {
     );
     server = await startPrefectServer({ home: path.join(tmp, 'prefect'), quiet: true });
     started.push(() => server.stop());
-    deploymentId = deployTraining(server, {
-      parameters: { configs: [config], data_dir: path.join(tmp, 'data'), model, experiment: `orchestrated-${suffix}` },
-    });
+    parameters = { configs: [config], data_dir: path.join(tmp, 'data'), model, experiment: `orchestrated-${suffix}` };
+    deploymentId = deployTraining(server, { parameters });
     const worker = startWorker(server, {
       env: {
         MLFLOW_TRACKING_URI: mlflow.url,
@@ -116,9 +120,71 @@ describe('orchestration (real Prefect and MLflow)', function () {
       'prefect.flow_run_name': run.name,
       'validation.passed': 'true',
     });
-    // The MLflow run the version came from is the one the train task tracked.
+    // The MLflow run the version came from is the one the train task tracked, tagged with where it
+    // ran (the worker's machine: this one here) and the flow run that started it.
     const tracked = await client.getRun(staging!.run_id!);
     expect(tracked.data.params.find((p) => p.key === 'dataset_hash')?.value).to.equal(source.hash);
+    const runTags = Object.fromEntries(tracked.data.tags.map((t) => [t.key, t.value]));
+    expect(runTags).to.include({
+      'conveyor.host': os.hostname(),
+      'conveyor.host.platform': `${process.platform}-${process.arch}`,
+      'prefect.flow_run_id': run.id,
+      'prefect.deployment': 'weekly',
+    });
+  });
+
+  it('retries a step that failed for a transient reason (MLflow unreachable) and completes once MLflow is back, retrying nothing else', async () => {
+    // A worker of its own pool whose MLflow address is a closed port: the train step trains, then
+    // cannot reach MLflow (connection refused, exit 1: transient). Once Prefect has scheduled the
+    // retry, the port opens onto the real MLflow, and the retry goes through.
+    const gatePort = await freePort();
+    const pool = `flaky-${suffix}`;
+    const id = deployTraining(server, {
+      pool,
+      name: `retry-${suffix}`,
+      parameters: { ...parameters, data_dir: path.join(tmp, 'data-retry') },
+    });
+    const worker = startWorker(server, {
+      pool,
+      env: {
+        MLFLOW_TRACKING_URI: `http://127.0.0.1:${gatePort}`,
+        MLFLOW_TRACKING_USERNAME: admin.username,
+        MLFLOW_TRACKING_PASSWORD_FILE: passwordFile,
+      },
+      quiet: true,
+    });
+    started.push(() => worker.stop());
+    const versionsBefore = (await client.searchModelVersions(model)).length;
+
+    const submitted = await runDeployment(server, id);
+    const failedOnce = await until(
+      'the train task awaiting its retry',
+      async () => {
+        const train = (await taskRunsOf(server, submitted.id)).find((t) => t.name.startsWith('train'));
+        return train?.state_name === 'AwaitingRetry' && train;
+      },
+      240_000,
+    );
+    expect(failedOnce.run_count).to.equal(1);
+    const target = new URL(mlflow.url);
+    const gate = net.createServer((socket) => {
+      const upstream = net.connect(Number(target.port), target.hostname);
+      socket.pipe(upstream).pipe(socket);
+      socket.on('error', () => upstream.destroy());
+      upstream.on('error', () => socket.destroy());
+    });
+    await new Promise<void>((resolve) => gate.listen(gatePort, '127.0.0.1', resolve));
+    started.push(() => new Promise<void>((resolve) => gate.close(() => resolve())));
+
+    const run = await waitForFlowRun(server, submitted.id, 300_000);
+    expect(run.state_type, run.state?.message ?? '').to.equal('COMPLETED');
+    const tasks = await until('five completed task runs', async () => {
+      const all = await taskRunsOf(server, run.id);
+      return all.length === 5 && all.every((t) => t.state_type === 'COMPLETED') && all;
+    });
+    const runCounts = Object.fromEntries(tasks.map((t) => [t.name.replace(/-[0-9a-f]{3}$/, ''), t.run_count]));
+    expect(runCounts).to.deep.equal({ ingest: 1, validate: 1, 'train[tiny-softmax]': 2, evaluate: 1, register: 1 });
+    expect((await client.searchModelVersions(model)).length).to.equal(versionsBefore + 1);
   });
 
   it('fails the flow on data that fails validation, with the report in the message, no retry and no new version', async () => {

@@ -4,14 +4,17 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } 
 import os from 'node:os';
 import path from 'node:path';
 import {
+  GetBucketLifecycleConfigurationCommand,
   GetBucketVersioningCommand,
   GetObjectCommand,
   ListObjectsV2Command,
   ListObjectVersionsCommand,
+  PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import pino from 'pino';
+import { z } from 'zod';
 import { artifactProxyPath, MlflowClient, type ModelVersion } from '@conveyor/shared/mlflow/client';
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
@@ -37,7 +40,9 @@ import { until } from '../support/wait.js';
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 
 describe('MLflow artifacts in a versioned S3 bucket (real MLflow, real moto)', function () {
-  this.timeout(120_000);
+  // Generous: MLflow alone took 55 s to answer on a shared two-core machine under load, and the
+  // hook then registers, promotes and starts a gateway and a worker.
+  this.timeout(300_000);
   const suffix = Math.random().toString(36).slice(2, 8);
   const name = `s3-digits-${suffix}`;
   const experiment = `s3-${suffix}`;
@@ -150,6 +155,41 @@ describe('MLflow artifacts in a versioned S3 bucket (real MLflow, real moto)', f
     expect(versioning.Status).to.equal('Enabled');
     expect(mlflow!.artifactsDestination).to.equal(`s3://${bucket}/${keyPrefix}`);
     expect(existsSync(path.join(tmp, 'mlflow', 'artifacts'))).to.equal(false);
+  });
+
+  it('sets the lifecycle rule that expires noncurrent versions (scripts/s3/lifecycle.json) on the whole bucket', async () => {
+    const wanted = JSON.parse(readFileSync(path.join(ROOT, 'scripts/s3/lifecycle.json'), 'utf8')) as {
+      Rules: { NoncurrentVersionExpiration: { NoncurrentDays: number } }[];
+    };
+    const days = wanted.Rules[0]!.NoncurrentVersionExpiration.NoncurrentDays;
+    expect(days).to.be.a('number').and.be.greaterThan(0);
+    const lifecycle = await bucketClient.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket }));
+    expect(lifecycle.Rules).to.have.length(1);
+    const [rule] = lifecycle.Rules!;
+    expect(rule!.Status).to.equal('Enabled');
+    expect(rule!.NoncurrentVersionExpiration?.NoncurrentDays).to.equal(days);
+    expect(rule!.Expiration?.ExpiredObjectDeleteMarker).to.equal(true);
+    expect(rule!.AbortIncompleteMultipartUpload?.DaysAfterInitiation).to.equal(7);
+    // An empty prefix: every key, whatever MLflow's prefix (the tests' are random).
+    expect(rule!.Filter?.Prefix ?? '').to.equal('');
+  });
+
+  it('counts signed S3 requests by AWS price class at /_conveyor/requests, and no unsigned ones', async () => {
+    const Counts = z.object({ total: z.number(), by_class: z.record(z.string(), z.number()) });
+    const read = async () => Counts.parse(await (await fetch(`${s3!.endpoint}/_conveyor/requests`)).json());
+    const before = await read();
+    const Key = `counter-probe-${suffix}/object`;
+    await bucketClient.send(new PutObjectCommand({ Bucket: bucket, Key, Body: 'probe' }));
+    const got = await bucketClient.send(new GetObjectCommand({ Bucket: bucket, Key }));
+    expect(await got.Body!.transformToString()).to.equal('probe');
+    await bucketClient.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `counter-probe-${suffix}/` }));
+    // Unsigned, like compose's health check: not an S3 request anyone is billed for here.
+    expect((await fetch(`${s3!.endpoint}/${bucket}`, { method: 'HEAD' })).status).to.equal(200);
+    const after = await read();
+    const delta = (k: string) => (after.by_class[k] ?? 0) - (before.by_class[k] ?? 0);
+    expect(after.total - before.total).to.equal(3);
+    expect(delta('put_copy_post_list'), 'the PUT and the LIST').to.equal(2);
+    expect(delta('get_and_other'), 'the GET').to.equal(1);
   });
 
   it('puts a registered version’s model folder in the bucket under the prefix, and the worker serves it', async () => {

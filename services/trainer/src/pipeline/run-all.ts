@@ -21,7 +21,13 @@ export interface RunAllOptions {
   readonly dataRoot: string;
   readonly source?: SourceDataset;
   readonly suiteFile?: string;
-  readonly tracking?: { client: MlflowClient; experiment: string; signingKey?: KeyObject };
+  readonly tracking?: {
+    client: MlflowClient;
+    experiment: string;
+    signingKey?: KeyObject;
+    /** Tags for every tracked run (where it ran: hostTags). */
+    tags?: Readonly<Record<string, string>>;
+  };
   /** Register the best run under this model name (needs tracking). */
   readonly register?: boolean;
   /** Copy the best model folder here (e.g. models/digits). */
@@ -63,7 +69,16 @@ export async function runAll(options: RunAllOptions): Promise<RunAllResult> {
     const run = await trainRun(config, dataset, report, path.join(options.dataRoot, 'runs', config.name, 'model'), log, features);
     const tracked =
       options.tracking && experimentId
-        ? await trackRun(options.tracking.client, experimentId, run, dataset, report, log, options.tracking.signingKey)
+        ? await trackRun(
+            options.tracking.client,
+            experimentId,
+            run,
+            dataset,
+            report,
+            log,
+            options.tracking.signingKey,
+            options.tracking.tags,
+          )
         : undefined;
     runs.push({ run, ...(tracked ? { tracked } : {}) });
   }

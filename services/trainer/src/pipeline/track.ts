@@ -30,6 +30,8 @@ export async function trackRun(
   log: Logger,
   /** Signs the model folder before it is uploaded (workers holding the public key refuse unsigned versions). */
   signingKey?: KeyObject,
+  /** More run tags: where it ran (hostTags), which orchestrator run started it. */
+  tags: Readonly<Record<string, string>> = {},
 ): Promise<TrackedRun> {
   const { config, metrics } = run;
   const info = await client.createRun(
@@ -41,6 +43,7 @@ export async function trackRun(
       'conveyor.dataset_hash': dataset.hash,
       'conveyor.validation': validation.success ? 'passed' : 'failed',
       'conveyor.model_build': run.version,
+      ...tags,
     },
     run.startedAt,
   );
