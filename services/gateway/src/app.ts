@@ -7,6 +7,7 @@ import type { GatewayState } from './http/context.js';
 import { problemMiddleware } from './http/problem.middleware.js';
 import { requestContext } from './http/request-context.middleware.js';
 import type { JobLookup } from './jobs/job-lookup.js';
+import { registerDocsRoutes } from './routes/docs.route.js';
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
 import { registerModelRoutes } from './routes/models.route.js';
@@ -37,6 +38,12 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   });
   registerModelRoutes(router, deps);
   registerOpsRoutes(router, deps);
+  registerDocsRoutes(router, {
+    defaultModel: deps.config.DEFAULT_MODEL,
+    syncWaitDefaultSeconds: deps.config.SYNC_WAIT_DEFAULT_SECONDS,
+    syncWaitMaxSeconds: deps.config.SYNC_WAIT_MAX_SECONDS,
+    maxUploadBytes: deps.config.MAX_UPLOAD_BYTES,
+  });
 
   app.use(requestContext(deps.log, deps.metrics));
   app.use(problemMiddleware());
