@@ -48,7 +48,7 @@ async function main(argv: string[]): Promise<number> {
     ...(apiKey ? { apiKey } : {}),
   });
   const print = (value: unknown) => console.log(JSON.stringify(value, null, 2));
-  switch (command) {
+  switch (command ?? '') {
     case 'predict': {
       if (!target) break;
       const image = /^https?:\/\//i.test(target)
@@ -72,8 +72,6 @@ async function main(argv: string[]): Promise<number> {
     case 'models':
       print(await client.models());
       return 0;
-    default:
-      break;
   }
   console.error(USAGE);
   return 2;
