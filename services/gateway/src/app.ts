@@ -29,7 +29,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   const app = new Koa<GatewayState>({ proxy: deps.trustProxy });
   const router = new Router<GatewayState>();
   registerPredictRoute(router, deps);
-  registerJobRoutes(router, deps.lookup, deps.access);
+  registerJobRoutes(router, deps.lookup, deps.access, deps.callbacks);
   registerFeedbackRoute(router, {
     redis: deps.redis,
     keys: deps.keys,

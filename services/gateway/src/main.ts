@@ -20,6 +20,7 @@ import { JobSubmitter } from './jobs/job-submitter.js';
 import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
 import { ModelCatalogue } from './models/model-catalogue.js';
+import { CallbackDispatcher } from './callbacks/callback-dispatcher.js';
 
 const config = loadConfigOrExit(GatewayConfig);
 const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -70,6 +71,26 @@ const metrics = new HttpMetrics({
 });
 const waiter = new ResultWaiter(subscriber, redis, keys, gatewayId, log.child({ module: 'result-waiter' }));
 await waiter.start();
+// BullMQ workers block on their connection: the callback deliveries get one of their own.
+const callbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:gateway-callbacks:${gatewayId}`, log);
+const callbacks = new CallbackDispatcher(
+  callbackConnection,
+  redis,
+  keys,
+  config.REDIS_PREFIX,
+  {
+    secret: config.CALLBACK_SECRET,
+    maxAttempts: config.CALLBACK_MAX_ATTEMPTS,
+    backoffMs: config.CALLBACK_BACKOFF_MS,
+    timeoutMs: config.CALLBACK_TIMEOUT_MS,
+    concurrency: config.CALLBACK_CONCURRENCY,
+    allowCidrs: config.URL_ALLOW_CIDRS,
+    inputTtlSeconds: config.INPUT_TTL_SECONDS,
+    resultTtlSeconds: config.RESULT_TTL_SECONDS,
+  },
+  log.child({ module: 'callbacks' }),
+);
+callbacks.start(subscriber, config.REDIS_PREFIX);
 
 const app = createApp({
   ...(board ? { dashboard: board.middleware } : {}),
@@ -88,6 +109,7 @@ const app = createApp({
     rateWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
   }),
   waiter,
+  callbacks,
   trustProxy: config.TRUST_PROXY,
   // Every known model's queue: a job of any model can be polled.
   lookup: new JobLookup(
@@ -141,7 +163,12 @@ const shutdown = installShutdown(
       },
     },
     { name: 'queues', run: () => queues.close() },
-    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber), closeRedis(queueConnection)]) },
+    { name: 'callbacks', run: () => callbacks.close() },
+    {
+      name: 'redis',
+      run: () =>
+        Promise.all([closeRedis(redis), closeRedis(subscriber), closeRedis(queueConnection), closeRedis(callbackConnection)]),
+    },
   ],
   config.SHUTDOWN_BUDGET_MS,
 );

@@ -82,6 +82,19 @@ export const LostJob = z
 export const CompletedJob = CompletedResult.extend(withCallback).meta({ id: 'CompletedResult' });
 export const FailedJob = FailedResult.extend(withCallback).meta({ id: 'FailedResult' });
 
+/**
+ * What a callback receiver is POSTed once the job is finished (Standard Webhooks' envelope), with
+ * the headers `webhook-id`, `webhook-timestamp` and `webhook-signature`.
+ */
+export const CallbackPayload = z
+  .object({
+    type: z.enum(['job.completed', 'job.failed']),
+    timestamp: z.iso.datetime(),
+    data: z.discriminatedUnion('status', [CompletedResult, FailedResult]),
+  })
+  .meta({ id: 'CallbackPayload' });
+export type CallbackPayload = z.infer<typeof CallbackPayload>;
+
 /** Everything `GET /v1/jobs/{id}` answers with 200. */
 export const JobStatus = z.union([PendingJob, CompletedJob, FailedJob, LostJob]).meta({ id: 'JobStatus' });
 export type JobStatus = z.infer<typeof JobStatus>;

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { createDocument, type ZodOpenApiOperationObject, type ZodOpenApiResponsesObject } from 'zod-openapi';
 import {
   AcceptedJob,
+  CallbackPayload,
   CompletedJob,
   FeedbackAccepted,
   FeedbackBody,
@@ -128,6 +129,31 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
     },
     requestBody: predictBody,
     responses: predictResponses,
+    callbacks: {
+      jobFinished: {
+        '{$request.header.Callback-Url}': {
+          post: {
+            summary: 'The finished job, POSTed to the Callback-Url',
+            description:
+              'Signed per Standard Webhooks: `webhook-signature` is `v1,` + base64 HMAC-SHA256 of `<webhook-id>.<webhook-timestamp>.<body>` ' +
+              'with the bytes of CALLBACK_SECRET (`whsec_<base64>`). Retried with exponential backoff until a 2xx, at most CALLBACK_MAX_ATTEMPTS times; ' +
+              'the same `webhook-id` on every attempt.',
+            requestParams: {
+              header: z.object({
+                'webhook-id': z.string(),
+                'webhook-timestamp': z.string().meta({ description: 'Seconds since the epoch' }),
+                'webhook-signature': z.string(),
+              }),
+            },
+            requestBody: { required: true, content: json(CallbackPayload) },
+            responses: {
+              '200': { description: 'Delivered (any 2xx)' },
+              '500': { description: 'Anything else: retried later' },
+            },
+          },
+        },
+      },
+    },
   });
   const jobId = z.object({ id: z.uuid().meta({ description: 'The job id a predict answer gave' }) });
 
