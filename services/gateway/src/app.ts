@@ -8,6 +8,7 @@ import { problemMiddleware } from './http/problem.middleware.js';
 import { requestContext } from './http/request-context.middleware.js';
 import type { JobLookup } from './jobs/job-lookup.js';
 import { registerDocsRoutes } from './routes/docs.route.js';
+import { registerEventRoutes, type EventStreamLimits } from './routes/events.route.js';
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
 import { registerModelRoutes } from './routes/models.route.js';
@@ -22,6 +23,8 @@ export interface AppDeps extends PredictDeps {
   readonly keys: Keys;
   readonly lookup: JobLookup;
   readonly trustProxy: boolean;
+  /** Bounds of the job event streams (SSE). */
+  readonly eventLimits: EventStreamLimits;
 }
 
 /** The Koa application, built from its dependencies (main.ts wires real ones; tests may too). */
@@ -30,6 +33,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   const router = new Router<GatewayState>();
   registerPredictRoute(router, deps);
   registerJobRoutes(router, deps.lookup, deps.access, deps.callbacks);
+  registerEventRoutes(router, { ...deps, limits: deps.eventLimits });
   registerFeedbackRoute(router, {
     redis: deps.redis,
     keys: deps.keys,

@@ -110,6 +110,11 @@ const app = createApp({
   }),
   waiter,
   callbacks,
+  eventLimits: {
+    maxConnections: config.SSE_MAX_CONNECTIONS,
+    maxPerClient: config.SSE_MAX_PER_CLIENT,
+    maxSeconds: config.SSE_MAX_SECONDS,
+  },
   trustProxy: config.TRUST_PROXY,
   // Every known model's queue: a job of any model can be polled.
   lookup: new JobLookup(

@@ -36,6 +36,11 @@ export type PredictOutcome =
   | { readonly kind: 'completed'; readonly result: z.infer<typeof CompletedJob> }
   | { readonly kind: 'accepted'; readonly job: AcceptedJob };
 
+/** One event of a job's event stream. */
+export type JobEvent =
+  | { readonly event: 'state' | 'result'; readonly data: JobStatus }
+  | { readonly event: 'other'; readonly name: string; readonly data: unknown };
+
 /** An RFC 9457 problem answer, as an error. */
 export class ConveyorProblem extends Error {
   override readonly name = 'ConveyorProblem';
@@ -107,6 +112,40 @@ export class ConveyorClient {
       if (status.status !== 'queued' && status.status !== 'active') return status;
       if (Date.now() > deadline) throw new Error(`job ${id} still ${status.status} after ${timeoutMs} ms`);
       await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    }
+  }
+
+  /**
+   * `GET /v1/jobs/{id}/events` (Server-Sent Events) as an async iterable: `state` events, then one
+   * `result`; it ends when the gateway ends the stream (or `signal` aborts). Read over fetch rather
+   * than EventSource, so the API key goes in a header.
+   */
+  async *events(id: string, signal?: AbortSignal): AsyncGenerator<JobEvent> {
+    const response = await this.send(`/v1/jobs/${encodeURIComponent(id)}/events`, {
+      headers: { accept: 'text/event-stream' },
+      ...(signal ? { signal } : {}),
+    });
+    if (!response.body) return;
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for await (const chunk of response.body) {
+      buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+      let end: number;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let event = 'message';
+        const data: string[] = [];
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event:')) event = line.slice(6).trim();
+          else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
+        }
+        if (data.length === 0) continue; // a comment (keep-alive) or a retry hint
+        const parsed: unknown = JSON.parse(data.join('\n'));
+        yield event === 'state' || event === 'result'
+          ? { event, data: JobStatus.parse(parsed) }
+          : { event: 'other', name: event, data: parsed };
+      }
     }
   }
 

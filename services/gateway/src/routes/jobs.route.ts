@@ -39,7 +39,8 @@ export function registerJobRoutes(
   });
 }
 
-function lostJob(id: string, reason: string) {
+/** A job BullMQ failed without a result record, as the API shows it. */
+export function lostJob(id: string, reason: string) {
   return {
     id,
     status: 'failed',
