@@ -236,7 +236,11 @@ if (!stopping) {
     const port = metricsBase === 0 ? 0 : metricsBase + i;
     launch('inference-worker', workerCount > 1 ? `worker-${i + 1}` : 'worker', i + 1, { METRICS_PORT: String(port) });
   }
-  launch('gateway', 'gateway', 0, callbackSecret());
+  launch('gateway', 'gateway', 0, {
+    ...callbackSecret(),
+    // The page at / shows the drift state of the monitor started here.
+    MONITOR_URL: process.env.MONITOR_URL ?? `http://127.0.0.1:${process.env.MONITOR_PORT ?? '9100'}`,
+  });
   launch('monitor', 'monitor', workerCount + 1);
   const [first] = models;
   console.log(

@@ -21,7 +21,12 @@ describe('job events (Server-Sent Events)', function () {
 
   before(async () => {
     // `ghost` is known to the gateway but served by nobody: its jobs stay queued.
-    gateway = await startGateway(prefix, { MODELS: 'digits,ghost', SSE_MAX_PER_CLIENT: '2', SSE_MAX_SECONDS: '3' });
+    gateway = await startGateway(prefix, {
+      MODELS: 'digits,ghost',
+      SSE_MAX_PER_CLIENT: '2',
+      SSE_MAX_SECONDS: '3',
+      CORS_ORIGINS: 'http://app.example',
+    });
     client = new ConveyorClient({ baseUrl: gateway.url });
   });
   afterEach(function () {
@@ -108,5 +113,21 @@ describe('job events (Server-Sent Events)', function () {
       .next()
       .catch((e: unknown) => e);
     expect((refused as ConveyorProblem).status).to.equal(404);
+  });
+
+  it('lets the configured origin (CORS_ORIGINS) call the API from a browser, and no other', async () => {
+    const preflight = (origin: string) =>
+      fetch(`${gateway.url}/v1/predict`, {
+        method: 'OPTIONS',
+        headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, prefer' },
+      });
+    const allowed = await preflight('http://app.example');
+    expect(allowed.status).to.equal(204);
+    expect(allowed.headers.get('access-control-allow-origin')).to.equal('http://app.example');
+    expect(allowed.headers.get('access-control-allow-headers')).to.match(/Prefer/);
+    const other = await preflight('http://elsewhere.example');
+    expect(other.headers.get('access-control-allow-origin')).to.equal(null);
+    const models = await fetch(`${gateway.url}/v1/models`, { headers: { origin: 'http://app.example' } });
+    expect(models.headers.get('access-control-expose-headers')).to.match(/Location/);
   });
 });

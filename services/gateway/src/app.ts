@@ -1,3 +1,4 @@
+import cors from '@koa/cors';
 import Router from '@koa/router';
 import Koa, { type Middleware } from 'koa';
 import type { Redis } from 'ioredis';
@@ -12,6 +13,7 @@ import { registerEventRoutes, type EventStreamLimits } from './routes/events.rou
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
 import { registerModelRoutes } from './routes/models.route.js';
+import { registerWebRoutes } from './routes/web.route.js';
 import { registerOpsRoutes } from './routes/ops.route.js';
 import { registerPredictRoute, type PredictDeps } from './routes/predict.route.js';
 
@@ -25,6 +27,9 @@ export interface AppDeps extends PredictDeps {
   readonly trustProxy: boolean;
   /** Bounds of the job event streams (SSE). */
   readonly eventLimits: EventStreamLimits;
+  /** Origins whose pages may call the API (CORS); `*` for any. */
+  readonly corsOrigins: readonly string[];
+  readonly monitorUrl: string | undefined;
 }
 
 /** The Koa application, built from its dependencies (main.ts wires real ones; tests may too). */
@@ -42,6 +47,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   });
   registerModelRoutes(router, deps);
   registerOpsRoutes(router, deps);
+  registerWebRoutes(router, { access: deps.access, monitorUrl: deps.monitorUrl });
   registerDocsRoutes(router, {
     defaultModel: deps.config.DEFAULT_MODEL,
     syncWaitDefaultSeconds: deps.config.SYNC_WAIT_DEFAULT_SECONDS,
@@ -51,10 +57,30 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
 
   app.use(requestContext(deps.log, deps.metrics));
   app.use(problemMiddleware());
+  if (deps.corsOrigins.length > 0) app.use(corsFor(deps.corsOrigins));
   if (deps.dashboard) app.use(deps.dashboard);
   app.use(router.routes());
   app.use(router.allowedMethods());
   // Errors are answered by problemMiddleware; this only sees failures writing to the socket.
   app.on('error', (error: Error) => deps.log.debug({ err: error }, 'response stream error'));
   return app;
+}
+
+/**
+ * CORS for front ends on other origins (CORS_ORIGINS): preflights are answered before any key is
+ * asked for; the headers a client sends and reads (Prefer, Callback-Url, Location, Retry-After…)
+ * are allowed and exposed. The page at / is same-origin and needs none.
+ */
+function corsFor(origins: readonly string[]): Middleware<GatewayState> {
+  const any = origins.includes('*');
+  return cors({
+    origin: (ctx) => {
+      const origin = ctx.get('origin');
+      return any || origins.includes(origin) ? origin : '';
+    },
+    allowMethods: ['GET', 'POST'],
+    allowHeaders: ['Authorization', 'X-API-Key', 'Content-Type', 'Prefer', 'Callback-Url', 'X-Request-Id'],
+    exposeHeaders: ['Location', 'Retry-After', 'Preference-Applied', 'X-Request-Id', 'RateLimit', 'RateLimit-Policy'],
+    maxAge: 600,
+  });
 }

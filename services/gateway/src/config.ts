@@ -114,6 +114,10 @@ export const GatewayConfig = z
       86_400,
       'An event stream is closed after this long, finished or not (the client may reconnect)',
     ),
+    MONITOR_URL: z
+      .url()
+      .optional()
+      .describe('The drift monitor (e.g. http://127.0.0.1:9100), whose state per model GET /v1/drift and the page at / show'),
     CORS_ORIGINS: env.list(
       '',
       'Comma-separated origins (e.g. https://app.example.org) whose pages may call the API from a browser; * for any; empty: none (the page at / is same-origin)',

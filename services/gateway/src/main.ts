@@ -116,6 +116,8 @@ const app = createApp({
     maxSeconds: config.SSE_MAX_SECONDS,
   },
   trustProxy: config.TRUST_PROXY,
+  corsOrigins: config.CORS_ORIGINS,
+  monitorUrl: config.MONITOR_URL,
   // Every known model's queue: a job of any model can be polled.
   lookup: new JobLookup(
     async () => {

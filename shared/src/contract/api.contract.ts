@@ -169,3 +169,22 @@ export const Readiness = z
     ),
   })
   .meta({ id: 'Readiness' });
+
+export const DriftLevel = z.enum(['ok', 'warn', 'alert']);
+
+/** `GET /v1/drift`: the monitor's drift state per model version, summed up for the page. */
+export const DriftSummary = z
+  .object({
+    monitor: z.boolean().meta({ description: 'Whether the gateway has a monitor to ask (MONITOR_URL)' }),
+    models: z.array(
+      z.object({
+        model: z.string(),
+        version: z.string(),
+        level: DriftLevel.meta({ description: 'The worst level of any feature' }),
+        features: z.record(z.string(), DriftLevel),
+        window: z.string().meta({ description: 'The current window: insufficient_data, provisional, no_reference' }),
+      }),
+    ),
+  })
+  .meta({ id: 'DriftSummary' });
+export type DriftSummary = z.infer<typeof DriftSummary>;

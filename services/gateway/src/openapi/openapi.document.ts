@@ -3,6 +3,7 @@ import { createDocument, type ZodOpenApiOperationObject, type ZodOpenApiResponse
 import {
   AcceptedJob,
   CallbackPayload,
+  DriftSummary,
   CompletedJob,
   FeedbackAccepted,
   FeedbackBody,
@@ -277,6 +278,30 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
             ...problems(400, 404, 409, 415, 503),
             ...accessProblems,
           },
+        },
+      },
+      '/v1/drift': {
+        get: {
+          operationId: 'drift',
+          summary: "The drift monitor's state per model version (what the page at / shows)",
+          tags: ['models'],
+          responses: {
+            '200': {
+              description: 'The state; `monitor: false` when the gateway has no MONITOR_URL',
+              content: json(DriftSummary),
+            },
+            '503': { description: 'Problem: `/problems/not-ready` (the monitor cannot be reached)', content: problem },
+            ...accessProblems,
+          },
+        },
+      },
+      '/': {
+        get: {
+          operationId: 'page',
+          summary: 'A small page: classify an image, follow asynchronous jobs, see drift',
+          tags: ['ops'],
+          security: [{}],
+          responses: { '200': { description: 'HTML', content: { 'text/html': { schema: z.string() } } } },
         },
       },
       '/health': {
