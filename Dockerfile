@@ -68,6 +68,8 @@ COPY --from=prod-deps /app/services/inference-worker/package.json services/infer
 COPY --from=prod-deps /app/services/monitor/package.json services/monitor/
 COPY --from=build /app/shared/dist shared/dist
 COPY --from=build /app/services/gateway/dist services/gateway/dist
+# The page at / and the API reference at /docs (plain files, read at start-up).
+COPY services/gateway/public services/gateway/public
 COPY --from=build /app/services/inference-worker/dist services/inference-worker/dist
 COPY --from=build /app/services/monitor/dist services/monitor/dist
 COPY models models

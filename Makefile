@@ -53,6 +53,14 @@ build: $(NODE_MODULES) ## Compile every package to dist/
 api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
 	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
 
+.PHONY: screenshot-page
+screenshot-page: $(NODE_MODULES) ## The README's picture of the page at / (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)
+	$(TSX) scripts/screenshot-page.ts
+
+.PHONY: callback-secret
+callback-secret: ## Print a new secret for signing result callbacks (CALLBACK_SECRET, Standard Webhooks whsec_ form)
+	@node -e "console.log('whsec_' + require('node:crypto').randomBytes(32).toString('base64'))"
+
 .PHONY: signing-key
 signing-key: $(NODE_MODULES) ## An Ed25519 key pair for model signatures in data/keys (trainer: MODEL_SIGNING_KEY_FILE, workers: MODEL_SIGNING_PUBLIC_KEY_FILE)
 	$(TSX) scripts/signing-key.ts

@@ -78,6 +78,11 @@ export default tseslint.config(
     languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, globals: globals.node },
   },
   {
+    // The gateway's pages run in the browser (plain scripts, no build step).
+    files: ['services/gateway/public/**/*.js'],
+    languageOptions: { globals: globals.browser, sourceType: 'script' },
+  },
+  {
     // Tests, benchmarks and dev scripts start processes (redis-server, the services) on purpose.
     files: ['**/test/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.ts', 'loadtests/**/*.ts'],
     rules: {

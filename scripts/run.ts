@@ -1,4 +1,5 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { prettyFactory } from 'pino-pretty';
@@ -235,11 +236,30 @@ if (!stopping) {
     const port = metricsBase === 0 ? 0 : metricsBase + i;
     launch('inference-worker', workerCount > 1 ? `worker-${i + 1}` : 'worker', i + 1, { METRICS_PORT: String(port) });
   }
-  launch('gateway', 'gateway', 0);
+  launch('gateway', 'gateway', 0, {
+    ...callbackSecret(),
+    // The page at / shows the drift state of the monitor started here.
+    MONITOR_URL: process.env.MONITOR_URL ?? `http://127.0.0.1:${process.env.MONITOR_PORT ?? '9100'}`,
+  });
   launch('monitor', 'monitor', workerCount + 1);
   const [first] = models;
   console.log(
     `[run] models: ${models.map((m) => m.name).join(', ')} (each worker serves ${models.length === 1 ? 'it' : 'all of them'}); ` +
       `POST /v1/models/<name>/predict, GET /v1/models${first ? `; e.g. curl -F file=@docs/examples/seven.png localhost:8080/v1/models/${first.name}/predict` : ''}`,
   );
+}
+
+/**
+ * Callbacks need a signing secret: CALLBACK_SECRET when set, else one made once and kept in
+ * data/callback-secret (mode 600), so receivers can verify what `make run` sends across restarts.
+ */
+function callbackSecret(): Record<string, string> {
+  if (process.env.CALLBACK_SECRET) return {};
+  const file = path.join(ROOT, 'data', 'callback-secret');
+  if (!existsSync(file)) {
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, `whsec_${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
+  }
+  console.log(`[run] callbacks are signed with the secret in ${path.relative(ROOT, file)} (CALLBACK_SECRET=… for another)`);
+  return { CALLBACK_SECRET: readFileSync(file, 'utf8').trim() };
 }

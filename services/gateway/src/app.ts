@@ -1,3 +1,4 @@
+import cors from '@koa/cors';
 import Router from '@koa/router';
 import Koa, { type Middleware } from 'koa';
 import type { Redis } from '@conveyor/shared/redis';
@@ -8,9 +9,12 @@ import type { GatewayState } from './http/context.js';
 import { problemMiddleware } from './http/problem.middleware.js';
 import { requestContext } from './http/request-context.middleware.js';
 import type { JobLookup } from './jobs/job-lookup.js';
+import { registerDocsRoutes } from './routes/docs.route.js';
+import { registerEventRoutes, type EventStreamLimits } from './routes/events.route.js';
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
 import { registerModelRoutes } from './routes/models.route.js';
+import { registerWebRoutes } from './routes/web.route.js';
 import { registerOpsRoutes } from './routes/ops.route.js';
 import { registerPredictRoute, type PredictDeps } from './routes/predict.route.js';
 
@@ -24,6 +28,11 @@ export interface AppDeps extends PredictDeps {
   readonly jobs: JobStore;
   readonly lookup: JobLookup;
   readonly trustProxy: boolean;
+  /** Bounds of the job event streams (SSE). */
+  readonly eventLimits: EventStreamLimits;
+  /** Origins whose pages may call the API (CORS); `*` for any. */
+  readonly corsOrigins: readonly string[];
+  readonly monitorUrl: string | undefined;
 }
 
 /** The Koa application, built from its dependencies (main.ts wires real ones; tests may too). */
@@ -31,7 +40,8 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   const app = new Koa<GatewayState>({ proxy: deps.trustProxy });
   const router = new Router<GatewayState>();
   registerPredictRoute(router, deps);
-  registerJobRoutes(router, deps.lookup, deps.access);
+  registerJobRoutes(router, deps.lookup, deps.access, deps.callbacks);
+  registerEventRoutes(router, { ...deps, limits: deps.eventLimits });
   registerFeedbackRoute(router, {
     redis: deps.redis,
     keys: deps.keys,
@@ -40,13 +50,40 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   });
   registerModelRoutes(router, deps);
   registerOpsRoutes(router, deps);
+  registerWebRoutes(router, { access: deps.access, monitorUrl: deps.monitorUrl });
+  registerDocsRoutes(router, {
+    defaultModel: deps.config.DEFAULT_MODEL,
+    syncWaitDefaultSeconds: deps.config.SYNC_WAIT_DEFAULT_SECONDS,
+    syncWaitMaxSeconds: deps.config.SYNC_WAIT_MAX_SECONDS,
+    maxUploadBytes: deps.config.MAX_UPLOAD_BYTES,
+  });
 
   app.use(requestContext(deps.log, deps.metrics));
   app.use(problemMiddleware());
+  if (deps.corsOrigins.length > 0) app.use(corsFor(deps.corsOrigins));
   if (deps.dashboard) app.use(deps.dashboard);
   app.use(router.routes());
   app.use(router.allowedMethods());
   // Errors are answered by problemMiddleware; this only sees failures writing to the socket.
   app.on('error', (error: Error) => deps.log.debug({ err: error }, 'response stream error'));
   return app;
+}
+
+/**
+ * CORS for front ends on other origins (CORS_ORIGINS): preflights are answered before any key is
+ * asked for; the headers a client sends and reads (Prefer, Callback-Url, Location, Retry-After…)
+ * are allowed and exposed. The page at / is same-origin and needs none.
+ */
+function corsFor(origins: readonly string[]): Middleware<GatewayState> {
+  const any = origins.includes('*');
+  return cors({
+    origin: (ctx) => {
+      const origin = ctx.get('origin');
+      return any || origins.includes(origin) ? origin : '';
+    },
+    allowMethods: ['GET', 'POST'],
+    allowHeaders: ['Authorization', 'X-API-Key', 'Content-Type', 'Prefer', 'Callback-Url', 'X-Request-Id'],
+    exposeHeaders: ['Location', 'Retry-After', 'Preference-Applied', 'X-Request-Id', 'RateLimit', 'RateLimit-Policy'],
+    maxAge: 600,
+  });
 }

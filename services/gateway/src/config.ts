@@ -82,6 +82,53 @@ export const GatewayConfig = z
       '',
       'Comma-separated IPs/CIDRs that image URLs may resolve to even though they are private, loopback or link-local (default: none)',
     ),
+    CALLBACK_SECRET: z
+      .string()
+      .regex(/^whsec_[A-Za-z0-9+/]{32,}={0,2}$/, 'whsec_ followed by at least 24 random bytes in base64 (`make callback-secret`)')
+      .optional()
+      .describe(
+        'Secret signing callback deliveries (Standard Webhooks: whsec_<base64>); unset: requests with a Callback-Url are refused',
+      ),
+    CALLBACK_MAX_ATTEMPTS: env.int(
+      6,
+      1,
+      50,
+      'Deliveries of one callback tried before it is marked failed (the result can still be polled)',
+    ),
+    CALLBACK_BACKOFF_MS: env.int(
+      1000,
+      10,
+      3_600_000,
+      'First retry delay of a failed callback delivery, doubled for each further attempt',
+    ),
+    CALLBACK_TIMEOUT_MS: env.int(5000, 100, 60_000, 'Time a callback receiver has to answer one delivery'),
+    CALLBACK_CONCURRENCY: env.int(8, 1, 256, 'Callback deliveries one gateway makes at once'),
+    SSE_MAX_CONNECTIONS: env.int(
+      256,
+      1,
+      100_000,
+      'Open /v1/jobs/{id}/events streams one gateway holds; beyond → 503 + Retry-After',
+    ),
+    SSE_MAX_PER_CLIENT: env.int(
+      8,
+      1,
+      10_000,
+      'Open event streams per API key (per client IP when keys are off) on one gateway; beyond → 429',
+    ),
+    SSE_MAX_SECONDS: env.int(
+      300,
+      1,
+      86_400,
+      'An event stream is closed after this long, finished or not (the client may reconnect)',
+    ),
+    MONITOR_URL: z
+      .url()
+      .optional()
+      .describe('The drift monitor (e.g. http://127.0.0.1:9100), whose state per model GET /v1/drift and the page at / show'),
+    CORS_ORIGINS: env.list(
+      '',
+      'Comma-separated origins (e.g. https://app.example.org) whose pages may call the API from a browser; * for any; empty: none (the page at / is same-origin)',
+    ),
     TRUST_PROXY: env.bool(false, 'Trust X-Forwarded-* headers (behind a reverse proxy)'),
     SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed for in-flight requests before the process exits'),
     DASHBOARD_USER: env.optionalString(

@@ -20,6 +20,7 @@ import { JobSubmitter } from './jobs/job-submitter.js';
 import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
 import { ModelCatalogue } from './models/model-catalogue.js';
+import { CallbackDispatcher } from './callbacks/callback-dispatcher.js';
 
 export interface GatewayService extends Service {
   /** The port it listens on (the one chosen by the system when PORT is 0). */
@@ -86,6 +87,26 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const jobs = new JobStore(redis, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS });
   const waiter = new ResultWaiter(subscriber, jobs, keys, gatewayId, log.child({ module: 'result-waiter' }));
   await waiter.start();
+  // BullMQ workers block on their connection: the callback deliveries get one of their own.
+  const callbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:gateway-callbacks:${gatewayId}`, log);
+  const callbacks = new CallbackDispatcher(
+    callbackConnection,
+    redis,
+    keys,
+    config.REDIS_PREFIX,
+    {
+      secret: config.CALLBACK_SECRET,
+      maxAttempts: config.CALLBACK_MAX_ATTEMPTS,
+      backoffMs: config.CALLBACK_BACKOFF_MS,
+      timeoutMs: config.CALLBACK_TIMEOUT_MS,
+      concurrency: config.CALLBACK_CONCURRENCY,
+      allowCidrs: config.URL_ALLOW_CIDRS,
+      inputTtlSeconds: config.INPUT_TTL_SECONDS,
+      resultTtlSeconds: config.RESULT_TTL_SECONDS,
+    },
+    log.child({ module: 'callbacks' }),
+  );
+  callbacks.start(subscriber, config.REDIS_PREFIX);
 
   const app = createApp({
     ...(board ? { dashboard: board.middleware } : {}),
@@ -105,7 +126,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       rateWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
     }),
     waiter,
+    callbacks,
+    eventLimits: {
+      maxConnections: config.SSE_MAX_CONNECTIONS,
+      maxPerClient: config.SSE_MAX_PER_CLIENT,
+      maxSeconds: config.SSE_MAX_SECONDS,
+    },
     trustProxy: config.TRUST_PROXY,
+    corsOrigins: config.CORS_ORIGINS,
+    monitorUrl: config.MONITOR_URL,
     // Every known model's queue: a job of any model can be polled.
     lookup: new JobLookup(async () => {
       await catalogue.current();
@@ -159,7 +188,12 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       },
     },
     { name: 'queues', run: () => queues.close() },
-    { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(subscriber), closeRedis(queueConnection)]) },
+    { name: 'callbacks', run: () => callbacks.close() },
+    {
+      name: 'redis',
+      run: () =>
+        Promise.all([closeRedis(redis), closeRedis(subscriber), closeRedis(queueConnection), closeRedis(callbackConnection)]),
+    },
   ]);
 
   const port = await new Promise<number>((resolve, reject) => {

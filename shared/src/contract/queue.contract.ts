@@ -12,6 +12,8 @@ import { problemSlugs } from '../problem.js';
 export const QUEUES = {
   /** The queue of LEGACY_QUEUE_MODEL; every other model has its own, see inferenceQueue(). */
   inference: 'inference',
+  /** Deliveries of finished jobs to their callback URLs (the gateway both adds and takes them). */
+  callbacks: 'callbacks',
 } as const;
 
 /**
@@ -52,6 +54,8 @@ export function keys(prefix: string) {
     input: (jobId: string) => `${prefix}:input:${jobId}`,
     /** The finished job (result or error), JSON, expires after RESULT_TTL_SECONDS. */
     result: (jobId: string) => `${prefix}:result:${jobId}`,
+    /** The callback of an asynchronous job and how its delivery went (CallbackState JSON, api.contract). */
+    callback: (jobId: string) => `${prefix}:callback:${jobId}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
@@ -356,6 +360,18 @@ export interface InferenceJobReturn {
   readonly label: string;
 }
 export type InferenceJobName = typeof INFERENCE_JOB_NAME;
+
+/** Gateway → gateway, on QUEUES.callbacks: POST the result of `jobId` to `url` once it is finished. */
+export const CallbackJob = z.object({
+  kind: z.literal('callback'),
+  version: z.literal(1),
+  jobId: JobId,
+  requestId: RequestId,
+  url: z.url(),
+  /** The `webhook-id` of every attempt, so receivers can drop duplicates. */
+  webhookId: z.string().min(1).max(64),
+});
+export type CallbackJob = z.infer<typeof CallbackJob>;
 
 /** Gateway → monitor, one entry per `POST /v1/feedback` on the feedback stream (field `event`). */
 export const FeedbackEvent = z.object({

@@ -21,18 +21,31 @@ export interface FetchOptions {
 
 export type ImageFetcher = (url: URL) => Promise<Buffer>;
 
-export function createImageFetcher(options: FetchOptions): ImageFetcher {
+/**
+ * The agents every outgoing request of the gateway goes through (image URLs, callbacks): one set
+ * of address rules for both, so a callback cannot reach what an image URL may not.
+ */
+export function filteringAgents(allowCidrs: readonly string[]) {
   const filter = {
-    allowIPAddressList: [...options.allowCidrs],
+    allowIPAddressList: [...allowCidrs],
     // IPv4-compatible IPv6 (::a.b.c.d, deprecated by RFC 4291): ipaddr.js calls it unicast, yet it
     // embeds an IPv4 address (`http://[::127.0.0.1]/` is ::7f00:1). The other embedding forms
     // (IPv4-mapped, 6to4, Teredo, NAT64) are already refused as non-unicast.
     denyIPAddressList: ['::/96'],
     keepAlive: false,
   };
-  const agent = { http: new RequestFilteringHttpAgent(filter), https: new RequestFilteringHttpsAgent(filter) };
+  return { http: new RequestFilteringHttpAgent(filter), https: new RequestFilteringHttpsAgent(filter) };
+}
+
+/** Whether a request failed because the filtering agents refused the address it resolved to. */
+export function isAddressRefused(error: unknown): boolean {
+  const cause = error instanceof RequestError ? ((error.cause as Error | undefined) ?? error) : (error as Error | undefined);
+  return /is not allowed/.test(cause?.message ?? '');
+}
+
+export function createImageFetcher(options: FetchOptions): ImageFetcher {
   const client = got.extend({
-    agent,
+    agent: filteringAgents(options.allowCidrs),
     timeout: {
       lookup: options.connectTimeoutMs,
       connect: options.connectTimeoutMs,
@@ -103,7 +116,7 @@ function toFetchProblem(error: unknown, url: URL, options: FetchOptions): Proble
   if (cause instanceof ProblemError) return cause;
   const message = cause.message;
   const context = { url: url.href };
-  if (/is not allowed/.test(message)) {
+  if (isAddressRefused(error)) {
     return new ProblemError('url-not-allowed', 'The URL resolves to a private, loopback or link-local address', context);
   }
   if (error instanceof HTTPError) {

@@ -3,7 +3,7 @@ import type { File } from 'formidable';
 import { koaBody } from 'koa-body';
 import type { Middleware } from 'koa';
 import getRawBody from 'raw-body';
-import { z } from 'zod';
+import { PredictUrlBody } from '@conveyor/shared/contract/api.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 
@@ -79,8 +79,6 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
   };
 }
 
-const JsonBody = z.object({ url: z.string().min(1).max(4096) });
-
 export function readPredictInput(ctx: GatewayContext): PredictInput {
   const raw = ctx.state.rawUpload;
   if (raw) {
@@ -110,7 +108,7 @@ export function readPredictInput(ctx: GatewayContext): PredictInput {
     };
   }
   if (ctx.is('json')) {
-    const parsed = JsonBody.safeParse(ctx.request.body);
+    const parsed = PredictUrlBody.safeParse(ctx.request.body);
     if (!parsed.success) throw new ProblemError('invalid-request', 'Expected a JSON body like {"url": "https://…"}');
     return { kind: 'url', url: parseImageUrl(parsed.data.url) };
   }

@@ -2,13 +2,11 @@ import type { Access } from '../access/access.middleware.js';
 import type Router from '@koa/router';
 import type { Redis } from '@conveyor/shared/redis';
 import { koaBody } from 'koa-body';
-import { z } from 'zod';
+import { FeedbackBody } from '@conveyor/shared/contract/api.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { FeedbackEvent, Keys } from '@conveyor/shared/contract/queue.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
-
-const FeedbackBody = z.object({ jobId: z.uuid(), label: z.string().trim().min(1).max(64) });
 
 /**
  * POST /v1/feedback `{ jobId, label }`: the ground truth of a prediction, learnt later. Accepted

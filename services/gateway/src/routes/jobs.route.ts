@@ -4,32 +4,42 @@ import { z } from 'zod';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
 import type { JobLookup } from '../jobs/job-lookup.js';
+import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 
 const JobId = z.uuid();
 
 /** GET /v1/jobs/:id, for a job of any model: status while queued or running, the result (or error) once finished. */
-export function registerJobRoutes(router: Router<GatewayState>, lookup: JobLookup, access: Access): void {
+export function registerJobRoutes(
+  router: Router<GatewayState>,
+  lookup: JobLookup,
+  access: Access,
+  callbacks: CallbackDispatcher,
+): void {
   router.get('/v1/jobs/:id', access.require('predict'), async (ctx) => {
     const id = ctx.params.id ?? '';
     const view = JobId.safeParse(id).success ? await lookup.find(id) : undefined;
     if (!view) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
     ctx.state.jobId = id;
     ctx.state.log = ctx.state.log.child({ jobId: id });
+    // A job given a Callback-Url shows how its delivery went.
+    const callback = await callbacks.state(id);
+    const extra = callback ? { callback } : {};
     switch (view.kind) {
       case 'pending':
         ctx.set('Retry-After', '1');
-        ctx.body = { id, status: view.status, model: view.model };
+        ctx.body = { id, status: view.status, model: view.model, ...extra };
         return;
       case 'finished':
-        ctx.body = view.result;
+        ctx.body = { ...view.result, ...extra };
         return;
       case 'lost':
-        ctx.body = lostJob(id, view.reason);
+        ctx.body = { ...lostJob(id, view.reason), ...extra };
         return;
     }
   });
 }
 
-function lostJob(id: string, reason: string) {
+/** A job BullMQ failed without a result record, as the API shows it. */
+export function lostJob(id: string, reason: string) {
   return { id, status: 'failed', error: problemBody(new ProblemError('inference-failed', reason)) };
 }

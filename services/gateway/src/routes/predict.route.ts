@@ -16,6 +16,8 @@ import type { JobSubmitter } from '../jobs/job-submitter.js';
 import type { ModelQueues } from '../jobs/model-queues.js';
 import type { ModelCatalogue, ModelStatus } from '../models/model-catalogue.js';
 import type { ResultWaiter } from '../jobs/result-waiter.js';
+import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
+import type { CallbackState } from '@conveyor/shared/contract/api.contract';
 
 export interface PredictDeps {
   readonly config: Pick<
@@ -41,6 +43,8 @@ export interface PredictDeps {
   readonly metrics: HttpMetrics;
   readonly uploadBudget: UploadBudget;
   readonly access: Access;
+  /** Result callbacks (`Callback-Url`). */
+  readonly callbacks: CallbackDispatcher;
 }
 
 /**
@@ -60,7 +64,9 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     let input;
     let bytes: Buffer;
     let facts;
+    let callbackUrl: URL | undefined;
     try {
+      callbackUrl = deps.callbacks.parse(ctx.get('callback-url'));
       input = readPredictInput(ctx);
       bytes = input.kind === 'url' ? await deps.fetchImage(input.url) : input.bytes;
       facts = await inspectImage(bytes, {
@@ -81,7 +87,10 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
 
     // Registered before the job exists, so the reply cannot arrive before anyone listens.
     const ticket = prefer.respondAsync || prefer.waitSeconds === 0 ? undefined : deps.waiter.register(jobId);
+    let callback: CallbackState | undefined;
     try {
+      // Scheduled first: the delivery waits for the job, so it cannot miss its end.
+      if (callbackUrl) callback = await deps.callbacks.schedule(jobId, callbackUrl, ctx.state.requestId);
       await deps.submitter.submit({
         queue: ctx.state.queue!,
         model: ctx.state.model!,
@@ -91,12 +100,14 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
         input,
         bytes,
         facts,
-        replyTo: ticket ? deps.waiter.gatewayId : undefined,
+        // A callback is promoted on the reply too, so its delivery follows the result at once.
+        replyTo: ticket || callbackUrl ? deps.waiter.gatewayId : undefined,
       });
       // Queued: it counts as waiting now, and its image as queued bytes.
       ctx.state.reservation?.queued(bytes.length);
     } catch (error) {
       ticket?.cancel();
+      if (callback) await deps.callbacks.cancel(jobId);
       throw error;
     } finally {
       // The place reserved at admission is given back, and so is the upload budget (the bytes are
@@ -105,7 +116,7 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
       ctx.state.upload?.release();
     }
     ctx.state.log.debug({ format: facts.format, width: facts.width, height: facts.height, bytes: bytes.length }, 'job queued');
-    if (!ticket) return accepted(ctx, jobId, deps);
+    if (!ticket) return accepted(ctx, jobId, deps, callback);
 
     // A client that hangs up stops the wait, not the job.
     const gone = new AbortController();
@@ -114,7 +125,7 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     };
     ctx.res.once('close', onClose);
     const result = await ticket.wait(prefer.waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
-    if (!result) return accepted(ctx, jobId, deps);
+    if (!result) return accepted(ctx, jobId, deps, callback);
     if (result.status === 'completed') {
       deps.metrics.outcomes.inc({ outcome: 'completed' });
       ctx.status = 200;
@@ -192,11 +203,18 @@ async function routable(
   return model;
 }
 
-function accepted(ctx: GatewayContext, jobId: string, deps: PredictDeps): void {
+function accepted(ctx: GatewayContext, jobId: string, deps: PredictDeps, callback?: CallbackState): void {
   deps.metrics.outcomes.inc({ outcome: 'accepted' });
   const location = `/v1/jobs/${jobId}`;
   ctx.status = 202;
   ctx.set('Location', location);
   ctx.set('Retry-After', '1');
-  ctx.body = { id: jobId, status: 'queued', requestId: ctx.state.requestId, model: ctx.state.model, links: { self: location } };
+  ctx.body = {
+    id: jobId,
+    status: 'queued',
+    requestId: ctx.state.requestId,
+    model: ctx.state.model,
+    links: { self: location, events: `${location}/events` },
+    ...(callback ? { callback } : {}),
+  };
 }

@@ -1,0 +1,366 @@
+import { z } from 'zod';
+import { createDocument, type ZodOpenApiOperationObject, type ZodOpenApiResponsesObject } from 'zod-openapi';
+import {
+  AcceptedJob,
+  CallbackPayload,
+  DriftSummary,
+  CompletedJob,
+  FeedbackAccepted,
+  FeedbackBody,
+  Health,
+  JobStatus,
+  ModelDescription,
+  ModelList,
+  ModelReadiness,
+  PredictUrlBody,
+  Problem,
+  ProblemType,
+  Readiness,
+} from '@conveyor/shared/contract/api.contract';
+import { ModelName } from '@conveyor/shared/contract/queue.contract';
+import { problemCatalogue, problemSlugs } from '@conveyor/shared/problem';
+
+/**
+ * The OpenAPI 3.1 description of the gateway, generated from the zod schemas the gateway validates
+ * with and answers from (`@conveyor/shared/contract/*`), so the document cannot describe a body the
+ * code does not produce. Served at `/openapi.json`, rendered at `/docs`; `test/e2e/openapi.e2e.test.ts`
+ * lints it and validates real answers against it.
+ */
+export interface DocumentOptions {
+  readonly version: string;
+  readonly defaultModel: string;
+  readonly syncWaitDefaultSeconds: number;
+  readonly syncWaitMaxSeconds: number;
+  readonly maxUploadBytes: number;
+}
+
+const problem = { 'application/problem+json': { schema: Problem } };
+const json = <T extends z.ZodType>(schema: T) => ({ 'application/json': { schema } });
+
+const requestId = z
+  .string()
+  .regex(/^[A-Za-z0-9._:-]{1,128}$/)
+  .optional()
+  .meta({ description: 'Used and echoed when well formed, else one is generated; on every log line of the request and its job' });
+
+/** The problem answers a route can give, by status, each naming the problem types behind it. */
+function problems(...statuses: number[]): ZodOpenApiResponsesObject {
+  const out: ZodOpenApiResponsesObject = {};
+  for (const status of statuses) {
+    const slugs = problemSlugs.filter((s) => problemCatalogue[s].status === status);
+    out[`${status}` as `4${string}`] = {
+      description: `Problem: ${slugs.map((s) => `\`/problems/${s}\` (${problemCatalogue[s].title})`).join('; ')}`,
+      content: problem,
+    };
+  }
+  return out;
+}
+
+const retryAfter = z.string().meta({ description: 'Seconds before asking again' });
+const accessProblems = problems(401, 403, 429);
+
+export function openApiDocument(options: DocumentOptions): ReturnType<typeof createDocument> {
+  const prefer = z
+    .string()
+    .optional()
+    .meta({
+      description:
+        'RFC 7240. None: wait up to ' +
+        `${options.syncWaitDefaultSeconds} s for the result (200), else 202. \`wait=<seconds>\`: wait that long (capped at ${options.syncWaitMaxSeconds} s). ` +
+        '`respond-async`: 202 at once. A job is never dropped: whenever the wait runs out the answer is 202 with the place to poll. ' +
+        'The preference honoured is echoed in `Preference-Applied`.',
+      example: 'respond-async',
+    });
+  const callbackUrl = z
+    .url()
+    .optional()
+    .meta({
+      description:
+        'Where to POST the finished job (result or error), signed as Standard Webhooks do (`webhook-id`, `webhook-timestamp`, ' +
+        '`webhook-signature`), retried with backoff; the same address rules as image URLs apply. Delivery state is on `GET /v1/jobs/{id}`.',
+    });
+  const predictBody = {
+    required: true,
+    description: `The image (JPEG, PNG, WebP, GIF, TIFF or AVIF, recognised from its bytes; at most ${options.maxUploadBytes} bytes), or where to fetch it`,
+    content: {
+      'multipart/form-data': {
+        schema: z.object({
+          file: z.string().optional().meta({ format: 'binary', description: 'The image' }),
+          url: z.string().optional().meta({ description: 'Instead of `file`: an absolute http(s) URL of the image' }),
+        }),
+      },
+      'application/json': { schema: PredictUrlBody },
+      'image/*': { schema: z.string().meta({ format: 'binary', description: 'The raw image bytes' }) },
+      'application/octet-stream': { schema: z.string().meta({ format: 'binary', description: 'The raw image bytes' }) },
+    },
+  };
+  const predictResponses: ZodOpenApiResponsesObject = {
+    '200': {
+      description: 'The job finished within the wait: its result',
+      headers: z.object({ 'Preference-Applied': z.string().optional() }),
+      content: json(CompletedJob),
+    },
+    '202': {
+      description: 'Queued; poll `Location` (or follow `links.events`)',
+      headers: z.object({
+        Location: z.string().meta({ description: '`/v1/jobs/<id>`' }),
+        'Retry-After': retryAfter,
+        'Preference-Applied': z.string().optional(),
+      }),
+      content: json(AcceptedJob),
+    },
+    ...problems(400, 404, 408, 413, 415, 422, 500),
+    '503': {
+      description:
+        'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`; with Retry-After',
+      headers: z.object({ 'Retry-After': retryAfter }),
+      content: problem,
+    },
+    ...accessProblems,
+  };
+  const predict = (summary: string, description: string, named: boolean): ZodOpenApiOperationObject => ({
+    summary,
+    description,
+    tags: ['predict'],
+    requestParams: {
+      ...(named
+        ? { path: z.object({ name: ModelName.meta({ description: 'A model name, as `GET /v1/models` lists them' }) }) }
+        : {}),
+      header: z.object({ Prefer: prefer, 'Callback-Url': callbackUrl, 'X-Request-Id': requestId }),
+    },
+    requestBody: predictBody,
+    responses: predictResponses,
+    callbacks: {
+      jobFinished: {
+        '{$request.header.Callback-Url}': {
+          post: {
+            summary: 'The finished job, POSTed to the Callback-Url',
+            description:
+              'Signed per Standard Webhooks: `webhook-signature` is `v1,` + base64 HMAC-SHA256 of `<webhook-id>.<webhook-timestamp>.<body>` ' +
+              'with the bytes of CALLBACK_SECRET (`whsec_<base64>`). Retried with exponential backoff until a 2xx, at most CALLBACK_MAX_ATTEMPTS times; ' +
+              'the same `webhook-id` on every attempt.',
+            requestParams: {
+              header: z.object({
+                'webhook-id': z.string(),
+                'webhook-timestamp': z.string().meta({ description: 'Seconds since the epoch' }),
+                'webhook-signature': z.string(),
+              }),
+            },
+            requestBody: { required: true, content: json(CallbackPayload) },
+            responses: {
+              '200': { description: 'Delivered (any 2xx)' },
+              '500': { description: 'Anything else: retried later' },
+            },
+          },
+        },
+      },
+    },
+  });
+  const jobId = z.object({ id: z.uuid().meta({ description: 'The job id a predict answer gave' }) });
+
+  return createDocument({
+    openapi: '3.1.0',
+    info: {
+      title: 'Conveyor',
+      version: options.version,
+      description:
+        'Queue-based image inference. Every error is `application/problem+json` (RFC 9457) with the `requestId`; ' +
+        '`GET /problems/{slug}` says what a problem type means. With API keys required, `/v1` routes need ' +
+        '`Authorization: Bearer <key>` (or `X-API-Key`) with the route scope.',
+    },
+    servers: [{ url: '/' }],
+    security: [{ bearer: [] }, { apiKey: [] }, {}],
+    tags: [
+      { name: 'predict', description: 'Classify an image' },
+      { name: 'jobs', description: 'Follow a job' },
+      { name: 'models', description: 'What the deployment serves' },
+      { name: 'feedback', description: 'Ground truth, learnt later' },
+      { name: 'ops', description: 'Probes, metrics and this description' },
+    ],
+    paths: {
+      '/v1/models/{name}/predict': {
+        post: {
+          operationId: 'predictModel',
+          ...predict(
+            'Classify an image with a named model',
+            'An unknown name is 404 before the body is read; a known model with no live worker is 503 for a caller who would wait.',
+            true,
+          ),
+        },
+      },
+      '/v1/predict': {
+        post: {
+          operationId: 'predict',
+          ...predict(`Classify an image with the default model (${options.defaultModel})`, 'Alias: `POST /predict`.', false),
+        },
+      },
+      '/predict': {
+        post: {
+          operationId: 'predictLegacy',
+          ...predict('Alias of /v1/predict', 'Kept for clients of the first release.', false),
+        },
+      },
+      '/v1/jobs/{id}': {
+        get: {
+          operationId: 'getJob',
+          summary: 'A job of any model: its state while waiting or running, its result or error once finished',
+          tags: ['jobs'],
+          requestParams: { path: jobId },
+          responses: {
+            '200': {
+              description: 'While queued or active (with Retry-After: 1), the result once completed, the error once failed',
+              content: json(JobStatus),
+            },
+            ...problems(404),
+            ...accessProblems,
+          },
+        },
+      },
+      '/v1/jobs/{id}/events': {
+        get: {
+          operationId: 'jobEvents',
+          summary: 'Server-Sent Events: the job state as it changes, then its result, then the stream ends',
+          description:
+            'Events: `state` (data: the PendingJob body) whenever the state changes, then one `result` (a completed or failed job) and the end of the stream. ' +
+            'Comments keep an idle connection alive; a stream is closed after SSE_MAX_SECONDS. Connections per key (per IP without keys) are bounded.',
+          tags: ['jobs'],
+          requestParams: { path: jobId },
+          responses: {
+            '200': { description: 'An event stream', content: { 'text/event-stream': { schema: z.string() } } },
+            ...problems(404),
+            ...accessProblems,
+          },
+        },
+      },
+      '/v1/models': {
+        get: {
+          operationId: 'listModels',
+          summary: 'Every model the deployment knows, as its workers describe it',
+          tags: ['models'],
+          responses: { '200': { description: 'The models', content: json(ModelList) }, ...accessProblems },
+        },
+      },
+      '/v1/models/{name}': {
+        get: {
+          operationId: 'getModel',
+          summary: 'One model',
+          tags: ['models'],
+          requestParams: { path: z.object({ name: ModelName }) },
+          responses: {
+            '200': { description: 'The model', content: json(ModelDescription) },
+            ...problems(404),
+            ...accessProblems,
+          },
+        },
+      },
+      '/v2/models/{name}/ready': {
+        get: {
+          operationId: 'modelReady',
+          summary: "The Open Inference Protocol's model readiness probe (no key needed)",
+          tags: ['models'],
+          security: [{}],
+          requestParams: { path: z.object({ name: ModelName }) },
+          responses: {
+            '200': { description: 'A live worker has the model warm', content: json(ModelReadiness) },
+            '503': { description: 'No live worker has it warm', content: json(ModelReadiness) },
+            ...problems(404),
+          },
+        },
+      },
+      '/v1/feedback': {
+        post: {
+          operationId: 'feedback',
+          summary: 'The true label of a finished job, once per job while its result is kept',
+          tags: ['feedback'],
+          requestBody: { required: true, content: json(FeedbackBody) },
+          responses: {
+            '202': { description: 'Recorded; the monitor joins it to the prediction', content: json(FeedbackAccepted) },
+            ...problems(400, 404, 409, 415, 503),
+            ...accessProblems,
+          },
+        },
+      },
+      '/v1/drift': {
+        get: {
+          operationId: 'drift',
+          summary: "The drift monitor's state per model version (what the page at / shows)",
+          tags: ['models'],
+          responses: {
+            '200': {
+              description: 'The state; `monitor: false` when the gateway has no MONITOR_URL',
+              content: json(DriftSummary),
+            },
+            '503': { description: 'Problem: `/problems/not-ready` (the monitor cannot be reached)', content: problem },
+            ...accessProblems,
+          },
+        },
+      },
+      '/': {
+        get: {
+          operationId: 'page',
+          summary: 'A small page: classify an image, follow asynchronous jobs, see drift',
+          tags: ['ops'],
+          security: [{}],
+          responses: { '200': { description: 'HTML', content: { 'text/html': { schema: z.string() } } } },
+        },
+      },
+      '/health': {
+        get: {
+          operationId: 'health',
+          summary: 'The process is alive',
+          tags: ['ops'],
+          security: [{}],
+          responses: { '200': { description: 'Alive', content: json(Health) } },
+        },
+      },
+      '/ready': {
+        get: {
+          operationId: 'ready',
+          summary: 'Redis answers and a worker with a warm model is alive',
+          tags: ['ops'],
+          security: [{}],
+          responses: {
+            '200': { description: 'Ready', content: json(Readiness) },
+            '503': { description: 'Not ready', content: json(Readiness) },
+          },
+        },
+      },
+      '/metrics': {
+        get: {
+          operationId: 'metrics',
+          summary: 'Prometheus metrics',
+          tags: ['ops'],
+          security: [{}],
+          responses: {
+            '200': { description: 'The text exposition format', content: { 'text/plain': { schema: z.string() } } },
+          },
+        },
+      },
+      '/problems/{slug}': {
+        get: {
+          operationId: 'problemType',
+          summary: 'What a problem type means',
+          tags: ['ops'],
+          security: [{}],
+          requestParams: { path: z.object({ slug: z.enum(problemSlugs) }) },
+          responses: { '200': { description: 'The problem type', content: json(ProblemType) }, ...problems(404) },
+        },
+      },
+      '/openapi.json': {
+        get: {
+          operationId: 'openapi',
+          summary: 'This document',
+          tags: ['ops'],
+          security: [{}],
+          responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: z.looseObject({}) } } } },
+        },
+      },
+    },
+    components: {
+      securitySchemes: {
+        bearer: { type: 'http', scheme: 'bearer', description: 'An API key from `make api-key`' },
+        apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
+      },
+    },
+  });
+}

@@ -1,0 +1,130 @@
+import { PassThrough } from 'node:stream';
+import type Router from '@koa/router';
+import { z } from 'zod';
+import { ProblemError } from '@conveyor/shared/problem';
+import type { Access } from '../access/access.middleware.js';
+import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
+import type { GatewayState } from '../http/context.js';
+import type { JobLookup, JobView } from '../jobs/job-lookup.js';
+import { lostJob } from './jobs.route.js';
+
+/**
+ * GET /v1/jobs/{id}/events: Server-Sent Events for a browser that wants to wait without polling.
+ * A `state` event whenever the job's state changes (queued, active), then one `result` event with
+ * the finished job (as `GET /v1/jobs/{id}` answers it) and the end of the stream.
+ *
+ * Every stream is bounded: at most `maxConnections` open on this gateway (503 beyond) and
+ * `maxPerClient` per API key, or per client IP without keys (429 beyond); each is closed after
+ * `maxSeconds` (a `timeout` event first; the client may reconnect) and when the client goes.
+ * The gateway reads the job every `pollMs` per stream: the bounds bound that too.
+ */
+export interface EventStreamLimits {
+  readonly maxConnections: number;
+  readonly maxPerClient: number;
+  readonly maxSeconds: number;
+  readonly pollMs?: number;
+  readonly keepAliveMs?: number;
+}
+
+const JobId = z.uuid();
+
+export function registerEventRoutes(
+  router: Router<GatewayState>,
+  deps: { lookup: JobLookup; access: Access; callbacks: CallbackDispatcher; limits: EventStreamLimits },
+): void {
+  const { limits } = deps;
+  const pollMs = limits.pollMs ?? 250;
+  const keepAliveMs = limits.keepAliveMs ?? 15_000;
+  const perClient = new Map<string, number>();
+  let open = 0;
+
+  router.get('/v1/jobs/:id/events', deps.access.require('predict'), async (ctx) => {
+    const id = ctx.params.id ?? '';
+    const first = JobId.safeParse(id).success ? await deps.lookup.find(id) : undefined;
+    if (!first) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
+    ctx.state.jobId = id;
+    const client = ctx.state.apiKey ? `key:${ctx.state.apiKey.id}` : `ip:${ctx.ip}`;
+    if (open >= limits.maxConnections) {
+      throw new ProblemError('overloaded', 'Too many event streams are open on this gateway; poll GET /v1/jobs/{id} instead', {
+        retryAfterSeconds: 5,
+      });
+    }
+    if ((perClient.get(client) ?? 0) >= limits.maxPerClient) {
+      throw new ProblemError('rate-limited', `At most ${limits.maxPerClient} event streams may be open at once per client`, {
+        retryAfterSeconds: 5,
+      });
+    }
+    open++;
+    perClient.set(client, (perClient.get(client) ?? 0) + 1);
+
+    const stream = new PassThrough();
+    ctx.status = 200;
+    ctx.type = 'text/event-stream';
+    ctx.set('Cache-Control', 'no-cache, no-transform');
+    ctx.set('X-Accel-Buffering', 'no'); // proxies (nginx) would hold events back otherwise
+    ctx.body = stream;
+
+    let ended = false;
+    const timers: NodeJS.Timeout[] = [];
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      timers.forEach((t) => clearTimeout(t));
+      open--;
+      const left = (perClient.get(client) ?? 1) - 1;
+      if (left > 0) perClient.set(client, left);
+      else perClient.delete(client);
+      stream.end();
+    };
+    const send = (event: string, data: unknown) => {
+      if (!ended) stream.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    };
+    ctx.req.once('close', end);
+    stream.once('close', end);
+    timers.push(
+      setTimeout(() => {
+        send('timeout', { detail: `streams close after ${limits.maxSeconds} s; reconnect to go on` });
+        end();
+      }, limits.maxSeconds * 1000),
+    );
+    const keepAlive = setInterval(() => !ended && stream.write(': keep-alive\n\n'), keepAliveMs);
+    timers.push(keepAlive);
+    stream.once('close', () => clearInterval(keepAlive));
+
+    let last = '';
+    const emit = async (view: JobView): Promise<boolean> => {
+      const callback = await deps.callbacks.state(id);
+      const extra = callback ? { callback } : {};
+      if (view.kind === 'pending') {
+        const body = { id, status: view.status, model: view.model, ...extra };
+        const key = JSON.stringify(body);
+        if (key !== last) send('state', body);
+        last = key;
+        return false;
+      }
+      if (view.kind === 'finished') send('result', { ...view.result, ...extra });
+      else send('result', { ...lostJob(id, view.reason), ...extra });
+      return true;
+    };
+    stream.write('retry: 2000\n\n');
+    // Runs after this handler returns (Koa is already streaming the body).
+    void (async () => {
+      try {
+        let view: JobView | undefined = first;
+        // (a function: the flag is set by the close handlers, which flow analysis does not see)
+        const over = () => ended;
+        while (!over() && view && !(await emit(view))) {
+          await new Promise((resolve) => timers.push(setTimeout(resolve, pollMs)));
+          if (over()) return;
+          view = await deps.lookup.find(id);
+        }
+        if (!view) send('gone', { detail: `No job ${id} any more: its result has expired` });
+      } catch (error) {
+        ctx.state.log.warn({ err: error }, 'event stream failed');
+        send('error', { detail: 'The job could not be read; retry' });
+      } finally {
+        end();
+      }
+    })();
+  });
+}

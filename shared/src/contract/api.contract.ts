@@ -1,0 +1,190 @@
+import { z } from 'zod';
+import { problemSlugs } from '../problem.js';
+import { CompletedResult, FailedResult, ModelAnnouncement, ModelName } from './queue.contract.js';
+
+/**
+ * The HTTP API's bodies, as zod schemas: the gateway validates requests with them, the OpenAPI
+ * document (`/openapi.json`) is generated from them, and the TypeScript client takes its types
+ * from them. Results themselves are the queue contract's (a result is stored by a worker and
+ * answered as it is); this file adds what only the HTTP side says.
+ */
+
+const JobId = z.uuid();
+
+/** `POST /v1/predict` with `Content-Type: application/json`. */
+export const PredictUrlBody = z.object({
+  url: z
+    .string()
+    .min(1)
+    .max(4096)
+    .meta({ description: 'An absolute http(s) URL of the image', example: 'https://example.org/seven.png' }),
+});
+export type PredictUrlBody = z.infer<typeof PredictUrlBody>;
+
+/** `POST /v1/feedback`. */
+export const FeedbackBody = z.object({ jobId: JobId, label: z.string().trim().min(1).max(64) });
+export type FeedbackBody = z.infer<typeof FeedbackBody>;
+
+/** Where an asynchronous job's result is POSTed, and how that went (`GET /v1/jobs/{id}`). */
+export const CallbackState = z
+  .object({
+    url: z.string(),
+    state: z.enum(['pending', 'delivered', 'failed']).meta({
+      description:
+        'pending: the job is not finished, or a delivery is being retried; delivered: the receiver answered 2xx; failed: every attempt failed (the result can still be polled)',
+    }),
+    attempts: z.number().int().min(0),
+    lastStatus: z.number().int().optional().meta({ description: "The receiver's HTTP status on the last attempt" }),
+    lastError: z.string().optional(),
+    deliveredAt: z.iso.datetime().optional(),
+    webhookId: z.string().meta({ description: 'The `webhook-id` header of every attempt (the same on retries)' }),
+  })
+  .meta({ id: 'CallbackState' });
+export type CallbackState = z.infer<typeof CallbackState>;
+
+const withCallback = { callback: CallbackState.optional() };
+
+/** The 202 of a predict request that did not wait (or whose wait ran out). */
+export const AcceptedJob = z
+  .object({
+    id: JobId,
+    status: z.literal('queued'),
+    requestId: z.string(),
+    model: ModelName,
+    links: z.object({ self: z.string(), events: z.string().optional() }),
+    ...withCallback,
+  })
+  .meta({ id: 'AcceptedJob' });
+export type AcceptedJob = z.infer<typeof AcceptedJob>;
+
+/** `GET /v1/jobs/{id}` while the job waits or runs. */
+export const PendingJob = z
+  .object({ id: JobId, status: z.enum(['queued', 'active']), model: ModelName, ...withCallback })
+  .meta({ id: 'PendingJob' });
+export type PendingJob = z.infer<typeof PendingJob>;
+
+/** A job BullMQ gave up on without a result record (it stalled on crashing workers too often). */
+export const LostJob = z
+  .object({
+    id: JobId,
+    status: z.literal('failed'),
+    error: z.object({
+      type: z.string(),
+      title: z.string(),
+      status: z.number().int(),
+      detail: z.string(),
+      slug: z.enum(problemSlugs),
+    }),
+    ...withCallback,
+  })
+  .meta({ id: 'LostJob' });
+
+export const CompletedJob = CompletedResult.extend(withCallback).meta({ id: 'CompletedResult' });
+export const FailedJob = FailedResult.extend(withCallback).meta({ id: 'FailedResult' });
+
+/**
+ * What a callback receiver is POSTed once the job is finished (Standard Webhooks' envelope), with
+ * the headers `webhook-id`, `webhook-timestamp` and `webhook-signature`.
+ */
+export const CallbackPayload = z
+  .object({
+    type: z.enum(['job.completed', 'job.failed']),
+    timestamp: z.iso.datetime(),
+    data: z.discriminatedUnion('status', [CompletedResult, FailedResult]),
+  })
+  .meta({ id: 'CallbackPayload' });
+export type CallbackPayload = z.infer<typeof CallbackPayload>;
+
+/** Everything `GET /v1/jobs/{id}` answers with 200. */
+export const JobStatus = z.union([PendingJob, CompletedJob, FailedJob, LostJob]).meta({ id: 'JobStatus' });
+export type JobStatus = z.infer<typeof JobStatus>;
+
+/** RFC 9457 problem details, as every error is answered; a problem may carry more members. */
+export const Problem = z
+  .looseObject({
+    type: z.string().meta({ description: 'A relative URI, `/problems/<slug>`; GET it for its meaning' }),
+    title: z.string(),
+    status: z.number().int().min(400).max(599),
+    detail: z.string(),
+    instance: z.string(),
+    requestId: z.string(),
+    jobId: JobId.optional(),
+  })
+  .meta({ id: 'Problem' });
+export type Problem = z.infer<typeof Problem>;
+
+export const ProblemType = z
+  .object({ type: z.string(), status: z.number().int(), title: z.string() })
+  .meta({ id: 'ProblemType' });
+
+export const ModelDescription = z
+  .object({
+    name: ModelName,
+    default: z.boolean(),
+    ready: z.boolean().meta({ description: 'A live worker has the model warm' }),
+    workers: z.number().int().min(0),
+    concurrency: z.number().int().min(0),
+    versions: z.array(z.string()),
+    lastAnnounced: z.object({ version: z.string(), artifact: z.string(), at: z.iso.datetime() }).optional(),
+    description: z.string().optional(),
+    input: ModelAnnouncement.shape.input.optional(),
+    labels: z.array(z.string()).optional(),
+    links: z.object({ self: z.string(), predict: z.string(), ready: z.string() }),
+  })
+  .meta({ id: 'ModelDescription' });
+export type ModelDescription = z.infer<typeof ModelDescription>;
+
+export const ModelList = z.object({ models: z.array(ModelDescription) }).meta({ id: 'ModelList' });
+export type ModelList = z.infer<typeof ModelList>;
+
+/** The Open Inference Protocol's model readiness answer. */
+export const ModelReadiness = z.object({ name: ModelName, ready: z.boolean() }).meta({ id: 'ModelReadiness' });
+
+export const FeedbackAccepted = z
+  .object({
+    jobId: JobId,
+    label: z.string(),
+    status: z.literal('accepted'),
+    predicted: z.string(),
+    model: z.object({ name: z.string(), version: z.string() }),
+  })
+  .meta({ id: 'FeedbackAccepted' });
+
+export const Health = z.object({ status: z.literal('ok') });
+
+export const Readiness = z
+  .object({
+    status: z.enum(['ready', 'not-ready']),
+    redis: z.object({ ok: z.boolean(), latencyMs: z.number() }),
+    models: z.record(z.string(), z.object({ ready: z.boolean(), workers: z.number().int(), versions: z.array(z.string()) })),
+    workers: z.array(
+      z.object({
+        id: z.string(),
+        model: z.object({ name: z.string(), version: z.string() }),
+        models: z.array(z.object({ name: z.string(), version: z.string(), concurrency: z.number().int() })),
+        concurrency: z.number().int(),
+        processed: z.number().int(),
+        lastSeen: z.string(),
+      }),
+    ),
+  })
+  .meta({ id: 'Readiness' });
+
+export const DriftLevel = z.enum(['ok', 'warn', 'alert']);
+
+/** `GET /v1/drift`: the monitor's drift state per model version, summed up for the page. */
+export const DriftSummary = z
+  .object({
+    monitor: z.boolean().meta({ description: 'Whether the gateway has a monitor to ask (MONITOR_URL)' }),
+    models: z.array(
+      z.object({
+        model: z.string(),
+        version: z.string(),
+        level: DriftLevel.meta({ description: 'The worst level of any feature' }),
+        features: z.record(z.string(), DriftLevel),
+        window: z.string().meta({ description: 'The current window: insufficient_data, provisional, no_reference' }),
+      }),
+    ),
+  })
+  .meta({ id: 'DriftSummary' });
+export type DriftSummary = z.infer<typeof DriftSummary>;

@@ -1,0 +1,157 @@
+import { exec } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { expect } from 'chai';
+import { ensureModerationModel, readPhoto } from '../../scripts/models/moderation.js';
+import { ROOT } from '../../scripts/lib/service-process.js';
+import { startCallbackReceiver, type CallbackReceiver } from '../support/callback-receiver.js';
+import { request } from '../support/http.js';
+import { randomPrefix } from '../support/redis.js';
+import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { startUrlServer, type UrlServer } from '../support/url-server.js';
+import { until } from '../support/wait.js';
+
+const sh = promisify(exec);
+
+/**
+ * Examples that run: every shell command of the README's "Quick start" and "API" sections, taken
+ * from README.md itself, is run with bash against a real system (gateway, a worker serving both
+ * models, Redis), so the README cannot drift from the code. Only these blocks are not run, each
+ * for its reason (the test fails if the list no longer matches the README):
+ * the one starting the system (`make run`, `make test`: this test is that system, and part of that
+ * suite) and "With containers" (Docker; `make compose-smoke` covers it).
+ * The addresses are the README's, rewritten to the ones of this run: the gateway for
+ * localhost:8080, a local image server for the URL example's 127.0.0.1:8000 (allowed with
+ * URL_ALLOW_CIDRS as the README says), a local receiver for the callback URL, and one of
+ * scikit-image's photos (shipped with the moderation model's tests) for `photo.jpg`.
+ */
+interface Block {
+  readonly heading: string;
+  readonly commands: string[];
+}
+
+function shellBlocks(markdown: string, from: string, to: string): Block[] {
+  const start = markdown.indexOf(`\n${from}\n`);
+  const end = markdown.indexOf(`\n${to}\n`, start);
+  expect(start, from).to.be.greaterThan(0);
+  const section = markdown.slice(start, end);
+  const blocks: Block[] = [];
+  let heading = from;
+  let inBlock = false;
+  let lines: string[] = [];
+  for (const line of section.split('\n')) {
+    if (!inBlock && /^#{2,3} /.test(line)) heading = line;
+    if (line.startsWith('```')) {
+      if (inBlock) {
+        blocks.push({ heading, commands: commandsOf(lines) });
+        inBlock = false;
+      } else if (line === '```sh') {
+        inBlock = true;
+        lines = [];
+      }
+      continue;
+    }
+    if (inBlock) lines.push(line);
+  }
+  return blocks;
+}
+
+/** The commands of a block: comment lines dropped, trailing comments (after two or more spaces) cut. */
+function commandsOf(lines: string[]): string[] {
+  return lines
+    .filter((l) => !/^\s*#/.test(l) && !/^\s+\S/.test(l))
+    .map((l) => l.replace(/\s{2,}#.*$/, '').trim())
+    .filter((l) => l.length > 0);
+}
+
+describe('README examples run against a real system', function () {
+  this.timeout(600_000);
+  const prefix = randomPrefix('readme');
+  let gateway: Gateway;
+  let worker: Awaited<ReturnType<typeof startWorker>>;
+  let images: UrlServer;
+  let receiver: CallbackReceiver;
+  let dir: string;
+  const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+  const blocks = [...shellBlocks(readme, '## Quick start', '## API'), ...shellBlocks(readme, '## API', '## Configuration')];
+  const skipped = (b: Block) =>
+    b.heading === '### With containers' || b.commands.some((c) => c.startsWith('make run') || c.startsWith('make test'));
+
+  before(async () => {
+    await ensureModerationModel();
+    dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-readme-'));
+    writeFileSync(path.join(dir, 'photo.jpg'), readPhoto('chelsea').bytes);
+    images = await startUrlServer({
+      '/seven.png': { type: 'image/png', body: readFileSync(path.join(ROOT, 'docs/examples/seven.png')) },
+    });
+    receiver = await startCallbackReceiver();
+    [gateway, worker] = await Promise.all([
+      startGateway(prefix, {
+        URL_ALLOW_CIDRS: '127.0.0.1/32',
+        CALLBACK_SECRET: `whsec_${Buffer.alloc(32, 7).toString('base64')}`,
+        MODELS: 'digits,moderation',
+      }),
+      startWorker(prefix, { MODELS: 'digits,moderation' }),
+    ]);
+    await until('both models ready', async () =>
+      (await Promise.all(['digits', 'moderation'].map((m) => request(`${gateway.url}/v2/models/${m}/ready`)))).every(
+        (r) => r.status === 200,
+      ),
+    );
+  });
+  afterEach(function () {
+    dumpLogsOnFailure(this, gateway, worker);
+  });
+  after(async () => {
+    await stopAll(gateway, worker);
+    await Promise.all([images.close(), receiver.close()]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('finds the blocks it runs, and skips exactly the two it says', () => {
+    expect(blocks.filter(skipped).map((b) => b.heading)).to.deep.equal(['## Quick start', '### With containers']);
+    expect(blocks.filter((b) => !skipped(b)).flatMap((b) => b.commands).length).to.be.greaterThan(10);
+  });
+
+  it('runs every command of the Quick start and API sections, with the answers the README promises', async () => {
+    const host = new URL(gateway.url).host;
+    let lastJob: string | undefined;
+    const ran: string[] = [];
+    for (const block of blocks.filter((b) => !skipped(b))) {
+      for (const original of block.commands) {
+        if (original.includes('<id>')) expect(lastJob, `a job id for: ${original}`).to.be.a('string');
+        const command = original
+          .replaceAll('localhost:8080', host)
+          .replaceAll('127.0.0.1:8000', `127.0.0.1:${images.port}`)
+          .replaceAll('https://hooks.example.org/conveyor', receiver.url('/ok'))
+          .replaceAll('@photo.jpg', `@${path.join(dir, 'photo.jpg')}`)
+          .replaceAll('<id>', lastJob ?? '')
+          // an HTTP error status must fail the example too
+          .replace(/^curl /, 'curl --fail-with-body -sS --max-time 60 ');
+        let stdout: string;
+        try {
+          ({ stdout } = await sh(command, { cwd: ROOT, shell: '/bin/bash', env: { ...process.env, CONVEYOR_URL: gateway.url } }));
+        } catch (error) {
+          const e = error as { stdout?: string; stderr?: string };
+          throw new Error(`README example failed: ${original}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`, { cause: error });
+        }
+        ran.push(original);
+        const id = /"id":\s*"([0-9a-f-]{36})"/.exec(stdout)?.[1];
+        if (id) lastJob = id;
+        const waits = !/respond-async|--async|ready|events|models$|openapi|drift/.test(original);
+        if (waits && /seven\.png/.test(original) && !original.includes('--async')) {
+          expect(stdout, original).to.match(/"label":\s*"7"/);
+        }
+        if (/three-scan/.test(original)) expect(stdout, original).to.match(/"label":\s*"3"/);
+        if (/moderation\/predict/.test(original))
+          expect(stdout, original).to.match(/"label":\s*"(Drawing|Hentai|Neutral|Porn|Sexy)"/);
+        if (/events/.test(original)) expect(stdout, original).to.match(/event: result/);
+      }
+    }
+    expect(ran.some((c) => c.includes('"url"'))).to.equal(true);
+    // The callback example's job was delivered to the receiver.
+    await until('the README callback', () => Promise.resolve(receiver.deliveries.length > 0));
+  });
+});
