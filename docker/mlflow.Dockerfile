@@ -17,7 +17,9 @@ WORKDIR /mlflow
 ENV MLFLOW_AUTH_CONFIG_PATH=/opt/conveyor/basic-auth.ini
 VOLUME ["/mlflow"]
 EXPOSE 5000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=5 \
+# A long start period: MLflow's first start (database migrations) took 2.5 min on a busy 2-core
+# machine, and an "unhealthy" verdict there kept the trainer (which waits for it) from starting.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=10 \
   CMD ["/opt/mlflow/bin/python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["/bin/sh", "/opt/conveyor/mlflow-entrypoint.sh"]
 # The Host check (MLflow >= 3.5) must let the other services in by their compose name.
