@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
+import sharp from 'sharp';
 import { loadConfig } from '@conveyor/shared/config';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { GatewayConfig } from '../../services/gateway/src/config.js';
@@ -50,6 +51,9 @@ describe('gateway and worker started in-process', function () {
     // Both may already be stopped by the last test: stop() is idempotent.
     await Promise.allSettled([gateway?.stop(), worker?.stop()]);
     await redis.quit();
+    // A worker restricts sharp's decoders process-wide (shared/src/model/decoders.ts): in a worker's
+    // own process that is the point, in this one it would break later suites that render SVG.
+    sharp.unblock({ operation: ['VipsForeignLoad'] });
   });
 
   it('listens on the port the system chose and predicts a digit end to end', async () => {

@@ -68,6 +68,14 @@ describe('several models from the registry', function () {
     });
 
     it('serves both from the registry, and swaps only the model whose alias moved', async () => {
+      // The gateway learns of a new model from the worker's announcement, a moment after the worker
+      // logs it is ready (its view of the catalogue is re-read at most every 250 ms).
+      for (const name of [first, second]) {
+        await until(
+          `${name} ready at the gateway`,
+          async () => (await request(`${gateway.url}/v2/models/${name}/ready`)).status === 200 || undefined,
+        );
+      }
       for (const name of [first, second]) {
         const reply = await predictModel(gateway.url, name, seven);
         expect(reply.status, JSON.stringify(reply.body)).to.equal(200);

@@ -129,8 +129,24 @@ export class CallbackDispatcher {
   }
 
   async close(): Promise<void> {
-    await this.worker?.close();
-    await this.queue.close();
+    const closing = Promise.all([this.worker?.close(), this.queue.close()]).then(() => undefined);
+    // With Redis away, BullMQ's close waits for it to come back, past any shutdown budget. Nothing
+    // is lost by not waiting: a delivery left unfinished is still a job in Redis whose lock lapses,
+    // and another gateway (or this one, restarted) delivers it.
+    let poll: NodeJS.Timeout | undefined;
+    const pointless = new Promise<void>((resolve) => {
+      poll = setInterval(() => {
+        if (this.connection.status === 'ready') return;
+        this.log.warn('Redis is unreachable: not waiting for the callback queue to close');
+        resolve();
+      }, 100);
+    });
+    try {
+      await Promise.race([closing, pointless]);
+    } finally {
+      clearInterval(poll);
+      closing.catch(() => undefined);
+    }
   }
 
   private async deliver(job: Job<CallbackJob>, token: string | undefined): Promise<void> {
