@@ -210,6 +210,8 @@ const launch = (
       label,
       built: true,
       detached: true,
+      // Printed as they come; only recent ones are needed (for waitFor), not hours of them.
+      keep: 1000,
       onRecord: (record, raw) => console.log(`${prefix} ${pretty && record.level ? pretty(raw).trimEnd() : raw}`),
     },
   );
@@ -245,7 +247,7 @@ if (!stopping) {
   const [first] = models;
   console.log(
     `[run] models: ${models.map((m) => m.name).join(', ')} (each worker serves ${models.length === 1 ? 'it' : 'all of them'}); ` +
-      `POST /v1/models/<name>/predict, GET /v1/models${first ? `; e.g. curl -F file=@docs/examples/seven.png localhost:8080/v1/models/${first.name}/predict` : ''}`,
+      `POST /v1/models/<name>/predict, GET /v1/models${first ? `; e.g. curl -F file=@docs/examples/seven.png localhost:${process.env.PORT ?? '8080'}/v1/models/${first.name}/predict` : ''}`,
   );
 }
 

@@ -34,6 +34,15 @@ export interface ServiceProcess {
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
 }
 
+/**
+ * Appends a record, and with `keep` trims to the last `keep` once twice as many have gathered (so the
+ * trimming costs O(1) per line on average).
+ */
+export function keepRecord(records: LogRecord[], record: LogRecord, keep?: number): void {
+  records.push(record);
+  if (keep !== undefined && records.length >= keep * 2) records.splice(0, records.length - keep);
+}
+
 export function spawnService(
   service: ServiceName,
   env: Record<string, string>,
@@ -50,6 +59,11 @@ export function spawnService(
      * then stops its children in order (`make run`).
      */
     detached?: boolean;
+    /**
+     * Keep only the last `keep` log records (a long-running `make run` or soak would otherwise hold
+     * every line it ever printed); unset keeps them all, which tests that count lines rely on.
+     */
+    keep?: number;
   } = {},
 ): ServiceProcess {
   // CONVEYOR_PROFILE_DIR=dir: every service writes a V8 CPU profile there when it exits (how the
@@ -74,7 +88,7 @@ export function spawnService(
     } catch {
       record = { msg: line };
     }
-    records.push(record);
+    keepRecord(records, record, options.keep);
     options.onRecord?.(record, line);
     for (const w of watchers) {
       if (w.predicate(record)) {
