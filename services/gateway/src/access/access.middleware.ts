@@ -11,12 +11,20 @@ import type { ApiKeyStore, Scope } from './api-keys.js';
  * valid key, 403 without the scope. The rate limit is per key (per client IP when keys are off),
  * counted in Redis so every gateway instance enforces one shared limit (rate-limiter-flexible);
  * beyond it, 429 with Retry-After and the IETF RateLimit headers. Both are off unless configured.
+ *
+ * Invalid keys are counted per client address (`ctx.ip`), shared through Redis as well: past
+ * `authFailurePoints` in the window, a request carrying a key from that address is answered 429
+ * before its key is looked at (unlimited, one address tried 738 keys a second, each a hash and a
+ * Redis read). Requests without any key cost nothing to refuse and are not counted.
  */
 export interface AccessOptions {
   readonly keysRequired: boolean;
   /** Requests per window per key (or IP); 0 = no limit. */
   readonly ratePoints: number;
   readonly rateWindowSeconds: number;
+  /** Invalid keys one address may present per window before its keyed requests are refused unread. */
+  readonly authFailurePoints: number;
+  readonly authFailureWindowSeconds: number;
 }
 
 export interface Access {
@@ -35,6 +43,18 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
         })
       : undefined;
   const policy = `${options.ratePoints};w=${options.rateWindowSeconds}`;
+  const failures = new RateLimiterRedis({
+    storeClient: redis,
+    keyPrefix: `${prefix}:authfail`,
+    points: options.authFailurePoints,
+    duration: options.authFailureWindowSeconds,
+  });
+  const tooManyFailures = (msBeforeNext: number) =>
+    new ProblemError(
+      'rate-limited',
+      `More than ${options.authFailurePoints} invalid API keys from this address in ${options.authFailureWindowSeconds} s`,
+      { retryAfterSeconds: Math.max(1, Math.ceil(msBeforeNext / 1000)) },
+    );
 
   return {
     require: (scope) => async (ctx, next) => {
@@ -45,8 +65,16 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
           ctx.set('WWW-Authenticate', 'Bearer realm="conveyor"');
           throw new ProblemError('unauthorized', 'Send an API key: Authorization: Bearer <key>');
         }
+        const counted = await failures.get(subject);
+        if (counted && counted.consumedPoints >= options.authFailurePoints) throw tooManyFailures(counted.msBeforeNext);
         const identity = await store.verify(presented);
         if (!identity) {
+          try {
+            await failures.consume(subject);
+          } catch (rejection) {
+            if (!(rejection instanceof RateLimiterRes)) throw rejection;
+            throw tooManyFailures(rejection.msBeforeNext);
+          }
           ctx.set('WWW-Authenticate', 'Bearer realm="conveyor", error="invalid_token"');
           throw new ProblemError('unauthorized', 'The API key is not valid');
         }
