@@ -159,7 +159,7 @@ describe('isolation between clients at the gateway', function () {
       const attack = connectionHog(g.port, [hog], 40);
       try {
         // The hog has been turned away (more than its share), so it is trying for more than it holds.
-        await until('the hog to be refused connections', async () => attack.closedByServer >= 20);
+        await until('the hog to be refused connections', () => Promise.resolve(attack.closedByServer >= 20));
         const statuses = await politeRequests(g.port, 10);
         expect(statuses).to.deep.equal(Array<number>(10).fill(200));
         expect(await metric(g.port, 'conveyor_http_connections_refused_total{reason="client"}')).to.be.greaterThan(0);
@@ -352,7 +352,9 @@ describe('isolation between clients at the gateway', function () {
             }),
         ),
       );
-      await until('every stream to have its first event', async () => streams.every((s) => s.text().includes('event: state')));
+      await until('every stream to have its first event', () =>
+        Promise.resolve(streams.every((s) => s.text().includes('event: state'))),
+      );
       await g.service.stop();
       for (const stream of streams) {
         // Ended by the server, cleanly, after a last event telling the client to come back.
