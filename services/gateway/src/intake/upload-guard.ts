@@ -21,7 +21,7 @@ import type { GatewayContext, GatewayState } from '../http/context.js';
  *   with the body parser for the stream.
  */
 export interface UploadGuardOptions {
-  /** Reserved for a body whose length is not declared (chunked): the most it may grow to. */
+  /** The most a body may be (the upload limit and multipart framing): reserved when no length is declared. */
   readonly undeclaredBytes: number;
   readonly minBytesPerSecond: number;
   readonly graceMs: number;
@@ -76,7 +76,9 @@ export class UploadBudget {
 export function uploadGuard(budget: UploadBudget, options: UploadGuardOptions): Middleware<GatewayState> {
   return async (ctx, next) => {
     const declared = Number(ctx.get('content-length') || NaN);
-    const bytes = Number.isFinite(declared) ? declared : options.undeclaredBytes;
+    // A declared length over the most a body may be is refused (413) by the parser before a byte is
+    // read: it needs no more than that most, and must not be told 429/503 instead.
+    const bytes = Number.isFinite(declared) ? Math.min(declared, options.undeclaredBytes) : options.undeclaredBytes;
     const reservation = budget.reserve(clientOf(ctx), bytes);
     if (reservation === 'client') {
       throw new ProblemError(
