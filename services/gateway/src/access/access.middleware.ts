@@ -2,6 +2,7 @@ import type { Middleware } from 'koa';
 import type { Redis } from '@conveyor/shared/redis';
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { ProblemError } from '@conveyor/shared/problem';
+import { addressKey } from '../http/client-identity.js';
 import type { GatewayState } from '../http/context.js';
 import type { ApiKeyStore, Scope } from './api-keys.js';
 
@@ -58,7 +59,7 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
 
   return {
     require: (scope) => async (ctx, next) => {
-      let subject = `ip:${ctx.ip}`;
+      let subject = `ip:${addressKey(ctx.ip)}`;
       if (options.keysRequired) {
         const presented = bearer(ctx.get('authorization')) ?? (ctx.get('x-api-key') || undefined);
         if (!presented) {

@@ -1,6 +1,7 @@
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from '@conveyor/shared/logger';
+import { addressKey } from './client-identity.js';
 
 /**
  * Connections as a shared resource: a total per gateway, and a share per client address, so one
@@ -16,7 +17,7 @@ import type { Logger } from '@conveyor/shared/logger';
  * - Silent connections are cut by the server's headers timeout (see gateway.service.ts), which is
  *   what bounds a client that opens connections and sends nothing.
  *
- * The address is the socket's peer. Behind a reverse proxy every connection comes from the proxy,
+ * The address is the socket's peer (an IPv6 client by its /64: `addressKey`). Behind a reverse proxy every connection comes from the proxy,
  * so the per-address share is the proxy's share: it is then set to the total by default, and
  * per-client connection limits belong to the proxy (docs/isolation.md).
  */
@@ -73,7 +74,7 @@ export class ConnectionGuard {
   }
 
   private admit(socket: Socket): void {
-    const client = socket.remoteAddress ?? 'unknown';
+    const client = addressKey(socket.remoteAddress ?? 'unknown');
     const own = this.byClient.get(client);
     if (own && own.size >= this.limits.maxPerClient) {
       this.counts.refusedClient++;

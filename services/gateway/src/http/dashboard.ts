@@ -6,6 +6,7 @@ import type { Queue } from 'bullmq';
 import type { Middleware } from 'koa';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayContext, GatewayState } from './context.js';
+import { addressKey } from './client-identity.js';
 import { LoginLimiter } from './login-limiter.js';
 import { sendProblem } from './problem.middleware.js';
 
@@ -121,7 +122,7 @@ function loginClient(ctx: GatewayContext, credentials: Buffer | undefined): stri
   const text = credentials?.toString('utf8') ?? '';
   const colon = text.indexOf(':');
   const user = (colon < 0 ? text : text.slice(0, colon)).slice(0, 256);
-  return `${ctx.ip}\n${user}`;
+  return `${addressKey(ctx.ip)}\n${user}`;
 }
 
 /** Why a request that changes state is refused, or undefined when it may go on. */
