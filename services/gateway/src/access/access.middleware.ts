@@ -50,6 +50,15 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
     points: options.authFailurePoints,
     duration: options.authFailureWindowSeconds,
   });
+  // Addresses this gateway has seen go past the limit, until their window ends: checked in memory,
+  // so a valid key costs no extra Redis read. The count itself is shared (consume, above), so on
+  // another gateway an address gets at most one more key check before it is blocked there too.
+  const blocked = new Map<string, number>();
+  const block = (subject: string, ms: number) => {
+    const now = Date.now();
+    if (blocked.size >= 10_000) for (const [key, until] of blocked) if (until <= now) blocked.delete(key);
+    if (blocked.size < 10_000) blocked.set(subject, now + ms);
+  };
   const tooManyFailures = (msBeforeNext: number) =>
     new ProblemError(
       'rate-limited',
@@ -66,14 +75,15 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
           ctx.set('WWW-Authenticate', 'Bearer realm="conveyor"');
           throw new ProblemError('unauthorized', 'Send an API key: Authorization: Bearer <key>');
         }
-        const counted = await failures.get(subject);
-        if (counted && counted.consumedPoints >= options.authFailurePoints) throw tooManyFailures(counted.msBeforeNext);
+        const blockedMs = (blocked.get(subject) ?? 0) - Date.now();
+        if (blockedMs > 0) throw tooManyFailures(blockedMs);
         const identity = await store.verify(presented);
         if (!identity) {
           try {
             await failures.consume(subject);
           } catch (rejection) {
             if (!(rejection instanceof RateLimiterRes)) throw rejection;
+            block(subject, rejection.msBeforeNext);
             throw tooManyFailures(rejection.msBeforeNext);
           }
           ctx.set('WWW-Authenticate', 'Bearer realm="conveyor", error="invalid_token"');
