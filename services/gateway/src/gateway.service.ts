@@ -84,6 +84,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       maxPerClient: config.MAX_CONNECTIONS_PER_CLIENT ?? (config.TRUST_PROXY ? config.MAX_CONNECTIONS : 64),
     },
     log.child({ module: 'connections' }),
+    // (metrics is made just below; a refusal can only happen once the server listens)
     (reason) => metrics.connectionsRefused.inc({ reason }),
   );
   const metrics = new HttpMetrics({
