@@ -10,7 +10,7 @@ import { problemMiddleware } from './http/problem.middleware.js';
 import { requestContext } from './http/request-context.middleware.js';
 import type { JobLookup } from './jobs/job-lookup.js';
 import { registerDocsRoutes } from './routes/docs.route.js';
-import { registerEventRoutes, type EventStreamLimits } from './routes/events.route.js';
+import { registerEventRoutes, type EventStreamLimits, type OpenStreams } from './routes/events.route.js';
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
 import { registerModelRoutes } from './routes/models.route.js';
@@ -28,6 +28,15 @@ export interface AppDeps extends PredictDeps {
   readonly jobs: JobStore;
   readonly lookup: JobLookup;
   readonly trustProxy: boolean;
+  /**
+   * Proxies in front that append to X-Forwarded-For. `ctx.ip` is the entry the farthest of them
+   * wrote: Koa's maxIpsCount keeps only the last `n` entries, and ctx.ip is the first of those. The
+   * entries before are the client's own writing (with Koa's default, ctx.ip was the very first one,
+   * and a client rotating it passed any per-address limit).
+   */
+  readonly trustProxyHops: number;
+  /** The open event streams, which shutdown ends. */
+  readonly eventStreams?: OpenStreams;
   /** Bounds of the job event streams (SSE). */
   readonly eventLimits: EventStreamLimits;
   /** Origins whose pages may call the API (CORS); `*` for any. */
@@ -37,11 +46,15 @@ export interface AppDeps extends PredictDeps {
 
 /** The Koa application, built from its dependencies (main.ts wires real ones; tests may too). */
 export function createApp(deps: AppDeps): Koa<GatewayState> {
-  const app = new Koa<GatewayState>({ proxy: deps.trustProxy });
+  const app = new Koa<GatewayState>({ proxy: deps.trustProxy, maxIpsCount: deps.trustProxyHops });
   const router = new Router<GatewayState>();
   registerPredictRoute(router, deps);
   registerJobRoutes(router, deps.lookup, deps.access, deps.callbacks);
-  registerEventRoutes(router, { ...deps, limits: deps.eventLimits });
+  registerEventRoutes(router, {
+    ...deps,
+    limits: deps.eventLimits,
+    ...(deps.eventStreams ? { streams: deps.eventStreams } : {}),
+  });
   registerFeedbackRoute(router, {
     redis: deps.redis,
     keys: deps.keys,

@@ -41,6 +41,12 @@ export const GatewayConfig = z
       1024 * 1024 * 1024,
       'A body arriving slower than this (after UPLOAD_GRACE_MS) is answered 408 and its connection closed; 0 = off',
     ),
+    MAX_INFLIGHT_UPLOAD_BYTES_PER_CLIENT: env.int(
+      16 * 1024 * 1024,
+      1024,
+      16 * 1024 * 1024 * 1024,
+      'Share of MAX_INFLIGHT_UPLOAD_BYTES one client (API key, or client address when keys are off) may hold at once, in bytes; beyond → 429 + Retry-After. At least MAX_UPLOAD_BYTES + 16 KiB, so one upload of the largest size always fits',
+    ),
     UPLOAD_GRACE_MS: env.int(3000, 100, 600_000, 'Time a body may take before MIN_UPLOAD_BYTES_PER_SECOND applies'),
     API_KEYS_REQUIRED: env.bool(
       false,
@@ -53,7 +59,34 @@ export const GatewayConfig = z
       'Requests per RATE_LIMIT_WINDOW_SECONDS per API key (per client IP when keys are off), shared by every gateway; 0 = no limit',
     ),
     RATE_LIMIT_WINDOW_SECONDS: env.int(60, 1, 86_400, 'Window of RATE_LIMIT_REQUESTS'),
-    MAX_CONNECTIONS: env.int(1024, 1, 1_000_000, 'Open connections one gateway accepts; beyond, new ones are closed at once'),
+    AUTH_FAILURE_LIMIT: env.int(
+      30,
+      1,
+      1_000_000,
+      'Requests with an invalid API key one client address may make per AUTH_FAILURE_WINDOW_SECONDS, shared by every gateway; beyond, its requests carrying a key are answered 429 + Retry-After before any key is checked',
+    ),
+    AUTH_FAILURE_WINDOW_SECONDS: env.int(60, 1, 86_400, 'Window of AUTH_FAILURE_LIMIT, in seconds'),
+    MAX_CONNECTIONS: env.int(
+      1024,
+      1,
+      1_000_000,
+      'Open connections one gateway holds; at the limit an idle connection (no request in progress) of the client holding the most is closed to make room, and a newcomer is closed at once only when none is idle',
+    ),
+    MAX_CONNECTIONS_PER_CLIENT: z.coerce
+      .number()
+      .int()
+      .min(1)
+      .max(1_000_000)
+      .optional()
+      .describe(
+        'Open connections one client address may hold on one gateway; beyond, its new connections are closed at once. Default 64, or MAX_CONNECTIONS with TRUST_PROXY (every connection then comes from the proxy)',
+      ),
+    HEADERS_TIMEOUT_MS: env.int(
+      5000,
+      1000,
+      120_000,
+      'Time a client has to send the complete request head (from the connection, or from the first byte of a later request); beyond, 408 and the connection is closed. Checked every second',
+    ),
     KEEP_ALIVE_TIMEOUT_MS: env.int(
       65_000,
       1000,
@@ -130,6 +163,12 @@ export const GatewayConfig = z
       'Comma-separated origins (e.g. https://app.example.org) whose pages may call the API from a browser; * for any; empty: none (the page at / is same-origin)',
     ),
     TRUST_PROXY: env.bool(false, 'Trust X-Forwarded-* headers (behind a reverse proxy)'),
+    TRUST_PROXY_HOPS: env.int(
+      1,
+      1,
+      32,
+      'With TRUST_PROXY: how many proxies in front of the gateway append to X-Forwarded-For. The client address is the entry the farthest of them wrote (that many from the end); entries before it are written by the client and ignored',
+    ),
     SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed for in-flight requests before the process exits'),
     DASHBOARD_USER: env.optionalString(
       'User for the queue dashboard at /admin/queues; the dashboard is off unless user and password are set',
@@ -143,6 +182,11 @@ export const GatewayConfig = z
   .refine((c) => (c.DASHBOARD_USER === undefined) === (c.DASHBOARD_PASSWORD === undefined), {
     error: 'set both DASHBOARD_USER and DASHBOARD_PASSWORD, or neither',
     path: ['DASHBOARD_PASSWORD'],
+  })
+  .refine((c) => c.MAX_INFLIGHT_UPLOAD_BYTES_PER_CLIENT >= c.MAX_UPLOAD_BYTES + 16 * 1024, {
+    error:
+      'MAX_INFLIGHT_UPLOAD_BYTES_PER_CLIENT must be at least MAX_UPLOAD_BYTES + 16384 (one upload of the largest size with its multipart framing)',
+    path: ['MAX_INFLIGHT_UPLOAD_BYTES_PER_CLIENT'],
   })
   .refine((c) => c.SYNC_WAIT_DEFAULT_SECONDS <= c.SYNC_WAIT_MAX_SECONDS, {
     error: 'SYNC_WAIT_DEFAULT_SECONDS must not exceed SYNC_WAIT_MAX_SECONDS',

@@ -9,6 +9,7 @@ import { closeRedis, createBullConnection, createRedis, waitForReady } from '@co
 import { createApp } from './app.js';
 import type { GatewayConfig } from './config.js';
 import { dashboard } from './http/dashboard.js';
+import { ConnectionGuard } from './http/connection-guard.js';
 import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
@@ -21,6 +22,7 @@ import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
 import { ModelCatalogue } from './models/model-catalogue.js';
 import { CallbackDispatcher } from './callbacks/callback-dispatcher.js';
+import { OpenStreams } from './routes/events.route.js';
 
 export interface GatewayService extends Service {
   /** The port it listens on (the one chosen by the system when PORT is 0). */
@@ -73,7 +75,21 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     { reserved: keys.admissionReserved, queuedBytes: keys.queuedBytes },
     { maxDepth: config.MAX_QUEUE_DEPTH, maxQueuedBytes: config.MAX_QUEUED_BYTES },
   );
+  const uploadBudget = new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES, config.MAX_INFLIGHT_UPLOAD_BYTES_PER_CLIENT);
+  // Made before the server, so that the metrics can read it; attached to the server below.
+  const connections = new ConnectionGuard(
+    {
+      maxConnections: config.MAX_CONNECTIONS,
+      // Behind a proxy every connection is the proxy's: the share would cap the proxy, not a client.
+      maxPerClient: config.MAX_CONNECTIONS_PER_CLIENT ?? (config.TRUST_PROXY ? config.MAX_CONNECTIONS : 64),
+    },
+    log.child({ module: 'connections' }),
+    // (metrics is made just below; a refusal can only happen once the server listens)
+    (reason) => metrics.connectionsRefused.inc({ reason }),
+  );
   const metrics = new HttpMetrics({
+    uploadBytes: () => uploadBudget.bytes,
+    connections: () => connections.open,
     queueDepths: async () => {
       await catalogue.current();
       return Promise.all(
@@ -108,6 +124,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   );
   callbacks.start(subscriber, config.REDIS_PREFIX);
 
+  const eventStreams = new OpenStreams();
   const app = createApp({
     ...(board ? { dashboard: board.middleware } : {}),
     config,
@@ -119,11 +136,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     catalogue,
     queues,
     admission,
-    uploadBudget: new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES),
+    uploadBudget,
     access: createAccess(redis, config.REDIS_PREFIX, new ApiKeyStore(redis, keys.apiKeys), {
       keysRequired: config.API_KEYS_REQUIRED,
       ratePoints: config.RATE_LIMIT_REQUESTS,
       rateWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
+      authFailurePoints: config.AUTH_FAILURE_LIMIT,
+      authFailureWindowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
     }),
     waiter,
     callbacks,
@@ -132,7 +151,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       maxPerClient: config.SSE_MAX_PER_CLIENT,
       maxSeconds: config.SSE_MAX_SECONDS,
     },
+    eventStreams,
     trustProxy: config.TRUST_PROXY,
+    trustProxyHops: config.TRUST_PROXY_HOPS,
     corsOrigins: config.CORS_ORIGINS,
     monitorUrl: config.MONITOR_URL,
     // Every known model's queue: a job of any model can be polled.
@@ -154,15 +175,20 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   });
 
   const handle = app.callback();
-  const server = createServer((req, res) => void handle(req, res));
+  // Node checks the headers and request timeouts only every connectionsCheckingInterval (30 s by
+  // default): a silent connection then lived up to 45 s. Checked every second, it lives
+  // HEADERS_TIMEOUT_MS (+ ≤ 1 s), which is what bounds a client opening connections and sending nothing.
+  const server = createServer({ connectionsCheckingInterval: 1000 }, (req, res) => void handle(req, res));
   // A request may legitimately wait SYNC_WAIT_MAX_SECONDS for its result; slow uploads may not linger forever.
   server.requestTimeout = (config.SYNC_WAIT_MAX_SECONDS + 30) * 1000;
-  server.headersTimeout = 15_000;
+  server.headersTimeout = config.HEADERS_TIMEOUT_MS;
   // Node's default of 5 s races clients that keep idle connections about as long: a request sent
   // on a connection the gateway is closing at that moment fails (EPIPE/ECONNRESET) before it is read.
-  // Idle connections are bounded by MAX_CONNECTIONS.
+  // Idle connections are bounded by the connection guard, which closes them first when full.
   server.keepAliveTimeout = config.KEEP_ALIVE_TIMEOUT_MS;
-  server.maxConnections = config.MAX_CONNECTIONS;
+  // Connections are counted per client address as well as in total (not server.maxConnections,
+  // which one client could fill): see http/connection-guard.ts.
+  connections.attach(server);
   const closed = new Promise<void>((resolve) => server.on('close', () => resolve()));
 
   const stop = stopSteps(log, [
@@ -176,15 +202,33 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     },
     // Requests still waiting for a result get their 202 now; their jobs carry on without them.
     { name: 'release waiting requests', run: () => waiter.close() },
+    // Event streams would otherwise stay open until the budget runs out: each gets a last event
+    // telling its client to reconnect (to another instance, or this one restarted) and is ended.
+    {
+      name: 'end event streams',
+      run: () => {
+        const ended = eventStreams.closeAll();
+        if (ended > 0) log.info({ streams: ended }, 'event streams ended for shutdown');
+        return Promise.resolve();
+      },
+    },
     {
       name: 'finish in-flight requests',
       run: async () => {
         // Keep-alive connections would hold the server open forever; cut what is left at the budget.
         const idle = setInterval(() => server.closeIdleConnections(), 100);
-        const budget = new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_BUDGET_MS - 500).unref());
-        await Promise.race([closed, budget]);
+        let timer: NodeJS.Timeout | undefined;
+        const budget = new Promise<'budget'>((resolve) => {
+          timer = setTimeout(() => resolve('budget'), config.SHUTDOWN_BUDGET_MS - 500).unref();
+        });
+        const outcome = await Promise.race([closed.then(() => 'closed' as const), budget]);
+        clearTimeout(timer);
         clearInterval(idle);
+        if (outcome === 'budget') {
+          log.warn({ open: connections.open }, 'shutdown budget reached; closing the connections still open');
+        }
         server.closeAllConnections();
+        connections.close();
       },
     },
     { name: 'queues', run: () => queues.close() },

@@ -2,6 +2,7 @@ import type { Middleware } from 'koa';
 import type { Redis } from '@conveyor/shared/redis';
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { ProblemError } from '@conveyor/shared/problem';
+import { addressKey } from '../http/client-identity.js';
 import type { GatewayState } from '../http/context.js';
 import type { ApiKeyStore, Scope } from './api-keys.js';
 
@@ -11,12 +12,20 @@ import type { ApiKeyStore, Scope } from './api-keys.js';
  * valid key, 403 without the scope. The rate limit is per key (per client IP when keys are off),
  * counted in Redis so every gateway instance enforces one shared limit (rate-limiter-flexible);
  * beyond it, 429 with Retry-After and the IETF RateLimit headers. Both are off unless configured.
+ *
+ * Invalid keys are counted per client address (`ctx.ip`), shared through Redis as well: past
+ * `authFailurePoints` in the window, a request carrying a key from that address is answered 429
+ * before its key is looked at (unlimited, one address tried 738 keys a second, each a hash and a
+ * Redis read). Requests without any key cost nothing to refuse and are not counted.
  */
 export interface AccessOptions {
   readonly keysRequired: boolean;
   /** Requests per window per key (or IP); 0 = no limit. */
   readonly ratePoints: number;
   readonly rateWindowSeconds: number;
+  /** Invalid keys one address may present per window before its keyed requests are refused unread. */
+  readonly authFailurePoints: number;
+  readonly authFailureWindowSeconds: number;
 }
 
 export interface Access {
@@ -35,18 +44,48 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
         })
       : undefined;
   const policy = `${options.ratePoints};w=${options.rateWindowSeconds}`;
+  const failures = new RateLimiterRedis({
+    storeClient: redis,
+    keyPrefix: `${prefix}:authfail`,
+    points: options.authFailurePoints,
+    duration: options.authFailureWindowSeconds,
+  });
+  // Addresses this gateway has seen go past the limit, until their window ends: checked in memory,
+  // so a valid key costs no extra Redis read. The count itself is shared (consume, above), so on
+  // another gateway an address gets at most one more key check before it is blocked there too.
+  const blocked = new Map<string, number>();
+  const block = (subject: string, ms: number) => {
+    const now = Date.now();
+    if (blocked.size >= 10_000) for (const [key, until] of blocked) if (until <= now) blocked.delete(key);
+    if (blocked.size < 10_000) blocked.set(subject, now + ms);
+  };
+  const tooManyFailures = (msBeforeNext: number) =>
+    new ProblemError(
+      'rate-limited',
+      `More than ${options.authFailurePoints} invalid API keys from this address in ${options.authFailureWindowSeconds} s`,
+      { retryAfterSeconds: Math.max(1, Math.ceil(msBeforeNext / 1000)) },
+    );
 
   return {
     require: (scope) => async (ctx, next) => {
-      let subject = `ip:${ctx.ip}`;
+      let subject = `ip:${addressKey(ctx.ip)}`;
       if (options.keysRequired) {
         const presented = bearer(ctx.get('authorization')) ?? (ctx.get('x-api-key') || undefined);
         if (!presented) {
           ctx.set('WWW-Authenticate', 'Bearer realm="conveyor"');
           throw new ProblemError('unauthorized', 'Send an API key: Authorization: Bearer <key>');
         }
+        const blockedMs = (blocked.get(subject) ?? 0) - Date.now();
+        if (blockedMs > 0) throw tooManyFailures(blockedMs);
         const identity = await store.verify(presented);
         if (!identity) {
+          try {
+            await failures.consume(subject);
+          } catch (rejection) {
+            if (!(rejection instanceof RateLimiterRes)) throw rejection;
+            block(subject, rejection.msBeforeNext);
+            throw tooManyFailures(rejection.msBeforeNext);
+          }
           ctx.set('WWW-Authenticate', 'Bearer realm="conveyor", error="invalid_token"');
           throw new ProblemError('unauthorized', 'The API key is not valid');
         }

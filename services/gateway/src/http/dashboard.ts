@@ -6,6 +6,7 @@ import type { Queue } from 'bullmq';
 import type { Middleware } from 'koa';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayContext, GatewayState } from './context.js';
+import { addressKey } from './client-identity.js';
 import { LoginLimiter } from './login-limiter.js';
 import { sendProblem } from './problem.middleware.js';
 
@@ -74,7 +75,10 @@ export function dashboard(
       return;
     }
     ctx.set(SECURITY_HEADERS);
-    const client = clientAddress(ctx);
+    const header = ctx.get('authorization');
+    const offered = /^Basic +([A-Za-z0-9+/]+={0,2}) *$/i.exec(header)?.[1];
+    const decoded = offered === undefined ? undefined : Buffer.from(offered, 'base64');
+    const client = loginClient(ctx, decoded);
     const lockedMs = limiter.lockedFor(client);
     if (lockedMs > 0) {
       sendProblem(
@@ -85,9 +89,7 @@ export function dashboard(
       );
       return;
     }
-    const header = ctx.get('authorization');
-    const offered = /^Basic +([A-Za-z0-9+/]+={0,2}) *$/i.exec(header)?.[1];
-    if (offered === undefined || !timingSafeEqual(sha256(Buffer.from(offered, 'base64')), expected)) {
+    if (decoded === undefined || !timingSafeEqual(sha256(decoded), expected)) {
       // A request without credentials is the browser asking for the prompt, not a guess.
       if (header !== '') limiter.fail(client);
       ctx.set('WWW-Authenticate', 'Basic realm="Conveyor dashboard", charset="UTF-8"');
@@ -110,12 +112,17 @@ function sha256(bytes: Buffer): Buffer {
 }
 
 /**
- * The client a lockout applies to. Behind a proxy (TRUST_PROXY) it is the address the nearest proxy
- * appended to X-Forwarded-For, not the first entry, which the client writes itself and could
- * change with every guess.
+ * The client a lockout applies to: the address (`ctx.ip`, the one rule for every per-address limit:
+ * behind TRUST_PROXY, the entry the trusted proxy wrote, never one the client wrote) together with
+ * the user name offered. Keyed by the address alone, a neighbour behind the same NAT could lock the
+ * admin out with ten wrong guesses; now guesses lock out only their own (address, user) pair, so an
+ * attacker would have to share the admin's address *and* know the configured user name.
  */
-function clientAddress(ctx: GatewayContext): string {
-  return ctx.ips.at(-1) ?? ctx.ip;
+function loginClient(ctx: GatewayContext, credentials: Buffer | undefined): string {
+  const text = credentials?.toString('utf8') ?? '';
+  const colon = text.indexOf(':');
+  const user = (colon < 0 ? text : text.slice(0, colon)).slice(0, 256);
+  return `${addressKey(ctx.ip)}\n${user}`;
 }
 
 /** Why a request that changes state is refused, or undefined when it may go on. */

@@ -28,6 +28,14 @@ export class HttpMetrics {
     registers: [this.registry],
   });
 
+  /** Connections refused or closed by the connection guard, by why (http/connection-guard.ts). */
+  readonly connectionsRefused = new Counter({
+    name: 'conveyor_http_connections_refused_total',
+    help: 'Connections closed at once because their address held its share (client), because every slot was busy (full), or idle ones closed to make room for a newcomer (evicted)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
   /**
    * `liveWorkers` counts the workers whose heartbeat is current, as /ready does: the "no live
    * worker" alerts read it from here, where it is true whether or not Prometheus scrapes the workers.
@@ -37,6 +45,10 @@ export class HttpMetrics {
     queueDepths: () => Promise<readonly { model: string; waiting: number }[]>;
     liveWorkers: () => Promise<number>;
     modelWorkers: () => Promise<readonly { model: string; workers: number }[]>;
+    /** Bytes of request bodies reserved from the upload budget now. */
+    uploadBytes?: () => number;
+    /** Connections open now. */
+    connections?: () => number;
   }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'conveyor_gateway_' });
     new Gauge({
@@ -56,6 +68,27 @@ export class HttpMetrics {
         this.set(await sources.liveWorkers());
       },
     });
+    const { uploadBytes, connections } = sources;
+    if (uploadBytes) {
+      new Gauge({
+        name: 'conveyor_upload_bytes_in_flight',
+        help: 'Bytes of request bodies this gateway has reserved from MAX_INFLIGHT_UPLOAD_BYTES now',
+        registers: [this.registry],
+        collect() {
+          this.set(uploadBytes());
+        },
+      });
+    }
+    if (connections) {
+      new Gauge({
+        name: 'conveyor_http_connections_open',
+        help: 'HTTP connections open on this gateway (bounded by MAX_CONNECTIONS)',
+        registers: [this.registry],
+        collect() {
+          this.set(connections());
+        },
+      });
+    }
     new Gauge({
       name: 'conveyor_model_workers_live',
       help: 'Live inference workers serving each model (warm), from their heartbeats',

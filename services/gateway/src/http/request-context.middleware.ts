@@ -8,7 +8,7 @@ const SAFE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
  * Gives every request an id (the caller's X-Request-Id when it is well-formed, a UUID otherwise),
- * echoes it, binds it to a logger, and writes one access-log line per request with the method,
+ * echoes it (with `X-Content-Type-Options: nosniff`), binds it to a logger, and writes one access-log line per request with the method,
  * the matched route, the status and the duration.
  */
 export function requestContext(log: Logger, metrics: HttpMetrics): Middleware<GatewayState> {
@@ -19,6 +19,8 @@ export function requestContext(log: Logger, metrics: HttpMetrics): Middleware<Ga
     ctx.state.requestId = requestId;
     ctx.state.log = log.child({ requestId });
     ctx.set('X-Request-Id', requestId);
+    // On every answer, JSON and problems included: a browser must never sniff an answer into HTML.
+    ctx.set('X-Content-Type-Options', 'nosniff');
     try {
       await next();
     } finally {

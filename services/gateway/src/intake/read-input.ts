@@ -19,6 +19,9 @@ export type PredictInput =
 /** Multipart framing (boundaries, part headers) on top of the file itself. */
 export const MULTIPART_SLACK = 16 * 1024;
 const files = new WeakMap<File, Buffer[]>();
+/** Text fields a predict form may have (`url`, and room for a client's own extras). */
+const MAX_FORM_FIELDS = 4;
+const MAX_FIELDS_BYTES = 8 * 1024;
 
 /** koa-body for the predict route only: uploads are kept in memory, never written to disk. */
 export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
@@ -30,8 +33,8 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
     jsonLimit: 16 * 1024,
     formidable: {
       maxFiles: 1,
-      maxFields: 4,
-      maxFieldsSize: 8 * 1024,
+      maxFields: MAX_FORM_FIELDS,
+      maxFieldsSize: MAX_FIELDS_BYTES,
       maxFileSize: maxBytes,
       maxTotalFileSize: maxBytes,
       allowEmptyFiles: false,
@@ -74,6 +77,20 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
         throw new ProblemError('invalid-request', 'Send one file per request, in the `file` field');
       }
       if (e.httpCode === 413 && /FileSize/.test(e.message ?? '')) throw tooLarge(maxBytes);
+      // formidable's own wording names its options ("options.maxFields (4) exceeded"); too many
+      // fields is a malformed form (400), not a body over a size limit (its 413).
+      if (/maxFields \(/.test(e.message ?? '')) {
+        throw new ProblemError(
+          'invalid-request',
+          `The form has more than ${MAX_FORM_FIELDS} fields; send the image in the \`file\` field, or a \`url\``,
+        );
+      }
+      if (/maxFieldsSize/.test(e.message ?? '')) {
+        throw new ProblemError('payload-too-large', `The form's text fields exceed ${MAX_FIELDS_BYTES} bytes in total`, {
+          limitBytes: MAX_FIELDS_BYTES,
+        });
+      }
+      if (/allowEmptyFiles/.test(e.message ?? '')) throw new ProblemError('invalid-request', 'The uploaded file is empty');
       throw error;
     }
   };

@@ -1,6 +1,7 @@
 import type { Middleware } from 'koa';
 import { ProblemError } from '@conveyor/shared/problem';
 import { answerBody } from '../http/problem.middleware.js';
+import { clientOf } from '../http/client-identity.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 
 /**
@@ -12,13 +13,15 @@ import type { GatewayContext, GatewayState } from '../http/context.js';
  *   (or the upload limit, when the length is not declared) before its body is read, and beyond the
  *   budget it is told 503 + Retry-After unread. The reservation is given back once its job is
  *   queued or the request ends.
+ * - Each client (API key, or address when keys are off: `clientOf`) may hold only its share of that
+ *   budget; beyond it, 429 + Retry-After unread. Without a share, 22 uploads trickling at 20 KB/s
+ *   from one client held the whole 64 MiB and every other client's upload got 503 for as long.
  * - A body that arrives slower than a minimum rate, after a short grace, is answered 408 and its
  *   connection closed. The rate is read from the socket's own byte counter, so nothing competes
  *   with the body parser for the stream.
  */
 export interface UploadGuardOptions {
-  readonly budgetBytes: number;
-  /** Reserved for a body whose length is not declared (chunked): the most it may grow to. */
+  /** The most a body may be (the upload limit and multipart framing): reserved when no length is declared. */
   readonly undeclaredBytes: number;
   readonly minBytesPerSecond: number;
   readonly graceMs: number;
@@ -28,24 +31,43 @@ export interface UploadReservation {
   release(): void;
 }
 
+export type UploadRefusal = 'total' | 'client';
+
 export class UploadBudget {
   private held = 0;
+  private readonly byClient = new Map<string, number>();
 
-  constructor(readonly capacity: number) {}
+  constructor(
+    readonly capacity: number,
+    readonly perClient: number,
+  ) {}
 
   get bytes(): number {
     return this.held;
   }
 
-  reserve(bytes: number): UploadReservation | undefined {
-    if (this.held + bytes > this.capacity) return undefined;
+  /** Bytes `client` holds now. */
+  heldBy(client: string): number {
+    return this.byClient.get(client) ?? 0;
+  }
+
+  /** A reservation of `bytes` for `client`, or which bound refused it. */
+  reserve(client: string, bytes: number): UploadReservation | UploadRefusal {
+    const own = this.heldBy(client);
+    // The client's own share is checked first: a client over it is told so (429), not that the gateway is full.
+    if (own + bytes > this.perClient) return 'client';
+    if (this.held + bytes > this.capacity) return 'total';
     this.held += bytes;
+    this.byClient.set(client, own + bytes);
     let released = false;
     return {
       release: () => {
         if (released) return;
         released = true;
         this.held -= bytes;
+        const left = this.heldBy(client) - bytes;
+        if (left > 0) this.byClient.set(client, left);
+        else this.byClient.delete(client);
       },
     };
   }
@@ -54,9 +76,18 @@ export class UploadBudget {
 export function uploadGuard(budget: UploadBudget, options: UploadGuardOptions): Middleware<GatewayState> {
   return async (ctx, next) => {
     const declared = Number(ctx.get('content-length') || NaN);
-    const bytes = Number.isFinite(declared) ? declared : options.undeclaredBytes;
-    const reservation = budget.reserve(bytes);
-    if (!reservation) {
+    // A declared length over the most a body may be is refused (413) by the parser before a byte is
+    // read: it needs no more than that most, and must not be told 429/503 instead.
+    const bytes = Number.isFinite(declared) ? Math.min(declared, options.undeclaredBytes) : options.undeclaredBytes;
+    const reservation = budget.reserve(clientOf(ctx), bytes);
+    if (reservation === 'client') {
+      throw new ProblemError(
+        'rate-limited',
+        `This client already has ${budget.heldBy(clientOf(ctx))} bytes of uploads in progress; its share is ${budget.perClient} bytes. Retry once one has finished`,
+        { retryAfterSeconds: 2 },
+      );
+    }
+    if (reservation === 'total') {
       throw new ProblemError('overloaded', 'The gateway is receiving as many uploads as it can hold; retry shortly', {
         retryAfterSeconds: 2,
       });
@@ -94,6 +125,7 @@ function watchBodyRate(ctx: GatewayContext, options: UploadGuardOptions): () => 
     ctx.status = problem.status;
     ctx.res.writeHead(problem.status, {
       'content-type': 'application/problem+json',
+      'x-content-type-options': 'nosniff',
       connection: 'close',
       'x-request-id': ctx.state.requestId,
     });

@@ -222,7 +222,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
           summary: 'Server-Sent Events: the job state as it changes, then its result, then the stream ends',
           description:
             'Events: `state` (data: the PendingJob body) whenever the state changes, then one `result` (a completed or failed job) and the end of the stream. ' +
-            'Comments keep an idle connection alive; a stream is closed after SSE_MAX_SECONDS. Connections per key (per IP without keys) are bounded.',
+            'Comments keep an idle connection alive; a stream is closed after SSE_MAX_SECONDS (a `timeout` event), and when the gateway shuts down (a `shutdown` event with `retry: 1000`: reconnect). Connections per key (per IP without keys) are bounded.',
           tags: ['jobs'],
           requestParams: { path: jobId },
           responses: {

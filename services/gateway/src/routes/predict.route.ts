@@ -136,7 +136,6 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     sendProblem(ctx, new ProblemError(result.error.slug, result.error.detail));
   };
   const guard = uploadGuard(deps.uploadBudget, {
-    budgetBytes: deps.uploadBudget.capacity,
     undeclaredBytes: config.MAX_UPLOAD_BYTES + MULTIPART_SLACK,
     minBytesPerSecond: config.MIN_UPLOAD_BYTES_PER_SECOND,
     graceMs: config.UPLOAD_GRACE_MS,
