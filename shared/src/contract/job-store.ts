@@ -78,8 +78,8 @@ type CommitRedis = Redis & {
 
 /**
  * The one owner of a job's state in Redis (besides BullMQ's own): the gateway puts the image and
- * reads results and records feedback through it, the worker takes the image and commits the result
- * through it. No other module reads or writes `keys().input`, `result`, `feedback` or publishes on
+ * reads results, owners and records feedback through it, the worker takes the image and commits the
+ * result through it. No other module reads or writes `keys().input`, `result`, `owner`, `feedback` or publishes on
  * `replies`, so the layout of a job in Redis can be read (and changed) in this file alone.
  *
  * It is used on whatever connection its caller needs: the gateway builds one on the queues'
@@ -107,6 +107,24 @@ export class JobStore {
   /** Removes an image whose job could not be queued (it would hold memory until its TTL). */
   async dropInput(jobId: string): Promise<void> {
     await this.redis.del(this.keys.input(jobId));
+  }
+
+  /**
+   * Records which API key made a job (its owner), for as long as the job can be read. Written only
+   * when keys are required: without keys a job id (a random UUID) is the capability to read it.
+   */
+  async putOwner(jobId: string, owner: string, ttlSeconds: number): Promise<void> {
+    await this.redis.set(this.keys.owner(jobId), owner, 'EX', ttlSeconds);
+  }
+
+  /** Removes the owner of a job that could not be queued. */
+  async dropOwner(jobId: string): Promise<void> {
+    await this.redis.del(this.keys.owner(jobId));
+  }
+
+  /** The API key id that made a job; undefined for a job made without keys, unknown, or expired. */
+  async readOwner(jobId: string): Promise<string | undefined> {
+    return (await this.redis.get(this.keys.owner(jobId))) ?? undefined;
   }
 
   /** The stored result of a finished job; undefined while it is not finished or once it expired. */

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { Access } from '../access/access.middleware.js';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
+import type { JobOwnership } from '../access/job-ownership.js';
 import type { GatewayState } from '../http/context.js';
 import type { JobLookup, JobView } from '../jobs/job-lookup.js';
 import { lostJob } from './jobs.route.js';
@@ -30,7 +31,14 @@ const JobId = z.uuid();
 
 export function registerEventRoutes(
   router: Router<GatewayState>,
-  deps: { lookup: JobLookup; access: Access; callbacks: CallbackDispatcher; limits: EventStreamLimits },
+  deps: {
+    lookup: JobLookup;
+    access: Access;
+    callbacks: CallbackDispatcher;
+    limits: EventStreamLimits;
+    /** Another key's job is answered as an unknown one. */
+    ownership: JobOwnership;
+  },
 ): void {
   const { limits } = deps;
   const pollMs = limits.pollMs ?? 250;
@@ -40,7 +48,10 @@ export function registerEventRoutes(
 
   router.get('/v1/jobs/:id/events', deps.access.require('predict'), async (ctx) => {
     const id = ctx.params.id ?? '';
-    const first = JobId.safeParse(id).success ? await deps.lookup.find(id) : undefined;
+    const first =
+      JobId.safeParse(id).success && (await deps.ownership.mayRead(ctx.state.apiKey, id))
+        ? await deps.lookup.find(id)
+        : undefined;
     if (!first) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
     ctx.state.jobId = id;
     const client = ctx.state.apiKey ? `key:${ctx.state.apiKey.id}` : `ip:${ctx.ip}`;
