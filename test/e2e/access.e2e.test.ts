@@ -86,9 +86,14 @@ describe('access', function () {
       expect(refused.status).to.equal(403);
       expect(refused.body).to.include({ type: '/problems/forbidden' });
 
+      // Feedback is for the key's own jobs (ownership.e2e.test.ts): a feedback-only key cannot label
+      // another key's job, a key with both scopes labels its own.
       const { key: feedbackKey } = await store.create('labeller', ['feedback']);
-      expect((await feedback(feedbackKey, done.body.id as string, '7')).status).to.equal(202);
+      expect((await feedback(feedbackKey, done.body.id as string, '7')).status).to.equal(404);
       expect((await predict(gateway.url, seven, { authorization: `Bearer ${feedbackKey}` })).status).to.equal(403);
+      const { key: bothKey } = await store.create('app-and-labels', ['predict', 'feedback']);
+      const own = await predict(gateway.url, seven, { authorization: `Bearer ${bothKey}` });
+      expect((await feedback(bothKey, own.body.id as string, '7')).status).to.equal(202);
     });
 
     it('stops accepting a revoked key', async () => {
