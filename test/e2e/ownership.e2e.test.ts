@@ -90,6 +90,12 @@ describe('job ownership between API keys', function () {
     );
   }
 
+  it('keeps the owner of a finished job as long as its result, not as long as a waiting job', async () => {
+    const ttl = await redis.ttl(keysOf(prefix).owner(jobA));
+    expect(ttl).to.be.within(1, 3600); // RESULT_TTL_SECONDS (default); 25 h while waiting
+    expect(await redis.get(keysOf(prefix).owner(jobA))).to.match(/^[0-9a-f]{12}$/);
+  });
+
   it('GET /v1/jobs/{id}: the owner and an admin see the job and its callback, another key gets 404', async () => {
     const own = await get(`/v1/jobs/${jobA}`, keys.a);
     expect(own.status).to.equal(200);

@@ -59,7 +59,8 @@ export function keys(prefix: string) {
     /**
      * The API key id that made a job (JobStore.putOwner), when keys are required: only it (or an
      * admin key) may read the job, its events, its callback details, or give its feedback. Kept
-     * as long as the job can be read (INPUT_TTL_SECONDS + RESULT_TTL_SECONDS).
+     * while the job waits (at most INPUT_TTL_SECONDS + RESULT_TTL_SECONDS), then, from the result
+     * commit on, exactly as long as the result.
      */
     owner: (jobId: string) => `${prefix}:owner:${jobId}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
