@@ -69,6 +69,8 @@ describe('access', function () {
           'app',
           '--scopes',
           'predict',
+          '--weight',
+          '3',
         ],
         { env: { ...process.env, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix } },
       );
@@ -76,6 +78,8 @@ describe('access', function () {
       expect(predictKey).to.match(/^cvk_[0-9a-f]{12}_/);
       const stored = await redis.hgetall(keysOf(prefix).apiKeys);
       expect(JSON.stringify(stored)).not.to.contain(predictKey.split('_')[2]);
+      // Its weight in fair queuing (docs/fairness.md) is stored with it.
+      expect((await store.list()).find((k) => k.name === 'app')).to.include({ weight: 3 });
 
       const done = await predict(gateway.url, seven, { authorization: `Bearer ${predictKey}` });
       expect(done.status).to.equal(200);
