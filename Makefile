@@ -50,8 +50,8 @@ build: $(NODE_MODULES) ## Compile every package to dist/
 	npm run build
 
 .PHONY: api-key
-api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
-	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
+api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin WEIGHT=1) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
+	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(WEIGHT),--weight "$(WEIGHT)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
 
 .PHONY: screenshot-page
 screenshot-page: $(NODE_MODULES) ## The README's picture of the page at / (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)

@@ -69,6 +69,8 @@ describe('access', function () {
           'app',
           '--scopes',
           'predict',
+          '--weight',
+          '3',
         ],
         { env: { ...process.env, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix } },
       );
@@ -76,6 +78,8 @@ describe('access', function () {
       expect(predictKey).to.match(/^cvk_[0-9a-f]{12}_/);
       const stored = await redis.hgetall(keysOf(prefix).apiKeys);
       expect(JSON.stringify(stored)).not.to.contain(predictKey.split('_')[2]);
+      // Its weight in fair queuing (docs/fairness.md) is stored with it.
+      expect((await store.list()).find((k) => k.name === 'app')).to.include({ weight: 3 });
 
       const done = await predict(gateway.url, seven, { authorization: `Bearer ${predictKey}` });
       expect(done.status).to.equal(200);
@@ -86,9 +90,14 @@ describe('access', function () {
       expect(refused.status).to.equal(403);
       expect(refused.body).to.include({ type: '/problems/forbidden' });
 
+      // Feedback is for the key's own jobs (ownership.e2e.test.ts): a feedback-only key cannot label
+      // another key's job, a key with both scopes labels its own.
       const { key: feedbackKey } = await store.create('labeller', ['feedback']);
-      expect((await feedback(feedbackKey, done.body.id as string, '7')).status).to.equal(202);
+      expect((await feedback(feedbackKey, done.body.id as string, '7')).status).to.equal(404);
       expect((await predict(gateway.url, seven, { authorization: `Bearer ${feedbackKey}` })).status).to.equal(403);
+      const { key: bothKey } = await store.create('app-and-labels', ['predict', 'feedback']);
+      const own = await predict(gateway.url, seven, { authorization: `Bearer ${bothKey}` });
+      expect((await feedback(bothKey, own.body.id as string, '7')).status).to.equal(202);
     });
 
     it('stops accepting a revoked key', async () => {

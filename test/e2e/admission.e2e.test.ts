@@ -20,7 +20,9 @@ describe('admission', function () {
   let image: Buffer;
 
   before(async () => {
-    gateways = await Promise.all([0, 1].map(() => startGateway(prefix, { MAX_QUEUE_DEPTH: String(limit) })));
+    gateways = await Promise.all(
+      [0, 1].map(() => startGateway(prefix, { MAX_QUEUE_DEPTH: String(limit), FAIR_TENANT_SHARE: '1' })),
+    );
     queue = new Queue(QUEUES.inference, { connection: { url: testRedisUrl() }, prefix });
     const { dataset, split } = await heldOutDigits();
     image = await digitPng(dataset.samples[split.test[0]!]!.pixels);
@@ -44,7 +46,7 @@ describe('admission', function () {
     const refused = replies.find((r) => r.status === 503)!;
     expect(refused.headers.get('retry-after')).to.equal('5');
     expect(refused.body).to.include({ type: '/problems/overloaded' });
-    expect(await queue.getWaitingCount()).to.equal(limit);
+    expect(await queue.getJobCountByTypes('waiting', 'prioritized')).to.equal(limit);
   });
 
   it('gives every reservation back: once the queue drains, requests are admitted again', async () => {

@@ -392,7 +392,7 @@ describe('bad input', function () {
       // The worker publishes the result before BullMQ moves the job out of `active` (one more round trip),
       // so the answer can arrive while the job is still listed as active: give the queue a moment to settle.
       const counts = await settledCounts(queue, 5_000);
-      expect(counts).to.include({ waiting: 0, active: 0, delayed: 0 });
+      expect(counts).to.include({ waiting: 0, prioritized: 0, active: 0, delayed: 0 });
       expect(worker.child.exitCode).to.equal(null);
       expect(gateway.child.exitCode).to.equal(null);
       const serverErrors = gateway.records.filter((r) => r.msg === 'request' && Number(r.status) >= 500);
@@ -401,12 +401,13 @@ describe('bad input', function () {
   });
 });
 
-/** The queue's counts once nothing is waiting, active or delayed, or as they stand when `timeoutMs` runs out. */
+/** The queue's counts once nothing is waiting (or prioritized), active or delayed, or as they stand when `timeoutMs` runs out. */
 async function settledCounts(queue: Queue, timeoutMs: number): Promise<Record<string, number>> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
-    const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed');
-    const busy = (counts.waiting ?? 0) + (counts.active ?? 0) + (counts.delayed ?? 0);
+    // Jobs wait in BullMQ's prioritized set (fair queuing gives each a priority), or in `wait`.
+    const counts = await queue.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed');
+    const busy = (counts.waiting ?? 0) + (counts.prioritized ?? 0) + (counts.active ?? 0) + (counts.delayed ?? 0);
     if (busy === 0 || performance.now() > deadline) return counts;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }

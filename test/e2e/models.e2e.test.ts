@@ -453,8 +453,13 @@ describe('several models in one deployment', function () {
 
     before(async () => {
       [gateway, refusing] = await Promise.all([
-        startGateway(prefix, { MAX_QUEUE_DEPTH: String(limit), MODELS: 'digits,moderation' }),
-        startGateway(prefix, { MAX_QUEUE_DEPTH: String(limit), MODELS: 'digits,moderation', NO_WORKER_POLICY: 'refuse' }),
+        startGateway(prefix, { MAX_QUEUE_DEPTH: String(limit), MODELS: 'digits,moderation', FAIR_TENANT_SHARE: '1' }),
+        startGateway(prefix, {
+          MAX_QUEUE_DEPTH: String(limit),
+          MODELS: 'digits,moderation',
+          NO_WORKER_POLICY: 'refuse',
+          FAIR_TENANT_SHARE: '1',
+        }),
       ]);
       for (const model of ['digits', 'moderation'])
         queues.push(new Queue(inferenceQueue(model), { connection: { url: testRedisUrl() }, prefix }));
@@ -480,7 +485,7 @@ describe('several models in one deployment', function () {
       const digits: number[] = [];
       for (let i = 0; i < limit; i++) digits.push((await predict(gateway.url, seven, async)).status);
       expect(digits).to.deep.equal([202, 202, 202]);
-      expect(await Promise.all(queues.map((q) => q.getWaitingCount()))).to.deep.equal([limit, limit]);
+      expect(await Promise.all(queues.map((q) => q.getJobCountByTypes('waiting', 'prioritized')))).to.deep.equal([limit, limit]);
       expect(queues.map((q) => q.name)).to.deep.equal(['inference', 'inference.moderation']);
     });
 

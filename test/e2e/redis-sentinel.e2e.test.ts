@@ -98,8 +98,10 @@ describe('Redis Sentinel: the master killed under load', function () {
     for (const w of workers) w.child.kill('SIGSTOP');
     let backlog: number;
     try {
-      await until('50 jobs waiting', async () => Number(await command(oldMaster, 'LLEN', `${prefix}:inference:wait`)) >= 50);
-      backlog = Number(await command(oldMaster, 'LLEN', `${prefix}:inference:wait`));
+      // Fair queuing gives every job a priority: they wait in BullMQ's prioritized set.
+      const waiting = async () => Number(await command(oldMaster, 'ZCARD', `${prefix}:inference:prioritized`));
+      await until('50 jobs waiting', async () => (await waiting()) >= 50);
+      backlog = await waiting();
       killedAt = Date.now();
       await redis.master.kill();
     } finally {

@@ -2,10 +2,10 @@ import { parseArgs } from 'node:util';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { createLogger } from '@conveyor/shared/logger';
 import { createRedis, waitForReady } from '@conveyor/shared/redis';
-import { ApiKeyStore, Scope, SCOPES } from './access/api-keys.js';
+import { ApiKeyStore, MAX_WEIGHT, Scope, SCOPES } from './access/api-keys.js';
 
 /**
- * `make api-key NAME=<name> SCOPES=predict,feedback` (or, in a container, `node services/gateway/dist/api-key.js --name <name> --scopes predict`): creates an API key in the Redis the gateways
+ * `make api-key NAME=<name> SCOPES=predict,feedback WEIGHT=3` (or, in a container, `node services/gateway/dist/api-key.js --name <name> --scopes predict --weight 3`): creates an API key in the Redis the gateways
  * use (REDIS_URL, REDIS_PREFIX) and prints it — once: only its SHA-256 is stored.
  * `make api-key LIST=1` lists the keys (never the secrets); `make api-key REVOKE=<id>` removes one.
  */
@@ -13,6 +13,7 @@ const { values } = parseArgs({
   options: {
     name: { type: 'string' },
     scopes: { type: 'string', default: 'predict' },
+    weight: { type: 'string', default: '1' },
     list: { type: 'boolean', default: false },
     revoke: { type: 'string' },
   },
@@ -28,15 +29,20 @@ await waitForReady(redis, 10_000);
 const store = new ApiKeyStore(redis, keysOf(process.env.REDIS_PREFIX ?? 'conveyor').apiKeys);
 try {
   if (values.list) {
-    for (const key of await store.list()) console.log(`${key.id}  ${key.name}  ${key.scopes.join(',')}  ${key.createdAt}`);
+    for (const key of await store.list())
+      console.log(`${key.id}  ${key.name}  ${key.scopes.join(',')}  weight ${key.weight}  ${key.createdAt}`);
   } else if (values.revoke) {
     console.log((await store.revoke(values.revoke)) ? `revoked ${values.revoke}` : `no key ${values.revoke}`);
   } else {
     if (!values.name) throw new Error('give the key a name: NAME=<who uses it>');
     const scopes = values.scopes.split(',').map((s) => Scope.parse(s.trim()));
-    const { id, key } = await store.create(values.name, scopes);
+    const weight = Number(values.weight);
+    if (!Number.isInteger(weight) || weight < 1 || weight > MAX_WEIGHT) {
+      throw new Error(`WEIGHT is a whole number from 1 to ${MAX_WEIGHT} (its share of worker time against weight 1)`);
+    }
+    const { id, key } = await store.create(values.name, scopes, weight);
     console.error(
-      `created key ${id} "${values.name}" with scopes ${scopes.join(',')} (of ${SCOPES.join(', ')}); it is shown once:`,
+      `created key ${id} "${values.name}" with scopes ${scopes.join(',')} (of ${SCOPES.join(', ')}) and weight ${weight}; it is shown once:`,
     );
     console.log(key);
   }

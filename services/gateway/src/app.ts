@@ -13,6 +13,7 @@ import { registerDocsRoutes } from './routes/docs.route.js';
 import { registerEventRoutes, type EventStreamLimits, type OpenStreams } from './routes/events.route.js';
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
+import { JobOwnership } from './access/job-ownership.js';
 import { registerModelRoutes } from './routes/models.route.js';
 import { registerWebRoutes } from './routes/web.route.js';
 import { registerOpsRoutes } from './routes/ops.route.js';
@@ -49,10 +50,12 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   const app = new Koa<GatewayState>({ proxy: deps.trustProxy, maxIpsCount: deps.trustProxyHops });
   const router = new Router<GatewayState>();
   registerPredictRoute(router, deps);
-  registerJobRoutes(router, deps.lookup, deps.access, deps.callbacks);
+  const ownership = new JobOwnership(deps.jobs);
+  registerJobRoutes(router, deps.lookup, deps.access, deps.callbacks, ownership);
   registerEventRoutes(router, {
     ...deps,
     limits: deps.eventLimits,
+    ownership,
     ...(deps.eventStreams ? { streams: deps.eventStreams } : {}),
   });
   registerFeedbackRoute(router, {
@@ -60,6 +63,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
     keys: deps.keys,
     jobs: deps.jobs,
     access: deps.access,
+    ownership,
   });
   registerModelRoutes(router, deps);
   registerOpsRoutes(router, deps);

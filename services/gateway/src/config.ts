@@ -101,6 +101,22 @@ export const GatewayConfig = z
       10_000_000,
       "Waiting jobs of one model beyond which new requests for that model get 503 + Retry-After instead of queueing (each model's queue is counted on its own)",
     ),
+    FAIR_QUEUING: env.bool(
+      true,
+      "Share each model's workers between tenants (the API key, or the client address when keys are off) in proportion to their weights (a key's WEIGHT); false: first come, first served (see docs/fairness.md)",
+    ),
+    FAIR_TENANT_SHARE: env.number(
+      0.5,
+      0.001,
+      1,
+      "Share (0–1] of MAX_QUEUE_DEPTH one tenant may hold in a model's queue at once; beyond → 429 + Retry-After (with FAIR_QUEUING)",
+    ),
+    FAIR_PIXELS_PER_COST: env.int(
+      1_000_000,
+      1,
+      1_000_000_000,
+      "Decoded pixels of an image that cost its tenant one more job's worth of worker time in fair queuing (a job costs at least one)",
+    ),
     ...modelsConfigShape,
     NO_WORKER_POLICY: z
       .enum(['queue', 'refuse'])

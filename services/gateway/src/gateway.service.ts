@@ -13,6 +13,7 @@ import { ConnectionGuard } from './http/connection-guard.js';
 import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
+import { FairQueue } from './jobs/fair-queue.js';
 import { UploadBudget } from './intake/upload-guard.js';
 import { createAccess } from './access/access.middleware.js';
 import { ApiKeyStore } from './access/api-keys.js';
@@ -164,7 +165,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     submitter: new JobSubmitter(
       new JobStore(queueConnection, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS }),
       config.INPUT_TTL_SECONDS,
+      config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
     ),
+    fair: config.FAIR_QUEUING
+      ? new FairQueue(redis, keys, {
+          tenantShare: config.FAIR_TENANT_SHARE,
+          maxDepth: config.MAX_QUEUE_DEPTH,
+          pixelsPerCost: config.FAIR_PIXELS_PER_COST,
+        })
+      : undefined,
     fetchImage: createImageFetcher({
       maxBytes: config.MAX_UPLOAD_BYTES,
       connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,

@@ -44,7 +44,9 @@ const FEEDBACK_STREAM_MAXLEN = 100_000;
  * and finished it. Without them it published a second time: the result overwritten, the event
  * counted twice by the monitor.
  *
- * KEYS: result, input, predictions stream, job lock, queued-bytes counter. ARGV: token ('' = no lock
+ * The job's owner (when keys are required) is kept from then on exactly as long as its result.
+ *
+ * KEYS: result, input, predictions stream, job lock, queued-bytes counter, owner. ARGV: token ('' = no lock
  * check), result JSON, TTL (s), event JSON ('' = none), stream max length, reply channel ('' = none),
  * reply JSON, the job's image size (taken off the gateways' queued-bytes count, once per job).
  */
@@ -52,6 +54,7 @@ const COMMIT = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
 redis.call('DEL', KEYS[2])
 if redis.call('DECRBY', KEYS[5], ARGV[8]) < 0 then redis.call('SET', KEYS[5], 0) end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4]) end
@@ -65,6 +68,7 @@ type CommitRedis = Redis & {
     stream: string,
     lock: string,
     queuedBytes: string,
+    owner: string,
     token: string,
     resultJson: string,
     ttl: number,
@@ -78,8 +82,8 @@ type CommitRedis = Redis & {
 
 /**
  * The one owner of a job's state in Redis (besides BullMQ's own): the gateway puts the image and
- * reads results and records feedback through it, the worker takes the image and commits the result
- * through it. No other module reads or writes `keys().input`, `result`, `feedback` or publishes on
+ * reads results, owners and records feedback through it, the worker takes the image and commits the
+ * result through it. No other module reads or writes `keys().input`, `result`, `owner`, `feedback` or publishes on
  * `replies`, so the layout of a job in Redis can be read (and changed) in this file alone.
  *
  * It is used on whatever connection its caller needs: the gateway builds one on the queues'
@@ -107,6 +111,24 @@ export class JobStore {
   /** Removes an image whose job could not be queued (it would hold memory until its TTL). */
   async dropInput(jobId: string): Promise<void> {
     await this.redis.del(this.keys.input(jobId));
+  }
+
+  /**
+   * Records which API key made a job (its owner), for as long as the job can be read. Written only
+   * when keys are required: without keys a job id (a random UUID) is the capability to read it.
+   */
+  async putOwner(jobId: string, owner: string, ttlSeconds: number): Promise<void> {
+    await this.redis.set(this.keys.owner(jobId), owner, 'EX', ttlSeconds);
+  }
+
+  /** Removes the owner of a job that could not be queued. */
+  async dropOwner(jobId: string): Promise<void> {
+    await this.redis.del(this.keys.owner(jobId));
+  }
+
+  /** The API key id that made a job; undefined for a job made without keys, unknown, or expired. */
+  async readOwner(jobId: string): Promise<string | undefined> {
+    return (await this.redis.get(this.keys.owner(jobId))) ?? undefined;
   }
 
   /** The stored result of a finished job; undefined while it is not finished or once it expired. */
@@ -159,6 +181,7 @@ export class JobStore {
       this.keys.predictions,
       this.keys.jobLock(queue, result.id),
       this.keys.queuedBytes,
+      this.keys.owner(result.id),
       token ?? '',
       JSON.stringify(result),
       this.options.resultTtlSeconds,
@@ -181,7 +204,7 @@ export class JobStore {
     const redis = this.redis as Partial<CommitRedis> & Redis;
     // Defined on first use, on this connection only: gateways never commit.
     if (typeof redis.conveyorCommitResult !== 'function') {
-      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 5, lua: COMMIT });
+      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 6, lua: COMMIT });
     }
     return redis as CommitRedis;
   }

@@ -56,6 +56,13 @@ export function keys(prefix: string) {
     result: (jobId: string) => `${prefix}:result:${jobId}`,
     /** The callback of an asynchronous job and how its delivery went (CallbackState JSON, api.contract). */
     callback: (jobId: string) => `${prefix}:callback:${jobId}`,
+    /**
+     * The API key id that made a job (JobStore.putOwner), when keys are required: only it (or an
+     * admin key) may read the job, its events, its callback details, or give its feedback. Kept
+     * while the job waits (at most INPUT_TTL_SECONDS + RESULT_TTL_SECONDS), then, from the result
+     * commit on, exactly as long as the result.
+     */
+    owner: (jobId: string) => `${prefix}:owner:${jobId}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
@@ -73,6 +80,16 @@ export function keys(prefix: string) {
      */
     admissionReserved: (queue: string) =>
       queue === QUEUES.inference ? `${prefix}:admission:reservations` : `${prefix}:admission:reservations:${queue}`,
+    /**
+     * Fair queuing of a model's queue (gateway, jobs/fair-queue.ts): hash tenant → the virtual
+     * finish time of its last job. Deleted whenever the queue is found empty (virtual time restarts).
+     */
+    fairFinish: (queue: string) => `${prefix}:fair:${queue}:finish`,
+    /**
+     * Fair queuing: sorted set of one tenant's places in a model's queue (member job id, score its
+     * virtual start time), pruned from the bottom once those jobs have left the queue.
+     */
+    fairPlaces: (queue: string, tenant: string) => `${prefix}:fair:${queue}:places:${tenant}`,
     /** Bytes of images stored for queued jobs: raised at admission, lowered by the worker's result commit. */
     queuedBytes: `${prefix}:admission:queued-bytes`,
     /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */

@@ -69,6 +69,8 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
   return {
     require: (scope) => async (ctx, next) => {
       let subject = `ip:${addressKey(ctx.ip)}`;
+      // The tenant of fair queuing (jobs/fair-queue.ts): the key when keys are required, else the address.
+      ctx.state.tenant = { id: subject, weight: 1 };
       if (options.keysRequired) {
         const presented = bearer(ctx.get('authorization')) ?? (ctx.get('x-api-key') || undefined);
         if (!presented) {
@@ -95,6 +97,7 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
         ctx.state.apiKey = identity;
         ctx.state.log = ctx.state.log.child({ apiKey: identity.id });
         subject = `key:${identity.id}`;
+        ctx.state.tenant = { id: subject, weight: identity.weight };
       }
       if (limiter) {
         try {

@@ -11,10 +11,19 @@ export const SCOPES = ['predict', 'feedback', 'admin'] as const;
 export const Scope = z.enum(SCOPES);
 export type Scope = z.infer<typeof Scope>;
 
+/** The largest weight a key may have (a weight of w lets it take w jobs for another's one). */
+export const MAX_WEIGHT = 1000;
+
 const StoredKey = z.object({
   name: z.string(),
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   scopes: z.array(Scope),
+  /**
+   * The key's share of worker time against other keys under load (fair queuing, jobs/fair-queue.ts):
+   * a key of weight 3 is served three jobs for one of a key of weight 1 while both have jobs waiting.
+   * Added later: keys stored before it have weight 1.
+   */
+  weight: z.number().int().min(1).max(MAX_WEIGHT).default(1),
   createdAt: z.iso.datetime(),
 });
 export type StoredKey = z.infer<typeof StoredKey>;
@@ -23,6 +32,8 @@ export interface ApiKeyIdentity {
   readonly id: string;
   readonly name: string;
   readonly scopes: readonly Scope[];
+  /** Its weight in fair queuing (1 unless set at creation). */
+  readonly weight: number;
 }
 
 const FORMAT = /^cvk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$/;
@@ -36,13 +47,14 @@ export class ApiKeyStore {
   ) {}
 
   /** Creates a key and returns it: the only time it is ever shown. */
-  async create(name: string, scopes: readonly Scope[]): Promise<{ id: string; key: string }> {
+  async create(name: string, scopes: readonly Scope[], weight = 1): Promise<{ id: string; key: string }> {
     const id = randomBytes(6).toString('hex');
     const key = `cvk_${id}_${randomBytes(32).toString('base64url')}`;
     const stored: StoredKey = {
       name,
       sha256: digest(key).toString('hex'),
       scopes: [...scopes],
+      weight: z.number().int().min(1).max(MAX_WEIGHT).parse(weight),
       createdAt: new Date().toISOString(),
     };
     await this.redis.hset(this.hashKey, id, JSON.stringify(stored));
@@ -67,6 +79,6 @@ export class ApiKeyStore {
     if (raw === null) return undefined;
     const stored = StoredKey.parse(JSON.parse(raw));
     if (!timingSafeEqual(digest(presented), Buffer.from(stored.sha256, 'hex'))) return undefined;
-    return { id, name: stored.name, scopes: stored.scopes };
+    return { id, name: stored.name, scopes: stored.scopes, weight: stored.weight };
   }
 }

@@ -6,6 +6,7 @@ import type { ParameterizedContext } from 'koa';
 import type { ModelName } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { InferenceQueue } from '../jobs/model-queues.js';
+import type { FairPlace, Tenant } from '../jobs/fair-queue.js';
 
 export interface GatewayState {
   /** From a well-formed X-Request-Id header, or generated; echoed back and carried into the job. */
@@ -27,6 +28,10 @@ export interface GatewayState {
   queue?: InferenceQueue;
   /** The API key the request was made with, when keys are required. */
   apiKey?: ApiKeyIdentity;
+  /** Whose share of the queue and of worker time the request draws on: its API key, or its address. */
+  tenant?: Tenant;
+  /** On predict requests, the job's place as fair queuing gave it (its priority). */
+  fairPlace?: FairPlace;
 }
 
 export type GatewayContext = ParameterizedContext<GatewayState>;

@@ -116,8 +116,9 @@ export class Admission {
     if (!reading) this.depths.set(queue.name, (reading = { depth: 0, readAt: 0 }));
     if (Date.now() - reading.readAt < this.refreshMs) return reading.depth;
     const current = reading;
+    // Fair queuing puts every job in BullMQ's prioritized set, which getWaitingCount leaves out.
     current.inflight ??= queue
-      .getWaitingCount()
+      .getJobCountByTypes('waiting', 'prioritized')
       .then((n) => {
         current.depth = n;
         current.readAt = Date.now();

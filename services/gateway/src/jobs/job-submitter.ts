@@ -24,6 +24,10 @@ export interface Submission {
   readonly facts: ImageFacts;
   /** This gateway instance, when a request waits for the job's reply; absent for fire-and-poll. */
   readonly replyTo?: string | undefined;
+  /** The API key id that made the job, when keys are required (only it, or an admin, may read the job). */
+  readonly owner?: string | undefined;
+  /** The job's BullMQ priority from fair queuing (jobs/fair-queue.ts); absent: plain FIFO. */
+  readonly priority?: number | undefined;
 }
 
 /**
@@ -41,23 +45,33 @@ export class JobSubmitter {
     /** Built on the connection every model's queue was built with: the ordering above holds only on one connection. */
     private readonly inputs: JobStore,
     private readonly inputTtlSeconds: number,
+    /** How long an owner is kept: as long as the job can be read (waiting, then its result). */
+    private readonly ownerTtlSeconds: number,
   ) {}
 
   /** Queues the job a submission describes on its model's queue. */
   async submit(submission: Submission): Promise<void> {
-    const { queue, jobId, bytes } = submission;
-    const [stored, added] = await Promise.allSettled([
+    const { queue, jobId, bytes, owner, priority } = submission;
+    // The owner goes first: no one may read the job before it is known whose it is.
+    const [owned, stored, added] = await Promise.allSettled([
+      owner === undefined ? undefined : this.inputs.putOwner(jobId, owner, this.ownerTtlSeconds),
       this.inputs.putInput(jobId, bytes, this.inputTtlSeconds),
-      queue.add(INFERENCE_JOB_NAME, inferenceJob(submission), { ...INFERENCE_JOB_OPTIONS, jobId }),
+      queue.add(INFERENCE_JOB_NAME, inferenceJob(submission), {
+        ...INFERENCE_JOB_OPTIONS,
+        jobId,
+        ...(priority === undefined ? {} : { priority }),
+      }),
     ]);
-    if (stored.status === 'fulfilled' && added.status === 'fulfilled') return;
-    // Leave neither half behind: a job without its image would fail, an image without a job would
+    if (owned.status === 'fulfilled' && stored.status === 'fulfilled' && added.status === 'fulfilled') return;
+    // Leave nothing behind: a job without its image would fail, an image without a job would
     // hold memory until its TTL.
     await Promise.allSettled([
+      owned.status === 'fulfilled' && owner !== undefined ? this.inputs.dropOwner(jobId) : undefined,
       stored.status === 'fulfilled' ? this.inputs.dropInput(jobId) : undefined,
       added.status === 'fulfilled' ? queue.remove(jobId) : undefined,
     ]);
-    throw stored.status === 'rejected' ? stored.reason : (added as PromiseRejectedResult).reason;
+    const failed = [owned, stored, added].find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    throw failed?.reason;
   }
 }
 

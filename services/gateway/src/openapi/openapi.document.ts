@@ -204,6 +204,8 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         get: {
           operationId: 'getJob',
           summary: 'A job of any model: its state while waiting or running, its result or error once finished',
+          description:
+            "With API keys, a job is only the key's that made it (or an admin key's): another key's job is 404, as an unknown one.",
           tags: ['jobs'],
           requestParams: { path: jobId },
           responses: {
@@ -271,6 +273,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         post: {
           operationId: 'feedback',
           summary: 'The true label of a finished job, once per job while its result is kept',
+          description: "With API keys, only for the key's own jobs (or any, with an admin key): another key's job is 404.",
           tags: ['feedback'],
           requestBody: { required: true, content: json(FeedbackBody) },
           responses: {

@@ -5,6 +5,7 @@ import { ProblemError } from '@conveyor/shared/problem';
 import type { Access } from '../access/access.middleware.js';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 import { clientOf } from '../http/client-identity.js';
+import type { JobOwnership } from '../access/job-ownership.js';
 import type { GatewayState } from '../http/context.js';
 import type { JobLookup, JobView } from '../jobs/job-lookup.js';
 import { lostJob } from './jobs.route.js';
@@ -68,7 +69,15 @@ export class OpenStreams {
 
 export function registerEventRoutes(
   router: Router<GatewayState>,
-  deps: { lookup: JobLookup; access: Access; callbacks: CallbackDispatcher; limits: EventStreamLimits; streams?: OpenStreams },
+  deps: {
+    lookup: JobLookup;
+    access: Access;
+    callbacks: CallbackDispatcher;
+    limits: EventStreamLimits;
+    streams?: OpenStreams;
+    /** Another key's job is answered as an unknown one. */
+    ownership: JobOwnership;
+  },
 ): void {
   const streams = deps.streams ?? new OpenStreams();
   const { limits } = deps;
@@ -79,7 +88,10 @@ export function registerEventRoutes(
 
   router.get('/v1/jobs/:id/events', deps.access.require('predict'), async (ctx) => {
     const id = ctx.params.id ?? '';
-    const first = JobId.safeParse(id).success ? await deps.lookup.find(id) : undefined;
+    const first =
+      JobId.safeParse(id).success && (await deps.ownership.mayRead(ctx.state.apiKey, id))
+        ? await deps.lookup.find(id)
+        : undefined;
     if (!first) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
     ctx.state.jobId = id;
     const client = clientOf(ctx);

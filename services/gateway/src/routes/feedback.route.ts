@@ -7,15 +7,17 @@ import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { FeedbackEvent, Keys } from '@conveyor/shared/contract/queue.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
+import type { JobOwnership } from '../access/job-ownership.js';
 
 /**
  * POST /v1/feedback `{ jobId, label }`: the ground truth of a prediction, learnt later. Accepted
  * once per job while the job's result is kept; the monitor joins it to the prediction and keeps
- * the rolling accuracy.
+ * the rolling accuracy. Only for the key's own jobs (or any, with an admin key): another key's job
+ * is answered as an unknown one, and its prediction is never told.
  */
 export function registerFeedbackRoute(
   router: Router<GatewayState>,
-  deps: { redis: Redis; keys: Keys; jobs: JobStore; access: Access },
+  deps: { redis: Redis; keys: Keys; jobs: JobStore; access: Access; ownership: JobOwnership },
 ): void {
   router.post(
     '/v1/feedback',
@@ -27,7 +29,7 @@ export function registerFeedbackRoute(
       if (!parsed.success) throw new ProblemError('invalid-request', 'Expected {"jobId": "<uuid>", "label": "<class>"}');
       const { jobId, label } = parsed.data;
       ctx.state.jobId = jobId;
-      const result = await deps.jobs.readResult(jobId);
+      const result = (await deps.ownership.mayRead(ctx.state.apiKey, jobId)) ? await deps.jobs.readResult(jobId) : undefined;
       if (!result) throw new ProblemError('not-found', `No job ${jobId}: unknown, not finished yet, or its result has expired`);
       if (result.status !== 'completed')
         throw new ProblemError('conflict', `Job ${jobId} failed; there is no prediction to compare with`);

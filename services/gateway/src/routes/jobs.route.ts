@@ -5,19 +5,25 @@ import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
 import type { JobLookup } from '../jobs/job-lookup.js';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
+import type { JobOwnership } from '../access/job-ownership.js';
 
 const JobId = z.uuid();
 
-/** GET /v1/jobs/:id, for a job of any model: status while queued or running, the result (or error) once finished. */
+/**
+ * GET /v1/jobs/:id, for a job of any model: status while queued or running, the result (or error)
+ * once finished. Another key's job is answered as an unknown one (JobOwnership).
+ */
 export function registerJobRoutes(
   router: Router<GatewayState>,
   lookup: JobLookup,
   access: Access,
   callbacks: CallbackDispatcher,
+  ownership: JobOwnership,
 ): void {
   router.get('/v1/jobs/:id', access.require('predict'), async (ctx) => {
     const id = ctx.params.id ?? '';
-    const view = JobId.safeParse(id).success ? await lookup.find(id) : undefined;
+    const view =
+      JobId.safeParse(id).success && (await ownership.mayRead(ctx.state.apiKey, id)) ? await lookup.find(id) : undefined;
     if (!view) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
     ctx.state.jobId = id;
     ctx.state.log = ctx.state.log.child({ jobId: id });

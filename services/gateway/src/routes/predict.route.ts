@@ -12,6 +12,7 @@ import { MULTIPART_SLACK, predictBodyParser, readPredictInput } from '../intake/
 import { uploadGuard, type UploadBudget } from '../intake/upload-guard.js';
 import type { Access } from '../access/access.middleware.js';
 import type { Admission, Reservation } from '../jobs/admission.js';
+import type { FairQueue } from '../jobs/fair-queue.js';
 import type { JobSubmitter } from '../jobs/job-submitter.js';
 import type { ModelQueues } from '../jobs/model-queues.js';
 import type { ModelCatalogue, ModelStatus } from '../models/model-catalogue.js';
@@ -45,6 +46,8 @@ export interface PredictDeps {
   readonly access: Access;
   /** Result callbacks (`Callback-Url`). */
   readonly callbacks: CallbackDispatcher;
+  /** Fair queuing between tenants; absent (FAIR_QUEUING=false): first come, first served. */
+  readonly fair?: FairQueue | undefined;
 }
 
 /**
@@ -102,7 +105,11 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
         facts,
         // A callback is promoted on the reply too, so its delivery follows the result at once.
         replyTo: ticket || callbackUrl ? deps.waiter.gatewayId : undefined,
+        owner: ctx.state.apiKey?.id,
+        priority: ctx.state.fairPlace?.priority,
       });
+      // A large image costs its tenant more of the workers' time: its next jobs go later.
+      ctx.state.fairPlace?.charge(facts.width * facts.height);
       // Queued: it counts as waiting now, and its image as queued bytes.
       ctx.state.reservation?.queued(bytes.length);
     } catch (error) {
@@ -164,7 +171,16 @@ function admit(deps: PredictDeps, config: PredictDeps['config'], modelOf: (ctx: 
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
-      reservation = await deps.admission.admit(ctx.state.queue, randomUUID(), Math.min(bytes, config.MAX_UPLOAD_BYTES));
+      const reserved = await deps.admission.admit(ctx.state.queue, randomUUID(), Math.min(bytes, config.MAX_UPLOAD_BYTES));
+      if (deps.fair) {
+        // After the reservation, which keeps the tenant's new place counted until its job is queued.
+        const tenant = ctx.state.tenant ?? { id: `ip:${ctx.ip}`, weight: 1 };
+        ctx.state.fairPlace = await deps.fair.place(ctx.state.queue, tenant, reserved.jobId).catch((error: unknown) => {
+          reserved.release();
+          throw error;
+        });
+      }
+      reservation = reserved;
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
