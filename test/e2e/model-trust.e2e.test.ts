@@ -118,6 +118,18 @@ describe('model trust: releases bind name, version and every file (real MLflow)'
     expect(tagsOf(await fresh(version))[RELEASE_SIGNATURE_TAG]).to.equal(undefined);
   });
 
+  it('does not release a build whose registry figures were changed to pass the gate', async () => {
+    const version = await registerFolder(client, name, await built('forged-figures'));
+    await client.setModelVersionTag(name, version.version, 'test_accuracy', '0.9999');
+    const error = await promote(client, name, strict, { version: version.version, signingKey: trainer.privateKey }, quiet).catch(
+      (e: unknown) => e,
+    );
+    expect((error as Error).message).to.match(
+      /the gate's figures differ from the signed folder's \(test_accuracy: tag 0.9999, signed 0.984646\)/,
+    );
+    expect(tagsOf(await fresh(version))[RELEASE_SIGNATURE_TAG]).to.equal(undefined);
+  });
+
   describe("the monitor's reference profiles", () => {
     const model = (version: string) => ({ name, model: { name, version } }) as Parameters<ProfileSource['get']>[0];
 

@@ -27,6 +27,8 @@ const SignedFigures = z.object({
   metrics: z.object({ testAccuracy: z.number().optional(), validationAccuracy: z.number().optional() }).default({}),
 });
 
+const SignedEvaluation = z.object({ latency: z.object({ batch1P95Ms: z.number() }).optional() });
+
 export async function releaseVersion(
   client: MlflowClient,
   version: ModelVersion,
@@ -42,11 +44,17 @@ export async function releaseVersion(
       MANIFEST_FILE,
     ]);
     if (problem) throw new ReleaseRefused(`${version.name} v${version.version} is not a folder the trainer built: ${problem}`);
+    // evaluation.json (trainer builds) is covered by the build signature just checked.
+    const evaluation = await readFile(path.join(folder, 'evaluation.json'), 'utf8').then(
+      (text) => SignedEvaluation.parse(JSON.parse(text)),
+      () => undefined,
+    );
     const tags = tagsOf(version);
     const mismatches = [
       ['build', manifest.version],
       ['test_accuracy', manifest.metrics.testAccuracy],
       ['val_accuracy', manifest.metrics.validationAccuracy],
+      ['onnx_latency_b1_p95_ms', evaluation?.latency?.batch1P95Ms],
     ].filter(([key, signed]) => signed !== undefined && tags[key as string] !== String(signed));
     if (mismatches.length > 0)
       throw new ReleaseRefused(
