@@ -10,11 +10,13 @@ COPY requirements/mlflow.lock.txt /tmp/mlflow.lock.txt
 RUN python3 -m venv /opt/mlflow \
  && /opt/mlflow/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/mlflow.lock.txt \
  && rm /tmp/mlflow.lock.txt
-COPY scripts/mlflow/basic-auth.ini scripts/mlflow/provision-auth.py docker/mlflow-entrypoint.sh /opt/conveyor/
+COPY scripts/mlflow/basic-auth.ini scripts/mlflow/provision-auth.py scripts/mlflow/conveyor_auth.py docker/mlflow-entrypoint.sh /opt/conveyor/
 USER mlflow
 # The auth INI's database path is relative: the accounts live on the volume, beside mlflow.db.
 WORKDIR /mlflow
 ENV MLFLOW_AUTH_CONFIG_PATH=/opt/conveyor/basic-auth.ini
+# The INI's authorization_function (conveyor_auth.py: only the admin changes accounts) is imported from here.
+ENV PYTHONPATH=/opt/conveyor
 VOLUME ["/mlflow"]
 EXPOSE 5000
 # A long start period: MLflow's first start (database migrations) took 2.5 min on a busy 2-core

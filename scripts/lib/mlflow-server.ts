@@ -15,8 +15,9 @@ import { ROOT } from './service-process.js';
  * `make train` and the tests. Artifacts go to `<dir>/artifacts`, or with `artifacts` to an S3
  * bucket that only the server talks to: clients (the trainer, the workers, the monitor) still up-
  * and download through the server and need no S3 credentials. With `auth`, it runs MLflow's
- * basic-auth app (scripts/mlflow/basic-auth.ini) with an admin and a READ-only reader, as the
- * compose image does.
+ * basic-auth app (scripts/mlflow/basic-auth.ini) with an admin and a READ-only reader that cannot
+ * change any account, its own password included (scripts/mlflow/conveyor_auth.py), as the compose
+ * image does.
  */
 export interface LocalMlflow {
   readonly url: string;
@@ -52,6 +53,7 @@ export interface MlflowAuth {
 }
 
 export const AUTH_CONFIG = path.join(ROOT, 'scripts/mlflow/basic-auth.ini');
+const AUTH_MODULE_DIR = path.join(ROOT, 'scripts/mlflow');
 const PROVISION = path.join(ROOT, 'scripts/mlflow/provision-auth.py');
 
 export function ensureMlflowInstalled(): string {
@@ -100,6 +102,8 @@ export async function startMlflow(options: {
   if (auth) {
     Object.assign(env, {
       MLFLOW_AUTH_CONFIG_PATH: AUTH_CONFIG,
+      // The INI's authorization_function (conveyor_auth.py) is imported from here.
+      PYTHONPATH: [AUTH_MODULE_DIR, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter),
       MLFLOW_AUTH_ADMIN_USERNAME: auth.admin.username,
       // CSRF protection of the UI's sign-up form; one server process, so a key per start will do.
       MLFLOW_FLASK_SERVER_SECRET_KEY: randomBytes(32).toString('hex'),

@@ -117,9 +117,13 @@ describe('model lifecycle (real MLflow)', function () {
       // Signed by the trainer before upload: what the registry serves verifies against its public key.
       const downloaded = path.join(tmp, 'downloaded-model');
       await client.downloadDirectory(`${best.artifactUri}/model`, downloaded);
-      expect(await signatureProblem(downloaded, signing.publicKey, ['manifest.json', 'model.onnx', 'MLmodel'])).to.equal(
-        undefined,
-      );
+      expect(
+        await signatureProblem(downloaded, signing.publicKey, { kind: 'build', build: result.best.version }, [
+          'manifest.json',
+          'model.onnx',
+          'MLmodel',
+        ]),
+      ).to.equal(undefined);
       const reports = (await client.listArtifacts(`${best.artifactUri}/reports`)).map((f) => path.posix.basename(f.path)).sort();
       expect(reports).to.deep.equal(['confusion-matrix.png', 'history.json', 'validation.json', 'validation.md']);
       const png = await client.downloadArtifact(`${best.artifactUri}/reports/confusion-matrix.png`);

@@ -171,6 +171,65 @@ describe('MLflow behind authentication (real server, basic-auth app)', function 
     expect((await trainer.searchModelVersions(name)).map((v) => v.version)).to.deep.equal(['1', '2']);
   });
 
+  it('refuses the READ-only account any change to accounts, its own password included (403): it cannot lock the workers out', async () => {
+    const send = (method: string, url: string, body: unknown, credentials: { username: string; password: string }) =>
+      fetch(url, {
+        method,
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`,
+        },
+        body: JSON.stringify(body),
+      });
+    const ajax = `${mlflow.url}/ajax-api/2.0/mlflow`;
+    const changed = `${reader.password}-changed`;
+    const attempts: [string, () => Promise<Response>][] = [
+      [
+        'change its own password',
+        () =>
+          send(
+            'PATCH',
+            `${api}/users/update-password`,
+            { username: reader.username, password: changed, current_password: reader.password },
+            reader,
+          ),
+      ],
+      [
+        'change its own password (the UI path)',
+        () =>
+          send(
+            'PATCH',
+            `${ajax}/users/update-password`,
+            { username: reader.username, password: changed, current_password: reader.password },
+            reader,
+          ),
+      ],
+      [
+        'change the admin password',
+        () => send('PATCH', `${api}/users/update-password`, { username: admin.username, password: changed }, reader),
+      ],
+      [
+        'make itself an admin',
+        () => send('PATCH', `${api}/users/update-admin`, { username: reader.username, is_admin: true }, reader),
+      ],
+      [
+        'create an account',
+        () => send('POST', `${api}/users/create`, { username: 'intruder', password: 'intruder-password-1' }, reader),
+      ],
+      ['delete the admin', () => send('DELETE', `${api}/users/delete`, { username: admin.username }, reader)],
+    ];
+    for (const [what, attempt] of attempts) {
+      const response = await attempt();
+      expect(response.status, `${what}: ${await response.text()}`).to.equal(403);
+    }
+    // Both accounts still work with the passwords the workers and the trainer hold.
+    expect((await workerClient.getVersionByAlias(name, 'production'))?.version).to.equal(production);
+    expect((await trainer.getVersionByAlias(name, 'production'))?.version).to.equal(production);
+    // The admin keeps its say over accounts (provision-auth.py and operators rotate passwords through it).
+    const own = await send('GET', `${api}/users/get?username=${reader.username}`, undefined, admin);
+    expect(own.status).to.equal(200);
+  });
+
   it('stops the worker, the monitor and the trainer at once when the credentials are refused (exit 77), without retrying', async () => {
     const refused = { MLFLOW_TRACKING_URI: mlflow.url, MLFLOW_TRACKING_USERNAME: reader.username };
     const wrongFile = secretFile('wrong', 'not-the-password');

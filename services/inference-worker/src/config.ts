@@ -45,7 +45,7 @@ const WorkerFields = z.object({
     'Where downloaded model versions are kept (verified by checksum, reused across restarts)',
   ),
   MODEL_SIGNING_PUBLIC_KEY_FILE: env.optionalString(
-    "The trainer's Ed25519 public key (PEM); when set, model versions not signed with its private key are refused",
+    "The trainer's Ed25519 public key (PEM); when set, only registry versions the trainer released (signed for their name, version and every file when the promotion gate passed) are served (monitor: only their reference profiles are used)",
   ),
   MODEL_POLL_INTERVAL_MS: env.int(10_000, 100, 3_600_000, 'How often the worker checks whether the alias it serves has moved'),
   WORKER_CONCURRENCY: env.int(

@@ -80,6 +80,9 @@ const MonitorFields = z.object({
     .describe('MLflow server to fetch the reference profile of registry model versions from'),
   // Reads only: the workers' READ-only account will do.
   ...mlflowAuthShape,
+  MODEL_SIGNING_PUBLIC_KEY_FILE: env.optionalString(
+    "The trainer's Ed25519 public key (PEM); when set, a registry version's reference profile is used only if the version's release signature lists it with this SHA-256 (as the workers verify what they serve)",
+  ),
   MODEL_DIR: env.string('models/digits', 'Local model folder whose reference profile is used for its own version'),
   MODELS_DIR: env.string(
     'models',

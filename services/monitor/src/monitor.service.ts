@@ -1,3 +1,5 @@
+import { createPublicKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
@@ -58,6 +60,9 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
   const profiles = new ProfileSource(
     {
       ...(mlflow ? { client: mlflow } : {}),
+      ...(config.MODEL_SIGNING_PUBLIC_KEY_FILE
+        ? { signingKey: createPublicKey(readFileSync(config.MODEL_SIGNING_PUBLIC_KEY_FILE, 'utf8')) }
+        : {}),
       modelDir: path.resolve(config.MODEL_DIR),
       modelsDir: path.resolve(config.MODELS_DIR),
     },
@@ -129,7 +134,7 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
   };
   const server = createMonitorServer({
     driftView: (model) => views.view(model),
-    registry: monitorMetrics(store, monitor, { predictions, feedback }),
+    registry: monitorMetrics(store, monitor, { predictions, feedback }, profiles),
     writeReport: report,
     ...(config.MONITOR_TOKEN ? { writeToken: config.MONITOR_TOKEN } : {}),
     redisPing: () => redis.ping(),

@@ -15,7 +15,9 @@ export const TrainerConfig = z
       .string()
       .min(1)
       .optional()
-      .describe('Ed25519 private key (PEM) that signs every tracked model folder; `make signing-key` makes a pair'),
+      .describe(
+        'Ed25519 private key (PEM): signs every tracked model folder (build) and every version the promotion gate passes (release, which workers require); `make signing-key` makes a pair',
+      ),
     CONVEYOR_HOST_IMAGE: z
       .string()
       .min(1)

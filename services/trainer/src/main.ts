@@ -271,7 +271,7 @@ try {
         needClient(),
         values.model,
         await readPolicy(),
-        values.version ? { version: values.version } : {},
+        { ...(values.version ? { version: values.version } : {}), signingKey },
         log,
       );
       console.log(JSON.stringify(decision, null, 2));

@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { Monitor } from '../monitor.js';
+import type { ProfileSource } from '../reference/profile-source.js';
 import type { MonitorStore } from '../store/monitor-store.js';
 import type { StreamConsumer } from '../store/stream-consumer.js';
 import { currentVersions } from '../views/drift-view.js';
@@ -15,6 +16,7 @@ export function monitorMetrics(
   store: MonitorStore,
   monitor: Monitor,
   consumers: Readonly<Record<string, StreamConsumer>> = {},
+  profiles?: Pick<ProfileSource, 'stats'>,
 ): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'conveyor_monitor_' });
@@ -122,6 +124,18 @@ export function monitorMetrics(
         }
         consumed[stream] = now;
       }
+    },
+  });
+  // A profile refused is drift never measured for that version: worth an alert of its own.
+  let refusedBefore = 0;
+  new Counter({
+    name: 'conveyor_monitor_reference_profiles_refused_total',
+    help: 'Reference profiles this instance refused: not listed, or with another SHA-256, in the version release signature (MODEL_SIGNING_PUBLIC_KEY_FILE)',
+    registers: [registry],
+    collect() {
+      const now = profiles?.stats.refused ?? 0;
+      this.inc(now - refusedBefore);
+      refusedBefore = now;
     },
   });
   return registry;

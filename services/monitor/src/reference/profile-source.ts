@@ -1,8 +1,10 @@
+import type { KeyObject } from 'node:crypto';
 import path from 'node:path';
 import { ModelName } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError, type MlflowClient } from '@conveyor/shared/mlflow/client';
 import { REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
+import { RELEASE_SIGNATURE_TAG, sha256, verifyStatement } from '@conveyor/shared/model/signature';
 import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-checks';
 import type { TrackedModel } from '../store/store-records.js';
 
@@ -13,6 +15,14 @@ import type { TrackedModel } from '../store/store-records.js';
  * `modelsDir` (`<modelsDir>/<name>`, as the workers lay them out). Each model version is compared
  * with its own reference, so a promotion or a hot swap starts a fresh comparison, and one model's
  * profile is never used for another's events.
+ *
+ * With the trainer's public key, a profile from the registry is used only if the version's release
+ * signature (shared/src/model/signature.ts: the tag the trainer writes when the gate passes, naming
+ * this model and version) lists `reference-profile.json` with the SHA-256 of the bytes downloaded —
+ * the same statement the workers check before they serve the version. Otherwise whoever can write
+ * to the registry could swap a version's profile and make the monitor call real drift "stable" (or
+ * raise false alarms). A refusal is logged and counted (conveyor_monitor_reference_profiles_refused_total).
+ * Local folders are trusted as the workers trust them: the operator put them there.
  */
 export interface ProfileSources {
   readonly client?: MlflowClient;
@@ -20,10 +30,17 @@ export interface ProfileSources {
   readonly modelDir?: string;
   /** The folder of model folders (MODELS_DIR). */
   readonly modelsDir?: string;
+  /** The trainer's public key (MODEL_SIGNING_PUBLIC_KEY_FILE): registry profiles must be in a release signature. */
+  readonly signingKey?: KeyObject;
 }
+
+/** A registry profile the release signature does not vouch for. */
+export class ProfileRefused extends Error {}
 
 export class ProfileSource {
   private readonly cache = new Map<string, { profile: ReferenceProfile | undefined; at: number }>();
+  /** Profiles refused since start (the metric reads it). */
+  readonly stats = { refused: 0 };
 
   constructor(
     private readonly sources: ProfileSources,
@@ -38,7 +55,13 @@ export class ProfileSource {
     const profile = await this.lookup(model).catch((error: unknown) => {
       // Checked at start-up; a refusal now means the account changed on the server: say so plainly.
       if (error instanceof MlflowAuthError) this.log.error({ err: error, model }, error.message);
-      else this.log.warn({ err: error, model }, 'could not load the reference profile');
+      else if (error instanceof ProfileRefused) {
+        this.stats.refused++;
+        this.log.error(
+          { model: model.model, modelName: model.name, problem: error.message },
+          'refusing a reference profile the trainer did not sign',
+        );
+      } else this.log.warn({ err: error, model }, 'could not load the reference profile');
       return undefined;
     });
     this.cache.set(key, { profile, at: Date.now() });
@@ -65,10 +88,28 @@ export class ProfileSource {
       if (local && local.model.name === model.model.name && local.model.version === model.model.version) return local;
     }
     if (this.sources.client && /^\d+$/.test(model.model.version)) {
-      const uri = await this.sources.client.getDownloadUri(model.model.name, model.model.version);
-      const bytes = await this.sources.client.downloadArtifact(`${uri.replace(/\/+$/, '')}/${REFERENCE_PROFILE_FILE}`);
+      const { client, signingKey } = this.sources;
+      const { name, version } = model.model;
+      const signed = signingKey ? await this.signedDigest(client, signingKey, name, version) : undefined;
+      const uri = await client.getDownloadUri(name, version);
+      const bytes = await client.downloadArtifact(`${uri.replace(/\/+$/, '')}/${REFERENCE_PROFILE_FILE}`);
+      if (signed !== undefined && sha256(bytes) !== signed)
+        throw new ProfileRefused(`${REFERENCE_PROFILE_FILE} differs from the one the release signature lists`);
       return ReferenceProfile.parse(JSON.parse(bytes.toString('utf8')));
     }
     return undefined;
+  }
+
+  /** The profile's SHA-256 in the version's release signature; refused if there is none or it does not verify. */
+  private async signedDigest(client: MlflowClient, key: KeyObject, name: string, version: string): Promise<string> {
+    const tags = (await client.getModelVersion(name, version)).tags;
+    const statement = tags.find((t) => t.key === RELEASE_SIGNATURE_TAG)?.value;
+    if (statement === undefined)
+      throw new ProfileRefused(`${name} v${version} has no release signature (the trainer never released it)`);
+    const verdict = verifyStatement(statement, key, { kind: 'release', name, version });
+    if (verdict.problem !== undefined) throw new ProfileRefused(verdict.problem);
+    const digest = verdict.files[REFERENCE_PROFILE_FILE];
+    if (digest === undefined) throw new ProfileRefused(`${REFERENCE_PROFILE_FILE} is not covered by the release signature`);
+    return digest;
   }
 }

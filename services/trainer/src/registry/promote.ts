@@ -1,19 +1,23 @@
+import type { KeyObject } from 'node:crypto';
 import type { Logger } from '@conveyor/shared/logger';
 import type { MlflowClient } from '@conveyor/shared/mlflow/client';
 import { evaluateGate, tagsOf, type GateDecision } from './gate.js';
 import type { PromotionPolicy } from './policy.js';
 import { ALIASES } from './register.js';
+import { releaseVersion } from './release.js';
 
 /**
  * Promote: run the gate on a candidate (the `staging` alias unless a version is given) and, only
  * if every criterion passes, point `production` at it. Either way the decision and the figures
- * behind it are recorded on the candidate (tags and description).
+ * behind it are recorded on the candidate (tags and description). With the trainer's signing key,
+ * a passing candidate is released (signed for its name and version, registry/release.ts) before
+ * `production` moves: workers holding the public key serve only released versions.
  */
 export async function promote(
   client: MlflowClient,
   modelName: string,
   policy: PromotionPolicy,
-  options: { version?: string },
+  options: { version?: string; signingKey?: KeyObject | undefined },
   log: Logger,
 ): Promise<GateDecision & { promoted: boolean; reason?: string }> {
   const candidate = options.version
@@ -33,6 +37,8 @@ export async function promote(
     };
   }
   const decision = evaluateGate(policy, candidate, production);
+  // Before any tag says "promoted": a candidate that cannot be released is not promoted at all.
+  if (decision.passed && options.signingKey) await releaseVersion(client, candidate, options.signingKey, log);
   const at = new Date().toISOString();
   await client.setModelVersionTag(modelName, candidate.version, 'promotion.decision', decision.passed ? 'promoted' : 'rejected');
   await client.setModelVersionTag(modelName, candidate.version, 'promotion.evaluated_at', at);
