@@ -66,7 +66,8 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     let facts;
     let callbackUrl: URL | undefined;
     try {
-      callbackUrl = deps.callbacks.parse(ctx.get('callback-url'));
+      // Every line of the header: Node would join two into one "a, b" value.
+      callbackUrl = deps.callbacks.parse(ctx.req.headersDistinct['callback-url']);
       input = readPredictInput(ctx);
       bytes = input.kind === 'url' ? await deps.fetchImage(input.url) : input.bytes;
       facts = await inspectImage(bytes, {
@@ -88,9 +89,16 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     // Registered before the job exists, so the reply cannot arrive before anyone listens.
     const ticket = prefer.respondAsync || prefer.waitSeconds === 0 ? undefined : deps.waiter.register(jobId);
     let callback: CallbackState | undefined;
+    // Whose share of pending callbacks this one counts against.
+    const client = ctx.state.apiKey ? `key:${ctx.state.apiKey.id}` : `ip:${ctx.ip}`;
+    let reserved = false;
     try {
-      // Scheduled first: the delivery waits for the job, so it cannot miss its end.
-      if (callbackUrl) callback = await deps.callbacks.schedule(jobId, callbackUrl, ctx.state.requestId);
+      if (callbackUrl) {
+        await deps.callbacks.reserve(client, jobId);
+        reserved = true;
+        // Scheduled first: the delivery waits for the job, so it cannot miss its end.
+        callback = await deps.callbacks.schedule(jobId, callbackUrl, ctx.state.requestId, client);
+      }
       await deps.submitter.submit({
         queue: ctx.state.queue!,
         model: ctx.state.model!,
@@ -107,7 +115,7 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
       ctx.state.reservation?.queued(bytes.length);
     } catch (error) {
       ticket?.cancel();
-      if (callback) await deps.callbacks.cancel(jobId);
+      if (reserved) await deps.callbacks.cancel(jobId, client);
       throw error;
     } finally {
       // The place reserved at admission is given back, and so is the upload budget (the bytes are
