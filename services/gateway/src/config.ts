@@ -116,10 +116,10 @@ export const GatewayConfig = z
       'Callbacks one client (API key, or address when keys are off) may have pending, across gateways; beyond → 429',
     ),
     CALLBACK_SWEEP_SECONDS: env.int(
-      60,
+      120,
       1,
       3600,
-      "Seconds between looks for the result of a callback's unfinished job, in case its notification was lost (it normally wakes the delivery)",
+      "First look for the result of a callback's unfinished job in case its notification was lost (it normally wakes the delivery), in seconds; later looks grow with the wait, up to ten times this",
     ),
     SSE_MAX_CONNECTIONS: env.int(
       256,

@@ -58,6 +58,11 @@ export class CallbackDispatcher {
   private readonly agents: PostAgents;
   /** Jobs with a callback that this gateway scheduled and whose reply it may still receive. */
   private readonly awaiting = new Set<string>();
+  /**
+   * Jobs whose reply came while their delivery was awake (looking for the result, about to sleep
+   * again): it could not be promoted then, so it is as soon as it sleeps.
+   */
+  private readonly early = new Set<string>();
   /** Deliveries in flight from this gateway, per receiver origin. */
   private readonly running = new Map<string, number>();
   /** Deliveries parked here because their origin was at its cap, oldest first, per origin. */
@@ -103,7 +108,11 @@ export class CallbackDispatcher {
     void this.queue
       .getJob(id)
       .then((job) => job?.promote())
-      .catch(() => undefined); // not delayed (already running, or finished): nothing to hurry
+      .catch(() => {
+        // Not delayed: running now. If it is about to sleep again, it is woken once it does.
+        if (this.early.size > 10_000) this.early.clear(); // ids of deliveries that ended elsewhere
+        this.early.add(id);
+      });
   }
 
   /**
@@ -217,9 +226,12 @@ export class CallbackDispatcher {
       // Not finished yet (woken by the sweep): sleep again without spending an attempt. The
       // notification wakes it earlier if it reaches this gateway.
       this.awaiting.add(data.jobId);
-      await job.moveToDelayed(Date.now() + this.options.sweepSeconds * 1000, token);
+      await job.moveToDelayed(Date.now() + sweepDelay(waited, this.options.sweepSeconds), token);
+      // The result's reply came while this looked (after the read, before the sleep): wake it now.
+      if (this.early.delete(data.jobId)) this.wake(data.jobId);
       throw new DelayedError();
     }
+    this.early.delete(data.jobId);
     const origin = new URL(data.url).origin;
     const inFlight = this.running.get(origin) ?? 0;
     if (inFlight >= Math.min(this.options.receiverConcurrency, this.options.concurrency)) {
@@ -324,7 +336,8 @@ export class CallbackDispatcher {
   private lifetimeMs(): number {
     const { inputTtlSeconds, resultTtlSeconds, maxAttempts, backoffMs, timeoutMs, sweepSeconds } = this.options;
     const retries = backoffMs * (2 ** Math.min(maxAttempts, 30) - 1) + maxAttempts * timeoutMs;
-    return (inputTtlSeconds + resultTtlSeconds + sweepSeconds) * 1000 + retries;
+    // The job's wait and result life, the longest sleep past them, then every try and backoff.
+    return (inputTtlSeconds + resultTtlSeconds + 10 * sweepSeconds) * 1000 + retries;
   }
 
   private reserveCommand(): Required<Pick<ReserveRedis, 'conveyorReserveCallback'>> {
@@ -343,6 +356,17 @@ export class CallbackDispatcher {
   private async write(jobId: string, state: CallbackState, ttlSeconds: number): Promise<void> {
     await this.redis.set(this.keys.callback(jobId), JSON.stringify(state), 'EX', ttlSeconds);
   }
+}
+
+/**
+ * How long a delivery whose job has no result sleeps before its next look, if no notification wakes
+ * it first: the sweep interval, growing with the wait so far up to ten intervals. Each look costs
+ * some forty Redis commands (BullMQ's moves included), so a long wait is looked at rarely; a lost
+ * notification delays a delivery by at most about its wait so far, and never more than ten intervals.
+ */
+export function sweepDelay(waitedMs: number, sweepSeconds: number): number {
+  const interval = sweepSeconds * 1000;
+  return Math.min(Math.max(interval, waitedMs), 10 * interval);
 }
 
 /**
