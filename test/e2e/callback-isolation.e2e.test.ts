@@ -303,3 +303,37 @@ describe('a delivery waiting for its job costs Redis nothing', function () {
     });
   }
 });
+
+describe('a lost result notification is made up by the sweep', function () {
+  this.timeout(180_000);
+  const prefix = randomPrefix('cb-sweep');
+  const secret = `whsec_${randomBytes(32).toString('base64')}`;
+  const env = { CALLBACK_SECRET: secret, URL_ALLOW_CIDRS: '127.0.0.1/32', CALLBACK_SWEEP_SECONDS: '1' };
+  let first: Gateway;
+  let second: Gateway | undefined;
+  let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
+  let receiver: CallbackReceiver;
+
+  before(async () => {
+    receiver = await startCallbackReceiver();
+    first = await startGateway(prefix, env);
+  });
+  afterEach(function () {
+    dumpLogsOnFailure(this, first, second, worker);
+  });
+  after(async () => {
+    await stopAll(second, worker);
+    await receiver.close();
+  });
+
+  it('delivers a callback whose accepting gateway died before the result, once', async () => {
+    // Accepted with no worker up; the gateway whose channel the reply will go to is killed.
+    const id = await accepted(first, receiver.url('/ok'));
+    await first.stop('SIGKILL');
+    second = await startGateway(prefix, env);
+    worker = await startWorker(prefix);
+    const state = await settled(second, id);
+    expect(state).to.include({ state: 'delivered', attempts: 1 });
+    expect(receiver.deliveries.filter((d) => d.body.includes(id))).to.have.length(1);
+  });
+});
