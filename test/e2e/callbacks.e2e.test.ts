@@ -88,6 +88,17 @@ describe('callbacks for asynchronous jobs', function () {
     expect(new Set(attempts.map((d) => d.headers['webhook-id']))).to.have.property('size', 1);
   });
 
+  it('does not follow a redirect: a 302 is a failed attempt, and the target never hears of it', async () => {
+    const id = await submit(receiver.url('/redirect'));
+    const state = await until('a judged attempt', async () => {
+      const s = await callbackOf(id);
+      return s && s.attempts >= 1 ? s : undefined;
+    });
+    expect(state).to.include({ lastStatus: 302 });
+    expect(state.state).to.not.equal('delivered');
+    expect(receiver.deliveries.filter((d) => d.path === '/ok' && d.body.includes(id))).to.have.length(0);
+  });
+
   it('refuses a literal address image URLs may not reach (127.0.0.2) at the request, queueing nothing', async () => {
     const before = receiver.deliveries.length;
     const reply = await request(`${gateway.url}/v1/predict`, {

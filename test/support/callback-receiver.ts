@@ -3,8 +3,8 @@ import { createGzip } from 'node:zlib';
 
 /**
  * A real HTTP server receiving callbacks in tests: it records every request, answers `/ok` with
- * 204, and `/flaky` with 500 the first time and 204 after. Listens on every interface, so that a
- * gateway that let 127.0.0.2 through would reach it.
+ * 204, `/flaky` with 500 the first time and 204 after, `/redirect` with a 302 to `/ok`. Listens on
+ * every interface, so that a gateway that let 127.0.0.2 through would reach it.
  *
  * Hostile answers, for the gateway's limits: `/huge` answers 200 with `hugeBytes` of body,
  * `/bomb` 200 with a gzip body that decodes to `hugeBytes` (a few hundred KB on the wire), both
@@ -77,6 +77,7 @@ export async function startCallbackReceiver(options: ReceiverOptions = {}): Prom
         res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(bomb);
         return;
       }
+      if (path === '/redirect') return void res.writeHead(302, { location: '/ok' }).end();
       const status = path === '/flaky' && count === 1 ? 500 : 204;
       res.writeHead(status).end();
     });
