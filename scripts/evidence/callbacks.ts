@@ -233,7 +233,7 @@ async function redisOps(redisUrl: string): Promise<void> {
   );
   const waiting = await rate();
   console.log(
-    `Redis commands/s: ${idle.toFixed(0)} idle, ${waiting.toFixed(0)} with ${WAITING} queued jobs waiting with callbacks (no worker)`,
+    `Redis commands/s over ${WINDOW_S} s: ${idle.toFixed(1)} idle, ${waiting.toFixed(1)} with ${WAITING} queued jobs waiting with callbacks (no worker)`,
   );
   redis.disconnect();
   await stop(g);

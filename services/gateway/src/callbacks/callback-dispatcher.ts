@@ -361,7 +361,7 @@ export class CallbackDispatcher {
 /**
  * How long a delivery whose job has no result sleeps before its next look, if no notification wakes
  * it first: the sweep interval, growing with the wait so far up to ten intervals. Each look costs
- * some forty Redis commands (BullMQ's moves included), so a long wait is looked at rarely; a lost
+ * some thirty Redis commands (BullMQ's moves included), so a long wait is looked at rarely; a lost
  * notification delays a delivery by at most about its wait so far, and never more than ten intervals.
  */
 export function sweepDelay(waitedMs: number, sweepSeconds: number): number {
