@@ -88,18 +88,29 @@ describe('callbacks for asynchronous jobs', function () {
     expect(new Set(attempts.map((d) => d.headers['webhook-id']))).to.have.property('size', 1);
   });
 
-  it('refuses an address image URLs may not reach (127.0.0.2), without a request; the result is still there', async () => {
-    const before = receiver.deliveries.length;
-    const id = await submit(receiver.url('/ok', '127.0.0.2'));
-    const state = await until('failed state', async () => {
+  it('does not follow a redirect: a 302 is a failed attempt, and the target never hears of it', async () => {
+    const id = await submit(receiver.url('/redirect'));
+    const state = await until('a judged attempt', async () => {
       const s = await callbackOf(id);
-      return s?.state === 'failed' ? s : undefined;
+      return s && s.attempts >= 1 ? s : undefined;
     });
-    expect(state.lastError).to.match(/private, loopback or link-local/);
-    expect(state.attempts).to.equal(1); // refused for good, not retried
+    expect(state).to.include({ lastStatus: 302 });
+    expect(state.state).to.not.equal('delivered');
+    expect(receiver.deliveries.filter((d) => d.path === '/ok' && d.body.includes(id))).to.have.length(0);
+  });
+
+  it('refuses a literal address image URLs may not reach (127.0.0.2) at the request, queueing nothing', async () => {
+    const before = receiver.deliveries.length;
+    const reply = await request(`${gateway.url}/v1/predict`, {
+      method: 'POST',
+      headers: { prefer: 'respond-async', 'callback-url': receiver.url('/ok', '127.0.0.2') },
+      body: uploadForm(seven),
+    });
+    expect(reply.status).to.equal(422);
+    expect(reply.body).to.include({ type: '/problems/url-not-allowed' });
+    expect(reply.body.detail).to.match(/private, loopback, link-local/);
     expect(receiver.deliveries.length).to.equal(before);
-    const job = await request(`${gateway.url}/v1/jobs/${id}`);
-    expect(job.body).to.include({ status: 'completed' });
+    // A name that resolves to such an address is refused at delivery: callback-isolation.e2e.
   });
 
   it('refuses a callback URL that is not http(s) before queueing anything', async () => {

@@ -152,6 +152,24 @@ export const GatewayConfig = z
     ),
     CALLBACK_TIMEOUT_MS: env.int(5000, 100, 60_000, 'Time a callback receiver has to answer one delivery'),
     CALLBACK_CONCURRENCY: env.int(8, 1, 256, 'Callback deliveries one gateway makes at once'),
+    CALLBACK_RECEIVER_CONCURRENCY: env.int(
+      2,
+      1,
+      256,
+      'Callback deliveries one gateway makes at once to one receiver (scheme, host and port); the others wait parked, holding no slot',
+    ),
+    CALLBACK_MAX_PENDING_PER_CLIENT: env.int(
+      1000,
+      1,
+      10_000_000,
+      'Callbacks one client (API key, or address when keys are off) may have pending, across gateways; beyond → 429',
+    ),
+    CALLBACK_SWEEP_SECONDS: env.int(
+      120,
+      1,
+      3600,
+      "First look for the result of a callback's unfinished job in case its notification was lost (it normally wakes the delivery), in seconds; later looks grow with the wait, up to ten times this",
+    ),
     SSE_MAX_CONNECTIONS: env.int(
       256,
       1,

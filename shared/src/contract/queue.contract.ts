@@ -63,6 +63,12 @@ export function keys(prefix: string) {
      * commit on, exactly as long as the result.
      */
     owner: (jobId: string) => `${prefix}:owner:${jobId}`,
+    /**
+     * Sorted set of the callbacks a client has pending (gateway callbacks): member the job id, score
+     * the time (ms) its delivery gives up at the latest, so a delivery that never settles stops
+     * counting by itself. `client` is an API key id (`key:<id>`) or an address (`ip:<address>`).
+     */
+    callbacksPending: (client: string) => `${prefix}:callbacks:pending:${client}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
@@ -387,6 +393,8 @@ export const CallbackJob = z.object({
   url: z.url(),
   /** The `webhook-id` of every attempt, so receivers can drop duplicates. */
   webhookId: z.string().min(1).max(64),
+  /** Whose pending callback this is (keys().callbacksPending), released when the delivery settles. */
+  client: z.string().min(1).max(200).optional(),
 });
 export type CallbackJob = z.infer<typeof CallbackJob>;
 

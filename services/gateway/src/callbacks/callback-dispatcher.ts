@@ -1,12 +1,12 @@
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
-import { got, RequestError } from 'got';
 import type { Redis } from '@conveyor/shared/redis';
 import { CallbackState, type CallbackPayload } from '@conveyor/shared/contract/api.contract';
 import { CallbackJob, JobResult, QUEUES, ReplyMessage, type Keys } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { ProblemError } from '@conveyor/shared/problem';
 import { filteringAgents, isAddressRefused } from '../intake/fetch-image.js';
-import { parseImageUrl } from '../intake/read-input.js';
+import { postCallback, type PostAgents } from './callback-post.js';
+import { parseCallbackUrl } from './callback-url.js';
 import { secretBytes, signWebhook } from './webhook-signature.js';
 
 /**
@@ -14,16 +14,24 @@ import { secretBytes, signWebhook } from './webhook-signature.js';
  * finished the result is POSTed there, signed as Standard Webhooks do, retried with exponential
  * backoff, and the delivery state is kept beside the result (`GET /v1/jobs/{id}` shows it).
  *
- * Each callback is a BullMQ job on its own queue, added before the inference job, so no finished
- * job can be missed: the delivery job reads the stored result and, while there is none, puts
- * itself back as delayed (without spending an attempt). The worker's reply on this gateway's
- * channel promotes it at once, so a delivery normally follows the result within a round trip; a
- * lost reply only delays it to the next poll. Deliveries never touch the result: polling works
- * whatever a receiver does.
+ * Each callback is a BullMQ job on its own queue, added (delayed) before the inference job, so no
+ * finished job can be missed. A delivery waiting for its job costs nothing: it sleeps as a delayed
+ * job until the worker's commit of the result notifies this gateway (the reply on its channel),
+ * which promotes it at once; a notification that was lost (this gateway restarted, say) is made up
+ * by a slow sweep: the delivery wakes every CALLBACK_SWEEP_SECONDS, looks for the result once and
+ * sleeps again. Deliveries never touch the result: polling works whatever a receiver does.
+ *
+ * Isolation: CALLBACK_CONCURRENCY deliveries at once per gateway, of which at most
+ * CALLBACK_RECEIVER_CONCURRENCY to one receiver (origin). A delivery for a receiver at its cap is
+ * parked (delayed again, no attempt spent, no slot held) and woken when one of that receiver's
+ * deliveries ends here, so one slow or dead receiver cannot hold the slots other receivers need. A
+ * client (API key or address) may have CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending; the next
+ * request naming one is a 429. A receiver's answer is judged by its status alone (callback-post.ts).
  *
  * Outgoing requests go through the image fetcher's filtering agents: a callback may reach exactly
  * the addresses an image URL may (public unicast, plus URL_ALLOW_CIDRS), checked at every delivery
- * on the address actually connected to (DNS rebinding included). Redirects are not followed.
+ * on the address actually connected to (DNS rebinding included); literal addresses are refused at
+ * the request already (callback-url.ts). Redirects are not followed.
  */
 export interface CallbackOptions {
   readonly secret: string | undefined;
@@ -31,6 +39,12 @@ export interface CallbackOptions {
   readonly backoffMs: number;
   readonly timeoutMs: number;
   readonly concurrency: number;
+  /** Deliveries at once to one origin (within `concurrency`). */
+  readonly receiverConcurrency: number;
+  /** Callbacks one client may have pending. */
+  readonly maxPendingPerClient: number;
+  /** How often a delivery whose job has no result looks again if no notification woke it. */
+  readonly sweepSeconds: number;
   readonly allowCidrs: readonly string[];
   /** How long a job may wait for a worker (INPUT_TTL_SECONDS): a callback gives up after that. */
   readonly inputTtlSeconds: number;
@@ -41,9 +55,18 @@ export class CallbackDispatcher {
   private readonly queue: Queue<CallbackJob>;
   private worker: Worker<CallbackJob> | undefined;
   private readonly secret: Buffer | undefined;
-  private readonly client;
+  private readonly agents: PostAgents;
   /** Jobs with a callback that this gateway scheduled and whose reply it may still receive. */
   private readonly awaiting = new Set<string>();
+  /**
+   * Jobs whose reply came while their delivery was awake (looking for the result, about to sleep
+   * again): it could not be promoted then, so it is as soon as it sleeps.
+   */
+  private readonly early = new Set<string>();
+  /** Deliveries in flight from this gateway, per receiver origin. */
+  private readonly running = new Map<string, number>();
+  /** Deliveries parked here because their origin was at its cap, oldest first, per origin. */
+  private readonly parked = new Map<string, string[]>();
 
   constructor(
     /** A connection for BullMQ (maxRetriesPerRequest: null); closed by the caller. */
@@ -57,14 +80,7 @@ export class CallbackDispatcher {
     this.queue = new Queue<CallbackJob>(QUEUES.callbacks, { connection, prefix });
     this.queue.on('error', (error) => log.warn({ err: error }, 'callback queue error'));
     this.secret = options.secret ? secretBytes(options.secret) : undefined;
-    this.client = got.extend({
-      agent: filteringAgents(options.allowCidrs),
-      timeout: { request: options.timeoutMs },
-      followRedirect: false,
-      retry: { limit: 0 },
-      throwHttpErrors: false,
-      headers: { 'user-agent': 'Conveyor callbacks' },
-    });
+    this.agents = filteringAgents(options.allowCidrs);
   }
 
   /** Takes deliveries from the queue, and promotes one as soon as its job's reply arrives on `subscriber`. */
@@ -83,31 +99,74 @@ export class CallbackDispatcher {
         return; // the result waiter reports malformed replies
       }
       if (!this.awaiting.delete(id)) return;
-      void this.queue
-        .getJob(id)
-        .then((job) => job?.promote())
-        .catch(() => undefined); // not delayed (already running): nothing to hurry
+      this.wake(id);
     });
   }
 
-  /** The callback URL a request names, checked as image URLs are (http/https, no credentials); undefined if none. */
-  parse(header: string): URL | undefined {
-    if (!header) return undefined;
+  /** Makes a sleeping (delayed) delivery runnable now; one already running or gone is left alone. */
+  private wake(id: string): void {
+    void this.queue
+      .getJob(id)
+      .then((job) => job?.promote())
+      .catch(() => {
+        // Not delayed: running now. If it is about to sleep again, it is woken once it does.
+        if (this.early.size > 10_000) this.early.clear(); // ids of deliveries that ended elsewhere
+        this.early.add(id);
+      });
+  }
+
+  /**
+   * The callback URL a request names (every value of its Callback-Url header), checked as image URLs
+   * are and its literal address judged now (callback-url.ts); undefined if none.
+   */
+  parse(values: readonly string[] | undefined): URL | undefined {
+    if (!values || values.every((v) => v === '')) return undefined;
     if (!this.secret) {
       throw new ProblemError('invalid-request', 'Callbacks are off on this gateway (no CALLBACK_SECRET is configured)');
     }
-    if (header.length > 2048) throw new ProblemError('invalid-request', 'The Callback-Url is longer than 2048 characters');
-    return parseImageUrl(header);
+    return parseCallbackUrl(values, this.options.allowCidrs);
   }
 
-  /** Before the job is queued: its delivery is waiting for it from now on. */
-  async schedule(jobId: string, url: URL, requestId: string): Promise<CallbackState> {
+  /**
+   * Counts a callback against its client's share (keys().callbacksPending), or refuses it with a
+   * 429. The member carries its own deadline, so a delivery that never settles (a gateway killed
+   * mid-way) stops counting when it would have given up anyway.
+   */
+  async reserve(client: string, jobId: string): Promise<void> {
+    const now = Date.now();
+    const admitted = await this.reserveCommand().conveyorReserveCallback(
+      this.keys.callbacksPending(client),
+      String(now),
+      String(now + this.lifetimeMs()),
+      jobId,
+      String(this.options.maxPendingPerClient),
+    );
+    if (admitted !== 1) {
+      throw new ProblemError(
+        'rate-limited',
+        `This client has ${this.options.maxPendingPerClient} callbacks pending, the most allowed; retry once some are delivered, or poll without a Callback-Url`,
+        { retryAfterSeconds: Math.max(1, Math.ceil(this.options.timeoutMs / 1000)), limit: this.options.maxPendingPerClient },
+      );
+    }
+  }
+
+  /** Before the job is queued: its delivery is waiting for it from now on (`reserve` first). */
+  async schedule(jobId: string, url: URL, requestId: string, client: string): Promise<CallbackState> {
     const state: CallbackState = { url: url.href, state: 'pending', attempts: 0, webhookId: `msg_${jobId}` };
     await this.write(jobId, state, this.options.inputTtlSeconds + this.options.resultTtlSeconds);
-    const data: CallbackJob = { kind: 'callback', version: 1, jobId, requestId, url: url.href, webhookId: state.webhookId };
+    const data: CallbackJob = {
+      kind: 'callback',
+      version: 1,
+      jobId,
+      requestId,
+      url: url.href,
+      webhookId: state.webhookId,
+      client,
+    };
     await this.queue.add('deliver', data, {
       jobId,
-      delay: 250,
+      // Asleep until the result's notification wakes it; the sweep is for a lost notification.
+      delay: this.options.sweepSeconds * 1000,
       attempts: this.options.maxAttempts,
       backoff: { type: 'exponential', delay: this.options.backoffMs },
       removeOnComplete: true,
@@ -117,10 +176,14 @@ export class CallbackDispatcher {
     return state;
   }
 
-  /** The job could not be queued after all: no delivery. */
-  async cancel(jobId: string): Promise<void> {
+  /** The job could not be queued after all: no delivery, and the client's share back. */
+  async cancel(jobId: string, client: string): Promise<void> {
     this.awaiting.delete(jobId);
-    await Promise.allSettled([this.queue.remove(jobId), this.redis.del(this.keys.callback(jobId))]);
+    await Promise.allSettled([
+      this.queue.remove(jobId),
+      this.redis.del(this.keys.callback(jobId)),
+      this.redis.zrem(this.keys.callbacksPending(client), jobId),
+    ]);
   }
 
   async state(jobId: string): Promise<CallbackState | undefined> {
@@ -157,13 +220,53 @@ export class CallbackDispatcher {
       const waited = Date.now() - job.timestamp;
       if (waited > (this.options.inputTtlSeconds + this.options.resultTtlSeconds) * 1000) {
         await this.update(data.jobId, { state: 'failed', lastError: 'the job never finished' }, this.options.resultTtlSeconds);
+        await this.release(data);
         throw new UnrecoverableError('the job never finished');
       }
-      // Not finished yet: wait again without spending an attempt (a reply promotes it earlier).
+      // Not finished yet (woken by the sweep): sleep again without spending an attempt. The
+      // notification wakes it earlier if it reaches this gateway.
       this.awaiting.add(data.jobId);
-      await job.moveToDelayed(Date.now() + pollDelay(waited), token);
+      await job.moveToDelayed(Date.now() + sweepDelay(waited, this.options.sweepSeconds), token);
+      // The result's reply came while this looked (after the read, before the sleep): wake it now.
+      if (this.early.delete(data.jobId)) this.wake(data.jobId);
       throw new DelayedError();
     }
+    this.early.delete(data.jobId);
+    const origin = new URL(data.url).origin;
+    const inFlight = this.running.get(origin) ?? 0;
+    if (inFlight >= Math.min(this.options.receiverConcurrency, this.options.concurrency)) {
+      // The receiver has its share of this gateway's slots: wait parked (no attempt spent, no slot
+      // held) until one of its deliveries ends here, or for the longest a try can last.
+      const queue = this.parked.get(origin) ?? [];
+      if (!queue.includes(data.jobId)) queue.push(data.jobId);
+      this.parked.set(origin, queue);
+      await job.moveToDelayed(Date.now() + this.options.timeoutMs + 1000, token);
+      throw new DelayedError();
+    }
+    this.unpark(origin, data.jobId);
+    this.running.set(origin, inFlight + 1);
+    try {
+      await this.attempt(job, data, raw, log);
+    } finally {
+      const left = (this.running.get(origin) ?? 1) - 1;
+      if (left > 0) this.running.set(origin, left);
+      else this.running.delete(origin);
+      const next = this.parked.get(origin)?.shift();
+      if (next !== undefined) this.wake(next);
+      if (this.parked.get(origin)?.length === 0) this.parked.delete(origin);
+    }
+  }
+
+  private unpark(origin: string, jobId: string): void {
+    const queue = this.parked.get(origin);
+    if (!queue) return;
+    const at = queue.indexOf(jobId);
+    if (at >= 0) queue.splice(at, 1);
+    if (queue.length === 0) this.parked.delete(origin);
+  }
+
+  /** One try: POST the signed result, judge the answer by its status alone. */
+  private async attempt(job: Job<CallbackJob>, data: CallbackJob, raw: string, log: Logger): Promise<void> {
     const result = JobResult.parse(JSON.parse(raw));
     const payload: CallbackPayload = {
       type: result.status === 'completed' ? 'job.completed' : 'job.failed',
@@ -176,25 +279,31 @@ export class CallbackDispatcher {
     const last = attempts >= (job.opts.attempts ?? 1);
     let status: number;
     try {
-      const response = await this.client.post(data.url, {
+      status = await postCallback(
+        new URL(data.url),
         body,
-        headers: {
+        {
           'content-type': 'application/json',
+          'user-agent': 'Conveyor callbacks',
           'webhook-id': data.webhookId,
           'webhook-timestamp': String(timestamp),
           'webhook-signature': signWebhook(this.secret!, data.webhookId, timestamp, body),
         },
-      });
-      status = response.statusCode;
+        this.agents,
+        this.options.timeoutMs,
+      );
     } catch (error) {
       if (isAddressRefused(error)) {
         const lastError = 'The URL resolves to a private, loopback or link-local address';
         await this.update(data.jobId, { state: 'failed', attempts, lastError }, this.options.resultTtlSeconds);
+        await this.release(data);
         log.warn({ url: data.url }, 'callback refused: the address is not allowed');
         throw new UnrecoverableError(lastError);
       }
-      const lastError = error instanceof RequestError ? `${error.code}: ${error.message}` : (error as Error).message;
+      const code = (error as NodeJS.ErrnoException).code;
+      const lastError = code ? `${code}: ${(error as Error).message}` : (error as Error).message;
       await this.update(data.jobId, { state: last ? 'failed' : 'pending', attempts, lastError }, this.options.resultTtlSeconds);
+      if (last) await this.release(data);
       log.info({ err: error, last }, 'callback delivery failed');
       throw error;
     }
@@ -204,6 +313,7 @@ export class CallbackDispatcher {
         { state: 'delivered', attempts, lastStatus: status, deliveredAt: new Date().toISOString() },
         this.options.resultTtlSeconds,
       );
+      await this.release(data);
       log.debug({ status }, 'callback delivered');
       return;
     }
@@ -212,8 +322,29 @@ export class CallbackDispatcher {
       { state: last ? 'failed' : 'pending', attempts, lastStatus: status, lastError: `the receiver answered HTTP ${status}` },
       this.options.resultTtlSeconds,
     );
+    if (last) await this.release(data);
     log.info({ status, last }, 'callback receiver refused the delivery');
     throw new Error(`the receiver answered HTTP ${status}`);
+  }
+
+  /** The delivery has settled (delivered, or failed for good): it no longer counts against its client. */
+  private async release(data: CallbackJob): Promise<void> {
+    if (data.client) await this.redis.zrem(this.keys.callbacksPending(data.client), data.jobId);
+  }
+
+  /** The longest a callback can stay pending: its job's wait and result life, then every try and backoff. */
+  private lifetimeMs(): number {
+    const { inputTtlSeconds, resultTtlSeconds, maxAttempts, backoffMs, timeoutMs, sweepSeconds } = this.options;
+    const retries = backoffMs * (2 ** Math.min(maxAttempts, 30) - 1) + maxAttempts * timeoutMs;
+    // The job's wait and result life, the longest sleep past them, then every try and backoff.
+    return (inputTtlSeconds + resultTtlSeconds + 10 * sweepSeconds) * 1000 + retries;
+  }
+
+  private reserveCommand(): Required<Pick<ReserveRedis, 'conveyorReserveCallback'>> {
+    const redis = this.redis as ReserveRedis;
+    // Defined on first use, on this connection only.
+    if (!redis.conveyorReserveCallback) redis.defineCommand('conveyorReserveCallback', { numberOfKeys: 1, lua: RESERVE });
+    return redis as Required<Pick<ReserveRedis, 'conveyorReserveCallback'>>;
   }
 
   private async update(jobId: string, change: Partial<CallbackState>, ttlSeconds: number): Promise<void> {
@@ -227,9 +358,30 @@ export class CallbackDispatcher {
   }
 }
 
-/** How long an unfinished job's delivery waits before looking again: soon at first, then less often. */
-function pollDelay(waitedMs: number): number {
-  if (waitedMs < 5_000) return 250;
-  if (waitedMs < 60_000) return 1_000;
-  return 10_000;
+/**
+ * How long a delivery whose job has no result sleeps before its next look, if no notification wakes
+ * it first: the sweep interval, growing with the wait so far up to ten intervals. Each look costs
+ * some thirty Redis commands (BullMQ's moves included), so a long wait is looked at rarely; a lost
+ * notification delays a delivery by at most about its wait so far, and never more than ten intervals.
+ */
+export function sweepDelay(waitedMs: number, sweepSeconds: number): number {
+  const interval = sweepSeconds * 1000;
+  return Math.min(Math.max(interval, waitedMs), 10 * interval);
 }
+
+/**
+ * KEYS[1] the client's pending set; ARGV now, the new member's deadline, job id, cap (all as
+ * strings). Drops members past their deadline, then adds the job if the client is under its cap.
+ * Returns 1 if added, 0 if refused. The key lives as long as its newest member.
+ */
+const RESERVE = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+`;
+
+type ReserveRedis = Redis & {
+  conveyorReserveCallback?: (key: string, now: string, deadline: string, jobId: string, cap: string) => Promise<number>;
+};

@@ -77,7 +77,9 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
     .meta({
       description:
         'Where to POST the finished job (result or error), signed as Standard Webhooks do (`webhook-id`, `webhook-timestamp`, ' +
-        '`webhook-signature`), retried with backoff; the same address rules as image URLs apply. Delivery state is on `GET /v1/jobs/{id}`.',
+        '`webhook-signature`), retried with backoff; the same address rules as image URLs apply (a refused literal address is a 422 at once). ' +
+        'Given at most once (twice: 400). A client with CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending is refused with a 429. ' +
+        "Only the status of the receiver's answer is read. Delivery state is on `GET /v1/jobs/{id}`.",
     });
   const predictBody = {
     required: true,

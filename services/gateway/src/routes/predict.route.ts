@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type Router from '@koa/router';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayConfig } from '../config.js';
+import { clientOf } from '../http/client-identity.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 import type { HttpMetrics, PredictMode } from '../http/metrics.js';
 import { parsePrefer } from '../http/prefer.js';
@@ -69,7 +70,8 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     let facts;
     let callbackUrl: URL | undefined;
     try {
-      callbackUrl = deps.callbacks.parse(ctx.get('callback-url'));
+      // Every line of the header: Node would join two into one "a, b" value.
+      callbackUrl = deps.callbacks.parse(ctx.req.headersDistinct['callback-url']);
       input = readPredictInput(ctx);
       bytes = input.kind === 'url' ? await deps.fetchImage(input.url) : input.bytes;
       facts = await inspectImage(bytes, {
@@ -91,9 +93,16 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
     // Registered before the job exists, so the reply cannot arrive before anyone listens.
     const ticket = prefer.respondAsync || prefer.waitSeconds === 0 ? undefined : deps.waiter.register(jobId);
     let callback: CallbackState | undefined;
+    // Whose share of pending callbacks this one counts against.
+    const client = clientOf(ctx);
+    let reserved = false;
     try {
-      // Scheduled first: the delivery waits for the job, so it cannot miss its end.
-      if (callbackUrl) callback = await deps.callbacks.schedule(jobId, callbackUrl, ctx.state.requestId);
+      if (callbackUrl) {
+        await deps.callbacks.reserve(client, jobId);
+        reserved = true;
+        // Scheduled first: the delivery waits for the job, so it cannot miss its end.
+        callback = await deps.callbacks.schedule(jobId, callbackUrl, ctx.state.requestId, client);
+      }
       await deps.submitter.submit({
         queue: ctx.state.queue!,
         model: ctx.state.model!,
@@ -114,7 +123,7 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
       ctx.state.reservation?.queued(bytes.length);
     } catch (error) {
       ticket?.cancel();
-      if (callback) await deps.callbacks.cancel(jobId);
+      if (reserved) await deps.callbacks.cancel(jobId, client);
       throw error;
     } finally {
       // The place reserved at admission is given back, and so is the upload budget (the bytes are
@@ -174,7 +183,7 @@ function admit(deps: PredictDeps, config: PredictDeps['config'], modelOf: (ctx: 
       const reserved = await deps.admission.admit(ctx.state.queue, randomUUID(), Math.min(bytes, config.MAX_UPLOAD_BYTES));
       if (deps.fair) {
         // After the reservation, which keeps the tenant's new place counted until its job is queued.
-        const tenant = ctx.state.tenant ?? { id: `ip:${ctx.ip}`, weight: 1 };
+        const tenant = ctx.state.tenant ?? { id: clientOf(ctx), weight: 1 };
         ctx.state.fairPlace = await deps.fair.place(ctx.state.queue, tenant, reserved.jobId).catch((error: unknown) => {
           reserved.release();
           throw error;
