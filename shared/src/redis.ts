@@ -248,6 +248,15 @@ export function isRedisUnavailable(error: unknown): boolean {
 }
 
 /**
+ * Whether Redis refused a write because it is at its `maxmemory` (with `noeviction`): the system is
+ * full for now, not broken — a transient condition, never a reason to fail a job for good.
+ */
+export function isRedisOutOfMemory(error: unknown): boolean {
+  const message = (error as { message?: unknown } | null)?.message;
+  return typeof message === 'string' && /^OOM |OOM command not allowed/.test(message);
+}
+
+/**
  * Logs connection errors the way people can read them during an outage: one warning when it
  * starts, a reminder every 30 s while it lasts (with how many attempts failed), instead of a line per
  * reconnect attempt. `restored()` logs the end of the outage. Other errors are not throttled.

@@ -73,8 +73,18 @@ export function keys(prefix: string) {
      */
     admissionReserved: (queue: string) =>
       queue === QUEUES.inference ? `${prefix}:admission:reservations` : `${prefix}:admission:reservations:${queue}`,
-    /** Bytes of images stored for queued jobs: raised at admission, lowered by the worker's result commit. */
-    queuedBytes: `${prefix}:admission:queued-bytes`,
+    /**
+     * The images admission counts, one field per job: job id → `<bytes> <job key prefix> <reservations
+     * key>`. Set at admission, corrected once the image is stored, removed by the job's result commit,
+     * by a request that failed, or by the gateways' reconciliation once the job no longer waits (removed
+     * by an operator, failed without a commit). Each job's bytes are given back once, by whoever removes
+     * its field, so the sum cannot drift from the jobs that exist. (The counter this replaced,
+     * `admission:queued-bytes`, fell only in the commit: a queue emptied from the dashboard kept its
+     * bytes counted for ever.)
+     */
+    queuedImages: `${prefix}:admission:queued-images`,
+    /** The sum of queuedImages' bytes, kept by the same scripts that change it (admission reads one key). */
+    queuedBytes: `${prefix}:admission:queued-images:bytes`,
     /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */
     apiKeys: `${prefix}:api-keys`,
     /** Hash `name@version` → JSON array of the model's labels, written by the workers serving it. */
