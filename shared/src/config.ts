@@ -169,7 +169,12 @@ export const logConfigShape = {
 };
 
 export const resultConfigShape = {
-  RESULT_TTL_SECONDS: env.int(3600, 1, 7 * 24 * 3600, 'How long a finished job (result or error) can be fetched, in seconds'),
+  RESULT_TTL_SECONDS: env.int(
+    600,
+    1,
+    7 * 24 * 3600,
+    'How long a finished job (result or error) can be fetched, and feedback given for it, in seconds. Redis holds ~0.9 KB per job for this long: at 400 jobs/s, 600 s is ~210 MB (docs/redis-memory.md)',
+  ),
   INPUT_TTL_SECONDS: env.int(
     24 * 3600,
     60,

@@ -4,12 +4,12 @@ import path from 'node:path';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { QUEUES, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
 import { heldOutDigits, scannedDigit } from '../support/images.js';
-import { pollUntilDone, pool, predict, type Reply } from '../support/http.js';
-import { randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
-import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { pollUntilDone, pool, predict, request, type Reply } from '../support/http.js';
+import { keysUnder, randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
+import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
 import { until } from '../support/wait.js';
 
 /** A few KB: a 280×280 JPEG scan of a held-out digit. */
@@ -150,5 +150,72 @@ describe('a full Redis', function () {
     expect(unhandled, JSON.stringify(unhandled[0])).to.have.length(0);
     const overloaded = gateway.records.filter((r) => r.msg === 'refused: Redis is full');
     expect(overloaded.every((r) => r.err === undefined && r.stack === undefined)).to.equal(true);
+  });
+});
+
+/**
+ * What a completed job leaves in Redis, by design: its result and the monitor's short record of
+ * its prediction, each with a TTL (RESULT_TTL_SECONDS, PREDICTION_TTL_SECONDS: 600 s by default), and
+ * nothing else under its id — its image deleted, its queued bytes given back, BullMQ's copy removed.
+ * Feedback joins without the monitor's record: the gateway sends the prediction with it. This is
+ * the structure docs/redis-memory.md multiplies by the rate: one more key per job, or a longer TTL,
+ * changes the arithmetic there (before: a 1 h result and a 24 h monitor record per job).
+ */
+describe('what a completed job keeps in Redis', function () {
+  this.timeout(90_000);
+  const prefix = randomPrefix('per-job');
+  let gateway: Gateway;
+  let worker: Awaited<ReturnType<typeof startWorker>>;
+  let monitor: Awaited<ReturnType<typeof startMonitor>>;
+  let redis: Redis;
+
+  before(async () => {
+    [gateway, worker, monitor] = await Promise.all([startGateway(prefix), startWorker(prefix), startMonitor(prefix)]);
+    redis = testRedis();
+  });
+  afterEach(function () {
+    dumpLogsOnFailure(this, gateway, worker, monitor);
+  });
+  after(async () => {
+    await stopAll(gateway, worker, monitor);
+    redis.disconnect();
+  });
+
+  it('keeps a result and a monitor record, each with a TTL of at most 600 s, and nothing else', async () => {
+    const reply = await predict(gateway.url, await scan(3));
+    expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
+    const id = String(reply.body.id);
+    const keys = keysOf(prefix);
+    const monitorRecord = `${prefix}:monitor:pred:${id}`;
+    await until('the monitor counted the prediction', async () => (await redis.exists(monitorRecord)) === 1);
+
+    const withId = (await keysUnder(redis, prefix)).filter((k) => k.includes(id));
+    expect(withId.sort()).to.deep.equal([monitorRecord, keys.result(id)].sort());
+    for (const key of withId) expect(await redis.ttl(key), key).to.be.within(1, 600);
+    expect(await redis.hexists(keys.queuedImages, id)).to.equal(0);
+    expect(Number((await redis.get(keys.queuedBytes)) ?? 0)).to.equal(0);
+    // The streams are bounded by length: BullMQ's events and the predictions (PREDICTION_STREAM_MAXLEN).
+    expect(await redis.type(keys.predictions)).to.equal('stream');
+  });
+
+  it('joins feedback to the prediction once the monitor no longer keeps its record', async () => {
+    const reply = await predict(gateway.url, await scan(4));
+    const id = String(reply.body.id);
+    const label = String((reply.body.prediction as { label: string }).label);
+    const monitorRecord = `${prefix}:monitor:pred:${id}`;
+    await until('the monitor counted the prediction', async () => (await redis.exists(monitorRecord)) === 1);
+    await redis.del(monitorRecord); // as if PREDICTION_TTL_SECONDS had passed
+    const quality = async () => {
+      const lists = (await keysUnder(redis, prefix)).filter((k) => k.startsWith(`${prefix}:monitor:quality:`));
+      return lists.length === 1 ? redis.llen(lists[0]!) : 0;
+    };
+    const before = await quality();
+    const feedback = await request(`${gateway.url}/v1/feedback`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ jobId: id, label }),
+    });
+    expect(feedback.status, JSON.stringify(feedback.body)).to.equal(202);
+    await until('the monitor joined the feedback', async () => (await quality()) === before + 1);
   });
 });

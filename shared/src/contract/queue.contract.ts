@@ -392,6 +392,19 @@ export const FeedbackEvent = z.object({
   label: z.string().min(1).max(64),
   at: z.iso.datetime(),
   requestId: RequestId,
+  /**
+   * The job's prediction, as its result (which the gateway read to accept the feedback) has it:
+   * the monitor joins feedback to it without keeping a record per prediction for as long as
+   * feedback may come. Added within version 1: absent from gateways that do not send it, and then
+   * the monitor joins to the record it kept (PREDICTION_TTL_SECONDS).
+   */
+  predicted: z
+    .object({
+      label: z.string(),
+      confidence: z.number().min(0).max(1),
+      model: z.object({ name: z.string(), version: z.string() }),
+    })
+    .optional(),
 });
 export type FeedbackEvent = z.infer<typeof FeedbackEvent>;
 
