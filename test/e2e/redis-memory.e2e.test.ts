@@ -201,7 +201,7 @@ describe('what a completed job keeps in Redis', function () {
   it('joins feedback to the prediction once the monitor no longer keeps its record', async () => {
     const reply = await predict(gateway.url, await scan(4));
     const id = String(reply.body.id);
-    const label = String((reply.body.prediction as { label: string }).label);
+    const { label } = reply.body.prediction as { label: string };
     const monitorRecord = `${prefix}:monitor:pred:${id}`;
     await until('the monitor counted the prediction', async () => (await redis.exists(monitorRecord)) === 1);
     await redis.del(monitorRecord); // as if PREDICTION_TTL_SECONDS had passed
