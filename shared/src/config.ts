@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ModelName } from './contract/queue.contract.js';
 import type { MlflowCredentials } from './mlflow/client.js';
-import { hashTag, parseRedisUrl } from './redis.js';
+import { hashTag, parseRedisUrl, redactUrl } from './redis.js';
 
 /**
  * Configuration is read from the environment once, at start-up, and validated against a zod schema.
@@ -22,24 +22,16 @@ export function loadConfig<S extends z.ZodType>(schema: S, env: Record<string, s
   const lines = parsed.error.issues.map((issue) => {
     const key = issue.path.join('.') || '(environment)';
     const value = typeof issue.path[0] === 'string' ? env[issue.path[0]] : undefined;
-    // The message goes to logs and terminals: a secret that fails validation is not printed.
+    // The message goes to logs and terminals: a secret that fails validation is not printed, nor a
+    // password in a URL — also in one no URL parser accepts (a Sentinel or Cluster host list, a bad port).
     const secret = typeof issue.path[0] === 'string' && SECRET_KEY.test(issue.path[0]);
-    const shown = value === undefined ? 'unset' : secret ? 'set, not shown' : JSON.stringify(withoutUrlPassword(value));
+    const shown = value === undefined ? 'unset' : secret ? 'set, not shown' : JSON.stringify(redactUrl(value));
     return `  ${key} (${shown}): ${issue.message}`;
   });
   throw new ConfigError(`Invalid configuration:\n${lines.join('\n')}`);
 }
 
 const SECRET_KEY = /(PASSWORD|SECRET|TOKEN)$/;
-
-/** `redis://:pw@host` → `redis://:***@host`; anything that is not a URL with a password, as it is. */
-function withoutUrlPassword(value: string): string {
-  if (!URL.canParse(value)) return value;
-  const url = new URL(value);
-  if (!url.password) return value;
-  url.password = '***';
-  return url.toString();
-}
 
 /** For entry points: a bad configuration is printed plainly (no stack trace) and the process exits 78 (EX_CONFIG). */
 export function loadConfigOrExit<S extends z.ZodType>(
@@ -177,7 +169,12 @@ export const logConfigShape = {
 };
 
 export const resultConfigShape = {
-  RESULT_TTL_SECONDS: env.int(3600, 1, 7 * 24 * 3600, 'How long a finished job (result or error) can be fetched, in seconds'),
+  RESULT_TTL_SECONDS: env.int(
+    600,
+    1,
+    7 * 24 * 3600,
+    'How long a finished job (result or error) can be fetched, and feedback given for it, in seconds. Redis holds ~0.9 KB per job for this long: at 400 jobs/s, 600 s is ~210 MB (docs/redis-memory.md)',
+  ),
   INPUT_TTL_SECONDS: env.int(
     24 * 3600,
     60,

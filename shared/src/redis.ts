@@ -66,7 +66,7 @@ export function parseRedisUrl(url: string): RedisTarget {
   const userinfo = at >= 0 ? beforeQuery.slice(0, at) : '';
   const [hostList = '', ...pathParts] = beforeQuery.slice(at + 1).split('/');
   const credentials = parseUserinfo(userinfo);
-  const hosts = hostList.split(',').map(parseHostPort);
+  const hosts = hostList.split(',').map((part, i, all) => parseHostPort(part, i, all));
   const params = new URLSearchParams(query);
   if (mode === 'cluster') {
     if (pathParts.some((p) => p !== '')) throw new Error('a cluster URL has no path (Redis Cluster has only database 0)');
@@ -96,12 +96,35 @@ function parseUserinfo(userinfo: string): { username?: string; password?: string
   return { ...(username ? { username } : {}), ...(password ? { password } : {}) };
 }
 
-function parseHostPort(part: string): HostPort {
+function parseHostPort(part: string, index: number, all: readonly string[]): HostPort {
   // host:port, or [v6]:port
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+)):(\d{1,5})$/.exec(part);
   const port = Number(match?.[3]);
-  if (!match || port < 1 || port > 65_535) throw new Error(`"${part}" is not host:port`);
+  // The part is not quoted: in a malformed URL it may hold the password (a '?' or '/' in it moves
+  // where the hosts seem to start). The configuration error shows the whole URL, redacted.
+  if (!match || port < 1 || port > 65_535)
+    throw new Error(`host ${index + 1} of ${all.length} is not host:port (a port from 1 to 65535)`);
   return { host: match[1] ?? match[2] ?? '', port };
+}
+
+/**
+ * REDIS_URL (or any URL-like value) without its secrets, for messages and logs: the userinfo's
+ * password — everything between the scheme and the last `@`, whatever it holds, since a malformed
+ * URL cannot be trusted to split where a parser would — and every query parameter whose name says
+ * password. Works on strings no URL parser accepts (several hosts, bad ports, garbage): those are
+ * exactly the ones printed in an error. `redis://app:pw@h:1` → `redis://app:***@h:1`.
+ */
+export function redactUrl(value: string): string {
+  const withoutQuerySecrets = value.replace(/([?&][^=&#]*(?:password|secret|token)[^=&#]*=)[^&#]*/gi, '$1***');
+  const at = withoutQuerySecrets.lastIndexOf('@');
+  if (at < 0) return withoutQuerySecrets;
+  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(withoutQuerySecrets)?.[0] ?? '';
+  const userinfo = withoutQuerySecrets.slice(scheme.length, at);
+  const colon = userinfo.indexOf(':');
+  const user = colon >= 0 ? userinfo.slice(0, colon) : '';
+  // A user name is shown when it plainly is one; anything odder may be a password that lost its colon.
+  const shownUser = /^[A-Za-z0-9._-]*$/.test(user) ? user : '***';
+  return `${scheme}${colon >= 0 ? `${shownUser}:` : ''}***${withoutQuerySecrets.slice(at)}`;
 }
 
 /**
@@ -222,6 +245,15 @@ export function isRedisUnavailable(error: unknown): boolean {
   if (typeof error !== 'object' || error === null) return false;
   const { code, message } = error as { code?: unknown; message?: unknown };
   return UNAVAILABLE.test(`${typeof code === 'string' ? code : ''} ${typeof message === 'string' ? message : ''}`);
+}
+
+/**
+ * Whether Redis refused a write because it is at its `maxmemory` (with `noeviction`): the system is
+ * full for now, not broken — a transient condition, never a reason to fail a job for good.
+ */
+export function isRedisOutOfMemory(error: unknown): boolean {
+  const message = (error as { message?: unknown } | null)?.message;
+  return typeof message === 'string' && /^OOM |OOM command not allowed/.test(message);
 }
 
 /**

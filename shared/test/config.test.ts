@@ -61,7 +61,7 @@ describe('config', () => {
       return '';
     })();
     expect(message).to.contain('DASHBOARD_PASSWORD (set, not shown)');
-    expect(message).to.contain('REDIS_URL ("http://:***@x/")');
+    expect(message).to.contain('REDIS_URL ("http://:***@x")');
     expect(message).not.to.match(/hunter2|s3cret/);
   });
 

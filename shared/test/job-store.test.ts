@@ -28,7 +28,7 @@ describe('job store (real Redis)', () => {
     expect(taken.finished ? undefined : taken.bytes).to.deep.equal(image);
 
     const result = completedResult(id);
-    const options = { inputBytes: image.length, queue: 'inference' };
+    const options = { queue: 'inference' };
     expect(await store.commit(result, options)).to.equal('published');
     expect(await store.commit({ ...result, worker: 'late' }, options)).to.equal('already-published');
     expect((await store.readResult(id))?.worker).to.equal('w');
@@ -39,13 +39,13 @@ describe('job store (real Redis)', () => {
   it('refuses a commit from an attempt that no longer holds the lock', async () => {
     const id = randomUUID();
     await redis.set(keys.jobLock('inference', id), 'the-new-owner', 'EX', 60);
-    expect(await store.commit(completedResult(id), { inputBytes: 1, queue: 'inference', token: 'mine' })).to.equal('lock-lost');
+    expect(await store.commit(completedResult(id), { queue: 'inference', token: 'mine' })).to.equal('lock-lost');
     expect(await store.readResult(id)).to.equal(undefined);
   });
 
   it('reads many results in order, undefined for the missing', async () => {
     const [a, b] = [randomUUID(), randomUUID()];
-    await store.commit(completedResult(a), { inputBytes: 1, queue: 'inference' });
+    await store.commit(completedResult(a), { queue: 'inference' });
     const results = await store.readResults([a, b]);
     expect(results.map((r) => r?.id)).to.deep.equal([a, undefined]);
   });
@@ -67,9 +67,7 @@ describe('job store (real Redis)', () => {
   it('cannot commit when built without a stream length (a gateway never commits)', async () => {
     const gatewaySide = new JobStore(redis, keys, { resultTtlSeconds: 60 });
     let error: unknown;
-    await gatewaySide
-      .commit(completedResult(randomUUID()), { inputBytes: 1, queue: 'inference' })
-      .catch((e: unknown) => (error = e));
+    await gatewaySide.commit(completedResult(randomUUID()), { queue: 'inference' }).catch((e: unknown) => (error = e));
     expect(error).to.be.instanceOf(Error);
   });
 });

@@ -80,7 +80,11 @@ describe('admission', function () {
       expect(refused.status).to.equal(503);
       expect(refused.body.detail).to.match(/Queued images hold \d+ bytes/);
       worker = await startWorker(bytesPrefix);
-      const retried = await predict(gateway.url, scan);
+      // Admitted again once the worker has taken the queued images (it may not have the instant it is ready).
+      const retried = await until('admitted again', async () => {
+        const reply = await predict(gateway.url, scan);
+        return reply.status === 503 && /Queued images/.test(String(reply.body.detail)) ? undefined : reply;
+      });
       expect(retried.status, JSON.stringify(retried.body)).to.equal(200);
       // Every reservation is given back and every stored image taken off: once the queue is empty,
       // the count of queued bytes is zero again.

@@ -29,6 +29,18 @@ export const GatewayConfig = z
       1024 * 1024 * 1024 * 1024,
       'Bytes of images waiting in Redis for a worker, across all gateways; beyond → 503 + Retry-After',
     ),
+    ADMISSION_MEMORY_FRACTION: env.number(
+      0.9,
+      0.1,
+      1,
+      "Fraction of Redis's maxmemory (from INFO memory, read at most every 500 ms) above which new jobs are refused with 503 + Retry-After, keeping the rest for accepted jobs to finish; 1 = only Redis's own refusal; no effect when maxmemory is 0",
+    ),
+    RECONCILE_INTERVAL_MS: env.int(
+      10_000,
+      1000,
+      3_600_000,
+      'How often (ms) a gateway gives back the queued bytes of jobs that left the queue without a result (removed from the dashboard, failed without a commit) and deletes their images',
+    ),
     MAX_INFLIGHT_UPLOAD_BYTES: env.int(
       64 * 1024 * 1024,
       1024,

@@ -14,6 +14,7 @@ import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
 import { FairQueue } from './jobs/fair-queue.js';
+import { MemoryGuard } from './jobs/memory-guard.js';
 import { UploadBudget } from './intake/upload-guard.js';
 import { createAccess } from './access/access.middleware.js';
 import { ApiKeyStore } from './access/api-keys.js';
@@ -73,8 +74,10 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   for (const model of catalogue.known()) queues.get(model);
   const admission = new Admission(
     redis,
-    { reserved: keys.admissionReserved, queuedBytes: keys.queuedBytes },
+    { reserved: keys.admissionReserved, queuedImages: keys.queuedImages, queuedBytes: keys.queuedBytes, input: keys.input },
     { maxDepth: config.MAX_QUEUE_DEPTH, maxQueuedBytes: config.MAX_QUEUED_BYTES },
+    undefined,
+    new MemoryGuard(redis, config.ADMISSION_MEMORY_FRACTION),
   );
   const uploadBudget = new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES, config.MAX_INFLIGHT_UPLOAD_BYTES_PER_CLIENT);
   // Made before the server, so that the metrics can read it; attached to the server below.
@@ -88,6 +91,19 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     // (metrics is made just below; a refusal can only happen once the server listens)
     (reason) => metrics.connectionsRefused.inc({ reason }),
   );
+  // Jobs removed from BullMQ without a commit give their bytes (and images) back here; every gateway
+  // runs it, which is harmless (each job's field is removed once).
+  const reconciler = setInterval(
+    () =>
+      void admission
+        .reconcile()
+        .then(({ jobs, bytes }) => {
+          if (jobs > 0) log.info({ jobs, bytes }, 'gave back the queued bytes of jobs that left the queue without a result');
+        })
+        .catch((error: unknown) => log.debug({ err: error }, 'queued-bytes reconciliation failed; retried on the next tick')),
+    config.RECONCILE_INTERVAL_MS,
+  );
+  reconciler.unref();
   const metrics = new HttpMetrics({
     uploadBytes: () => uploadBudget.bytes,
     connections: () => connections.open,
@@ -243,7 +259,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         connections.close();
       },
     },
-    { name: 'queues', run: () => queues.close() },
+    {
+      name: 'queues',
+      run: () => {
+        clearInterval(reconciler);
+        return queues.close();
+      },
+    },
     { name: 'callbacks', run: () => callbacks.close() },
     {
       name: 'redis',

@@ -9,11 +9,12 @@ import {
   type ModelName,
   type ModelRef,
 } from '@conveyor/shared/contract/queue.contract';
-import type { JobStore } from '@conveyor/shared/contract/job-store';
+import type { CommitOutcome, JobStore } from '@conveyor/shared/contract/job-store';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify } from '@conveyor/shared/model/runtime';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
+import { isRedisOutOfMemory } from '@conveyor/shared/redis';
 import type { JobCounts } from './job-counts.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost, ModelLease } from './model/model-host.js';
@@ -198,10 +199,12 @@ async function commitCompleted(
   embedding: number[] | undefined,
   report: Report,
 ): Promise<InferenceJobReturn> {
-  const outcome = await deps.jobs.commit(result, {
-    ...commitTarget(deps, run),
-    event: predictionEvent(result, deps.model, embedding),
-  });
+  const outcome = await commitWhenRoom(run, () =>
+    deps.jobs.commit(result, {
+      ...commitTarget(deps, run),
+      event: predictionEvent(result, deps.model, embedding),
+    }),
+  );
   if (outcome !== 'published') {
     // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
     run.log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');
@@ -231,6 +234,13 @@ async function failAttempt(
     report('handed_back');
     throw error;
   }
+  if (error instanceof RedisFullError) {
+    // Nothing is wrong with the job: it is not failed (not even on its last attempt), its image is
+    // kept, and its lock lapses into BullMQ's stalled-job recovery if it cannot be handed back.
+    report('failed_transient');
+    run.log.warn('Redis stayed full until shutdown; the job is left for another attempt');
+    throw error;
+  }
   const problem = error instanceof ProblemError ? error : undefined;
   const permanent = problem?.permanent ?? false;
   const lastAttempt = run.number >= (run.job.opts.attempts ?? 1);
@@ -244,7 +254,8 @@ async function failAttempt(
       model: modelRef,
       error: problemBody(failure),
     };
-    if ((await deps.jobs.commit(result, commitTarget(deps, run))) === 'published') deps.counts.committedFailed();
+    if ((await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)))) === 'published')
+      deps.counts.committedFailed();
   }
   if (problem && permanent) {
     run.log.info({ problem: problem.slug, detail: problem.detail }, 'rejected input');
@@ -252,6 +263,51 @@ async function failAttempt(
   }
   run.log.warn({ err: error, lastAttempt }, 'job failed; BullMQ retries it unless this was the last attempt');
   throw error;
+}
+
+/** A commit refused by a full Redis outlasted the attempt (the worker is shutting down). */
+class RedisFullError extends Error {
+  override readonly name = 'RedisFullError';
+}
+
+/** The longest wait between two tries of a commit that a full Redis refused. */
+const FULL_RETRY_MAX_MS = 5000;
+
+/**
+ * Commits once Redis has room. A Redis at its maxmemory (noeviction) refuses the commit (atomically:
+ * see COMMIT in job-store.ts); that is the system being full, not the job failing, so the attempt
+ * waits and tries again instead of spending the job's attempts (three tries 250 ms apart used to
+ * fail accepted jobs for good, with Redis's own message as their error). The image stays stored
+ * until a commit succeeds. While waiting, BullMQ keeps renewing the lock if it can; if it cannot, the
+ * job goes back to the queue by stalled-job recovery and this attempt's commit reports 'lock-lost'.
+ * A shutdown ends the wait: the job is handed back (or left to that recovery).
+ */
+async function commitWhenRoom(run: Attempt, commit: () => Promise<CommitOutcome>): Promise<CommitOutcome> {
+  for (let waitMs = 100, tries = 1; ; waitMs = Math.min(waitMs * 2, FULL_RETRY_MAX_MS), tries++) {
+    try {
+      return await commit();
+    } catch (error) {
+      if (!isRedisOutOfMemory(error)) throw error;
+      if (tries === 1) run.log.warn('Redis is full: the result waits for room to be committed (the job is kept)');
+      if (run.signal?.aborted) {
+        try {
+          await handBackIfCancelled(run);
+        } catch (handBack) {
+          if (handBack instanceof WaitingError) throw handBack;
+        }
+        throw new RedisFullError('Redis is full', { cause: error });
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, waitMs);
+        run.signal?.addEventListener('abort', done, { once: true });
+        function done() {
+          clearTimeout(timer);
+          run.signal?.removeEventListener('abort', done);
+          resolve();
+        }
+      });
+    }
+  }
 }
 
 /** The fields every result of this attempt has, completed or failed. */
@@ -267,7 +323,7 @@ function resultBase(deps: ProcessorDeps, run: Attempt) {
 
 /** Where a commit goes and who is told: the waiting gateway, the lock held, the bytes to release. */
 function commitTarget(deps: ProcessorDeps, run: Attempt) {
-  return { replyTo: run.data.replyTo, token: run.token, inputBytes: run.data.input.bytes, queue: deps.queue };
+  return { replyTo: run.data.replyTo, token: run.token, queue: deps.queue };
 }
 
 function queueMs(run: Attempt): number {

@@ -100,7 +100,12 @@ const MonitorFields = z.object({
     3_600_000,
     'Events pending this long with a dead consumer are reclaimed by another monitor',
   ),
-  PREDICTION_TTL_SECONDS: env.int(86_400, 60, 30 * 86_400, 'How long a prediction is kept to join late feedback to it'),
+  PREDICTION_TTL_SECONDS: env.int(
+    600,
+    60,
+    30 * 86_400,
+    "How long the monitor keeps its record of each prediction (one key per job): it counts a redelivered event once, and joins feedback from gateways that do not send the prediction with it. Keep it above CLAIM_IDLE_MS × 5 deliveries; feedback itself may come as long as the job's result is kept (RESULT_TTL_SECONDS)",
+  ),
   SHUTDOWN_BUDGET_MS: env.int(10_000, 100, 300_000, 'On SIGTERM, time allowed to finish the batch in hand'),
 });
 // Cross-field rules (user and password together, no credentials in the URL) need the whole object.

@@ -1,4 +1,4 @@
-import { servingName } from '@conveyor/shared/contract/queue.contract';
+import { servingName, type ModelRef } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { AlertPolicy } from './alerts/alert-state.js';
 import type { AlertSink } from './alerts/alert-sink.js';
@@ -96,14 +96,21 @@ export class Monitor {
   async handleFeedback(entry: StreamEntry): Promise<Outcome> {
     const feedback = parseFeedback(entry, this.log);
     if (!feedback) return 'ack';
-    const prediction = await this.store.prediction(feedback.jobId);
+    // The record kept of the prediction (for PREDICTION_TTL_SECONDS) names the model exactly; after
+    // that, the prediction the gateway put in the feedback event (any feedback within the result's
+    // lifetime) is joined to the serving name that counted that model version.
+    const stored = await this.store.prediction(feedback.jobId);
+    const prediction = stored ?? feedback.predicted;
     if (!prediction) {
       // The prediction event may simply not be processed yet: try again later (bounded by maxDeliveries).
       this.log.debug({ jobId: feedback.jobId, deliveries: entry.deliveries }, 'feedback before its prediction; retrying later');
       return 'retry';
     }
     // A prediction stored by a monitor of the release before several models has no serving name.
-    const model: TrackedModel = { name: servingName(prediction), model: prediction.model };
+    const model: TrackedModel = {
+      name: stored ? servingName(stored) : await this.servingNameOf(prediction.model),
+      model: prediction.model,
+    };
     const added = await this.store.appendLabel(
       entry.id,
       model,
@@ -118,6 +125,12 @@ export class Monitor {
     this.counts.feedback++;
     await this.store.withLock(model, LOCK_MS, () => this.judgeQuality(model));
     return 'ack';
+  }
+
+  /** The serving name under which a model version's predictions were counted (its own name if none was). */
+  private async servingNameOf(ref: ModelRef): Promise<string> {
+    const tracked = (await this.store.models()).find((m) => m.model.name === ref.name && m.model.version === ref.version);
+    return tracked?.name ?? ref.name;
   }
 
   /** Evaluates closed windows, each model version's in order, each under that version's lock. */

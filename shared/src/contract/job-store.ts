@@ -18,8 +18,6 @@ export interface CommitOptions {
   readonly event?: PredictionEvent | undefined;
   /** The BullMQ lock token of the attempt committing (without one, only the result is checked). */
   readonly token?: string | undefined;
-  /** The size of the job's image, taken off the gateways' queued-bytes count (once per job). */
-  readonly inputBytes: number;
   /** The queue the job is on (its lock lives under the queue's name). */
   readonly queue: string;
 }
@@ -36,8 +34,9 @@ const FEEDBACK_STREAM_MAXLEN = 100_000;
 
 /**
  * Commits a finished job at most once, in one Lua call: the result record (with its TTL), the
- * deletion of the input image, the prediction event for the monitor, and the notification to the
- * waiting gateway — only if no result exists yet and this attempt still holds the job's lock.
+ * deletion of the input image, the release of its bytes from admission's count, the prediction event
+ * for the monitor, and the notification to the waiting gateway — only if no result exists yet and
+ * this attempt still holds the job's lock.
  *
  * Why both checks: a worker frozen past its lock (a long GC pause, a VM freeze, a throttled
  * container; measured: SIGSTOP for 50 s) comes back to find that another worker took the job over
@@ -46,17 +45,25 @@ const FEEDBACK_STREAM_MAXLEN = 100_000;
  *
  * The job's owner (when keys are required) is kept from then on exactly as long as its result.
  *
- * KEYS: result, input, predictions stream, job lock, queued-bytes counter, owner. ARGV: token ('' = no lock
- * check), result JSON, TTL (s), event JSON ('' = none), stream max length, reply channel ('' = none),
- * reply JSON, the job's image size (taken off the gateways' queued-bytes count, once per job).
+ * The shebang makes the script a flagged one (Redis 7): a Redis at its maxmemory refuses it before
+ * its first command, never half-way through. Without it, Redis checks memory at each write, and a
+ * commit could store the result and then be refused the rest (the event, the reply, the bytes).
+ *
+ * KEYS: result, input, predictions stream, job lock, queued images (hash), their byte sum, owner.
+ * ARGV: token ('' = no lock check), result JSON, TTL (s), event JSON ('' = none), stream max length,
+ * reply channel ('' = none), reply JSON, the job id (its field in the queued images).
  */
-const COMMIT = `
+const COMMIT = `#!lua
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('EXPIRE', KEYS[6], ARGV[3])
+redis.call('EXPIRE', KEYS[7], ARGV[3])
 redis.call('DEL', KEYS[2])
-if redis.call('DECRBY', KEYS[5], ARGV[8]) < 0 then redis.call('SET', KEYS[5], 0) end
+local held = redis.call('HGET', KEYS[5], ARGV[8])
+if held then
+  redis.call('HDEL', KEYS[5], ARGV[8])
+  if redis.call('DECRBY', KEYS[6], tonumber(string.match(held, '^%d+')) or 0) < 0 then redis.call('SET', KEYS[6], 0) end
+end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4]) end
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 return 1`;
@@ -67,6 +74,7 @@ type CommitRedis = Redis & {
     input: string,
     stream: string,
     lock: string,
+    queuedImages: string,
     queuedBytes: string,
     owner: string,
     token: string,
@@ -76,7 +84,7 @@ type CommitRedis = Redis & {
     maxLen: number,
     channel: string,
     replyJson: string,
-    inputBytes: number,
+    jobId: string,
   ): Promise<number>;
 };
 
@@ -173,13 +181,14 @@ export class JobStore {
 
   /** Commits a finished job at most once (see COMMIT): result, input deletion, event, reply. */
   async commit(result: JobResult, options: CommitOptions): Promise<CommitOutcome> {
-    const { replyTo, event, token, inputBytes, queue } = options;
+    const { replyTo, event, token, queue } = options;
     const reply: ReplyMessage | undefined = replyTo ? { kind: 'job-finished', version: 1, result } : undefined;
     const code = await this.commitCommand().conveyorCommitResult(
       this.keys.result(result.id),
       this.keys.input(result.id),
       this.keys.predictions,
       this.keys.jobLock(queue, result.id),
+      this.keys.queuedImages,
       this.keys.queuedBytes,
       this.keys.owner(result.id),
       token ?? '',
@@ -189,7 +198,7 @@ export class JobStore {
       this.streamMaxLen(),
       replyTo ? this.keys.replies(replyTo) : '',
       reply ? JSON.stringify(reply) : '',
-      inputBytes,
+      result.id,
     );
     return code === 1 ? 'published' : code === 0 ? 'already-published' : 'lock-lost';
   }
@@ -204,7 +213,7 @@ export class JobStore {
     const redis = this.redis as Partial<CommitRedis> & Redis;
     // Defined on first use, on this connection only: gateways never commit.
     if (typeof redis.conveyorCommitResult !== 'function') {
-      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 6, lua: COMMIT });
+      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 7, lua: COMMIT });
     }
     return redis as CommitRedis;
   }

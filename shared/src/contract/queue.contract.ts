@@ -96,8 +96,18 @@ export function keys(prefix: string) {
      * virtual start time), pruned from the bottom once those jobs have left the queue.
      */
     fairPlaces: (queue: string, tenant: string) => `${prefix}:fair:${queue}:places:${tenant}`,
-    /** Bytes of images stored for queued jobs: raised at admission, lowered by the worker's result commit. */
-    queuedBytes: `${prefix}:admission:queued-bytes`,
+    /**
+     * The images admission counts, one field per job: job id → `<bytes> <job key prefix> <reservations
+     * key>`. Set at admission, corrected once the image is stored, removed by the job's result commit,
+     * by a request that failed, or by the gateways' reconciliation once the job no longer waits (removed
+     * by an operator, failed without a commit). Each job's bytes are given back once, by whoever removes
+     * its field, so the sum cannot drift from the jobs that exist. (The counter this replaced,
+     * `admission:queued-bytes`, fell only in the commit: a queue emptied from the dashboard kept its
+     * bytes counted for ever.)
+     */
+    queuedImages: `${prefix}:admission:queued-images`,
+    /** The sum of queuedImages' bytes, kept by the same scripts that change it (admission reads one key). */
+    queuedBytes: `${prefix}:admission:queued-images:bytes`,
     /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */
     apiKeys: `${prefix}:api-keys`,
     /** Hash `name@version` → JSON array of the model's labels, written by the workers serving it. */
@@ -407,6 +417,19 @@ export const FeedbackEvent = z.object({
   label: z.string().min(1).max(64),
   at: z.iso.datetime(),
   requestId: RequestId,
+  /**
+   * The job's prediction, as its result (which the gateway read to accept the feedback) has it:
+   * the monitor joins feedback to it without keeping a record per prediction for as long as
+   * feedback may come. Added within version 1: absent from gateways that do not send it, and then
+   * the monitor joins to the record it kept (PREDICTION_TTL_SECONDS).
+   */
+  predicted: z
+    .object({
+      label: z.string(),
+      confidence: z.number().min(0).max(1),
+      model: z.object({ name: z.string(), version: z.string() }),
+    })
+    .optional(),
 });
 export type FeedbackEvent = z.infer<typeof FeedbackEvent>;
 

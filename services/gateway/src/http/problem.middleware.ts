@@ -1,6 +1,7 @@
 import type { Middleware } from 'koa';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
-import { isRedisUnavailable } from '@conveyor/shared/redis';
+import { isRedisOutOfMemory, isRedisUnavailable } from '@conveyor/shared/redis';
+import { storeFullProblem } from '../jobs/memory-guard.js';
 import type { GatewayContext, GatewayState } from './context.js';
 
 /**
@@ -35,8 +36,11 @@ export function problemMiddleware(): Middleware<GatewayState> {
         return;
       }
       const problem = toProblem(error);
-      // A Redis outage is reported once by the connections themselves, not by every request it fails.
-      if (problem.status >= 500 && !(error instanceof ProblemError) && !isRedisUnavailable(error)) {
+      if (isRedisOutOfMemory(error)) {
+        // A refusal, as designed (the memory guard caught most before Redis had to): one line, no stack.
+        ctx.state.log.warn({ problem: problem.slug }, 'refused: Redis is full');
+      } else if (problem.status >= 500 && !(error instanceof ProblemError) && !isRedisUnavailable(error)) {
+        // A Redis outage is reported once by the connections themselves, not by every request it fails.
         ctx.state.log.error({ err: error }, 'unhandled error');
       }
       sendProblem(ctx, problem);
@@ -93,9 +97,7 @@ export function toProblem(error: unknown): ProblemError {
   if (status !== undefined && status >= 400 && status < 500)
     return new ProblemError('invalid-request', cleanParserMessage(message));
   // Redis at its maxmemory with noeviction refuses writes: the system is full, not broken.
-  if (/OOM command not allowed/.test(message)) {
-    return new ProblemError('overloaded', 'The queue store is full; retry later', { retryAfterSeconds: 5 });
-  }
+  if (isRedisOutOfMemory(error)) return storeFullProblem();
   if (isRedisUnavailable(error)) {
     return new ProblemError('not-ready', 'The queue is unavailable; retry shortly', { retryAfterSeconds: 2 });
   }

@@ -32,14 +32,17 @@ export interface Reservation {
 }
 
 // Admission counts bytes as well as jobs: images wait in Redis, and 100 async uploads of 3 MB with
-// no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). The queued-bytes counter
-// rises by what a request reserves (its declared length, corrected once the image is stored) and
-// falls when a worker commits the job's result (JobStore.commit, shared/src/contract/job-store.ts), once per job.
+// no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). Each admitted job holds
+// its bytes under its own id (keys().queuedImages, with their sum beside it): a request reserves
+// its declared length, corrected once the image is stored; the worker's result commit
+// (JobStore.commit, shared/src/contract/job-store.ts) removes the job's field, and so does
+// reconcile() once a job left BullMQ without a commit. Whoever removes the field gives its bytes
+// back, so each job's bytes are given back exactly once and the sum cannot drift.
 //
 // The scan over the reservations is bounded by the requests being admitted at that moment (each
 // gateway holds at most MAX_CONNECTIONS), not by the queue. The job hashes are read by name, as
 // BullMQ's own scripts do: the whole queue lives under one prefix, on one Redis (or one hash slot).
-// KEYS: wait list, prioritized set, reservations set, queued-bytes counter.
+// KEYS: wait list, prioritized set, reservations set, queued bytes (sum), queued images (hash).
 // ARGV: max depth, reservation TTL (ms), max queued bytes, bytes to reserve, job id, job key prefix.
 // Returns { 0 } admitted, { 1, depth } queue full, { 2, queued bytes } byte budget full.
 const RESERVE = `
@@ -55,16 +58,66 @@ local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
 if queued + tonumber(ARGV[4]) > tonumber(ARGV[3]) then return { 2, queued } end
 redis.call('ZADD', KEYS[3], nowMs + tonumber(ARGV[2]), ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[5], ARGV[5], ARGV[4] .. ' ' .. ARGV[6] .. ' ' .. KEYS[3])
 redis.call('INCRBY', KEYS[4], ARGV[4])
 return { 0 }`;
 
-// Gives a reservation's place back and corrects the queued bytes by ARGV[1], in one call; the
-// byte counter never goes below zero.
-// KEYS: reservations set, queued-bytes counter. ARGV: bytes change, job id.
-const RELEASE = `
+// Gives a reservation's place back, and either sets the job's bytes to what was stored (ARGV[1]) or,
+// when ARGV[1] is '', gives them all back. A job whose field is gone (committed already, or
+// reconciled) is left alone. Allowed on a full Redis: it only frees memory.
+// KEYS: reservations set, queued images (hash), queued bytes (sum). ARGV: stored bytes or '', job id.
+const RELEASE = `#!lua flags=allow-oom
 redis.call('ZREM', KEYS[1], ARGV[2])
-if tonumber(ARGV[1]) ~= 0 and redis.call('INCRBY', KEYS[2], ARGV[1]) < 0 then redis.call('SET', KEYS[2], 0) end
+local held = redis.call('HGET', KEYS[2], ARGV[2])
+if not held then return 0 end
+local bytes, rest = string.match(held, '^(%d+)(.*)$')
+local change = -tonumber(bytes)
+if ARGV[1] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[1] .. rest)
+  change = change + tonumber(ARGV[1])
+end
+if change ~= 0 and redis.call('INCRBY', KEYS[3], change) < 0 then redis.call('SET', KEYS[3], 0) end
 return 1`;
+
+// One step of the reconciliation: the jobs of the next HSCAN batch of the queued images that no
+// longer wait — their BullMQ job is gone (an operator emptied, cleaned or obliterated the queue;
+// the job was removed) or finished (failed without a commit: a contract violation, stalled too
+// often) and no request holds a live reservation for them — give their bytes back, and their
+// images, which nothing will read any more, are deleted. Allowed on a full Redis: it only frees.
+// KEYS: queued images (hash), queued bytes (sum). ARGV: cursor, batch size, input key prefix.
+// Returns { next cursor, jobs released, bytes released }.
+const RECONCILE = `#!lua flags=allow-oom
+local now = redis.call('TIME')
+local nowMs = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local scan = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local fields = scan[2]
+local released, freed = 0, 0
+for i = 1, #fields, 2 do
+  local id, held = fields[i], fields[i + 1]
+  local bytes, jobPrefix, reservations = string.match(held, '^(%d+) (%S+) (%S+)$')
+  local waiting = false
+  if jobPrefix then
+    local job = jobPrefix .. id
+    if redis.call('EXISTS', job) == 1 then
+      waiting = redis.call('HEXISTS', job, 'finishedOn') == 0
+    else
+      local lapses = redis.call('ZSCORE', reservations, id)
+      waiting = lapses ~= false and tonumber(lapses) > nowMs
+    end
+  end
+  if not waiting then
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('DEL', ARGV[3] .. id)
+    local n = tonumber(bytes) or 0
+    if n > 0 and redis.call('DECRBY', KEYS[2], n) < 0 then redis.call('SET', KEYS[2], 0) end
+    released = released + 1
+    freed = freed + n
+  end
+end
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return { scan[1], released, freed }`;
 
 const RESERVATION_TTL_MS = 60_000;
 
@@ -74,6 +127,7 @@ type AdmissionRedis = Redis & {
     prioritized: string,
     reservations: string,
     queuedBytes: string,
+    queuedImages: string,
     max: number,
     ttlMs: number,
     maxBytes: number,
@@ -81,8 +135,35 @@ type AdmissionRedis = Redis & {
     jobId: string,
     jobKeyPrefix: string,
   ): Promise<[number, number?]>;
-  conveyorRelease(reservations: string, queuedBytes: string, bytesChange: number, jobId: string): Promise<number>;
+  conveyorRelease(
+    reservations: string,
+    queuedImages: string,
+    queuedBytes: string,
+    stored: string,
+    jobId: string,
+  ): Promise<number>;
+  conveyorReconcile(
+    queuedImages: string,
+    queuedBytes: string,
+    cursor: string,
+    count: number,
+    inputPrefix: string,
+  ): Promise<[string, number, number]>;
 };
+
+/** Admission's keys (see keys() in queue.contract.ts). */
+export interface AdmissionKeys {
+  readonly reserved: (queue: string) => string;
+  readonly queuedImages: string;
+  readonly queuedBytes: string;
+  /** A job's stored image (deleted when reconciliation finds the job gone). */
+  readonly input: (jobId: string) => string;
+}
+
+/** Reads whether Redis has room for more work (memory-guard.ts); throws the refusal when it has not. */
+export interface RoomCheck {
+  check(): Promise<void>;
+}
 
 export interface AdmissionLimits {
   readonly maxDepth: number;
@@ -101,13 +182,34 @@ export class Admission {
 
   constructor(
     redis: Redis,
-    private readonly keys: { readonly reserved: (queue: string) => string; readonly queuedBytes: string },
+    private readonly keys: AdmissionKeys,
     private readonly limits: AdmissionLimits,
     private readonly refreshMs = 250,
+    /** Refuses before anything is reserved when Redis itself is (nearly) full. */
+    private readonly room?: RoomCheck,
   ) {
-    redis.defineCommand('conveyorReserve', { numberOfKeys: 4, lua: RESERVE });
-    redis.defineCommand('conveyorRelease', { numberOfKeys: 2, lua: RELEASE });
+    redis.defineCommand('conveyorReserve', { numberOfKeys: 5, lua: RESERVE });
+    redis.defineCommand('conveyorRelease', { numberOfKeys: 3, lua: RELEASE });
+    redis.defineCommand('conveyorReconcile', { numberOfKeys: 2, lua: RECONCILE });
     this.redis = redis as AdmissionRedis;
+  }
+
+  /**
+   * Gives back the bytes of every counted job that no longer waits (see RECONCILE) and deletes its
+   * image; the gateways run it now and then, and before refusing an upload for want of bytes.
+   */
+  async reconcile(): Promise<{ jobs: number; bytes: number }> {
+    const { queuedImages, queuedBytes } = this.keys;
+    const inputPrefix = this.keys.input('');
+    let cursor = '0';
+    const total = { jobs: 0, bytes: 0 };
+    do {
+      const [next, jobs, bytes] = await this.redis.conveyorReconcile(queuedImages, queuedBytes, cursor, 500, inputPrefix);
+      cursor = next;
+      total.jobs += jobs;
+      total.bytes += bytes;
+    } while (cursor !== '0');
+    return total;
   }
 
   /** The waiting jobs of `queue`, read at most every `refreshMs` (for the metrics gauge; admission is exact). */
@@ -135,20 +237,26 @@ export class Admission {
   async admit(queue: InferenceQueue, jobId: string, bytes: number): Promise<Reservation> {
     const { wait, prioritized } = queue.keys;
     const reserved = this.keys.reserved(queue.name);
-    const { queuedBytes } = this.keys;
+    const { queuedBytes, queuedImages } = this.keys;
     const { maxDepth, maxQueuedBytes } = this.limits;
-    const [code, value] = await this.redis.conveyorReserve(
-      wait!,
-      prioritized!,
-      reserved,
-      queuedBytes,
-      maxDepth,
-      RESERVATION_TTL_MS,
-      maxQueuedBytes,
-      bytes,
-      jobId,
-      queue.toKey(''),
-    );
+    await this.room?.check();
+    const reserve = () =>
+      this.redis.conveyorReserve(
+        wait!,
+        prioritized!,
+        reserved,
+        queuedBytes,
+        queuedImages,
+        maxDepth,
+        RESERVATION_TTL_MS,
+        maxQueuedBytes,
+        bytes,
+        jobId,
+        queue.toKey(''),
+      );
+    let [code, value] = await reserve();
+    // Bytes of jobs that left without a commit may still be counted: settle them before refusing.
+    if (code === 2 && (await this.reconcile()).jobs > 0) [code, value] = await reserve();
     if (code === 1) {
       throw new ProblemError('overloaded', `${value} jobs are waiting or being queued for this model; the limit is ${maxDepth}`, {
         retryAfterSeconds: 5,
@@ -160,17 +268,17 @@ export class Admission {
       });
     }
     let held = true;
-    // Fire and forget: a lost release only makes admission stricter until the counters settle.
-    const giveBack = (bytesChange: number) => {
+    // Fire and forget: a lost release only makes admission stricter until reconcile() settles it.
+    const giveBack = (stored: string) => {
       if (!held) return;
       held = false;
-      this.redis.conveyorRelease(reserved, queuedBytes, bytesChange, jobId).catch(() => undefined);
+      this.redis.conveyorRelease(reserved, queuedImages, queuedBytes, stored, jobId).catch(() => undefined);
     };
     return {
       jobId,
       // The image stays counted (the worker's result commit takes it off); only the estimate is corrected.
-      queued: (stored) => giveBack(stored - bytes),
-      release: () => giveBack(-bytes),
+      queued: (stored) => giveBack(String(stored)),
+      release: () => giveBack(''),
     };
   }
 }

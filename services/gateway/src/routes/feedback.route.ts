@@ -51,6 +51,7 @@ export function registerFeedbackRoute(
         label,
         at: new Date().toISOString(),
         requestId: ctx.state.requestId,
+        predicted: { label: result.prediction.label, confidence: result.prediction.confidence, model: result.model },
       };
       if ((await deps.jobs.recordFeedback(event)) === 'duplicate')
         throw new ProblemError('conflict', `Feedback for job ${jobId} was already recorded`);

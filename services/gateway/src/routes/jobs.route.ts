@@ -45,7 +45,15 @@ export function registerJobRoutes(
   });
 }
 
-/** A job BullMQ failed without a result record, as the API shows it. */
+/**
+ * A job BullMQ failed without a result record, as the API shows it. BullMQ's reason is shown when
+ * it is BullMQ's or the worker's own words; an error Redis answered (`OOM command not allowed …
+ * script: d932…`, `ERR …`) says nothing a client can act on and shows how the store works inside.
+ */
 export function lostJob(id: string, reason: string) {
-  return { id, status: 'failed', error: problemBody(new ProblemError('inference-failed', reason)) };
+  const detail = REDIS_ERROR.test(reason) ? 'The job could not be completed; submit it again' : reason;
+  return { id, status: 'failed', error: problemBody(new ProblemError('inference-failed', detail)) };
 }
+
+/** Redis's error replies start with an upper-case code (OOM, ERR, READONLY, NOSCRIPT…); scripts name themselves. */
+const REDIS_ERROR = /^[A-Z]{2,}(?: |$)|\bscript: [0-9a-f]{8,}|maxmemory|@user_script/;
