@@ -96,11 +96,15 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     },
     async run(images) {
       if (images.length === 0) return [];
-      const batch = new Float32Array(images.length * imageSize);
-      images.forEach((image, i) => {
+      for (const image of images) {
         if (image.length !== imageSize) throw new Error(`expected ${imageSize} values per image, got ${image.length}`);
-        batch.set(image, i * imageSize);
-      });
+      }
+      // One image (what a worker runs) is its own batch: passed through, not copied.
+      let batch = images[0]!;
+      if (images.length > 1) {
+        batch = new Float32Array(images.length * imageSize);
+        images.forEach((image, i) => batch.set(image, i * imageSize));
+      }
       const results = await session.run({ [input.name]: new ort.Tensor('float32', batch, dims(images.length)) }, fetches);
       const scores = results[output.name]!.data as Float32Array;
       const classes = scores.length / images.length;
