@@ -16,7 +16,7 @@ import { photoCase, type PhotoCase } from './lib/photo-cases.js';
  * `--save FILE` writes each photo's probabilities; `--compare FILE` prints the largest difference.
  *
  *   node --conditions=conveyor-source --import tsx bench/worker-cpu.bench.ts [--cases plain,srgb-icc,phone]
- *        [--runs 30] [--rounds 5] [--save f.json] [--compare f.json] [--manifest-override '{"shrinkOnLoad":…}']
+ *        [--runs 30] [--rounds 5] [--save f.json] [--compare f.json] [--preprocess '{"shrinkOnLoad":2}'] [--off-thread]
  */
 const { values } = parseArgs({
   options: {
@@ -26,6 +26,7 @@ const { values } = parseArgs({
     save: { type: 'string' },
     compare: { type: 'string' },
     preprocess: { type: 'string' },
+    'off-thread': { type: 'boolean', default: false },
   },
 });
 const runs = Number(values.runs);
@@ -36,7 +37,7 @@ restrictDecoders();
 sharp.cache(false);
 sharp.concurrency(1);
 await ensureModerationModel();
-const model = await loadCheckedModel(MODERATION_DIR, { threads: 1 });
+const model = await loadCheckedModel(MODERATION_DIR, { threads: 1, offThread: values['off-thread'] });
 const manifest = values.preprocess
   ? { ...model.manifest, preprocess: { ...model.manifest.preprocess, ...(JSON.parse(values.preprocess) as object) } }
   : model.manifest;
