@@ -13,13 +13,15 @@ describe('inference on a worker thread', function () {
   const images = Array.from({ length: 16 }, (_, i) => new Float32Array(3 * 224 * 224).fill(i / 16));
   let inThread: LoadedModel;
   let offThread: LoadedModel;
+  const loaded: LoadedModel[] = [];
 
   before(async () => {
     await ensureModerationModel();
     [inThread, offThread] = await Promise.all([loadModel(MODERATION_DIR), loadModel(MODERATION_DIR, { offThread: true })]);
+    loaded.push(inThread, offThread);
   });
   after(async () => {
-    await Promise.all([inThread?.close(), offThread?.close()]);
+    await Promise.all(loaded.map((m) => m.close()));
   });
 
   /**
@@ -57,6 +59,6 @@ describe('inference on a worker thread', function () {
     const together = await Promise.all([one(0), one(5), one(15)]);
     const apart = [await one(0), await one(5), await one(15)];
     expect(together.map((o) => Array.from(o[0]!.probabilities))).to.deep.equal(apart.map((o) => Array.from(o[0]!.probabilities)));
-    expect(together[0]![0]!.probabilities).to.not.deep.equal(together[2]![0]!.probabilities);
+    expect(together[0][0]!.probabilities).to.not.deep.equal(together[2][0]!.probabilities);
   });
 });
