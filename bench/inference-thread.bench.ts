@@ -10,7 +10,7 @@ import { ensureModerationModel, MODERATION_DIR } from '../scripts/models/moderat
  * runs go on back to back, which is what BullMQ's lock renewals and Redis replies wait on.
  * Alternating rounds, medians.
  *
- *   node --conditions=conveyor-source --import tsx bench/inference-thread.bench.ts [--runs 100] [--rounds 6] [--batch 1]
+ *   node --conditions=conveyor-source --import tsx bench/inference-thread.bench.ts [--runs 100] [--rounds 6] [--batch 1] [--dir models/digits]
  */
 const { values } = parseArgs({
   options: {
@@ -18,16 +18,20 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '6' },
     // A batch of 128 takes ~1–2 s: the slow model of issue 19's goal, in one run() call.
     batch: { type: 'string', default: '1' },
+    // Another model folder (e.g. models/digits, where a run is ~0.1 ms and the hand-off shows most).
+    dir: { type: 'string' },
   },
 });
 const runs = Number(values.runs);
 const rounds = Number(values.rounds);
-await ensureModerationModel();
+const dir = values.dir ?? MODERATION_DIR;
+if (!values.dir) await ensureModerationModel();
 const models: Record<string, LoadedModel> = {
-  'calling thread': await loadModel(MODERATION_DIR),
-  'worker thread': await loadModel(MODERATION_DIR, { offThread: true }),
+  'calling thread': await loadModel(dir),
+  'worker thread': await loadModel(dir, { offThread: true }),
 };
-const batch = Array.from({ length: Number(values.batch) }, () => new Float32Array(3 * 224 * 224).fill(0.5));
+const { channels, height, width } = models['calling thread']!.manifest.input;
+const batch = Array.from({ length: Number(values.batch) }, () => new Float32Array(channels * height * width).fill(0.5));
 const cpu = () => {
   const { user, system } = process.cpuUsage();
   return (user + system) / 1000;
