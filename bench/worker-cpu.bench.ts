@@ -16,7 +16,7 @@ import { photoCase, type PhotoCase } from './lib/photo-cases.js';
  * `--save FILE` writes each photo's probabilities; `--compare FILE` prints the largest difference.
  *
  *   node --conditions=conveyor-source --import tsx bench/worker-cpu.bench.ts [--cases plain,srgb-icc,phone]
- *        [--runs 30] [--rounds 5] [--save f.json] [--compare f.json] [--preprocess '{"shrinkOnLoad":2}'] [--off-thread]
+ *        [--runs 30] [--rounds 5] [--save f.json] [--compare f.json] [--preprocess '{"shrinkOnLoad":2}'] [--off-thread] [--fresh-buffers]
  */
 const { values } = parseArgs({
   options: {
@@ -27,6 +27,8 @@ const { values } = parseArgs({
     compare: { type: 'string' },
     preprocess: { type: 'string' },
     'off-thread': { type: 'boolean', default: false },
+    // Allocate every buffer afresh per image, as before the per-slot workspace.
+    'fresh-buffers': { type: 'boolean', default: false },
   },
 });
 const runs = Number(values.runs);
@@ -69,7 +71,7 @@ for (const kind of cases) {
     const prepared = await preprocess({ kind: 'encoded', bytes: photo.bytes }, manifest, {
       ...limits,
       size: { width: photo.width, height: photo.height },
-      workspace,
+      ...(values['fresh-buffers'] ? {} : { workspace }),
     });
     const [output] = await model.run([prepared.tensor]);
     return output!.probabilities;
