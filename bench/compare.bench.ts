@@ -14,6 +14,7 @@ import { ROOT, spawnService, type ServiceProcess } from '../scripts/lib/service-
 import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
 import { ownCpuMs, processCpuMs, processTree } from './lib/process-cpu.js';
 import { ensureModerationModel, MODERATION_DIR, PHOTOS, readPhoto } from '../scripts/models/moderation.js';
+import { photoCase } from './lib/photo-cases.js';
 import { ensureMobilenet } from './models/build-mobilenet.js';
 import { ensurePeerVenv, startPeer, type PeerName, type PeerProcess } from './peers/peer-process.js';
 
@@ -75,7 +76,12 @@ import { ensurePeerVenv, startPeer, type PeerName, type PeerProcess } from './pe
  */
 const SYSTEMS = ['conveyor-1w', 'conveyor-2w', 'direct', 'fastapi', 'bentoml'] as const;
 type SystemName = (typeof SYSTEMS)[number];
-const MODELS = ['digits', 'moderation', 'mobilenet'] as const;
+/**
+ * `moderation-icc` and `moderation-phone` are the moderation model on the photo cases of
+ * bench/lib/photo-cases.ts (the scikit-image photos, CC0 / public domain): with an embedded sRGB
+ * ICC profile, and phone-size (12 MP, upscaled, sRGB profile, EXIF orientation 6).
+ */
+const MODELS = ['digits', 'moderation', 'moderation-icc', 'moderation-phone', 'mobilenet'] as const;
 type ModelName = (typeof MODELS)[number];
 
 const { values } = parseArgs({
@@ -128,7 +134,13 @@ const ANSWER_TOLERANCE = 1e-3;
  * Conveyor's crop to the ink and centring), so only the label must be the same; the generated
  * stand-in has random weights, whose labels say nothing.
  */
-const AGREEMENT: Record<string, 'exact' | 'label' | 'none'> = { moderation: 'exact', digits: 'label' };
+const AGREEMENT: Record<string, 'exact' | 'label' | 'none'> = {
+  moderation: 'exact',
+  'moderation-icc': 'exact',
+  // Conveyor shrinks large JPEGs on load (the manifest's shrinkOnLoad; the model card gives the cost).
+  'moderation-phone': 'label',
+  digits: 'label',
+};
 /** A cell that takes longer than this has hung; it is cut short and reported as such. */
 const CELL_LIMIT_MS = 180_000;
 
@@ -239,6 +251,8 @@ interface RunningSystem {
   cpu(): Promise<Record<string, number>>;
   /** Processes counted (a peer's tree can grow or shrink). */
   processes(): Record<string, number>;
+  /** Conveyor: major GCs so far, summed over its workers (prom-client's count). */
+  majorGcs?(): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -267,13 +281,15 @@ async function startConveyor(
     await services.find((s) => s.name === 'monitor')?.stop();
     await redis.stop();
   };
+  const metricsPorts: number[] = [];
   try {
     for (let i = 1; i <= workers; i++) {
+      metricsPorts.push(await freePort());
       services.push(
         spawnService(
           'inference-worker',
           // The worker serves DEFAULT_MODEL from MODEL_DIR: this folder, under its own name, on its own queue.
-          { ...env, DEFAULT_MODEL: modelName, MODEL_DIR: modelDir },
+          { ...env, DEFAULT_MODEL: modelName, MODEL_DIR: modelDir, METRICS_PORT: String(metricsPorts[i - 1]) },
           { label: `worker-${i}`, logs: false, built: true },
         ),
       );
@@ -320,6 +336,15 @@ async function startConveyor(
       port,
       cpu: () => Promise.resolve(Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, processCpuMs(pid) ?? NaN]))),
       processes: () => Object.fromEntries(Object.keys(pids).map((k) => [k, 1])),
+      majorGcs: async () => {
+        let sum = 0;
+        for (const metricsPort of metricsPorts) {
+          const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+          const line = /^conveyor_worker_nodejs_gc_duration_seconds_count\{kind="major"\} (\d+)/m.exec(text);
+          sum += Number(line?.[1] ?? 0);
+        }
+        return sum;
+      },
       stop,
     };
   } catch (error) {
@@ -684,14 +709,19 @@ try {
   for (const peer of systems.filter((s): s is PeerName => s === 'fastapi' || s === 'bentoml')) ensurePeerVenv(peer);
   for (const modelName of models) {
     const mobilenet = modelName === 'mobilenet' ? ensureMobilenet() : undefined;
-    if (modelName === 'moderation') await ensureModerationModel();
-    const modelDir = mobilenet?.dir ?? (modelName === 'moderation' ? MODERATION_DIR : path.join(ROOT, 'models', 'digits'));
+    const moderation = modelName.startsWith('moderation');
+    if (moderation) await ensureModerationModel();
+    const modelDir = mobilenet?.dir ?? (moderation ? MODERATION_DIR : path.join(ROOT, 'models', 'digits'));
     const images =
       modelName === 'digits'
         ? [await scanImage()]
         : modelName === 'moderation'
           ? await realPhotos(photoSide, photoQuality)
-          : [await photoImage()];
+          : modelName === 'moderation-icc'
+            ? await photoCase('srgb-icc', photoQuality)
+            : modelName === 'moderation-phone'
+              ? await photoCase('phone')
+              : [await photoImage()];
     const manifest = JSON.parse(readFileSync(path.join(modelDir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
     const servedAs = String(manifest.name);
     const route = servedAs === 'digits' ? '/v1/predict' : `/v1/models/${servedAs}/predict`;
@@ -788,6 +818,7 @@ try {
       for (let i = 0; i < round % order.length; i++) order.push(order.shift()!);
       for (const concurrency of concurrencies) {
         for (const system of order) {
+          const gcsBefore = await system.majorGcs?.();
           const cell = await runCell(
             system,
             order.filter((o) => o !== system),
@@ -795,10 +826,14 @@ try {
             concurrency,
             requests,
           );
-          cells.push({ model: modelName, round, ...cell });
+          const gcsAfter = await system.majorGcs?.();
+          // Major GCs per job in the workers (a job should allocate no megabytes of fresh buffers).
+          const majorGcsPerJob =
+            gcsBefore !== undefined && gcsAfter !== undefined ? (gcsAfter - gcsBefore) / requests : undefined;
+          cells.push({ model: modelName, round, ...cell, ...(majorGcsPerJob !== undefined ? { majorGcsPerJob } : {}) });
           const failed = cell.non200 + cell.errors;
           console.log(
-            `  round ${round + 1} c${String(concurrency).padEnd(3)} ${system.name.padEnd(12)} ${cell.requestsPerSecond.toFixed(0).padStart(5)} req/s  p50 ${cell.p50Ms.toFixed(1)} ms  server CPU ${cell.serverCpuMsPerRequest.toFixed(2)} ms/req  load ${cell.loadAvg1.toFixed(1)}${failed ? `  FAILED ${failed}` : ''}`,
+            `  round ${round + 1} c${String(concurrency).padEnd(3)} ${system.name.padEnd(12)} ${cell.requestsPerSecond.toFixed(0).padStart(5)} req/s  p50 ${cell.p50Ms.toFixed(1)} ms  server CPU ${cell.serverCpuMsPerRequest.toFixed(2)} ms/req  load ${cell.loadAvg1.toFixed(1)}${majorGcsPerJob !== undefined ? `  major GCs/job ${majorGcsPerJob.toFixed(3)}` : ''}${failed ? `  FAILED ${failed}` : ''}`,
           );
         }
       }

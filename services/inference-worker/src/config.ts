@@ -55,6 +55,10 @@ const WorkerFields = z.object({
     'Jobs of each served model one worker process handles at once, unless MODELS gives the model its own (decoding overlaps on libuv threads)',
   ),
   ORT_THREADS: env.int(1, 1, 64, 'onnxruntime intra-op threads per process; scale with processes rather than threads'),
+  INFERENCE_THREAD: env.bool(
+    true,
+    "Run each model's onnxruntime session on a worker thread of its own, so a slow model does not block the event loop (BullMQ lock renewals, Redis replies, heartbeats); false: on the event loop. No measurable CPU cost (bench/inference-thread.bench.ts)",
+  ),
   SHARP_CONCURRENCY: env.int(1, 0, 64, 'libvips threads per image (0 = one per core); 1 lets concurrent jobs use the cores'),
   ...imageLimitsShape,
   PREPROCESS_TIMEOUT_MS: env.int(

@@ -140,7 +140,10 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     const source = registry
       ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
       : undefined;
-    await model.load({ threads: config.ORT_THREADS, intervalMs: config.MODEL_POLL_INTERVAL_MS }, source);
+    await model.load(
+      { threads: config.ORT_THREADS, offThread: config.INFERENCE_THREAD, intervalMs: config.MODEL_POLL_INTERVAL_MS },
+      source,
+    );
     const processor = createInferenceProcessor({
       jobs,
       model: model.name,

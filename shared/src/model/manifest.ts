@@ -53,6 +53,14 @@ export const PreprocessSpec = z
     /** Colour that transparent pixels are flattened onto (and `contain` pads with), as 0–255 RGB. */
     background: z.tuple([z.number(), z.number(), z.number()]).default([255, 255, 255]),
     normalize: Normalize,
+    /**
+     * For `bilinear-align-corners`: JPEGs at least 2 × shrinkOnLoad × the input on both sides are
+     * decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, then libvips' reduce) to a working
+     * copy at least `shrinkOnLoad` × the input, and resampled from that. Absent: always decoded in
+     * full, the exact path. A phone's 12 MP photo then costs a fraction of its full decode, and the
+     * answers move a little (measure it on real photos and state it in the model card).
+     */
+    shrinkOnLoad: z.number().int().min(1).max(8).optional(),
   })
   .refine((p) => p.resize !== 'digit' || (p.box !== undefined && p.color === 'gray'), {
     error: 'the digit policy needs a box size and gray colour',

@@ -1,6 +1,7 @@
 import sharp, { type Sharp } from 'sharp';
 import type { ImageDescriptors } from '../contract/queue.contract.js';
 import { ProblemError } from '../problem.js';
+import { embeddedIccProfile, isSrgbProfile } from './icc.js';
 import { checkDimensions } from './limits.js';
 import type { ModelManifest, PreprocessSpec } from './manifest.js';
 
@@ -28,7 +29,10 @@ export interface EncodedImage {
 export type ImageInput = RawImage | EncodedImage;
 
 export interface Prepared {
-  /** One image, laid out as the model's input (without the batch dimension). */
+  /**
+   * One image, laid out as the model's input (without the batch dimension). With a `workspace`,
+   * a view of the workspace's memory: valid until the workspace is used for the next image.
+   */
   readonly tensor: Float32Array;
   /** Published with every prediction for drift monitoring (the contract's schema). */
   readonly descriptors: ImageDescriptors;
@@ -40,10 +44,41 @@ export interface PreprocessOptions {
   /** Refuse images with a longer side, or a more extreme aspect ratio, before decoding them. */
   readonly maxSide?: number;
   readonly maxAspectRatio?: number;
-  /** The deadline for the whole of it, in ms; past it the image is a permanent problem. */
+  /**
+   * The budget for the whole of it, in ms of this process's CPU time (shared out between the
+   * preprocessings in flight; see withDeadline); past it the image is a permanent problem.
+   */
   readonly timeoutMs?: number;
+  /** Buffers to reuse instead of allocating fresh ones per image (one workspace per concurrent job). */
+  readonly workspace?: Workspace;
   /** The upright size, when the caller already read it from the header (saves a libvips call). */
   readonly size?: { readonly width: number; readonly height: number };
+}
+
+/**
+ * The typed arrays one image needs, kept between images by whoever runs one image at a time (a
+ * worker slot), so a job allocates no fresh megabytes: the resampled floats, their 8-bit copy,
+ * the luma plane and the tensor. (sharp's decoded pixels are still a fresh Buffer per image:
+ * sharp has no way to decode into a given buffer.) Not for images in parallel.
+ */
+export class Workspace {
+  private readonly arrays = new Map<string, Float32Array | Uint8Array>();
+
+  floats(role: 'resampled' | 'tensor', length: number): Float32Array {
+    const held = this.arrays.get(role);
+    if (held instanceof Float32Array && held.length === length) return held;
+    const fresh = new Float32Array(length);
+    this.arrays.set(role, fresh);
+    return fresh;
+  }
+
+  bytes(role: 'pixels' | 'luma', length: number): Uint8Array {
+    const held = this.arrays.get(role);
+    if (held instanceof Uint8Array && held.length === length) return held;
+    const fresh = new Uint8Array(length);
+    this.arrays.set(role, fresh);
+    return fresh;
+  }
 }
 
 /** The digit policy works on a copy at most this many times the model's input side. */
@@ -71,10 +106,11 @@ export async function preprocess(
       maxSide: options.maxSide ?? Infinity,
       maxAspectRatio: options.maxAspectRatio ?? Infinity,
     });
+    const workspace = options.workspace;
     const prepared = await withDeadline(
       spec.resize === 'digit'
-        ? digitPipeline(source, oriented, manifest, spec)
-        : framePipeline(source, oriented, manifest, spec, width, height),
+        ? digitPipeline(source, oriented, manifest, spec, workspace)
+        : framePipeline(source, oriented, manifest, spec, width, height, isJpeg(input), workspace),
       options.timeoutMs,
     );
     const truncated = warnings.find((w) => TRUNCATED.test(w));
@@ -103,43 +139,108 @@ function open(input: ImageInput, options: PreprocessOptions): { source: Sharp; w
           limitInputPixels: options.maxPixels,
         })
       : // `truncated` rejects images cut short in transit but tolerates the benign warnings many real
-        // cameras and editors produce (see TRUNCATED); GIFs and TIFFs decode their first frame or page only.
-        sharp(input.bytes, { failOn: 'truncated', limitInputPixels: options.maxPixels, pages: 1 });
+        // cameras and editors produce (see TRUNCATED); GIFs and TIFFs decode their first frame or page
+        // only. An embedded sRGB profile is not applied: converting sRGB to sRGB changes no pixel
+        // and cost ~4 ms per photo (any other profile is still applied; see icc.ts).
+        sharp(input.bytes, {
+          failOn: 'truncated',
+          limitInputPixels: options.maxPixels,
+          pages: 1,
+          ignoreIcc: hasSrgbProfile(input.bytes),
+        });
   source.on('warning', (message: string) => warnings.push(message));
-  // libvips stops a pipeline past its timeout when it next reports progress, which some pipelines
-  // (a long, thin image shrunk to a few pixels) seldom do: withDeadline() bounds the job either way.
-  if (options.timeoutMs) source.timeout({ seconds: Math.ceil(options.timeoutMs / 1000) });
+  // A wall-clock backstop so abandoned libvips work ends: libvips stops a pipeline past its timeout
+  // when it next reports progress (some pipelines seldom do: withDeadline() bounds the job either
+  // way). It is wall-clock, counted from when the pipeline starts, so it is set past the CPU budget
+  // (WALL_BACKSTOP ×), and when it fires before the budget was spent the process was paused or
+  // starved, not the image's fault: withDeadline() makes that a transient failure (retried).
+  if (options.timeoutMs) source.timeout({ seconds: Math.ceil((WALL_BACKSTOP * options.timeoutMs) / 1000) });
   return { source, warnings };
 }
 
+function hasSrgbProfile(bytes: Buffer): boolean {
+  const icc = embeddedIccProfile(bytes);
+  return icc !== undefined && isSrgbProfile(icc);
+}
+
+function isJpeg(input: ImageInput): boolean {
+  return input.kind === 'encoded' && input.bytes[0] === 0xff && input.bytes[1] === 0xd8 && input.bytes[2] === 0xff;
+}
+
 const DEADLINE = Symbol('deadline');
+/** libvips' own (wall-clock) timeout is this many times the CPU budget. */
+const WALL_BACKSTOP = 3;
+/** Preprocessings in flight in this process: they share its CPU time (see withDeadline). */
+let inFlight = 0;
+
+function cpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
 
 /**
- * The job's answer does not wait past the deadline. The libvips work itself cannot be cancelled
- * from here; it ends at libvips' own timeout above or when it finishes, on a libuv thread.
+ * The job's answer does not wait past its budget, and the budget is CPU time, not wall-clock
+ * time: a valid image that waits for a libuv thread behind other work, or whose process is paused
+ * (SIGSTOP, a frozen VM, a throttled container) or starved by its neighbours, spends no CPU
+ * meanwhile and is not refused for it. The process's CPU time (every thread: libvips', the event
+ * loop's, onnxruntime's) is charged in equal shares to the preprocessings in flight, sampled
+ * every tick; that over-charges (inference of other jobs counts too), never under-charges an image
+ * that burns CPU itself. The libvips work itself cannot be cancelled from here; it ends when it
+ * finishes or at libvips' own (wall-clock) backstop, on a libuv thread.
  */
 async function withDeadline<T>(work: Promise<T>, timeoutMs: number | undefined): Promise<T> {
   if (!timeoutMs) return work;
   let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<typeof DEADLINE>((resolve) => (timer = setTimeout(() => resolve(DEADLINE), timeoutMs)));
+  let charged = 0;
+  inFlight++;
+  const tick = Math.max(5, timeoutMs / 20);
+  const expired = new Promise<typeof DEADLINE>((resolve) => {
+    let last = cpuMs();
+    const check = () => {
+      const now = cpuMs();
+      charged += (now - last) / Math.max(1, inFlight);
+      last = now;
+      if (charged >= timeoutMs) resolve(DEADLINE);
+      else timer = setTimeout(check, Math.min(tick, timeoutMs - charged));
+    };
+    timer = setTimeout(check, Math.min(tick, timeoutMs));
+  });
   try {
-    const outcome = await Promise.race([work, expired]);
+    const outcome = await Promise.race([work, expired]).catch((error: unknown) => {
+      // libvips' wall-clock backstop, with the CPU budget unspent: paused or starved, retry it.
+      if (isLibvipsTimeout(error) && charged < timeoutMs) {
+        throw new PausedError(
+          `libvips stopped at its wall-clock backstop after ${Math.round(charged)} of ${timeoutMs} ms of CPU: the process was paused or starved`,
+        );
+      }
+      throw error;
+    });
     if (outcome === DEADLINE) {
       work.catch(() => undefined); // settles later, unobserved
       throw new ProblemError(
         'processing-deadline',
-        `Preparing the image took longer than ${timeoutMs} ms; send a smaller or simpler image`,
+        `Preparing the image took longer than ${timeoutMs} ms of CPU time; send a smaller or simpler image`,
         { deadlineMs: timeoutMs },
       );
     }
     return outcome;
   } finally {
+    inFlight--;
     clearTimeout(timer);
   }
 }
 
+/** Transient: the image did not spend its budget; another attempt may well succeed. */
+export class PausedError extends Error {
+  override readonly name = 'PausedError';
+}
+
+function isLibvipsTimeout(error: unknown): boolean {
+  return error instanceof Error && /^timeout/i.test(error.message);
+}
+
 function asProblem(error: unknown): unknown {
-  if (error instanceof ProblemError) return error;
+  if (error instanceof ProblemError || error instanceof PausedError) return error;
   const message = error instanceof Error ? error.message : String(error);
   if (/^timeout/i.test(message)) {
     return new ProblemError(
@@ -159,6 +260,7 @@ async function digitPipeline(
   oriented: { width: number; height: number },
   manifest: Pick<ModelManifest, 'input'>,
   spec: PreprocessSpec,
+  workspace: Workspace | undefined,
 ): Promise<Prepared> {
   const side = Math.max(manifest.input.width, manifest.input.height) * WORKING_SCALE;
   const working = await workingGray(source, oriented, side);
@@ -177,7 +279,7 @@ async function digitPipeline(
   let inkPixels = 0;
   for (let i = 0; i < field.length; i++) if (field[i]! > INK_FLOOR) inkPixels++;
   return {
-    tensor: toTensor(field, 1, manifest.input.width, manifest.input.height, manifest.input.layout, spec),
+    tensor: toTensor(field, 1, manifest.input.width, manifest.input.height, manifest.input.layout, spec, false, workspace),
     descriptors: {
       width: oriented.width,
       height: oriented.height,
@@ -256,6 +358,8 @@ async function framePipeline(
   spec: PreprocessSpec,
   width: number,
   height: number,
+  jpeg: boolean,
+  workspace: Workspace | undefined,
 ): Promise<Prepared> {
   const [r, g, b] = spec.background;
   const background = { r, g, b, alpha: 1 };
@@ -268,21 +372,32 @@ async function framePipeline(
   if (!aligned && (oriented.width !== width || oriented.height !== height)) {
     pipeline = pipeline.resize({ width, height, fit, background });
   }
+  // The manifest's choice for large JPEGs: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+  // scaling) down to a working copy at least `shrinkOnLoad` × the input on each side, then resample
+  // exactly as for any other image. It moves the answers a little; the model card says how much.
+  const k = spec.shrinkOnLoad;
+  if (aligned && jpeg && k !== undefined && oriented.width >= 2 * k * width && oriented.height >= 2 * k * height) {
+    pipeline = pipeline.resize({ width: k * width, height: k * height, fit: 'outside', fastShrinkOnLoad: true });
+  }
   pipeline = spec.color === 'gray' ? pipeline.greyscale() : pipeline.toColourspace('srgb');
   const { data, info } = await pipeline.removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   const channels = spec.color === 'gray' ? 1 : 3;
   if (info.channels !== channels) throw new Error(`expected ${channels} channels after preprocessing, got ${info.channels}`);
-  let pixels = new Uint8Array(data.buffer, data.byteOffset, data.length);
+  let pixels: Uint8Array = new Uint8Array(data.buffer, data.byteOffset, data.length);
   let resampled: Float32Array | undefined;
   if (aligned) {
-    resampled = resizeAlignedBilinear(pixels, info.width, info.height, channels, width, height);
+    const n = width * height * channels;
     // The descriptors below are 8-bit statistics, as for every other policy; the tensor is not.
-    pixels = new Uint8Array(resampled.length);
-    for (let i = 0; i < resampled.length; i++) pixels[i] = Math.round(resampled[i]!);
+    const rounded = workspace?.bytes('pixels', n) ?? new Uint8Array(n);
+    resampled = resizeAlignedBilinear(pixels, info.width, info.height, channels, width, height, {
+      out: workspace?.floats('resampled', n),
+      rounded,
+    });
+    pixels = rounded;
   } else if (info.width !== width || info.height !== height) {
     throw new Error(`expected ${width}×${height} after preprocessing, got ${info.width}×${info.height}`);
   }
-  const gray = channels === 1 ? pixels : lumaOf(pixels);
+  const gray = channels === 1 ? pixels : lumaOf(pixels, workspace?.bytes('luma', width * height));
   // The polarity is decided on the border before anything is inverted; the tensor's tables then
   // invert as they normalise, so the pixels are read once more and never rewritten.
   const inverted = spec.polarity !== 'none' && borderMedian(gray, width, height) > 127;
@@ -292,8 +407,8 @@ async function framePipeline(
   const inkPixels = inverted ? dark : gray.length - dark;
   return {
     tensor: resampled
-      ? floatTensor(resampled, channels, width, height, manifest.input.layout, spec, inverted)
-      : toTensor(pixels, channels, width, height, manifest.input.layout, spec, inverted),
+      ? floatTensor(resampled, channels, width, height, manifest.input.layout, spec, inverted, workspace)
+      : toTensor(pixels, channels, width, height, manifest.input.layout, spec, inverted, workspace),
     descriptors: {
       width: oriented.width,
       height: oriented.height,
@@ -309,7 +424,9 @@ async function framePipeline(
  * TensorFlow's `resizeBilinear` with `alignCorners: true` (and no half-pixel centres), computed as
  * tfjs' CPU kernel computes it: output pixel (x, y) samples the source at (x · (w − 1) / (W − 1),
  * y · (h − 1) / (H − 1)) and interpolates its four neighbours, first along x, then along y.
- * Interleaved 8-bit pixels in, interleaved floats (0–255) out.
+ * Interleaved 8-bit pixels in, interleaved floats (0–255) out (into `into.out` when given), and,
+ * when `into.rounded` is given, the same values rounded to 8 bits in the same pass (`(v + 0.5) | 0`
+ * is Math.round for v ≥ 0, at a fifth of its cost in V8).
  */
 export function resizeAlignedBilinear(
   src: Uint8Array,
@@ -318,6 +435,7 @@ export function resizeAlignedBilinear(
   channels: number,
   outW: number,
   outH: number,
+  into: { readonly out?: Float32Array | undefined; readonly rounded?: Uint8Array | undefined } = {},
 ): Float32Array {
   const ratioX = outW > 1 ? (w - 1) / (outW - 1) : w / outW;
   const ratioY = outH > 1 ? (h - 1) / (outH - 1) : h / outH;
@@ -332,7 +450,8 @@ export function resizeAlignedBilinear(
     right[x] = Math.min(w - 1, Math.ceil(at)) * channels;
     fracX[x] = at - floor;
   }
-  const out = new Float32Array(outW * outH * channels);
+  const out = into.out ?? new Float32Array(outW * outH * channels);
+  const rounded = into.rounded;
   for (let y = 0, o = 0; y < outH; y++) {
     const at = ratioY * y;
     const floor = Math.max(0, Math.floor(at));
@@ -348,7 +467,9 @@ export function resizeAlignedBilinear(
         const bottomLeft = src[bottom + l + c]!;
         const upper = topLeft + (src[top + r + c]! - topLeft) * t;
         const lower = bottomLeft + (src[bottom + r + c]! - bottomLeft) * t;
-        out[o] = upper + (lower - upper) * fracY;
+        const v = upper + (lower - upper) * fracY;
+        out[o] = v;
+        if (rounded) rounded[o] = (v + 0.5) | 0;
       }
     }
   }
@@ -389,9 +510,9 @@ function toGray(pixels: Uint8Array, n: number, channels: number): Uint8Array {
   return gray;
 }
 
-function lumaOf(rgb: Uint8Array): Uint8Array {
+function lumaOf(rgb: Uint8Array, into?: Uint8Array): Uint8Array {
   const n = rgb.length / 3;
-  const gray = new Uint8Array(n);
+  const gray = into ?? new Uint8Array(n);
   // ITU-R BT.601 weights (0.299, 0.587, 0.114) in 16-bit fixed point, rounded: exact for gray
   // pixels, and 2–3× faster in V8 than the floating-point form.
   for (let i = 0, o = 0; i < n; i++, o += 3)
@@ -666,10 +787,11 @@ function floatTensor(
   layout: 'NCHW' | 'NHWC',
   spec: PreprocessSpec,
   inverted: boolean,
+  workspace: Workspace | undefined,
 ): Float32Array {
   const { scale, mean, std } = spec.normalize;
   const plane = width * height;
-  const out = new Float32Array(plane * channels);
+  const out = workspace?.floats('tensor', plane * channels) ?? new Float32Array(plane * channels);
   for (let c = 0; c < channels; c++) {
     const m = mean[c] ?? 0;
     const s = std[c] ?? 1;
@@ -689,11 +811,12 @@ function toTensor(
   height: number,
   layout: 'NCHW' | 'NHWC',
   spec: PreprocessSpec,
-  inverted = false,
+  inverted: boolean,
+  workspace: Workspace | undefined,
 ): Float32Array {
   const { scale, mean, std } = spec.normalize;
   const plane = width * height;
-  const out = new Float32Array(plane * channels);
+  const out = workspace?.floats('tensor', plane * channels) ?? new Float32Array(plane * channels);
   // One table per channel: the same arithmetic as (v · scale − m) / s, done 256 times, not per pixel.
   const tables = Array.from({ length: channels }, (_, c) => {
     const m = mean[c] ?? 0;

@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Prediction } from '../contract/queue.contract.js';
+import { InferenceThread, type InferenceEngine } from './inference-thread.js';
 import { MANIFEST_FILE, ModelManifest } from './manifest.js';
 
 /**
@@ -32,6 +33,11 @@ export interface LoadedModel {
 export interface LoadOptions {
   /** onnxruntime intra-op threads. 1 per process, scaled by processes, gave the best throughput. */
   readonly threads?: number;
+  /**
+   * Run the session on a worker thread of its own (InferenceThread), so a slow model does not
+   * block the caller's event loop; default: on the calling thread.
+   */
+  readonly offThread?: boolean;
 }
 
 export class ModelLoadError extends Error {
@@ -62,14 +68,17 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   if (sha256 !== manifest.sha256) {
     throw new ModelLoadError(`${manifest.file} in ${dir} has sha256 ${sha256}, the manifest says ${manifest.sha256}`);
   }
-  const session = await ort.InferenceSession.create(bytes, {
+  const sessionOptions: ort.InferenceSession.SessionOptions = {
     intraOpNumThreads: options.threads ?? 1,
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
     // Idle onnxruntime threads spin by default and burn a core each; serving processes share cores.
     extra: { session: { 'intra_op.allow_spinning': '0', 'inter_op.allow_spinning': '0' } },
-  });
+  };
+  const session = options.offThread
+    ? await InferenceThread.start(bytes, sessionOptions)
+    : await inCallingThread(bytes, sessionOptions);
   const { input, output } = manifest;
   for (const name of [output.name, ...(output.embedding ? [output.embedding] : [])]) {
     if (!session.outputNames.includes(name)) {
@@ -96,15 +105,19 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     },
     async run(images) {
       if (images.length === 0) return [];
-      const batch = new Float32Array(images.length * imageSize);
-      images.forEach((image, i) => {
+      for (const image of images) {
         if (image.length !== imageSize) throw new Error(`expected ${imageSize} values per image, got ${image.length}`);
-        batch.set(image, i * imageSize);
-      });
-      const results = await session.run({ [input.name]: new ort.Tensor('float32', batch, dims(images.length)) }, fetches);
-      const scores = results[output.name]!.data as Float32Array;
+      }
+      // One image (what a worker runs) is its own batch: passed through, not copied.
+      let batch = images[0]!;
+      if (images.length > 1) {
+        batch = new Float32Array(images.length * imageSize);
+        images.forEach((image, i) => batch.set(image, i * imageSize));
+      }
+      const results = await session.run(input.name, batch, dims(images.length), fetches);
+      const scores = results[output.name]!;
       const classes = scores.length / images.length;
-      const embedding = output.embedding ? (results[output.embedding]!.data as Float32Array) : undefined;
+      const embedding = output.embedding ? results[output.embedding] : undefined;
       const width = embedding ? embedding.length / images.length : 0;
       return images.map((_, i) => {
         const row = scores.slice(i * classes, (i + 1) * classes);
@@ -123,6 +136,19 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const [warm] = await model.run([new Float32Array(imageSize)]);
   warmUp = { ms: Math.round((performance.now() - started) * 100) / 100, probabilities: warm!.probabilities };
   return model;
+}
+
+async function inCallingThread(bytes: Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<InferenceEngine> {
+  const session = await ort.InferenceSession.create(bytes, options);
+  return {
+    inputNames: session.inputNames,
+    outputNames: session.outputNames,
+    async run(input, data, dims, fetches) {
+      const results = await session.run({ [input]: new ort.Tensor('float32', data, dims) }, [...fetches]);
+      return Object.fromEntries(fetches.map((name) => [name, results[name]!.data as Float32Array]));
+    },
+    release: () => session.release(),
+  };
 }
 
 export function softmax(logits: Float32Array): Float32Array {
