@@ -38,9 +38,12 @@ export interface SystemOptions {
 /**
  * The load tests' own gateway settings. URL_ALLOW_CIDRS lets image URLs resolve to 127.0.0.1, where
  * the Locust scenario serves its images: the gateway refuses loopback URLs otherwise (SSRF
- * protection), and must keep doing so everywhere but here.
+ * protection), and must keep doing so everywhere but here. The load generators (Locust's users,
+ * vegeta's connections) stand for many clients but all connect from 127.0.0.1: the per-address
+ * connection share would cap the generator itself, so it is the total here. (The soak's hostile
+ * clients connect from other loopback addresses, each its own client.)
  */
-export const LOADTEST_GATEWAY_ENV = { URL_ALLOW_CIDRS: '127.0.0.1/32' } as const;
+export const LOADTEST_GATEWAY_ENV = { URL_ALLOW_CIDRS: '127.0.0.1/32', MAX_CONNECTIONS_PER_CLIENT: '1024' } as const;
 
 export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-loadtest-'));

@@ -71,3 +71,30 @@ describe('job store (real Redis)', () => {
     expect(error).to.be.instanceOf(Error);
   });
 });
+
+/**
+ * ioredis's auto-pipelining copies a connection's custom commands into each pipeline when it opens
+ * one: a script defined lazily, on first use, is missing from a pipeline that another command opened
+ * in the same tick ("pipeline[functionName] is not a function", then an uncaught error in ioredis
+ * that took a gateway down). Scripts are defined when the store is built.
+ */
+describe('job store on an auto-pipelined connection (real Redis)', () => {
+  it('commits while another command is in flight on the same connection (the first commit included)', async () => {
+    const { Redis } = await import('ioredis');
+    const redis = new Redis(process.env.CONVEYOR_TEST_REDIS_URL ?? '', { enableAutoPipelining: true, lazyConnect: false });
+    try {
+      await redis.ping();
+      const keys = keysOf(randomPrefix('job-store-pipelined'));
+      const store = new JobStore(redis, keys, { resultTtlSeconds: 60, predictionStreamMaxLen: 100 });
+      const id = randomUUID();
+      // Same tick: the GET opens the auto-pipeline, the commit joins it.
+      const [, outcome] = await Promise.all([
+        redis.get(keys.result(id)),
+        store.commit(completedResult(id), { queue: 'inference' }),
+      ]);
+      expect(outcome).to.equal('published');
+    } finally {
+      redis.disconnect();
+    }
+  });
+});

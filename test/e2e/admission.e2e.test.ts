@@ -21,7 +21,14 @@ describe('admission', function () {
 
   before(async () => {
     gateways = await Promise.all(
-      [0, 1].map(() => startGateway(prefix, { MAX_QUEUE_DEPTH: String(limit), FAIR_TENANT_SHARE: '1' })),
+      [0, 1].map(() =>
+        startGateway(prefix, {
+          MAX_QUEUE_DEPTH: String(limit),
+          // 150 concurrent requests stand for 150 clients here, though they share one address.
+          FAIR_TENANT_SHARE: '1',
+          MAX_CONNECTIONS_PER_CLIENT: '200',
+        }),
+      ),
     );
     queue = new Queue(QUEUES.inference, { connection: { url: testRedisUrl() }, prefix });
     const { dataset, split } = await heldOutDigits();

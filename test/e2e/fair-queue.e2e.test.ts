@@ -115,10 +115,17 @@ describe('fair queuing between tenants', function () {
       worker = await startWorker(prefix);
       // Phase 2: while the workers are busy with the flood's backlog.
       await until('the workers under way', async () => (await completionOrder(prefix)).length >= 200, 60_000);
-      const doneBefore = (await completionOrder(prefix)).length;
       const backlog = await queue.getJobCountByTypes('waiting', 'prioritized');
       expect(backlog, 'the flood still has a backlog when the polite jobs arrive').to.be.greaterThan(500);
-      const late = await submit(gateway, polite.key, 10, 1);
+      // Each late job's own arrival: the completions counted for it start just before it is sent
+      // (not before the first of them: on a loaded machine sending ten takes a while, and the
+      // flood's jobs completed meanwhile were never behind the later polite ones).
+      const late: { id: string; from: number }[] = [];
+      for (let i = 0; i < 10; i++) {
+        const from = (await completionOrder(prefix)).length;
+        const [id] = await submit(gateway, polite.key, 1, 1);
+        late.push({ id: id!, from });
+      }
       await until('every job done', async () => (await completionOrder(prefix)).length >= 1520, 120_000);
 
       const order = await completionOrder(prefix);
@@ -126,7 +133,7 @@ describe('fair queuing between tenants', function () {
       const floodAhead = (id: string, from: number) =>
         order.slice(from, order.indexOf(id)).filter((other) => floodJobs.has(other)).length;
       const earlyAhead = early.map((id) => floodAhead(id, 0));
-      const lateAhead = late.map((id) => floodAhead(id, doneBefore));
+      const lateAhead = late.map(({ id, from }) => floodAhead(id, from));
       // Each polite job waits for about as many flood jobs as polite jobs went before it (equal
       // weights alternate), plus what the workers had already taken: never for the backlog.
       const k = 10 + 2 * 8;

@@ -68,10 +68,11 @@ describe('queued bytes follow the jobs that exist', function () {
 
   it('gives the bytes of a job that failed without a result back', async () => {
     const accepted = await fillUp();
-    // Every waiting job now breaks the contract: the worker fails each for good, without a commit.
+    // Every queued job (fair queuing keeps them in BullMQ's prioritized set) now breaks the
+    // contract: the worker fails each for good, without a commit.
     const redis = testRedis();
     try {
-      for (const job of await queue.getJobs(['waiting']))
+      for (const job of await queue.getJobs(['waiting', 'prioritized']))
         await redis.hset(queue.toKey(job.id!), 'data', JSON.stringify({ kind: 'not-a-job' }));
     } finally {
       redis.disconnect();

@@ -102,7 +102,14 @@ export class JobStore {
     private readonly redis: Redis,
     private readonly keys: Keys,
     private readonly options: JobStoreOptions,
-  ) {}
+  ) {
+    // Defined now, not on first use: ioredis's auto-pipelining copies a connection's commands into a
+    // pipeline when it opens one, so a script defined while another command's pipeline is open is
+    // missing from it (job-store.test.ts shows the failure).
+    if (typeof (redis as Partial<CommitRedis> & Redis).conveyorCommitResult !== 'function') {
+      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 7, lua: COMMIT });
+    }
+  }
 
   /** Whether the connection is up (a sweep that cannot reach Redis waits for the next tick). */
   get ready(): boolean {
@@ -210,11 +217,6 @@ export class JobStore {
   }
 
   private commitCommand(): CommitRedis {
-    const redis = this.redis as Partial<CommitRedis> & Redis;
-    // Defined on first use, on this connection only: gateways never commit.
-    if (typeof redis.conveyorCommitResult !== 'function') {
-      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 7, lua: COMMIT });
-    }
-    return redis as CommitRedis;
+    return this.redis as CommitRedis;
   }
 }

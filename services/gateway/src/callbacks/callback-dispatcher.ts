@@ -81,6 +81,10 @@ export class CallbackDispatcher {
     this.queue.on('error', (error) => log.warn({ err: error }, 'callback queue error'));
     this.secret = options.secret ? secretBytes(options.secret) : undefined;
     this.agents = filteringAgents(options.allowCidrs);
+    // Defined now, not on first use: a script defined while an auto-pipeline is open on the
+    // connection is missing from that pipeline (see JobStore's constructor).
+    const reserving = redis as ReserveRedis;
+    if (!reserving.conveyorReserveCallback) redis.defineCommand('conveyorReserveCallback', { numberOfKeys: 1, lua: RESERVE });
   }
 
   /** Takes deliveries from the queue, and promotes one as soon as its job's reply arrives on `subscriber`. */
@@ -341,10 +345,7 @@ export class CallbackDispatcher {
   }
 
   private reserveCommand(): Required<Pick<ReserveRedis, 'conveyorReserveCallback'>> {
-    const redis = this.redis as ReserveRedis;
-    // Defined on first use, on this connection only.
-    if (!redis.conveyorReserveCallback) redis.defineCommand('conveyorReserveCallback', { numberOfKeys: 1, lua: RESERVE });
-    return redis as Required<Pick<ReserveRedis, 'conveyorReserveCallback'>>;
+    return this.redis as ReserveRedis as Required<Pick<ReserveRedis, 'conveyorReserveCallback'>>;
   }
 
   private async update(jobId: string, change: Partial<CallbackState>, ttlSeconds: number): Promise<void> {
