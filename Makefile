@@ -165,7 +165,7 @@ soak: build ## Proof of endurance and isolation: the Locust mix at ~80 % of capa
 	$(TSX) loadtests/soak.ts
 
 .PHONY: soak-ci
-soak-ci: build ## The soak for 10 minutes (CI): the same checks, ~14 min with start-up and draining
+soak-ci: build ## The soak for 10 minutes (CI): the same checks, ~11 min in all (build, start-up, sweep, drain, plots)
 	SOAK_MINUTES=$${SOAK_MINUTES:-10} $(TSX) loadtests/soak.ts
 
 .PHONY: clean

@@ -83,9 +83,13 @@ def _options(parser) -> None:
         "--shape", env_var="LOADTEST_SHAPE", default="steps", choices=["smoke", "steps", "soak"], help="load shape"
     )
     # The soak (loadtests/soak.ts): a fixed number of users paced to a total request rate, for a long time.
-    parser.add_argument("--soak-rate", env_var="LOADTEST_SOAK_RATE", type=float, default=50, help="--shape soak: tasks per second, all users together")
+    parser.add_argument(
+        "--soak-rate", env_var="LOADTEST_SOAK_RATE", type=float, default=50, help="--shape soak: tasks per second, all users together"
+    )
     parser.add_argument("--soak-users", env_var="LOADTEST_SOAK_USERS", type=int, default=60, help="--shape soak: users")
-    parser.add_argument("--soak-seconds", env_var="LOADTEST_SOAK_SECONDS", type=float, default=600, help="--shape soak: duration")
+    parser.add_argument(
+        "--soak-seconds", env_var="LOADTEST_SOAK_SECONDS", type=float, default=600, help="--shape soak: duration"
+    )
     parser.add_argument(
         "--jobs-file",
         env_var="LOADTEST_JOBS_FILE",

@@ -78,11 +78,18 @@ def main() -> int:
 
     ax = axes[2]
     history: list[dict[str, str]] = []
+    totals: list[tuple[float, int, int]] = []  # (time, requests so far, failures so far), all polite requests
     start = 0.0
     if history_file.exists():
         with history_file.open(newline="") as f:
-            history = [r for r in csv.DictReader(f) if r.get("Name") not in (None, "Aggregated", "")]
+            every = list(csv.DictReader(f))
+        history = [r for r in every if r.get("Name") not in (None, "Aggregated", "")]
         start = min((float(r["Timestamp"]) for r in history), default=0.0)
+        totals = [
+            (float(r["Timestamp"]) - start, int(r["Total Request Count"] or 0), int(r["Total Failure Count"] or 0))
+            for r in every
+            if r.get("Name") == "Aggregated"
+        ]
         names = [check_slo.SYNC_UPLOAD, check_slo.SYNC_MODERATION, check_slo.SYNC_URL, check_slo.ASYNC_E2E]
         for name in names:
             points = [(float(r["Timestamp"]), r["95%"]) for r in history if r["Name"] == name]
@@ -125,8 +132,19 @@ def main() -> int:
     bounds = sorted({0.0, *[t for t, _ in starts]}) + [ends[0] if ends else float("inf")]
     with phases_file.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["from_s", "to_s", "running", "sync_p95_median_ms", "moderation_p95_median_ms", "async_p95_median_ms"])
-        print("per phase, the median of the polite clients' rolling p95:")
+        writer.writerow(
+            [
+                "from_s",
+                "to_s",
+                "running",
+                "sync_p95_median_ms",
+                "moderation_p95_median_ms",
+                "async_p95_median_ms",
+                "polite_requests_per_s",
+                "polite_failed_share",
+            ]
+        )
+        print("per phase, the median of the polite clients' rolling p95, their requests/s and the share that failed:")
         for lo, hi in zip(bounds, bounds[1:]):
             running = "+".join(name for t, name in starts if t <= lo) or "polite only"
             cells = []
@@ -137,8 +155,19 @@ def main() -> int:
                     if r["Name"] == name and r["95%"] not in ("", "N/A") and lo <= float(r["Timestamp"]) - start < hi
                 )
                 cells.append(f"{values[len(values) // 2]:.0f}" if values else "")
-            writer.writerow([f"{lo:.0f}", f"{hi:.0f}", running, *cells])
-            print(f"  {lo:6.0f}–{hi:<6.0f} s  sync {cells[0] or '—':>6} ms  moderation {cells[1] or '—':>6} ms  async {cells[2] or '—':>6} ms  ({running})")
+            # Slow answers are not the only harm: a refused or unanswered request is quick, and counts here.
+            inside = [t for t in totals if lo <= t[0] < hi]
+            rate = failed = ""
+            if len(inside) >= 2:
+                requests = inside[-1][1] - inside[0][1]
+                failures = inside[-1][2] - inside[0][2]
+                rate = f"{requests / max(1e-9, inside[-1][0] - inside[0][0]):.1f}"
+                failed = f"{failures / requests:.3f}" if requests else ""
+            writer.writerow([f"{lo:.0f}", f"{hi:.0f}", running, *cells, rate, failed])
+            print(
+                f"  {lo:6.0f}–{hi:<6.0f} s  sync {cells[0] or '—':>6} ms  moderation {cells[1] or '—':>6} ms"
+                f"  async {cells[2] or '—':>6} ms  {rate or '—':>6}/s  failed {failed or '—':>5}  ({running})"
+            )
 
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(out / "soak.png", dpi=110)
