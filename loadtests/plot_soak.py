@@ -65,7 +65,7 @@ def main() -> int:
         f"({'plateau' if summary['redis']['plateau'] else 'NOT plateaued'})",
         fontsize=9,
     )
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center left")
 
     ax = axes[1]
     for key in rows[0]:
