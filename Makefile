@@ -160,6 +160,14 @@ loadtest-smoke: build ## 40 s Locust run at a modest rate + SLO check (CI); HTML
 loadtest-locust: build ## The Locust scenario in steps up to and past saturation (2 workers, ~4 min) → loadtests/results/locust-report.html
 	$(LOADTEST) locust $(ARGS)
 
+.PHONY: soak
+soak: build ## Proof of endurance and isolation: the Locust mix at ~80 % of capacity for SOAK_MINUTES (120) with hostile clients beside it → loadtests/results/soak/ (docs/soak.md); exits 1 on a breach
+	$(TSX) loadtests/soak.ts
+
+.PHONY: soak-ci
+soak-ci: build ## The soak for 10 minutes (CI): the same checks, ~11 min in all (build, start-up, sweep, drain, plots)
+	SOAK_MINUTES=$${SOAK_MINUTES:-10} $(TSX) loadtests/soak.ts
+
 .PHONY: clean
 clean: ## Remove build output and local data
 	rm -rf dist shared/dist services/*/dist data *.tsbuildinfo

@@ -19,6 +19,12 @@ export interface LoadSystem {
   readonly url: string;
   readonly redisUrl: string;
   readonly monitorUrl: string;
+  /** The models the workers serve (SystemOptions.models, else every load-test model). */
+  readonly models: readonly string[];
+  /** Process ids by label (`redis`, `gateway`, `worker-1`…, `monitor`), for RSS samples from /proc. */
+  pids(): Record<string, number>;
+  /** The workers' Prometheus endpoints (set when SystemOptions.workerMetrics). */
+  readonly workerMetricsUrls: readonly string[];
   workerCount(): number;
   /** Starts `count` more workers and resolves once /ready lists all of them. */
   addWorkers(count: number): Promise<void>;
@@ -33,6 +39,14 @@ export interface SystemOptions {
   worker?: Record<string, string>;
   /** Print the services' log lines (otherwise only what they write to stderr: crashes). */
   verbose?: boolean;
+  /** The models every worker serves (default: both load-test models; the moderation model is built if missing). */
+  models?: readonly string[];
+  /** Redis `maxmemory` (noeviction), as `make run` sets it (e.g. '1gb'); default: none, as the tests. */
+  redisMaxMemory?: string;
+  /** Redis with its append-only file, as `make run` keeps it (default: off). */
+  redisPersist?: boolean;
+  /** Give each worker a Prometheus endpoint on a free port (its job outcomes, e.g. not_published). */
+  workerMetrics?: boolean;
 }
 
 /**
@@ -70,23 +84,35 @@ export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
+    const served = options.models ?? LOADTEST_MODELS;
     // models/moderation/model.onnx is built at build time, not committed: built here if missing.
-    await ensureModerationModel();
-    redis = await startRedis({ dir: path.join(dir, 'redis') });
+    if (served.includes('moderation')) await ensureModerationModel();
+    redis = await startRedis({
+      dir: path.join(dir, 'redis'),
+      ...(options.redisMaxMemory ? { maxMemory: options.redisMaxMemory } : {}),
+      ...(options.redisPersist ? { persist: true } : {}),
+    });
     const env = { REDIS_URL: redis.url };
-    const models = LOADTEST_MODELS.join(',');
+    const models = served.join(',');
+    const workerMetricsUrls: string[] = [];
     const port = await freePort();
     const monitorPort = await freePort();
     const url = `http://127.0.0.1:${port}`;
     let workers = 0;
-    const startWorkers = (count: number) => {
+    const startWorkers = async (count: number) => {
       for (let i = 0; i < count; i++) {
         workers++;
         const label = `worker-${workers}`;
+        const metrics: Record<string, string> = {};
+        if (options.workerMetrics) {
+          const metricsPort = await freePort();
+          metrics.METRICS_PORT = String(metricsPort);
+          workerMetricsUrls.push(`http://127.0.0.1:${metricsPort}/metrics`);
+        }
         services.push(
           spawnService(
             'inference-worker',
-            { ...env, MODELS: models, ...options.worker },
+            { ...env, MODELS: models, ...metrics, ...options.worker },
             { label, logs, built: true, onRecord: onRecord(label) },
           ),
         );
@@ -98,10 +124,10 @@ export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
         const r = await fetch(`${url}/ready`).catch(() => undefined);
         if (!r?.ok) return false;
         const body = (await r.json()) as { workers?: unknown[]; models?: Record<string, { ready?: boolean }> };
-        return (body.workers?.length ?? 0) >= count && LOADTEST_MODELS.every((m) => body.models?.[m]?.ready === true);
+        return (body.workers?.length ?? 0) >= count && served.every((m) => body.models?.[m]?.ready === true);
       });
     };
-    startWorkers(options.workers);
+    await startWorkers(options.workers);
     services.push(
       spawnService(
         'gateway',
@@ -130,9 +156,16 @@ export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
       url,
       redisUrl: redis.url,
       monitorUrl,
+      models: served,
+      workerMetricsUrls,
+      pids: () => {
+        const pids: Record<string, number> = redis ? { redis: redis.pid } : {};
+        for (const s of services) if (s.child.pid !== undefined) pids[s.name] = s.child.pid;
+        return pids;
+      },
       workerCount: () => workers,
       addWorkers: async (count) => {
-        startWorkers(count);
+        await startWorkers(count);
         await ready(workers);
       },
       stop: async () => {
