@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
+import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { ROOT } from '../scripts/lib/service-process.js';
 import { ensureImageSet, LOADTEST_MODELS } from './lib/images.js';
 import { startSystem, type LoadSystem } from './lib/system.js';
@@ -39,7 +40,7 @@ const hostileKinds = (env.SOAK_HOSTILE ?? 'callback-polite,callback-bomb,callbac
   .filter((k) => k && k !== 'none');
 const durationS = minutes * 60;
 /**
- * SOAK_ENV: `NAME=value` pairs (space-separated) given to the gateway and the workers, e.g.
+ * SOAK_ENV: `NAME=value` pairs (space-separated) given to the gateway, the workers and the monitor, e.g.
  * `SOAK_ENV="RESULT_TTL_SECONDS=300"` so that a short run outlives the results it keeps.
  */
 const serviceEnv = Object.fromEntries(
@@ -189,7 +190,9 @@ async function sample(redis: Redis, system: LoadSystem, t0: number, watch: Strea
     .pipeline()
     .llen(`${PREFIX}:callbacks:wait`)
     .zcard(`${PREFIX}:callbacks:delayed`)
-    .get(`${PREFIX}:admission:queued-bytes`)
+    // From the contract, not spelled here: the key moved once (admission:queued-bytes → the sum
+    // beside the per-job hash) and a spelled-out name read a key nobody wrote any more.
+    .get(keysOf(PREFIX).queuedBytes)
     .exec()) as [[null, number], [null, number], [null, string | null]];
   const strlen = async (keys: string[]) => {
     let total = 0;
@@ -278,6 +281,7 @@ const system = await startSystem({
   workerMetrics: true,
   gateway: { CALLBACK_SECRET: callbackSecret, ...serviceEnv },
   worker: serviceEnv,
+  monitor: serviceEnv,
   verbose: env.SOAK_VERBOSE === '1',
 });
 const redis = new Redis(system.redisUrl, { maxRetriesPerRequest: 3 });

@@ -37,6 +37,8 @@ export interface SystemOptions {
   gateway?: Record<string, string>;
   /** Extra worker environment (e.g. WORKER_CONCURRENCY). */
   worker?: Record<string, string>;
+  /** Extra monitor environment (e.g. PREDICTION_TTL_SECONDS). */
+  monitor?: Record<string, string>;
   /** Print the services' log lines (otherwise only what they write to stderr: crashes). */
   verbose?: boolean;
   /** The models every worker serves (default: both load-test models; the moderation model is built if missing). */
@@ -145,6 +147,7 @@ export async function startSystem(options: SystemOptions): Promise<LoadSystem> {
           REPORT_DIR: path.join(dir, 'reports'),
           // No periodic report in the middle of a measurement.
           REPORT_INTERVAL_MS: '0',
+          ...options.monitor,
         },
         { logs, built: true, onRecord: onRecord('monitor') },
       ),
