@@ -168,6 +168,26 @@ describe('isolation between clients at the gateway', function () {
       }
     });
 
+    it("at its share, closes the client's own oldest idle connection to serve its new one", async () => {
+      // A client that pools keep-alive connections (the test runner's own fetch did: a bad-input
+      // test found 3 of 20 new connections reset) fills its share with idle ones, then opens another.
+      const g = await gateway({ MAX_CONNECTIONS: '20', MAX_CONNECTIONS_PER_CLIENT: '4' });
+      const idle: Socket[] = [];
+      try {
+        for (let i = 0; i < 4; i++) {
+          const socket = connect({ host: '127.0.0.1', port: g.port, localAddress: polite });
+          socket.on('error', () => undefined);
+          idle.push(socket);
+        }
+        await until('the share to be full', async () => (await metric(g.port, 'conveyor_http_connections_open')) === 4);
+        const answer = await send(g.port, polite, { path: '/health' });
+        expect(answer.status).to.equal(200);
+        await until('its oldest idle connection to be closed', () => Promise.resolve(idle[0]!.closed));
+      } finally {
+        for (const s of idle) s.destroy();
+      }
+    });
+
     it('at the total, closes an idle connection of the biggest holder rather than refuse a newcomer', async () => {
       // Three hog addresses at their share hold more than the total: no room without closing one.
       const g = await gateway({ MAX_CONNECTIONS: '20', MAX_CONNECTIONS_PER_CLIENT: '8' });

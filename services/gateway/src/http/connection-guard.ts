@@ -79,8 +79,16 @@ export class ConnectionGuard {
     if (own && own.size >= this.limits.maxPerClient) {
       this.counts.refusedClient++;
       this.onRefusal('client');
-      socket.destroy();
-      return;
+      // A client at its share makes room from its own idle connections first: one that pools
+      // keep-alive connections (undici, browsers) opens a new one and is served, and a silent hog
+      // only ever replaces its own. Refused only when every connection it holds is busy.
+      const idle = this.oldestIdle(own);
+      if (!idle) {
+        socket.destroy();
+        return;
+      }
+      this.untrack(idle);
+      idle.socket.destroy();
     }
     if (this.total >= this.limits.maxConnections) {
       const victim = this.idleVictim();
@@ -97,11 +105,18 @@ export class ConnectionGuard {
     }
     const tracked: Tracked = { socket, client, active: 0 };
     this.bySocket.set(socket, tracked);
-    const set = own ?? new Set<Tracked>();
+    // Read again: making room may have emptied (and dropped) the client's set.
+    const set = this.byClient.get(client) ?? new Set<Tracked>();
     set.add(tracked);
-    if (!own) this.byClient.set(client, set);
+    this.byClient.set(client, set);
     this.total++;
     socket.once('close', () => this.untrack(tracked));
+  }
+
+  /** The oldest connection of `set` with no request in progress (a Set keeps insertion order). */
+  private oldestIdle(set: Set<Tracked>): Tracked | undefined {
+    for (const tracked of set) if (tracked.active === 0) return tracked;
+    return undefined;
   }
 
   /** The oldest idle connection of the address holding the most connections that has an idle one. */
