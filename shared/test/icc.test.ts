@@ -1,23 +1,14 @@
 import { expect } from 'chai';
 import sharp, { type Sharp } from 'sharp';
 import { embeddedIccProfile, isSrgbProfile } from '../src/model/icc.js';
-import { ModelManifest } from '../src/model/manifest.js';
+import { rgbFrameManifest } from './support/manifests.js';
 import { preprocess } from '../src/model/preprocess.js';
 
 /**
  * Embedded sRGB profiles are not applied (the transform changes no pixel and cost ~4 ms per
  * photo); every other profile still is. The profiles are libvips' own (sRGB v4 and Display P3).
  */
-const manifest = ModelManifest.parse({
-  schema: 'conveyor.model/v1',
-  name: 'frame',
-  version: '1',
-  sha256: '0'.repeat(64),
-  input: { name: 'input', layout: 'NCHW', channels: 3, height: 224, width: 224 },
-  output: { name: 'probabilities', kind: 'probabilities' },
-  preprocess: { color: 'rgb', resize: 'bilinear-align-corners', normalize: { mean: [0, 0, 0], std: [1, 1, 1] } },
-  labels: ['a', 'b'],
-});
+const manifest = rgbFrameManifest();
 
 /** A colourful gradient, so that a colour transform has something to change. */
 async function gradient(): Promise<Buffer> {

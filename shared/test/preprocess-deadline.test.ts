@@ -6,7 +6,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import sharp from 'sharp';
 import { thinStrip } from '../../test/support/images.js';
-import { ModelManifest } from '../src/model/manifest.js';
+import { rgbFrameManifest } from './support/manifests.js';
 import { preprocess, type ImageInput } from '../src/model/preprocess.js';
 import { ProblemError } from '../src/problem.js';
 
@@ -18,16 +18,7 @@ import { ProblemError } from '../src/problem.js';
  * the FIFOs are opened for writing — a stand-in for a paused or starved worker that costs no CPU.
  */
 const encoded = (bytes: Buffer): ImageInput => ({ kind: 'encoded', bytes });
-const manifest = ModelManifest.parse({
-  schema: 'conveyor.model/v1',
-  name: 'frame',
-  version: '1',
-  sha256: '0'.repeat(64),
-  input: { name: 'input', layout: 'NCHW', channels: 3, height: 224, width: 224 },
-  output: { name: 'probabilities', kind: 'probabilities' },
-  preprocess: { color: 'rgb', resize: 'bilinear-align-corners', normalize: { mean: [0, 0, 0], std: [1, 1, 1] } },
-  labels: ['a', 'b'],
-});
+const manifest = rgbFrameManifest();
 
 /** Holds every libuv thread in a FIFO open() until release() is called. */
 function holdThreadPool(): { release(): Promise<void>; dir: string } {

@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import sharp from 'sharp';
-import { ModelManifest } from '../src/model/manifest.js';
+import type { ModelManifest } from '../src/model/manifest.js';
+import { rgbFrameManifest } from './support/manifests.js';
 import { preprocess } from '../src/model/preprocess.js';
 
 /**
@@ -8,22 +9,7 @@ import { preprocess } from '../src/model/preprocess.js';
  * to a working copy at least k × the input, then resampled exactly as any image; everything else
  * (smaller JPEGs, other formats, manifests without it) takes the exact path unchanged.
  */
-const manifest = (shrinkOnLoad?: number) =>
-  ModelManifest.parse({
-    schema: 'conveyor.model/v1',
-    name: 'frame',
-    version: '1',
-    sha256: '0'.repeat(64),
-    input: { name: 'input', layout: 'NCHW', channels: 3, height: 224, width: 224 },
-    output: { name: 'probabilities', kind: 'probabilities' },
-    preprocess: {
-      color: 'rgb',
-      resize: 'bilinear-align-corners',
-      normalize: { mean: [0, 0, 0], std: [1, 1, 1] },
-      ...(shrinkOnLoad ? { shrinkOnLoad } : {}),
-    },
-    labels: ['a', 'b'],
-  });
+const manifest = (shrinkOnLoad?: number) => rgbFrameManifest(shrinkOnLoad ? { shrinkOnLoad } : {});
 
 /** A textured photo-sized image: a colour gradient with a fine checker on top. */
 async function texture(width: number, height: number): Promise<Buffer> {
