@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -44,7 +45,9 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
+from gevent.local import local
 from geventhttpclient import HTTPClient
+from geventhttpclient.connectionpool import ConnectionPool
 from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.runners import MasterRunner
 
@@ -63,6 +66,32 @@ POLL_INTERVAL_S = 0.1
 CLIENT_IDLE_LIMIT_S = 4.0
 # An async job not finished after this is handed to the end-of-run sweep (and counts as a miss).
 JOB_PATIENCE_S = 60.0
+
+
+# Many clients, not one: under --client-addresses each user binds its sockets to a loopback address
+# of its own, so that the gateway sees (and fair queuing, the connection and upload shares count)
+# one tenant per user, as real clients arriving from many hosts would be. geventhttpclient has no
+# source-address option; its pool creates every TCP socket in `_create_tcp_socket`, called in the
+# greenlet of the user that asks for a connection, so a greenlet-local address is the user's.
+SOURCE = local()
+_create_tcp_socket = ConnectionPool._create_tcp_socket
+
+
+def _bound_tcp_socket(self, family, socktype, protocol):
+    sock = _create_tcp_socket(self, family, socktype, protocol)
+    address = getattr(SOURCE, "address", None)
+    if address is not None and family == socket.AF_INET:
+        sock.bind((address, 0))
+    return sock
+
+
+ConnectionPool._create_tcp_socket = _bound_tcp_socket
+USERS_STARTED = 0
+
+
+def client_address(index: int) -> str:
+    """The index-th client address: 127.10.0.1, 127.10.0.2, …, 127.10.0.250, 127.10.1.1, … (127.0.0.x is the hostile clients')."""
+    return f"127.10.{index // 250}.{index % 250 + 1}"
 
 
 # ── options ─────────────────────────────────────────────────────────────────────────────────────
@@ -89,6 +118,14 @@ def _options(parser) -> None:
     parser.add_argument("--soak-users", env_var="LOADTEST_SOAK_USERS", type=int, default=60, help="--shape soak: users")
     parser.add_argument(
         "--soak-seconds", env_var="LOADTEST_SOAK_SECONDS", type=float, default=600, help="--shape soak: duration"
+    )
+    parser.add_argument(
+        "--client-addresses",
+        env_var="LOADTEST_CLIENT_ADDRESSES",
+        type=int,
+        default=0,
+        help="send each user's requests from its own loopback address (127.10.x.y), cycling through this many "
+        "(0: every user from the default address). Without API keys the gateway's tenant is the client address",
     )
     parser.add_argument(
         "--jobs-file",
@@ -261,7 +298,12 @@ class ConveyorClient(FastHttpUser):
     connection_timeout = 5.0
 
     def on_start(self) -> None:
+        global USERS_STARTED
         assert INPUTS is not None
+        addresses = self.environment.parsed_options.client_addresses
+        if addresses > 0:
+            SOURCE.address = client_address(USERS_STARTED % addresses)
+        USERS_STARTED += 1
         self.inputs = INPUTS
         self.rand = random.Random(self.environment.parsed_options.seed + id(self))
         self.last_used = time.monotonic()

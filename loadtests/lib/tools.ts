@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ROOT } from '../../scripts/lib/service-process.js';
@@ -24,13 +24,18 @@ export function ensureVegeta(): string {
 }
 
 /** Runs a command to its end with the output shown; resolves with its exit code. */
-export function run(command: string, args: readonly string[], options: { env?: Record<string, string>; quiet?: boolean } = {}) {
+export function run(
+  command: string,
+  args: readonly string[],
+  options: { env?: Record<string, string>; quiet?: boolean; onSpawn?: (child: ChildProcess) => void } = {},
+) {
   return new Promise<number>((resolve, reject) => {
     const child = spawn(command, args, {
       cwd: ROOT,
       env: { ...process.env, ...options.env },
       stdio: ['ignore', options.quiet ? 'ignore' : 'inherit', 'inherit'],
     });
+    options.onSpawn?.(child);
     child.once('error', reject);
     child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
   });
