@@ -3,7 +3,7 @@ import Router from '@koa/router';
 import Koa, { type Middleware } from 'koa';
 import type { Redis } from '@conveyor/shared/redis';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import type { Keys } from '@conveyor/shared/contract/queue.contract';
+import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import type { Logger } from '@conveyor/shared/logger';
 import type { GatewayState } from './http/context.js';
 import { problemMiddleware } from './http/problem.middleware.js';
@@ -24,7 +24,7 @@ export interface AppDeps extends PredictDeps {
   readonly dashboard?: Middleware<GatewayState>;
   readonly log: Logger;
   readonly redis: Redis;
-  readonly keys: Keys;
+  readonly keys: RedisKeys;
   /** Results and feedback of jobs, on `redis`. */
   readonly jobs: JobStore;
   readonly lookup: JobLookup;

@@ -1,7 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Redis } from '@conveyor/shared/redis';
-import type { Keys, ModelAnnouncement, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
+import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
+import type { ModelAnnouncement, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
 import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
@@ -32,7 +33,7 @@ export class Heartbeat {
 
   constructor(
     private readonly redis: Redis,
-    private readonly keys: Keys,
+    private readonly keys: RedisKeys,
     private readonly id: string,
     private readonly intervalMs: number,
     private readonly describe: () => ServingState,

@@ -1,4 +1,4 @@
-import { servingName, type ModelRef } from '@conveyor/shared/contract/queue.contract';
+import { servingName, type ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { AlertPolicy } from './alerts/alert-state.js';
 import type { AlertSink } from './alerts/alert-sink.js';

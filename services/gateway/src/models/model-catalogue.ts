@@ -1,19 +1,15 @@
 import type { Redis } from '@conveyor/shared/redis';
-import {
-  inferenceQueue,
-  ModelAnnouncement,
-  ModelName,
-  servedModels,
-  type Keys,
-  type WorkerHeartbeat,
-} from '@conveyor/shared/contract/queue.contract';
+import { inferenceQueue } from '@conveyor/shared/contract/jobs.contract';
+import { ModelAnnouncement, servedModels, type WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
+import { ModelName } from '@conveyor/shared/contract/common.contract';
+import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import type { Logger } from '@conveyor/shared/logger';
 import { liveWorkers } from './live-workers.js';
 
 /**
  * Which models exist and which of them can answer now, as the gateway learns it from the workers:
  * a model is known once the configuration names it (DEFAULT_MODEL, MODELS) or a worker has ever
- * announced it (`keys().models`), and ready while a live worker lists it in its heartbeat (which a
+ * announced it (`redisKeys().models`), and ready while a live worker lists it in its heartbeat (which a
  * worker does only once the model is warm).
  *
  * Requests read a view kept in memory, so routing costs no Redis call: a view older than
@@ -63,7 +59,7 @@ export class ModelCatalogue {
 
   constructor(
     private readonly redis: Redis,
-    private readonly keys: Keys,
+    private readonly keys: RedisKeys,
     private readonly options: CatalogueOptions,
     private readonly log: Logger,
   ) {

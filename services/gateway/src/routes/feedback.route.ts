@@ -4,7 +4,8 @@ import type { Redis } from '@conveyor/shared/redis';
 import { koaBody } from 'koa-body';
 import { FeedbackBody } from '@conveyor/shared/contract/api.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import type { FeedbackEvent, Keys } from '@conveyor/shared/contract/queue.contract';
+import type { FeedbackEvent } from '@conveyor/shared/contract/events.contract';
+import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
 import type { JobOwnership } from '../access/job-ownership.js';
@@ -17,7 +18,7 @@ import type { JobOwnership } from '../access/job-ownership.js';
  */
 export function registerFeedbackRoute(
   router: Router<GatewayState>,
-  deps: { redis: Redis; keys: Keys; jobs: JobStore; access: Access; ownership: JobOwnership },
+  deps: { redis: Redis; keys: RedisKeys; jobs: JobStore; access: Access; ownership: JobOwnership },
 ): void {
   router.post(
     '/v1/feedback',

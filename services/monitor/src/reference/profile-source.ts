@@ -1,6 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import path from 'node:path';
-import { ModelName } from '@conveyor/shared/contract/queue.contract';
+import { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError, type MlflowClient } from '@conveyor/shared/mlflow/client';
 import { REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
