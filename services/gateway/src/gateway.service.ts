@@ -3,6 +3,7 @@ import { createServer } from 'node:http';
 import os from 'node:os';
 import { JobStore } from '@conveyor/shared/contract/job-store';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 import { closeRedis, createBullConnection, createRedis, waitForReady } from '@conveyor/shared/redis';
@@ -63,9 +64,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     queue.on('error', (error) => queueErrors.error(error));
     board?.add(queue);
   });
+  const fleet = new FleetStore(redis, keys);
   const catalogue = new ModelCatalogue(
-    redis,
-    keys,
+    fleet,
     { defaultModel: config.DEFAULT_MODEL, configured: (config.MODELS ?? []).map((m) => m.name) },
     log.child({ module: 'model-catalogue' }),
   );
@@ -152,6 +153,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     redis,
     keys,
     jobs,
+    fleet,
     metrics,
     catalogue,
     queues,

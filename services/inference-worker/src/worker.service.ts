@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { JobStore } from '@conveyor/shared/contract/job-store';
+import { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
@@ -85,8 +86,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   );
 
   const heartbeat = new Heartbeat(
-    redis,
-    keys,
+    new FleetStore(redis, keys),
     workerId,
     config.HEARTBEAT_INTERVAL_MS,
     () => ({
