@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ConveyorClient, ConveyorProblem } from '@conveyor/shared/client/conveyor-client';
+import { ConveyorClient, ConveyorProblem } from '@conveyor/client';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ApiKeyStore } from '../../services/gateway/src/access/api-keys.js';
 import { ROOT } from '../../scripts/lib/service-process.js';
