@@ -34,6 +34,7 @@ export type ImageFormat = z.infer<typeof ImageFormat>;
 export const JobId = z.uuid();
 export const RequestId = z.string().min(1).max(128);
 
+/** A loaded model: its own name and version, which need not be the serving name it is served under. */
 export const ModelRef = z.object({ name: z.string(), version: z.string() });
 export type ModelRef = z.infer<typeof ModelRef>;
 

@@ -97,12 +97,12 @@ export class ModelCatalogue {
     const [workers, announced] = await Promise.all([this.fleet.liveWorkers(), this.fleet.announcements()]);
     const serving = new Map<ModelName, { versions: Set<string>; workers: number; concurrency: number }>();
     for (const worker of workers) {
-      for (const model of servedModels(worker)) {
-        const entry = serving.get(model.name) ?? { versions: new Set(), workers: 0, concurrency: 0 };
-        entry.versions.add(model.model.version);
+      for (const served of servedModels(worker)) {
+        const entry = serving.get(served.name) ?? { versions: new Set(), workers: 0, concurrency: 0 };
+        entry.versions.add(served.model.version);
         entry.workers++;
-        entry.concurrency += model.concurrency;
-        serving.set(model.name, entry);
+        entry.concurrency += served.concurrency;
+        serving.set(served.name, entry);
       }
     }
     const { defaultModel, configured } = this.options;
