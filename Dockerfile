@@ -14,6 +14,7 @@ COPY services/gateway/package.json services/gateway/
 COPY services/inference-worker/package.json services/inference-worker/
 COPY services/monitor/package.json services/monitor/
 COPY services/trainer/package.json services/trainer/
+COPY clients/typescript/package.json clients/typescript/
 
 FROM manifests AS deps
 RUN npm ci --no-audit --no-fund
@@ -22,6 +23,7 @@ FROM deps AS build
 COPY tsconfig.base.json tsconfig.build.json ./
 COPY shared shared
 COPY services services
+COPY clients clients
 RUN npm run build
 
 # models/moderation/model.onnx is not in the repository (its converter and checksum are): it is built

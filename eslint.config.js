@@ -27,8 +27,31 @@ function forbidImporting(services, who) {
   };
 }
 
+/**
+ * The client (clients/typescript) is what users install: it may import zod, Node's own modules, its
+ * own files and the contract's message schemas (`@conveyor/shared/contract/*.contract`, `problem`),
+ * which are zod alone — never a service, nor the parts of shared/ that bring sharp, onnxruntime-node
+ * or ioredis (the stores, redis, model/). clients/typescript/test/dependencies.test.ts checks the
+ * whole import graph.
+ */
+const clientRules = {
+  'no-restricted-imports': [
+    'error',
+    {
+      patterns: [
+        {
+          regex: '^(?!zod$|node:|\\.{1,2}/|@conveyor/shared/(contract/[a-z-]+\\.contract|problem)$)',
+          message:
+            'the client may import zod, node:*, its own files and the contract (@conveyor/shared/contract/*.contract, problem) only.',
+        },
+      ],
+    },
+  ],
+};
+
 const layoutRules = [
   { files: ['shared/**/*.ts'], rules: forbidImporting(SERVICES, 'shared/') },
+  { files: ['clients/*/src/**/*.ts'], rules: clientRules },
   ...SERVICES.map((service) => ({
     files: [`services/${service}/**/*.ts`],
     rules: forbidImporting(

@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
-import { keys as keysOf, type PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import type { PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import { loadModel } from '@conveyor/shared/model/runtime';
 import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-checks';
 import { INITIAL_STATE, step, type FeatureState } from '../services/monitor/src/alerts/alert-state.js';
@@ -165,7 +166,7 @@ for (const monitors of [1, 2]) {
   const monitorCpu = () => procs.reduce((sum, p) => sum + processCpuMs(p.child.pid!), 0);
   const cpuStart = { monitor: monitorCpu(), redis: await redisCpuMs(client) };
   const started = performance.now();
-  await publish(client, keysOf(prefix).predictions, events);
+  await publish(client, redisKeys(prefix).predictions, events);
   for (;;) {
     const done = await client.xlen(`${prefix}:monitor:windows`);
     if (done >= Math.floor(nEvents / 500)) break;

@@ -4,7 +4,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent, request } from 'node:http';
 import { JobStore } from '@conveyor/shared/contract/job-store';
-import { keys as keysOf, PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import { createLogger } from '@conveyor/shared/logger';
 import { createRedis, waitForReady } from '@conveyor/shared/redis';
 import { ApiKeyStore } from '../services/gateway/src/access/api-keys.js';
@@ -130,7 +131,7 @@ async function run(mode: 'fifo' | 'fair') {
     };
     await until(async () => (await fetch(`${url}/health`).catch(() => undefined))?.ok === true);
     await startWorkers();
-    const keys = keysOf('conveyor');
+    const keys = redisKeys('conveyor');
     const store = new ApiKeyStore(redis, keys.apiKeys);
     const jobs = new JobStore(redis, keys, { resultTtlSeconds: 3600 });
     const http = client(port, 64);

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ROOT } from '../scripts/lib/service-process.js';
 import { ensureImageSet, LOADTEST_MODELS } from './lib/images.js';
 import { startSystem, type LoadSystem } from './lib/system.js';
@@ -265,7 +265,7 @@ async function sample(redis: Redis, system: LoadSystem, t0: number, watch: Strea
     .zcard(`${PREFIX}:callbacks:delayed`)
     // From the contract, not spelled here: the key moved once (admission:queued-bytes → the sum
     // beside the per-job hash) and a spelled-out name read a key nobody wrote any more.
-    .get(keysOf(PREFIX).queuedBytes)
+    .get(redisKeys(PREFIX).queuedBytes)
     .exec()) as [[null, number], [null, number], [null, string | null]];
   const strlen = async (keys: string[]) => {
     let total = 0;

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { ModelName } from './contract/queue.contract.js';
+import { ModelName } from './contract/common.contract.js';
 import type { MlflowCredentials } from './mlflow/client.js';
 import { hashTag, parseRedisUrl, redactUrl } from './redis.js';
 

@@ -1,4 +1,4 @@
-import type { ProblemBody } from './contract/queue.contract.js';
+import { z } from 'zod';
 
 /**
  * Problem details (RFC 9457) shared by the gateway (which answers with them) and the worker
@@ -36,6 +36,16 @@ export const problemSlugs = Object.keys(problemCatalogue) as [ProblemSlug, ...Pr
 export function problemType(slug: ProblemSlug): string {
   return `/problems/${slug}`;
 }
+
+/** A problem as a failed job records it and as the API answers it (RFC 9457 members and the slug). */
+export const ProblemBody = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int().min(400).max(599),
+  detail: z.string(),
+  slug: z.enum(problemSlugs),
+});
+export type ProblemBody = z.infer<typeof ProblemBody>;
 
 /**
  * The RFC 9457 members of a problem, with its slug: what a failed job records, and what the

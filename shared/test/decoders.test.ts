@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import sharp from 'sharp';
 import { digitInEveryFormat, heldOutDigits } from '../../test/support/images.js';
-import { ImageFormat } from '../src/contract/queue.contract.js';
+import { ImageFormat } from '../src/contract/common.contract.js';
 import { restrictDecoders } from '../src/model/decoders.js';
 
 describe('decoder allow-list', () => {

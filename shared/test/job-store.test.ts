@@ -2,14 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { JobStore } from '@conveyor/shared/contract/job-store';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { randomPrefix, testRedis } from '../../test/support/redis.js';
 import { completedResult } from '../../test/support/results.js';
 
 /** A job's life through its one owner, against a real Redis: put, take, commit once, read, feedback once. */
 describe('job store (real Redis)', () => {
   const prefix = randomPrefix('job-store');
-  const keys = keysOf(prefix);
+  const keys = redisKeys(prefix);
   let redis: Redis;
   let store: JobStore;
 
@@ -84,7 +84,7 @@ describe('job store on an auto-pipelined connection (real Redis)', () => {
     const redis = new Redis(process.env.CONVEYOR_TEST_REDIS_URL ?? '', { enableAutoPipelining: true, lazyConnect: false });
     try {
       await redis.ping();
-      const keys = keysOf(randomPrefix('job-store-pipelined'));
+      const keys = redisKeys(randomPrefix('job-store-pipelined'));
       const store = new JobStore(redis, keys, { resultTtlSeconds: 60, predictionStreamMaxLen: 100 });
       const id = randomUUID();
       // Same tick: the GET opens the auto-pipeline, the commit joins it.

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ApiKeyStore } from '../../services/gateway/src/access/api-keys.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { predict, request } from '../support/http.js';
@@ -23,7 +23,7 @@ describe('access', function () {
 
     before(async () => {
       redis = testRedis();
-      store = new ApiKeyStore(redis, keysOf(prefix).apiKeys);
+      store = new ApiKeyStore(redis, redisKeys(prefix).apiKeys);
       [gateway, worker] = await Promise.all([startGateway(prefix, { API_KEYS_REQUIRED: 'true' }), startWorker(prefix)]);
       const { dataset, split } = await heldOutDigits();
       seven = await digitPng(dataset.samples[split.test.find((i) => dataset.samples[i]!.label === 7)!]!.pixels);
@@ -76,7 +76,7 @@ describe('access', function () {
       );
       const predictKey = stdout.trim();
       expect(predictKey).to.match(/^cvk_[0-9a-f]{12}_/);
-      const stored = await redis.hgetall(keysOf(prefix).apiKeys);
+      const stored = await redis.hgetall(redisKeys(prefix).apiKeys);
       expect(JSON.stringify(stored)).not.to.contain(predictKey.split('_')[2]);
       // Its weight in fair queuing (docs/fairness.md) is stored with it.
       expect((await store.list()).find((k) => k.name === 'app')).to.include({ weight: 3 });

@@ -1,6 +1,7 @@
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
-import { QUEUES, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { digitPng, heldOutDigits, scannedDigit } from '../support/images.js';
 import { predict } from '../support/http.js';
 import { until } from '../support/wait.js';
@@ -97,7 +98,7 @@ describe('admission', function () {
       // the count of queued bytes is zero again.
       const redis = testRedis();
       try {
-        const counter = keysOf(bytesPrefix).queuedBytes;
+        const counter = redisKeys(bytesPrefix).queuedBytes;
         await until('queued bytes back to 0', async () => (await redis.get(counter)) === '0', 10_000);
       } finally {
         redis.disconnect();

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import sharp from 'sharp';
-import { QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
 import { digitPng, heldOutDigits, jpegDeclaringMore, pngBombHeader, thinStrip } from '../support/images.js';
 import { pollUntilDone, predict, request, uploadForm, type Reply } from '../support/http.js';
 import { randomPrefix, testRedisUrl } from '../support/redis.js';

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { ConveyorClient, ConveyorProblem } from '@conveyor/shared/client/conveyor-client';
+import { ConveyorClient, ConveyorProblem } from '@conveyor/client';
 import { ROOT } from '../../scripts/lib/service-process.js';
 import { randomPrefix } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
@@ -20,7 +20,7 @@ export async function conveyorCli(
   try {
     const { stdout, stderr } = await run(
       process.execPath,
-      ['--conditions=conveyor-source', '--import', 'tsx', path.join(ROOT, 'shared/src/client/cli.ts'), ...args],
+      ['--conditions=conveyor-source', '--import', 'tsx', path.join(ROOT, 'clients/typescript/src/cli.ts'), ...args],
       { cwd: ROOT, env: { ...process.env, ...env } },
     );
     return { code: 0, stdout, stderr };

@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
-import { PredictionEvent, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { PredictionEvent } from '@conveyor/shared/contract/events.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { digitInEveryFormat, digitPng, heldOutDigits } from '../support/images.js';
 import { pollUntilDone, predict, request } from '../support/http.js';
 import { keysUnder, randomPrefix, testRedis } from '../support/redis.js';
@@ -129,7 +130,7 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
   it('publishes each completed prediction to the event stream with input descriptors and the embedding', async () => {
     const reply = await predict(gateway.url, seven);
     const id = reply.body.id as string;
-    const entries = await redis.xrange(keysOf(prefix).predictions, '-', '+');
+    const entries = await redis.xrange(redisKeys(prefix).predictions, '-', '+');
     const event = entries.map(([, fields]) => PredictionEvent.parse(JSON.parse(fields[1]!))).find((e) => e.jobId === id);
     expect(event, 'event for the job').to.not.equal(undefined);
     expect(event!.model.name).to.equal('digits');
@@ -142,7 +143,7 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
   it('reports a job as 404 once its result has expired, leaving nothing behind in Redis', async () => {
     const reply = await predict(gateway.url, seven);
     const id = reply.body.id as string;
-    const k = keysOf(prefix);
+    const k = redisKeys(prefix);
     expect(await redis.exists(k.input(id)), 'input deleted on completion').to.equal(0);
     expect(await redis.exists(k.result(id))).to.equal(1);
     // BullMQ removes its job record when it moves the job to completed, one round trip after the

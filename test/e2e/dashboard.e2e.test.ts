@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
-import { QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
 import { request } from '../support/http.js';
 import { randomPrefix, testRedisUrl } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, stopAll, type Gateway } from '../support/services.js';

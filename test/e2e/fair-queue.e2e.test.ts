@@ -1,6 +1,8 @@
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
-import { QUEUES, keys as keysOf, PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import { ApiKeyStore } from '../../services/gateway/src/access/api-keys.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { pool, predict, type Reply } from '../support/http.js';
@@ -27,7 +29,7 @@ describe('fair queuing between tenants', function () {
 
   /** Job ids in the order their results were committed. */
   async function completionOrder(prefix: string): Promise<string[]> {
-    const entries = await redis.xrange(keysOf(prefix).predictions, '-', '+');
+    const entries = await redis.xrange(redisKeys(prefix).predictions, '-', '+');
     return entries.map(([, fields]) => PredictionEvent.parse(JSON.parse(fields[1]!)).jobId);
   }
 
@@ -59,7 +61,7 @@ describe('fair queuing between tenants', function () {
     after(() => stopAll(gateway, worker));
 
     it('completes their jobs in the shares 3:2:1 (within ±10 %) while all three wait', async () => {
-      const store = new ApiKeyStore(redis, keysOf(prefix).apiKeys);
+      const store = new ApiKeyStore(redis, redisKeys(prefix).apiKeys);
       const tenants = await Promise.all(
         ([3, 2, 1] as const).map(async (weight) => ({ weight, ...(await store.create(`w${weight}`, ['predict'], weight)) })),
       );
@@ -106,7 +108,7 @@ describe('fair queuing between tenants', function () {
     });
 
     it("serves a polite tenant's jobs ahead of the flood queued before them", async () => {
-      const store = new ApiKeyStore(redis, keysOf(prefix).apiKeys);
+      const store = new ApiKeyStore(redis, redisKeys(prefix).apiKeys);
       const flooder = await store.create('flood', ['predict']);
       const polite = await store.create('polite', ['predict']);
       const floodJobs = new Set(await submit(gateway, flooder.key, 1500, 16));
@@ -157,7 +159,7 @@ describe('fair queuing between tenants', function () {
     after(() => stopAll(gateway));
 
     it('refuses a tenant beyond its share with 429 and Retry-After, and still admits another', async () => {
-      const store = new ApiKeyStore(redis, keysOf(prefix).apiKeys);
+      const store = new ApiKeyStore(redis, redisKeys(prefix).apiKeys);
       const greedy = await store.create('greedy', ['predict']);
       const other = await store.create('other', ['predict']);
       const replies: Reply[] = [];

@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import pino from 'pino';
 import sharp from 'sharp';
 import { loadConfig } from '@conveyor/shared/config';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { GatewayConfig } from '../../services/gateway/src/config.js';
 import { startGateway, type GatewayService } from '../../services/gateway/src/gateway.service.js';
 import { WorkerConfig } from '../../services/inference-worker/src/config.js';
@@ -68,7 +68,7 @@ describe('gateway and worker started in-process', function () {
   });
 
   it('stops both the way a SIGTERM would: the worker deregisters, the port closes, twice is harmless', async () => {
-    const keys = keysOf(prefix);
+    const keys = redisKeys(prefix);
     expect(await redis.zscore(keys.workers, worker!.workerId)).to.not.equal(null);
     await Promise.all([worker!.stop(), gateway!.stop()]);
     await worker!.stop();

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ConveyorClient, ConveyorProblem } from '@conveyor/shared/client/conveyor-client';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { ConveyorClient, ConveyorProblem } from '@conveyor/client';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ApiKeyStore } from '../../services/gateway/src/access/api-keys.js';
 import { ROOT } from '../../scripts/lib/service-process.js';
 import { launchChromium } from '../support/browser.js';
@@ -27,7 +27,7 @@ describe('API keys on the events, drift and the page', function () {
   before(async () => {
     redis = testRedis();
     [gateway, worker] = await Promise.all([startGateway(prefix, { API_KEYS_REQUIRED: 'true' }), startWorker(prefix)]);
-    key = (await new ApiKeyStore(redis, keysOf(prefix).apiKeys).create('web', ['predict'])).key;
+    key = (await new ApiKeyStore(redis, redisKeys(prefix).apiKeys).create('web', ['predict'])).key;
     await until('digits ready', async () => (await request(`${gateway.url}/v2/models/digits/ready`)).status === 200);
   });
   afterEach(function () {

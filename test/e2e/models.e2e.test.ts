@@ -4,15 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
-import {
-  INFERENCE_JOB_NAME,
-  INFERENCE_JOB_OPTIONS,
-  inferenceQueue,
-  keys as keysOf,
-  QUEUES,
-  servedModels,
-  WorkerHeartbeat,
-} from '@conveyor/shared/contract/queue.contract';
+import { INFERENCE_JOB_NAME, INFERENCE_JOB_OPTIONS, inferenceQueue, QUEUES } from '@conveyor/shared/contract/jobs.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { servedModels, WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
 import {
   ensureModerationModel,
   readPhoto,
@@ -66,7 +60,7 @@ function moderationDiff(body: Prediction, expected: ReferencePrediction, labels:
 async function announced(prefix: string): Promise<Map<string, string[]>> {
   const redis = testRedis();
   try {
-    const keys = keysOf(prefix);
+    const keys = redisKeys(prefix);
     const ids = await redis.zrangebyscore(keys.workers, Date.now(), '+inf');
     const values = ids.length ? await redis.mget(ids.map((id) => keys.worker(id))) : [];
     const byWorker = new Map<string, string[]>();
@@ -240,7 +234,7 @@ describe('several models in one deployment', function () {
 
     it('takes jobs from a gateway of the previous release (no model, on the legacy queue), and refuses one on the wrong queue', async () => {
       const redis = testRedis();
-      const keys = keysOf(prefix);
+      const keys = redisKeys(prefix);
       const legacy = new Queue(QUEUES.inference, { connection: { url: testRedisUrl() }, prefix });
       const moderation = new Queue(inferenceQueue('moderation'), { connection: { url: testRedisUrl() }, prefix });
       try {

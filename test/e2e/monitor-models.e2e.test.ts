@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
-import { AlertEvent, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { AlertEvent } from '@conveyor/shared/contract/events.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { readManifest } from '@conveyor/shared/model/runtime';
 import { ensureModerationModel, MODERATION_DIR, PHOTOS, readPhoto } from '../../scripts/models/moderation.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
@@ -43,7 +44,7 @@ describe('drift monitor with several models', function () {
 
   const view = async (model?: string) => (await request<View>(`${monitor.url}/drift${model ? `/${model}` : ''}`)).body;
   const alerts = async () =>
-    (await redis.xrange(keysOf(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
+    (await redis.xrange(redisKeys(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
 
   before(async () => {
     await ensureModerationModel();

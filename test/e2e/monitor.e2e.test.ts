@@ -5,7 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
-import { AlertEvent, keys as keysOf, type PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import { AlertEvent, type PredictionEvent } from '@conveyor/shared/contract/events.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { loadModel, type LoadedModel } from '@conveyor/shared/model/runtime';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { noisy, predictionEvents, publish } from '../support/events.js';
@@ -21,7 +22,7 @@ import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, ty
  */
 
 async function alertsOf(redis: Redis, prefix: string): Promise<AlertEvent[]> {
-  return (await redis.xrange(keysOf(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
+  return (await redis.xrange(redisKeys(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
 }
 
 async function windows(
@@ -73,7 +74,7 @@ describe('drift monitor', function () {
 
     it('counts every event exactly once, even when a monitor dies with events in hand', async () => {
       const events = normal.slice(0, 1500);
-      const stream = keysOf(prefix).predictions;
+      const stream = redisKeys(prefix).predictions;
       await publish(redis, stream, events.slice(0, 700));
       await until('both monitors busy', () =>
         Promise.resolve(
@@ -200,7 +201,7 @@ describe('drift monitor', function () {
     });
 
     it('fires one alert per drifting feature when traffic shifts, and one resolution when it returns', async () => {
-      const stream = keysOf(prefix).predictions;
+      const stream = redisKeys(prefix).predictions;
       // Three normal windows, three of noisy scans, four normal again.
       await publish(redis, stream, normal.slice(0, 900));
       await publish(redis, stream, shifted.slice(0, 900));

@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { expect } from 'chai';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ApiKeyStore } from '../../services/gateway/src/access/api-keys.js';
 import { startCallbackReceiver, type CallbackReceiver } from '../support/callback-receiver.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
@@ -43,7 +43,7 @@ describe('job ownership between API keys', function () {
       startGateway(prefix, { API_KEYS_REQUIRED: 'true', CALLBACK_SECRET: secret, URL_ALLOW_CIDRS: '127.0.0.1/32' }),
       startWorker(prefix),
     ]);
-    const store = new ApiKeyStore(redis, keysOf(prefix).apiKeys);
+    const store = new ApiKeyStore(redis, redisKeys(prefix).apiKeys);
     keys.a = (await store.create('a', ['predict', 'feedback'])).key;
     keys.b = (await store.create('b', ['predict', 'feedback'])).key;
     keys.labeller = (await store.create('labeller', ['feedback'])).key;
@@ -91,9 +91,9 @@ describe('job ownership between API keys', function () {
   }
 
   it('keeps the owner of a finished job as long as its result, not as long as a waiting job', async () => {
-    const ttl = await redis.ttl(keysOf(prefix).owner(jobA));
+    const ttl = await redis.ttl(redisKeys(prefix).owner(jobA));
     expect(ttl).to.be.within(1, 3600); // RESULT_TTL_SECONDS (default); 25 h while waiting
-    expect(await redis.get(keysOf(prefix).owner(jobA))).to.match(/^[0-9a-f]{12}$/);
+    expect(await redis.get(redisKeys(prefix).owner(jobA))).to.match(/^[0-9a-f]{12}$/);
   });
 
   it('GET /v1/jobs/{id}: the owner and an admin see the job and its callback, another key gets 404', async () => {

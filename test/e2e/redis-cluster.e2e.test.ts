@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { expect } from 'chai';
 import { Cluster } from 'ioredis';
 import sharp from 'sharp';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { spawnService } from '../../scripts/lib/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { pollUntilDone, pool, predict, type Reply } from '../support/http.js';
@@ -121,7 +121,7 @@ describe('Redis Cluster (3 masters): the core path', function () {
     expect(node, `the master serving slot ${slot}`).to.not.equal(undefined);
     // Every key of the deployment lives on that master, in that slot; the other two hold none.
     const found = await node!.keys(`${prefix}:*`);
-    const k = keysOf(prefix);
+    const k = redisKeys(prefix);
     for (const key of [k.workers, k.models, k.predictions, `${prefix}:inference:meta`]) expect(found, key).to.include(key);
     expect(await node!.cluster('COUNTKEYSINSLOT', slot)).to.equal(found.length);
     for (const other of client.nodes('master').filter((n) => n !== node))

@@ -4,7 +4,8 @@ import path from 'node:path';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { QUEUES, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
 import { heldOutDigits, scannedDigit } from '../support/images.js';
 import { pollUntilDone, pool, predict, request, type Reply } from '../support/http.js';
@@ -186,7 +187,7 @@ describe('what a completed job keeps in Redis', function () {
     const reply = await predict(gateway.url, await scan(3));
     expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
     const id = String(reply.body.id);
-    const keys = keysOf(prefix);
+    const keys = redisKeys(prefix);
     const monitorRecord = `${prefix}:monitor:pred:${id}`;
     await until('the monitor counted the prediction', async () => (await redis.exists(monitorRecord)) === 1);
 

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
 import type { ServiceProcess } from '../../scripts/lib/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
@@ -23,7 +23,7 @@ const logged = (proc: ServiceProcess, msg: string) => proc.records.filter((r) =>
 describe('Redis outage and recovery', function () {
   this.timeout(90_000);
   const prefix = randomPrefix('outage');
-  const keys = keysOf(prefix);
+  const keys = redisKeys(prefix);
   let dir: string;
   let redis: LocalRedis;
   let gateway: Gateway;

@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import pino from 'pino';
-import { PredictionEvent, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { PredictionEvent } from '@conveyor/shared/contract/events.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { MlflowClient } from '@conveyor/shared/mlflow/client';
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
@@ -136,7 +137,7 @@ describe('serving from the registry: hot swap under traffic', function () {
 
   it('names the serving version in the prediction events', async () => {
     const redis = testRedis();
-    const entries = await redis.xrevrange(keysOf(prefix).predictions, '+', '-', 'COUNT', 500);
+    const entries = await redis.xrevrange(redisKeys(prefix).predictions, '+', '-', 'COUNT', 500);
     await redis.quit();
     const versions = new Set(entries.map(([, fields]) => PredictionEvent.parse(JSON.parse(fields[1]!)).model.version));
     expect([...versions].sort()).to.deep.equal(['1', '2']);

@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { keys as keysOf, QUEUES } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
 import { digitPng, heldOutDigits, solidImage } from '../support/images.js';
 import { pollUntilDone, pool, predict, request } from '../support/http.js';
 import { writeRgbModel, writeSlowModel } from '../support/models.js';
@@ -112,7 +113,7 @@ describe('inference workers', function () {
 
     it('does not publish again after another worker finished the job: one result, one event', async () => {
       const redis = testRedis();
-      const keys = keysOf(prefix);
+      const keys = redisKeys(prefix);
       try {
         const accepted = await predict(gateway.url, digits[2]!, { Prefer: 'respond-async' });
         const id = accepted.body.id as string;

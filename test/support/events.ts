@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import type { PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify, type LoadedModel } from '@conveyor/shared/model/runtime';
 

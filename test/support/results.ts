@@ -1,4 +1,4 @@
-import type { CompletedResult } from '@conveyor/shared/contract/queue.contract';
+import type { CompletedResult } from '@conveyor/shared/contract/jobs.contract';
 
 /** A minimal completed result for job `id`, as a worker stores it (for tests of the result's readers). */
 export function completedResult(id: string): CompletedResult {

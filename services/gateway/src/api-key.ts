@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { createLogger } from '@conveyor/shared/logger';
 import { createRedis, waitForReady } from '@conveyor/shared/redis';
 import { ApiKeyStore, MAX_WEIGHT, Scope, SCOPES } from './access/api-keys.js';
@@ -26,7 +26,7 @@ if (!url) {
 // Through the services' own factory, so every REDIS_URL form they accept (cluster, sentinel) works here too.
 const redis = createRedis(url, 'producer', 'conveyor:api-key', createLogger('api-key', 'warn'));
 await waitForReady(redis, 10_000);
-const store = new ApiKeyStore(redis, keysOf(process.env.REDIS_PREFIX ?? 'conveyor').apiKeys);
+const store = new ApiKeyStore(redis, redisKeys(process.env.REDIS_PREFIX ?? 'conveyor').apiKeys);
 try {
   if (values.list) {
     for (const key of await store.list())

@@ -3,7 +3,8 @@ import Router from '@koa/router';
 import Koa, { type Middleware } from 'koa';
 import type { Redis } from '@conveyor/shared/redis';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import type { Keys } from '@conveyor/shared/contract/queue.contract';
+import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
+import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import type { Logger } from '@conveyor/shared/logger';
 import type { GatewayState } from './http/context.js';
 import { problemMiddleware } from './http/problem.middleware.js';
@@ -24,9 +25,11 @@ export interface AppDeps extends PredictDeps {
   readonly dashboard?: Middleware<GatewayState>;
   readonly log: Logger;
   readonly redis: Redis;
-  readonly keys: Keys;
+  readonly keys: RedisKeys;
   /** Results and feedback of jobs, on `redis`. */
   readonly jobs: JobStore;
+  /** The workers and the models they announced, on `redis`. */
+  readonly fleet: FleetStore;
   readonly lookup: JobLookup;
   readonly trustProxy: boolean;
   /**
@@ -59,8 +62,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
     ...(deps.eventStreams ? { streams: deps.eventStreams } : {}),
   });
   registerFeedbackRoute(router, {
-    redis: deps.redis,
-    keys: deps.keys,
+    fleet: deps.fleet,
     jobs: deps.jobs,
     access: deps.access,
     ownership,

@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import os from 'node:os';
 import { JobStore } from '@conveyor/shared/contract/job-store';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 import { closeRedis, createBullConnection, createRedis, waitForReady } from '@conveyor/shared/redis';
@@ -41,7 +42,7 @@ export interface GatewayService extends Service {
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayService> {
   const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 
-  const keys = keysOf(config.REDIS_PREFIX);
+  const keys = redisKeys(config.REDIS_PREFIX);
   const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`, log);
   const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`, log);
   await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
@@ -63,9 +64,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     queue.on('error', (error) => queueErrors.error(error));
     board?.add(queue);
   });
+  const fleet = new FleetStore(redis, keys);
   const catalogue = new ModelCatalogue(
-    redis,
-    keys,
+    fleet,
     { defaultModel: config.DEFAULT_MODEL, configured: (config.MODELS ?? []).map((m) => m.name) },
     log.child({ module: 'model-catalogue' }),
   );
@@ -152,6 +153,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     redis,
     keys,
     jobs,
+    fleet,
     metrics,
     catalogue,
     queues,

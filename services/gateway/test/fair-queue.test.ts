@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { randomPrefix, testRedis, testRedisUrl } from '../../../test/support/redis.js';
 import { BAND_SPAN, FairQueue, type Tenant } from '../src/jobs/fair-queue.js';
 import type { InferenceQueue } from '../src/jobs/model-queues.js';
@@ -13,7 +13,7 @@ import type { InferenceQueue } from '../src/jobs/model-queues.js';
  */
 describe('fair queue tags (real Redis and BullMQ)', () => {
   const prefix = randomPrefix('fairtags');
-  const keys = keysOf(prefix);
+  const keys = redisKeys(prefix);
   let redis: Redis;
   let queue: InferenceQueue;
   let fair: FairQueue;

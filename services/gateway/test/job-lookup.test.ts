@@ -3,7 +3,7 @@ import type { InferenceQueue } from '../src/jobs/model-queues.js';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { JobStore } from '@conveyor/shared/contract/job-store';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { completedResult } from '../../../test/support/results.js';
 import { JobLookup } from '../src/jobs/job-lookup.js';
@@ -14,7 +14,7 @@ import { JobLookup } from '../src/jobs/job-lookup.js';
  */
 describe('job lookup (real Redis, BullMQ state faked)', () => {
   const prefix = randomPrefix('lookup');
-  const keys = keysOf(prefix);
+  const keys = redisKeys(prefix);
   let redis: Redis;
 
   before(() => {

@@ -1,7 +1,9 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
-import { keys as keysOf, type ModelAnnouncement, type WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { FleetStore } from '@conveyor/shared/contract/fleet-store';
+import type { ModelAnnouncement, WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { ModelCatalogue } from '../src/models/model-catalogue.js';
 
@@ -33,7 +35,7 @@ describe('model catalogue (real Redis, heartbeats written by hand)', () => {
     failed: 0,
   });
   const beat = async (prefix: string, body: WorkerHeartbeat) => {
-    const keys = keysOf(prefix);
+    const keys = redisKeys(prefix);
     await redis.set(keys.worker(body.id), JSON.stringify(body), 'PX', 60_000);
     await redis.zadd(keys.workers, Date.now() + 60_000, body.id);
   };
@@ -49,7 +51,11 @@ describe('model catalogue (real Redis, heartbeats written by hand)', () => {
 
   it('knows the default and configured models before any worker, and none of them is ready', async () => {
     const prefix = randomPrefix('catalogue');
-    const catalogue = new ModelCatalogue(redis, keysOf(prefix), { defaultModel: 'digits', configured: ['moderation'] }, log);
+    const catalogue = new ModelCatalogue(
+      new FleetStore(redis, redisKeys(prefix)),
+      { defaultModel: 'digits', configured: ['moderation'] },
+      log,
+    );
     expect(catalogue.known()).to.deep.equal(['digits', 'moderation']);
     const view = await catalogue.current();
     expect([...view.models.values()].map((m) => [m.name, m.ready, m.configured, m.queue])).to.deep.equal([
@@ -69,7 +75,11 @@ describe('model catalogue (real Redis, heartbeats written by hand)', () => {
         { name: 'moderation', model: { name: 'moderation', version: 'm-1' }, concurrency: 1 },
       ]),
     );
-    const catalogue = new ModelCatalogue(redis, keysOf(prefix), { defaultModel: 'digits', configured: [] }, log);
+    const catalogue = new ModelCatalogue(
+      new FleetStore(redis, redisKeys(prefix)),
+      { defaultModel: 'digits', configured: [] },
+      log,
+    );
     const digits = (await catalogue.resolve('digits'))!;
     expect(digits).to.deep.include({ ready: true, workers: 2, concurrency: 6, versions: ['new-2', 'old-1'] });
     expect(await catalogue.resolve('moderation')).to.deep.include({ ready: true, workers: 1, configured: false });
@@ -77,11 +87,11 @@ describe('model catalogue (real Redis, heartbeats written by hand)', () => {
 
   it('learns a model from its announcement once and for all, and ignores one filed under another name', async () => {
     const prefix = randomPrefix('catalogue');
-    const keys = keysOf(prefix);
+    const keys = redisKeys(prefix);
     await redis.hset(keys.models, 'moderation', JSON.stringify(announcement('moderation', 'm-1')));
     await redis.hset(keys.models, 'impostor', JSON.stringify(announcement('moderation', 'm-2')));
     await redis.hset(keys.models, 'garbage', '{not json');
-    const catalogue = new ModelCatalogue(redis, keys, { defaultModel: 'digits', configured: [] }, log);
+    const catalogue = new ModelCatalogue(new FleetStore(redis, keys), { defaultModel: 'digits', configured: [] }, log);
     const moderation = (await catalogue.resolve('moderation'))!;
     expect(moderation).to.deep.include({ ready: false, workers: 0, configured: false });
     expect(moderation.announced?.model).to.deep.equal({ name: 'moderation', version: 'm-1' });
@@ -90,8 +100,16 @@ describe('model catalogue (real Redis, heartbeats written by hand)', () => {
 
   it('re-reads before answering "unknown" or "no worker", at most every minRefreshMs', async () => {
     const prefix = randomPrefix('catalogue');
-    const rare = new ModelCatalogue(redis, keysOf(prefix), { defaultModel: 'digits', configured: [], minRefreshMs: 60_000 }, log);
-    const eager = new ModelCatalogue(redis, keysOf(prefix), { defaultModel: 'digits', configured: [], minRefreshMs: 0 }, log);
+    const rare = new ModelCatalogue(
+      new FleetStore(redis, redisKeys(prefix)),
+      { defaultModel: 'digits', configured: [], minRefreshMs: 60_000 },
+      log,
+    );
+    const eager = new ModelCatalogue(
+      new FleetStore(redis, redisKeys(prefix)),
+      { defaultModel: 'digits', configured: [], minRefreshMs: 0 },
+      log,
+    );
     expect(await rare.resolve('moderation')).to.equal(undefined);
     expect(await eager.resolve('moderation')).to.equal(undefined);
     // A worker announces it a moment later.

@@ -2,14 +2,15 @@ import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
 import { JobStore } from '@conveyor/shared/contract/job-store';
-import { keys as keysOf, type ReplyMessage } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import type { ReplyMessage } from '@conveyor/shared/contract/jobs.contract';
 import { randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { completedResult } from '../../../test/support/results.js';
 import { ResultWaiter } from '../src/jobs/result-waiter.js';
 
 describe('result waiter (real Redis)', () => {
   const prefix = randomPrefix('waiter');
-  const keys = keysOf(prefix);
+  const keys = redisKeys(prefix);
   let subscriber: Redis;
   let reader: Redis;
   let waiter: ResultWaiter;

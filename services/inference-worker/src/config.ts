@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
-import { inferenceQueue, type ModelName } from '@conveyor/shared/contract/queue.contract';
+import { inferenceQueue } from '@conveyor/shared/contract/jobs.contract';
+import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import {
   checkMlflowAuth,
   checkRedisConfig,

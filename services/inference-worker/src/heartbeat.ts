@@ -1,14 +1,14 @@
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
-import type { Redis } from '@conveyor/shared/redis';
-import type { Keys, ModelAnnouncement, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
+import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
+import type { ModelAnnouncement, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
 import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
- * Tells the rest of the system that this worker is alive and which models it serves: a key with a
- * TTL of three beats plus a sorted-set entry scored by its expiry, so the gateway's readiness
- * check is one ZRANGEBYSCORE and never a KEYS scan.
+ * Tells the rest of the system that this worker is alive and which models it serves, through the
+ * fleet's store (FleetStore): a heartbeat that lives three beats, so a worker that dies stops
+ * counting by itself.
  *
  * Only warm models are listed (each has answered a synthetic input and takes jobs from its queue),
  * so a gateway never routes a caller to a model still loading; the first beat waits for the first
@@ -31,8 +31,7 @@ export class Heartbeat {
   private readonly startedAt = new Date().toISOString();
 
   constructor(
-    private readonly redis: Redis,
-    private readonly keys: Keys,
+    private readonly fleet: FleetStore,
     private readonly id: string,
     private readonly intervalMs: number,
     private readonly describe: () => ServingState,
@@ -69,11 +68,11 @@ export class Heartbeat {
     this.stopped = true;
     clearInterval(this.timer);
     this.timer = undefined;
-    if (this.redis.status !== 'ready') {
+    if (!this.fleet.ready) {
       this.log.warn('Redis is unreachable: the heartbeat entry is left to expire');
       return;
     }
-    await settlesWithin(this.redis.multi().zrem(this.keys.workers, this.id).del(this.keys.worker(this.id)).exec(), timeoutMs);
+    await settlesWithin(this.fleet.leave(this.id), timeoutMs);
   }
 
   private async beat(): Promise<void> {
@@ -96,17 +95,7 @@ export class Heartbeat {
       processed,
       failed,
     };
-    const multi = this.redis.multi();
-    for (const a of announcements) {
-      multi
-        .hsetnx(this.keys.modelLabels, `${a.model.name}@${a.model.version}`, JSON.stringify(a.labels))
-        .hset(this.keys.models, a.name, JSON.stringify(a));
-    }
-    await multi
-      .set(this.keys.worker(this.id), JSON.stringify(body), 'PX', ttl)
-      .zadd(this.keys.workers, now + ttl, this.id)
-      .zremrangebyscore(this.keys.workers, '-inf', now)
-      .exec();
+    await this.fleet.beat(body, announcements, ttl, now);
     if (this.healthFile) await writeFile(this.healthFile, body.at);
   }
 }

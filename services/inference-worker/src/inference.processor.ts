@@ -1,14 +1,13 @@
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import {
   InferenceJob,
-  predictionEvent,
   type CompletedResult,
   type FailedResult,
   type InferenceJobName,
   type InferenceJobReturn,
-  type ModelName,
-  type ModelRef,
-} from '@conveyor/shared/contract/queue.contract';
+} from '@conveyor/shared/contract/jobs.contract';
+import { predictionEvent } from '@conveyor/shared/contract/events.contract';
+import type { ModelName, ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { CommitOutcome, JobStore } from '@conveyor/shared/contract/job-store';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess, Workspace } from '@conveyor/shared/model/preprocess';

@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { JobStore } from '@conveyor/shared/contract/job-store';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { FleetStore } from '@conveyor/shared/contract/fleet-store';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
@@ -68,7 +69,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     log.info('metrics endpoint off (METRICS_PORT unset)');
   }
 
-  const keys = keysOf(config.REDIS_PREFIX);
+  const keys = redisKeys(config.REDIS_PREFIX);
   const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
   await waitForReady(redis, 30_000);
   const jobs = new JobStore(redis, keys, {
@@ -85,8 +86,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   );
 
   const heartbeat = new Heartbeat(
-    redis,
-    keys,
+    new FleetStore(redis, keys),
     workerId,
     config.HEARTBEAT_INTERVAL_MS,
     () => ({

@@ -7,7 +7,8 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { JobStore } from '@conveyor/shared/contract/job-store';
-import { JobResult, keys as keysOf, type InferenceJob } from '@conveyor/shared/contract/queue.contract';
+import { JobResult, type InferenceJob } from '@conveyor/shared/contract/jobs.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { loadModel, type LoadedModel } from '@conveyor/shared/model/runtime';
 import { startRedis, type LocalRedis } from '../../../scripts/lib/redis-server.js';
 import { digitPng, heldOutDigits } from '../../../test/support/images.js';
@@ -43,7 +44,7 @@ describe('a commit that finds Redis full', function () {
   });
 
   it('waits on its last attempt and commits once there is room: the job completes, its image is deleted then', async () => {
-    const keys = keysOf('t-full');
+    const keys = redisKeys('t-full');
     const jobs = new JobStore(redis, keys, { resultTtlSeconds: 60, predictionStreamMaxLen: 1000 });
     const { dataset, split } = await heldOutDigits();
     const image = await digitPng(dataset.samples[split.test[0]!]!.pixels);

@@ -2,7 +2,7 @@ import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
@@ -31,7 +31,7 @@ export interface MonitorService extends Service {
 export async function startMonitor(config: MonitorConfig, baseLog: Logger): Promise<MonitorService> {
   const consumerName = `${os.hostname()}-${process.pid}`;
   const log = baseLog.child({ consumer: consumerName });
-  const keys = keysOf(config.REDIS_PREFIX);
+  const keys = redisKeys(config.REDIS_PREFIX);
 
   const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`, log);
   // Blocking reads get connections of their own.

@@ -1,4 +1,4 @@
-import { servingName, type ModelRef } from '@conveyor/shared/contract/queue.contract';
+import { servingName, type ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { AlertPolicy } from './alerts/alert-state.js';
 import type { AlertSink } from './alerts/alert-sink.js';
@@ -59,21 +59,21 @@ export class Monitor {
   async handlePredictions(entries: readonly StreamEntry[]): Promise<Outcome[]> {
     const outcomes: Outcome[] = entries.map(() => 'ack');
     let closed = 0;
-    for (const { model, events, at } of byModelVersion(entries, this.log)) {
+    for (const { model: tracked, events, at } of byModelVersion(entries, this.log)) {
       try {
-        const profile = await this.profiles.get(model);
+        const profile = await this.profiles.get(tracked);
         const items = events.map((event) => ({
           jobId: event.jobId,
           observation: observe(event, profile?.embedding),
           prediction: {
             label: event.prediction.label,
             confidence: event.prediction.confidence,
-            model: model.model,
-            name: model.name,
+            model: tracked.model,
+            name: tracked.name,
           },
         }));
         const result = await this.store.appendPredictions(
-          model,
+          tracked,
           items,
           this.options.windowSize,
           this.options.predictionTtlSeconds,
@@ -82,7 +82,7 @@ export class Monitor {
         this.counts.duplicates += result.duplicates;
         closed += result.closed.length;
       } catch (error) {
-        this.log.warn({ err: error, model, events: events.length }, 'applying predictions failed; they stay pending');
+        this.log.warn({ err: error, model: tracked, events: events.length }, 'applying predictions failed; they stay pending');
         for (const i of at) outcomes[i] = 'retry';
       }
     }
@@ -107,13 +107,13 @@ export class Monitor {
       return 'retry';
     }
     // A prediction stored by a monitor of the release before several models has no serving name.
-    const model: TrackedModel = {
+    const tracked: TrackedModel = {
       name: stored ? servingName(stored) : await this.servingNameOf(prediction.model),
       model: prediction.model,
     };
     const added = await this.store.appendLabel(
       entry.id,
-      model,
+      tracked,
       { correct: prediction.label === feedback.label, confidence: prediction.confidence },
       this.options.quality.window,
       this.options.predictionTtlSeconds,
@@ -123,7 +123,7 @@ export class Monitor {
       return 'ack';
     }
     this.counts.feedback++;
-    await this.store.withLock(model, LOCK_MS, () => this.judgeQuality(model));
+    await this.store.withLock(tracked, LOCK_MS, () => this.judgeQuality(tracked));
     return 'ack';
   }
 
@@ -135,41 +135,41 @@ export class Monitor {
 
   /** Evaluates closed windows, each model version's in order, each under that version's lock. */
   async evaluatePending(): Promise<void> {
-    for (const { model, index, member } of await this.store.closedWindows()) {
-      await this.store.withLock(model, LOCK_MS, async () => {
-        const last = await this.store.lastEvaluated(model);
+    for (const { model: tracked, index, member } of await this.store.closedWindows()) {
+      await this.store.withLock(tracked, LOCK_MS, async () => {
+        const last = await this.store.lastEvaluated(tracked);
         if (index <= last) {
-          await this.store.discardWindow(model, index, member);
+          await this.store.discardWindow(tracked, index, member);
           return;
         }
         if (index !== last + 1) return; // an earlier window is still being evaluated elsewhere
-        const record = await this.evaluateWindow(model, index);
-        await this.store.finishWindow(model, index, member, record);
-        await this.store.saveLatestDrift(model, record);
+        const record = await this.evaluateWindow(tracked, index);
+        await this.store.finishWindow(tracked, index, member, record);
+        await this.store.saveLatestDrift(tracked, record);
         this.counts.windows++;
       });
     }
   }
 
-  private async evaluateWindow(model: TrackedModel, index: number): Promise<WindowRecord> {
-    const observations = await this.store.closedWindow(model, index);
-    const profile = await this.profiles.get(model);
+  private async evaluateWindow(tracked: TrackedModel, index: number): Promise<WindowRecord> {
+    const observations = await this.store.closedWindow(tracked, index);
+    const profile = await this.profiles.get(tracked);
     const base = { index, evaluatedAt: new Date().toISOString(), size: observations.length };
     if (!profile || observations.length === 0) {
-      this.log.warn({ model, index }, 'window without a reference profile: drift not computed');
+      this.log.warn({ model: tracked, index }, 'window without a reference profile: drift not computed');
       return unreferencedRecord(
-        model,
+        tracked,
         base,
         observations.map((o) => o.at),
       );
     }
     const drift = evaluateWindow(profile, observations, this.options.thresholdsFor);
-    const states = await this.announcer.apply(model, driftDecisions(drift), { index, drift });
-    const record = evaluatedRecord(model, base, drift, states);
+    const states = await this.announcer.apply(tracked, driftDecisions(drift), { index, drift });
+    const record = evaluatedRecord(tracked, base, drift, states);
     this.log.info(
       {
-        model: model.model,
-        modelName: model.name,
+        model: tracked.model,
+        modelName: tracked.name,
         window: index,
         size: drift.size,
         psi: Object.fromEntries(Object.entries(record.features).map(([k, f]) => [k, round(f.value)])),
@@ -179,15 +179,15 @@ export class Monitor {
     return record;
   }
 
-  private async judgeQuality(model: TrackedModel): Promise<void> {
-    const snapshot = quality(await this.store.labels(model), this.options.quality.confidence);
-    await this.store.saveLatestQuality(model, snapshot);
+  private async judgeQuality(tracked: TrackedModel): Promise<void> {
+    const snapshot = quality(await this.store.labels(tracked), this.options.quality.confidence);
+    await this.store.saveLatestQuality(tracked, snapshot);
     const { target, minLabels } = this.options.quality;
     const level = qualityLevel(snapshot, target, minLabels);
     if (level === 'insufficient_data') return;
     const now = new Date().toISOString();
     await this.announcer.apply(
-      model,
+      tracked,
       [{ feature: 'quality', level, figures: { metric: 'accuracy', value: snapshot.accuracy, threshold: target } }],
       { index: snapshot.labelled, drift: { size: snapshot.covered, from: now, to: now } },
     );

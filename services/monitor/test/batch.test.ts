@@ -2,7 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
-import { keys as keysOf, type ModelRef, type PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import type { ModelRef } from '@conveyor/shared/contract/common.contract';
+import type { PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import { publish } from '../../../test/support/events.js';
 import { keysUnder, randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { until } from '../../../test/support/wait.js';
@@ -186,7 +188,7 @@ describe('batched prediction windows (real Redis)', () => {
       new Monitor(
         new MonitorStore(redis, p),
         new ProfileSource({}, log),
-        new AlertSink(redis, keysOf(p).alerts, log, undefined),
+        new AlertSink(redis, redisKeys(p).alerts, log, undefined),
         {
           windowSize,
           minWindow: 1,
@@ -215,7 +217,7 @@ describe('batched prediction windows (real Redis)', () => {
 
     it('counts a job published twice (two stream entries, as by two workers) once', async () => {
       const p = prefix('dup-stream');
-      const stream = keysOf(p).predictions;
+      const stream = redisKeys(p).predictions;
       const monitor = monitorOn(p);
       const twice = randomUUID();
       // The second copy differs, as a rerun on another worker may: the first one counts.
@@ -233,7 +235,7 @@ describe('batched prediction windows (real Redis)', () => {
     });
 
     it('acknowledges a batch with one XACK, keeps retried entries pending, and dead-letters them after maxDeliveries', async () => {
-      const stream = keysOf(prefix('consumer')).predictions;
+      const stream = redisKeys(prefix('consumer')).predictions;
       for (let i = 0; i < 6; i++) await redis.xadd(stream, '*', 'n', String(i));
       const seen: { n: string; deliveries: number }[][] = [];
       const handler: BatchHandler = (entries) => {
@@ -274,7 +276,7 @@ describe('batched prediction windows (real Redis)', () => {
 
     it('reclaims what a dead consumer held and counts it once', async () => {
       const p = prefix('reclaim');
-      const stream = keysOf(p).predictions;
+      const stream = redisKeys(p).predictions;
       const monitor = monitorOn(p, 4);
       await redis.xgroup('CREATE', stream, group, '0', 'MKSTREAM');
       await publish(

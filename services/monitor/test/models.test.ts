@@ -5,7 +5,9 @@ import path from 'node:path';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import pino from 'pino';
-import { AlertEvent, keys as keysOf, type ModelRef, type PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import { AlertEvent, type PredictionEvent } from '@conveyor/shared/contract/events.contract';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import type { ModelRef } from '@conveyor/shared/contract/common.contract';
 import { numericProfile, REFERENCE_PROFILE_FILE, type ReferenceProfile } from '@conveyor/shared/model/reference-profile';
 import { keysUnder, randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { AlertSink } from '../src/alerts/alert-sink.js';
@@ -163,7 +165,7 @@ describe('several models in one monitor (real Redis)', function () {
     const monitor = new Monitor(
       store,
       profiles,
-      new AlertSink(redis, keysOf(prefix).alerts, log, undefined),
+      new AlertSink(redis, redisKeys(prefix).alerts, log, undefined),
       {
         windowSize: WINDOW,
         minWindow: 100,
@@ -176,7 +178,7 @@ describe('several models in one monitor (real Redis)', function () {
     );
     const views = new DriftViews(store, profiles, { windowSize: WINDOW, minWindow: 100, thresholdsFor });
     const alerts = async () =>
-      (await redis.xrange(keysOf(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
+      (await redis.xrange(redisKeys(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
     return { prefix, store, monitor, views, alerts };
   }
 
@@ -292,7 +294,7 @@ describe('several models in one monitor (real Redis)', function () {
     const accuracy = Object.fromEntries(view.models.map((m) => [m.name, 'accuracy' in m.quality ? m.quality.accuracy : null]));
     expect(accuracy).to.deep.equal({ alpha: 1, beta: 0 });
     expect(Object.fromEntries(view.models.map((m) => [m.name, m.states.quality]))).to.deep.equal({ alpha: 'ok', beta: 'alert' });
-    const quality = (await redis.xrange(keysOf(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
+    const quality = (await redis.xrange(redisKeys(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
     expect(quality.map((a) => `${a.name}:${a.feature}:${a.severity}`)).to.deep.equal(['beta:quality:alert']);
   });
 

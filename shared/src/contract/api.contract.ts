@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { problemSlugs } from '../problem.js';
-import { CompletedResult, FailedResult, ModelAnnouncement, ModelName } from './queue.contract.js';
+import { CompletedResult, FailedResult } from './jobs.contract.js';
+import { ModelAnnouncement } from './workers.contract.js';
+import { ModelName } from './common.contract.js';
 
 /**
  * The HTTP API's bodies, as zod schemas: the gateway validates requests with them, the OpenAPI

@@ -1,5 +1,7 @@
 import type { Redis } from '@conveyor/shared/redis';
-import { JobResult, type FeedbackEvent, type Keys, type PredictionEvent, type ReplyMessage } from './queue.contract.js';
+import { JobResult, type ReplyMessage } from './jobs.contract.js';
+import type { FeedbackEvent, PredictionEvent } from './events.contract.js';
+import type { RedisKeys } from './redis-keys.js';
 
 /** How a commit ended: only 'published' changed anything. */
 export type CommitOutcome = 'published' | 'already-published' | 'lock-lost';
@@ -91,7 +93,7 @@ type CommitRedis = Redis & {
 /**
  * The one owner of a job's state in Redis (besides BullMQ's own): the gateway puts the image and
  * reads results, owners and records feedback through it, the worker takes the image and commits the
- * result through it. No other module reads or writes `keys().input`, `result`, `owner`, `feedback` or publishes on
+ * result through it. No other module reads or writes `redisKeys().input`, `result`, `owner`, `feedback` or publishes on
  * `replies`, so the layout of a job in Redis can be read (and changed) in this file alone.
  *
  * It is used on whatever connection its caller needs: the gateway builds one on the queues'
@@ -100,7 +102,7 @@ type CommitRedis = Redis & {
 export class JobStore {
   constructor(
     private readonly redis: Redis,
-    private readonly keys: Keys,
+    private readonly keys: RedisKeys,
     private readonly options: JobStoreOptions,
   ) {
     // Defined now, not on first use: ioredis's auto-pipelining copies a connection's commands into a

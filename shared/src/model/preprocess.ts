@@ -1,5 +1,5 @@
 import sharp, { type Sharp } from 'sharp';
-import type { ImageDescriptors } from '../contract/queue.contract.js';
+import type { ImageDescriptors } from '../contract/common.contract.js';
 import { ProblemError } from '../problem.js';
 import { embeddedIccProfile, isSrgbProfile } from './icc.js';
 import { checkDimensions } from './limits.js';

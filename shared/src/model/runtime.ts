@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import type { Prediction } from '../contract/queue.contract.js';
+import type { Prediction } from '../contract/common.contract.js';
 import { InferenceThread, type InferenceEngine } from './inference-thread.js';
 import { MANIFEST_FILE, ModelManifest } from './manifest.js';
 

@@ -1,7 +1,8 @@
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from '@conveyor/shared/redis';
 import { CallbackState, type CallbackPayload } from '@conveyor/shared/contract/api.contract';
-import { CallbackJob, JobResult, QUEUES, ReplyMessage, type Keys } from '@conveyor/shared/contract/queue.contract';
+import { CallbackJob, JobResult, QUEUES, ReplyMessage } from '@conveyor/shared/contract/jobs.contract';
+import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import type { Logger } from '@conveyor/shared/logger';
 import { ProblemError } from '@conveyor/shared/problem';
 import { filteringAgents, isAddressRefused } from '../intake/fetch-image.js';
@@ -72,7 +73,7 @@ export class CallbackDispatcher {
     /** A connection for BullMQ (maxRetriesPerRequest: null); closed by the caller. */
     private readonly connection: Redis,
     private readonly redis: Redis,
-    private readonly keys: Keys,
+    private readonly keys: RedisKeys,
     prefix: string,
     private readonly options: CallbackOptions,
     private readonly log: Logger,

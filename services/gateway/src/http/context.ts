@@ -3,7 +3,7 @@ import type { Reservation } from '../jobs/admission.js';
 import type { UploadReservation } from '../intake/upload-guard.js';
 import type { PredictMode } from './metrics.js';
 import type { ParameterizedContext } from 'koa';
-import type { ModelName } from '@conveyor/shared/contract/queue.contract';
+import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { InferenceQueue } from '../jobs/model-queues.js';
 import type { FairPlace, Tenant } from '../jobs/fair-queue.js';

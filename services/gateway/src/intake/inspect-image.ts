@@ -1,6 +1,6 @@
 import { fileTypeFromBuffer } from 'file-type';
 import { disableTypes, imageSize } from 'image-size';
-import type { ImageFormat } from '@conveyor/shared/contract/queue.contract';
+import type { ImageFormat } from '@conveyor/shared/contract/common.contract';
 import { checkDimensions, type ImageLimits } from '@conveyor/shared/model/limits';
 import { ProblemError } from '@conveyor/shared/problem';
 import { checkJpegDensity } from './jpeg-density.js';

@@ -33,7 +33,7 @@ export interface Reservation {
 
 // Admission counts bytes as well as jobs: images wait in Redis, and 100 async uploads of 3 MB with
 // no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). Each admitted job holds
-// its bytes under its own id (keys().queuedImages, with their sum beside it): a request reserves
+// its bytes under its own id (redisKeys().queuedImages, with their sum beside it): a request reserves
 // its declared length, corrected once the image is stored; the worker's result commit
 // (JobStore.commit, shared/src/contract/job-store.ts) removes the job's field, and so does
 // reconcile() once a job left BullMQ without a commit. Whoever removes the field gives its bytes
@@ -151,7 +151,7 @@ type AdmissionRedis = Redis & {
   ): Promise<[string, number, number]>;
 };
 
-/** Admission's keys (see keys() in queue.contract.ts). */
+/** Admission's keys (see redisKeys() in contract/redis-keys.ts). */
 export interface AdmissionKeys {
   readonly reserved: (queue: string) => string;
   readonly queuedImages: string;

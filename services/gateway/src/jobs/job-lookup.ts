@@ -1,5 +1,5 @@
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import type { JobResult } from '@conveyor/shared/contract/queue.contract';
+import type { JobResult } from '@conveyor/shared/contract/jobs.contract';
 import type { InferenceQueue } from './model-queues.js';
 
 /** The public view of a job: its stored result once finished, else its place in BullMQ. */

@@ -1,9 +1,5 @@
-import {
-  INFERENCE_JOB_NAME,
-  INFERENCE_JOB_OPTIONS,
-  type InferenceJob,
-  type ModelName,
-} from '@conveyor/shared/contract/queue.contract';
+import { INFERENCE_JOB_NAME, INFERENCE_JOB_OPTIONS, type InferenceJob } from '@conveyor/shared/contract/jobs.contract';
+import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { ImageFacts } from '../intake/inspect-image.js';
 import type { PredictInput } from '../intake/read-input.js';

@@ -5,8 +5,8 @@ import {
   type InferenceJob,
   type InferenceJobName,
   type InferenceJobReturn,
-  type ModelName,
-} from '@conveyor/shared/contract/queue.contract';
+} from '@conveyor/shared/contract/jobs.contract';
+import type { ModelName } from '@conveyor/shared/contract/common.contract';
 
 /** A model's BullMQ queue, typed by the contract: its jobs' payload, return value and name. */
 export type InferenceQueue = Queue<InferenceJob, InferenceJobReturn, InferenceJobName>;

@@ -1,6 +1,7 @@
 import type { Redis } from '@conveyor/shared/redis';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import { ReplyMessage, type JobResult, type Keys } from '@conveyor/shared/contract/queue.contract';
+import { ReplyMessage, type JobResult } from '@conveyor/shared/contract/jobs.contract';
+import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
@@ -33,7 +34,7 @@ export class ResultWaiter {
   constructor(
     private readonly subscriber: Redis,
     private readonly results: JobStore,
-    private readonly keys: Keys,
+    private readonly keys: RedisKeys,
     readonly gatewayId: string,
     private readonly log: Logger,
     private readonly sweepMs = 1000,

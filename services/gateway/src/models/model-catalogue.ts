@@ -1,19 +1,13 @@
-import type { Redis } from '@conveyor/shared/redis';
-import {
-  inferenceQueue,
-  ModelAnnouncement,
-  ModelName,
-  servedModels,
-  type Keys,
-  type WorkerHeartbeat,
-} from '@conveyor/shared/contract/queue.contract';
+import { inferenceQueue } from '@conveyor/shared/contract/jobs.contract';
+import { servedModels, type ModelAnnouncement, type WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
+import { ModelName } from '@conveyor/shared/contract/common.contract';
+import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import type { Logger } from '@conveyor/shared/logger';
-import { liveWorkers } from './live-workers.js';
 
 /**
  * Which models exist and which of them can answer now, as the gateway learns it from the workers:
  * a model is known once the configuration names it (DEFAULT_MODEL, MODELS) or a worker has ever
- * announced it (`keys().models`), and ready while a live worker lists it in its heartbeat (which a
+ * announced it (FleetStore.announcements), and ready while a live worker lists it in its heartbeat (which a
  * worker does only once the model is warm).
  *
  * Requests read a view kept in memory, so routing costs no Redis call: a view older than
@@ -62,8 +56,7 @@ export class ModelCatalogue {
   private readonly minRefreshMs: number;
 
   constructor(
-    private readonly redis: Redis,
-    private readonly keys: Keys,
+    private readonly fleet: FleetStore,
     private readonly options: CatalogueOptions,
     private readonly log: Logger,
   ) {
@@ -101,20 +94,15 @@ export class ModelCatalogue {
   }
 
   private async read(): Promise<CatalogueView> {
-    const [workers, announcedRaw] = await Promise.all([liveWorkers(this.redis, this.keys), this.redis.hgetall(this.keys.models)]);
-    const announced = new Map<ModelName, ModelAnnouncement>();
-    for (const [name, raw] of Object.entries(announcedRaw)) {
-      const parsed = ModelAnnouncement.safeParse(safeJson(raw));
-      if (parsed.success && parsed.data.name === name) announced.set(name, parsed.data);
-    }
+    const [workers, announced] = await Promise.all([this.fleet.liveWorkers(), this.fleet.announcements()]);
     const serving = new Map<ModelName, { versions: Set<string>; workers: number; concurrency: number }>();
     for (const worker of workers) {
-      for (const model of servedModels(worker)) {
-        const entry = serving.get(model.name) ?? { versions: new Set(), workers: 0, concurrency: 0 };
-        entry.versions.add(model.model.version);
+      for (const served of servedModels(worker)) {
+        const entry = serving.get(served.name) ?? { versions: new Set(), workers: 0, concurrency: 0 };
+        entry.versions.add(served.model.version);
         entry.workers++;
-        entry.concurrency += model.concurrency;
-        serving.set(model.name, entry);
+        entry.concurrency += served.concurrency;
+        serving.set(served.name, entry);
       }
     }
     const { defaultModel, configured } = this.options;
@@ -137,13 +125,5 @@ export class ModelCatalogue {
     const view = { models, workers, at: Date.now() };
     this.view = view;
     return view;
-  }
-}
-
-function safeJson(raw: string): unknown {
-  try {
-    return JSON.parse(raw);
-  } catch {
-    return undefined;
   }
 }

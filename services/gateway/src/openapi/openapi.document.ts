@@ -17,7 +17,7 @@ import {
   ProblemType,
   Readiness,
 } from '@conveyor/shared/contract/api.contract';
-import { ModelName } from '@conveyor/shared/contract/queue.contract';
+import { ModelName } from '@conveyor/shared/contract/common.contract';
 import { problemCatalogue, problemSlugs } from '@conveyor/shared/problem';
 
 /**

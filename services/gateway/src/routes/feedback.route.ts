@@ -1,10 +1,10 @@
 import type { Access } from '../access/access.middleware.js';
 import type Router from '@koa/router';
-import type { Redis } from '@conveyor/shared/redis';
 import { koaBody } from 'koa-body';
 import { FeedbackBody } from '@conveyor/shared/contract/api.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import type { FeedbackEvent, Keys } from '@conveyor/shared/contract/queue.contract';
+import type { FeedbackEvent } from '@conveyor/shared/contract/events.contract';
+import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
 import type { JobOwnership } from '../access/job-ownership.js';
@@ -17,7 +17,7 @@ import type { JobOwnership } from '../access/job-ownership.js';
  */
 export function registerFeedbackRoute(
   router: Router<GatewayState>,
-  deps: { redis: Redis; keys: Keys; jobs: JobStore; access: Access; ownership: JobOwnership },
+  deps: { fleet: FleetStore; jobs: JobStore; access: Access; ownership: JobOwnership },
 ): void {
   router.post(
     '/v1/feedback',
@@ -36,11 +36,10 @@ export function registerFeedbackRoute(
       // A label the model cannot predict is not ground truth for it (150 forged "banana" labels
       // raised a quality alert); the workers serving a version publish its labels.
       const model = `${result.model.name}@${result.model.version}`;
-      const known = await deps.redis.hget(deps.keys.modelLabels, model);
-      if (known === null) {
+      const labels = await deps.fleet.labels(result.model);
+      if (!labels) {
         throw new ProblemError('not-ready', `The labels of ${model} are not known yet; retry shortly`, { retryAfterSeconds: 5 });
       }
-      const labels = JSON.parse(known) as string[];
       if (!labels.includes(label)) {
         throw new ProblemError('invalid-request', `${model} has no label "${label}"`, labels.length <= 100 ? { labels } : {});
       }

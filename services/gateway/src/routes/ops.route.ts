@@ -1,7 +1,7 @@
 import type Router from '@koa/router';
 import { isRedisUnavailable } from '@conveyor/shared/redis';
 import type { Redis } from '@conveyor/shared/redis';
-import { servedModels } from '@conveyor/shared/contract/queue.contract';
+import { servedModels } from '@conveyor/shared/contract/workers.contract';
 import { problemCatalogue, problemType, ProblemError, type ProblemSlug } from '@conveyor/shared/problem';
 import type { GatewayState } from '../http/context.js';
 import type { HttpMetrics } from '../http/metrics.js';

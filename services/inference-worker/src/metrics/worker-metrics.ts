@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ModelRef } from '@conveyor/shared/contract/queue.contract';
+import type { ModelRef } from '@conveyor/shared/contract/common.contract';
 
 /**
  * Prometheus metrics of one inference worker process, served by its metrics endpoint

@@ -1,4 +1,4 @@
-import type { ModelRef } from '@conveyor/shared/contract/queue.contract';
+import type { ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { LoadedModel } from '@conveyor/shared/model/runtime';

@@ -1,12 +1,7 @@
 import { Worker } from 'bullmq';
 import type { Redis } from '@conveyor/shared/redis';
-import type {
-  InferenceJob,
-  InferenceJobName,
-  InferenceJobReturn,
-  ModelAnnouncement,
-  ServedModel,
-} from '@conveyor/shared/contract/queue.contract';
+import type { InferenceJob, InferenceJobName, InferenceJobReturn } from '@conveyor/shared/contract/jobs.contract';
+import type { ModelAnnouncement, ServedModel } from '@conveyor/shared/contract/workers.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
 import type { ModelPlan } from '../config.js';

@@ -1,6 +1,6 @@
 import { createHmac, randomUUID } from 'node:crypto';
 import type { Redis } from '@conveyor/shared/redis';
-import type { AlertEvent } from '@conveyor/shared/contract/queue.contract';
+import type { AlertEvent } from '@conveyor/shared/contract/events.contract';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**

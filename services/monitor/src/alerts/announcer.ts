@@ -36,12 +36,12 @@ export class Announcer {
    * and written once for all features of the window (two commands, not two per feature), and saved
    * before anything is announced. Returns each feature's level after the window.
    */
-  async apply(model: TrackedModel, decisions: readonly Decision[], window: DecidedOn): Promise<Record<string, Level>> {
-    const previous = await this.store.featureStates(model);
+  async apply(tracked: TrackedModel, decisions: readonly Decision[], window: DecidedOn): Promise<Record<string, Level>> {
+    const previous = await this.store.featureStates(tracked);
     const now = Date.now();
     const steps = decisions.map((d) => ({ ...d, ...step(previous[d.feature] ?? INITIAL_STATE, d.level, now, this.policy) }));
-    await this.store.saveFeatureStates(model, Object.fromEntries(steps.map((s) => [s.feature, s.state])));
-    const version = { name: model.name, version: model.model.version };
+    await this.store.saveFeatureStates(tracked, Object.fromEntries(steps.map((s) => [s.feature, s.state])));
+    const version = { name: tracked.name, version: tracked.model.version };
     for (const { feature, figures, transition } of steps) {
       if (!transition?.notify) continue;
       this.announced++;
@@ -52,8 +52,8 @@ export class Announcer {
         value: figures.value,
         threshold: figures.threshold,
         window: { index: window.index, size: window.drift.size, from: window.drift.from, to: window.drift.to },
-        model: model.model,
-        name: model.name,
+        model: tracked.model,
+        name: tracked.name,
         state: { from: transition.from, to: transition.to },
         message: alertMessage(version, feature, transition.notify, figures),
       });

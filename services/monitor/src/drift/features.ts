@@ -1,4 +1,4 @@
-import type { PredictionEvent } from '@conveyor/shared/contract/queue.contract';
+import type { PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import type { EmbeddingProfile } from '@conveyor/shared/model/reference-profile';
 import type { Observation } from '../store/store-records.js';
 

@@ -17,7 +17,7 @@ export function driftDecisions(drift: WindowDrift): Decision[] {
 
 type Base = Pick<WindowRecord, 'index' | 'evaluatedAt' | 'size'>;
 
-const identity = (model: TrackedModel) => ({ model: model.model, name: model.name });
+const identity = (tracked: TrackedModel) => ({ model: tracked.model, name: tracked.name });
 
 export function evaluatedRecord(
   model: TrackedModel,

@@ -1,4 +1,5 @@
-import { FeedbackEvent, PredictionEvent, servingName } from '@conveyor/shared/contract/queue.contract';
+import { FeedbackEvent, PredictionEvent } from '@conveyor/shared/contract/events.contract';
+import { servingName } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { z } from 'zod';
 import type { StreamEntry } from '../store/stream-consumer.js';

@@ -70,7 +70,7 @@ export function monitorMetrics(
       this.reset();
       const models = await store.models();
       const current = currentVersions(models);
-      for (const model of models) this.set(labelsOf(model), current.get(model.name) === model.model.version ? 1 : 0);
+      for (const tracked of models) this.set(labelsOf(tracked), current.get(tracked.name) === tracked.model.version ? 1 : 0);
     },
   });
   new Gauge({

@@ -1,6 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import path from 'node:path';
-import { ModelName } from '@conveyor/shared/contract/queue.contract';
+import { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError, type MlflowClient } from '@conveyor/shared/mlflow/client';
 import { REFERENCE_PROFILE_FILE, ReferenceProfile } from '@conveyor/shared/model/reference-profile';
@@ -47,49 +47,49 @@ export class ProfileSource {
     private readonly log: Logger,
   ) {}
 
-  async get(model: TrackedModel): Promise<ReferenceProfile | undefined> {
-    const key = `${model.model.name}@${model.model.version}`;
+  async get(tracked: TrackedModel): Promise<ReferenceProfile | undefined> {
+    const key = `${tracked.model.name}@${tracked.model.version}`;
     const cached = this.cache.get(key);
     // A missing profile is looked up again after a minute (the version may be registered meanwhile).
     if (cached && (cached.profile || Date.now() - cached.at < 60_000)) return cached.profile;
-    const profile = await this.lookup(model).catch((error: unknown) => {
+    const profile = await this.lookup(tracked).catch((error: unknown) => {
       // Checked at start-up; a refusal now means the account changed on the server: say so plainly.
-      if (error instanceof MlflowAuthError) this.log.error({ err: error, model }, error.message);
+      if (error instanceof MlflowAuthError) this.log.error({ err: error, model: tracked }, error.message);
       else if (error instanceof ProfileRefused) {
         this.stats.refused++;
         this.log.error(
-          { model: model.model, modelName: model.name, problem: error.message },
+          { model: tracked.model, modelName: tracked.name, problem: error.message },
           'refusing a reference profile the trainer did not sign',
         );
-      } else this.log.warn({ err: error, model }, 'could not load the reference profile');
+      } else this.log.warn({ err: error, model: tracked }, 'could not load the reference profile');
       return undefined;
     });
     this.cache.set(key, { profile, at: Date.now() });
-    if (profile) this.log.info({ model: model.model, modelName: model.name }, 'reference profile loaded');
+    if (profile) this.log.info({ model: tracked.model, modelName: tracked.name }, 'reference profile loaded');
     return profile;
   }
 
   /** The local folders that may hold this version's profile, the default model's first. */
-  private folders(model: TrackedModel): string[] {
+  private folders(tracked: TrackedModel): string[] {
     const dirs = this.sources.modelDir ? [path.resolve(this.sources.modelDir)] : [];
     const { modelsDir } = this.sources;
     if (modelsDir) {
       // Names come from events: only a model name (no separators, never "." or "..") becomes a path.
-      for (const name of new Set([model.name, model.model.name])) {
+      for (const name of new Set([tracked.name, tracked.model.name])) {
         if (ModelName.safeParse(name).success) dirs.push(path.resolve(modelsDir, name));
       }
     }
     return [...new Set(dirs)];
   }
 
-  private async lookup(model: TrackedModel): Promise<ReferenceProfile | undefined> {
-    for (const dir of this.folders(model)) {
+  private async lookup(tracked: TrackedModel): Promise<ReferenceProfile | undefined> {
+    for (const dir of this.folders(tracked)) {
       const local = await readReferenceProfile(dir);
-      if (local && local.model.name === model.model.name && local.model.version === model.model.version) return local;
+      if (local && local.model.name === tracked.model.name && local.model.version === tracked.model.version) return local;
     }
-    if (this.sources.client && /^\d+$/.test(model.model.version)) {
+    if (this.sources.client && /^\d+$/.test(tracked.model.version)) {
       const { client, signingKey } = this.sources;
-      const { name, version } = model.model;
+      const { name, version } = tracked.model;
       const signed = signingKey ? await this.signedDigest(client, signingKey, name, version) : undefined;
       const uri = await client.getDownloadUri(name, version);
       const bytes = await client.downloadArtifact(`${uri.replace(/\/+$/, '')}/${REFERENCE_PROFILE_FILE}`);

@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
-import { servingName } from '@conveyor/shared/contract/queue.contract';
+import { servingName } from '@conveyor/shared/contract/common.contract';
 import type { WindowRecord } from '../store/store-records.js';
 
 /**

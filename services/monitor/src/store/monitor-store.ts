@@ -116,15 +116,15 @@ export class MonitorStore {
 
   /** Applies one model version's predictions in stream order, each job at most once, in one script call. */
   async appendPredictions(
-    model: TrackedModel,
+    tracked: TrackedModel,
     items: readonly PredictionItem[],
     windowSize: number,
     ttlSeconds: number,
   ): Promise<AppendResult> {
     if (items.length === 0) return { applied: 0, duplicates: 0, closed: [] };
-    const mk = trackedKey(model);
+    const mk = trackedKey(tracked);
     const lastEventAt = items.reduce((latest, i) => (i.observation.at > latest ? i.observation.at : latest), '');
-    const tracked: TrackedModel = { name: model.name, model: model.model, lastEventAt };
+    const record: TrackedModel = { name: tracked.name, model: tracked.model, lastEventAt };
     const keys: string[] = [
       `${this.p}:window:${mk}`,
       `${this.p}:seq:${mk}`,
@@ -132,7 +132,7 @@ export class MonitorStore {
       `${this.p}:models`,
       `${this.p}:tracked`,
     ];
-    const args: (string | number)[] = [ttlSeconds, windowSize, `${this.p}:closedwin:${mk}:`, mk, JSON.stringify(tracked)];
+    const args: (string | number)[] = [ttlSeconds, windowSize, `${this.p}:closedwin:${mk}:`, mk, JSON.stringify(record)];
     for (const item of items) {
       keys.push(`${this.p}:pred:${item.jobId}`);
       args.push(JSON.stringify(item.observation), JSON.stringify(item.prediction));

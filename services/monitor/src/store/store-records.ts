@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ModelRef } from '@conveyor/shared/contract/queue.contract';
+import { ModelRef } from '@conveyor/shared/contract/common.contract';
 
 /**
  * Everything the monitor keeps in Redis, as schemas: what one monitor writes another (of this

@@ -79,13 +79,13 @@ export class DriftViews {
     };
   }
 
-  private async versionView(model: TrackedModel, current: boolean): Promise<ModelVersionView> {
+  private async versionView(tracked: TrackedModel, current: boolean): Promise<ModelVersionView> {
     const [open, profile, states, lastWindow, quality] = await Promise.all([
-      this.store.openWindow(model),
-      this.profiles.get(model),
-      this.store.featureStates(model),
-      this.store.latestDrift(model),
-      this.store.latestQuality(model),
+      this.store.openWindow(tracked),
+      this.profiles.get(tracked),
+      this.store.featureStates(tracked),
+      this.store.latestDrift(tracked),
+      this.store.latestQuality(tracked),
     ]);
     let currentWindow: CurrentWindow;
     if (open.length < this.options.minWindow) currentWindow = { status: 'insufficient_data', size: open.length };
@@ -101,10 +101,10 @@ export class DriftViews {
       };
     }
     return {
-      name: model.name,
-      model: model.model,
+      name: tracked.name,
+      model: tracked.model,
       current,
-      lastEventAt: model.lastEventAt ?? null,
+      lastEventAt: tracked.lastEventAt ?? null,
       states: Object.fromEntries(Object.entries(states).map(([k, s]) => [k, s.level])),
       lastWindow: lastWindow ?? null,
       currentWindow,

@@ -8,7 +8,7 @@ import {
   ModelList,
   ModelReadiness,
   Problem,
-} from '../contract/api.contract.js';
+} from '@conveyor/shared/contract/api.contract';
 
 /**
  * A small typed client of the gateway's HTTP API, over `fetch`. Its types are the zod schemas the

@@ -1,0 +1,91 @@
+import { QUEUES } from './jobs.contract.js';
+import { STREAMS } from './events.contract.js';
+
+/**
+ * Redis keys other than BullMQ's own, all under the deployment prefix: one function, so every key
+ * family is declared once and each has one owner (job-store.ts, fleet-store.ts, the gateway's
+ * admission, callbacks and API keys).
+ *
+ * Do not rename a key without a migration: running processes of the previous release share them
+ * during a rolling deploy.
+ */
+export function redisKeys(prefix: string) {
+  return {
+    /** The uploaded image bytes of a job, stored as a binary string (not base64 inside job JSON). */
+    input: (jobId: string) => `${prefix}:input:${jobId}`,
+    /** The finished job (result or error), JSON, expires after RESULT_TTL_SECONDS. */
+    result: (jobId: string) => `${prefix}:result:${jobId}`,
+    /** The callback of an asynchronous job and how its delivery went (CallbackState JSON, api.contract). */
+    callback: (jobId: string) => `${prefix}:callback:${jobId}`,
+    /**
+     * The API key id that made a job (JobStore.putOwner), when keys are required: only it (or an
+     * admin key) may read the job, its events, its callback details, or give its feedback. Kept
+     * while the job waits (at most INPUT_TTL_SECONDS + RESULT_TTL_SECONDS), then, from the result
+     * commit on, exactly as long as the result.
+     */
+    owner: (jobId: string) => `${prefix}:owner:${jobId}`,
+    /**
+     * Sorted set of the callbacks a client has pending (gateway callbacks): member the job id, score
+     * the time (ms) its delivery gives up at the latest, so a delivery that never settles stops
+     * counting by itself. `client` is an API key id (`key:<id>`) or an address (`ip:<address>`).
+     */
+    callbacksPending: (client: string) => `${prefix}:callbacks:pending:${client}`,
+    /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
+    feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
+    /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
+    replies: (gatewayId: string) => `${prefix}:replies:${gatewayId}`,
+    /**
+     * BullMQ's own lock of an active job (bullmq 6: `<prefix>:<queue>:<id>:lock`, holding the
+     * processing attempt's token). A worker commits a result only while its attempt holds it;
+     * `workers.e2e.test.ts` checks the name against a running BullMQ.
+     */
+    jobLock: (queue: string, jobId: string) => `${prefix}:${queue}:${jobId}:lock`,
+    /**
+     * Sorted set of places in a queue reserved by requests whose job is not queued yet (gateway
+     * admission): member the job id the request will use, score the time (ms) the place lapses. The
+     * legacy queue keeps the key it always had, so old and new gateways count the same places.
+     */
+    admissionReserved: (queue: string) =>
+      queue === QUEUES.inference ? `${prefix}:admission:reservations` : `${prefix}:admission:reservations:${queue}`,
+    /**
+     * Fair queuing of a model's queue (gateway, jobs/fair-queue.ts): hash tenant → the virtual
+     * finish time of its last job. Deleted whenever the queue is found empty (virtual time restarts).
+     */
+    fairFinish: (queue: string) => `${prefix}:fair:${queue}:finish`,
+    /**
+     * Fair queuing: sorted set of one tenant's places in a model's queue (member job id, score its
+     * virtual start time), pruned from the bottom once those jobs have left the queue.
+     */
+    fairPlaces: (queue: string, tenant: string) => `${prefix}:fair:${queue}:places:${tenant}`,
+    /**
+     * The images admission counts, one field per job: job id → `<bytes> <job key prefix> <reservations
+     * key>`. Set at admission, corrected once the image is stored, removed by the job's result commit,
+     * by a request that failed, or by the gateways' reconciliation once the job no longer waits (removed
+     * by an operator, failed without a commit). Each job's bytes are given back once, by whoever removes
+     * its field, so the sum cannot drift from the jobs that exist. (The counter this replaced,
+     * `admission:queued-bytes`, fell only in the commit: a queue emptied from the dashboard kept its
+     * bytes counted for ever.)
+     */
+    queuedImages: `${prefix}:admission:queued-images`,
+    /** The sum of queuedImages' bytes, kept by the same scripts that change it (admission reads one key). */
+    queuedBytes: `${prefix}:admission:queued-images:bytes`,
+    /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */
+    apiKeys: `${prefix}:api-keys`,
+    /** Hash `name@version` → JSON array of the model's labels, written by the workers serving it. */
+    modelLabels: `${prefix}:model-labels`,
+    /**
+     * Hash serving name → ModelAnnouncement JSON: every model a worker has ever announced (warm and
+     * serving), with the version and input it announced last. Never expires: a model once served
+     * stays known (async requests for it are queued while no worker is up); `HDEL` retires one.
+     */
+    models: `${prefix}:models`,
+    /** Sorted set of live workers, scored by the time their heartbeat expires. */
+    workers: `${prefix}:workers`,
+    /** Heartbeat details of one worker, JSON, with a TTL. */
+    worker: (workerId: string) => `${prefix}:worker:${workerId}`,
+    predictions: `${prefix}:${STREAMS.predictions}`,
+    feedbackStream: `${prefix}:${STREAMS.feedback}`,
+    alerts: `${prefix}:${STREAMS.alerts}`,
+  };
+}
+export type RedisKeys = ReturnType<typeof redisKeys>;

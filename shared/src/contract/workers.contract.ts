@@ -1,0 +1,68 @@
+import { z } from 'zod';
+import { ModelName, ModelRef } from './common.contract.js';
+import { LEGACY_QUEUE_MODEL } from './jobs.contract.js';
+
+/**
+ * The worker family: who is alive and what it serves (heartbeats), and what each served model is
+ * (announcements). Written by the inference workers, read by the gateways (fleet-store.ts).
+ */
+/** One model a worker serves: warm (it has answered a synthetic input) and taking jobs from its queue. */
+export const ServedModel = z.object({
+  /** The serving name (routes, queue); `model` is what is loaded under it. */
+  name: ModelName,
+  model: ModelRef,
+  concurrency: z.number().int().positive(),
+});
+export type ServedModel = z.infer<typeof ServedModel>;
+
+/**
+ * Worker → anyone, the value of `redisKeys().worker(id)`: who is alive and what it serves. A worker
+ * beats only once its first model is warm, and lists a model in `models` only once that model is.
+ * `models` was added within version 1 (an additive field: readers of the previous release ignore
+ * it and read `model`, which stays the first model served, and `concurrency`, the total).
+ */
+export const WorkerHeartbeat = z.object({
+  kind: z.literal('worker-heartbeat'),
+  version: z.literal(1),
+  id: z.string(),
+  hostname: z.string(),
+  pid: z.number().int(),
+  model: ModelRef,
+  concurrency: z.number().int().positive(),
+  models: z.array(ServedModel).min(1).optional(),
+  startedAt: z.iso.datetime(),
+  at: z.iso.datetime(),
+  processed: z.number().int().min(0),
+  failed: z.number().int().min(0),
+});
+export type WorkerHeartbeat = z.infer<typeof WorkerHeartbeat>;
+
+/** What a heartbeat's worker serves; a worker of the previous release served one model, from the legacy queue. */
+export function servedModels(heartbeat: WorkerHeartbeat): ServedModel[] {
+  return heartbeat.models ?? [{ name: LEGACY_QUEUE_MODEL, model: heartbeat.model, concurrency: heartbeat.concurrency }];
+}
+
+/**
+ * Worker → gateways, the value of `redisKeys().models[name]`: a model being served, as its manifest
+ * describes it (what `GET /v1/models/{name}` shows). Rewritten by every heartbeat of a worker
+ * serving it, so it survives a Redis that restarted empty.
+ */
+export const ModelAnnouncement = z.object({
+  kind: z.literal('model-announcement'),
+  version: z.literal(1),
+  name: ModelName,
+  model: ModelRef,
+  description: z.string().optional(),
+  input: z.object({
+    name: z.string(),
+    layout: z.enum(['NCHW', 'NHWC']),
+    channels: z.number().int().positive(),
+    height: z.number().int().positive(),
+    width: z.number().int().positive(),
+    color: z.enum(['gray', 'rgb']),
+    resize: z.string(),
+  }),
+  labels: z.array(z.string()).min(1),
+  at: z.iso.datetime(),
+});
+export type ModelAnnouncement = z.infer<typeof ModelAnnouncement>;
