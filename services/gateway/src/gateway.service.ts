@@ -19,6 +19,7 @@ import { UploadBudget } from './intake/upload-guard.js';
 import { createAccess } from './access/access.middleware.js';
 import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
+import { JobIntake } from './jobs/job-intake.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
@@ -154,8 +155,6 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     jobs,
     metrics,
     catalogue,
-    queues,
-    admission,
     uploadBudget,
     access: createAccess(redis, config.REDIS_PREFIX, new ApiKeyStore(redis, keys.apiKeys), {
       keysRequired: config.API_KEYS_REQUIRED,
@@ -164,7 +163,6 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       authFailurePoints: config.AUTH_FAILURE_LIMIT,
       authFailureWindowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
     }),
-    waiter,
     callbacks,
     eventLimits: {
       maxConnections: config.SSE_MAX_CONNECTIONS,
@@ -181,18 +179,25 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       await catalogue.current();
       return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
     }, jobs),
-    submitter: new JobSubmitter(
-      new JobStore(queueConnection, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS }),
-      config.INPUT_TTL_SECONDS,
-      config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
-    ),
-    fair: config.FAIR_QUEUING
-      ? new FairQueue(redis, keys, {
-          tenantShare: config.FAIR_TENANT_SHARE,
-          maxDepth: config.MAX_QUEUE_DEPTH,
-          pixelsPerCost: config.FAIR_PIXELS_PER_COST,
-        })
-      : undefined,
+    intake: new JobIntake({
+      queues,
+      admission,
+      waiter,
+      callbacks,
+      submitter: new JobSubmitter(
+        new JobStore(queueConnection, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS }),
+        config.INPUT_TTL_SECONDS,
+        config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
+      ),
+      fair: config.FAIR_QUEUING
+        ? new FairQueue(redis, keys, {
+            tenantShare: config.FAIR_TENANT_SHARE,
+            maxDepth: config.MAX_QUEUE_DEPTH,
+            pixelsPerCost: config.FAIR_PIXELS_PER_COST,
+          })
+        : undefined,
+    }),
+    callbackUrl: (values) => callbacks.parse(values),
     fetchImage: createImageFetcher({
       maxBytes: config.MAX_UPLOAD_BYTES,
       connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,

@@ -4,7 +4,8 @@ import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { randomPrefix, testRedis, testRedisUrl } from '../../../test/support/redis.js';
-import { BAND_SPAN, FairQueue, type Tenant } from '../src/jobs/fair-queue.js';
+import type { Tenant } from '../src/http/context.js';
+import { BAND_SPAN, FairQueue } from '../src/jobs/fair-queue.js';
 import type { InferenceQueue } from '../src/jobs/model-queues.js';
 
 /**

@@ -4,7 +4,7 @@ import { CallbackState, type CallbackPayload } from '@conveyor/shared/contract/a
 import { CallbackJob, JobResult, QUEUES, ReplyMessage, type Keys } from '@conveyor/shared/contract/queue.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { ProblemError } from '@conveyor/shared/problem';
-import { filteringAgents, isAddressRefused } from '../intake/fetch-image.js';
+import { filteringAgents, isAddressRefused } from '../http/outbound.js';
 import { postCallback, type PostAgents } from './callback-post.js';
 import { parseCallbackUrl } from './callback-url.js';
 import { secretBytes, signWebhook } from './webhook-signature.js';
@@ -28,7 +28,7 @@ import { secretBytes, signWebhook } from './webhook-signature.js';
  * client (API key or address) may have CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending; the next
  * request naming one is a 429. A receiver's answer is judged by its status alone (callback-post.ts).
  *
- * Outgoing requests go through the image fetcher's filtering agents: a callback may reach exactly
+ * Outgoing requests go through the filtering agents image fetching uses too (http/outbound.ts): a callback may reach exactly
  * the addresses an image URL may (public unicast, plus URL_ALLOW_CIDRS), checked at every delivery
  * on the address actually connected to (DNS rebinding included); literal addresses are refused at
  * the request already (callback-url.ts). Redirects are not followed.
