@@ -25,6 +25,7 @@ import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
 import { ModelCatalogue } from './models/model-catalogue.js';
 import { CallbackDispatcher } from './callbacks/callback-dispatcher.js';
+import { CallbackStore } from './callbacks/callback-store.js';
 import { OpenStreams } from './routes/events.route.js';
 
 export interface GatewayService extends Service {
@@ -125,8 +126,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const callbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:gateway-callbacks:${gatewayId}`, log);
   const callbacks = new CallbackDispatcher(
     callbackConnection,
-    redis,
-    keys,
+    new CallbackStore(redis, keys),
+    jobs,
     config.REDIS_PREFIX,
     {
       secret: config.CALLBACK_SECRET,
