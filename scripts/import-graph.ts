@@ -94,11 +94,11 @@ function circlesOf(graph: ReadonlyMap<string, ReadonlySet<string>>): string[][] 
   return found;
 }
 
-export function findings(packages: readonly string[] = PACKAGES): Findings {
+export function findings(packages: readonly string[] = PACKAGES, root = ROOT): Findings {
   const circles: string[][] = [];
   const upward: string[] = [];
   for (const pkg of packages) {
-    const src = join(ROOT, pkg);
+    const src = join(root, pkg);
     const files = sourceFiles(src);
     const known = new Set(files);
     const fileGraph = new Map<string, Set<string>>();
@@ -116,14 +116,14 @@ export function findings(packages: readonly string[] = PACKAGES): Findings {
         edges.push([file, target]);
       }
     }
-    for (const circle of circlesOf(fileGraph)) circles.push(circle.map((f) => relative(ROOT, f)));
+    for (const circle of circlesOf(fileGraph)) circles.push(circle.map((f) => relative(root, f)));
     for (const units of circlesOf(unitGraph)) {
       const inCircle = new Set(units);
       for (const [file, target] of edges) {
         const from = unitOf(src, file);
         const to = unitOf(src, target);
         if (inCircle.has(from) && inCircle.has(to)) {
-          upward.push(`${relative(ROOT, file)} → ${relative(ROOT, target)} (${from} → ${to})`);
+          upward.push(`${relative(root, file)} → ${relative(root, target)} (${from} → ${to})`);
         }
       }
     }
