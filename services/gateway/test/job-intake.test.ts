@@ -107,7 +107,9 @@ function newJob(fakes: Fakes, overrides: Partial<NewJob> = {}): NewJob {
 describe('job intake (fakes, no Redis)', () => {
   it('registers the ticket, schedules the callback, then submits; counts the job queued and gives the place back', async () => {
     const fakes = new Fakes();
-    const job = await new JobIntake(fakes.parts()).create(newJob(fakes, { callbackUrl: new URL('https://receiver.example/hook') }));
+    const job = await new JobIntake(fakes.parts()).create(
+      newJob(fakes, { callbackUrl: new URL('https://receiver.example/hook') }),
+    );
     expect(fakes.calls).to.deep.equal([
       'ticket.register job-1',
       'callback.reserve key:key-1 job-1',
@@ -143,7 +145,9 @@ describe('job intake (fakes, no Redis)', () => {
   it('undoes the ticket and the callback when queueing fails, and still gives the place back', async () => {
     const fakes = new Fakes();
     fakes.submitError = new Error('Redis went away');
-    const creating = new JobIntake(fakes.parts()).create(newJob(fakes, { callbackUrl: new URL('https://receiver.example/hook') }));
+    const creating = new JobIntake(fakes.parts()).create(
+      newJob(fakes, { callbackUrl: new URL('https://receiver.example/hook') }),
+    );
     const error = await creating.then(
       () => undefined,
       (e: unknown) => e,
@@ -163,7 +167,9 @@ describe('job intake (fakes, no Redis)', () => {
   it('cancels nothing of a callback it was refused (over the client share), and queues nothing', async () => {
     const fakes = new Fakes();
     fakes.callbackRefusal = new Error('429');
-    const creating = new JobIntake(fakes.parts()).create(newJob(fakes, { callbackUrl: new URL('https://receiver.example/hook') }));
+    const creating = new JobIntake(fakes.parts()).create(
+      newJob(fakes, { callbackUrl: new URL('https://receiver.example/hook') }),
+    );
     const error = await creating.then(
       () => undefined,
       (e: unknown) => e,

@@ -7,11 +7,7 @@ import type { InferenceJob, JobResult } from '@conveyor/shared/contract/queue.co
 import { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { LoadedModel, ModelOutput } from '@conveyor/shared/model/runtime';
 import { digitPng } from '../../../test/support/images.js';
-import {
-  createInferenceProcessor,
-  type InferenceBullJob,
-  type ProcessorDeps,
-} from '../src/inference.processor.js';
+import { createInferenceProcessor, type InferenceBullJob, type ProcessorDeps } from '../src/inference.processor.js';
 import type { JobOutcome } from '../src/metrics/worker-metrics.js';
 
 /**
@@ -19,7 +15,9 @@ import type { JobOutcome } from '../src/metrics/worker-metrics.js';
  * commits, a ModelHost whose model answers what the test says, and a BullMQ job object. Real
  * preprocessing (sharp) runs on a real PNG; no Redis, no onnxruntime.
  */
-const manifest = ModelManifest.parse(JSON.parse(readFileSync(new URL('../../../models/digits/manifest.json', import.meta.url), 'utf8')));
+const manifest = ModelManifest.parse(
+  JSON.parse(readFileSync(new URL('../../../models/digits/manifest.json', import.meta.url), 'utf8')),
+);
 const ref = { name: 'digits', version: 'test-1' };
 
 class Fakes {
