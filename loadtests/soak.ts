@@ -141,7 +141,7 @@ interface Sample {
  * counter left above the held bytes says which path kept it.
  */
 async function counterEntries(redis: Redis, system: LoadSystem, limit = 10): Promise<Record<string, unknown>[]> {
-  const k = keysOf(PREFIX);
+  const k = redisKeys(PREFIX);
   const entries = Object.entries(await redis.hgetall(k.queuedImages)).slice(0, limit);
   const out: Record<string, unknown>[] = [];
   for (const [id, held] of entries) {
@@ -178,8 +178,8 @@ async function counterAndHeld(redis: Redis, system: LoadSystem): Promise<[number
       .exec())!.map(([, v]) => v as string[]);
     ids.push(...lists.flat());
   }
-  const p = redis.pipeline().get(keysOf(PREFIX).queuedBytes);
-  for (const id of ids) p.strlen(keysOf(PREFIX).input(id));
+  const p = redis.pipeline().get(redisKeys(PREFIX).queuedBytes);
+  for (const id of ids) p.strlen(redisKeys(PREFIX).input(id));
   const [first, ...lengths] = (await p.exec())!;
   return [Number(first?.[1] ?? 0), lengths.reduce((a, [, n]) => a + Number(n), 0)];
 }

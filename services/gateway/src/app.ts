@@ -19,8 +19,13 @@ import { registerModelRoutes } from './routes/models.route.js';
 import { registerWebRoutes } from './routes/web.route.js';
 import { registerOpsRoutes } from './routes/ops.route.js';
 import { registerPredictRoute, type PredictDeps } from './routes/predict.route.js';
+import type { CallbackDispatcher } from './callbacks/callback-dispatcher.js';
+import type { ModelCatalogue } from './models/model-catalogue.js';
 
 export interface AppDeps extends PredictDeps {
+  readonly catalogue: ModelCatalogue;
+  /** Result callbacks (`Callback-Url`): their state is shown with the job. */
+  readonly callbacks: CallbackDispatcher;
   /** The queue dashboard, when credentials are configured. */
   readonly dashboard?: Middleware<GatewayState>;
   readonly log: Logger;

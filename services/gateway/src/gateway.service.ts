@@ -20,11 +20,13 @@ import { UploadBudget } from './intake/upload-guard.js';
 import { createAccess } from './access/access.middleware.js';
 import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
+import { JobIntake } from './jobs/job-intake.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
 import { ModelCatalogue } from './models/model-catalogue.js';
 import { CallbackDispatcher } from './callbacks/callback-dispatcher.js';
+import { CallbackStore } from './callbacks/callback-store.js';
 import { OpenStreams } from './routes/events.route.js';
 
 export interface GatewayService extends Service {
@@ -125,8 +127,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const callbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:gateway-callbacks:${gatewayId}`, log);
   const callbacks = new CallbackDispatcher(
     callbackConnection,
-    redis,
-    keys,
+    new CallbackStore(redis, keys),
+    jobs,
     config.REDIS_PREFIX,
     {
       secret: config.CALLBACK_SECRET,
@@ -156,8 +158,6 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     fleet,
     metrics,
     catalogue,
-    queues,
-    admission,
     uploadBudget,
     access: createAccess(redis, config.REDIS_PREFIX, new ApiKeyStore(redis, keys.apiKeys), {
       keysRequired: config.API_KEYS_REQUIRED,
@@ -166,7 +166,6 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       authFailurePoints: config.AUTH_FAILURE_LIMIT,
       authFailureWindowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
     }),
-    waiter,
     callbacks,
     eventLimits: {
       maxConnections: config.SSE_MAX_CONNECTIONS,
@@ -183,18 +182,25 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       await catalogue.current();
       return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
     }, jobs),
-    submitter: new JobSubmitter(
-      new JobStore(queueConnection, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS }),
-      config.INPUT_TTL_SECONDS,
-      config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
-    ),
-    fair: config.FAIR_QUEUING
-      ? new FairQueue(redis, keys, {
-          tenantShare: config.FAIR_TENANT_SHARE,
-          maxDepth: config.MAX_QUEUE_DEPTH,
-          pixelsPerCost: config.FAIR_PIXELS_PER_COST,
-        })
-      : undefined,
+    intake: new JobIntake({
+      queues,
+      admission,
+      waiter,
+      callbacks,
+      submitter: new JobSubmitter(
+        new JobStore(queueConnection, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS }),
+        config.INPUT_TTL_SECONDS,
+        config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
+      ),
+      fair: config.FAIR_QUEUING
+        ? new FairQueue(redis, keys, {
+            tenantShare: config.FAIR_TENANT_SHARE,
+            maxDepth: config.MAX_QUEUE_DEPTH,
+            pixelsPerCost: config.FAIR_PIXELS_PER_COST,
+          })
+        : undefined,
+    }),
+    callbackUrl: (values) => callbacks.parse(values),
     fetchImage: createImageFetcher({
       maxBytes: config.MAX_UPLOAD_BYTES,
       connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,

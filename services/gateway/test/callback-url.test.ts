@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { ProblemError } from '@conveyor/shared/problem';
-import { isLiteralRefused, parseCallbackUrl } from '../src/callbacks/callback-url.js';
+import { parseCallbackUrl } from '../src/callbacks/callback-url.js';
+import { isLiteralRefused } from '../src/http/outbound.js';
 import { sweepDelay } from '../src/callbacks/callback-dispatcher.js';
 
 describe('the Callback-Url at the request', () => {

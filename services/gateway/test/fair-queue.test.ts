@@ -4,7 +4,8 @@ import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { randomPrefix, testRedis, testRedisUrl } from '../../../test/support/redis.js';
-import { BAND_SPAN, FairQueue, type Tenant } from '../src/jobs/fair-queue.js';
+import type { Tenant } from '../src/http/context.js';
+import { BAND_SPAN, FairQueue } from '../src/jobs/fair-queue.js';
 import type { InferenceQueue } from '../src/jobs/model-queues.js';
 
 /**

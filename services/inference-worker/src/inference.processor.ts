@@ -27,13 +27,13 @@ import type { ModelHost, ModelLease } from './model/model-host.js';
  */
 export interface ProcessorDeps {
   /** Takes the job's image and commits its result. */
-  readonly jobs: JobStore;
+  readonly jobs: Pick<JobStore, 'takeInput' | 'commit'>;
   /** The serving name of the model whose queue this processor takes jobs from. */
   readonly model: ModelName;
   /** That queue (its jobs' BullMQ locks are under its name). */
   readonly queue: string;
   /** The model to use for the next job (leased per job, so a swapped model takes effect at once). */
-  readonly models: ModelHost;
+  readonly models: Pick<ModelHost, 'acquire'>;
   readonly workerId: string;
   readonly limits: { readonly maxPixels: number; readonly maxSide: number; readonly maxAspectRatio: number };
   readonly preprocessTimeoutMs: number;
@@ -41,7 +41,7 @@ export interface ProcessorDeps {
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
   /** This model's jobs: in flight now, committed so far. */
-  readonly counts: JobCounts;
+  readonly counts: Pick<JobCounts, 'started' | 'ended' | 'committedCompleted' | 'committedFailed'>;
   /** This model's metrics. */
   readonly metrics: JobMetrics;
 }

@@ -1,6 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Redis } from '@conveyor/shared/redis';
 import { z } from 'zod';
+import type { KeyIdentity } from '../http/context.js';
 
 /**
  * API keys: `cvk_<id>_<secret>`. Redis keeps, per id, the SHA-256 of the whole key (never the key
@@ -28,12 +29,9 @@ const StoredKey = z.object({
 });
 export type StoredKey = z.infer<typeof StoredKey>;
 
-export interface ApiKeyIdentity {
-  readonly id: string;
-  readonly name: string;
+/** What a request learns of its key (the request state's KeyIdentity, with the scopes typed). */
+export interface ApiKeyIdentity extends KeyIdentity {
   readonly scopes: readonly Scope[];
-  /** Its weight in fair queuing (1 unless set at creation). */
-  readonly weight: number;
 }
 
 const FORMAT = /^cvk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$/;

@@ -1,5 +1,5 @@
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import type { ApiKeyIdentity } from './api-keys.js';
+import type { KeyIdentity } from '../http/context.js';
 
 /**
  * Jobs belong to the API key that made them. With keys required, a job is readable — its result,
@@ -16,7 +16,7 @@ export class JobOwnership {
   constructor(private readonly jobs: Pick<JobStore, 'readOwner'>) {}
 
   /** Whether the caller (its API key, or undefined when keys are off) may see the job `jobId`. */
-  async mayRead(caller: ApiKeyIdentity | undefined, jobId: string): Promise<boolean> {
+  async mayRead(caller: KeyIdentity | undefined, jobId: string): Promise<boolean> {
     if (!caller || caller.scopes.includes('admin')) return true;
     return (await this.jobs.readOwner(jobId)) === caller.id;
   }

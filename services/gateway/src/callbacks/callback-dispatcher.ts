@@ -1,14 +1,16 @@
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from '@conveyor/shared/redis';
-import { CallbackState, type CallbackPayload } from '@conveyor/shared/contract/api.contract';
-import { CallbackJob, JobResult, QUEUES, ReplyMessage } from '@conveyor/shared/contract/jobs.contract';
-import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
+import type { CallbackState } from '@conveyor/shared/contract/api.contract';
+import type { JobStore } from '@conveyor/shared/contract/job-store';
+import { CallbackJob, QUEUES, ReplyMessage, type JobResult } from '@conveyor/shared/contract/jobs.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { ProblemError } from '@conveyor/shared/problem';
-import { filteringAgents, isAddressRefused } from '../intake/fetch-image.js';
-import { postCallback, type PostAgents } from './callback-post.js';
+import { filteringAgents } from '../http/outbound.js';
+import { CallbackDelivery } from './callback-delivery.js';
+import { postCallback } from './callback-post.js';
+import type { CallbackStore } from './callback-store.js';
 import { parseCallbackUrl } from './callback-url.js';
-import { secretBytes, signWebhook } from './webhook-signature.js';
+import { secretBytes } from './webhook-signature.js';
 
 /**
  * Result callbacks for asynchronous jobs. A request may name a `Callback-Url`; once its job is
@@ -22,6 +24,10 @@ import { secretBytes, signWebhook } from './webhook-signature.js';
  * by a slow sweep: the delivery wakes every CALLBACK_SWEEP_SECONDS, looks for the result once and
  * sleeps again. Deliveries never touch the result: polling works whatever a receiver does.
  *
+ * This is the queue side (schedule, cancel, wake, park, close); one try of the signed POST and the
+ * state it leaves is the delivery side (callback-delivery.ts); the records are CallbackStore's, and
+ * results are read through JobStore.
+ *
  * Isolation: CALLBACK_CONCURRENCY deliveries at once per gateway, of which at most
  * CALLBACK_RECEIVER_CONCURRENCY to one receiver (origin). A delivery for a receiver at its cap is
  * parked (delayed again, no attempt spent, no slot held) and woken when one of that receiver's
@@ -29,7 +35,7 @@ import { secretBytes, signWebhook } from './webhook-signature.js';
  * client (API key or address) may have CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending; the next
  * request naming one is a 429. A receiver's answer is judged by its status alone (callback-post.ts).
  *
- * Outgoing requests go through the image fetcher's filtering agents: a callback may reach exactly
+ * Outgoing requests go through the filtering agents image fetching uses too (http/outbound.ts): a callback may reach exactly
  * the addresses an image URL may (public unicast, plus URL_ALLOW_CIDRS), checked at every delivery
  * on the address actually connected to (DNS rebinding included); literal addresses are refused at
  * the request already (callback-url.ts). Redirects are not followed.
@@ -56,7 +62,8 @@ export class CallbackDispatcher {
   private readonly queue: Queue<CallbackJob>;
   private worker: Worker<CallbackJob> | undefined;
   private readonly secret: Buffer | undefined;
-  private readonly agents: PostAgents;
+  /** The delivery side; absent when callbacks are off (no secret). */
+  private readonly delivery: CallbackDelivery | undefined;
   /** Jobs with a callback that this gateway scheduled and whose reply it may still receive. */
   private readonly awaiting = new Set<string>();
   /**
@@ -72,8 +79,8 @@ export class CallbackDispatcher {
   constructor(
     /** A connection for BullMQ (maxRetriesPerRequest: null); closed by the caller. */
     private readonly connection: Redis,
-    private readonly redis: Redis,
-    private readonly keys: RedisKeys,
+    private readonly records: CallbackStore,
+    private readonly results: Pick<JobStore, 'readResult'>,
     prefix: string,
     private readonly options: CallbackOptions,
     private readonly log: Logger,
@@ -81,11 +88,16 @@ export class CallbackDispatcher {
     this.queue = new Queue<CallbackJob>(QUEUES.callbacks, { connection, prefix });
     this.queue.on('error', (error) => log.warn({ err: error }, 'callback queue error'));
     this.secret = options.secret ? secretBytes(options.secret) : undefined;
-    this.agents = filteringAgents(options.allowCidrs);
-    // Defined now, not on first use: a script defined while an auto-pipeline is open on the
-    // connection is missing from that pipeline (see JobStore's constructor).
-    const reserving = redis as ReserveRedis;
-    if (!reserving.conveyorReserveCallback) redis.defineCommand('conveyorReserveCallback', { numberOfKeys: 1, lua: RESERVE });
+    const agents = filteringAgents(options.allowCidrs);
+    this.delivery = this.secret
+      ? new CallbackDelivery(
+          records,
+          (url, body, headers) => postCallback(url, body, headers, agents, options.timeoutMs),
+          this.secret,
+          options.resultTtlSeconds,
+          log,
+        )
+      : undefined;
   }
 
   /** Takes deliveries from the queue, and promotes one as soon as its job's reply arrives on `subscriber`. */
@@ -138,15 +150,9 @@ export class CallbackDispatcher {
    * mid-way) stops counting when it would have given up anyway.
    */
   async reserve(client: string, jobId: string): Promise<void> {
-    const now = Date.now();
-    const admitted = await this.reserveCommand().conveyorReserveCallback(
-      this.keys.callbacksPending(client),
-      String(now),
-      String(now + this.lifetimeMs()),
-      jobId,
-      String(this.options.maxPendingPerClient),
-    );
-    if (admitted !== 1) {
+    const deadline = Date.now() + this.lifetimeMs();
+    const admitted = await this.records.reserve(client, jobId, deadline, this.options.maxPendingPerClient);
+    if (!admitted) {
       throw new ProblemError(
         'rate-limited',
         `This client has ${this.options.maxPendingPerClient} callbacks pending, the most allowed; retry once some are delivered, or poll without a Callback-Url`,
@@ -158,7 +164,7 @@ export class CallbackDispatcher {
   /** Before the job is queued: its delivery is waiting for it from now on (`reserve` first). */
   async schedule(jobId: string, url: URL, requestId: string, client: string): Promise<CallbackState> {
     const state: CallbackState = { url: url.href, state: 'pending', attempts: 0, webhookId: `msg_${jobId}` };
-    await this.write(jobId, state, this.options.inputTtlSeconds + this.options.resultTtlSeconds);
+    await this.records.write(jobId, state, this.options.inputTtlSeconds + this.options.resultTtlSeconds);
     const data: CallbackJob = {
       kind: 'callback',
       version: 1,
@@ -184,16 +190,11 @@ export class CallbackDispatcher {
   /** The job could not be queued after all: no delivery, and the client's share back. */
   async cancel(jobId: string, client: string): Promise<void> {
     this.awaiting.delete(jobId);
-    await Promise.allSettled([
-      this.queue.remove(jobId),
-      this.redis.del(this.keys.callback(jobId)),
-      this.redis.zrem(this.keys.callbacksPending(client), jobId),
-    ]);
+    await Promise.allSettled([this.queue.remove(jobId), this.records.drop(jobId, client)]);
   }
 
-  async state(jobId: string): Promise<CallbackState | undefined> {
-    const raw = await this.redis.get(this.keys.callback(jobId));
-    return raw === null ? undefined : CallbackState.parse(JSON.parse(raw));
+  state(jobId: string): Promise<CallbackState | undefined> {
+    return this.records.read(jobId);
   }
 
   async close(): Promise<void> {
@@ -219,23 +220,8 @@ export class CallbackDispatcher {
 
   private async deliver(job: Job<CallbackJob>, token: string | undefined): Promise<void> {
     const data = CallbackJob.parse(job.data);
-    const log = this.log.child({ jobId: data.jobId, requestId: data.requestId, attempt: job.attemptsMade + 1 });
-    const raw = await this.redis.get(this.keys.result(data.jobId));
-    if (raw === null) {
-      const waited = Date.now() - job.timestamp;
-      if (waited > (this.options.inputTtlSeconds + this.options.resultTtlSeconds) * 1000) {
-        await this.update(data.jobId, { state: 'failed', lastError: 'the job never finished' }, this.options.resultTtlSeconds);
-        await this.release(data);
-        throw new UnrecoverableError('the job never finished');
-      }
-      // Not finished yet (woken by the sweep): sleep again without spending an attempt. The
-      // notification wakes it earlier if it reaches this gateway.
-      this.awaiting.add(data.jobId);
-      await job.moveToDelayed(Date.now() + sweepDelay(waited, this.options.sweepSeconds), token);
-      // The result's reply came while this looked (after the read, before the sleep): wake it now.
-      if (this.early.delete(data.jobId)) this.wake(data.jobId);
-      throw new DelayedError();
-    }
+    const result = await this.results.readResult(data.jobId);
+    if (!result) return this.sleep(job, data, token);
     this.early.delete(data.jobId);
     const origin = new URL(data.url).origin;
     const inFlight = this.running.get(origin) ?? 0;
@@ -251,7 +237,7 @@ export class CallbackDispatcher {
     this.unpark(origin, data.jobId);
     this.running.set(origin, inFlight + 1);
     try {
-      await this.attempt(job, data, raw, log);
+      await this.attempt(job, data, result);
     } finally {
       const left = (this.running.get(origin) ?? 1) - 1;
       if (left > 0) this.running.set(origin, left);
@@ -262,6 +248,29 @@ export class CallbackDispatcher {
     }
   }
 
+  /** The job has no result yet (woken by the sweep): sleep again, or give up once it never can have one. */
+  private async sleep(job: Job<CallbackJob>, data: CallbackJob, token: string | undefined): Promise<never> {
+    const waited = Date.now() - job.timestamp;
+    if (waited > (this.options.inputTtlSeconds + this.options.resultTtlSeconds) * 1000) {
+      await this.delivery?.abandon(data, 'the job never finished');
+      throw new UnrecoverableError('the job never finished');
+    }
+    // Not finished yet: sleep again without spending an attempt. The notification wakes it earlier
+    // if it reaches this gateway.
+    this.awaiting.add(data.jobId);
+    await job.moveToDelayed(Date.now() + sweepDelay(waited, this.options.sweepSeconds), token);
+    // The result's reply came while this looked (after the read, before the sleep): wake it now.
+    if (this.early.delete(data.jobId)) this.wake(data.jobId);
+    throw new DelayedError();
+  }
+
+  /** One try, by the delivery side. */
+  private attempt(job: Job<CallbackJob>, data: CallbackJob, result: JobResult): Promise<void> {
+    if (!this.delivery) throw new UnrecoverableError('callbacks are off on this gateway (no CALLBACK_SECRET)');
+    const attempt = job.attemptsMade + 1;
+    return this.delivery.attempt({ data, attempt, last: attempt >= (job.opts.attempts ?? 1) }, result);
+  }
+
   private unpark(origin: string, jobId: string): void {
     const queue = this.parked.get(origin);
     if (!queue) return;
@@ -270,93 +279,12 @@ export class CallbackDispatcher {
     if (queue.length === 0) this.parked.delete(origin);
   }
 
-  /** One try: POST the signed result, judge the answer by its status alone. */
-  private async attempt(job: Job<CallbackJob>, data: CallbackJob, raw: string, log: Logger): Promise<void> {
-    const result = JobResult.parse(JSON.parse(raw));
-    const payload: CallbackPayload = {
-      type: result.status === 'completed' ? 'job.completed' : 'job.failed',
-      timestamp: new Date().toISOString(),
-      data: result,
-    };
-    const body = JSON.stringify(payload);
-    const timestamp = Math.floor(Date.now() / 1000);
-    const attempts = job.attemptsMade + 1;
-    const last = attempts >= (job.opts.attempts ?? 1);
-    let status: number;
-    try {
-      status = await postCallback(
-        new URL(data.url),
-        body,
-        {
-          'content-type': 'application/json',
-          'user-agent': 'Conveyor callbacks',
-          'webhook-id': data.webhookId,
-          'webhook-timestamp': String(timestamp),
-          'webhook-signature': signWebhook(this.secret!, data.webhookId, timestamp, body),
-        },
-        this.agents,
-        this.options.timeoutMs,
-      );
-    } catch (error) {
-      if (isAddressRefused(error)) {
-        const lastError = 'The URL resolves to a private, loopback or link-local address';
-        await this.update(data.jobId, { state: 'failed', attempts, lastError }, this.options.resultTtlSeconds);
-        await this.release(data);
-        log.warn({ url: data.url }, 'callback refused: the address is not allowed');
-        throw new UnrecoverableError(lastError);
-      }
-      const code = (error as NodeJS.ErrnoException).code;
-      const lastError = code ? `${code}: ${(error as Error).message}` : (error as Error).message;
-      await this.update(data.jobId, { state: last ? 'failed' : 'pending', attempts, lastError }, this.options.resultTtlSeconds);
-      if (last) await this.release(data);
-      log.info({ err: error, last }, 'callback delivery failed');
-      throw error;
-    }
-    if (status >= 200 && status < 300) {
-      await this.update(
-        data.jobId,
-        { state: 'delivered', attempts, lastStatus: status, deliveredAt: new Date().toISOString() },
-        this.options.resultTtlSeconds,
-      );
-      await this.release(data);
-      log.debug({ status }, 'callback delivered');
-      return;
-    }
-    await this.update(
-      data.jobId,
-      { state: last ? 'failed' : 'pending', attempts, lastStatus: status, lastError: `the receiver answered HTTP ${status}` },
-      this.options.resultTtlSeconds,
-    );
-    if (last) await this.release(data);
-    log.info({ status, last }, 'callback receiver refused the delivery');
-    throw new Error(`the receiver answered HTTP ${status}`);
-  }
-
-  /** The delivery has settled (delivered, or failed for good): it no longer counts against its client. */
-  private async release(data: CallbackJob): Promise<void> {
-    if (data.client) await this.redis.zrem(this.keys.callbacksPending(data.client), data.jobId);
-  }
-
   /** The longest a callback can stay pending: its job's wait and result life, then every try and backoff. */
   private lifetimeMs(): number {
     const { inputTtlSeconds, resultTtlSeconds, maxAttempts, backoffMs, timeoutMs, sweepSeconds } = this.options;
     const retries = backoffMs * (2 ** Math.min(maxAttempts, 30) - 1) + maxAttempts * timeoutMs;
     // The job's wait and result life, the longest sleep past them, then every try and backoff.
     return (inputTtlSeconds + resultTtlSeconds + 10 * sweepSeconds) * 1000 + retries;
-  }
-
-  private reserveCommand(): Required<Pick<ReserveRedis, 'conveyorReserveCallback'>> {
-    return this.redis as ReserveRedis as Required<Pick<ReserveRedis, 'conveyorReserveCallback'>>;
-  }
-
-  private async update(jobId: string, change: Partial<CallbackState>, ttlSeconds: number): Promise<void> {
-    const current = await this.state(jobId);
-    if (!current) return; // expired with its job
-    await this.write(jobId, { ...current, ...change }, ttlSeconds);
-  }
-
-  private async write(jobId: string, state: CallbackState, ttlSeconds: number): Promise<void> {
-    await this.redis.set(this.keys.callback(jobId), JSON.stringify(state), 'EX', ttlSeconds);
   }
 }
 
@@ -370,20 +298,3 @@ export function sweepDelay(waitedMs: number, sweepSeconds: number): number {
   const interval = sweepSeconds * 1000;
   return Math.min(Math.max(interval, waitedMs), 10 * interval);
 }
-
-/**
- * KEYS[1] the client's pending set; ARGV now, the new member's deadline, job id, cap (all as
- * strings). Drops members past their deadline, then adds the job if the client is under its cap.
- * Returns 1 if added, 0 if refused. The key lives as long as its newest member.
- */
-const RESERVE = `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
-return 1
-`;
-
-type ReserveRedis = Redis & {
-  conveyorReserveCallback?: (key: string, now: string, deadline: string, jobId: string, cap: string) => Promise<number>;
-};

@@ -1,7 +1,6 @@
 import { isIP } from 'node:net';
-import ipaddr from 'ipaddr.js';
 import { ProblemError } from '@conveyor/shared/problem';
-import { parseImageUrl } from '../intake/read-input.js';
+import { isLiteralRefused, parseOutboundUrl } from '../http/outbound.js';
 
 /**
  * The `Callback-Url` of a request, judged before anything is queued.
@@ -22,7 +21,7 @@ export function parseCallbackUrl(values: readonly string[] | undefined, allowCid
   }
   const header = values[0]!;
   if (header.length > 2048) throw new ProblemError('invalid-request', 'The Callback-Url is longer than 2048 characters');
-  const url = parseImageUrl(header);
+  const url = parseOutboundUrl(header);
   const host = url.hostname.replace(/^\[|\]$/g, '');
   if (isIP(host) !== 0 && isLiteralRefused(host, allowCidrs)) {
     throw new ProblemError(
@@ -32,27 +31,4 @@ export function parseCallbackUrl(values: readonly string[] | undefined, allowCid
     );
   }
   return url;
-}
-
-/** Whether the filtering agents would refuse to connect to this IP literal (the same rule, applied early). */
-export function isLiteralRefused(address: string, allowCidrs: readonly string[]): boolean {
-  let parsed: ipaddr.IPv4 | ipaddr.IPv6;
-  try {
-    parsed = ipaddr.parse(address);
-  } catch {
-    return true;
-  }
-  if (allowCidrs.some((entry) => matches(parsed, address, entry))) return false;
-  if (parsed.range() !== 'unicast') return true;
-  return matches(parsed, address, '::/96');
-}
-
-function matches(parsed: ipaddr.IPv4 | ipaddr.IPv6, raw: string, entry: string): boolean {
-  if (isIP(entry) !== 0) return entry === raw;
-  try {
-    const cidr = ipaddr.parseCIDR(entry);
-    return parsed.kind() === cidr[0].kind() && parsed.match(cidr);
-  } catch {
-    return false;
-  }
 }

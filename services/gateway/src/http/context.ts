@@ -1,12 +1,51 @@
-import type { ApiKeyIdentity } from '../access/api-keys.js';
-import type { Reservation } from '../jobs/admission.js';
-import type { UploadReservation } from '../intake/upload-guard.js';
-import type { PredictMode } from './metrics.js';
 import type { ParameterizedContext } from 'koa';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
-import type { InferenceQueue } from '../jobs/model-queues.js';
-import type { FairPlace, Tenant } from '../jobs/fair-queue.js';
+import type { PredictMode } from './metrics.js';
+
+/*
+ * The request state is the bottom floor of the gateway: it declares the small things a request
+ * holds, and the modules that make them (admission, fair queuing, the upload guard, the API keys)
+ * implement these shapes. So nothing here imports from the floors above.
+ */
+
+/** Something held for the request until it is given back; giving back twice is harmless. */
+export interface Held {
+  release(): void;
+}
+
+/** A place in a model's queue reserved at admission (jobs/admission.ts), held until the job is queued. */
+export interface QueuePlace extends Held {
+  /** The id the request's job is to have: the place is reserved under it. */
+  readonly jobId: string;
+  /** The job is queued with an image of `bytes` (it now counts as waiting, its bytes as queued). */
+  queued(bytes: number): void;
+}
+
+/** A job's place among its tenant's, as fair queuing gave it (jobs/fair-queue.ts). */
+export interface FairPlace {
+  /** The BullMQ priority the job must be added with. */
+  readonly priority: number;
+  /** Charges the tenant for the job's size, once its image is known. */
+  charge(pixels: number): void;
+}
+
+/** Whose share of the queue and of worker time a request draws on. */
+export interface Tenant {
+  /** `key:<api key id>`, or `ip:<address>` when keys are off. */
+  readonly id: string;
+  /** 1 for an address; the key's weight otherwise. */
+  readonly weight: number;
+}
+
+/** The API key a request was made with (access/api-keys.ts), as far as the request needs it. */
+export interface KeyIdentity {
+  readonly id: string;
+  readonly name: string;
+  readonly scopes: readonly string[];
+  /** Its weight in fair queuing (1 unless set at creation). */
+  readonly weight: number;
+}
 
 export interface GatewayState {
   /** From a well-formed X-Request-Id header, or generated; echoed back and carried into the job. */
@@ -17,17 +56,15 @@ export interface GatewayState {
   /** A raw image body (Content-Type image/* or application/octet-stream), read within the size limit. */
   rawUpload?: Buffer;
   /** The place in the queue reserved at admission, given back once the job is queued. */
-  reservation?: Reservation;
+  reservation?: QueuePlace;
   /** The share of the gateway's upload budget this request holds while its bytes are in memory. */
-  upload?: UploadReservation;
+  upload?: Held;
   /** On predict requests, from the Prefer header: whether the caller waits for the result (for the metrics). */
   predictMode?: PredictMode;
   /** On predict requests, the model they are for, once it is known to exist (the metrics' `model` label). */
   model?: ModelName;
-  /** That model's queue, where the job goes. */
-  queue?: InferenceQueue;
   /** The API key the request was made with, when keys are required. */
-  apiKey?: ApiKeyIdentity;
+  apiKey?: KeyIdentity;
   /** Whose share of the queue and of worker time the request draws on: its API key, or its address. */
   tenant?: Tenant;
   /** On predict requests, the job's place as fair queuing gave it (its priority). */

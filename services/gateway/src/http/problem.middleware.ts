@@ -1,7 +1,7 @@
 import type { Middleware } from 'koa';
-import { problemBody, ProblemError } from '@conveyor/shared/problem';
+import { ProblemError } from '@conveyor/shared/problem';
 import { isRedisOutOfMemory, isRedisUnavailable } from '@conveyor/shared/redis';
-import { storeFullProblem } from '../jobs/memory-guard.js';
+import { answerBody, storeFullProblem } from './problem-answer.js';
 import type { GatewayContext, GatewayState } from './context.js';
 
 /**
@@ -65,12 +65,6 @@ export function sendProblem(ctx: GatewayContext, problem: ProblemError): void {
   if (retryAfterSeconds !== undefined) ctx.set('Retry-After', String(retryAfterSeconds));
   if (allow !== undefined) ctx.set('Allow', allow);
   ctx.body = { ...answerBody(ctx, problem), ...(ctx.state.jobId ? { jobId: ctx.state.jobId } : {}), ...extra };
-}
-
-/** The RFC 9457 members every problem answer has (the slug is in `type` already). */
-export function answerBody(ctx: GatewayContext, problem: ProblemError): Record<string, unknown> {
-  const { slug: _slug, ...members } = problemBody(problem);
-  return { ...members, instance: ctx.originalUrl, requestId: ctx.state.requestId };
 }
 
 /** Maps what libraries throw (koa-body/formidable, co-body, the router, ioredis) to problems. */

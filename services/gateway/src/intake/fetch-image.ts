@@ -1,10 +1,10 @@
 import { got, HTTPError, MaxRedirectsError, RequestError, TimeoutError } from 'got';
-import { RequestFilteringHttpAgent, RequestFilteringHttpsAgent } from 'request-filtering-agent';
 import { ProblemError } from '@conveyor/shared/problem';
+import { filteringAgents, isAddressRefused } from '../http/outbound.js';
 import { tooLarge } from './read-input.js';
 
 /**
- * Fetches an image URL without becoming an SSRF proxy: the connecting agent checks the resolved
+ * Fetches an image URL without becoming an SSRF proxy (http/outbound.ts): the connecting agent checks the resolved
  * address of every connection (so DNS rebinding and every redirect hop are covered) and refuses
  * loopback, private, link-local (cloud metadata), CGNAT and unspecified addresses unless they are
  * explicitly allowed. Timeouts bound the connection and the whole exchange; the size cap applies
@@ -20,28 +20,6 @@ export interface FetchOptions {
 }
 
 export type ImageFetcher = (url: URL) => Promise<Buffer>;
-
-/**
- * The agents every outgoing request of the gateway goes through (image URLs, callbacks): one set
- * of address rules for both, so a callback cannot reach what an image URL may not.
- */
-export function filteringAgents(allowCidrs: readonly string[]) {
-  const filter = {
-    allowIPAddressList: [...allowCidrs],
-    // IPv4-compatible IPv6 (::a.b.c.d, deprecated by RFC 4291): ipaddr.js calls it unicast, yet it
-    // embeds an IPv4 address (`http://[::127.0.0.1]/` is ::7f00:1). The other embedding forms
-    // (IPv4-mapped, 6to4, Teredo, NAT64) are already refused as non-unicast.
-    denyIPAddressList: ['::/96'],
-    keepAlive: false,
-  };
-  return { http: new RequestFilteringHttpAgent(filter), https: new RequestFilteringHttpsAgent(filter) };
-}
-
-/** Whether a request failed because the filtering agents refused the address it resolved to. */
-export function isAddressRefused(error: unknown): boolean {
-  const cause = error instanceof RequestError ? ((error.cause as Error | undefined) ?? error) : (error as Error | undefined);
-  return /is not allowed/.test(cause?.message ?? '');
-}
 
 export function createImageFetcher(options: FetchOptions): ImageFetcher {
   const client = got.extend({

@@ -6,6 +6,7 @@ import getRawBody from 'raw-body';
 import { PredictUrlBody } from '@conveyor/shared/contract/api.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayContext, GatewayState } from '../http/context.js';
+import { parseOutboundUrl } from '../http/outbound.js';
 
 /**
  * Where an HTTP request becomes image bytes or an image URL. Three shapes are accepted:
@@ -107,7 +108,7 @@ export function readPredictInput(ctx: GatewayContext): PredictInput {
     const upload = ctx.request.files?.file;
     const url = typeof fields.url === 'string' ? fields.url : undefined;
     if (upload && url) throw new ProblemError('invalid-request', 'Send either a `file` or a `url`, not both');
-    if (url) return { kind: 'url', url: parseImageUrl(url) };
+    if (url) return { kind: 'url', url: parseOutboundUrl(url) };
     if (!upload || Array.isArray(upload)) {
       const other = Object.keys(ctx.request.files ?? {}).filter((k) => k !== 'file');
       throw new ProblemError(
@@ -127,26 +128,12 @@ export function readPredictInput(ctx: GatewayContext): PredictInput {
   if (ctx.is('json')) {
     const parsed = PredictUrlBody.safeParse(ctx.request.body);
     if (!parsed.success) throw new ProblemError('invalid-request', 'Expected a JSON body like {"url": "https://…"}');
-    return { kind: 'url', url: parseImageUrl(parsed.data.url) };
+    return { kind: 'url', url: parseOutboundUrl(parsed.data.url) };
   }
   throw new ProblemError(
     'unsupported-media-type',
     `Send multipart/form-data (field \`file\` or \`url\`), application/json {"url": …}, or the raw image bytes; got ${ctx.get('content-type') || 'no Content-Type'}`,
   );
-}
-
-export function parseImageUrl(text: string): URL {
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    throw new ProblemError('invalid-request', 'The url is not a valid absolute URL');
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new ProblemError('url-not-allowed', `Only http and https URLs are fetched, not ${url.protocol.replace(':', '')}`);
-  }
-  if (url.username || url.password) throw new ProblemError('url-not-allowed', 'URLs with credentials are not fetched');
-  return url;
 }
 
 export function tooLarge(maxBytes: number): ProblemError {

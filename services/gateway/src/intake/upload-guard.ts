@@ -1,8 +1,8 @@
 import type { Middleware } from 'koa';
 import { ProblemError } from '@conveyor/shared/problem';
-import { answerBody } from '../http/problem.middleware.js';
+import { answerBody } from '../http/problem-answer.js';
 import { clientOf } from '../http/client-identity.js';
-import type { GatewayContext, GatewayState } from '../http/context.js';
+import type { GatewayContext, GatewayState, Held } from '../http/context.js';
 
 /**
  * What an outsider can make one gateway hold while bodies arrive. Bodies are kept in memory (they
@@ -27,9 +27,8 @@ export interface UploadGuardOptions {
   readonly graceMs: number;
 }
 
-export interface UploadReservation {
-  release(): void;
-}
+/** A share of the budget, held while a body is in memory. */
+export type UploadReservation = Held;
 
 export type UploadRefusal = 'total' | 'client';
 

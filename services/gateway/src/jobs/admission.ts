@@ -1,5 +1,6 @@
 import type { Redis } from '@conveyor/shared/redis';
 import { ProblemError } from '@conveyor/shared/problem';
+import type { QueuePlace } from '../http/context.js';
 import type { InferenceQueue } from './model-queues.js';
 
 /**
@@ -22,14 +23,8 @@ import type { InferenceQueue } from './model-queues.js';
  * to lapse RESERVATION_TTL_MS after they were made. Before any of this, the depth was read at most
  * every 250 ms, and 66 jobs got into a queue limited to 50.
  */
-export interface Reservation {
-  /** The id the request's job is to have: the place is reserved under it. */
-  readonly jobId: string;
-  /** The job is queued with an image of `bytes` (it now counts as waiting, its bytes as queued). */
-  queued(bytes: number): void;
-  /** Idempotent; gives back whatever `queued` did not keep (the place, the reserved bytes). */
-  release(): void;
-}
+/** Idempotent `release`: gives back whatever `queued` did not keep (the place, the reserved bytes). */
+export type Reservation = QueuePlace;
 
 // Admission counts bytes as well as jobs: images wait in Redis, and 100 async uploads of 3 MB with
 // no worker alive grew it by 354 MB (the depth limit alone allowed ~35 GB). Each admitted job holds

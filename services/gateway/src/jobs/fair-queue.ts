@@ -1,6 +1,7 @@
 import type { Redis } from '@conveyor/shared/redis';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { InferenceQueue } from './model-queues.js';
+import type { FairPlace, Tenant } from '../http/context.js';
 
 /**
  * Weighted fair queuing between tenants on open-source BullMQ (whose Pro tier alone has groups):
@@ -35,12 +36,6 @@ import type { InferenceQueue } from './model-queues.js';
  *   by themselves; nothing is decremented, so nothing can leak).
  * - Tenant state (its finish time, its places) expires a day after its last job.
  */
-export interface Tenant {
-  /** `key:<api key id>`, or `ip:<address>` when keys are off. */
-  readonly id: string;
-  /** 1 for an address; the key's weight otherwise. */
-  readonly weight: number;
-}
 
 export interface FairQueueOptions {
   /** Places of one model's queue (MAX_QUEUE_DEPTH) a tenant may hold at once, as a share (0–1]. */
@@ -48,14 +43,6 @@ export interface FairQueueOptions {
   readonly maxDepth: number;
   /** Decoded pixels that cost one unit of virtual time (a job costs at least one). */
   readonly pixelsPerCost: number;
-}
-
-/** A job's place in its model's queue, as fair queuing gave it. */
-export interface FairPlace {
-  /** The BullMQ priority the job must be added with. */
-  readonly priority: number;
-  /** Charges the tenant for the job's size, once its image is known. */
-  charge(pixels: number): void;
 }
 
 /** Width of one priority band; the `normal` band is the second of four (BullMQ allows < 2²¹). */

@@ -1,6 +1,6 @@
 import { Cluster } from 'ioredis';
 import type { Redis } from '@conveyor/shared/redis';
-import { ProblemError } from '@conveyor/shared/problem';
+import { storeFullProblem } from '../http/problem-answer.js';
 import type { RoomCheck } from './admission.js';
 
 /** What `INFO memory` says, as far as admission cares. */
@@ -14,11 +14,6 @@ export interface MemoryReading {
 export function parseMemoryInfo(info: string): MemoryReading {
   const field = (pattern: RegExp) => Number(pattern.exec(info)?.[1] ?? 0);
   return { used: field(/^used_memory:(\d+)/m), max: field(/^maxmemory:(\d+)/m) };
-}
-
-/** The answer every refusal for memory gets: the store's own words never reach a client. */
-export function storeFullProblem(): ProblemError {
-  return new ProblemError('overloaded', 'The queue store is full; retry later', { retryAfterSeconds: 5 });
 }
 
 /**

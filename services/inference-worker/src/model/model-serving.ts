@@ -1,11 +1,10 @@
-import { Worker } from 'bullmq';
+import { Worker, type Processor } from 'bullmq';
 import type { Redis } from '@conveyor/shared/redis';
 import type { InferenceJob, InferenceJobName, InferenceJobReturn } from '@conveyor/shared/contract/jobs.contract';
 import type { ModelAnnouncement, ServedModel } from '@conveyor/shared/contract/workers.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
 import type { ModelPlan } from '../config.js';
-import type { InferenceProcessor } from '../inference.processor.js';
 import { JobCounts } from '../job-counts.js';
 import type { ModelMetricsSource } from '../metrics/worker-metrics.js';
 import { ModelHost } from './model-host.js';
@@ -28,6 +27,9 @@ export interface BullOptions {
 
 /** A BullMQ Worker typed by the contract: its jobs' payload, return value and name. */
 export type InferenceWorker = Worker<InferenceJob, InferenceJobReturn, InferenceJobName>;
+
+/** What takes the model's jobs (inference.processor.ts, which sits above this folder and leases from `host`). */
+export type JobProcessor = Processor<InferenceJob, InferenceJobReturn, InferenceJobName>;
 
 export class ModelServing {
   readonly host: ModelHost;
@@ -74,7 +76,7 @@ export class ModelServing {
   }
 
   /** Starts taking jobs from the model's queue (once it is warm); false if shutting down already. */
-  start(processor: InferenceProcessor, bull: BullOptions, onError: (error: Error) => void): boolean {
+  start(processor: JobProcessor, bull: BullOptions, onError: (error: Error) => void): boolean {
     if (this.closed || !this.host.loaded || this.worker) return false;
     this.worker = new Worker<InferenceJob, InferenceJobReturn, InferenceJobName>(this.plan.queue, processor, {
       // The models' Workers share this connection for their commands; each duplicates it for its blocking reads.

@@ -16,6 +16,15 @@ export interface Decision {
   readonly figures: AlertFigures;
 }
 
+/** A closed window's drift as the alert states judge it: one decision per feature. */
+export function driftDecisions(drift: WindowDrift): Decision[] {
+  return Object.entries(drift.features).map(([feature, d]) => ({
+    feature,
+    level: d.level,
+    figures: { metric: d.metric, value: d.value, threshold: d.level === 'alert' ? d.thresholds.alert : d.thresholds.warn },
+  }));
+}
+
 export interface DecidedOn {
   readonly index: number;
   readonly drift: Pick<WindowDrift, 'size' | 'from' | 'to'>;

@@ -1,20 +1,8 @@
-import type { Decision } from '../alerts/announcer.js';
 import type { Level } from './window.js';
 import type { TrackedModel, WindowRecord } from '../store/store-records.js';
 import type { WindowDrift } from './window.js';
 
-/**
- * A closed window's drift as the monitor records it (the windows stream, the latest drift, the
- * reports) and as the alert states judge it: one decision per feature.
- */
-export function driftDecisions(drift: WindowDrift): Decision[] {
-  return Object.entries(drift.features).map(([feature, d]) => ({
-    feature,
-    level: d.level,
-    figures: { metric: d.metric, value: d.value, threshold: d.level === 'alert' ? d.thresholds.alert : d.thresholds.warn },
-  }));
-}
-
+/** A closed window's drift as the monitor records it (the windows stream, the latest drift, the reports). */
 type Base = Pick<WindowRecord, 'index' | 'evaluatedAt' | 'size'>;
 
 const identity = (tracked: TrackedModel) => ({ model: tracked.model, name: tracked.name });

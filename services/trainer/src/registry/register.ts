@@ -1,6 +1,5 @@
 import type { Logger } from '@conveyor/shared/logger';
 import type { MlflowClient, ModelVersion } from '@conveyor/shared/mlflow/client';
-import type { RunMetrics } from '../pipeline/train-run.js';
 
 /**
  * Register: a run's model folder becomes a new version of the registered model, carrying the
@@ -17,9 +16,17 @@ export interface RegistrationInput {
   readonly build: string;
   readonly datasetHash: string;
   readonly validationPassed: boolean;
-  readonly metrics: Pick<RunMetrics, 'testAccuracy' | 'validationAccuracy' | 'testMacroF1' | 'latency'>;
+  /** The figures the promotion gate reads (a run's RunMetrics has them, and more). */
+  readonly metrics: RegisteredFigures;
   /** More tags for the version, e.g. the orchestrator's run id (they cannot replace the gate's figures). */
   readonly tags?: Readonly<Record<string, string>>;
+}
+
+export interface RegisteredFigures {
+  readonly testAccuracy: number;
+  readonly validationAccuracy: number;
+  readonly testMacroF1: number;
+  readonly latency: { readonly batch1MedianMs: number; readonly batch1P95Ms: number };
 }
 
 export async function registerRun(client: MlflowClient, input: RegistrationInput, log: Logger): Promise<ModelVersion> {

@@ -1,0 +1,128 @@
+import { randomUUID } from 'node:crypto';
+import type { CallbackState } from '@conveyor/shared/contract/api.contract';
+import type { ModelName } from '@conveyor/shared/contract/common.contract';
+import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
+import type { FairPlace, QueuePlace, Tenant } from '../http/context.js';
+import type { ImageFacts } from '../intake/inspect-image.js';
+import type { PredictInput } from '../intake/read-input.js';
+import type { Admission } from './admission.js';
+import type { FairQueue } from './fair-queue.js';
+import type { JobSubmitter } from './job-submitter.js';
+import type { ModelQueues } from './model-queues.js';
+import type { ResultWaiter, Ticket } from './result-waiter.js';
+
+/** What JobIntake works with (narrowed to what it calls, so a test can hand it fakes). */
+export interface JobIntakeParts {
+  readonly queues: Pick<ModelQueues, 'get'>;
+  readonly admission: Pick<Admission, 'admit'>;
+  /** Fair queuing between tenants; absent (FAIR_QUEUING=false): first come, first served. */
+  readonly fair?: Pick<FairQueue, 'place'> | undefined;
+  readonly submitter: Pick<JobSubmitter, 'submit'>;
+  readonly waiter: Pick<ResultWaiter, 'register' | 'gatewayId'>;
+  readonly callbacks: Pick<CallbackDispatcher, 'reserve' | 'schedule' | 'cancel'>;
+}
+
+/** A model's queue place for a request, taken before its body is read. */
+export interface AdmittedPlace {
+  readonly place: QueuePlace;
+  /** Its priority among tenants, with fair queuing on. */
+  readonly fair?: FairPlace | undefined;
+}
+
+/** Everything a job is made of, once the request's image passed the checks. */
+export interface NewJob {
+  readonly model: ModelName;
+  /** The admitted place's id (or a fresh one): the request names it in its answers already. */
+  readonly jobId: string;
+  readonly requestId: string;
+  /** When the gateway accepted the request (epoch ms). */
+  readonly acceptedAt: number;
+  readonly input: PredictInput;
+  readonly bytes: Buffer;
+  readonly facts: ImageFacts;
+  /** The place taken at admission; given back once the job is queued (or could not be). */
+  readonly place?: QueuePlace | undefined;
+  readonly fair?: FairPlace | undefined;
+  /** The API key id that made the job (only it, or an admin, may read the job). */
+  readonly owner?: string | undefined;
+  /** Whose share of pending callbacks a callback counts against (clientOf). */
+  readonly client: string;
+  /** Where to POST the result (Callback-Url), if anywhere. */
+  readonly callbackUrl?: URL | undefined;
+  /** Whether the caller waits for the result. */
+  readonly waits: boolean;
+}
+
+export interface CreatedJob {
+  readonly jobId: string;
+  /** The reply to wait for, when the caller waits. */
+  readonly ticket?: Ticket | undefined;
+  /** The callback's first state, when the request named one. */
+  readonly callback?: CallbackState | undefined;
+}
+
+/**
+ * Where a job comes to exist. Creating one is three parties agreeing: the reply ticket a waiting
+ * caller listens on, the callback delivery that waits for the job, and the job in its model's queue
+ * (JobSubmitter: its image, owner and BullMQ job). Either all three exist, or none does: if queueing
+ * fails, the ticket is cancelled and the callback unscheduled (its client's share given back), and
+ * the request is answered with the failure. The place admission reserved is given back either way.
+ */
+export class JobIntake {
+  constructor(private readonly parts: JobIntakeParts) {}
+
+  /** A place on `model`'s queue for a job of up to `bytes`, and its fair-queuing priority for `tenant`. */
+  async admit(model: ModelName, tenant: Tenant, bytes: number): Promise<AdmittedPlace> {
+    const queue = this.parts.queues.get(model);
+    const place = await this.parts.admission.admit(queue, randomUUID(), bytes);
+    if (!this.parts.fair) return { place };
+    // After the reservation, which keeps the tenant's new place counted until its job is queued.
+    const fair = await this.parts.fair.place(queue, tenant, place.jobId).catch((error: unknown) => {
+      place.release();
+      throw error;
+    });
+    return { place, fair };
+  }
+
+  async create(job: NewJob): Promise<CreatedJob> {
+    const { jobId, client, callbackUrl } = job;
+    // Registered before the job exists, so the reply cannot arrive before anyone listens.
+    const ticket = job.waits ? this.parts.waiter.register(jobId) : undefined;
+    let callback: CallbackState | undefined;
+    let reserved = false;
+    try {
+      if (callbackUrl) {
+        await this.parts.callbacks.reserve(client, jobId);
+        reserved = true;
+        // Scheduled first: the delivery waits for the job, so it cannot miss its end.
+        callback = await this.parts.callbacks.schedule(jobId, callbackUrl, job.requestId, client);
+      }
+      await this.parts.submitter.submit({
+        queue: this.parts.queues.get(job.model),
+        model: job.model,
+        jobId,
+        requestId: job.requestId,
+        acceptedAt: job.acceptedAt,
+        input: job.input,
+        bytes: job.bytes,
+        facts: job.facts,
+        // A callback is promoted on the reply too, so its delivery follows the result at once.
+        replyTo: ticket || callbackUrl ? this.parts.waiter.gatewayId : undefined,
+        owner: job.owner,
+        priority: job.fair?.priority,
+      });
+      // A large image costs its tenant more of the workers' time: its next jobs go later.
+      job.fair?.charge(job.facts.width * job.facts.height);
+      // Queued: it counts as waiting now, and its image as queued bytes.
+      job.place?.queued(job.bytes.length);
+    } catch (error) {
+      ticket?.cancel();
+      if (reserved) await this.parts.callbacks.cancel(jobId, client);
+      throw error;
+    } finally {
+      // The place reserved at admission is given back (what `queued` kept stays counted).
+      job.place?.release();
+    }
+    return { jobId, ticket, callback };
+  }
+}

@@ -1,0 +1,201 @@
+import { readFileSync } from 'node:fs';
+import { UnrecoverableError } from 'bullmq';
+import { expect } from 'chai';
+import pino from 'pino';
+import type { CommitOptions, CommitOutcome, TakenInput } from '@conveyor/shared/contract/job-store';
+import type { InferenceJob, JobResult } from '@conveyor/shared/contract/queue.contract';
+import { ModelManifest } from '@conveyor/shared/model/manifest';
+import type { LoadedModel, ModelOutput } from '@conveyor/shared/model/runtime';
+import { digitPng } from '../../../test/support/images.js';
+import { createInferenceProcessor, type InferenceBullJob, type ProcessorDeps } from '../src/inference.processor.js';
+import type { JobOutcome } from '../src/metrics/worker-metrics.js';
+
+/**
+ * The worker's processor with fakes at its boundary: a JobStore that hands out an image and records
+ * commits, a ModelHost whose model answers what the test says, and a BullMQ job object. Real
+ * preprocessing (sharp) runs on a real PNG; no Redis, no onnxruntime.
+ */
+const manifest = ModelManifest.parse(
+  JSON.parse(readFileSync(new URL('../../../models/digits/manifest.json', import.meta.url), 'utf8')),
+);
+const ref = { name: 'digits', version: 'test-1' };
+
+class Fakes {
+  taken: TakenInput = { finished: false, bytes: null };
+  readonly commits: { result: JobResult; options: CommitOptions }[] = [];
+  commitOutcome: CommitOutcome = 'published';
+  modelError: Error | undefined;
+  readonly outcomes: JobOutcome[] = [];
+  readonly counts = { started: 0, ended: 0, completed: 0, failed: 0 };
+  leases = 0;
+  released = 0;
+
+  deps(): ProcessorDeps {
+    const model: LoadedModel = {
+      manifest,
+      dir: '/nowhere',
+      outputSize: 10,
+      warmUp: { ms: 0, probabilities: new Float32Array(10) },
+      run: (images) => {
+        if (this.modelError) return Promise.reject(this.modelError);
+        expect(images[0]).to.have.length(28 * 28);
+        const probabilities = new Float32Array(10).fill(0.01);
+        probabilities[7] = 0.91;
+        return Promise.resolve([{ probabilities } as ModelOutput]);
+      },
+      close: () => Promise.resolve(),
+    };
+    return {
+      jobs: {
+        takeInput: () => Promise.resolve(this.taken),
+        commit: (result, options) => {
+          this.commits.push({ result, options });
+          return Promise.resolve(this.commitOutcome);
+        },
+      },
+      model: 'digits',
+      queue: 'inference:digits',
+      models: {
+        acquire: () => {
+          this.leases++;
+          return { model, ref, release: () => this.released++ };
+        },
+      },
+      workerId: 'worker-1',
+      limits: { maxPixels: 1e7, maxSide: 4096, maxAspectRatio: 20 },
+      preprocessTimeoutMs: 30_000,
+      topK: 3,
+      eventEmbeddings: false,
+      log: pino({ level: 'silent' }),
+      counts: {
+        started: () => this.counts.started++,
+        ended: () => this.counts.ended++,
+        committedCompleted: () => this.counts.completed++,
+        committedFailed: () => this.counts.failed++,
+      },
+      metrics: {
+        queueWait: () => undefined,
+        preprocess: () => undefined,
+        inference: () => undefined,
+        processing: () => undefined,
+        outcome: (outcome) => this.outcomes.push(outcome),
+      },
+    };
+  }
+}
+
+function payload(overrides: Partial<InferenceJob> = {}): InferenceJob {
+  return {
+    kind: 'inference',
+    version: 1,
+    requestId: 'req-1',
+    replyTo: 'gw-1',
+    acceptedAt: Date.now() - 5,
+    model: 'digits',
+    input: { format: 'png', bytes: 100, width: 28, height: 28, source: { kind: 'upload' } },
+    ...overrides,
+  };
+}
+
+function bullJob(data: unknown, attemptsMade = 0, attempts = 3): InferenceBullJob {
+  return { id: 'job-1', data, attemptsMade, opts: { attempts }, processedOn: Date.now() } as unknown as InferenceBullJob;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+}
+
+describe('inference processor (fakes, no Redis)', () => {
+  let digit: Buffer;
+  before(async () => {
+    const pixels = new Uint8Array(28 * 28);
+    for (let y = 6; y < 22; y++) pixels[y * 28 + 14] = 255;
+    digit = await digitPng(pixels);
+  });
+
+  it('predicts, commits the completed result with its event and reply, and counts it', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    const returned = await createInferenceProcessor(fakes.deps())(bullJob(payload()), 'token-1');
+    expect(returned).to.deep.equal({ label: '7' });
+    expect(fakes.commits).to.have.length(1);
+    const { result, options } = fakes.commits[0]!;
+    expect(result).to.include({ id: 'job-1', status: 'completed', requestId: 'req-1', attempt: 1, worker: 'worker-1' });
+    expect(result.status === 'completed' && result.prediction).to.include({ label: '7', index: 7 });
+    expect(result.model).to.deep.equal(ref);
+    expect(options).to.include({ replyTo: 'gw-1', token: 'token-1', queue: 'inference:digits' });
+    expect(options.event).to.not.equal(undefined);
+    expect(fakes.outcomes).to.deep.equal(['completed']);
+    expect(fakes.counts).to.deep.equal({ started: 1, ended: 1, completed: 1, failed: 0 });
+    expect(fakes.released).to.equal(fakes.leases);
+  });
+
+  it('publishes nothing for a job an earlier attempt finished', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: true };
+    const returned = await createInferenceProcessor(fakes.deps())(bullJob(payload()));
+    expect(returned).to.deep.equal({ label: 'duplicate' });
+    expect(fakes.commits).to.deep.equal([]);
+    expect(fakes.outcomes).to.deep.equal(['not_published']);
+    expect(fakes.leases).to.equal(0);
+  });
+
+  it('fails a job whose payload breaks the contract for good, without touching its input', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    const error = await rejection(createInferenceProcessor(fakes.deps())(bullJob({ kind: 'inference', version: 2 })));
+    expect(error).to.be.instanceOf(UnrecoverableError);
+    expect(fakes.commits).to.deep.equal([]);
+    expect(fakes.outcomes).to.deep.equal(['failed_permanent']);
+  });
+
+  it('fails a job on another model’s queue for good', async () => {
+    const fakes = new Fakes();
+    const error = await rejection(createInferenceProcessor(fakes.deps())(bullJob(payload({ model: 'faces' }))));
+    expect(error).to.be.instanceOf(UnrecoverableError);
+    expect(fakes.outcomes).to.deep.equal(['failed_permanent']);
+  });
+
+  it('commits an expired image as a permanent failure the caller is told of', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: null };
+    const error = await rejection(createInferenceProcessor(fakes.deps())(bullJob(payload())));
+    expect(error).to.be.instanceOf(UnrecoverableError);
+    expect(fakes.commits).to.have.length(1);
+    const { result } = fakes.commits[0]!;
+    expect(result.status).to.equal('failed');
+    expect(result.status === 'failed' && result.error.slug).to.equal('input-expired');
+    expect(fakes.outcomes).to.deep.equal(['failed_permanent']);
+    expect(fakes.counts.failed).to.equal(1);
+    expect(fakes.released).to.equal(1);
+  });
+
+  it('leaves a transient failure to BullMQ’s retry, and commits it only on the last attempt', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    fakes.modelError = new Error('the session failed');
+    const processor = createInferenceProcessor(fakes.deps());
+    const first = await rejection(processor(bullJob(payload(), 0, 3)));
+    expect(first).to.equal(fakes.modelError);
+    expect(fakes.commits).to.deep.equal([]);
+    const last = await rejection(processor(bullJob(payload(), 2, 3)));
+    expect(last).to.equal(fakes.modelError).and.not.be.instanceOf(UnrecoverableError);
+    expect(fakes.commits).to.have.length(1);
+    expect(fakes.commits[0]!.result.status === 'failed' && fakes.commits[0]!.result.error.slug).to.equal('inference-failed');
+    expect(fakes.outcomes).to.deep.equal(['failed_transient', 'failed_transient']);
+    expect(fakes.released).to.equal(2);
+  });
+
+  it('does not publish when another attempt holds the job now (the lock was lost)', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    fakes.commitOutcome = 'lock-lost';
+    const returned = await createInferenceProcessor(fakes.deps())(bullJob(payload()));
+    expect(returned).to.deep.equal({ label: 'duplicate' });
+    expect(fakes.outcomes).to.deep.equal(['not_published']);
+    expect(fakes.counts.completed).to.equal(0);
+  });
+});
