@@ -1,4 +1,5 @@
-# Conveyor — run `make help` for the targets.
+# Conveyor — run `make help` for the targets. Sections start with `##@ Title`; a target is listed
+# when its rule line ends in `## what it does`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 NODE_MODULES := node_modules/.package-lock.json
@@ -8,9 +9,11 @@ $(NODE_MODULES): package.json package-lock.json shared/package.json $(wildcard s
 	npm ci
 	@touch $@
 
+##@ Start here
+
 .PHONY: help
-help: ## List the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+help: ## List the targets, section by section
+	@awk 'BEGIN {FS = ":.*?## "} /^##@ / {printf "\n\033[1m%s\033[0m\n", substr($$0, 5); next} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: install
 install: $(NODE_MODULES) ## Install dependencies from the lockfile
@@ -18,6 +21,16 @@ install: $(NODE_MODULES) ## Install dependencies from the lockfile
 .PHONY: run
 run: build ## Run the gateway and a worker (Redis from REDIS_URL, else a local redis-server); WORKERS=n for more, MODELS=digits,moderation for both models
 	$(TSX) scripts/run.ts
+
+.PHONY: build
+build: $(NODE_MODULES) ## Compile every package to dist/
+	npm run build
+
+.PHONY: clean
+clean: ## Remove build output and local data
+	rm -rf dist shared/dist services/*/dist data *.tsbuildinfo
+
+##@ Checks
 
 .PHONY: test
 test: $(NODE_MODULES) ## Run every test (unit and integration; starts its own Redis)
@@ -29,14 +42,6 @@ lint: $(NODE_MODULES) ## ESLint (type-aware, security rules), Prettier, actionli
 	bash scripts/promtool.sh
 	bash scripts/k8s/validate.sh
 
-.PHONY: k8s-validate
-k8s-validate: ## Render deploy/k8s (dev, prod) with kustomize and validate offline: Kubernetes 1.37 schemas (strict), KEDA's ScaledObject schema, the project's rules
-	bash scripts/k8s/validate.sh
-
-.PHONY: rules-check
-rules-check: ## promtool (pinned, built once into .tools/bin): check the Prometheus rules and config, run their unit tests
-	bash scripts/promtool.sh
-
 .PHONY: typecheck
 typecheck: $(NODE_MODULES) ## TypeScript, strict, every package and test
 	npm run typecheck
@@ -45,17 +50,19 @@ typecheck: $(NODE_MODULES) ## TypeScript, strict, every package and test
 format: $(NODE_MODULES) ## Format the code with Prettier
 	npm run format
 
-.PHONY: build
-build: $(NODE_MODULES) ## Compile every package to dist/
-	npm run build
+.PHONY: k8s-validate
+k8s-validate: ## Render deploy/k8s (dev, prod) with kustomize and validate offline: Kubernetes 1.37 schemas (strict), KEDA's ScaledObject schema, the project's rules
+	bash scripts/k8s/validate.sh
+
+.PHONY: rules-check
+rules-check: ## promtool (pinned, built once into .tools/bin): check the Prometheus rules and config, run their unit tests
+	bash scripts/promtool.sh
+
+##@ Operating a running system
 
 .PHONY: api-key
 api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin WEIGHT=1) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
 	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(WEIGHT),--weight "$(WEIGHT)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
-
-.PHONY: screenshot-page
-screenshot-page: $(NODE_MODULES) ## The README's picture of the page at / (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)
-	$(TSX) scripts/screenshot-page.ts
 
 .PHONY: callback-secret
 callback-secret: ## Print a new secret for signing result callbacks (CALLBACK_SECRET, Standard Webhooks whsec_ form)
@@ -65,6 +72,12 @@ callback-secret: ## Print a new secret for signing result callbacks (CALLBACK_SE
 signing-key: $(NODE_MODULES) ## An Ed25519 key pair for model signatures in data/keys (trainer: MODEL_SIGNING_KEY_FILE, workers: MODEL_SIGNING_PUBLIC_KEY_FILE)
 	$(TSX) scripts/signing-key.ts
 
+.PHONY: screenshot-page
+screenshot-page: $(NODE_MODULES) ## The README's picture of the page at / (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)
+	$(TSX) scripts/screenshot-page.ts
+
+##@ Models, training and MLflow
+
 .PHONY: mlflow
 mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on 127.0.0.1:5000 (installs the pinned server into .venv/mlflow once); MLFLOW_AUTH=1 with accounts, as compose; MLFLOW_S3=1 artifacts in a local versioned bucket (MLFLOW_ARTIFACTS_DESTINATION=s3://… for a real one)
 	$(TSX) scripts/mlflow.ts
@@ -73,14 +86,6 @@ mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on 127.0.0.1:5000 (inst
 train: $(NODE_MODULES) ## ingest → validate → train 3 experiments → track in MLflow → register the best (alias staging) → models/digits, MODEL_CARD.md
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts all --publish models/digits --card MODEL_CARD.md --reports docs/validation
 
-.PHONY: model-moderation
-model-moderation: $(NODE_MODULES) ## models/moderation: nsfwjs's MobileNetV2 → ONNX (pinned .venv/models), sha256 checked, compared with the original in tfjs (RECORD=1 rewrites its reference predictions)
-	$(TSX) scripts/models/moderation.ts $(if $(RECORD),--record,)
-
-.PHONY: model-moderation-profile
-model-moderation-profile: $(NODE_MODULES) ## models/moderation/reference-profile.json: the serving pipeline over the scikit-image photographs, whole and cropped (IMAGES=dir LABEL=class: from your own traffic)
-	$(TSX) scripts/models/moderation-profile.ts $(if $(IMAGES),--images $(IMAGES),) $(if $(LABEL),--label $(LABEL),)
-
 .PHONY: promote
 promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; move the production alias if it passes
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts promote $(if $(VERSION),--version $(VERSION),)
@@ -88,6 +93,14 @@ promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; mov
 .PHONY: rollback
 rollback: $(NODE_MODULES) ## Point the production alias back at the version it replaced
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts rollback
+
+.PHONY: model-moderation
+model-moderation: $(NODE_MODULES) ## models/moderation: nsfwjs's MobileNetV2 → ONNX (pinned .venv/models), sha256 checked, compared with the original in tfjs (RECORD=1 rewrites its reference predictions)
+	$(TSX) scripts/models/moderation.ts $(if $(RECORD),--record,)
+
+.PHONY: model-moderation-profile
+model-moderation-profile: $(NODE_MODULES) ## models/moderation/reference-profile.json: the serving pipeline over the scikit-image photographs, whole and cropped (IMAGES=dir LABEL=class: from your own traffic)
+	$(TSX) scripts/models/moderation-profile.ts $(if $(IMAGES),--images $(IMAGES),) $(if $(LABEL),--label $(LABEL),)
 
 .PHONY: orchestrate
 orchestrate: $(NODE_MODULES) ## Prefect 3: server (UI 127.0.0.1:4200, data/prefect), the weekly training deployment, a worker, one run now, then up until Ctrl-C; ONCE=1 exits after the run
@@ -100,6 +113,33 @@ orchestrate-screenshots: $(NODE_MODULES) ## One orchestrated run (PARAMETERS='{"
 .PHONY: screenshots
 screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in headless Chromium → docs/images
 	$(TSX) scripts/with-mlflow.ts $(TSX) scripts/screenshot-mlflow.ts
+
+##@ Containers
+
+.PHONY: compose-up
+compose-up: ## docker compose up -d --build with 4 inference workers (gateway :8080, monitor :9100, MLflow :5000)
+	docker compose up -d --build --scale inference-worker=4 || docker-compose up -d --build --scale inference-worker=4
+
+.PHONY: compose-down
+compose-down: ## Stop the compose system and remove its volumes
+	docker compose down -v || docker-compose down -v
+
+.PHONY: compose-smoke
+compose-smoke: ## Build, start with 4 workers, check from outside (predictions, spread, dashboard, monitor, MLflow), tear down
+	bash scripts/compose-smoke.sh
+
+.PHONY: compose-remote-run
+compose-remote-run: COMPOSE_CMD := $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
+compose-remote-run: CONTAINER_CLI := $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+compose-remote-run: ## Compose with the orchestrator (2 workers per model), one remote training run in the trainer container, recorded → docs/evidence, docs/images
+	$(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build --scale inference-worker=2 --scale inference-worker-moderation=2
+	COMPOSE='$(COMPOSE_CMD)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
+
+.PHONY: cost-table
+cost-table: $(NODE_MODULES) ## Rewrite the README's cost table from docs/evidence/remote-training-run.json × AWS list prices
+	$(TSX) scripts/cost/cost-table.ts
+
+##@ Benchmarks and demonstrations
 
 .PHONY: bench
 bench: build ## Benchmarks: Conveyor (1 and 2 workers) vs in-process, FastAPI (and BentoML with BENTOML=1) on digits and the real MobileNetV2 (moderation) at c1/c16/c64; preprocessing; batching; drift
@@ -116,28 +156,7 @@ bench-compare: build ## Only the comparison (ARGS="--bentoml --rounds 1 --reques
 drift-demo: build ## Normal → shifted → normal traffic through the system; the monitor alerts once and resolves; report in docs/reports
 	$(TSX) scripts/drift-demo.ts
 
-.PHONY: compose-up
-compose-up: ## docker compose up -d --build with 4 inference workers (gateway :8080, monitor :9100, MLflow :5000)
-	docker compose up -d --build --scale inference-worker=4 || docker-compose up -d --build --scale inference-worker=4
-
-.PHONY: compose-down
-compose-down: ## Stop the compose system and remove its volumes
-	docker compose down -v || docker-compose down -v
-
-.PHONY: compose-remote-run
-compose-remote-run: COMPOSE_CMD := $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
-compose-remote-run: CONTAINER_CLI := $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
-compose-remote-run: ## Compose with the orchestrator (2 workers per model), one remote training run in the trainer container, recorded → docs/evidence, docs/images
-	$(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build --scale inference-worker=2 --scale inference-worker-moderation=2
-	COMPOSE='$(COMPOSE_CMD)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
-
-.PHONY: cost-table
-cost-table: $(NODE_MODULES) ## Rewrite the README's cost table from docs/evidence/remote-training-run.json × AWS list prices
-	$(TSX) scripts/cost/cost-table.ts
-
-.PHONY: compose-smoke
-compose-smoke: ## Build, start with 4 workers, check from outside (predictions, spread, dashboard, monitor, MLflow), tear down
-	bash scripts/compose-smoke.sh
+##@ Load tests
 
 # Load tests (loadtests/): each starts a whole system of its own on free ports and checks it against
 # loadtests/slo.yaml (SLO_FILE=… for another); Locust and matplotlib come from .venv/loadtests, vegeta
@@ -172,7 +191,3 @@ SOAK_CI_ENV := RESULT_TTL_SECONDS=60 PREDICTION_TTL_SECONDS=60 PREDICTION_STREAM
 
 soak-ci: build ## The soak for 10 minutes (CI): the same checks, retention scaled down so the plateau shows (~11 min in all)
 	SOAK_MINUTES=$${SOAK_MINUTES:-10} SOAK_ENV="$${SOAK_ENV:-$(SOAK_CI_ENV)}" $(TSX) loadtests/soak.ts
-
-.PHONY: clean
-clean: ## Remove build output and local data
-	rm -rf dist shared/dist services/*/dist data *.tsbuildinfo

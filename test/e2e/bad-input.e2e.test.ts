@@ -135,16 +135,14 @@ describe('bad input', function () {
       expectProblem(reply, 422, 'undecodable-image');
       const jobId = reply.body.jobId as string;
       expect(jobId).to.be.a('string');
-      // The result is published just before BullMQ records the failure: allow it a moment.
-      let state = await queue.getJobState(jobId);
-      for (let i = 0; i < 100 && state !== 'failed'; i++) {
-        await new Promise((r) => setTimeout(r, 20));
-        state = await queue.getJobState(jobId);
-      }
-      expect(state).to.equal('failed');
+      // The result is published just before BullMQ records the failure: waited for.
+      await until('BullMQ to record the failure', async () => (await queue.getJobState(jobId)) === 'failed');
       expect((await queue.getJob(jobId))?.attemptsStarted, 'attempts').to.equal(1);
-      await worker.waitFor((r) => r.jobId === jobId && r.msg === 'rejected input');
-      await new Promise((r) => setTimeout(r, 600)); // log lines are flushed every 250 ms
+      // Failed for good, so every line the worker writes about it is written by now; a later job's
+      // line comes after them in the one log stream (buffered, flushed every 250 ms), so once it is
+      // read, so are they: counted then, with no sleep guessing at the flush.
+      const later = await predict(gateway.url, seven);
+      await worker.waitFor((r) => r.jobId === later.body.id && r.msg === 'prediction');
       expect(worker.records.filter((r) => r.jobId === jobId && r.msg === 'rejected input')).to.have.length(1);
     });
 
@@ -169,12 +167,11 @@ describe('bad input', function () {
     });
 
     it('refuses a thin strip inside the pixel limit (1 × 40,000,000) from its header, without queueing', async () => {
-      const started = performance.now();
+      // The file is a PNG header and nothing else: judged from the header (a decode would find no data).
       const reply = await predict(gateway.url, pngBombHeader(1, 40_000_000));
       expectProblem(reply, 422, 'image-too-large');
       expect(reply.body.limitSide).to.equal(16_384);
       expect(reply.body.jobId).to.equal(undefined);
-      expect(performance.now() - started).to.be.lessThan(1000);
     });
 
     it('reports the failure when polled for an asynchronous request', async () => {
@@ -185,11 +182,11 @@ describe('bad input', function () {
       expect(done.body.error).to.include({ status: 422, slug: 'undecodable-image' });
     });
 
-    it('refuses a decompression bomb from its header alone, fast and without queueing', async () => {
-      const started = performance.now();
+    it('refuses a decompression bomb from its header alone, without queueing', async () => {
+      // A header and no pixel data: only a judgement from the header answers image-too-large.
       const reply = await predict(gateway.url, pngBombHeader(50_000, 50_000));
       expectProblem(reply, 422, 'image-too-large');
-      expect(performance.now() - started).to.be.lessThan(1000);
+      expect(reply.body.limitPixels).to.be.a('number');
       expect(reply.body.jobId).to.equal(undefined);
     });
   });
@@ -221,12 +218,7 @@ describe('bad input', function () {
       const reply = await predict(relaxed.url, await thinStrip(3_000_000));
       expectProblem(reply, 422, 'processing-deadline');
       const jobId = reply.body.jobId as string;
-      let state = await slowQueue.getJobState(jobId);
-      for (let i = 0; i < 100 && state !== 'failed'; i++) {
-        await new Promise((r) => setTimeout(r, 20));
-        state = await slowQueue.getJobState(jobId);
-      }
-      expect(state).to.equal('failed');
+      await until('BullMQ to record the failure', async () => (await slowQueue.getJobState(jobId)) === 'failed');
       expect((await slowQueue.getJob(jobId))?.attemptsStarted, 'attempts').to.equal(1);
       expect((await predict(relaxed.url, seven)).status).to.equal(200);
     });
@@ -319,8 +311,7 @@ describe('bad input', function () {
       const withCredentials = await byUrl(gateway.url, server.url('/redirect-credentials'));
       expectProblem(withCredentials, 422, 'url-not-allowed');
       expect(JSON.stringify(withCredentials.body)).not.to.contain('secret');
-      const toFile = await byUrl(gateway.url, server.url('/redirect-file'));
-      expect(toFile.status).to.equal(422);
+      expectProblem(await byUrl(gateway.url, server.url('/redirect-file')), 422, 'url-not-allowed');
     });
 
     it('refuses non-http schemes and URLs with credentials', async () => {
@@ -330,10 +321,11 @@ describe('bad input', function () {
       expectProblem(await byUrl(gateway.url, 'not a url'), 400, 'invalid-request');
     });
 
-    it('gives up on a server that stalls, within the total timeout', async () => {
-      const started = performance.now();
-      expectProblem(await byUrl(gateway.url, server.url('/slow')), 422, 'url-fetch-failed');
-      expect(performance.now() - started).to.be.lessThan(3000);
+    it('gives up on a server that stalls, at its total timeout', async () => {
+      const reply = await byUrl(gateway.url, server.url('/slow'));
+      expectProblem(reply, 422, 'url-fetch-failed');
+      // The gateway's own deadline (URL_TOTAL_TIMEOUT_MS=800) ended it, not the server (which never does).
+      expect(reply.body.detail).to.equal('Fetching the URL took longer than 800 ms');
     });
 
     it('applies the size cap while downloading, declared or not', async () => {

@@ -6,6 +6,7 @@ import { digitInEveryFormat, digitPng, heldOutDigits } from '../support/images.j
 import { pollUntilDone, predict, request } from '../support/http.js';
 import { keysUnder, randomPrefix, testRedis } from '../support/redis.js';
 import { dumpLogsOnFailure, recordsWith, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { until } from '../support/wait.js';
 
 /**
  * The spine, end to end: real gateway and worker processes, real Redis, sharp and onnxruntime,
@@ -147,10 +148,11 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
     expect(await redis.exists(k.input(id)), 'input deleted on completion').to.equal(0);
     expect(await redis.exists(k.result(id))).to.equal(1);
     // BullMQ removes its job record when it moves the job to completed, one round trip after the
-    // result (and so the reply) went out: checked after the wait, not at once.
-    await new Promise((r) => setTimeout(r, 3500));
-    expect(await redis.exists(`${prefix}:inference:${id}`), 'BullMQ job removed on completion').to.equal(0);
-    expect((await request(`${gateway.url}/v1/jobs/${id}`)).status).to.equal(404);
+    // result (and so the reply) went out: waited for, not read at once.
+    await until('BullMQ to remove its job record', async () => (await redis.exists(`${prefix}:inference:${id}`)) === 0);
+    // RESULT_TTL_SECONDS=3: the result expires on its own, and the job is then unknown.
+    await until('the result to expire', async () => (await request(`${gateway.url}/v1/jobs/${id}`)).status === 404);
+    expect(await redis.exists(k.result(id))).to.equal(0);
     const left = (await keysUnder(redis, prefix)).filter((key) => key.includes(id));
     expect(left).to.deep.equal([]);
   });
@@ -189,10 +191,23 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
     expect(metrics).to.match(/conveyor_predict_outcomes_total\{outcome="completed"\} [1-9]/);
   });
 
-  it('logs the worker line for each job once', () => {
-    const predictions = worker.records.filter((r) => r.msg === 'prediction');
-    const ids = predictions.map((r) => r.jobId);
-    expect(new Set(ids).size).to.equal(ids.length);
+  it('logs the worker line for each job once', async () => {
+    // Its own jobs, so that it is not vacuous when run alone (it used to count whatever the tests
+    // before it had left in the log, possibly nothing).
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await predict(gateway.url, seven)).body.id as string);
+    // Lines are read in the order the worker wrote them: once a later job's line is in, every line
+    // about the three is too, a duplicate included.
+    const marker = (await predict(gateway.url, seven)).body.id as string;
+    await worker.waitFor((r) => r.jobId === marker && r.msg === 'prediction');
+    for (const id of ids)
+      expect(
+        recordsWith(worker, 'jobId', id).filter((r) => r.msg === 'prediction'),
+        id,
+      ).to.have.length(1);
+    // And over the whole suite, when run with the tests before it.
+    const all = worker.records.filter((r) => r.msg === 'prediction').map((r) => r.jobId);
+    expect(new Set(all).size).to.equal(all.length);
     expect(recordsWith(worker, 'level', 'error')).to.deep.equal([]);
   });
 });
