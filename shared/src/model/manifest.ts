@@ -36,6 +36,14 @@ export const ResizePolicy = z.enum([
    * different resampler moves such a model's probabilities by far more than its conversion does.
    */
   'bilinear-align-corners',
+  /**
+   * torchvision's `Resize(256)` + `CenterCrop(224)` (and PaddleClas' `ResizeImage(resize_short=256)`
+   * + `CropImage(224)`): scale so the input fits inside the image enlarged by 1 / `cropFraction`
+   * (the shorter side to 256 for a 224 input at 0.875), then cut the input size out of the centre.
+   * `cover` crops at the input size itself, which shows the model more of the border than it was
+   * trained on.
+   */
+  'shorter-side-crop',
 ]);
 export type ResizePolicy = z.infer<typeof ResizePolicy>;
 
@@ -61,10 +69,19 @@ export const PreprocessSpec = z
      * answers move a little (measure it on real photos and state it in the model card).
      */
     shrinkOnLoad: z.number().int().min(1).max(8).optional(),
+    /** For `shorter-side-crop`: the share of the resized image the centre crop keeps (224 / 256). */
+    cropFraction: z.number().gt(0).max(1).default(0.875),
+    /**
+     * The order of the colour channels the model was trained on: `bgr` for models trained on
+     * OpenCV's `imread` (Caffe, many PaddlePaddle and MXNet exports). `normalize.mean` and `std`
+     * are given in this order too, as the training code wrote them.
+     */
+    channelOrder: z.enum(['rgb', 'bgr']).default('rgb'),
   })
   .refine((p) => p.resize !== 'digit' || (p.box !== undefined && p.color === 'gray'), {
     error: 'the digit policy needs a box size and gray colour',
-  });
+  })
+  .refine((p) => p.channelOrder === 'rgb' || p.color === 'rgb', { error: 'channelOrder bgr needs rgb colour' });
 export type PreprocessSpec = z.infer<typeof PreprocessSpec>;
 
 export const ModelManifest = z
