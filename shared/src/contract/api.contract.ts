@@ -129,6 +129,13 @@ export const ModelDescription = z
     description: z.string().optional(),
     input: ModelAnnouncement.shape.input.optional(),
     labels: z.array(z.string()).optional(),
+    refused: z
+      .array(z.object({ worker: z.string(), problem: z.string(), at: z.iso.datetime() }))
+      .optional()
+      .meta({
+        description:
+          'Live workers configured to serve the model that refused it (its folder failed its checks), and why; absent when none did',
+      }),
     links: z.object({ self: z.string(), predict: z.string(), ready: z.string() }),
   })
   .meta({ id: 'ModelDescription' });

@@ -69,19 +69,19 @@ export const PreprocessSpec = z
      * answers move a little (measure it on real photos and state it in the model card).
      */
     shrinkOnLoad: z.number().int().min(1).max(8).optional(),
-    /** For `shorter-side-crop`: the share of the resized image the centre crop keeps (224 / 256). */
-    cropFraction: z.number().gt(0).max(1).default(0.875),
+    /** For `shorter-side-crop`: the share of the resized image the centre crop keeps (default 0.875 = 224 / 256). */
+    cropFraction: z.number().gt(0).max(1).optional(),
     /**
      * The order of the colour channels the model was trained on: `bgr` for models trained on
      * OpenCV's `imread` (Caffe, many PaddlePaddle and MXNet exports). `normalize.mean` and `std`
-     * are given in this order too, as the training code wrote them.
+     * are given in this order too, as the training code wrote them. Absent: `rgb`.
      */
-    channelOrder: z.enum(['rgb', 'bgr']).default('rgb'),
+    channelOrder: z.enum(['rgb', 'bgr']).optional(),
   })
   .refine((p) => p.resize !== 'digit' || (p.box !== undefined && p.color === 'gray'), {
     error: 'the digit policy needs a box size and gray colour',
   })
-  .refine((p) => p.channelOrder === 'rgb' || p.color === 'rgb', { error: 'channelOrder bgr needs rgb colour' });
+  .refine((p) => p.channelOrder !== 'bgr' || p.color === 'rgb', { error: 'channelOrder bgr needs rgb colour' });
 export type PreprocessSpec = z.infer<typeof PreprocessSpec>;
 
 export const ModelManifest = z

@@ -81,6 +81,8 @@ export class Workspace {
   }
 }
 
+/** `shorter-side-crop` without a cropFraction: torchvision's 224 of 256. */
+export const DEFAULT_CROP_FRACTION = 0.875;
 /** The digit policy works on a copy at most this many times the model's input side. */
 const WORKING_SCALE = 4;
 /** Images up to this many times the working side are decoded in full and shrunk in JS (see workingGray). */
@@ -369,7 +371,7 @@ async function framePipeline(
   const aligned = spec.resize === 'bilinear-align-corners';
   let pipeline = source.autoOrient().flatten({ background });
   if (spec.resize === 'shorter-side-crop') {
-    const { resized, crop } = shorterSideCrop(oriented, width, height, spec.cropFraction);
+    const { resized, crop } = shorterSideCrop(oriented, width, height, spec.cropFraction ?? DEFAULT_CROP_FRACTION);
     if (resized.width !== oriented.width || resized.height !== oriented.height)
       pipeline = pipeline.resize({ ...resized, fit: 'fill' });
     // After the resize (sharp runs an extract given after resize() on the resized image).
