@@ -109,6 +109,8 @@ export const ModelManifest = z
     }),
     preprocess: PreprocessSpec,
     labels: z.array(z.string().min(1)).min(2),
+    /** Classes listed in a prediction's `top` for this model (overrides the worker's TOP_K; default: all up to 10, else 5). */
+    topK: z.number().int().min(1).max(1000).optional(),
     /** Figures measured when the model was built, e.g. `{ testAccuracy: 0.981 }`. */
     metrics: z.record(z.string(), z.number()).default({}),
     /** Free-form provenance: dataset hash, seed, git commit, training run id. */
