@@ -51,7 +51,8 @@ export class InspectError extends Error {
 function dimsOf(info: onnxProto.onnx.IValueInfoProto): Dim[] {
   const shape = info.type?.tensorType?.shape?.dim ?? [];
   return shape.map((d) => {
-    const v = d.dimValue;
+    // An int64 (a protobufjs Long or a number): read through unknown, its type is not in our deps.
+    const v: unknown = d.dimValue;
     const value = v === undefined || v === null ? undefined : Number(v);
     if (value !== undefined && value > 0) return { value };
     return d.dimParam ? { param: d.dimParam } : {};
@@ -114,7 +115,8 @@ export function inspectOnnx(bytes: Uint8Array, overrides: { input?: string; outp
   const kindReason = probabilities
     ? `made by a Softmax node${path.length ? ` (then ${path.reverse().join(', ')})` : ''}`
     : `made by ${op}, not a Softmax: taken as logits (the worker applies a softmax); --output-kind probabilities if it already sums to 1`;
-  const opset = model.opsetImport?.find((o) => !o.domain || o.domain === 'ai.onnx')?.version;
+  const opsetVersion: unknown = model.opsetImport.find((o) => !o.domain || o.domain === 'ai.onnx')?.version;
+  const opset = opsetVersion === undefined || opsetVersion === null ? undefined : Number(opsetVersion);
   return {
     input: { name: input.name!, dims, layout, channels: c.value === 1 ? 1 : 3, height: h.value, width: w.value, dynamicBatch },
     output: {
@@ -125,8 +127,8 @@ export function inspectOnnx(bytes: Uint8Array, overrides: { input?: string; outp
       kindReason,
     },
     otherOutputs: outputs.filter((o) => o !== output).map((o) => o.name!),
-    ...(opset !== undefined && opset !== null ? { opset: Number(opset) } : {}),
-    ...(model.producerName ? { producer: `${model.producerName} ${model.producerVersion ?? ''}`.trim() } : {}),
+    ...(opset !== undefined ? { opset } : {}),
+    ...(model.producerName ? { producer: `${model.producerName} ${model.producerVersion}`.trim() } : {}),
     notes,
   };
 }
