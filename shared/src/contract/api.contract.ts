@@ -187,9 +187,12 @@ export const DriftSummary = z
       z.object({
         model: z.string(),
         version: z.string(),
-        level: DriftLevel.meta({ description: 'The worst level of any feature' }),
+        level: z.enum([...DriftLevel.options, 'learning']).meta({
+          description:
+            'The worst level of any feature; `learning` until a drift window of the version has been judged (a reference being learned, or too few predictions yet)',
+        }),
         features: z.record(z.string(), DriftLevel),
-        window: z.string().meta({ description: 'The current window: insufficient_data, provisional, no_reference' }),
+        window: z.string().meta({ description: 'The current window: insufficient_data, provisional, no_reference, learning' }),
       }),
     ),
   })
