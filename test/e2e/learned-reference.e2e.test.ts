@@ -35,7 +35,8 @@ function shuffled<T>(items: readonly T[], seed = 20261206): T[] {
   let s = seed >>> 0;
   for (let i = out.length - 1; i > 0; i--) {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
+    // The high bits: an LCG's low bits repeat with short periods (a shuffle by them kept the classes bunched).
+    const j = Math.floor((s / 4294967296) * (i + 1));
     [out[i], out[j]] = [out[j]!, out[i]!];
   }
   return out;
@@ -95,7 +96,9 @@ describe('drift monitoring of a model without a measured reference', function ()
   it('learns from the first two windows, then judges ordinary traffic as stable: no PSI near 5, no alert', async () => {
     const { dataset } = await heldOutDigits();
     // Five windows in all (with the ten above): two to learn from, three judged.
-    const pixels = shuffled(dataset.samples).slice(10, 5 * WINDOW).map((s) => s.pixels);
+    const pixels = shuffled(dataset.samples)
+      .slice(10, 5 * WINDOW)
+      .map((s) => s.pixels);
     await publish(redis, keysOf(prefix).predictions, await predictionEvents(model, pixels));
     const store = new MonitorStore(redis, prefix);
     const windows = await until('five windows recorded', async () => {
