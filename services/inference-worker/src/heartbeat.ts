@@ -1,7 +1,13 @@
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { Redis } from '@conveyor/shared/redis';
-import type { Keys, ModelAnnouncement, RefusedModel, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/queue.contract';
+import type {
+  Keys,
+  ModelAnnouncement,
+  RefusedModel,
+  ServedModel,
+  WorkerHeartbeat,
+} from '@conveyor/shared/contract/queue.contract';
 import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
