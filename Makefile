@@ -86,6 +86,14 @@ mlflow: $(NODE_MODULES) ## MLflow tracking server and UI on 127.0.0.1:5000 (inst
 train: $(NODE_MODULES) ## ingest → validate → train 3 experiments → track in MLflow → register the best (alias staging) → models/digits, MODEL_CARD.md
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts all --publish models/digits --card MODEL_CARD.md --reports docs/validation
 
+.PHONY: model-add
+model-add: $(NODE_MODULES) ## Your own model, no code: FILE=model.onnx NAME=… LABELS=labels.txt|a,b,c [PRESET=imagenet|inception|unit] [CHANNEL_ORDER=bgr] [MODELS_DIR=models] → MODELS_DIR/NAME (docs/own-model.md)
+	$(TSX) services/inference-worker/src/models-cli/main.ts add "$(FILE)" --name "$(NAME)" --labels "$(LABELS)" $(if $(PRESET),--preset $(PRESET),) $(if $(CHANNEL_ORDER),--channel-order $(CHANNEL_ORDER),) $(if $(MODELS_DIR),--models-dir $(MODELS_DIR),)
+
+.PHONY: model-profile
+model-profile: $(NODE_MODULES) ## A model's drift reference from your images: NAME=… IMAGES=dir [LABEL=class] → MODELS_DIR/NAME/reference-profile.json
+	$(TSX) services/inference-worker/src/models-cli/main.ts profile "$(NAME)" "$(IMAGES)" $(if $(LABEL),--label $(LABEL),) $(if $(MODELS_DIR),--models-dir $(MODELS_DIR),)
+
 .PHONY: promote
 promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; move the production alias if it passes
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts promote $(if $(VERSION),--version $(VERSION),)

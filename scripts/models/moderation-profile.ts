@@ -4,9 +4,9 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
-import { preprocess } from '@conveyor/shared/model/preprocess';
-import { numericProfile, REFERENCE_PROFILE_FILE, type ReferenceProfile } from '@conveyor/shared/model/reference-profile';
-import { classify, loadModel } from '@conveyor/shared/model/runtime';
+import { measureProfile, type MeasuredProfile, type ProfileImage } from '@conveyor/shared/model/profile-builder';
+import { REFERENCE_PROFILE_FILE, type ReferenceProfile } from '@conveyor/shared/model/reference-profile';
+import { loadModel } from '@conveyor/shared/model/runtime';
 import { ensureModelsVenv, ensureModerationModel, MODERATION_DIR } from './moderation.js';
 
 /**
@@ -29,7 +29,6 @@ import { ensureModelsVenv, ensureModerationModel, MODERATION_DIR } from './moder
  */
 export const CROPS_PER_PHOTO = 60;
 const SEED = 20261201;
-const THRESHOLDS = [0.5, 0.7, 0.9, 0.95];
 
 /** scikit-image 0.26.0 photographs (skimage/data), with their sha256 (as skimage's data registry records it). */
 export const PROFILE_PHOTOS: Readonly<Record<string, string>> = {
@@ -117,79 +116,35 @@ export async function buildModerationProfile(
   const model = await loadModel(MODERATION_DIR);
   const { manifest } = model;
   const label = options.label ?? 'Neutral';
-  const truth = manifest.labels.indexOf(label);
-  if (truth < 0) throw new Error(`--label must be one of ${manifest.labels.join(', ')}`);
+  if (!manifest.labels.includes(label)) throw new Error(`--label must be one of ${manifest.labels.join(', ')}`);
   const sources = options.images ? folderImages(options.images) : skimagePhotos();
   if (sources.length === 0) throw new Error(`no images in ${options.images ?? 'the scikit-image wheel'}`);
   const u = uniforms(SEED);
-  const features: Record<'brightness' | 'contrast' | 'inkRatio' | 'confidence', number[]> = {
-    brightness: [],
-    contrast: [],
-    inkRatio: [],
-    confidence: [],
-  };
-  const predicted: number[] = [];
-  const bySource: Record<string, Record<string, number>> = {};
-  try {
-    for (const source of sources) {
-      const tally: Record<string, number> = (bySource[source.name] = {});
-      const images = await variants(source.bytes, u, CROPS_PER_PHOTO);
-      for (let start = 0; start < images.length; start += 16) {
-        const prepared = await Promise.all(
-          images.slice(start, start + 16).map((bytes) => preprocess({ kind: 'encoded', bytes }, manifest, { maxPixels: 40_000_000 })),
-        );
-        const outputs = await model.run(prepared.map((p) => p.tensor));
-        outputs.forEach((output, j) => {
-          // What the worker publishes (classify rounds), or near-1 confidences would bin differently.
-          const { index, confidence } = classify(output.probabilities, manifest.labels);
-          const d = prepared[j]!.descriptors;
-          features.brightness.push(d.brightness);
-          features.contrast.push(d.contrast);
-          features.inkRatio.push(d.inkRatio);
-          features.confidence.push(confidence);
-          predicted.push(index);
-          tally[manifest.labels[index]!] = (tally[manifest.labels[index]!] ?? 0) + 1;
-        });
-      }
-    }
-  } finally {
-    await model.close();
+  const images: ProfileImage[] = [];
+  for (const source of sources) {
+    const all = await variants(source.bytes, u, CROPS_PER_PHOTO);
+    all.forEach((bytes, i) => images.push({ name: `${source.name}#${i}`, bytes, label }));
   }
-  const n = predicted.length;
-  const correct = predicted.map((p) => p === truth);
   const hash = createHash('sha256')
     .update(JSON.stringify({ images: sources.map((s) => [s.name, sha256(s.bytes)]), seed: SEED, crops: CROPS_PER_PHOTO, label }))
     .digest('hex');
-  const profile: ReferenceProfile = {
-    schema: 'conveyor.reference/v1',
-    model: { name: manifest.name, version: manifest.version },
-    dataset: {
+  let measured: MeasuredProfile;
+  try {
+    // The same measurement as `models profile` (shared/src/model/profile-builder.ts).
+    measured = await measureProfile(model, images, {
       hash,
       split: options.images ? `${path.basename(options.images)}: whole and cropped` : 'scikit-image photographs: whole and cropped',
-      n,
-    },
-    image: { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels },
-    features: Object.fromEntries(Object.entries(features).map(([k, v]) => [k, numericProfile(v)])),
-    predictedClass: {
-      kind: 'categorical',
-      n,
-      categories: [...manifest.labels],
-      counts: manifest.labels.map((_, c) => predicted.filter((p) => p === c).length),
-    },
-    quality: {
-      accuracy: correct.filter(Boolean).length / n,
-      atThreshold: THRESHOLDS.map((threshold) => {
-        const kept = features.confidence.map((c, i) => [c, correct[i]!] as const).filter(([c]) => c >= threshold);
-        return {
-          threshold,
-          accuracy: kept.length ? kept.filter(([, ok]) => ok).length / kept.length : 0,
-          coverage: kept.length / n,
-        };
-      }),
-    },
-  };
-  const counts = Object.fromEntries(manifest.labels.map((l, c) => [l, profile.predictedClass.counts[c]!]));
-  return { profile, predicted: counts, bySource };
+    });
+  } finally {
+    await model.close();
+  }
+  const bySource: Record<string, Record<string, number>> = {};
+  for (const { name, predicted } of measured.perImage) {
+    const tally = (bySource[name.slice(0, name.lastIndexOf('#'))] ??= {});
+    tally[predicted] = (tally[predicted] ?? 0) + 1;
+  }
+  const { profile } = measured;
+  return { profile, predicted: measured.predicted, bySource };
 }
 
 async function main(): Promise<void> {
@@ -204,7 +159,7 @@ async function main(): Promise<void> {
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
   for (const [name, tally] of Object.entries(bySource)) console.log(`[moderation]   ${name.padEnd(22)} ${JSON.stringify(tally)}`);
   console.log(
-    `[moderation] ${path.relative(process.cwd(), file)}: ${profile.dataset.n} images (${profile.dataset.split}) in ${seconds} s; predicted ${JSON.stringify(predicted)}; accuracy ${profile.quality.accuracy.toFixed(4)}`,
+    `[moderation] ${path.relative(process.cwd(), file)}: ${profile.dataset.n} images (${profile.dataset.split}) in ${seconds} s; predicted ${JSON.stringify(predicted)}; accuracy ${profile.quality?.accuracy.toFixed(4) ?? 'n/a'}`,
   );
 }
 

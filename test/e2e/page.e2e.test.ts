@@ -64,7 +64,8 @@ describe('the page at / in headless Chromium', function () {
     await page.getByLabel('Image file').setInputFiles(digit.file);
     await page.getByRole('button', { name: 'Classify' }).click();
     await page.locator('#result-label').getByText(digit.label, { exact: true }).waitFor();
-    expect(await page.locator('#top li').count()).to.equal(3);
+    // Every class of a model with up to 10 (TOP_K unset): the digits' whole distribution.
+    expect(await page.locator('#top li').count()).to.equal(10);
     expect((await page.locator('#top li').first().textContent())?.startsWith(digit.label)).to.equal(true);
     expect(await page.locator('#timings dt').allTextContents()).to.include.members(['queue', 'inference', 'total']);
   });
@@ -94,7 +95,8 @@ describe('the page at / in headless Chromium', function () {
       const text = await page.locator('#drift').textContent();
       return text?.includes('digits@') ? text : undefined;
     });
-    expect(await page.locator('#drift li').first().textContent()).to.match(/^digits@sha-\w+: (ok|warn|alert) · window/);
+    // A few predictions, no window judged yet: "learning", not an "ok" nobody has judged (issue 21).
+    expect(await page.locator('#drift li').first().textContent()).to.match(/^digits@sha-\w+: learning · window/);
   });
 
   it('renders the API reference at /docs with the bundled Redoc, under its CSP', async () => {

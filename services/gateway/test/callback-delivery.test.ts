@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import pino from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { CallbackState } from '@conveyor/shared/contract/api.contract';
-import type { CallbackJob, JobResult } from '@conveyor/shared/contract/queue.contract';
+import type { CallbackJob, JobResult } from '@conveyor/shared/contract/jobs.contract';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import { completedResult } from '../../../test/support/results.js';
 import { CallbackDelivery, type Post } from '../src/callbacks/callback-delivery.js';

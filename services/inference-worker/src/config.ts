@@ -68,7 +68,15 @@ const WorkerFields = z.object({
     3_600_000,
     'Deadline for decoding and preparing one image; past it the job fails for good (422 processing-deadline), not retried',
   ),
-  TOP_K: env.int(3, 1, 100, 'Classes listed in `prediction.top`'),
+  TOP_K: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(100)
+    .optional()
+    .describe(
+      "Classes listed in `prediction.top` for every model whose manifest sets no `topK`; unset: all of a model's classes when it has up to 10, else 5",
+    ),
   LOCK_DURATION_MS: env.int(
     30_000,
     1000,

@@ -1,7 +1,12 @@
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
-import type { ModelAnnouncement, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
+import type {
+  ModelAnnouncement,
+  RefusedModel,
+  ServedModel,
+  WorkerHeartbeat,
+} from '@conveyor/shared/contract/workers.contract';
 import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
@@ -20,6 +25,8 @@ export interface ServingState {
   /** The models serving now, in the configured order; never empty once the heartbeat started. */
   readonly models: readonly ServedModel[];
   readonly announcements: readonly ModelAnnouncement[];
+  /** Configured models refused (their folder failed its checks): listed so gateways can say why. */
+  readonly refused: readonly RefusedModel[];
   readonly processed: number;
   readonly failed: number;
 }
@@ -78,7 +85,7 @@ export class Heartbeat {
   private async beat(): Promise<void> {
     const now = Date.now();
     const ttl = this.intervalMs * 3;
-    const { models, announcements, processed, failed } = this.describe();
+    const { models, announcements, refused, processed, failed } = this.describe();
     const [first] = models;
     if (!first) throw new Error('no model is serving yet: nothing to announce');
     const body: WorkerHeartbeat = {
@@ -92,6 +99,7 @@ export class Heartbeat {
       model: first.model,
       concurrency: models.reduce((sum, m) => sum + m.concurrency, 0),
       models: [...models],
+      ...(refused.length > 0 ? { refused: [...refused] } : {}),
       processed,
       failed,
     };

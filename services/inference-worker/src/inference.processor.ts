@@ -11,7 +11,7 @@ import type { ModelName, ModelRef } from '@conveyor/shared/contract/common.contr
 import type { CommitOutcome, JobStore } from '@conveyor/shared/contract/job-store';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess, Workspace } from '@conveyor/shared/model/preprocess';
-import { classify } from '@conveyor/shared/model/runtime';
+import { classify, topKFor } from '@conveyor/shared/model/runtime';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import { isRedisOutOfMemory } from '@conveyor/shared/redis';
 import type { JobCounts } from './job-counts.js';
@@ -37,7 +37,8 @@ export interface ProcessorDeps {
   readonly workerId: string;
   readonly limits: { readonly maxPixels: number; readonly maxSide: number; readonly maxAspectRatio: number };
   readonly preprocessTimeoutMs: number;
-  readonly topK: number;
+  /** TOP_K: the deployment's choice for every model without its own (undefined: topKFor's default). */
+  readonly topK: number | undefined;
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
   /** This model's jobs: in flight now, committed so far. */
@@ -178,7 +179,7 @@ async function predict(
   const [output] = await model.run([prepared.tensor]);
   const inferredAt = performance.now();
   deps.metrics.inference((inferredAt - preprocessedAt) / 1000);
-  const prediction = classify(output!.probabilities, model.manifest.labels, deps.topK);
+  const prediction = classify(output!.probabilities, model.manifest.labels, topKFor(model.manifest, deps.topK));
   const finished = Date.now();
   const result: CompletedResult = {
     ...resultBase(deps, run),

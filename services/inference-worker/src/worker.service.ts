@@ -92,6 +92,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     () => ({
       models: served.flatMap((s) => s.served() ?? []),
       announcements: served.flatMap((s) => s.announcement() ?? []),
+      refused: served.flatMap((s) => s.refused() ?? []),
       processed: served.reduce((sum, s) => sum + s.counts.processed, 0),
       failed: served.reduce((sum, s) => sum + s.counts.failed, 0),
     }),
@@ -174,9 +175,25 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     );
   }
 
+  /**
+   * One model's folder failing its checks (a bad manifest, a wrong sha256, a broken export) is that
+   * model's problem, not the deployment's: it is refused and reported, the others are served. Only a
+   * worker left with nothing to serve stops. Refused credentials stop the worker whatever the model.
+   */
+  async function serveOrRefuse(model: ModelServing): Promise<void> {
+    try {
+      await serve(model);
+    } catch (error) {
+      if (error instanceof MlflowAuthError) throw error;
+      model.refuse(error);
+      // Beats already going: say so now, not at the next beat (else the first warm model's beat will).
+      if (served.some((s) => s.served())) await heartbeat.announce().catch(() => undefined);
+    }
+  }
+
   // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
   const ready = (async () => {
-    const outcomes = await Promise.allSettled(served.map((s) => serve(s)));
+    const outcomes = await Promise.allSettled(served.map((s) => serveOrRefuse(s)));
     const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (failure) {
       const error: unknown = failure.reason;
@@ -188,9 +205,19 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
       log.fatal({ err: error }, 'a model could not be served; stopping');
       throw new ServiceFailure('a model could not be served', 1, true, { cause: error });
     }
-    if (served.every((s) => s.served())) {
+    const refused = served.flatMap((s) => s.refused() ?? []);
+    if (refused.length === served.length) {
+      log.fatal({ refused }, 'no configured model could be served; stopping');
+      throw new ServiceFailure('no model could be served', 1, true);
+    }
+    if (served.every((s) => s.served() ?? s.refused())) {
       log.info(
-        { models: served.map((s) => ({ name: s.name, queue: s.plan.queue, concurrency: s.plan.concurrency })) },
+        {
+          models: served
+            .filter((s) => s.served())
+            .map((s) => ({ name: s.name, queue: s.plan.queue, concurrency: s.plan.concurrency })),
+          ...(refused.length > 0 ? { refused: refused.map((r) => r.name) } : {}),
+        },
         'worker ready',
       );
     }

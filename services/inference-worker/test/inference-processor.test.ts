@@ -3,7 +3,7 @@ import { UnrecoverableError } from 'bullmq';
 import { expect } from 'chai';
 import pino from 'pino';
 import type { CommitOptions, CommitOutcome, TakenInput } from '@conveyor/shared/contract/job-store';
-import type { InferenceJob, JobResult } from '@conveyor/shared/contract/queue.contract';
+import type { InferenceJob, JobResult } from '@conveyor/shared/contract/jobs.contract';
 import { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { LoadedModel, ModelOutput } from '@conveyor/shared/model/runtime';
 import { digitPng } from '../../../test/support/images.js';

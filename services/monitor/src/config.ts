@@ -34,6 +34,12 @@ const MonitorFields = z.object({
     'Predictions per drift window (tumbling, per model version); 500 keeps false alarms near zero',
   ),
   MIN_WINDOW: env.int(200, 10, 1_000_000, 'Below this many predictions a window reports insufficient_data instead of a PSI'),
+  REFERENCE_LEARN_WINDOWS: env.int(
+    2,
+    0,
+    1000,
+    'For a model version without a measured reference profile: windows (of WINDOW_SIZE predictions) pooled into a reference learned from its first traffic before drift is judged; meanwhile its windows say `learning` and raise no drift alert. 0: never learn (such windows stay `no_reference`)',
+  ),
   DRIFT_WARN: env.number(0.1, 0, 100, 'Default PSI at which a feature is in WARN'),
   DRIFT_ALERT: env.number(0.25, 0, 100, 'Default PSI at which a feature is in ALERT'),
   DRIFT_THRESHOLDS: z

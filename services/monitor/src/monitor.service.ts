@@ -14,6 +14,7 @@ import { monitorMetrics } from './http/metrics.js';
 import { createMonitorServer } from './http/server.js';
 import { Monitor } from './monitor.js';
 import { ProfileSource } from './reference/profile-source.js';
+import { References } from './reference/learned-reference.js';
 import { writeReport } from './reports/report.js';
 import { MonitorStore } from './store/monitor-store.js';
 import { oneByOne, StreamConsumer } from './store/stream-consumer.js';
@@ -81,9 +82,15 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
       : undefined,
   );
   const windows = { windowSize: config.WINDOW_SIZE, minWindow: config.MIN_WINDOW, thresholdsFor: thresholdsFor(config) };
+  const references = new References(
+    profiles,
+    store,
+    { windows: config.REFERENCE_LEARN_WINDOWS, windowSize: config.WINDOW_SIZE },
+    log.child({ module: 'references' }),
+  );
   const monitor = new Monitor(
     store,
-    profiles,
+    references,
     alerts,
     {
       ...windows,
@@ -98,7 +105,7 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
     },
     log,
   );
-  const views = new DriftViews(store, profiles, windows);
+  const views = new DriftViews(store, references, windows);
 
   const consumerOptions = {
     group: 'monitor',

@@ -6,10 +6,10 @@ import { round } from './alerts/alert-wording.js';
 import { Announcer, driftDecisions } from './alerts/announcer.js';
 import { observe } from './drift/features.js';
 import { evaluateWindow, type Thresholds } from './drift/window.js';
-import { evaluatedRecord, unreferencedRecord } from './drift/window-record.js';
+import { evaluatedRecord, learningRecord, unreferencedRecord } from './drift/window-record.js';
 import { byModelVersion, parseFeedback } from './events/stream-events.js';
 import { quality, qualityLevel } from './quality/quality.js';
-import type { ProfileSource } from './reference/profile-source.js';
+import type { References } from './reference/learned-reference.js';
 import type { MonitorStore } from './store/monitor-store.js';
 import type { TrackedModel, WindowRecord } from './store/store-records.js';
 import type { Outcome, StreamEntry } from './store/stream-consumer.js';
@@ -38,7 +38,7 @@ export class Monitor {
 
   constructor(
     private readonly store: MonitorStore,
-    private readonly profiles: ProfileSource,
+    private readonly profiles: References,
     alerts: AlertSink,
     private readonly options: MonitorOptions,
     private readonly log: Logger,
@@ -153,9 +153,21 @@ export class Monitor {
 
   private async evaluateWindow(tracked: TrackedModel, index: number): Promise<WindowRecord> {
     const observations = await this.store.closedWindow(tracked, index);
-    const profile = await this.profiles.get(tracked);
+    const reference = await this.profiles.resolve(tracked);
     const base = { index, evaluatedAt: new Date().toISOString(), size: observations.length };
-    if (!profile || observations.length === 0) {
+    if (!reference && observations.length > 0 && this.profiles.need > 0) {
+      const learning = await this.profiles.learn(
+        tracked,
+        observations.filter((o) => Object.keys(o.numeric).length > 0),
+      );
+      return learningRecord(
+        tracked,
+        base,
+        observations.map((o) => o.at),
+        { have: learning.have, need: learning.need },
+      );
+    }
+    if (!reference || observations.length === 0) {
       this.log.warn({ model: tracked, index }, 'window without a reference profile: drift not computed');
       return unreferencedRecord(
         tracked,
@@ -163,9 +175,9 @@ export class Monitor {
         observations.map((o) => o.at),
       );
     }
-    const drift = evaluateWindow(profile, observations, this.options.thresholdsFor);
+    const drift = evaluateWindow(reference.profile, observations, this.options.thresholdsFor);
     const states = await this.announcer.apply(tracked, driftDecisions(drift), { index, drift });
-    const record = evaluatedRecord(tracked, base, drift, states);
+    const record = { ...evaluatedRecord(tracked, base, drift, states), reference: reference.origin };
     this.log.info(
       {
         model: tracked.model,

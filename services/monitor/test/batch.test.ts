@@ -11,6 +11,7 @@ import { until } from '../../../test/support/wait.js';
 import { AlertSink } from '../src/alerts/alert-sink.js';
 import type { Observation } from '../src/drift/features.js';
 import { Monitor } from '../src/monitor.js';
+import { References } from '../src/reference/learned-reference.js';
 import { ProfileSource } from '../src/reference/profile-source.js';
 import { MonitorStore, type PredictionItem } from '../src/store/monitor-store.js';
 import { trackedKey, type TrackedModel } from '../src/store/store-records.js';
@@ -187,7 +188,7 @@ describe('batched prediction windows (real Redis)', () => {
     const monitorOn = (p: string, windowSize = 1000) =>
       new Monitor(
         new MonitorStore(redis, p),
-        new ProfileSource({}, log),
+        new References(new ProfileSource({}, log), new MonitorStore(redis, p), { windows: 0, windowSize }, log),
         new AlertSink(redis, redisKeys(p).alerts, log, undefined),
         {
           windowSize,

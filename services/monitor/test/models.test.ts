@@ -14,6 +14,7 @@ import { AlertSink } from '../src/alerts/alert-sink.js';
 import { alertMessage } from '../src/alerts/alert-wording.js';
 import { monitorMetrics } from '../src/http/metrics.js';
 import { Monitor } from '../src/monitor.js';
+import { References } from '../src/reference/learned-reference.js';
 import { ProfileSource } from '../src/reference/profile-source.js';
 import { MonitorStore } from '../src/store/monitor-store.js';
 import type { StreamEntry } from '../src/store/stream-consumer.js';
@@ -162,9 +163,11 @@ describe('several models in one monitor (real Redis)', function () {
     prefixes.push(prefix);
     const store = new MonitorStore(redis, prefix);
     const thresholdsFor = () => ({ warn: 0.1, alert: 0.25 });
+    // Measured profiles only: these tests are about them (learning has its own, learned-reference.test.ts).
+    const references = new References(profiles, store, { windows: 0, windowSize: WINDOW }, log);
     const monitor = new Monitor(
       store,
-      profiles,
+      references,
       new AlertSink(redis, redisKeys(prefix).alerts, log, undefined),
       {
         windowSize: WINDOW,
@@ -176,7 +179,7 @@ describe('several models in one monitor (real Redis)', function () {
       },
       log,
     );
-    const views = new DriftViews(store, profiles, { windowSize: WINDOW, minWindow: 100, thresholdsFor });
+    const views = new DriftViews(store, references, { windowSize: WINDOW, minWindow: 100, thresholdsFor });
     const alerts = async () =>
       (await redis.xrange(redisKeys(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
     return { prefix, store, monitor, views, alerts };

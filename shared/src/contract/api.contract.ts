@@ -131,6 +131,13 @@ export const ModelDescription = z
     description: z.string().optional(),
     input: ModelAnnouncement.shape.input.optional(),
     labels: z.array(z.string()).optional(),
+    refused: z
+      .array(z.object({ worker: z.string(), problem: z.string(), at: z.iso.datetime() }))
+      .optional()
+      .meta({
+        description:
+          'Live workers configured to serve the model that refused it (its folder failed its checks), and why; absent when none did',
+      }),
     links: z.object({ self: z.string(), predict: z.string(), ready: z.string() }),
   })
   .meta({ id: 'ModelDescription' });
@@ -182,9 +189,12 @@ export const DriftSummary = z
       z.object({
         model: z.string(),
         version: z.string(),
-        level: DriftLevel.meta({ description: 'The worst level of any feature' }),
+        level: z.enum([...DriftLevel.options, 'learning']).meta({
+          description:
+            'The worst level of any feature; `learning` until a drift window of the version has been judged (a reference being learned, or too few predictions yet)',
+        }),
         features: z.record(z.string(), DriftLevel),
-        window: z.string().meta({ description: 'The current window: insufficient_data, provisional, no_reference' }),
+        window: z.string().meta({ description: 'The current window: insufficient_data, provisional, no_reference, learning' }),
       }),
     ),
   })

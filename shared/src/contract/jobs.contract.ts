@@ -102,8 +102,12 @@ export const INFERENCE_JOB_OPTIONS = {
   /** Transient failures (a Redis blip, a worker crash) are retried; bad input is not (see ProblemError). */
   attempts: 3,
   backoff: { type: 'exponential', delay: 250 },
-  /** The result lives under redisKeys().result with its own TTL; BullMQ's copy is not needed. */
-  removeOnComplete: true,
+  /**
+   * The result lives under redisKeys().result with its own TTL; BullMQ keeps the last 100 completed
+   * jobs of each queue for an hour (a few hundred bytes each, the image is under redisKeys().input)
+   * so the dashboard shows recent successes, not only failures.
+   */
+  removeOnComplete: { age: 3600, count: 100 },
   /** Failed jobs stay a day (bounded) for the dashboard; their result record expires on its own. */
   removeOnFail: { age: 24 * 3600, count: 1000 },
 } as const;

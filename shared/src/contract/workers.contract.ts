@@ -16,6 +16,18 @@ export const ServedModel = z.object({
 export type ServedModel = z.infer<typeof ServedModel>;
 
 /**
+ * A model a worker was configured to serve and refused: its folder failed its checks (manifest,
+ * sha256, the model-folder suite, the warm-up answer) or onnxruntime could not load it. The worker
+ * serves its other models and says so in every beat, so `GET /v1/models` shows why.
+ */
+export const RefusedModel = z.object({
+  name: ModelName,
+  problem: z.string(),
+  at: z.iso.datetime(),
+});
+export type RefusedModel = z.infer<typeof RefusedModel>;
+
+/**
  * Worker → anyone, the value of `redisKeys().worker(id)`: who is alive and what it serves. A worker
  * beats only once its first model is warm, and lists a model in `models` only once that model is.
  * `models` was added within version 1 (an additive field: readers of the previous release ignore
@@ -30,6 +42,8 @@ export const WorkerHeartbeat = z.object({
   model: ModelRef,
   concurrency: z.number().int().positive(),
   models: z.array(ServedModel).min(1).optional(),
+  /** Configured models this worker refused to serve (additive within version 1, like `models`). */
+  refused: z.array(RefusedModel).optional(),
   startedAt: z.iso.datetime(),
   at: z.iso.datetime(),
   processed: z.number().int().min(0),

@@ -36,6 +36,14 @@ export const ResizePolicy = z.enum([
    * different resampler moves such a model's probabilities by far more than its conversion does.
    */
   'bilinear-align-corners',
+  /**
+   * torchvision's `Resize(256)` + `CenterCrop(224)` (and PaddleClas' `ResizeImage(resize_short=256)`
+   * + `CropImage(224)`): scale so the input fits inside the image enlarged by 1 / `cropFraction`
+   * (the shorter side to 256 for a 224 input at 0.875), then cut the input size out of the centre.
+   * `cover` crops at the input size itself, which shows the model more of the border than it was
+   * trained on.
+   */
+  'shorter-side-crop',
 ]);
 export type ResizePolicy = z.infer<typeof ResizePolicy>;
 
@@ -61,10 +69,19 @@ export const PreprocessSpec = z
      * answers move a little (measure it on real photos and state it in the model card).
      */
     shrinkOnLoad: z.number().int().min(1).max(8).optional(),
+    /** For `shorter-side-crop`: the share of the resized image the centre crop keeps (default 0.875 = 224 / 256). */
+    cropFraction: z.number().gt(0).max(1).optional(),
+    /**
+     * The order of the colour channels the model was trained on: `bgr` for models trained on
+     * OpenCV's `imread` (Caffe, many PaddlePaddle and MXNet exports). `normalize.mean` and `std`
+     * are given in this order too, as the training code wrote them. Absent: `rgb`.
+     */
+    channelOrder: z.enum(['rgb', 'bgr']).optional(),
   })
   .refine((p) => p.resize !== 'digit' || (p.box !== undefined && p.color === 'gray'), {
     error: 'the digit policy needs a box size and gray colour',
-  });
+  })
+  .refine((p) => p.channelOrder !== 'bgr' || p.color === 'rgb', { error: 'channelOrder bgr needs rgb colour' });
 export type PreprocessSpec = z.infer<typeof PreprocessSpec>;
 
 export const ModelManifest = z
@@ -92,6 +109,8 @@ export const ModelManifest = z
     }),
     preprocess: PreprocessSpec,
     labels: z.array(z.string().min(1)).min(2),
+    /** Classes listed in a prediction's `top` for this model (overrides the worker's TOP_K; default: all up to 10, else 5). */
+    topK: z.number().int().min(1).max(1000).optional(),
     /** Figures measured when the model was built, e.g. `{ testAccuracy: 0.981 }`. */
     metrics: z.record(z.string(), z.number()).default({}),
     /** Free-form provenance: dataset hash, seed, git commit, training run id. */

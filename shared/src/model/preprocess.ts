@@ -81,6 +81,8 @@ export class Workspace {
   }
 }
 
+/** `shorter-side-crop` without a cropFraction: torchvision's 224 of 256. */
+export const DEFAULT_CROP_FRACTION = 0.875;
 /** The digit policy works on a copy at most this many times the model's input side. */
 const WORKING_SCALE = 4;
 /** Images up to this many times the working side are decoded in full and shrunk in JS (see workingGray). */
@@ -368,8 +370,14 @@ async function framePipeline(
   // has no such kernel, and rounding its output to 8 bits would already move the model's answers.
   const aligned = spec.resize === 'bilinear-align-corners';
   let pipeline = source.autoOrient().flatten({ background });
-  // An image already at the model's size needs no resampling (every fit is the identity then).
-  if (!aligned && (oriented.width !== width || oriented.height !== height)) {
+  if (spec.resize === 'shorter-side-crop') {
+    const { resized, crop } = shorterSideCrop(oriented, width, height, spec.cropFraction ?? DEFAULT_CROP_FRACTION);
+    if (resized.width !== oriented.width || resized.height !== oriented.height)
+      pipeline = pipeline.resize({ ...resized, fit: 'fill' });
+    // After the resize (sharp runs an extract given after resize() on the resized image).
+    pipeline = pipeline.extract(crop);
+  } else if (!aligned && (oriented.width !== width || oriented.height !== height)) {
+    // An image already at the model's size needs no resampling (every fit is the identity then).
     pipeline = pipeline.resize({ width, height, fit, background });
   }
   // The manifest's choice for large JPEGs: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
@@ -418,6 +426,42 @@ async function framePipeline(
       inverted,
     },
   };
+}
+
+/**
+ * The sizes of the `shorter-side-crop` policy, as torchvision computes them for `Resize(s)` and
+ * `CenterCrop(w, h)`: the image is scaled so the crop fits inside it enlarged by 1 / `fraction`
+ * (for a square input: the shorter side to round(side / fraction), the longer one truncated, as
+ * `int(s * long / short)` does), and the crop starts at round((resized − crop) / 2) with Python's
+ * round (halves to even): a one-pixel difference there moves a model's answers measurably.
+ */
+export function shorterSideCrop(
+  image: { readonly width: number; readonly height: number },
+  width: number,
+  height: number,
+  fraction: number,
+): { resized: { width: number; height: number }; crop: { left: number; top: number; width: number; height: number } } {
+  const shorter = Math.min(image.width, image.height);
+  const longer = Math.max(image.width, image.height);
+  // The shorter side's target: the crop's matching side enlarged, or more if the crop is not square.
+  const portrait = image.width <= image.height;
+  const target = Math.max(
+    Math.round((portrait ? width : height) / fraction),
+    Math.ceil(((portrait ? height : width) * shorter) / longer / fraction),
+  );
+  const other = Math.max(Math.floor((target * longer) / shorter), portrait ? height : width);
+  const resized = portrait ? { width: target, height: other } : { width: other, height: target };
+  return {
+    resized,
+    crop: { left: roundHalfEven((resized.width - width) / 2), top: roundHalfEven((resized.height - height) / 2), width, height },
+  };
+}
+
+function roundHalfEven(v: number): number {
+  const floor = Math.floor(v);
+  const diff = v - floor;
+  if (diff !== 0.5) return Math.round(v);
+  return floor % 2 === 0 ? floor : floor + 1;
 }
 
 /**
@@ -792,12 +836,15 @@ function floatTensor(
   const { scale, mean, std } = spec.normalize;
   const plane = width * height;
   const out = workspace?.floats('tensor', plane * channels) ?? new Float32Array(plane * channels);
+  const bgr = spec.channelOrder === 'bgr';
+  // c is the model's channel; it reads the decoded (RGB) channel `from`.
   for (let c = 0; c < channels; c++) {
     const m = mean[c] ?? 0;
     const s = std[c] ?? 1;
-    for (let i = 0, p = c; i < plane; i++, p += channels) {
+    const from = bgr ? channels - 1 - c : c;
+    for (let i = 0, p = from; i < plane; i++, p += channels) {
       const v = inverted ? 255 - values[p]! : values[p]!;
-      out[layout === 'NCHW' ? c * plane + i : p] = (v * scale - m) / s;
+      out[layout === 'NCHW' ? c * plane + i : i * channels + c] = (v * scale - m) / s;
     }
   }
   return out;
@@ -825,7 +872,16 @@ function toTensor(
     for (let v = 0; v < 256; v++) table[v] = ((inverted ? 255 - v : v) * scale - m) / s;
     return table;
   });
-  if (layout === 'NHWC') {
+  if (spec.channelOrder === 'bgr' && channels === 3) {
+    // The model's channel 0 is blue: it reads the decoded pixel's third byte (tables are in the model's order).
+    const [t0, t1, t2] = tables as [Float32Array, Float32Array, Float32Array];
+    const nchw = layout === 'NCHW';
+    for (let i = 0, p = 0; i < plane; i++, p += 3) {
+      out[nchw ? i : p] = t0[pixels[p + 2]!]!;
+      out[nchw ? plane + i : p + 1] = t1[pixels[p + 1]!]!;
+      out[nchw ? 2 * plane + i : p + 2] = t2[pixels[p]!]!;
+    }
+  } else if (layout === 'NHWC') {
     for (let i = 0; i < out.length; i++) out[i] = tables[i % channels]![pixels[i]!]!;
   } else if (channels === 3) {
     const [r, g, b] = tables as [Float32Array, Float32Array, Float32Array];

@@ -54,10 +54,13 @@ export const ReferenceProfile = z.object({
   features: z.record(z.string(), NumericProfile),
   predictedClass: CategoricalProfile,
   embedding: EmbeddingProfile.optional(),
-  quality: z.object({
-    accuracy: z.number(),
-    atThreshold: z.array(z.object({ threshold: z.number(), accuracy: z.number(), coverage: z.number() })),
-  }),
+  /** Absent for a profile measured on unlabelled images (`models profile` over a flat folder). */
+  quality: z
+    .object({
+      accuracy: z.number(),
+      atThreshold: z.array(z.object({ threshold: z.number(), accuracy: z.number(), coverage: z.number() })),
+    })
+    .optional(),
 });
 export type ReferenceProfile = z.infer<typeof ReferenceProfile>;
 

@@ -165,6 +165,21 @@ export function softmax(logits: Float32Array): Float32Array {
   return out;
 }
 
+/** Models with at most this many classes answer with all of them unless told otherwise. */
+export const ALL_CLASSES_UP_TO = 10;
+/** How many classes a larger model lists by default. */
+export const DEFAULT_TOP_K = 5;
+
+/**
+ * How many classes `prediction.top` lists for a model: its manifest's `topK`, else the deployment's
+ * TOP_K, else every class of a model with up to ALL_CLASSES_UP_TO (a 5-way moderation model's whole
+ * distribution), DEFAULT_TOP_K of a larger one (ImageNet's 1,000 would make every answer 40 KB).
+ */
+export function topKFor(manifest: Pick<ModelManifest, 'labels' | 'topK'>, configured: number | undefined): number {
+  const k = manifest.topK ?? configured ?? (manifest.labels.length <= ALL_CLASSES_UP_TO ? manifest.labels.length : DEFAULT_TOP_K);
+  return Math.min(k, manifest.labels.length);
+}
+
 export function classify(probabilities: Float32Array, labels: readonly string[], topK = 3): Prediction {
   const ranked = Array.from(probabilities, (confidence, index) => ({ index, confidence }))
     .sort((a, b) => b.confidence - a.confidence)

@@ -60,8 +60,8 @@ export const modelExpectations: ExpectationRegistry<ModelFolderContext> = {
   expect_reference_quality_at_least: {
     describe: (p) => `validation accuracy in the reference profile of at least ${String(p.min)}`,
     run: (c, p) => ({
-      success: c.profile === undefined || c.profile.quality.accuracy >= num(p, 'min'),
-      observed: { accuracy: c.profile?.quality.accuracy ?? null },
+      success: c.profile?.quality === undefined || c.profile.quality.accuracy >= num(p, 'min'),
+      observed: { accuracy: c.profile?.quality?.accuracy ?? null },
     }),
   },
 };

@@ -33,6 +33,8 @@ export interface ModelStatus {
   /** Jobs those workers take at once, together. */
   readonly concurrency: number;
   readonly ready: boolean;
+  /** Live workers that were configured to serve it and refused it, with their reason. */
+  readonly refused: readonly { readonly worker: string; readonly problem: string; readonly at: string }[];
 }
 
 export interface CatalogueView {
@@ -105,8 +107,14 @@ export class ModelCatalogue {
         serving.set(served.name, entry);
       }
     }
+    const refusals = new Map<ModelName, { worker: string; problem: string; at: string }[]>();
+    for (const worker of workers) {
+      for (const r of worker.refused ?? []) refusals.set(r.name, [...(refusals.get(r.name) ?? []), { worker: worker.id, problem: r.problem, at: r.at }]);
+    }
     const { defaultModel, configured } = this.options;
-    const names = [...new Set([defaultModel, ...configured, ...[...announced.keys(), ...serving.keys()].sort()])];
+    const names = [
+      ...new Set([defaultModel, ...configured, ...[...announced.keys(), ...serving.keys(), ...refusals.keys()].sort()]),
+    ];
     const models = new Map<ModelName, ModelStatus>();
     for (const name of names) {
       const live = serving.get(name);
@@ -120,6 +128,7 @@ export class ModelCatalogue {
         workers: live?.workers ?? 0,
         concurrency: live?.concurrency ?? 0,
         ready: (live?.workers ?? 0) > 0,
+        refused: refusals.get(name) ?? [],
       });
     }
     const view = { models, workers, at: Date.now() };

@@ -66,6 +66,7 @@ function describe(model: ModelStatus) {
           labels: announced.labels,
         }
       : {}),
+    ...(model.refused.length > 0 ? { refused: model.refused } : {}),
     links: {
       self: `/v1/models/${model.name}`,
       predict: `/v1/models/${model.name}/predict`,

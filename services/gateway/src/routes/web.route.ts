@@ -65,7 +65,9 @@ export function registerWebRoutes(
       monitor: true,
       models: snapshot.models.map((m) => {
         const levels = Object.values(m.states);
-        const level = levels.includes('alert') ? 'alert' : levels.includes('warn') ? 'warn' : 'ok';
+        // No feature has a state until a window was judged: "ok" would claim a verdict nobody made.
+        const level =
+          levels.length === 0 ? 'learning' : levels.includes('alert') ? 'alert' : levels.includes('warn') ? 'warn' : 'ok';
         return { model: m.model.name, version: m.model.version, level, features: m.states, window: m.currentWindow.status };
       }),
     };

@@ -45,6 +45,8 @@ export interface ModelMetricsSource {
   readonly ref: () => ModelRef | undefined;
   readonly inFlight: () => number;
   readonly concurrency: number;
+  /** Why the model was refused (its folder failed its checks); undefined while it is not. */
+  readonly refused: () => string | undefined;
 }
 
 export interface WorkerMetricsSources {
@@ -99,6 +101,15 @@ export class WorkerMetrics {
       registers: [this.registry],
     });
     for (const m of sources.models) concurrency.set({ model: m.name }, m.concurrency);
+    new Gauge({
+      name: 'conveyor_worker_model_refused',
+      help: 'Configured models this worker refused to serve because their folder failed its checks (1), the others 0; the log and GET /v1/models say why',
+      labelNames: ['model'] as const,
+      registers: [this.registry],
+      collect() {
+        for (const m of sources.models) this.set({ model: m.name }, m.refused() === undefined ? 0 : 1);
+      },
+    });
     new Gauge({
       name: 'conveyor_worker_model_info',
       help: 'The models this worker serves, with the version loaded (always 1; absent until the model is warm)',

@@ -1,7 +1,7 @@
 import { Worker, type Processor } from 'bullmq';
 import type { Redis } from '@conveyor/shared/redis';
 import type { InferenceJob, InferenceJobName, InferenceJobReturn } from '@conveyor/shared/contract/jobs.contract';
-import type { ModelAnnouncement, ServedModel } from '@conveyor/shared/contract/workers.contract';
+import type { ModelAnnouncement, RefusedModel, ServedModel } from '@conveyor/shared/contract/workers.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
 import type { ModelPlan } from '../config.js';
@@ -38,6 +38,7 @@ export class ModelServing {
   private watcher: ModelWatcher | undefined;
   private worker: InferenceWorker | undefined;
   private closed = false;
+  private refusal: RefusedModel | undefined;
   private readonly stopping = new AbortController();
 
   constructor(
@@ -95,6 +96,23 @@ export class ModelServing {
     return true;
   }
 
+  /**
+   * Gives up on this model for the life of the process (its folder failed its checks): the worker
+   * serves its other models, and the heartbeat, the log and a metric say why (fix the folder, restart).
+   */
+  refuse(error: unknown): void {
+    const problem = error instanceof Error ? error.message : String(error);
+    this.refusal = { name: this.plan.name, problem, at: new Date().toISOString() };
+    this.log.error(
+      { err: error, dir: this.plan.dir, problem },
+      'model refused: its folder failed its checks; serving the others',
+    );
+  }
+
+  refused(): RefusedModel | undefined {
+    return this.refusal;
+  }
+
   /** What the heartbeat lists: only a warm model that takes jobs. */
   served(): ServedModel | undefined {
     const ref = this.host.ref;
@@ -125,6 +143,7 @@ export class ModelServing {
       concurrency: this.plan.concurrency,
       ref: () => this.host.ref,
       inFlight: () => this.counts.inFlight,
+      refused: () => this.refusal?.problem,
     };
   }
 

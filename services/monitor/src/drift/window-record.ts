@@ -28,6 +28,25 @@ export function evaluatedRecord(
   return { ...identity(model), ...base, from: drift.from, to: drift.to, status: 'evaluated', features };
 }
 
+/** A window pooled into the reference being learned: counted, with no figures. */
+export function learningRecord(
+  model: TrackedModel,
+  base: Base,
+  times: readonly string[],
+  learning: { have: number; need: number },
+): WindowRecord {
+  const sorted = [...times].sort();
+  return {
+    ...identity(model),
+    ...base,
+    from: sorted[0] ?? '',
+    to: sorted.at(-1) ?? '',
+    status: 'learning',
+    features: {},
+    learning,
+  };
+}
+
 /** A window of a version without a reference profile: counted, with no figures. */
 export function unreferencedRecord(model: TrackedModel, base: Base, times: readonly string[]): WindowRecord {
   const sorted = [...times].sort();

@@ -1,4 +1,5 @@
 import type { Redis } from '@conveyor/shared/redis';
+import { ReferenceProfile } from '@conveyor/shared/model/reference-profile';
 import type { z } from 'zod';
 import {
   FeatureState,
@@ -269,6 +270,34 @@ export class MonitorStore {
 
   async saveLatestQuality(model: TrackedModel, snapshot: QualitySnapshot): Promise<void> {
     await this.redis.hset(`${this.p}:latest:${trackedKey(model)}`, 'quality', JSON.stringify(snapshot));
+  }
+
+  /**
+   * The sample a reference is being learned from (`monitor:learning:<key>`, one observation per
+   * element), and the reference learned (`monitor:learned:<key>`, JSON), kept for the version's life.
+   */
+  async addToLearning(model: TrackedModel, observations: readonly Observation[]): Promise<number> {
+    if (observations.length === 0) return this.learningSize(model);
+    return this.redis.rpush(`${this.p}:learning:${trackedKey(model)}`, ...observations.map((o) => JSON.stringify(o)));
+  }
+
+  async learningSize(model: TrackedModel): Promise<number> {
+    return this.redis.llen(`${this.p}:learning:${trackedKey(model)}`);
+  }
+
+  async learningSample(model: TrackedModel): Promise<Observation[]> {
+    const raw = await this.redis.lrange(`${this.p}:learning:${trackedKey(model)}`, 0, -1);
+    return raw.map((r) => parseJson(Observation, r));
+  }
+
+  async learnedProfile(model: TrackedModel): Promise<ReferenceProfile | undefined> {
+    const raw = await this.redis.get(`${this.p}:learned:${trackedKey(model)}`);
+    return raw ? parseJson(ReferenceProfile, raw) : undefined;
+  }
+
+  async saveLearnedProfile(model: TrackedModel, profile: ReferenceProfile): Promise<void> {
+    const key = trackedKey(model);
+    await this.redis.multi().set(`${this.p}:learned:${key}`, JSON.stringify(profile)).del(`${this.p}:learning:${key}`).exec();
   }
 
   /** A short exclusive lock: one monitor evaluates a model version's windows at a time, in order. */

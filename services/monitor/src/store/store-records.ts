@@ -97,8 +97,13 @@ export const WindowRecord = z.object({
   size: z.number().int().min(0),
   from: z.string(),
   to: z.string(),
-  status: z.enum(['evaluated', 'no_reference']),
+  /** `learning`: pooled into the reference being learned (no figures, no alerts); see learned-reference.ts. */
+  status: z.enum(['evaluated', 'no_reference', 'learning']),
   features: z.record(z.string(), FeatureRecord),
+  /** What an evaluated window was compared with: a measured profile or one learned from the first windows. */
+  reference: z.enum(['measured', 'learned']).optional(),
+  /** For a `learning` window: observations pooled so far, of those needed. */
+  learning: z.object({ have: z.number().int().min(0), need: z.number().int().min(0) }).optional(),
 });
 export type WindowRecord = z.infer<typeof WindowRecord>;
 

@@ -1,6 +1,6 @@
 import { evaluateWindow, type Thresholds } from '../drift/window.js';
 import { round } from '../alerts/alert-wording.js';
-import type { ProfileSource } from '../reference/profile-source.js';
+import type { References } from '../reference/learned-reference.js';
 import type { MonitorStore } from '../store/monitor-store.js';
 import type { QualitySnapshot, TrackedModel, WindowRecord } from '../store/store-records.js';
 
@@ -13,6 +13,8 @@ import type { QualitySnapshot, TrackedModel, WindowRecord } from '../store/store
  */
 export type CurrentWindow =
   | { status: 'insufficient_data' | 'no_reference'; size: number }
+  /** No measured reference: the first windows are pooled into a learned one (`have` of `need` so far). */
+  | { status: 'learning'; size: number; have: number; need: number }
   | { status: 'provisional'; size: number; features: Record<string, { metric: string; value: number; level: string }> };
 
 export interface ModelVersionView {
@@ -56,7 +58,7 @@ export function currentVersions(models: readonly TrackedModel[]): Map<string, st
 export class DriftViews {
   constructor(
     private readonly store: MonitorStore,
-    private readonly profiles: ProfileSource,
+    private readonly profiles: References,
     private readonly options: DriftViewOptions,
   ) {}
 
@@ -80,15 +82,17 @@ export class DriftViews {
   }
 
   private async versionView(tracked: TrackedModel, current: boolean): Promise<ModelVersionView> {
-    const [open, profile, states, lastWindow, quality] = await Promise.all([
+    const [open, profile, learning, states, lastWindow, quality] = await Promise.all([
       this.store.openWindow(tracked),
       this.profiles.get(tracked),
+      this.profiles.learning(tracked),
       this.store.featureStates(tracked),
       this.store.latestDrift(tracked),
       this.store.latestQuality(tracked),
     ]);
     let currentWindow: CurrentWindow;
-    if (open.length < this.options.minWindow) currentWindow = { status: 'insufficient_data', size: open.length };
+    if (!profile && learning) currentWindow = { status: 'learning', size: open.length, ...learning };
+    else if (open.length < this.options.minWindow) currentWindow = { status: 'insufficient_data', size: open.length };
     else if (!profile) currentWindow = { status: 'no_reference', size: open.length };
     else {
       const drift = evaluateWindow(profile, open, this.options.thresholdsFor);
