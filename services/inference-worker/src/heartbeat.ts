@@ -100,7 +100,7 @@ export class Heartbeat {
     for (const a of announcements) {
       multi
         .hsetnx(this.keys.modelLabels, `${a.model.name}@${a.model.version}`, JSON.stringify(a.labels))
-        .hset(this.keys.models, a.name, JSON.stringify(a));
+        .hset(this.keys.models, a.name, JSON.stringify({ ...a, seenAt: body.at }));
     }
     await multi
       .set(this.keys.worker(this.id), JSON.stringify(body), 'PX', ttl)

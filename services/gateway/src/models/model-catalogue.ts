@@ -12,8 +12,8 @@ import { liveWorkers } from './live-workers.js';
 
 /**
  * Which models exist and which of them can answer now, as the gateway learns it from the workers:
- * a model is known once the configuration names it (DEFAULT_MODEL, MODELS) or a worker has ever
- * announced it (`keys().models`), and ready while a live worker lists it in its heartbeat (which a
+ * a model is known once the configuration names it (DEFAULT_MODEL, MODELS) or a worker has
+ * announced it (`keys().models`) and served it within `retireAfterMs`, and ready while a live worker lists it in its heartbeat (which a
  * worker does only once the model is warm).
  *
  * Requests read a view kept in memory, so routing costs no Redis call: a view older than
@@ -53,6 +53,12 @@ export interface CatalogueOptions {
   readonly configured: readonly ModelName[];
   readonly maxAgeMs?: number;
   readonly minRefreshMs?: number;
+  /**
+   * A model announced once but served by no live worker for this long leaves the view (it is not
+   * listed, and a request for it is a 404): a retired model must not stay "ready: false" forever.
+   * Configured models never leave. Unset or 0: never.
+   */
+  readonly retireAfterMs?: number;
 }
 
 export class ModelCatalogue {
@@ -117,7 +123,14 @@ export class ModelCatalogue {
         serving.set(model.name, entry);
       }
     }
-    const { defaultModel, configured } = this.options;
+    const { defaultModel, configured, retireAfterMs } = this.options;
+    const now = Date.now();
+    for (const [name, announcement] of announced) {
+      if (!retireAfterMs || serving.has(name) || name === defaultModel || configured.includes(name)) continue;
+      // The last heartbeat that served it; a worker of an earlier release wrote no `seenAt`.
+      const seen = Date.parse(announcement.seenAt ?? announcement.at);
+      if (now - seen >= retireAfterMs) announced.delete(name);
+    }
     const names = [...new Set([defaultModel, ...configured, ...[...announced.keys(), ...serving.keys()].sort()])];
     const models = new Map<ModelName, ModelStatus>();
     for (const name of names) {
