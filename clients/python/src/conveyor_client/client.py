@@ -210,7 +210,9 @@ class Client:
                 source.response.read()
                 _raise_for_problem(source.response)
             for sse in source.iter_sse():
-                yield JobEvent(event=sse.event, data=sse.json() if sse.data else {})
+                # The stream opens with a bare `retry:` line: no data, not an event (as browsers see it).
+                if sse.data:
+                    yield JobEvent(event=sse.event, data=sse.json())
 
     def models(self) -> list[ModelDescription]:
         response = self._http.get("/v1/models")
@@ -275,7 +277,8 @@ class AsyncClient:
                 await source.response.aread()
                 _raise_for_problem(source.response)
             async for sse in source.aiter_sse():
-                yield JobEvent(event=sse.event, data=sse.json() if sse.data else {})
+                if sse.data:
+                    yield JobEvent(event=sse.event, data=sse.json())
 
     async def models(self) -> list[ModelDescription]:
         response = await self._http.get("/v1/models")
