@@ -460,7 +460,7 @@ const jobEvent = {
       description: 'The first line of every stream: how long to wait before reconnecting (ms)',
       properties: { retry: { type: 'integer', minimum: 0 } },
       required: ['retry'],
-      not: { required: ['data'] },
+      additionalProperties: false,
     },
   ],
 };
