@@ -28,7 +28,7 @@ const redis = await startRedis({ dir });
 const env = { REDIS_URL: redis.url, REDIS_PREFIX: 'fuzz', LOG_LEVEL: 'info' };
 const gateway = spawnService('gateway', { ...env, PORT: '0', HOST: '127.0.0.1' }, { keep: 500 });
 const worker = spawnService('inference-worker', { ...env, HEARTBEAT_INTERVAL_MS: '500' }, { keep: 500 });
-let code = 1;
+let code: number;
 try {
   const [listening] = await Promise.all([
     gateway.waitFor((r) => r.msg === 'gateway listening', 180_000),

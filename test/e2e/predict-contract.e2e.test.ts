@@ -63,7 +63,7 @@ describe('predict: the request shapes the document allows, and no others', funct
 
   it('takes a url of 4096 characters outside the BMP as a URL (judged by its address, 422), in JSON and in a form', async () => {
     const url = `${loopback}${'😀'.repeat(4096 - loopback.length)}`;
-    expect([...url]).to.have.length(4096);
+    expect(Array.from(url)).to.have.length(4096);
     expectProblem(await json({ url }), 422, 'url-not-allowed');
     const form = new FormData();
     form.append('url', url);
@@ -77,23 +77,33 @@ describe('predict: the request shapes the document allows, and no others', funct
   });
 
   it('documents exactly that: oneOf file | url, no Callback-Url without callbacks, links from the job id, SSE data as JSON', async () => {
-    const doc = (await request(`${gateway.url}/openapi.json`)).body as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
-    const op = doc.paths['/v1/predict'].post;
-    const form = op.requestBody.content['multipart/form-data'].schema;
-    expect(
-      form.oneOf.map((s: { required: string[]; additionalProperties: boolean }) => [s.required, s.additionalProperties]),
-    ).to.deep.equal([
+    type Schema = {
+      required?: string[];
+      additionalProperties?: boolean;
+      properties?: Record<string, Schema & { const?: string }>;
+    };
+    type Operation = {
+      parameters: { name: string }[];
+      callbacks?: unknown;
+      requestBody: { content: Record<string, { schema: { oneOf: Schema[] } }> };
+      responses: Record<string, { links?: Record<string, unknown>; content?: Record<string, { schema: { oneOf: Schema[] } }> }>;
+    };
+    const doc = (await request(`${gateway.url}/openapi.json`)).body as unknown as {
+      paths: Record<string, Record<string, Operation>>;
+    };
+    const op = doc.paths['/v1/predict']!.post!;
+    const form = op.requestBody.content['multipart/form-data']!.schema;
+    expect(form.oneOf.map((s) => [s.required, s.additionalProperties])).to.deep.equal([
       [['file'], false],
       [['url'], false],
     ]);
-    expect(op.parameters.map((p: { name: string }) => p.name)).not.to.include('Callback-Url');
+    expect(op.parameters.map((p) => p.name)).not.to.include('Callback-Url');
     expect(op.callbacks).to.equal(undefined);
-    expect(Object.keys(op.responses['202'].links)).to.deep.equal(['GetJob', 'JobEvents']);
-    expect(op.responses['202'].links.GetJob).to.deep.include({ operationId: 'getJob', parameters: { id: '$response.body#/id' } });
-    const event = doc.paths['/v1/jobs/{id}/events'].get.responses['200'].content['text/event-stream'].schema;
-    const result = event.oneOf.find(
-      (e: { properties: { event?: { const?: string } } }) => e.properties.event?.const === 'result',
-    );
-    expect(result.properties.data).to.deep.include({ type: 'string', contentMediaType: 'application/json' });
+    const links = op.responses['202']!.links!;
+    expect(Object.keys(links)).to.deep.equal(['GetJob', 'JobEvents']);
+    expect(links.GetJob).to.deep.include({ operationId: 'getJob', parameters: { id: '$response.body#/id' } });
+    const events = doc.paths['/v1/jobs/{id}/events']!.get!.responses['200']!.content!['text/event-stream']!.schema;
+    const result = events.oneOf.find((e) => e.properties?.event?.const === 'result');
+    expect(result?.properties?.data).to.deep.include({ type: 'string', contentMediaType: 'application/json' });
   });
 });

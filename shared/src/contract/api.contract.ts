@@ -21,7 +21,7 @@ export const PredictUrlBody = z.strictObject({
   url: z
     .url()
     // Counted in code points, not UTF-16 units (`.max`): a URL of 4096 emoji is what the document allows.
-    .refine((url) => [...url].length <= PREDICT_URL_MAX_CHARS, `at most ${PREDICT_URL_MAX_CHARS} characters`)
+    .refine((url) => Array.from(url).length <= PREDICT_URL_MAX_CHARS, `at most ${PREDICT_URL_MAX_CHARS} characters`)
     .meta({
       maxLength: PREDICT_URL_MAX_CHARS,
       description: 'An absolute http(s) URL of the image',

@@ -408,9 +408,11 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       },
     },
   });
-  const events = document.paths?.['/v1/jobs/{id}/events']?.get?.responses?.['200'];
-  if (!events || '$ref' in events || !events.content) throw new Error('the document has no event stream to describe');
-  events.content['text/event-stream'] = { schema: jobEvent };
+  // zod-openapi cannot say `contentSchema` with a $ref: the event stream's schema is set here.
+  const paths = document.paths as Record<string, { get?: { responses?: Record<string, { content?: Record<string, unknown> }> } }>;
+  const events = paths['/v1/jobs/{id}/events']?.get?.responses?.['200']?.content;
+  if (!events) throw new Error('the document has no event stream to describe');
+  events['text/event-stream'] = { schema: jobEvent };
   return document;
 }
 
