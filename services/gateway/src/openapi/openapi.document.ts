@@ -113,7 +113,9 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         // Exactly one of the two, and nothing else: the gateway refuses (400) a form with both, neither, or another field.
         schema: z
           .xor([
-            z.strictObject({ file: z.string().meta({ format: 'binary', description: 'The image' }) }),
+            z.strictObject({
+              file: z.string().min(1).meta({ format: 'binary', description: 'The image (an empty file is a 400)' }),
+            }),
             z.strictObject({
               url: PredictUrlBody.shape.url.meta({ description: 'Instead of `file`: an absolute http(s) URL of the image' }),
             }),
@@ -122,8 +124,8 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         encoding: { file: { contentType: 'image/*, application/octet-stream' } },
       },
       'application/json': { schema: PredictUrlBody },
-      'image/*': { schema: z.string().meta({ format: 'binary', description: 'The raw image bytes' }) },
-      'application/octet-stream': { schema: z.string().meta({ format: 'binary', description: 'The raw image bytes' }) },
+      'image/*': { schema: z.string().min(1).meta({ format: 'binary', description: 'The raw image bytes' }) },
+      'application/octet-stream': { schema: z.string().min(1).meta({ format: 'binary', description: 'The raw image bytes' }) },
     },
   };
   const predictResponses: ZodOpenApiResponsesObject = {
