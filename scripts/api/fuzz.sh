@@ -13,4 +13,5 @@ if ! "${ns[@]}" true 2>/dev/null; then
   exit 1
 fi
 cd "$root"
-exec "${ns[@]}" bash -c 'ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null || true; exec "$@"' fuzz "${inner[@]}"
+# Without its loopback interface up, the namespace cannot even reach its own Redis: fail loudly.
+exec "${ns[@]}" bash -c 'ip link set lo up || { echo "api-fuzz: cannot bring up lo in the namespace (iproute2 missing?)" >&2; exit 1; }; exec "$@"' fuzz "${inner[@]}"
