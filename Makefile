@@ -179,6 +179,14 @@ loadtest: build ## Capacity per model: vegeta rate ladders to saturation (digits
 loadtest-scaleout: build ## Proof: a rate that overloads 1 worker, 3 workers added at 20 s, p95 per 5 s → loadtests/results/scaleout.csv (~1.5 min)
 	$(LOADTEST) scaleout $(ARGS)
 
+.PHONY: api-fuzz
+api-fuzz: $(NODE_MODULES) ## Schemathesis (pinned, .venv/api-tests) with every check against a system of its own, offline (test/api/schemathesis.toml); ARGS go to `st run`
+	bash scripts/api/fuzz.sh $(ARGS)
+
+.PHONY: python-client-test
+python-client-test: ## The Python client's pytest suite (clients/python) against CONVEYOR_URL (make test runs it against a system of its own)
+	bash scripts/api/python-client-test.sh $(ARGS)
+
 .PHONY: loadtest-smoke
 loadtest-smoke: build ## 40 s Locust run at a modest rate + SLO check (CI); HTML report in loadtests/results/smoke-report.html
 	$(LOADTEST) smoke $(ARGS)

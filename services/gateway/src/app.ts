@@ -80,6 +80,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
     syncWaitDefaultSeconds: deps.config.SYNC_WAIT_DEFAULT_SECONDS,
     syncWaitMaxSeconds: deps.config.SYNC_WAIT_MAX_SECONDS,
     maxUploadBytes: deps.config.MAX_UPLOAD_BYTES,
+    callbacks: deps.callbacks.enabled,
   });
 
   app.use(requestContext(deps.log, deps.metrics));

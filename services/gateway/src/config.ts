@@ -136,6 +136,12 @@ export const GatewayConfig = z
       .describe(
         'Asynchronous requests for a known model that no live worker serves: `queue` (202; served once a worker starts, within INPUT_TTL_SECONDS) or `refuse` (503 no-worker + Retry-After, as synchronous ones always are)',
       ),
+    MODEL_RETIRE_AFTER_SECONDS: env.int(
+      86_400,
+      0,
+      365 * 86_400,
+      'Seconds after its last live worker was seen that a model stops being listed (`/v1/models`, `/ready`) and predicting with it is 404; one named in MODELS or DEFAULT_MODEL is always listed; 0 = never retire. A worker serving it again brings it back',
+    ),
     URL_CONNECT_TIMEOUT_MS: env.int(2000, 50, 60_000, 'Connect timeout when fetching an image URL'),
     URL_TOTAL_TIMEOUT_MS: env.int(5000, 100, 120_000, 'Total time allowed to fetch an image URL, redirects included'),
     URL_MAX_REDIRECTS: env.int(3, 0, 10, 'Redirects followed when fetching an image URL (each hop is checked)'),

@@ -69,7 +69,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const fleet = new FleetStore(redis, keys);
   const catalogue = new ModelCatalogue(
     fleet,
-    { defaultModel: config.DEFAULT_MODEL, configured: (config.MODELS ?? []).map((m) => m.name) },
+    {
+      defaultModel: config.DEFAULT_MODEL,
+      configured: (config.MODELS ?? []).map((m) => m.name),
+      retireAfterMs: config.MODEL_RETIRE_AFTER_SECONDS * 1000,
+    },
     log.child({ module: 'model-catalogue' }),
   );
   // Read once before serving: the models announced so far get their queues (and dashboard entries) now.

@@ -13,13 +13,22 @@ import { ModelName } from './common.contract.js';
 
 const JobId = z.uuid();
 
+/** The longest image URL, in characters (code points, as JSON Schema's `maxLength` counts them). */
+export const PREDICT_URL_MAX_CHARS = 4096;
+
 /** `POST /v1/predict` with `Content-Type: application/json`. */
-export const PredictUrlBody = z.object({
+export const PredictUrlBody = z.strictObject({
+  // A URL as WHATWG's `new URL()` parses it (the document says `format: uri`); the scheme and the
+  // address are judged later (422 url-not-allowed).
   url: z
-    .string()
-    .min(1)
-    .max(4096)
-    .meta({ description: 'An absolute http(s) URL of the image', example: 'https://example.org/seven.png' }),
+    .url()
+    // Counted in code points, not UTF-16 units (`.max`): a URL of 4096 emoji is what the document allows.
+    .refine((url) => Array.from(url).length <= PREDICT_URL_MAX_CHARS, `at most ${PREDICT_URL_MAX_CHARS} characters`)
+    .meta({
+      maxLength: PREDICT_URL_MAX_CHARS,
+      description: 'An absolute http(s) URL of the image',
+      example: 'https://example.org/seven.png',
+    }),
 });
 export type PredictUrlBody = z.infer<typeof PredictUrlBody>;
 

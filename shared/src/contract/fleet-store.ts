@@ -48,7 +48,8 @@ export class FleetStore {
     for (const a of announcements) {
       multi
         .hsetnx(this.keys.modelLabels, labelsField(a.model), JSON.stringify(a.labels))
-        .hset(this.keys.models, a.name, JSON.stringify(a));
+        // seenAt: this beat, so gateways can retire a model no live worker has served for a while.
+        .hset(this.keys.models, a.name, JSON.stringify({ ...a, seenAt: heartbeat.at }));
     }
     await multi
       .set(this.keys.worker(heartbeat.id), JSON.stringify(heartbeat), 'PX', ttlMs)

@@ -77,6 +77,13 @@ export const ModelAnnouncement = z.object({
     resize: z.string(),
   }),
   labels: z.array(z.string()).min(1),
+  /** When this version began serving. */
   at: z.iso.datetime(),
+  /**
+   * The heartbeat that wrote it: when a worker last served the model. Gateways stop listing a model
+   * no live worker has served for MODEL_RETIRE_AFTER_SECONDS. Added within version 1 (absent from
+   * workers of earlier releases: readers fall back to `at`).
+   */
+  seenAt: z.iso.datetime().optional(),
 });
 export type ModelAnnouncement = z.infer<typeof ModelAnnouncement>;

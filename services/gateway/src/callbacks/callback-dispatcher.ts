@@ -132,6 +132,11 @@ export class CallbackDispatcher {
       });
   }
 
+  /** Whether callbacks are on (a CALLBACK_SECRET is configured): the OpenAPI document offers `Callback-Url` only then. */
+  get enabled(): boolean {
+    return this.secret !== undefined;
+  }
+
   /**
    * The callback URL a request names (every value of its Callback-Url header), checked as image URLs
    * are and its literal address judged now (callback-url.ts); undefined if none.

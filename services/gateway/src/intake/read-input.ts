@@ -3,7 +3,7 @@ import type { File } from 'formidable';
 import { koaBody } from 'koa-body';
 import type { Middleware } from 'koa';
 import getRawBody from 'raw-body';
-import { PredictUrlBody } from '@conveyor/shared/contract/api.contract';
+import { PREDICT_URL_MAX_CHARS, PredictUrlBody } from '@conveyor/shared/contract/api.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 import { parseOutboundUrl } from '../http/outbound.js';
@@ -20,9 +20,15 @@ export type PredictInput =
 /** Multipart framing (boundaries, part headers) on top of the file itself. */
 export const MULTIPART_SLACK = 16 * 1024;
 const files = new WeakMap<File, Buffer[]>();
-/** Text fields a predict form may have (`url`, and room for a client's own extras). */
+/**
+ * Text fields formidable reads before giving up: a predict form has one (`url`) and nothing else,
+ * but a few more are read so that the answer can name the unexpected field.
+ */
 const MAX_FORM_FIELDS = 4;
-const MAX_FIELDS_BYTES = 8 * 1024;
+/** A `url` of PREDICT_URL_MAX_CHARS characters, each up to 4 bytes in UTF-8, and little else. */
+const MAX_FIELDS_BYTES = PREDICT_URL_MAX_CHARS * 4 + 4 * 1024;
+/** A JSON `{"url": …}` whose every character is escaped as a surrogate pair (`\ud83d\ude00`: 12 bytes). */
+const JSON_LIMIT_BYTES = PREDICT_URL_MAX_CHARS * 12 + 4 * 1024;
 
 /** koa-body for the predict route only: uploads are kept in memory, never written to disk. */
 export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
@@ -31,7 +37,7 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
     json: true,
     urlencoded: false,
     text: false,
-    jsonLimit: 16 * 1024,
+    jsonLimit: JSON_LIMIT_BYTES,
     formidable: {
       maxFiles: 1,
       maxFields: MAX_FORM_FIELDS,
@@ -86,10 +92,15 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
           `The form has more than ${MAX_FORM_FIELDS} fields; send the image in the \`file\` field, or a \`url\``,
         );
       }
+      // Only a `url` longer than the document allows (or fields it does not allow) can be this long:
+      // the fault is the form's shape (400), not a body over the upload limit (413).
       if (/maxFieldsSize/.test(e.message ?? '')) {
-        throw new ProblemError('payload-too-large', `The form's text fields exceed ${MAX_FIELDS_BYTES} bytes in total`, {
+        throw new ProblemError('invalid-request', `The form's text fields exceed ${MAX_FIELDS_BYTES} bytes in total`, {
           limitBytes: MAX_FIELDS_BYTES,
         });
+      }
+      if ((error as { type?: string }).type === 'entity.too.large' && ctx.is('json')) {
+        throw new ProblemError('invalid-request', `A JSON body is {"url": …} with at most ${PREDICT_URL_MAX_CHARS} characters`);
       }
       if (/allowEmptyFiles/.test(e.message ?? '')) throw new ProblemError('invalid-request', 'The uploaded file is empty');
       throw error;
@@ -106,9 +117,29 @@ export function readPredictInput(ctx: GatewayContext): PredictInput {
   if (ctx.is('multipart')) {
     const fields = (ctx.request.body ?? {}) as Record<string, unknown>;
     const upload = ctx.request.files?.file;
+    // A form is exactly a `file` part or a `url` field (the OpenAPI document's oneOf): anything else
+    // would be ignored, so it is refused instead, naming what was sent.
+    const unexpected = Object.keys(fields).filter((k) => k !== 'url');
+    if (unexpected.length > 0) {
+      throw new ProblemError(
+        'invalid-request',
+        unexpected.includes('file')
+          ? 'The `file` field must be a file part (with a filename), not a text field'
+          : `Unexpected form field ${unexpected.map((k) => `\`${k.slice(0, 64)}\``).join(', ')}: send only \`file\` or \`url\``,
+      );
+    }
     const url = typeof fields.url === 'string' ? fields.url : undefined;
-    if (upload && url) throw new ProblemError('invalid-request', 'Send either a `file` or a `url`, not both');
-    if (url) return { kind: 'url', url: parseOutboundUrl(url) };
+    if (upload && url !== undefined) throw new ProblemError('invalid-request', 'Send either a `file` or a `url`, not both');
+    if (url !== undefined) {
+      const checked = PredictUrlBody.shape.url.safeParse(url);
+      if (!checked.success) {
+        throw new ProblemError(
+          'invalid-request',
+          `The url must be an absolute URL of at most ${PREDICT_URL_MAX_CHARS} characters`,
+        );
+      }
+      return { kind: 'url', url: parseOutboundUrl(url) };
+    }
     if (!upload || Array.isArray(upload)) {
       const other = Object.keys(ctx.request.files ?? {}).filter((k) => k !== 'file');
       throw new ProblemError(

@@ -6,8 +6,8 @@ import type { Logger } from '@conveyor/shared/logger';
 
 /**
  * Which models exist and which of them can answer now, as the gateway learns it from the workers:
- * a model is known once the configuration names it (DEFAULT_MODEL, MODELS) or a worker has ever
- * announced it (FleetStore.announcements), and ready while a live worker lists it in its heartbeat (which a
+ * a model is known once the configuration names it (DEFAULT_MODEL, MODELS) or a worker has
+ * announced it (FleetStore.announcements) and served it within `retireAfterMs`, and ready while a live worker lists it in its heartbeat (which a
  * worker does only once the model is warm).
  *
  * Requests read a view kept in memory, so routing costs no Redis call: a view older than
@@ -49,6 +49,12 @@ export interface CatalogueOptions {
   readonly configured: readonly ModelName[];
   readonly maxAgeMs?: number;
   readonly minRefreshMs?: number;
+  /**
+   * A model announced once but served by no live worker for this long leaves the view (it is not
+   * listed, and a request for it is a 404): a retired model must not stay "ready: false" forever.
+   * Configured models never leave. Unset or 0: never.
+   */
+  readonly retireAfterMs?: number;
 }
 
 export class ModelCatalogue {
@@ -111,7 +117,14 @@ export class ModelCatalogue {
     for (const worker of workers) {
       for (const r of worker.refused ?? []) refusals.set(r.name, [...(refusals.get(r.name) ?? []), { worker: worker.id, problem: r.problem, at: r.at }]);
     }
-    const { defaultModel, configured } = this.options;
+    const { defaultModel, configured, retireAfterMs } = this.options;
+    const now = Date.now();
+    for (const [name, announcement] of announced) {
+      if (!retireAfterMs || serving.has(name) || name === defaultModel || configured.includes(name)) continue;
+      // The last heartbeat that served it; a worker of an earlier release wrote no `seenAt`.
+      const seen = Date.parse(announcement.seenAt ?? announcement.at);
+      if (now - seen >= retireAfterMs) announced.delete(name);
+    }
     const names = [
       ...new Set([defaultModel, ...configured, ...[...announced.keys(), ...serving.keys(), ...refusals.keys()].sort()]),
     ];

@@ -12,6 +12,7 @@ import {
   ModelDescription,
   ModelList,
   ModelReadiness,
+  PREDICT_URL_MAX_CHARS,
   PredictUrlBody,
   Problem,
   ProblemType,
@@ -32,16 +33,18 @@ export interface DocumentOptions {
   readonly syncWaitDefaultSeconds: number;
   readonly syncWaitMaxSeconds: number;
   readonly maxUploadBytes: number;
+  /** Whether the gateway has a CALLBACK_SECRET: without one, a `Callback-Url` is refused (400), so it is not offered. */
+  readonly callbacks: boolean;
 }
 
 const problem = { 'application/problem+json': { schema: Problem } };
 const json = <T extends z.ZodType>(schema: T) => ({ 'application/json': { schema } });
 
-const requestId = z
-  .string()
-  .regex(/^[A-Za-z0-9._:-]{1,128}$/)
-  .optional()
-  .meta({ description: 'Used and echoed when well formed, else one is generated; on every log line of the request and its job' });
+// Not a constraint: a malformed id is replaced, not refused (a proxy's own ids must not cost a request).
+const requestId = z.string().optional().meta({
+  description:
+    'Used and echoed when it matches `^[A-Za-z0-9._:-]{1,128}$`, else one is generated (any other value is ignored, not refused); on every log line of the request and its job',
+});
 
 /** The problem answers a route can give, by status, each naming the problem types behind it. */
 function problems(...statuses: number[]): ZodOpenApiResponsesObject {
@@ -54,6 +57,27 @@ function problems(...statuses: number[]): ZodOpenApiResponsesObject {
     };
   }
   return out;
+}
+
+/**
+ * What a job's id leads to (OpenAPI links, which stateful clients and fuzzers follow): reading it,
+ * its event stream, and, once it has finished, its feedback. There is no route that cancels a job.
+ */
+function jobLinks(finished: boolean) {
+  const id = { id: '$response.body#/id' };
+  return {
+    GetJob: { operationId: 'getJob', parameters: id, description: 'The job: its state, then its result' },
+    JobEvents: { operationId: 'jobEvents', parameters: id, description: 'Its state and result as Server-Sent Events' },
+    ...(finished
+      ? {
+          Feedback: {
+            operationId: 'feedback',
+            requestBody: { jobId: '$response.body#/id', label: '$response.body#/prediction/label' },
+            description: 'The true label of the finished job (here: the predicted one)',
+          },
+        }
+      : {}),
+  };
 }
 
 const retryAfter = z.string().meta({ description: 'Seconds before asking again' });
@@ -86,14 +110,22 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
     description: `The image (JPEG, PNG, WebP, GIF, TIFF or AVIF, recognised from its bytes; at most ${options.maxUploadBytes} bytes), or where to fetch it`,
     content: {
       'multipart/form-data': {
-        schema: z.object({
-          file: z.string().optional().meta({ format: 'binary', description: 'The image' }),
-          url: z.string().optional().meta({ description: 'Instead of `file`: an absolute http(s) URL of the image' }),
-        }),
+        // Exactly one of the two, and nothing else: the gateway refuses (400) a form with both, neither, or another field.
+        schema: z
+          .xor([
+            z.strictObject({
+              file: z.string().min(1).meta({ format: 'binary', description: 'The image (an empty file is a 400)' }),
+            }),
+            z.strictObject({
+              url: PredictUrlBody.shape.url.meta({ description: 'Instead of `file`: an absolute http(s) URL of the image' }),
+            }),
+          ])
+          .meta({ description: `A \`file\` part or a \`url\` field (at most ${PREDICT_URL_MAX_CHARS} characters), not both` }),
+        encoding: { file: { contentType: 'image/*, application/octet-stream' } },
       },
       'application/json': { schema: PredictUrlBody },
-      'image/*': { schema: z.string().meta({ format: 'binary', description: 'The raw image bytes' }) },
-      'application/octet-stream': { schema: z.string().meta({ format: 'binary', description: 'The raw image bytes' }) },
+      'image/*': { schema: z.string().min(1).meta({ format: 'binary', description: 'The raw image bytes' }) },
+      'application/octet-stream': { schema: z.string().min(1).meta({ format: 'binary', description: 'The raw image bytes' }) },
     },
   };
   const predictResponses: ZodOpenApiResponsesObject = {
@@ -101,6 +133,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       description: 'The job finished within the wait: its result',
       headers: z.object({ 'Preference-Applied': z.string().optional() }),
       content: json(CompletedJob),
+      links: jobLinks(true),
     },
     '202': {
       description: 'Queued; poll `Location` (or follow `links.events`)',
@@ -110,6 +143,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'Preference-Applied': z.string().optional(),
       }),
       content: json(AcceptedJob),
+      links: jobLinks(false),
     },
     ...problems(400, 404, 408, 413, 415, 422, 500),
     '503': {
@@ -128,39 +162,44 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       ...(named
         ? { path: z.object({ name: ModelName.meta({ description: 'A model name, as `GET /v1/models` lists them' }) }) }
         : {}),
-      header: z.object({ Prefer: prefer, 'Callback-Url': callbackUrl, 'X-Request-Id': requestId }),
+      header: z.object({
+        Prefer: prefer,
+        ...(options.callbacks ? { 'Callback-Url': callbackUrl } : {}),
+        'X-Request-Id': requestId,
+      }),
     },
     requestBody: predictBody,
     responses: predictResponses,
-    callbacks: {
-      jobFinished: {
-        '{$request.header.Callback-Url}': {
-          post: {
-            summary: 'The finished job, POSTed to the Callback-Url',
-            description:
-              'Signed per Standard Webhooks: `webhook-signature` is `v1,` + base64 HMAC-SHA256 of `<webhook-id>.<webhook-timestamp>.<body>` ' +
-              'with the bytes of CALLBACK_SECRET (`whsec_<base64>`). Retried with exponential backoff until a 2xx, at most CALLBACK_MAX_ATTEMPTS times; ' +
-              'the same `webhook-id` on every attempt.',
-            requestParams: {
-              header: z.object({
-                'webhook-id': z.string(),
-                'webhook-timestamp': z.string().meta({ description: 'Seconds since the epoch' }),
-                'webhook-signature': z.string(),
-              }),
-            },
-            requestBody: { required: true, content: json(CallbackPayload) },
-            responses: {
-              '200': { description: 'Delivered (any 2xx)' },
-              '500': { description: 'Anything else: retried later' },
-            },
+    ...(options.callbacks ? { callbacks } : {}),
+  });
+  const callbacks = {
+    jobFinished: {
+      '{$request.header.Callback-Url}': {
+        post: {
+          summary: 'The finished job, POSTed to the Callback-Url',
+          description:
+            'Signed per Standard Webhooks: `webhook-signature` is `v1,` + base64 HMAC-SHA256 of `<webhook-id>.<webhook-timestamp>.<body>` ' +
+            'with the bytes of CALLBACK_SECRET (`whsec_<base64>`). Retried with exponential backoff until a 2xx, at most CALLBACK_MAX_ATTEMPTS times; ' +
+            'the same `webhook-id` on every attempt.',
+          requestParams: {
+            header: z.object({
+              'webhook-id': z.string(),
+              'webhook-timestamp': z.string().meta({ description: 'Seconds since the epoch' }),
+              'webhook-signature': z.string(),
+            }),
+          },
+          requestBody: { required: true, content: json(CallbackPayload) },
+          responses: {
+            '200': { description: 'Delivered (any 2xx)' },
+            '500': { description: 'Anything else: retried later' },
           },
         },
       },
     },
-  });
+  };
   const jobId = z.object({ id: z.uuid().meta({ description: 'The job id a predict answer gave' }) });
 
-  return createDocument({
+  const document = createDocument({
     openapi: '3.1.0',
     info: {
       title: 'Conveyor',
@@ -230,7 +269,10 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
           tags: ['jobs'],
           requestParams: { path: jobId },
           responses: {
-            '200': { description: 'An event stream', content: { 'text/event-stream': { schema: z.string() } } },
+            '200': {
+              description: 'An event stream (each event described below)',
+              content: { 'text/event-stream': { schema: z.string() } },
+            },
             ...problems(404),
             ...accessProblems,
           },
@@ -368,4 +410,61 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       },
     },
   });
+  // zod-openapi cannot say `contentSchema` with a $ref: the event stream's schema is set here.
+  const paths = document.paths as Record<string, { get?: { responses?: Record<string, { content?: Record<string, unknown> }> } }>;
+  const events = paths['/v1/jobs/{id}/events']?.get?.responses?.['200']?.content;
+  if (!events) throw new Error('the document has no event stream to describe');
+  events['text/event-stream'] = { schema: jobEvent };
+  return document;
 }
+
+/**
+ * One event of `GET /v1/jobs/{id}/events` as it is on the wire (OpenAPI 3.1 lets a stream's schema
+ * describe each event): its `data` is JSON text, whose content is given by `contentSchema`. The
+ * stream opens with a bare `retry:` line (an event without data).
+ */
+const jsonData = (schema: object) => ({ type: 'string', contentMediaType: 'application/json', contentSchema: schema });
+const ref = (id: string) => ({ $ref: `#/components/schemas/${id}` });
+const detail = {
+  type: 'object',
+  properties: { detail: { type: 'string' } },
+  required: ['detail'],
+  additionalProperties: false,
+};
+const jobEvent = {
+  oneOf: [
+    {
+      type: 'object',
+      description: 'The job is queued or running (sent whenever that changes)',
+      properties: { event: { const: 'state' }, data: jsonData(ref('PendingJob')) },
+      required: ['event', 'data'],
+    },
+    {
+      type: 'object',
+      description: 'The job finished: its result or error; the stream ends',
+      properties: {
+        event: { const: 'result' },
+        data: jsonData({ oneOf: [ref('CompletedResult'), ref('FailedResult'), ref('LostJob')] }),
+      },
+      required: ['event', 'data'],
+    },
+    {
+      type: 'object',
+      description:
+        '`timeout`: the stream reached SSE_MAX_SECONDS; `shutdown`: the gateway is stopping (with `retry`); `gone`: the result expired; `error`: the job could not be read. The stream ends; reconnect (or poll) to go on',
+      properties: {
+        event: { enum: ['timeout', 'shutdown', 'gone', 'error'] },
+        data: jsonData(detail),
+        retry: { type: 'integer', minimum: 0 },
+      },
+      required: ['event', 'data'],
+    },
+    {
+      type: 'object',
+      description: 'The first line of every stream: how long to wait before reconnecting (ms)',
+      properties: { retry: { type: 'integer', minimum: 0 } },
+      required: ['retry'],
+      additionalProperties: false,
+    },
+  ],
+};
