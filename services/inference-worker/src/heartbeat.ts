@@ -1,12 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
-import type {
-  ModelAnnouncement,
-  RefusedModel,
-  ServedModel,
-  WorkerHeartbeat,
-} from '@conveyor/shared/contract/workers.contract';
+import type { ModelAnnouncement, RefusedModel, ServedModel, WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
 import { settlesWithin } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 
