@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import type { ModelManifestInput } from '@conveyor/shared/model/manifest';
 import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { attr, OnnxGraphBuilder } from '@conveyor/shared/onnx/graph-builder';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 
 /**
  * A MobileNet-v1-class image classifier for benchmarks, written with the project's own ONNX writer

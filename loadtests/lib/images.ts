@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { readManifest } from '@conveyor/shared/model/runtime';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { PHOTOS, readPhoto } from '../../scripts/models/moderation.js';
 import { loadMnist, splitDataset } from '../../services/trainer/src/pipeline/ingest.js';
 

@@ -4,7 +4,7 @@ import { expect } from 'chai';
 import { ConveyorClient, ConveyorProblem } from '@conveyor/shared/client/conveyor-client';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
 import { ApiKeyStore } from '../../services/gateway/src/access/api-keys.js';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { launchChromium } from '../support/browser.js';
 import { request } from '../support/http.js';
 import { randomPrefix, testRedis } from '../support/redis.js';

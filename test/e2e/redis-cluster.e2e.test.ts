@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { Cluster } from 'ioredis';
 import sharp from 'sharp';
 import { keys as keysOf } from '@conveyor/shared/contract/queue.contract';
-import { spawnService } from '../../scripts/lib/service-process.js';
+import { spawnService } from '../../harness/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { pollUntilDone, pool, predict, type Reply } from '../support/http.js';
 import { startCluster, type LocalCluster } from '../support/redis-topology.js';

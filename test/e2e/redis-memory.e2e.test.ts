@@ -5,7 +5,7 @@ import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { QUEUES, keys as keysOf } from '@conveyor/shared/contract/queue.contract';
-import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
+import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
 import { heldOutDigits, scannedDigit } from '../support/images.js';
 import { pollUntilDone, pool, predict, request, type Reply } from '../support/http.js';
 import { keysUnder, randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';

@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { JobStore } from '@conveyor/shared/contract/job-store';
 import { JobResult, keys as keysOf, type InferenceJob } from '@conveyor/shared/contract/queue.contract';
 import { loadModel, type LoadedModel } from '@conveyor/shared/model/runtime';
-import { startRedis, type LocalRedis } from '../../../scripts/lib/redis-server.js';
+import { startRedis, type LocalRedis } from '../../../harness/redis-server.js';
 import { digitPng, heldOutDigits } from '../../../test/support/images.js';
 import { until } from '../../../test/support/wait.js';
 import { JobCounts } from '../src/job-counts.js';
