@@ -37,7 +37,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 COPY shared shared
-COPY scripts/lib scripts/lib
+COPY harness harness
 COPY scripts/models scripts/models
 COPY models/moderation models/moderation
 RUN rm -f models/moderation/model.onnx \

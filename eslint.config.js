@@ -107,7 +107,7 @@ export default tseslint.config(
   },
   {
     // Tests, benchmarks and dev scripts start processes (redis-server, the services) on purpose.
-    files: ['**/test/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.ts', 'loadtests/**/*.ts'],
+    files: ['**/test/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'harness/**/*.ts', 'scripts/**/*.ts', 'loadtests/**/*.ts'],
     rules: {
       '@typescript-eslint/no-unused-expressions': 'off',
       'security/detect-child-process': 'off',

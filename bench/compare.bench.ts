@@ -7,10 +7,10 @@ import { Redis } from 'ioredis';
 import sharp from 'sharp';
 import { preprocess } from '@conveyor/shared/model/preprocess';
 import { classify, loadModel, type LoadedModel } from '@conveyor/shared/model/runtime';
-import { freePort } from '../scripts/lib/free-port.js';
-import { multipartBody, predictClient } from '../scripts/lib/load-client.js';
-import { startRedis, type LocalRedis } from '../scripts/lib/redis-server.js';
-import { ROOT, spawnService, type ServiceProcess } from '../scripts/lib/service-process.js';
+import { freePort } from '../harness/free-port.js';
+import { multipartBody, predictClient } from '../harness/load-client.js';
+import { startRedis, type LocalRedis } from '../harness/redis-server.js';
+import { ROOT, spawnService, type ServiceProcess } from '../harness/service-process.js';
 import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
 import { ownCpuMs, processCpuMs, processTree } from './lib/process-cpu.js';
 import { ensureModerationModel, MODERATION_DIR, PHOTOS, readPhoto } from '../scripts/models/moderation.js';
@@ -44,7 +44,7 @@ import { ensurePeerVenv, startPeer, type PeerName, type PeerProcess } from './pe
  *   runs it, for comparison with the figures of issue 8.
  *
  * Every HTTP system gets the same multipart bodies from the same load generator
- * (scripts/lib/load-client.ts, closed loop: `c` requests in flight, a fixed count per cell).
+ * (harness/load-client.ts, closed loop: `c` requests in flight, a fixed count per cell).
  *
  * Rounds are interleaved: each round runs every system once at every concurrency (the system order
  * rotates per round), so a slow spell of the shared machine hits all systems alike; medians over

@@ -10,8 +10,8 @@ import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-c
 import { INITIAL_STATE, step, type FeatureState } from '../services/monitor/src/alerts/alert-state.js';
 import { observe, type Observation } from '../services/monitor/src/drift/features.js';
 import { evaluateWindow } from '../services/monitor/src/drift/window.js';
-import { startRedis } from '../scripts/lib/redis-server.js';
-import { ROOT, spawnService } from '../scripts/lib/service-process.js';
+import { startRedis } from '../harness/redis-server.js';
+import { ROOT, spawnService } from '../harness/service-process.js';
 import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
 import { predictionEvents, publish } from '../test/support/events.js';
 

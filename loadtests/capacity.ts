@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { ROOT } from '../scripts/lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 import { ensureImageSet, LOADTEST_MODELS, multipartBody, type ImageSet, type LoadtestModel } from './lib/images.js';
 import { queueDepth, startSystem, waitFor, type LoadSystem } from './lib/system.js';
 import { attack, ensurePython, ensureVegeta, run, writeTargets } from './lib/tools.js';

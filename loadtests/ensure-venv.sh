@@ -4,6 +4,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${LOADTEST_VENV:-$root/.venv/loadtests}"
-bash "$root/scripts/lib/ensure-venv.sh" --what "Locust and matplotlib" --in "$root/loadtests/requirements.in" "$@" \
+bash "$root/harness/ensure-venv.sh" --what "Locust and matplotlib" --in "$root/loadtests/requirements.in" "$@" \
   "$venv" "$root/loadtests/requirements.lock.txt"
 echo "$venv"

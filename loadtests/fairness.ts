@@ -9,10 +9,10 @@ import { PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import { createLogger } from '@conveyor/shared/logger';
 import { createRedis, waitForReady } from '@conveyor/shared/redis';
 import { ApiKeyStore } from '../services/gateway/src/access/api-keys.js';
-import { freePort } from '../scripts/lib/free-port.js';
-import { multipartBody } from '../scripts/lib/load-client.js';
-import { startRedis } from '../scripts/lib/redis-server.js';
-import { ROOT, spawnService, type ServiceProcess } from '../scripts/lib/service-process.js';
+import { freePort } from '../harness/free-port.js';
+import { multipartBody } from '../harness/load-client.js';
+import { startRedis } from '../harness/redis-server.js';
+import { ROOT, spawnService, type ServiceProcess } from '../harness/service-process.js';
 
 /**
  * Fairness between tenants, measured (docs/fairness.md): a private Redis, one gateway with API keys

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
-import { ROOT } from '../scripts/lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 import { ensureImageSet, LOADTEST_MODELS } from './lib/images.js';
 import { startSystem, type LoadSystem } from './lib/system.js';
 import { ensurePython, run } from './lib/tools.js';

@@ -5,7 +5,7 @@ import { GatewayConfig } from '../services/gateway/src/config.js';
 import { WorkerConfig } from '../services/inference-worker/src/config.js';
 import { MonitorConfig } from '../services/monitor/src/config.js';
 import { TrainerConfig } from '../services/trainer/src/config.js';
-import { ROOT } from './lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * Renders the README's configuration table from the services' config schemas, so the docs say

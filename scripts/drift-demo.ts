@@ -3,10 +3,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { freePort } from './lib/free-port.js';
-import { predictClient } from './lib/load-client.js';
-import { startRedis } from './lib/redis-server.js';
-import { ROOT, spawnService, type LogRecord } from './lib/service-process.js';
+import { freePort } from '../harness/free-port.js';
+import { predictClient } from '../harness/load-client.js';
+import { startRedis } from '../harness/redis-server.js';
+import { ROOT, spawnService, type LogRecord } from '../harness/service-process.js';
 import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
 import { readManifest } from '@conveyor/shared/model/runtime';
 

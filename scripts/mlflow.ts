@@ -1,12 +1,12 @@
 import path from 'node:path';
-import { artifactStoreFromEnv, localMlflowAuth, startMlflow } from './lib/mlflow-server.js';
-import { ROOT } from './lib/service-process.js';
+import { artifactStoreFromEnv, localMlflowAuth, startMlflow } from '../harness/mlflow-server.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * `make mlflow`: the tracking server and UI in the foreground, data in ./data/mlflow. Without
  * authentication (local development) it listens on the loopback only: whoever can reach the
  * registry can register a version and move `production`. `MLFLOW_AUTH=1 make mlflow` runs MLflow's
- * basic-auth app, as compose does (accounts: scripts/lib/mlflow-server.ts). Artifacts go to an S3
+ * basic-auth app, as compose does (accounts: harness/mlflow-server.ts). Artifacts go to an S3
  * bucket with MLFLOW_ARTIFACTS_DESTINATION=s3://…, or to a local versioned moto bucket with
  * MLFLOW_S3=1 (artifactStoreFromEnv).
  */

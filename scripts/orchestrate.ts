@@ -8,8 +8,8 @@ import {
   waitForFlowRun,
   type PrefectServer,
   type PrefectWorker,
-} from './lib/prefect-server.js';
-import { ROOT } from './lib/service-process.js';
+} from '../harness/prefect-server.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * `make orchestrate`: the training pipeline under Prefect 3 (orchestration/). Starts the Prefect

@@ -15,8 +15,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { digitPng, heldOutDigits } from '../test/support/images.js';
-import { startRedis } from './lib/redis-server.js';
-import { spawnService, type LogRecord, type ServiceProcess } from './lib/service-process.js';
+import { startRedis } from '../harness/redis-server.js';
+import { spawnService, type LogRecord, type ServiceProcess } from '../harness/service-process.js';
 
 const N = Number(process.env.N ?? 6000);
 const C = Number(process.env.C ?? 32);

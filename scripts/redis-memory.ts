@@ -13,9 +13,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { startRedis } from './lib/redis-server.js';
-import { spawnService, type ServiceProcess } from './lib/service-process.js';
-import { multipartBody, predictClient } from './lib/load-client.js';
+import { startRedis } from '../harness/redis-server.js';
+import { spawnService, type ServiceProcess } from '../harness/service-process.js';
+import { multipartBody, predictClient } from '../harness/load-client.js';
 import { digitPng, heldOutDigits } from '../test/support/images.js';
 
 const REQUESTS = Number(process.env.REQUESTS ?? 5000);

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { loadConfig, modelsConfigShape } from '@conveyor/shared/config';
 import { readManifest } from '@conveyor/shared/model/runtime';
 import { parseArgs } from 'node:util';
-import { freePort } from './lib/free-port.js';
+import { freePort } from '../harness/free-port.js';
 import {
   INSTALL_HINT,
   PortInUseError,
@@ -15,8 +15,8 @@ import {
   redisServerAvailable,
   startRedis,
   type LocalRedis,
-} from './lib/redis-server.js';
-import { ROOT, spawnService, type ServiceProcess } from './lib/service-process.js';
+} from '../harness/redis-server.js';
+import { ROOT, spawnService, type ServiceProcess } from '../harness/service-process.js';
 
 /**
  * `make run`: the gateway, the inference workers and the drift monitor in the foreground, every log line prefixed with

@@ -4,7 +4,7 @@ import { chromium, type Page } from 'playwright-core';
 import { z } from 'zod';
 import { checkMlflowAuth, loadConfigOrExit, mlflowAuthShape, mlflowCredentials } from '@conveyor/shared/config';
 import { MlflowClient } from '@conveyor/shared/mlflow/client';
-import { ROOT } from './lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * Screenshots of the real MLflow UI for the README, taken in headless Chromium (Debian's package;

@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { ROOT } from './lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * The README's picture of the page at /, taken from a running system (`make run`, or compose) in

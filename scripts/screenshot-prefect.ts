@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium } from 'playwright-core';
-import { ROOT } from './lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * Screenshots of the real Prefect UI for the README, in headless Chromium (Debian's package, driven

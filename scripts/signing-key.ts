@@ -2,7 +2,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { keyId } from '@conveyor/shared/model/signature';
-import { ROOT } from './lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * `make signing-key`: an Ed25519 key pair for signing model folders. The private key is for the

@@ -10,8 +10,8 @@ import {
   type ArtifactStoreChoice,
   type LocalAuthFiles,
   type LocalMlflow,
-} from './lib/mlflow-server.js';
-import { ROOT } from './lib/service-process.js';
+} from '../harness/mlflow-server.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * `with-mlflow <command…>`: runs a command with MLFLOW_TRACKING_URI set. A configured
@@ -19,7 +19,7 @@ import { ROOT } from './lib/service-process.js';
  * else a server already answering on MLFLOW_PORT (e.g. from `make mlflow`) is reused; else a local
  * one (data in ./data/mlflow) is started for the duration, with authentication under MLFLOW_AUTH=1
  * or MLFLOW_ADMIN_PASSWORD_FILE, and its artifacts where MLFLOW_ARTIFACTS_DESTINATION or MLFLOW_S3=1
- * say (scripts/lib/mlflow-server.ts, artifactStoreFromEnv). For a local server the command gets the admin's credentials (the
+ * say (harness/mlflow-server.ts, artifactStoreFromEnv). For a local server the command gets the admin's credentials (the
  * trainer registers versions and moves aliases) unless the caller set an account of its own.
  */
 const [command, ...args] = process.argv.slice(2);

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ROOT } from '../scripts/lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * The image's onnxruntime-node prune step (docker/prune-onnxruntime.sh, run by the Dockerfile with

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ROOT } from '../scripts/lib/service-process.js';
+import { ROOT } from '../harness/service-process.js';
 
 /**
  * `make k8s-validate` passes on the committed manifests and fails on broken ones: the check can

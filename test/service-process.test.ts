@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { keepRecord, type LogRecord } from '../scripts/lib/service-process.js';
+import { keepRecord, type LogRecord } from '../harness/service-process.js';
 
 describe('service-process log records', () => {
   it('keeps every record when no bound is given (tests count lines)', () => {

@@ -6,7 +6,8 @@ import { parseArgs } from 'node:util';
 import type { ModelManifestInput } from '@conveyor/shared/model/manifest';
 import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { attr, OnnxGraphBuilder } from '@conveyor/shared/onnx/graph-builder';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
+import { mulberry32 } from '../../harness/seeded-random.js';
 
 /**
  * A MobileNet-v1-class image classifier for benchmarks, written with the project's own ONNX writer
@@ -59,17 +60,6 @@ const BLOCKS: readonly (readonly [number, number])[] = [
 ];
 const SIDE = 224;
 
-/** mulberry32: small, seeded, good enough for weights. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function gaussian(uniform: () => number): () => number {
   return () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
@@ -83,8 +73,8 @@ export function buildMobilenet(dir: string, options: MobilenetOptions = {}): Mob
   const classes = options.classes ?? 1000;
   const seed = options.seed ?? 20261126;
   const width = options.width ?? 0.5;
-  const normal = gaussian(random(seed));
-  const uniform = random(seed + 1);
+  const normal = gaussian(mulberry32(seed));
+  const uniform = mulberry32(seed + 1);
   const g = new OnnxGraphBuilder('mobilenet-class').input('input', ['N', 3, SIDE, SIDE]).output('probabilities', ['N', classes]);
   g.initializer('relu6_min', [], [0]).initializer('relu6_max', [], [6]);
   let macs = 0;

@@ -18,6 +18,6 @@ dir="$root/bench/peers/$peer"
   exit 1
 }
 venv="$root/.venv/bench-$peer"
-bash "$root/scripts/lib/ensure-venv.sh" --what "the $peer peer" --in "$dir/requirements.in" "${opts[@]}" \
+bash "$root/harness/ensure-venv.sh" --what "the $peer peer" --in "$dir/requirements.in" "${opts[@]}" \
   "$venv" "$dir/requirements.lock.txt"
 echo "$venv"

@@ -1,9 +1,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort } from '../../scripts/lib/free-port.js';
-import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
-import { spawnService, type ServiceProcess } from '../../scripts/lib/service-process.js';
+import { freePort } from '../../harness/free-port.js';
+import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
+import { spawnService, type ServiceProcess } from '../../harness/service-process.js';
 import { ensureModerationModel } from '../../scripts/models/moderation.js';
 import { LOADTEST_MODELS } from './images.js';
 

@@ -5,6 +5,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="${API_TESTS_VENV:-$root/.venv/api-tests}"
-bash "$root/scripts/lib/ensure-venv.sh" --python 3.11 --what "Schemathesis and the Python client's test tools" --in "$root/requirements/api-tests.in" "$@" \
+bash "$root/harness/ensure-venv.sh" --python 3.11 --what "Schemathesis and the Python client's test tools" --in "$root/requirements/api-tests.in" "$@" \
   "$venv" "$root/requirements/api-tests.lock.txt"
 echo "$venv"

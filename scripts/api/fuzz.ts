@@ -14,8 +14,8 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startRedis } from '../lib/redis-server.js';
-import { ROOT, spawnService } from '../lib/service-process.js';
+import { startRedis } from '../../harness/redis-server.js';
+import { ROOT, spawnService } from '../../harness/service-process.js';
 
 const args = process.argv.slice(2);
 const dash = args.indexOf('--');

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
-import { ROOT } from '../lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 
 /**
  * The README's cost table: what the weekly training run costs on AWS, from figures measured in the

@@ -5,8 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { createGzip } from 'node:zlib';
 import { Redis } from 'ioredis';
-import { startRedis } from '../lib/redis-server.js';
-import { ROOT, spawnService, type ServiceProcess } from '../lib/service-process.js';
+import { startRedis } from '../../harness/redis-server.js';
+import { ROOT, spawnService, type ServiceProcess } from '../../harness/service-process.js';
 
 /**
  * The figures of docs/callbacks.md: what hostile or dead callback receivers and waiting deliveries

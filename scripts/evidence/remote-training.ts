@@ -6,7 +6,7 @@ import { chromium } from 'playwright-core';
 import { format } from 'prettier';
 import { z } from 'zod';
 import { MlflowClient, type Run } from '@conveyor/shared/mlflow/client';
-import { ROOT } from '../lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 
 /**
  * The remote training run, for the record (docs/evidence/remote-training-run.{json,md} and

@@ -5,6 +5,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="${K8S_VENV:-$root/.venv/k8s}"
-bash "$root/scripts/lib/ensure-venv.sh" --what "kubernetes-validate and jsonschema" --in "$root/requirements/k8s.in" "$@" \
+bash "$root/harness/ensure-venv.sh" --what "kubernetes-validate and jsonschema" --in "$root/requirements/k8s.in" "$@" \
   "$venv" "$root/requirements/k8s.lock.txt"
 echo "$venv/bin/python"

@@ -13,7 +13,7 @@ allow. Reads (the UI's "current user") still work.
 
 MLflow calls this for every request of the Flask app and, through its bridge, of the FastAPI routes;
 it must return the request's Authorization or a Response. The server finds the module on PYTHONPATH
-(scripts/lib/mlflow-server.ts and docker/mlflow.Dockerfile set it).
+(harness/mlflow-server.ts and docker/mlflow.Dockerfile set it).
 """
 
 import re

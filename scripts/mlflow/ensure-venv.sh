@@ -5,6 +5,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="${MLFLOW_VENV:-$root/.venv/mlflow}"
-bash "$root/scripts/lib/ensure-venv.sh" --what MLflow --in "$root/requirements/mlflow.in" "$@" \
+bash "$root/harness/ensure-venv.sh" --what MLflow --in "$root/requirements/mlflow.in" "$@" \
   "$venv" "$root/requirements/mlflow.lock.txt"
 echo "$venv/bin/mlflow"

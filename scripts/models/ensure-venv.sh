@@ -3,7 +3,7 @@
 # from models/moderation/requirements.lock.txt: every package at an exact version, installed with
 # --no-deps because the lock already lists every one (so pip resolves nothing on its own, and
 # scikit-image comes without scipy & co.: only the photos in its wheel are used). The install is
-# scripts/lib/ensure-venv.sh's; the relock is its own (scikit-image alone without its dependencies).
+# harness/ensure-venv.sh's; the relock is its own (scikit-image alone without its dependencies).
 # Prints the venv's directory.
 #
 #   bash scripts/models/ensure-venv.sh            # install or reuse
@@ -34,6 +34,6 @@ if [ "${1:-}" = "--relock" ]; then
   } >"$lock"
   touch "$venv/.installed-$(sha256sum "$lock" | cut -c1-16)"
 fi
-bash "$root/scripts/lib/ensure-venv.sh" --what "the model converters' environment" --python 3.11 --no-deps \
+bash "$root/harness/ensure-venv.sh" --what "the model converters' environment" --python 3.11 --no-deps \
   "$venv" "$lock"
 echo "$venv"

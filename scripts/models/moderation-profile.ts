@@ -8,6 +8,7 @@ import { measureProfile, type MeasuredProfile, type ProfileImage } from '@convey
 import { REFERENCE_PROFILE_FILE, type ReferenceProfile } from '@conveyor/shared/model/reference-profile';
 import { loadModel } from '@conveyor/shared/model/runtime';
 import { ensureModelsVenv, ensureModerationModel, MODERATION_DIR } from './moderation.js';
+import { mulberry32 } from '../../harness/seeded-random.js';
 
 /**
  * The reference profile of models/moderation, measured as the digits' is: Conveyor's own serving
@@ -50,17 +51,6 @@ export const PROFILE_PHOTOS: Readonly<Record<string, string>> = {
   'text.png': 'bd84aa3a6e3c9887850d45d606c96b2e59433fbef50338570b63c319e668e6d1',
 };
 
-/** mulberry32: the crops are the same on every machine and every run. */
-function uniforms(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
@@ -119,7 +109,7 @@ export async function buildModerationProfile(
   if (!manifest.labels.includes(label)) throw new Error(`--label must be one of ${manifest.labels.join(', ')}`);
   const sources = options.images ? folderImages(options.images) : skimagePhotos();
   if (sources.length === 0) throw new Error(`no images in ${options.images ?? 'the scikit-image wheel'}`);
-  const u = uniforms(SEED);
+  const u = mulberry32(SEED);
   const images: ProfileImage[] = [];
   for (const source of sources) {
     const all = await variants(source.bytes, u, CROPS_PER_PHOTO);

@@ -11,7 +11,7 @@ import { preprocess } from '@conveyor/shared/model/preprocess';
 import { REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { loadModel, readManifest } from '@conveyor/shared/model/runtime';
 import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-checks';
-import { ROOT } from '../lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { ensureNsfwjs, NSFWJS_VERSION } from './nsfwjs.js';
 
 /**

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import vm from 'node:vm';
-import { ROOT } from '../lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 
 /**
  * The npm package nsfwjs (MIT, Infinite Red), whose MobileNetV2 weights models/moderation is

@@ -1,8 +1,8 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startRedis } from '../lib/redis-server.js';
-import { spawnService } from '../lib/service-process.js';
+import { startRedis } from '../../harness/redis-server.js';
+import { spawnService } from '../../harness/service-process.js';
 import { addModel } from '../../services/inference-worker/src/models-cli/models.cli.js';
 
 /**

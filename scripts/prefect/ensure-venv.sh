@@ -5,6 +5,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="${PREFECT_VENV:-$root/.venv/prefect}"
-bash "$root/scripts/lib/ensure-venv.sh" --what Prefect --in "$root/orchestration/requirements.in" "$@" \
+bash "$root/harness/ensure-venv.sh" --what Prefect --in "$root/orchestration/requirements.in" "$@" \
   "$venv" "$root/orchestration/requirements.lock.txt"
 echo "$venv/bin/prefect"

@@ -4,6 +4,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="${S3_VENV:-$root/.venv/s3}"
-bash "$root/scripts/lib/ensure-venv.sh" --what "the S3 test server (moto)" --in "$root/requirements/s3.in" "$@" \
+bash "$root/harness/ensure-venv.sh" --what "the S3 test server (moto)" --in "$root/requirements/s3.in" "$@" \
   "$venv" "$root/requirements/s3.lock.txt"
 echo "$venv/bin/python"

@@ -1,5 +1,5 @@
 """An S3-compatible server with one versioned bucket: moto's S3 backend (in memory), for the tests
-(scripts/lib/s3-server.ts), `MLFLOW_S3=1 make mlflow` and compose's `s3` service (docker/s3.Dockerfile).
+(harness/s3-server.ts), `MLFLOW_S3=1 make mlflow` and compose's `s3` service (docker/s3.Dockerfile).
 
 It binds first (port 0: the OS picks a free one, so concurrent test runs never race for a port),
 then creates the bucket, turns versioning on and sets the lifecycle rule of lifecycle.json (beside

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 
 /**
  * Schemathesis, pinned (requirements/api-tests.in), with every check against a whole system of its

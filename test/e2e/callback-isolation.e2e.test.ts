@@ -5,7 +5,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import type { CallbackState } from '@conveyor/shared/contract/api.contract';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { startCallbackReceiver, type CallbackReceiver } from '../support/callback-receiver.js';
 import { pool, request, uploadForm, type Reply } from '../support/http.js';
 import { randomPrefix, testRedis } from '../support/redis.js';

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { Webhook } from 'standardwebhooks';
 import { CallbackPayload, type CallbackState } from '@conveyor/shared/contract/api.contract';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { startCallbackReceiver, type CallbackReceiver } from '../support/callback-receiver.js';
 import { request, uploadForm } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { ConveyorClient, ConveyorProblem } from '@conveyor/client';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { randomPrefix } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 import { startUrlServer, type UrlServer } from '../support/url-server.js';

@@ -49,7 +49,7 @@ describe('queue dashboard', function () {
   });
 
   it('refuses half a configuration at start-up', async () => {
-    const { spawnService } = await import('../../scripts/lib/service-process.js');
+    const { spawnService } = await import('../../harness/service-process.js');
     const proc = spawnService('gateway', { REDIS_URL: 'redis://127.0.0.1:1', PORT: '0', DASHBOARD_USER: 'ops' });
     expect(await proc.exited).to.equal(78);
     expect(proc.records.map((r) => r.msg).join('\n')).to.contain('set both DASHBOARD_USER and DASHBOARD_PASSWORD');

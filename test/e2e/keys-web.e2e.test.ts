@@ -4,7 +4,7 @@ import { expect } from 'chai';
 import { ConveyorClient, ConveyorProblem } from '@conveyor/client';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ApiKeyStore } from '../../services/gateway/src/access/api-keys.js';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { launchChromium } from '../support/browser.js';
 import { request } from '../support/http.js';
 import { randomPrefix, testRedis } from '../support/redis.js';

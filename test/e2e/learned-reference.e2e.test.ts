@@ -7,7 +7,7 @@ import { AlertEvent } from '@conveyor/shared/contract/events.contract';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { placeholderProfile, REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile';
 import { loadModel, readManifest, type LoadedModel } from '@conveyor/shared/model/runtime';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { MonitorStore } from '../../services/monitor/src/store/monitor-store.js';
 import type { WindowRecord } from '../../services/monitor/src/store/store-records.js';
 import { predictionEvents, publish } from '../support/events.js';

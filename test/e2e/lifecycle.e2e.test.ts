@@ -14,7 +14,7 @@ import { tagsOf } from '../../services/trainer/src/registry/gate.js';
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
 import { rollback } from '../../services/trainer/src/registry/rollback.js';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { sharedMlflow } from '../support/mlflow.js';
 import { registerFolder } from '../support/registry.js';
 

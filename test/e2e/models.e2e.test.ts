@@ -14,7 +14,7 @@ import {
   TOLERANCE,
   type ReferencePrediction,
 } from '../../scripts/models/moderation.js';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { pollUntilDone, predict, predictModel, request, type Reply } from '../support/http.js';
 import { writeSlowModel } from '../support/models.js';

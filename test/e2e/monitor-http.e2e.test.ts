@@ -3,7 +3,7 @@ import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { spawnService } from '../../scripts/lib/service-process.js';
+import { spawnService } from '../../harness/service-process.js';
 import { request } from '../support/http.js';
 import { randomPrefix, testRedisUrl } from '../support/redis.js';
 import { dumpLogsOnFailure, startMonitor, stopAll } from '../support/services.js';

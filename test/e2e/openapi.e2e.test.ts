@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { pollUntilDone, request, uploadForm, type Reply } from '../support/http.js';
 import { ResponseValidator } from '../support/openapi.js';
 import { randomPrefix } from '../support/redis.js';

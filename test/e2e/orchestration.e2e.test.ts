@@ -16,9 +16,9 @@ import {
   waitForFlowRun,
   WORK_POOL,
   type PrefectServer,
-} from '../../scripts/lib/prefect-server.js';
-import { freePort } from '../../scripts/lib/free-port.js';
-import { startMlflow, type LocalMlflow } from '../../scripts/lib/mlflow-server.js';
+} from '../../harness/prefect-server.js';
+import { freePort } from '../../harness/free-port.js';
+import { startMlflow, type LocalMlflow } from '../../harness/mlflow-server.js';
 import { until } from '../support/wait.js';
 
 /**

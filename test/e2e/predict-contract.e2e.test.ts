@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { request, type Reply } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, stopAll, type Gateway } from '../support/services.js';

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { randomPrefix } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 

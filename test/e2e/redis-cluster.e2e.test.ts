@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { Cluster } from 'ioredis';
 import sharp from 'sharp';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
-import { spawnService } from '../../scripts/lib/service-process.js';
+import { spawnService } from '../../harness/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { pollUntilDone, pool, predict, type Reply } from '../support/http.js';
 import { startCluster, type LocalCluster } from '../support/redis-topology.js';

@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
-import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
+import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
 import { heldOutDigits, scannedDigit } from '../support/images.js';
 import { pollUntilDone, pool, predict, request, type Reply } from '../support/http.js';
 import { keysUnder, randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';

@@ -4,12 +4,12 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
-import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
-import type { ServiceProcess } from '../../scripts/lib/service-process.js';
+import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
+import type { ServiceProcess } from '../../harness/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { predict, request } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
-import { until } from '../support/wait.js';
+import { quietFor, until } from '../support/wait.js';
 import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
 
 const logged = (proc: ServiceProcess, msg: string) => proc.records.filter((r) => r.msg === msg);
@@ -72,8 +72,18 @@ describe('Redis outage and recovery', function () {
       gateway.records.filter((r) => r.msg === 'unhandled error'),
       'not an unhandled error',
     ).to.deep.equal([]);
-    // Several reconnect attempts a second for a few seconds: each connection warns once, not once per attempt.
-    await new Promise((r) => setTimeout(r, 4000));
+    // Several reconnect attempts a second: each connection warns once, not once per attempt. Every
+    // process has warned (waited for), and then no connection warns again while it keeps retrying:
+    // an absence, watched for 4 s (a dozen and more reconnect attempts per connection).
+    await until('every process to warn about the outage', () =>
+      Promise.resolve(services.every((proc) => logged(proc, 'redis connection error').length > 0)),
+    );
+    await quietFor(4000, 'second warning from one Redis connection', () =>
+      services.some((proc) => {
+        const warnings = logged(proc, 'redis connection error');
+        return warnings.length > new Set(warnings.map((r) => r.redisConnection)).size;
+      }),
+    );
     for (const proc of services) {
       expect(proc.child.exitCode, `${proc.name} still running`).to.equal(null);
       expect(

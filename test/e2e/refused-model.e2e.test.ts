@@ -2,7 +2,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } 
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { ROOT } from '../../harness/service-process.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { predictModel, request } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';

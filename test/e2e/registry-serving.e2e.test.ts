@@ -10,7 +10,7 @@ import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
 import { rollback } from '../../services/trainer/src/registry/rollback.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
-import { freePort } from '../../scripts/lib/free-port.js';
+import { freePort } from '../../harness/free-port.js';
 import { predict } from '../support/http.js';
 import { sharedMlflow } from '../support/mlflow.js';
 import { randomPrefix, testRedis } from '../support/redis.js';

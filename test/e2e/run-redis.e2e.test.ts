@@ -5,9 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { freePort } from '../../scripts/lib/free-port.js';
-import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { freePort } from '../../harness/free-port.js';
+import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
+import { ROOT } from '../../harness/service-process.js';
 import { randomPrefix, testRedisUrl } from '../support/redis.js';
 
 /**

@@ -19,9 +19,9 @@ import { artifactProxyPath, MlflowClient, type ModelVersion } from '@conveyor/sh
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { promote } from '../../services/trainer/src/registry/promote.js';
 import { rollback } from '../../services/trainer/src/registry/rollback.js';
-import { startMlflow, type LocalMlflow } from '../../scripts/lib/mlflow-server.js';
-import { startS3, type LocalS3 } from '../../scripts/lib/s3-server.js';
-import { ROOT } from '../../scripts/lib/service-process.js';
+import { startMlflow, type LocalMlflow } from '../../harness/mlflow-server.js';
+import { startS3, type LocalS3 } from '../../harness/s3-server.js';
+import { ROOT } from '../../harness/service-process.js';
 import { predict } from '../support/http.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { randomPrefix } from '../support/redis.js';

@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startRedis, type LocalRedis } from '../../scripts/lib/redis-server.js';
+import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
 import { stopSharedMlflow } from './mlflow.js';
 
 /**

@@ -1,4 +1,5 @@
 import sharp from 'sharp';
+import { pngHeaderClaiming } from '../../harness/png.js';
 import { loadMnist, splitDataset, type Dataset, type Split } from '../../services/trainer/src/pipeline/ingest.js';
 import { readManifest } from '@conveyor/shared/model/runtime';
 
@@ -61,37 +62,7 @@ export function solidImage(
 }
 
 /** A PNG whose header claims `width`×`height` but which carries no real pixel data. */
-export function pngBombHeader(width: number, height: number): Buffer {
-  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(width, 0);
-  ihdr.writeUInt32BE(height, 4);
-  ihdr.set([8, 0, 0, 0, 0], 8); // 8-bit gray
-  return Buffer.concat([
-    signature,
-    chunk('IHDR', ihdr),
-    chunk('IDAT', Buffer.from([0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01])),
-    chunk('IEND', Buffer.alloc(0)),
-  ]);
-}
-
-function chunk(type: string, data: Buffer): Buffer {
-  const length = Buffer.alloc(4);
-  length.writeUInt32BE(data.length);
-  const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(crc32(body));
-  return Buffer.concat([length, body, crc]);
-}
-
-function crc32(buf: Buffer): number {
-  let c = ~0;
-  for (const byte of buf) {
-    c ^= byte;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
-  }
-  return ~c >>> 0;
-}
+export const pngBombHeader = pngHeaderClaiming;
 
 /**
  * A held-out digit in every accepted format, each written by sharp: dark ink on light paper at

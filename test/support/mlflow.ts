@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startMlflow, type LocalMlflow } from '../../scripts/lib/mlflow-server.js';
+import { startMlflow, type LocalMlflow } from '../../harness/mlflow-server.js';
 
 /**
  * One real MLflow tracking server per test run, started on first use (on a free port, with its

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { freePort } from '../../scripts/lib/free-port.js';
+import { freePort } from '../../harness/free-port.js';
 import { until } from './wait.js';
 
 /**

@@ -1,4 +1,4 @@
-import { spawnService, type LogRecord, type ServiceProcess } from '../../scripts/lib/service-process.js';
+import { spawnService, type LogRecord, type ServiceProcess } from '../../harness/service-process.js';
 import { testRedisUrl } from './redis.js';
 
 /**

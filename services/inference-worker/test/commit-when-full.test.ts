@@ -10,7 +10,7 @@ import { JobStore } from '@conveyor/shared/contract/job-store';
 import { JobResult, type InferenceJob } from '@conveyor/shared/contract/jobs.contract';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { loadModel, type LoadedModel } from '@conveyor/shared/model/runtime';
-import { startRedis, type LocalRedis } from '../../../scripts/lib/redis-server.js';
+import { startRedis, type LocalRedis } from '../../../harness/redis-server.js';
 import { digitPng, heldOutDigits } from '../../../test/support/images.js';
 import { until } from '../../../test/support/wait.js';
 import { JobCounts } from '../src/job-counts.js';

@@ -4,17 +4,11 @@ import { INITIAL_STATE, step, type AlertPolicy, type FeatureState } from '../src
 import { jsDistance, noiseFloor, proportions, psi } from '../src/drift/divergence.js';
 import type { Observation } from '../src/drift/features.js';
 import { evaluateWindow, levelOf, type Thresholds } from '../src/drift/window.js';
+import { mulberry32 } from '../../../harness/seeded-random.js';
 
 /** A seeded normal sampler (mulberry32 + Box–Muller), so every "random" window is reproducible. */
 function normals(seed: number) {
-  let a = seed >>> 0;
-  const uniform = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const uniform = mulberry32(seed);
   return (mean = 0) => mean + Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
 }
 

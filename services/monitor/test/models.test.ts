@@ -19,6 +19,7 @@ import { ProfileSource } from '../src/reference/profile-source.js';
 import { MonitorStore } from '../src/store/monitor-store.js';
 import type { StreamEntry } from '../src/store/stream-consumer.js';
 import { DriftViews } from '../src/views/drift-view.js';
+import { mulberry32 } from '../../../harness/seeded-random.js';
 
 /**
  * Several models through one monitor, against real Redis: each model version has its own window,
@@ -28,18 +29,6 @@ import { DriftViews } from '../src/views/drift-view.js';
  */
 const log = pino({ level: 'silent' });
 const WINDOW = 300;
-
-/** A seeded uniform in [0, 1) (mulberry32), so every window is reproducible. */
-function uniforms(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Draws of one model's "normal" inputs: each model has a distribution of its own. */
 interface Traffic {
@@ -61,7 +50,7 @@ function sampleOf(traffic: Traffic, u: () => number, shift = 0) {
 }
 
 function profileOf(model: ModelRef, traffic: Traffic, seed: number): ReferenceProfile {
-  const u = uniforms(seed);
+  const u = mulberry32(seed);
   const samples = Array.from({ length: 3000 }, () => sampleOf(traffic, u));
   return {
     schema: 'conveyor.reference/v1',
@@ -88,7 +77,7 @@ function events(
   seed: number,
   options: { shift?: number; name?: string } = {},
 ): PredictionEvent[] {
-  const u = uniforms(seed);
+  const u = mulberry32(seed);
   return Array.from({ length: n }, (_, i) => {
     const s = sampleOf(traffic, u, options.shift ?? 0);
     return {

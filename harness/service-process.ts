@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
  * Starts a Conveyor service from its TypeScript source as a child process (as `make run`, the
  * integration tests and the benchmarks do) and follows its JSON log lines.
  */
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 export const ENTRIES = {
   gateway: 'services/gateway/src/main.ts',
