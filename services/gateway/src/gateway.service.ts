@@ -10,7 +10,7 @@ import { closeRedis, createBullConnection, createRedis, waitForReady, type Redis
 import { createApp } from './app.js';
 import type { GatewayConfig } from './config.js';
 import { dashboard } from './http/dashboard.js';
-import { ConnectionGuard } from './http/connection-guard.js';
+import { ConnectionGuard, type ConnectionRefusal } from './http/connection-guard.js';
 import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
@@ -100,27 +100,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 
   const keys = keysOf(config.REDIS_PREFIX);
-  const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`, log);
-  const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`, log);
-  await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
-
-  // BullMQ does not close a connection it was given; shutdown closes it below.
-  const { connection: queueConnection, errors: queueErrors } = await createBullConnection(
-    config.REDIS_URL,
-    'producer',
-    `conveyor:gateway-queue:${gatewayId}`,
-    log,
-    { error: 'queue error', restored: 'queue connection restored' },
-  );
-  const board =
-    config.DASHBOARD_USER && config.DASHBOARD_PASSWORD
-      ? dashboard([], { user: config.DASHBOARD_USER, password: config.DASHBOARD_PASSWORD })
-      : undefined;
-  // One queue per model, made when first needed (the dashboard shows each from then on).
-  const queues = new ModelQueues(queueConnection, config.REDIS_PREFIX, (queue) => {
-    queue.on('error', (error) => queueErrors.error(error));
-    board?.add(queue);
-  });
+  const { redis, subscriber, queueConnection, queues, board } = await connect(config, gatewayId, log);
   const catalogue = new ModelCatalogue(
     redis,
     keys,
@@ -133,16 +113,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const admission = createAdmission(config, redis);
   const uploadBudget = new UploadBudget(config.MAX_INFLIGHT_UPLOAD_BYTES, config.MAX_INFLIGHT_UPLOAD_BYTES_PER_CLIENT);
   // Made before the server, so that the metrics can read it; attached to the server below.
-  const connections = new ConnectionGuard(
-    {
-      maxConnections: config.MAX_CONNECTIONS,
-      // Behind a proxy every connection is the proxy's: the share would cap the proxy, not a client.
-      maxPerClient: config.MAX_CONNECTIONS_PER_CLIENT ?? (config.TRUST_PROXY ? config.MAX_CONNECTIONS : 64),
-    },
-    log.child({ module: 'connections' }),
-    // (metrics is made just below; a refusal can only happen once the server listens)
-    (reason) => metrics.connectionsRefused.inc({ reason }),
-  );
+  // (metrics is made just below; a refusal can only happen once the server listens)
+  const connections = connectionGuard(config, log, (reason) => metrics.connectionsRefused.inc({ reason }));
   const reconciler = reconcileNowAndThen(admission, config.RECONCILE_INTERVAL_MS, log);
   const metrics = httpMetrics(uploadBudget, connections, catalogue, admission, queues);
   const jobs = new JobStore(redis, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS });
@@ -180,13 +152,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     }, jobs),
     intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
     callbackUrl: (values) => callbacks.parse(values),
-    fetchImage: createImageFetcher({
-      maxBytes: config.MAX_UPLOAD_BYTES,
-      connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,
-      totalTimeoutMs: config.URL_TOTAL_TIMEOUT_MS,
-      maxRedirects: config.URL_MAX_REDIRECTS,
-      allowCidrs: config.URL_ALLOW_CIDRS,
-    }),
+    fetchImage: imageFetcher(config),
   });
 
   const server = createHttpServer(app.callback(), config, connections);
@@ -380,4 +346,52 @@ function stopGateway(
       run: () => Promise.all(parts.connectionsToClose.map((connection) => closeRedis(connection))),
     },
   ]);
+}
+
+/** The gateway's Redis connections, and the models' queues on theirs (with the dashboard, if configured). */
+async function connect(config: GatewayConfig, gatewayId: string, log: Logger) {
+  const redis = createRedis(config.REDIS_URL, 'producer', `conveyor:gateway:${gatewayId}`, log);
+  const subscriber = createRedis(config.REDIS_URL, 'subscriber', `conveyor:gateway-sub:${gatewayId}`, log);
+  await Promise.all([waitForReady(redis, 30_000), waitForReady(subscriber, 30_000)]);
+
+  // BullMQ does not close a connection it was given; shutdown closes it below.
+  const { connection: queueConnection, errors: queueErrors } = await createBullConnection(
+    config.REDIS_URL,
+    'producer',
+    `conveyor:gateway-queue:${gatewayId}`,
+    log,
+    { error: 'queue error', restored: 'queue connection restored' },
+  );
+  const board =
+    config.DASHBOARD_USER && config.DASHBOARD_PASSWORD
+      ? dashboard([], { user: config.DASHBOARD_USER, password: config.DASHBOARD_PASSWORD })
+      : undefined;
+  // One queue per model, made when first needed (the dashboard shows each from then on).
+  const queues = new ModelQueues(queueConnection, config.REDIS_PREFIX, (queue) => {
+    queue.on('error', (error) => queueErrors.error(error));
+    board?.add(queue);
+  });
+  return { redis, subscriber, queueConnection, queues, board };
+}
+
+function connectionGuard(config: GatewayConfig, log: Logger, onRefused: (reason: ConnectionRefusal) => void): ConnectionGuard {
+  return new ConnectionGuard(
+    {
+      maxConnections: config.MAX_CONNECTIONS,
+      // Behind a proxy every connection is the proxy's: the share would cap the proxy, not a client.
+      maxPerClient: config.MAX_CONNECTIONS_PER_CLIENT ?? (config.TRUST_PROXY ? config.MAX_CONNECTIONS : 64),
+    },
+    log.child({ module: 'connections' }),
+    onRefused,
+  );
+}
+
+function imageFetcher(config: GatewayConfig) {
+  return createImageFetcher({
+    maxBytes: config.MAX_UPLOAD_BYTES,
+    connectTimeoutMs: config.URL_CONNECT_TIMEOUT_MS,
+    totalTimeoutMs: config.URL_TOTAL_TIMEOUT_MS,
+    maxRedirects: config.URL_MAX_REDIRECTS,
+    allowCidrs: config.URL_ALLOW_CIDRS,
+  });
 }
