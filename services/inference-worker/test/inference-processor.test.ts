@@ -5,7 +5,7 @@ import pino from 'pino';
 import type { CommitOptions, CommitOutcome, TakenInput } from '@conveyor/shared/contract/job-store';
 import type { InferenceJob, JobResult } from '@conveyor/shared/contract/queue.contract';
 import { ModelManifest } from '@conveyor/shared/model/manifest';
-import type { LoadedModel, ModelOutput } from '@conveyor/shared/model/runtime';
+import type { LoadedModel } from '@conveyor/shared/model/runtime';
 import { digitPng } from '../../../test/support/images.js';
 import { createInferenceProcessor, type InferenceBullJob, type ProcessorDeps } from '../src/inference.processor.js';
 import type { JobOutcome } from '../src/metrics/worker-metrics.js';
@@ -41,7 +41,7 @@ class Fakes {
         expect(images[0]).to.have.length(28 * 28);
         const probabilities = new Float32Array(10).fill(0.01);
         probabilities[7] = 0.91;
-        return Promise.resolve([{ probabilities } as ModelOutput]);
+        return Promise.resolve([{ probabilities }]);
       },
       close: () => Promise.resolve(),
     };
