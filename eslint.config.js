@@ -78,7 +78,6 @@ export default tseslint.config(
     files: ['services/*/src/**/*.ts', 'shared/src/**/*.ts'],
     ignores: [
       'services/gateway/src/openapi/openapi.document.ts',
-      'services/monitor/src/monitor.service.ts',
       'services/monitor/src/http/metrics.ts',
       'services/monitor/src/http/server.ts',
       'services/trainer/src/pipeline/train-run.ts',
