@@ -32,7 +32,6 @@ export interface MonitorService extends Service {
 export async function startMonitor(config: MonitorConfig, baseLog: Logger): Promise<MonitorService> {
   const consumerName = `${os.hostname()}-${process.pid}`;
   const log = baseLog.child({ consumer: consumerName });
-  const keys = keysOf(config.REDIS_PREFIX);
 
   const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`, log);
   // Blocking reads get connections of their own.
