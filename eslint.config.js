@@ -79,7 +79,6 @@ export default tseslint.config(
     ignores: [
       'services/gateway/src/openapi/openapi.document.ts',
       'services/monitor/src/http/metrics.ts',
-      'services/monitor/src/http/server.ts',
       'services/trainer/src/pipeline/train-run.ts',
       'services/trainer/src/pipeline/track.ts',
       'services/trainer/src/pipeline/run-all.ts',
