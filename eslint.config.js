@@ -96,6 +96,19 @@ export default tseslint.config(
   },
   ...layoutRules,
   {
+    // Product code keeps its functions short enough to read at once (issue 20). The files listed
+    // under `ignores` still hold a longer one and come off the list as they are split.
+    files: ['services/*/src/**/*.ts', 'shared/src/**/*.ts'],
+    ignores: [
+      'services/gateway/src/openapi/openapi.document.ts',
+      'services/monitor/src/http/metrics.ts',
+      'services/trainer/src/pipeline/train-run.ts',
+      'services/trainer/src/pipeline/track.ts',
+      'services/trainer/src/pipeline/run-all.ts',
+    ],
+    rules: { 'max-lines-per-function': ['error', { max: 80 }] },
+  },
+  {
     files: ['**/*.js', '**/*.mjs'],
     ...tseslint.configs.disableTypeChecked,
     languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, globals: globals.node },

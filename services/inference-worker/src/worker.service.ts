@@ -1,4 +1,4 @@
-import { createPublicKey, randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,7 +9,7 @@ import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
-import { closeRedis, createBullConnection, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { closeRedis, createBullConnection, createRedis, waitForReady, type Redis } from '@conveyor/shared/redis';
 import type { WorkerConfig } from './config.js';
 import { drain } from './drain.js';
 import { ModelServing } from './model/model-serving.js';
@@ -46,28 +46,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   const metrics = new WorkerMetrics({ models: served.map((s) => s.metricsSource()) });
   // Before the models and Redis: a taken port fails the start at once, and a worker still loading its
   // models is already visible to Prometheus (up, no model_info yet).
-  let metricsServer: MetricsServer | undefined;
-  if (config.METRICS_PORT !== undefined) {
-    try {
-      metricsServer = await startMetricsServer(metrics.registry, config.METRICS_PORT, config.METRICS_HOST);
-    } catch (error) {
-      log.fatal(
-        { err: error, port: config.METRICS_PORT, host: config.METRICS_HOST },
-        'metrics endpoint could not listen; choose another METRICS_PORT (or leave it unset for none)',
-      );
-      throw new ServiceFailure('the metrics endpoint could not listen', 1, true, { cause: error });
-    }
-    log.info(
-      {
-        port: metricsServer.port,
-        host: config.METRICS_HOST,
-        url: `http://${config.METRICS_HOST.includes(':') ? `[${config.METRICS_HOST}]` : config.METRICS_HOST}:${metricsServer.port}/metrics`,
-      },
-      'metrics listening',
-    );
-  } else {
-    log.info('metrics endpoint off (METRICS_PORT unset)');
-  }
+  const metricsServer = await startMetricsEndpoint(config, metrics, log);
 
   const keys = redisKeys(config.REDIS_PREFIX);
   const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
@@ -100,8 +79,125 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     config.HEALTH_FILE,
   );
 
+  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer });
+
+  const registry = config.MLFLOW_TRACKING_URI
+    ? {
+        client: new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) }),
+        signingKey: config.MODEL_SIGNING_PUBLIC_KEY_FILE
+          ? createPublicKey(readFileSync(config.MODEL_SIGNING_PUBLIC_KEY_FILE, 'utf8'))
+          : undefined,
+      }
+    : undefined;
+
+  const serving: Serving = { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log };
+  /**
+   * One model's folder failing its checks (a bad manifest, a wrong sha256, a broken export) is that
+   * model's problem, not the deployment's: it is refused and reported, the others are served. Only a
+   * worker left with nothing to serve stops. Refused credentials stop the worker whatever the model.
+   */
+  const serve = async (model: ModelServing): Promise<void> => {
+    try {
+      await serveModel(model, serving);
+    } catch (error) {
+      if (error instanceof MlflowAuthError) throw error;
+      model.refuse(error);
+      // Beats already going: say so now, not at the next beat (else the first warm model's beat will).
+      if (served.some((s) => s.served())) await heartbeat.announce().catch(() => undefined);
+    }
+  };
+
+  // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
+  const ready = serveAll(served, serve, config, log);
+  // Nobody may be listening yet (a test that only stops it); runService and tests read it.
+  ready.catch(() => undefined);
+  return { stop, ready, workerId };
+}
+
+/** The metrics endpoint, if METRICS_PORT is set; a port that cannot be listened on fails the start. */
+async function startMetricsEndpoint(
+  config: WorkerConfig,
+  metrics: WorkerMetrics,
+  log: Logger,
+): Promise<MetricsServer | undefined> {
+  let metricsServer: MetricsServer | undefined;
+  if (config.METRICS_PORT !== undefined) {
+    try {
+      metricsServer = await startMetricsServer(metrics.registry, config.METRICS_PORT, config.METRICS_HOST);
+    } catch (error) {
+      log.fatal(
+        { err: error, port: config.METRICS_PORT, host: config.METRICS_HOST },
+        'metrics endpoint could not listen; choose another METRICS_PORT (or leave it unset for none)',
+      );
+      throw new ServiceFailure('the metrics endpoint could not listen', 1, true, { cause: error });
+    }
+    log.info(
+      {
+        port: metricsServer.port,
+        host: config.METRICS_HOST,
+        url: `http://${config.METRICS_HOST.includes(':') ? `[${config.METRICS_HOST}]` : config.METRICS_HOST}:${metricsServer.port}/metrics`,
+      },
+      'metrics listening',
+    );
+  } else {
+    log.info('metrics endpoint off (METRICS_PORT unset)');
+  }
+
+  return metricsServer;
+}
+
+/** Serves every model side by side; rejects (with the exit the failure calls for) if one cannot be served. */
+async function serveAll(
+  served: readonly ModelServing[],
+  serve: (model: ModelServing) => Promise<void>,
+  config: WorkerConfig,
+  log: Logger,
+): Promise<void> {
+  const outcomes = await Promise.allSettled(served.map((s) => serve(s)));
+  const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (failure) {
+    const error: unknown = failure.reason;
+    if (error instanceof MlflowAuthError) {
+      // Retrying cannot help: the same credentials get the same answer. Exit 77 (EX_NOPERM).
+      log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
+      throw new ServiceFailure('MLflow refused the credentials', 77, true, { cause: error });
+    }
+    log.fatal({ err: error }, 'a model could not be served; stopping');
+    throw new ServiceFailure('a model could not be served', 1, true, { cause: error });
+  }
+  const refused = served.flatMap((s) => s.refused() ?? []);
+  if (refused.length === served.length) {
+    log.fatal({ refused }, 'no configured model could be served; stopping');
+    throw new ServiceFailure('no model could be served', 1, true);
+  }
+  if (served.every((s) => s.served() ?? s.refused())) {
+    log.info(
+      {
+        models: served
+          .filter((s) => s.served())
+          .map((s) => ({ name: s.name, queue: s.plan.queue, concurrency: s.plan.concurrency })),
+        ...(refused.length > 0 ? { refused: refused.map((r) => r.name) } : {}),
+      },
+      'worker ready',
+    );
+  }
+}
+
+/** The worker's shutdown: drain the models' jobs within the budget, stop the heartbeat, close models, Redis, metrics last. */
+function stopWorker(
+  config: WorkerConfig,
+  log: Logger,
+  parts: {
+    served: readonly ModelServing[];
+    heartbeat: Heartbeat;
+    redis: Redis;
+    bullConnection: Redis;
+    metricsServer: MetricsServer | undefined;
+  },
+) {
+  const { served, heartbeat, redis, bullConnection, metricsServer } = parts;
   const inFlight = () => served.reduce((sum, s) => sum + s.counts.inFlight, 0);
-  const stop = stopSteps(log, [
+  return stopSteps(log, [
     {
       name: 'drain jobs',
       run: async () => {
@@ -126,103 +222,57 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     // Last, so the drain itself can be watched.
     { name: 'metrics', run: () => metricsServer?.close() ?? Promise.resolve() },
   ]);
+}
 
-  const registry = config.MLFLOW_TRACKING_URI
-    ? {
-        client: new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) }),
-        signingKey: config.MODEL_SIGNING_PUBLIC_KEY_FILE
-          ? createPublicKey(readFileSync(config.MODEL_SIGNING_PUBLIC_KEY_FILE, 'utf8'))
-          : undefined,
-      }
+/** What serving a model needs of the worker. */
+interface Serving {
+  readonly config: WorkerConfig;
+  readonly registry: { client: MlflowClient; signingKey: KeyObject | undefined } | undefined;
+  readonly jobs: JobStore;
+  readonly workerId: string;
+  readonly metrics: WorkerMetrics;
+  readonly bullConnection: Redis;
+  readonly workerErrors: { error(error: unknown): void };
+  readonly heartbeat: Heartbeat;
+  readonly log: Logger;
+}
+
+/** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
+async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
+  const { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log } = serving;
+  const source = registry
+    ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
-
-  /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
-  async function serve(model: ModelServing): Promise<void> {
-    const source = registry
-      ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
-      : undefined;
-    await model.load(
-      { threads: config.ORT_THREADS, offThread: config.INFERENCE_THREAD, intervalMs: config.MODEL_POLL_INTERVAL_MS },
-      source,
-    );
-    const processor = createInferenceProcessor({
-      jobs,
-      model: model.name,
-      queue: model.plan.queue,
-      models: model.host,
-      workerId,
-      limits: { maxPixels: config.MAX_IMAGE_PIXELS, maxSide: config.MAX_IMAGE_SIDE, maxAspectRatio: config.MAX_ASPECT_RATIO },
-      preprocessTimeoutMs: config.PREPROCESS_TIMEOUT_MS,
-      topK: config.TOP_K,
-      eventEmbeddings: config.EVENT_EMBEDDINGS,
-      log: log.child({ modelName: model.name }),
-      counts: model.counts,
-      metrics: metrics.forModel(model.name),
-    });
-    const bull = {
-      connection: bullConnection,
-      prefix: config.REDIS_PREFIX,
-      lockDurationMs: config.LOCK_DURATION_MS,
-      stalledIntervalMs: config.STALLED_INTERVAL_MS,
-    };
-    if (!model.start(processor, bull, (error) => workerErrors.error(error))) return;
-    // The first warm model starts the heartbeat; each later one is announced at once, not at the next beat.
-    await heartbeat.announce();
-    const ref = model.host.ref;
-    log.info(
-      { modelName: model.name, model: ref, queue: model.plan.queue, concurrency: model.plan.concurrency },
-      'model announced',
-    );
-  }
-
-  /**
-   * One model's folder failing its checks (a bad manifest, a wrong sha256, a broken export) is that
-   * model's problem, not the deployment's: it is refused and reported, the others are served. Only a
-   * worker left with nothing to serve stops. Refused credentials stop the worker whatever the model.
-   */
-  async function serveOrRefuse(model: ModelServing): Promise<void> {
-    try {
-      await serve(model);
-    } catch (error) {
-      if (error instanceof MlflowAuthError) throw error;
-      model.refuse(error);
-      // Beats already going: say so now, not at the next beat (else the first warm model's beat will).
-      if (served.some((s) => s.served())) await heartbeat.announce().catch(() => undefined);
-    }
-  }
-
-  // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
-  const ready = (async () => {
-    const outcomes = await Promise.allSettled(served.map((s) => serveOrRefuse(s)));
-    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    if (failure) {
-      const error: unknown = failure.reason;
-      if (error instanceof MlflowAuthError) {
-        // Retrying cannot help: the same credentials get the same answer. Exit 77 (EX_NOPERM).
-        log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
-        throw new ServiceFailure('MLflow refused the credentials', 77, true, { cause: error });
-      }
-      log.fatal({ err: error }, 'a model could not be served; stopping');
-      throw new ServiceFailure('a model could not be served', 1, true, { cause: error });
-    }
-    const refused = served.flatMap((s) => s.refused() ?? []);
-    if (refused.length === served.length) {
-      log.fatal({ refused }, 'no configured model could be served; stopping');
-      throw new ServiceFailure('no model could be served', 1, true);
-    }
-    if (served.every((s) => s.served() ?? s.refused())) {
-      log.info(
-        {
-          models: served
-            .filter((s) => s.served())
-            .map((s) => ({ name: s.name, queue: s.plan.queue, concurrency: s.plan.concurrency })),
-          ...(refused.length > 0 ? { refused: refused.map((r) => r.name) } : {}),
-        },
-        'worker ready',
-      );
-    }
-  })();
-  // Nobody may be listening yet (a test that only stops it); runService and tests read it.
-  ready.catch(() => undefined);
-  return { stop, ready, workerId };
+  await model.load(
+    { threads: config.ORT_THREADS, offThread: config.INFERENCE_THREAD, intervalMs: config.MODEL_POLL_INTERVAL_MS },
+    source,
+  );
+  const processor = createInferenceProcessor({
+    jobs,
+    model: model.name,
+    queue: model.plan.queue,
+    models: model.host,
+    workerId,
+    limits: { maxPixels: config.MAX_IMAGE_PIXELS, maxSide: config.MAX_IMAGE_SIDE, maxAspectRatio: config.MAX_ASPECT_RATIO },
+    preprocessTimeoutMs: config.PREPROCESS_TIMEOUT_MS,
+    topK: config.TOP_K,
+    eventEmbeddings: config.EVENT_EMBEDDINGS,
+    log: log.child({ modelName: model.name }),
+    counts: model.counts,
+    metrics: metrics.forModel(model.name),
+  });
+  const bull = {
+    connection: bullConnection,
+    prefix: config.REDIS_PREFIX,
+    lockDurationMs: config.LOCK_DURATION_MS,
+    stalledIntervalMs: config.STALLED_INTERVAL_MS,
+  };
+  if (!model.start(processor, bull, (error) => workerErrors.error(error))) return;
+  // The first warm model starts the heartbeat; each later one is announced at once, not at the next beat.
+  await heartbeat.announce();
+  const ref = model.host.ref;
+  log.info(
+    { modelName: model.name, model: ref, queue: model.plan.queue, concurrency: model.plan.concurrency },
+    'model announced',
+  );
 }

@@ -1,5 +1,6 @@
 import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
@@ -7,7 +8,7 @@ import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
-import { closeRedis, createRedis, waitForReady } from '@conveyor/shared/redis';
+import { closeRedis, createRedis, waitForReady, type Redis } from '@conveyor/shared/redis';
 import { AlertSink } from './alerts/alert-sink.js';
 import { thresholdsFor, type MonitorConfig } from './config.js';
 import { monitorMetrics } from './http/metrics.js';
@@ -32,7 +33,6 @@ export interface MonitorService extends Service {
 export async function startMonitor(config: MonitorConfig, baseLog: Logger): Promise<MonitorService> {
   const consumerName = `${os.hostname()}-${process.pid}`;
   const log = baseLog.child({ consumer: consumerName });
-  const keys = redisKeys(config.REDIS_PREFIX);
 
   const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor:${consumerName}`, log);
   // Blocking reads get connections of their own.
@@ -46,41 +46,10 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
   const mlflow = config.MLFLOW_TRACKING_URI
     ? new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) })
     : undefined;
-  // Refused credentials are a configuration error to report now (exit 77, EX_NOPERM), not reference
-  // profiles that silently never load; an unreachable registry is not (profiles are fetched when needed).
-  await mlflow?.checkAccess().catch(async (error: unknown) => {
-    if (!(error instanceof MlflowAuthError)) {
-      log.warn({ err: error }, 'MLflow unreachable at start-up; reference profiles are fetched from it when needed');
-      return;
-    }
-    log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
-    await Promise.all(connections.map((r) => closeRedis(r)));
-    throw new ServiceFailure('MLflow refused the credentials', 77, true, { cause: error });
-  });
+  await checkRegistry(mlflow, connections, config, log);
   const store = new MonitorStore(redis, config.REDIS_PREFIX);
-  const profiles = new ProfileSource(
-    {
-      ...(mlflow ? { client: mlflow } : {}),
-      ...(config.MODEL_SIGNING_PUBLIC_KEY_FILE
-        ? { signingKey: createPublicKey(readFileSync(config.MODEL_SIGNING_PUBLIC_KEY_FILE, 'utf8')) }
-        : {}),
-      modelDir: path.resolve(config.MODEL_DIR),
-      modelsDir: path.resolve(config.MODELS_DIR),
-    },
-    log.child({ module: 'profiles' }),
-  );
-  const alerts = new AlertSink(
-    redis,
-    keys.alerts,
-    log.child({ module: 'alerts' }),
-    config.ALERT_WEBHOOK_URL
-      ? {
-          url: config.ALERT_WEBHOOK_URL,
-          maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
-          ...(config.ALERT_WEBHOOK_SECRET ? { secret: config.ALERT_WEBHOOK_SECRET } : {}),
-        }
-      : undefined,
-  );
+  const profiles = profileSource(config, mlflow, log);
+  const alerts = alertSink(config, redis, log);
   const windows = { windowSize: config.WINDOW_SIZE, minWindow: config.MIN_WINDOW, thresholdsFor: thresholdsFor(config) };
   const references = new References(
     profiles,
@@ -107,31 +76,15 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
   );
   const views = new DriftViews(store, references, windows);
 
-  const consumerOptions = {
-    group: 'monitor',
-    consumer: consumerName,
-    blockMs: 1000,
-    claimIdleMs: config.CLAIM_IDLE_MS,
-  };
-  const predictions = new StreamConsumer(
-    predictionsConnection,
-    // Large reads: the per-read costs (round trips, the script call, the XACK) are shared by the batch.
-    { ...consumerOptions, stream: keys.predictions, count: 500, maxDeliveries: 5, lingerMs: config.READ_LINGER_MS },
-    (entries) => monitor.handlePredictions(entries),
-    log.child({ module: 'predictions' }),
-  );
-  const feedback = new StreamConsumer(
-    feedbackConnection,
-    // Feedback may arrive before its prediction was applied: it is retried, then dead-lettered.
+  const { predictions, feedback } = streamConsumers(
+    config,
+    consumerName,
+    monitor,
     {
-      ...consumerOptions,
-      stream: keys.feedbackStream,
-      count: 200,
-      maxDeliveries: 20,
-      claimIdleMs: Math.min(config.CLAIM_IDLE_MS, 2000),
+      predictions: predictionsConnection,
+      feedback: feedbackConnection,
     },
-    oneByOne((entry) => monitor.handleFeedback(entry), log.child({ module: 'feedback' })),
-    log.child({ module: 'feedback' }),
+    log,
   );
 
   const report = async () => {
@@ -148,20 +101,132 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
     log,
   });
 
-  // A window closed by a monitor that died before evaluating it is picked up here.
-  const sweeper = setInterval(
-    () => void monitor.evaluatePending().catch((error: unknown) => log.warn({ err: error }, 'window sweep failed')),
-    1000,
-  );
-  const reporter =
-    config.REPORT_INTERVAL_MS > 0
-      ? setInterval(
-          () => void report().catch((error: unknown) => log.warn({ err: error }, 'report failed')),
-          config.REPORT_INTERVAL_MS,
-        )
-      : undefined;
+  const { sweeper, reporter } = startTimers(monitor, report, config, log);
 
-  const stop = stopSteps(log, [
+  const stop = stopMonitor(log, { predictions, feedback, sweeper, reporter, server, alerts, connections });
+
+  await Promise.all([predictions.start(), feedback.start()]);
+  const port = await listen(server, config);
+  log.info({ port, windowSize: config.WINDOW_SIZE }, 'monitor listening');
+  return { stop, port };
+}
+
+/**
+ * Refused credentials are a configuration error to report now (exit 77, EX_NOPERM), not reference
+ * profiles that silently never load; an unreachable registry is not (profiles are fetched when needed).
+ */
+async function checkRegistry(
+  mlflow: MlflowClient | undefined,
+  connections: readonly Redis[],
+  config: MonitorConfig,
+  log: Logger,
+): Promise<void> {
+  await mlflow?.checkAccess().catch(async (error: unknown) => {
+    if (!(error instanceof MlflowAuthError)) {
+      log.warn({ err: error }, 'MLflow unreachable at start-up; reference profiles are fetched from it when needed');
+      return;
+    }
+    log.fatal({ err: error, registry: config.MLFLOW_TRACKING_URI }, error.message);
+    await Promise.all(connections.map((r) => closeRedis(r)));
+    throw new ServiceFailure('MLflow refused the credentials', 77, true, { cause: error });
+  });
+}
+
+function profileSource(config: MonitorConfig, mlflow: MlflowClient | undefined, log: Logger): ProfileSource {
+  return new ProfileSource(
+    {
+      ...(mlflow ? { client: mlflow } : {}),
+      ...(config.MODEL_SIGNING_PUBLIC_KEY_FILE
+        ? { signingKey: createPublicKey(readFileSync(config.MODEL_SIGNING_PUBLIC_KEY_FILE, 'utf8')) }
+        : {}),
+      modelDir: path.resolve(config.MODEL_DIR),
+      modelsDir: path.resolve(config.MODELS_DIR),
+    },
+    log.child({ module: 'profiles' }),
+  );
+}
+
+function alertSink(config: MonitorConfig, redis: Redis, log: Logger): AlertSink {
+  const keys = redisKeys(config.REDIS_PREFIX);
+  return new AlertSink(
+    redis,
+    keys.alerts,
+    log.child({ module: 'alerts' }),
+    config.ALERT_WEBHOOK_URL
+      ? {
+          url: config.ALERT_WEBHOOK_URL,
+          maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
+          ...(config.ALERT_WEBHOOK_SECRET ? { secret: config.ALERT_WEBHOOK_SECRET } : {}),
+        }
+      : undefined,
+  );
+}
+
+function listen(server: Server, config: MonitorConfig): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.MONITOR_PORT, config.MONITOR_HOST, () => {
+      server.off('error', reject);
+      const address = server.address();
+      resolve(typeof address === 'object' && address ? address.port : config.MONITOR_PORT);
+    });
+  });
+}
+
+/** The consumers of the predictions and feedback streams, each on its own (blocking) connection. */
+function streamConsumers(
+  config: MonitorConfig,
+  consumerName: string,
+  monitor: Monitor,
+  on: { predictions: Redis; feedback: Redis },
+  log: Logger,
+) {
+  const keys = redisKeys(config.REDIS_PREFIX);
+  const consumerOptions = {
+    group: 'monitor',
+    consumer: consumerName,
+    blockMs: 1000,
+    claimIdleMs: config.CLAIM_IDLE_MS,
+  };
+  const predictions = new StreamConsumer(
+    on.predictions,
+    // Large reads: the per-read costs (round trips, the script call, the XACK) are shared by the batch.
+    { ...consumerOptions, stream: keys.predictions, count: 500, maxDeliveries: 5, lingerMs: config.READ_LINGER_MS },
+    (entries) => monitor.handlePredictions(entries),
+    log.child({ module: 'predictions' }),
+  );
+  const feedback = new StreamConsumer(
+    on.feedback,
+    // Feedback may arrive before its prediction was applied: it is retried, then dead-lettered.
+    {
+      ...consumerOptions,
+      stream: keys.feedbackStream,
+      count: 200,
+      maxDeliveries: 20,
+      claimIdleMs: Math.min(config.CLAIM_IDLE_MS, 2000),
+    },
+    oneByOne((entry) => monitor.handleFeedback(entry), log.child({ module: 'feedback' })),
+    log.child({ module: 'feedback' }),
+  );
+
+  return { predictions, feedback };
+}
+
+/** Stop consuming, then timers and HTTP, then the alert webhooks in flight, Redis last. */
+function stopMonitor(
+  log: Logger,
+  parts: {
+    predictions: StreamConsumer;
+    feedback: StreamConsumer;
+    sweeper: NodeJS.Timeout;
+    reporter: NodeJS.Timeout | undefined;
+    server: Server;
+    alerts: AlertSink;
+    connections: readonly Redis[];
+  },
+) {
+  const { predictions, feedback, sweeper, reporter, server, alerts, connections } = parts;
+  return stopSteps(log, [
     { name: 'stop consuming', run: () => Promise.all([predictions.stop(), feedback.stop()]) },
     {
       name: 'timers and http',
@@ -177,16 +242,22 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
     { name: 'webhook deliveries', run: () => alerts.drain() },
     { name: 'redis', run: () => Promise.all(connections.map((r) => closeRedis(r))) },
   ]);
+}
 
-  await Promise.all([predictions.start(), feedback.start()]);
-  const port = await new Promise<number>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.MONITOR_PORT, config.MONITOR_HOST, () => {
-      server.off('error', reject);
-      const address = server.address();
-      resolve(typeof address === 'object' && address ? address.port : config.MONITOR_PORT);
-    });
-  });
-  log.info({ port, windowSize: config.WINDOW_SIZE }, 'monitor listening');
-  return { stop, port };
+/** The window sweep, and the periodic report (REPORT_INTERVAL_MS; 0: none). */
+function startTimers(monitor: Monitor, report: () => Promise<unknown>, config: MonitorConfig, log: Logger) {
+  // A window closed by a monitor that died before evaluating it is picked up here.
+  const sweeper = setInterval(
+    () => void monitor.evaluatePending().catch((error: unknown) => log.warn({ err: error }, 'window sweep failed')),
+    1000,
+  );
+  const reporter =
+    config.REPORT_INTERVAL_MS > 0
+      ? setInterval(
+          () => void report().catch((error: unknown) => log.warn({ err: error }, 'report failed')),
+          config.REPORT_INTERVAL_MS,
+        )
+      : undefined;
+
+  return { sweeper, reporter };
 }

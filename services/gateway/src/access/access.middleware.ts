@@ -43,7 +43,6 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
           duration: options.rateWindowSeconds,
         })
       : undefined;
-  const policy = `${options.ratePoints};w=${options.rateWindowSeconds}`;
   const failures = new RateLimiterRedis({
     storeClient: redis,
     keyPrefix: `${prefix}:authfail`,
@@ -99,21 +98,30 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
         subject = `key:${identity.id}`;
         ctx.state.tenant = { id: subject, weight: identity.weight };
       }
-      if (limiter) {
-        try {
-          const used = await limiter.consume(subject);
-          rateHeaders(ctx, policy, options.ratePoints, used);
-        } catch (rejection) {
-          if (!(rejection instanceof RateLimiterRes)) throw rejection; // Redis trouble: the usual 503
-          rateHeaders(ctx, policy, options.ratePoints, rejection);
-          throw new ProblemError('rate-limited', `More than ${options.ratePoints} requests in ${options.rateWindowSeconds} s`, {
-            retryAfterSeconds: Math.max(1, Math.ceil(rejection.msBeforeNext / 1000)),
-          });
-        }
-      }
+      if (limiter) await consumeRate(ctx, limiter, subject, options);
       await next();
     },
   };
+}
+
+/** Counts the request against its subject's rate, with the RateLimit headers; over the rate, a 429. */
+async function consumeRate(
+  ctx: { set(name: string, value: string): void },
+  limiter: RateLimiterRedis,
+  subject: string,
+  options: AccessOptions,
+): Promise<void> {
+  const policy = `${options.ratePoints};w=${options.rateWindowSeconds}`;
+  try {
+    const used = await limiter.consume(subject);
+    rateHeaders(ctx, policy, options.ratePoints, used);
+  } catch (rejection) {
+    if (!(rejection instanceof RateLimiterRes)) throw rejection; // Redis trouble: the usual 503
+    rateHeaders(ctx, policy, options.ratePoints, rejection);
+    throw new ProblemError('rate-limited', `More than ${options.ratePoints} requests in ${options.rateWindowSeconds} s`, {
+      retryAfterSeconds: Math.max(1, Math.ceil(rejection.msBeforeNext / 1000)),
+    });
+  }
 }
 
 function bearer(header: string): string | undefined {

@@ -6,7 +6,7 @@ import type { Access } from '../access/access.middleware.js';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 import { clientOf } from '../http/client-identity.js';
 import type { JobOwnership } from '../access/job-ownership.js';
-import type { GatewayState } from '../http/context.js';
+import type { GatewayContext, GatewayState } from '../http/context.js';
 import type { JobLookup, JobView } from '../jobs/job-lookup.js';
 import { lostJob } from './jobs.route.js';
 
@@ -67,24 +67,19 @@ export class OpenStreams {
   }
 }
 
-export function registerEventRoutes(
-  router: Router<GatewayState>,
-  deps: {
-    lookup: JobLookup;
-    access: Access;
-    callbacks: CallbackDispatcher;
-    limits: EventStreamLimits;
-    streams?: OpenStreams;
-    /** Another key's job is answered as an unknown one. */
-    ownership: JobOwnership;
-  },
-): void {
+interface EventDeps {
+  lookup: JobLookup;
+  access: Access;
+  callbacks: CallbackDispatcher;
+  limits: EventStreamLimits;
+  streams?: OpenStreams;
+  /** Another key's job is answered as an unknown one. */
+  ownership: JobOwnership;
+}
+
+export function registerEventRoutes(router: Router<GatewayState>, deps: EventDeps): void {
   const streams = deps.streams ?? new OpenStreams();
-  const { limits } = deps;
-  const pollMs = limits.pollMs ?? 250;
-  const keepAliveMs = limits.keepAliveMs ?? 15_000;
-  const perClient = new Map<string, number>();
-  let open = 0;
+  const slots = new StreamSlots(deps.limits);
 
   router.get('/v1/jobs/:id/events', deps.access.require('predict'), async (ctx) => {
     const id = ctx.params.id ?? '';
@@ -94,98 +89,136 @@ export function registerEventRoutes(
         : undefined;
     if (!first) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
     ctx.state.jobId = id;
-    const client = clientOf(ctx);
     if (streams.closing) {
       throw new ProblemError('not-ready', 'The gateway is shutting down; reconnect shortly', { retryAfterSeconds: 1 });
     }
-    if (open >= limits.maxConnections) {
+    const giveBack = slots.take(clientOf(ctx));
+    const stream = openStream(ctx, streams, deps.limits, giveBack);
+    // Runs after this handler returns (Koa is already streaming the body).
+    void follow(ctx, deps, id, first, stream);
+  });
+}
+
+/** The event streams open on this gateway, in total and per client, within their limits. */
+class StreamSlots {
+  private open = 0;
+  private readonly perClient = new Map<string, number>();
+
+  constructor(private readonly limits: EventStreamLimits) {}
+
+  /** A slot for `client`, or the refusal; returns what gives it back. */
+  take(client: string): () => void {
+    const { limits } = this;
+    if (this.open >= limits.maxConnections) {
       throw new ProblemError('overloaded', 'Too many event streams are open on this gateway; poll GET /v1/jobs/{id} instead', {
         retryAfterSeconds: 5,
       });
     }
-    if ((perClient.get(client) ?? 0) >= limits.maxPerClient) {
+    if ((this.perClient.get(client) ?? 0) >= limits.maxPerClient) {
       throw new ProblemError('rate-limited', `At most ${limits.maxPerClient} event streams may be open at once per client`, {
         retryAfterSeconds: 5,
       });
     }
-    open++;
-    perClient.set(client, (perClient.get(client) ?? 0) + 1);
-
-    const stream = new PassThrough();
-    ctx.status = 200;
-    ctx.type = 'text/event-stream';
-    ctx.set('Cache-Control', 'no-cache, no-transform');
-    ctx.set('X-Accel-Buffering', 'no'); // proxies (nginx) would hold events back otherwise
-    ctx.body = stream;
-
-    let ended = false;
-    const timers: NodeJS.Timeout[] = [];
-    let forget = (): void => undefined;
-    const end = () => {
-      if (ended) return;
-      ended = true;
-      forget();
-      timers.forEach((t) => clearTimeout(t));
-      open--;
-      const left = (perClient.get(client) ?? 1) - 1;
-      if (left > 0) perClient.set(client, left);
-      else perClient.delete(client);
-      stream.end();
+    this.open++;
+    this.perClient.set(client, (this.perClient.get(client) ?? 0) + 1);
+    return () => {
+      this.open--;
+      const left = (this.perClient.get(client) ?? 1) - 1;
+      if (left > 0) this.perClient.set(client, left);
+      else this.perClient.delete(client);
     };
-    const send = (event: string, data: unknown) => {
-      if (!ended) stream.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-    };
-    forget = streams.add((event, data, retryMs) => {
-      if (!ended)
-        stream.write(`${retryMs === undefined ? '' : `retry: ${retryMs}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-      end();
-    });
-    ctx.req.once('close', end);
-    stream.once('close', end);
-    timers.push(
-      setTimeout(() => {
-        send('timeout', { detail: `streams close after ${limits.maxSeconds} s; reconnect to go on` });
-        end();
-      }, limits.maxSeconds * 1000),
-    );
-    const keepAlive = setInterval(() => !ended && stream.write(': keep-alive\n\n'), keepAliveMs);
-    timers.push(keepAlive);
-    stream.once('close', () => clearInterval(keepAlive));
+  }
+}
 
-    let last = '';
-    const emit = async (view: JobView): Promise<boolean> => {
-      const callback = await deps.callbacks.state(id);
-      const extra = callback ? { callback } : {};
-      if (view.kind === 'pending') {
-        const body = { id, status: view.status, model: view.model, ...extra };
-        const key = JSON.stringify(body);
-        if (key !== last) send('state', body);
-        last = key;
-        return false;
-      }
-      if (view.kind === 'finished') send('result', { ...view.result, ...extra });
-      else send('result', { ...lostJob(id, view.reason), ...extra });
-      return true;
-    };
-    stream.write('retry: 2000\n\n');
-    // Runs after this handler returns (Koa is already streaming the body).
-    void (async () => {
-      try {
-        let view: JobView | undefined = first;
-        // (a function: the flag is set by the close handlers, which flow analysis does not see)
-        const over = () => ended;
-        while (!over() && view && !(await emit(view))) {
-          await new Promise((resolve) => timers.push(setTimeout(resolve, pollMs)));
-          if (over()) return;
-          view = await deps.lookup.find(id);
-        }
-        if (!view) send('gone', { detail: `No job ${id} any more: its result has expired` });
-      } catch (error) {
-        ctx.state.log.warn({ err: error }, 'event stream failed');
-        send('error', { detail: 'The job could not be read; retry' });
-      } finally {
-        end();
-      }
-    })();
+/** An open stream as the poll loop uses it. */
+interface EventStream {
+  send(event: string, data: unknown): void;
+  /** Whether the stream has ended (client gone, timed out, shut down). */
+  ended(): boolean;
+  end(): void;
+  /** Waits `ms` unless the stream ends first (its timer is cleared with the stream). */
+  pause(ms: number): Promise<void>;
+}
+
+/** Starts the SSE answer: headers, keep-alives, the time limit, and the end on close or shutdown. */
+function openStream(ctx: GatewayContext, streams: OpenStreams, limits: EventStreamLimits, giveBack: () => void): EventStream {
+  const keepAliveMs = limits.keepAliveMs ?? 15_000;
+  const stream = new PassThrough();
+  ctx.status = 200;
+  ctx.type = 'text/event-stream';
+  ctx.set('Cache-Control', 'no-cache, no-transform');
+  ctx.set('X-Accel-Buffering', 'no'); // proxies (nginx) would hold events back otherwise
+  ctx.body = stream;
+
+  let ended = false;
+  const timers: NodeJS.Timeout[] = [];
+  let forget = (): void => undefined;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    forget();
+    timers.forEach((t) => clearTimeout(t));
+    giveBack();
+    stream.end();
+  };
+  const send = (event: string, data: unknown) => {
+    if (!ended) stream.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  };
+  forget = streams.add((event, data, retryMs) => {
+    if (!ended)
+      stream.write(`${retryMs === undefined ? '' : `retry: ${retryMs}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    end();
   });
+  ctx.req.once('close', end);
+  stream.once('close', end);
+  timers.push(
+    setTimeout(() => {
+      send('timeout', { detail: `streams close after ${limits.maxSeconds} s; reconnect to go on` });
+      end();
+    }, limits.maxSeconds * 1000),
+  );
+  const keepAlive = setInterval(() => !ended && stream.write(': keep-alive\n\n'), keepAliveMs);
+  timers.push(keepAlive);
+  stream.once('close', () => clearInterval(keepAlive));
+  stream.write('retry: 2000\n\n');
+  return {
+    send,
+    end,
+    ended: () => ended,
+    pause: (ms) => new Promise((resolve) => timers.push(setTimeout(resolve, ms))),
+  };
+}
+
+/** Sends the job's state each time it changes, then its result (or that it is gone), and ends. */
+async function follow(ctx: GatewayContext, deps: EventDeps, id: string, first: JobView, stream: EventStream): Promise<void> {
+  const pollMs = deps.limits.pollMs ?? 250;
+  let last = '';
+  const emit = async (view: JobView): Promise<boolean> => {
+    const callback = await deps.callbacks.state(id);
+    const extra = callback ? { callback } : {};
+    if (view.kind === 'pending') {
+      const body = { id, status: view.status, model: view.model, ...extra };
+      const key = JSON.stringify(body);
+      if (key !== last) stream.send('state', body);
+      last = key;
+      return false;
+    }
+    if (view.kind === 'finished') stream.send('result', { ...view.result, ...extra });
+    else stream.send('result', { ...lostJob(id, view.reason), ...extra });
+    return true;
+  };
+  try {
+    let view: JobView | undefined = first;
+    while (!stream.ended() && view && !(await emit(view))) {
+      await stream.pause(pollMs);
+      if (stream.ended()) return;
+      view = await deps.lookup.find(id);
+    }
+    if (!view) stream.send('gone', { detail: `No job ${id} any more: its result has expired` });
+  } catch (error) {
+    ctx.state.log.warn({ err: error }, 'event stream failed');
+    stream.send('error', { detail: 'The job could not be read; retry' });
+  } finally {
+    stream.end();
+  }
 }

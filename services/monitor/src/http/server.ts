@@ -32,17 +32,19 @@ export interface MonitorHttpDeps {
 /** Where the latest report is served (GET), as POST /reports answers. */
 export const REPORT_URLS = { csv: '/reports/drift.csv', png: '/reports/drift.png' } as const;
 
+function json(res: ServerResponse, status: number, body: unknown, type = 'application/json'): void {
+  res.writeHead(status, { 'content-type': type });
+  res.end(JSON.stringify(body));
+}
+
+function problem(res: ServerResponse, slug: ProblemSlug, detail: string, headers: Record<string, string> = {}): void {
+  const { status, title } = problemCatalogue[slug];
+  res.writeHead(status, { 'content-type': 'application/problem+json', ...headers });
+  res.end(JSON.stringify({ type: problemType(slug), title, status, detail }));
+}
+
 export function createMonitorServer(deps: MonitorHttpDeps): Server {
   let latest: { csv: string; png: string } | undefined;
-  const json = (res: ServerResponse, status: number, body: unknown, type = 'application/json') => {
-    res.writeHead(status, { 'content-type': type });
-    res.end(JSON.stringify(body));
-  };
-  const problem = (res: ServerResponse, slug: ProblemSlug, detail: string, headers: Record<string, string> = {}) => {
-    const { status, title } = problemCatalogue[slug];
-    res.writeHead(status, { 'content-type': 'application/problem+json', ...headers });
-    res.end(JSON.stringify({ type: problemType(slug), title, status, detail }));
-  };
   const expectedToken = deps.writeToken === undefined ? undefined : sha256(deps.writeToken);
   /** Answers and returns false when the request may not write. */
   const authorizeWrite = (req: IncomingMessage, res: ServerResponse): boolean => {
