@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { QUEUES } from '@conveyor/shared/contract/jobs.contract';
+import { INFERENCE_JOB_OPTIONS, QUEUES } from '@conveyor/shared/contract/jobs.contract';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
 import { heldOutDigits, scannedDigit } from '../support/images.js';
@@ -191,9 +191,15 @@ describe('what a completed job keeps in Redis', function () {
     const monitorRecord = `${prefix}:monitor:pred:${id}`;
     await until('the monitor counted the prediction', async () => (await redis.exists(monitorRecord)) === 1);
 
-    const withId = (await keysUnder(redis, prefix)).filter((k) => k.includes(id));
+    // BullMQ's own record of the completed job stays for the dashboard's recent jobs, bounded in
+    // number (the last 100 per queue) and age (an hour) by INFERENCE_JOB_OPTIONS.removeOnComplete,
+    // and small: it holds the job's descriptors, never the image.
+    const bullRecord = `${prefix}:${QUEUES.inference}:${id}`;
+    const withId = (await keysUnder(redis, prefix)).filter((k) => k.includes(id) && k !== bullRecord);
     expect(withId.sort()).to.deep.equal([monitorRecord, keys.result(id)].sort());
     for (const key of withId) expect(await redis.ttl(key), key).to.be.within(1, 600);
+    expect(INFERENCE_JOB_OPTIONS.removeOnComplete).to.deep.equal({ age: 3600, count: 100 });
+    expect(Number(await redis.call('MEMORY', 'USAGE', bullRecord))).to.be.below(4096);
     expect(await redis.hexists(keys.queuedImages, id)).to.equal(0);
     expect(Number((await redis.get(keys.queuedBytes)) ?? 0)).to.equal(0);
     // The streams are bounded by length: BullMQ's events and the predictions (PREDICTION_STREAM_MAXLEN).

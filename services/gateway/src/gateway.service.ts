@@ -92,6 +92,19 @@ function startCallbacks(config: GatewayConfig, redis: Redis, subscriber: Redis, 
   return { callbacks, callbackConnection };
 }
 
+/** Which models exist and which can answer, as the workers announce them (see ModelCatalogue). */
+function catalogueOf(config: GatewayConfig, fleet: FleetStore, log: Logger): ModelCatalogue {
+  return new ModelCatalogue(
+    fleet,
+    {
+      defaultModel: config.DEFAULT_MODEL,
+      configured: (config.MODELS ?? []).map((m) => m.name),
+      retireAfterMs: config.MODEL_RETIRE_AFTER_SECONDS * 1000,
+    },
+    log.child({ module: 'model-catalogue' }),
+  );
+}
+
 /**
  * The gateway, wired from its configuration: Redis connections, the model catalogue, admission,
  * the result waiter, the Koa app and its HTTP server, listening once everything is ready. main.ts
@@ -103,15 +116,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const keys = redisKeys(config.REDIS_PREFIX);
   const { redis, subscriber, queueConnection, queues, board } = await connect(config, gatewayId, log);
   const fleet = new FleetStore(redis, keys);
-  const catalogue = new ModelCatalogue(
-    fleet,
-    {
-      defaultModel: config.DEFAULT_MODEL,
-      configured: (config.MODELS ?? []).map((m) => m.name),
-      retireAfterMs: config.MODEL_RETIRE_AFTER_SECONDS * 1000,
-    },
-    log.child({ module: 'model-catalogue' }),
-  );
+  const catalogue = catalogueOf(config, fleet, log);
   // Read once before serving: the models announced so far get their queues (and dashboard entries) now.
   await catalogue.current();
   for (const model of catalogue.known()) queues.get(model);

@@ -91,21 +91,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     : undefined;
 
   const serving: Serving = { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log };
-  /**
-   * One model's folder failing its checks (a bad manifest, a wrong sha256, a broken export) is that
-   * model's problem, not the deployment's: it is refused and reported, the others are served. Only a
-   * worker left with nothing to serve stops. Refused credentials stop the worker whatever the model.
-   */
-  const serve = async (model: ModelServing): Promise<void> => {
-    try {
-      await serveModel(model, serving);
-    } catch (error) {
-      if (error instanceof MlflowAuthError) throw error;
-      model.refuse(error);
-      // Beats already going: say so now, not at the next beat (else the first warm model's beat will).
-      if (served.some((s) => s.served())) await heartbeat.announce().catch(() => undefined);
-    }
-  };
+  const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
 
   // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
   const ready = serveAll(served, serve, config, log);
@@ -235,6 +221,22 @@ interface Serving {
   readonly workerErrors: { error(error: unknown): void };
   readonly heartbeat: Heartbeat;
   readonly log: Logger;
+}
+
+/**
+ * One model's folder failing its checks (a bad manifest, a wrong sha256, a broken export) is that
+ * model's problem, not the deployment's: it is refused and reported, the others are served. Only a
+ * worker left with nothing to serve stops. Refused credentials stop the worker whatever the model.
+ */
+async function serveOrRefuse(model: ModelServing, serving: Serving, served: readonly ModelServing[]): Promise<void> {
+  try {
+    await serveModel(model, serving);
+  } catch (error) {
+    if (error instanceof MlflowAuthError) throw error;
+    model.refuse(error);
+    // Beats already going: say so now, not at the next beat (else the first warm model's beat will).
+    if (served.some((s) => s.served())) await serving.heartbeat.announce().catch(() => undefined);
+  }
 }
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */

@@ -88,12 +88,30 @@ export async function measureProfile(
     createHash('sha256')
       .update(JSON.stringify(images.map((i) => [i.name, i.label ?? null, createHash('sha256').update(i.bytes).digest('hex')])))
       .digest('hex');
+  const profile = assembleProfile(manifest, { features, predicted, labelled }, { hash, split: options.split });
+  const counts = Object.fromEntries(manifest.labels.map((l, c) => [l, profile.predictedClass.counts[c]!]));
+  return { profile, predicted: counts, skipped, perImage };
+}
+
+/** The reference profile of what was measured: feature deciles, predicted classes, and quality when labelled. */
+function assembleProfile(
+  manifest: LoadedModel['manifest'],
+  measured: {
+    readonly features: Record<string, number[]>;
+    readonly predicted: readonly number[];
+    readonly labelled: readonly { correct: boolean; confidence: number }[];
+  },
+  dataset: { readonly hash: string; readonly split: string },
+): ReferenceProfile {
+  const { features, predicted, labelled } = measured;
+  const n = predicted.length;
+  const hash = dataset.hash;
   const accuracy = (rows: readonly { correct: boolean }[]) =>
     rows.length ? rows.filter((r) => r.correct).length / rows.length : 0;
   const profile: ReferenceProfile = {
     schema: 'conveyor.reference/v1',
     model: { name: manifest.name, version: manifest.version },
-    dataset: { hash, split: options.split, n },
+    dataset: { hash, split: dataset.split, n },
     image: { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels },
     features: Object.fromEntries(Object.entries(features).map(([k, v]) => [k, numericProfile(v)])),
     predictedClass: {
@@ -114,6 +132,5 @@ export async function measureProfile(
         }
       : {}),
   };
-  const counts = Object.fromEntries(manifest.labels.map((l, c) => [l, profile.predictedClass.counts[c]!]));
-  return { profile, predicted: counts, skipped, perImage };
+  return profile;
 }
