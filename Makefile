@@ -117,8 +117,8 @@ drift-demo: build ## Normal → shifted → normal traffic through the system; t
 	$(TSX) scripts/drift-demo.ts
 
 .PHONY: compose-up
-compose-up: ## docker compose up -d --build with 4 inference workers (gateway :8080, monitor :9100, MLflow :5000)
-	docker compose up -d --build --scale inference-worker=4 || docker-compose up -d --build --scale inference-worker=4
+compose-up: ## docker compose up -d --build: DIGITS_WORKERS (4) and MODERATION_WORKERS (1) workers from .env (gateway :8080, monitor :9100, MLflow :5000)
+	docker compose up -d --build || docker-compose up -d --build
 
 .PHONY: compose-down
 compose-down: ## Stop the compose system and remove its volumes
@@ -128,7 +128,7 @@ compose-down: ## Stop the compose system and remove its volumes
 compose-remote-run: COMPOSE_CMD := $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 compose-remote-run: CONTAINER_CLI := $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 compose-remote-run: ## Compose with the orchestrator (2 workers per model), one remote training run in the trainer container, recorded → docs/evidence, docs/images
-	$(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build --scale inference-worker=2 --scale inference-worker-moderation=2
+	DIGITS_WORKERS=2 MODERATION_WORKERS=2 $(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build
 	COMPOSE='$(COMPOSE_CMD)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
 
 .PHONY: cost-table
@@ -136,7 +136,7 @@ cost-table: $(NODE_MODULES) ## Rewrite the README's cost table from docs/evidenc
 	$(TSX) scripts/cost/cost-table.ts
 
 .PHONY: compose-smoke
-compose-smoke: ## Build, start with 4 workers, check from outside (predictions, spread, dashboard, monitor, MLflow), tear down
+compose-smoke: ## Build, start (4 digits + 1 moderation workers), check from outside (predictions, spread, per-model scaling, dashboard, monitor, MLflow), tear down
 	bash scripts/compose-smoke.sh
 
 # Load tests (loadtests/): each starts a whole system of its own on free ports and checks it against
