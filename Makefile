@@ -41,6 +41,17 @@ rules-check: ## promtool (pinned, built once into .tools/bin): check the Prometh
 typecheck: $(NODE_MODULES) ## TypeScript, strict, every package and test
 	npm run typecheck
 
+# The docs site has its own package.json and lock (docs/): the services' install does not carry VitePress.
+DOCS_MODULES := docs/node_modules/.package-lock.json
+
+$(DOCS_MODULES): docs/package.json docs/package-lock.json
+	npm --prefix docs ci --no-audit --no-fund
+	@touch $@
+
+.PHONY: docs
+docs: $(DOCS_MODULES) ## Build the docs site (VitePress, offline) into docs/.vitepress/dist; a dead link between pages fails it
+	npm --prefix docs run -s build
+
 .PHONY: format
 format: $(NODE_MODULES) ## Format the code with Prettier
 	npm run format
@@ -54,7 +65,7 @@ api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,
 	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(WEIGHT),--weight "$(WEIGHT)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
 
 .PHONY: screenshot-page
-screenshot-page: $(NODE_MODULES) ## The README's picture of the page at / (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)
+screenshot-page: $(NODE_MODULES) ## The picture of the page at / in the README and docs (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)
 	$(TSX) scripts/screenshot-page.ts
 
 .PHONY: callback-secret
@@ -132,7 +143,7 @@ compose-remote-run: ## Compose with the orchestrator (2 workers per model), one 
 	COMPOSE='$(COMPOSE_CMD)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
 
 .PHONY: cost-table
-cost-table: $(NODE_MODULES) ## Rewrite the README's cost table from docs/evidence/remote-training-run.json × AWS list prices
+cost-table: $(NODE_MODULES) ## Rewrite the cost table of docs/training.md from docs/evidence/remote-training-run.json × AWS list prices
 	$(TSX) scripts/cost/cost-table.ts
 
 .PHONY: compose-smoke
@@ -145,7 +156,7 @@ compose-smoke: ## Build, start (4 digits + 1 moderation workers), check from out
 LOADTEST := $(TSX) loadtests/capacity.ts
 
 .PHONY: loadtest
-loadtest: build ## Capacity per model: vegeta rate ladders to saturation (digits 1/2/4 workers, moderation 1/2) → loadtests/results/capacity.csv, capacity[-moderation].png (~25 min)
+loadtest: build ## Capacity per model: vegeta rate ladders to saturation (digits 1/2/4 workers, moderation 1/2) → loadtests/results/capacity.csv, capacity[-moderation].png (digits alone: 11.5 min)
 	$(LOADTEST) capacity $(ARGS)
 
 .PHONY: loadtest-scaleout

@@ -50,7 +50,8 @@ export function serviceVariables(): Map<string, { key: string; default: string; 
 export function renderConfigTables(): string {
   const perService = serviceVariables();
   const readers = new Map<string, string[]>();
-  for (const [service, rows] of perService) for (const row of rows) readers.set(row.key, [...(readers.get(row.key) ?? []), service]);
+  for (const [service, rows] of perService)
+    for (const row of rows) readers.set(row.key, [...(readers.get(row.key) ?? []), service]);
   const parts: string[] = [];
   for (const [service, rows] of perService) {
     parts.push(`### ${service}`, '', `${rows.length} variables.`, '');

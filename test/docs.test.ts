@@ -6,8 +6,7 @@ import { CONFIG_PAGE, ENV_EXAMPLE, pageWithTables, renderEnvExample } from '../s
 import { ROOT } from '../scripts/lib/service-process.js';
 
 const read = (file: string) => readFileSync(path.join(ROOT, file), 'utf8');
-const keysOf = (...where: Where[]) =>
-  new Set(SETTINGS.filter((s) => s.where.some((w) => where.includes(w))).map((s) => s.key));
+const keysOf = (...where: Where[]) => new Set(SETTINGS.filter((s) => s.where.some((w) => where.includes(w))).map((s) => s.key));
 const sorted = (keys: Iterable<string>) => [...new Set(keys)].sort();
 
 describe('Documentation', () => {
@@ -41,7 +40,7 @@ describe('Documentation', () => {
   it('keeps the README a door to the docs: at most 15,000 characters, and every link in it leads somewhere', () => {
     const readme = read('README.md');
     expect(readme.length).to.be.at.most(15_000);
-    const links = [...readme.matchAll(/\]\(([^)\s#]+)(?:#[^)]*)?\)/g)].map((m) => m[1] ?? '');
+    const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => (m[1] ?? '').replace(/#.*$/, ''));
     const local = links.filter((l) => !/^[a-z]+:|^\.\.\//.test(l));
     expect(local.length).to.be.greaterThan(10);
     for (const link of local) expect(existsSync(path.join(ROOT, link)), link).to.equal(true);

@@ -41,9 +41,16 @@ export default defineConfig({
   // Nothing of the site is fetched from elsewhere: fonts and search are bundled.
   srcExclude: ['**/node_modules/**', 'README.md'],
   markdown: {
-    // The pages are Markdown only: `<id>` or `Bearer <key>` in prose is text, not an HTML tag.
-    html: false,
     config(md) {
+      // The pages are Markdown: `<id>` or `Bearer <key>` in prose is text, not an HTML tag (Vue would
+      // refuse it as an unclosed element). Only HTML comments (the markers of generated tables) stay HTML.
+      md.core.ruler.push('conveyor-html-as-text', (state: { tokens: Token[] }) => {
+        const isComment = (t: Token) => t.content.trimStart().startsWith('<!--');
+        for (const block of state.tokens) {
+          if (block.type === 'html_block' && !isComment(block)) block.type = 'text';
+          for (const child of block.children ?? []) if (child.type === 'html_inline' && !isComment(child)) child.type = 'text';
+        }
+      });
       md.core.ruler.push('conveyor-repo-links', (state: { tokens: Token[]; env: { path?: string } }) => {
         const page = state.env.path;
         if (!page) return;

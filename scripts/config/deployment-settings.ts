@@ -53,7 +53,8 @@ export const SETTINGS: readonly Setting[] = [
     key: 'REDIS_MAXMEMORY',
     where: ['make run', 'compose'],
     default: '1gb',
-    description: "`maxmemory` of the Redis `make run` or compose starts (policy noeviction: a full Redis refuses writes, the gateway answers 503)",
+    description:
+      '`maxmemory` of the Redis `make run` or compose starts (policy noeviction: a full Redis refuses writes, the gateway answers 503)',
   },
   {
     key: 'METRICS_PORT',
@@ -104,7 +105,7 @@ export const SETTINGS: readonly Setting[] = [
     default: '1',
     description: 'Replicas of `inference-worker-moderation` (the moderation model)',
   },
-  { key: 'GATEWAY_PORT', where: ['compose'], default: '8080', description: "Host port of the gateway" },
+  { key: 'GATEWAY_PORT', where: ['compose'], default: '8080', description: 'Host port of the gateway' },
   {
     key: 'MLFLOW_PORT',
     where: ['compose'],
@@ -213,7 +214,12 @@ export const SETTINGS: readonly Setting[] = [
     default: 'http://s3:9000',
     description: 'S3 endpoint for the artifacts; empty for AWS',
   },
-  { key: 'AWS_ACCESS_KEY_ID', where: ['compose'], default: '(a placeholder moto accepts)', description: "MLflow's S3 key; empty: boto3's chain" },
+  {
+    key: 'AWS_ACCESS_KEY_ID',
+    where: ['compose'],
+    default: '(a placeholder moto accepts)',
+    description: "MLflow's S3 key; empty: boto3's chain",
+  },
   {
     key: 'AWS_SECRET_ACCESS_KEY',
     where: ['compose'],
@@ -225,7 +231,7 @@ export const SETTINGS: readonly Setting[] = [
     key: 'ALERT_WEBHOOK_URL',
     where: ['compose'],
     default: '—',
-    description: "The monitor POSTs every alert here",
+    description: 'The monitor POSTs every alert here',
   },
   { key: 'ALERT_WEBHOOK_SECRET', where: ['compose'], default: '—', description: 'Signs the alert webhook calls' },
   {
@@ -238,7 +244,8 @@ export const SETTINGS: readonly Setting[] = [
     key: 'MODEL_SIGNING_PUBLIC_KEY',
     where: ['compose (public profile)'],
     default: '—',
-    description: "Host path of `make signing-key`'s public key, mounted into the workers and the monitor; required by the public profile",
+    description:
+      "Host path of `make signing-key`'s public key, mounted into the workers and the monitor; required by the public profile",
     example: './data/keys/model-signing.pub.pem',
     requiredPublic: true,
   },
