@@ -52,6 +52,10 @@ $(DOCS_MODULES): docs/package.json docs/package-lock.json
 docs: $(DOCS_MODULES) ## Build the docs site (VitePress, offline) into docs/.vitepress/dist; a dead link between pages fails it
 	npm --prefix docs run -s build
 
+.PHONY: docs-screenshot
+docs-screenshot: $(NODE_MODULES) ## Pictures of the built docs site (home, configuration) in headless Chromium → docs/images/docs-*.png (make docs first)
+	$(TSX) scripts/screenshot-docs.ts
+
 .PHONY: format
 format: $(NODE_MODULES) ## Format the code with Prettier
 	npm run format
