@@ -46,6 +46,21 @@ lint: $(NODE_MODULES) ## ESLint (type-aware, security rules), Prettier, actionli
 typecheck: $(NODE_MODULES) ## TypeScript, strict, every package and test
 	npm run typecheck
 
+# The docs site has its own package.json and lock (docs/): the services' install does not carry VitePress.
+DOCS_MODULES := docs/node_modules/.package-lock.json
+
+$(DOCS_MODULES): docs/package.json docs/package-lock.json
+	npm --prefix docs ci --no-audit --no-fund
+	@touch $@
+
+.PHONY: docs
+docs: $(DOCS_MODULES) ## Build the docs site (VitePress, offline) into docs/.vitepress/dist; a dead link between pages fails it
+	npm --prefix docs run -s build
+
+.PHONY: docs-screenshot
+docs-screenshot: $(NODE_MODULES) ## Pictures of the built docs site (home, configuration) in headless Chromium → docs/images/docs-*.png (make docs first)
+	$(TSX) scripts/screenshot-docs.ts
+
 .PHONY: format
 format: $(NODE_MODULES) ## Format the code with Prettier
 	npm run format
@@ -73,7 +88,7 @@ signing-key: $(NODE_MODULES) ## An Ed25519 key pair for model signatures in data
 	$(TSX) scripts/signing-key.ts
 
 .PHONY: screenshot-page
-screenshot-page: $(NODE_MODULES) ## The README's picture of the page at / (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)
+screenshot-page: $(NODE_MODULES) ## The picture of the page at / in the README and docs (docs/images/page.png) from a running system (GATEWAY_URL, default http://localhost:8080)
 	$(TSX) scripts/screenshot-page.ts
 
 ##@ Models, training and MLflow
@@ -125,26 +140,26 @@ screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in
 ##@ Containers
 
 .PHONY: compose-up
-compose-up: ## docker compose up -d --build with 4 inference workers (gateway :8080, monitor :9100, MLflow :5000)
-	docker compose up -d --build --scale inference-worker=4 || docker-compose up -d --build --scale inference-worker=4
+compose-up: ## docker compose up -d --build: DIGITS_WORKERS (4) and MODERATION_WORKERS (1) workers from .env (gateway :8080, monitor :9100, MLflow :5000)
+	docker compose up -d --build || docker-compose up -d --build
 
 .PHONY: compose-down
 compose-down: ## Stop the compose system and remove its volumes
 	docker compose down -v || docker-compose down -v
 
 .PHONY: compose-smoke
-compose-smoke: ## Build, start with 4 workers, check from outside (predictions, spread, dashboard, monitor, MLflow), tear down
+compose-smoke: ## Build, start (4 digits + 1 moderation workers), check from outside (predictions, spread, per-model scaling, dashboard, monitor, MLflow), tear down
 	bash scripts/compose-smoke.sh
 
 .PHONY: compose-remote-run
 compose-remote-run: COMPOSE_CMD := $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 compose-remote-run: CONTAINER_CLI := $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 compose-remote-run: ## Compose with the orchestrator (2 workers per model), one remote training run in the trainer container, recorded → docs/evidence, docs/images
-	$(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build --scale inference-worker=2 --scale inference-worker-moderation=2
+	DIGITS_WORKERS=2 MODERATION_WORKERS=2 $(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build
 	COMPOSE='$(COMPOSE_CMD)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
 
 .PHONY: cost-table
-cost-table: $(NODE_MODULES) ## Rewrite the README's cost table from docs/evidence/remote-training-run.json × AWS list prices
+cost-table: $(NODE_MODULES) ## Rewrite the cost table of docs/training.md from docs/evidence/remote-training-run.json × AWS list prices
 	$(TSX) scripts/cost/cost-table.ts
 
 ##@ Benchmarks and demonstrations
@@ -172,7 +187,7 @@ drift-demo: build ## Normal → shifted → normal traffic through the system; t
 LOADTEST := $(TSX) loadtests/capacity.ts
 
 .PHONY: loadtest
-loadtest: build ## Capacity per model: vegeta rate ladders to saturation (digits 1/2/4 workers, moderation 1/2) → loadtests/results/capacity.csv, capacity[-moderation].png (~25 min)
+loadtest: build ## Capacity per model: vegeta rate ladders to saturation (digits 1/2/4 workers, moderation 1/2) → loadtests/results/capacity.csv, capacity[-moderation].png (digits alone: 11.5 min)
 	$(LOADTEST) capacity $(ARGS)
 
 .PHONY: loadtest-scaleout

@@ -66,7 +66,19 @@ const layoutRules = [
  * TypeScript counterpart of the roadmap's bandit. Formatting is Prettier's job, not the linter's.
  */
 export default tseslint.config(
-  { ignores: ['**/dist/**', 'node_modules/**', 'data/**', 'models/**', 'coverage/**', '.venv/**'] },
+  // docs/ is the VitePress site: its own package (docs/package.json) and config, built by `make docs`.
+  {
+    ignores: [
+      '**/dist/**',
+      'node_modules/**',
+      'data/**',
+      'models/**',
+      'coverage/**',
+      '.venv/**',
+      'docs/node_modules/**',
+      'docs/.vitepress/**',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   security.configs.recommended,

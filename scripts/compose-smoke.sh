@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Compose smoke test: build the images, start the whole system with four digits workers and the
-# moderation worker, and check it from outside through the published ports: readiness per model, a
-# synchronous and an asynchronous prediction, the moderation model, jobs spread over all four digits
-# workers, the queue dashboard behind its credentials, the monitor, and MLflow behind its own
+# moderation worker (DIGITS_WORKERS=4, MODERATION_WORKERS=1), and check it from outside through the
+# published ports: readiness per model, a synchronous and an asynchronous prediction, the moderation
+# model, jobs spread over all four digits workers, each model scaled on its own with the commands the
+# docs give (docs/operations.md, docs/runbook.md: one model's count changes, the other keeps its
+# workers), the queue dashboard behind its credentials, the monitor, and MLflow behind its own
 # (basic-auth: anonymous refused, the READ-only reader reads and cannot change what the admin made)
 # with its artifacts in the `s3` service's versioned bucket. Always tears everything down (volumes
 # included). Prints what it checked.
@@ -14,6 +16,7 @@ project=${COMPOSE_PROJECT:-conveyor-smoke}
 export GATEWAY_PORT=${GATEWAY_PORT:-18080} MONITOR_PORT=${MONITOR_PORT:-19100} MLFLOW_PORT=${MLFLOW_PORT:-15000}
 export DASHBOARD_USER=smoke DASHBOARD_PASSWORD=smoke-test-password
 export MLFLOW_ADMIN_PASSWORD=smoke-admin-password MLFLOW_READER_PASSWORD=smoke-reader-password
+export DIGITS_WORKERS=4 MODERATION_WORKERS=1
 dc() { "${compose[@]}" -p "$project" "$@"; }
 gateway="http://127.0.0.1:$GATEWAY_PORT"
 checks=0
@@ -22,11 +25,11 @@ fail() { printf '  \033[31m✗ %s\033[0m\n' "$*"; dc logs --tail 40 || true; exi
 cleanup() { echo "== down -v"; dc down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-echo "== build and up (${compose[*]}, --scale inference-worker=4)"
+echo "== build and up (${compose[*]}, DIGITS_WORKERS=$DIGITS_WORKERS, MODERATION_WORKERS=$MODERATION_WORKERS)"
 started=$(date +%s)
 dc build >/dev/null
 built=$(date +%s)
-dc up -d --scale inference-worker=4 >/dev/null
+dc up -d >/dev/null
 echo "   images built in $((built - started)) s, system started in $(($(date +%s) - built)) s"
 for image in conveyor:local conveyor-mlflow:local conveyor-s3:local; do
   size=$(docker image inspect --format '{{.Size}}' "$image" 2>/dev/null || echo 0)
@@ -34,13 +37,19 @@ for image in conveyor:local conveyor-mlflow:local conveyor-s3:local; do
 done
 
 echo "== checks"
-# Four digits workers (the scaled service) and the moderation worker, each counted under its model.
-for _ in $(seq 1 90); do
-  workers=$(curl -fsS "$gateway/ready" 2>/dev/null | python3 -c 'import sys, json; m = json.load(sys.stdin)["models"]; print(m["digits"]["workers"], m["moderation"]["workers"])' 2>/dev/null || echo 0 0)
-  [ "$workers" = "4 1" ] && break
-  sleep 2
-done
-[ "$workers" = "4 1" ] || fail "gateway /ready does not list 4 digits workers and 1 moderation worker (got $workers)"
+# Live workers per model, as the gateway counts them from their heartbeats: "<digits> <moderation>".
+live_workers() {
+  curl -fsS "$gateway/ready" 2>/dev/null | python3 -c 'import sys, json; m = json.load(sys.stdin)["models"]; print(m["digits"]["workers"], m["moderation"]["workers"])' 2>/dev/null || echo 0 0
+}
+await_workers() {
+  for _ in $(seq 1 90); do
+    workers=$(live_workers)
+    [ "$workers" = "$1" ] && return 0
+    sleep 2
+  done
+  return 1
+}
+await_workers "4 1" || fail "gateway /ready does not list 4 digits workers and 1 moderation worker (got $workers)"
 ok "gateway ready on :$GATEWAY_PORT with 4 live digits workers and 1 moderation worker"
 
 moderation=$(curl -fsS -F file=@docs/examples/seven.png "$gateway/v1/models/moderation/predict" | python3 -c 'import sys, json; d = json.load(sys.stdin); print(d["model"]["name"], len(d["prediction"]["top"]))')
@@ -69,10 +78,23 @@ wait
 [ "$served" = 4 ] || fail "80 requests were served by $served workers, expected 4"
 ok "80 concurrent requests spread over all 4 workers"
 
+# Each model scaled on its own, with the docs' commands: a replica count changed for one model
+# leaves the other's workers as they are (a service not named returns to its declared count, which
+# is its *_WORKERS setting, not 1).
+MODERATION_WORKERS=2 dc up -d >/dev/null 2>&1
+await_workers "4 2" || fail "after MODERATION_WORKERS=2 up -d: digits/moderation workers are $workers, expected 4 2"
+ok "MODERATION_WORKERS=2 docker compose up -d: 2 moderation workers, the 4 digits workers kept"
+export MODERATION_WORKERS=2
+dc up -d --scale inference-worker=2 >/dev/null 2>&1
+await_workers "2 2" || fail "after --scale inference-worker=2: digits/moderation workers are $workers, expected 2 2"
+ok "docker compose up -d --scale inference-worker=2: 2 digits workers, the 2 moderation workers kept"
+
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$gateway/admin/queues")" = 401 ] || fail "dashboard answered without credentials"
-queues=$(curl -fsS -u "$DASHBOARD_USER:$DASHBOARD_PASSWORD" "$gateway/admin/queues/api/queues" | python3 -c 'import sys, json; print(",".join(q["name"] for q in json.load(sys.stdin)["queues"]))')
-[ "$queues" = inference ] || fail "dashboard lists queues: $queues"
-ok "queue dashboard at /admin/queues: 401 without credentials, lists the inference queue with them"
+# One queue per model (shared/src/contract/queue.contract.ts): digits keeps `inference`, the moderation
+# model has `inference.moderation`; callbacks have their own.
+queues=$(curl -fsS -u "$DASHBOARD_USER:$DASHBOARD_PASSWORD" "$gateway/admin/queues/api/queues" | python3 -c 'import sys, json; print(",".join(sorted(q["name"] for q in json.load(sys.stdin)["queues"])))')
+[[ ",$queues," == *,inference,* && ",$queues," == *,inference.moderation,* ]] || fail "dashboard lists queues: $queues"
+ok "queue dashboard at /admin/queues: 401 without credentials, lists each model's queue with them ($queues)"
 
 curl -fsS "http://127.0.0.1:$MONITOR_PORT/drift" | python3 -c 'import sys, json; d = json.load(sys.stdin); assert d["models"], d' || fail "monitor /drift saw no predictions"
 ok "monitor on :$MONITOR_PORT consumed the prediction events (/drift)"
@@ -103,12 +125,14 @@ print(len(s3.list_object_versions(Bucket='conveyor-mlflow', Prefix='artifacts/0/
 [ "$versions" = 2 ] || fail "the bucket holds $versions versions of the artifact written twice, expected 2"
 ok "MLflow's artifacts in the s3 service's bucket (versioning on): one path written twice → 2 object versions, the latest served"
 
+# Health from each container's own state (the ps table's layout differs between compose versions).
+health() { dc ps -q | xargs docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}}'; }
 for _ in $(seq 1 30); do
-  unhealthy=$(dc ps | tail -n +3 | grep -vc '(healthy)' || true)
+  unhealthy=$(health | grep -vc '^healthy$' || true)
   [ "$unhealthy" = 0 ] && break
   sleep 2
 done
-[ "$unhealthy" = 0 ] || fail "containers not healthy: $(dc ps)"
-ok "all $(dc ps | tail -n +3 | wc -l) containers report healthy"
+[ "$unhealthy" = 0 ] || fail "containers not healthy: $(health | sort | uniq -c | tr '\n' ' ')"
+ok "all $(dc ps -q | wc -l) containers report healthy"
 
 echo "== $checks checks passed"

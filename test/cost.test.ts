@@ -4,15 +4,16 @@ import {
   measured,
   PRICES,
   readMeasured,
-  readmeWithCostTable,
+  pageWithCostTable,
+  COST_PAGE,
   renderCostTable,
   type Evidence,
 } from '../scripts/cost/cost-table.js';
 
-describe('README cost table', () => {
+describe('The cost table of the training page', () => {
   it('is what scripts/cost/cost-table.ts makes of the committed record of the remote training run', () => {
-    const readme = readFileSync('README.md', 'utf8');
-    expect(readmeWithCostTable(readme)).to.equal(readme);
+    const page = readFileSync(COST_PAGE, 'utf8');
+    expect(pageWithCostTable(page)).to.equal(page);
   });
 
   it('states every price with its source page and the date it was taken as known', () => {

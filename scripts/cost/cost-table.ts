@@ -5,15 +5,15 @@ import { z } from 'zod';
 import { ROOT } from '../../harness/service-process.js';
 
 /**
- * The README's cost table: what the weekly training run costs on AWS, from figures measured in the
+ * The cost table of the docs' training page (docs/training.md, "What a run costs"): what the weekly training run costs on AWS, from figures measured in the
  * remote training run through compose (docs/evidence/remote-training-run.json, written by
  * scripts/evidence/remote-training.ts) multiplied by AWS's published list prices (below, each with
  * its source and the date it was taken as known). Nothing here is estimated but the prices.
  *
- *   node --conditions=conveyor-source --import tsx scripts/cost/cost-table.ts          # rewrite the README's table
+ *   node --conditions=conveyor-source --import tsx scripts/cost/cost-table.ts          # rewrite the page's table
  *   node --conditions=conveyor-source --import tsx scripts/cost/cost-table.ts --check  # exit 1 if it is out of date
  *
- * test/cost.test.ts checks that the README holds exactly what this script writes.
+ * test/cost.test.ts checks that the page holds exactly what this script writes.
  */
 
 /** A published price: value, unit, where it is published, and when it was taken as known. */
@@ -188,25 +188,28 @@ export function readMeasured(): Measured {
   return measured(evidence, lifecycle.Rules[0]!.NoncurrentVersionExpiration.NoncurrentDays);
 }
 
-/** The README with its cost table replaced by what the committed record gives. */
-export function readmeWithCostTable(readme: string, table = renderCostTable(readMeasured())): string {
-  const begin = readme.indexOf(BEGIN);
-  const end = readme.indexOf(END);
-  if (begin < 0 || end < begin) throw new Error('README.md has no cost-table markers');
-  return readme.slice(0, begin) + table + readme.slice(end + END.length);
+/** The page that shows the cost table. */
+export const COST_PAGE = 'docs/training.md';
+
+/** The page with its cost table replaced by what the committed record gives. */
+export function pageWithCostTable(page: string, table = renderCostTable(readMeasured())): string {
+  const begin = page.indexOf(BEGIN);
+  const end = page.indexOf(END);
+  if (begin < 0 || end < begin) throw new Error(`${COST_PAGE} has no cost-table markers`);
+  return page.slice(0, begin) + table + page.slice(end + END.length);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const file = path.join(ROOT, 'README.md');
-  const readme = readFileSync(file, 'utf8');
-  const updated = readmeWithCostTable(readme);
+  const file = path.join(ROOT, COST_PAGE);
+  const page = readFileSync(file, 'utf8');
+  const updated = pageWithCostTable(page);
   if (process.argv.includes('--check')) {
-    if (updated !== readme) {
-      console.error('README.md: the cost table is out of date; run scripts/cost/cost-table.ts');
+    if (updated !== page) {
+      console.error(`${COST_PAGE}: the cost table is out of date; run scripts/cost/cost-table.ts`);
       process.exit(1);
     }
-  } else if (updated !== readme) {
+  } else if (updated !== page) {
     writeFileSync(file, updated);
-    console.error('README.md: cost table rewritten');
+    console.error(`${COST_PAGE}: cost table rewritten`);
   }
 }

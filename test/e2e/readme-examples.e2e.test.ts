@@ -16,12 +16,12 @@ import { until } from '../support/wait.js';
 const sh = promisify(exec);
 
 /**
- * Examples that run: every shell command of the README's "Quick start" and "API" sections, taken
- * from README.md itself, is run with bash against a real system (gateway, a worker serving both
- * models, Redis), so the README cannot drift from the code. Only these blocks are not run, each
- * for its reason (the test fails if the list no longer matches the README):
- * the one starting the system (`make run`, `make test`: this test is that system, and part of that
- * suite) and "With containers" (Docker; `make compose-smoke` covers it).
+ * Examples that run: every shell command of the README's "Quick start" and of the docs pages
+ * "Getting started" and "API", taken from the Markdown itself, is run with bash against a real
+ * system (gateway, a worker serving both models, Redis), so the docs cannot drift from the code.
+ * Only these blocks are not run, each for its reason (the test fails if the list no longer matches
+ * the pages): the ones starting the system (`make run`, `make test`: this test is that system, and
+ * part of that suite) and "With containers" (Docker; `make compose-smoke` runs its scaling commands).
  * The addresses are the README's, rewritten to the ones of this run: the gateway for
  * localhost:8080, a local image server for the URL example's 127.0.0.1:8000 (allowed with
  * URL_ALLOW_CIDRS as the README says), a local receiver for the callback URL, and one of
@@ -32,17 +32,20 @@ interface Block {
   readonly commands: string[];
 }
 
-function shellBlocks(markdown: string, from: string, to: string): Block[] {
-  const start = markdown.indexOf(`\n${from}\n`);
-  const end = markdown.indexOf(`\n${to}\n`, start);
-  expect(start, from).to.be.greaterThan(0);
+/** The shell blocks of a Markdown file, from the heading `from` (or the top) to the heading `to` (or the end). */
+function shellBlocks(file: string, from?: string, to?: string): Block[] {
+  const markdown = readFileSync(path.join(ROOT, file), 'utf8');
+  const start = from === undefined ? 0 : markdown.indexOf(`\n${from}\n`);
+  const end = to === undefined ? markdown.length : markdown.indexOf(`\n${to}\n`, start);
+  expect(start, `${file}: ${from ?? ''}`).to.be.at.least(0);
+  expect(end, `${file}: ${to ?? ''}`).to.be.greaterThan(start);
   const section = markdown.slice(start, end);
   const blocks: Block[] = [];
-  let heading = from;
+  let heading = `${file} ${from ?? ''}`.trim();
   let inBlock = false;
   let lines: string[] = [];
   for (const line of section.split('\n')) {
-    if (!inBlock && /^#{2,3} /.test(line)) heading = line;
+    if (!inBlock && /^#{1,3} /.test(line)) heading = `${file} ${line}`;
     if (line.startsWith('```')) {
       if (inBlock) {
         blocks.push({ heading, commands: commandsOf(lines) });
@@ -74,10 +77,13 @@ describe('README examples run against a real system', function () {
   let images: UrlServer;
   let receiver: CallbackReceiver;
   let dir: string;
-  const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
-  const blocks = [...shellBlocks(readme, '## Quick start', '## API'), ...shellBlocks(readme, '## API', '## Configuration')];
+  const blocks = [
+    ...shellBlocks('README.md', '## Quick start', '## Tests'),
+    ...shellBlocks('docs/getting-started.md'),
+    ...shellBlocks('docs/api.md'),
+  ];
   const skipped = (b: Block) =>
-    b.heading === '### With containers' || b.commands.some((c) => c.startsWith('make run') || c.startsWith('make test'));
+    b.heading.endsWith('### With containers') || b.commands.some((c) => c.startsWith('make run') || c.startsWith('make test'));
 
   before(async () => {
     await ensureModerationModel();
@@ -110,12 +116,17 @@ describe('README examples run against a real system', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('finds the blocks it runs, and skips exactly the two it says', () => {
-    expect(blocks.filter(skipped).map((b) => b.heading)).to.deep.equal(['## Quick start', '### With containers']);
+  it('finds the blocks it runs, and skips exactly the ones it says', () => {
+    expect(blocks.filter(skipped).map((b) => b.heading)).to.deep.equal([
+      'README.md ## Quick start',
+      'README.md ### With containers',
+      'docs/getting-started.md ## Quick start',
+      'docs/getting-started.md ### With containers',
+    ]);
     expect(blocks.filter((b) => !skipped(b)).flatMap((b) => b.commands).length).to.be.greaterThan(10);
   });
 
-  it('runs every command of the Quick start and API sections, with the answers the README promises', async () => {
+  it('runs every command of the Quick start, Getting started and API, with the answers the pages promise', async () => {
     const host = new URL(gateway.url).host;
     let lastJob: string | undefined;
     const ran: string[] = [];
@@ -135,7 +146,7 @@ describe('README examples run against a real system', function () {
           ({ stdout } = await sh(command, { cwd: ROOT, shell: '/bin/bash', env: { ...process.env, CONVEYOR_URL: gateway.url } }));
         } catch (error) {
           const e = error as { stdout?: string; stderr?: string };
-          throw new Error(`README example failed: ${original}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`, { cause: error });
+          throw new Error(`docs example failed: ${original}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`, { cause: error });
         }
         ran.push(original);
         const id = /"id":\s*"([0-9a-f-]{36})"/.exec(stdout)?.[1];
