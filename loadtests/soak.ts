@@ -163,21 +163,23 @@ async function counterEntries(redis: Redis, system: LoadSystem, limit = 10): Pro
   return out;
 }
 
+/** The ids in one model queue's wait, active, prioritized, delayed and paused sets, in that order. */
+async function queueLists(redis: Redis, model: string): Promise<string[][]> {
+  const queue = `${PREFIX}:${model === 'digits' ? 'inference' : `inference.${model}`}`;
+  return (await redis
+    .pipeline()
+    .lrange(`${queue}:wait`, 0, -1)
+    .lrange(`${queue}:active`, 0, -1)
+    .zrange(`${queue}:prioritized`, 0, -1)
+    .zrange(`${queue}:delayed`, 0, -1)
+    .lrange(`${queue}:paused`, 0, -1)
+    .exec())!.map(([, v]) => v as string[]);
+}
+
 /** The queued-bytes counter, and the bytes the inputs of the jobs in the model queues hold. */
 async function counterAndHeld(redis: Redis, system: LoadSystem): Promise<[number, number]> {
   const ids: string[] = [];
-  for (const model of system.models) {
-    const queue = `${PREFIX}:${model === 'digits' ? 'inference' : `inference.${model}`}`;
-    const lists = (await redis
-      .pipeline()
-      .lrange(`${queue}:wait`, 0, -1)
-      .lrange(`${queue}:active`, 0, -1)
-      .zrange(`${queue}:prioritized`, 0, -1)
-      .zrange(`${queue}:delayed`, 0, -1)
-      .lrange(`${queue}:paused`, 0, -1)
-      .exec())!.map(([, v]) => v as string[]);
-    ids.push(...lists.flat());
-  }
+  for (const model of system.models) ids.push(...(await queueLists(redis, model)).flat());
   const p = redis.pipeline().get(redisKeys(PREFIX).queuedBytes);
   for (const id of ids) p.strlen(redisKeys(PREFIX).input(id));
   const [first, ...lengths] = (await p.exec())!;
@@ -246,15 +248,7 @@ async function sample(redis: Redis, system: LoadSystem, t0: number, watch: Strea
   let active = 0;
   const queuedIds: string[] = [];
   for (const model of system.models) {
-    const queue = `${PREFIX}:${model === 'digits' ? 'inference' : `inference.${model}`}`;
-    const [wait, act, prio, delayed, paused] = (await redis
-      .pipeline()
-      .lrange(`${queue}:wait`, 0, -1)
-      .lrange(`${queue}:active`, 0, -1)
-      .zrange(`${queue}:prioritized`, 0, -1)
-      .zrange(`${queue}:delayed`, 0, -1)
-      .lrange(`${queue}:paused`, 0, -1)
-      .exec())!.map(([, v]) => v as string[]);
+    const [wait, act, prio, delayed, paused] = await queueLists(redis, model);
     waiting[model] = wait!.length + prio!.length + paused!.length;
     active += act!.length;
     queuedIds.push(...wait!, ...act!, ...prio!, ...delayed!, ...paused!);

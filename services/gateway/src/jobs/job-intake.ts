@@ -3,11 +3,9 @@ import type { CallbackState } from '@conveyor/shared/contract/api.contract';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 import type { FairPlace, QueuePlace, Tenant } from '../http/context.js';
-import type { ImageFacts } from '../intake/inspect-image.js';
-import type { PredictInput } from '../intake/read-input.js';
 import type { Admission } from './admission.js';
 import type { FairQueue } from './fair-queue.js';
-import type { JobSubmitter } from './job-submitter.js';
+import type { JobSubmitter, Submission } from './job-submitter.js';
 import type { ModelQueues } from './model-queues.js';
 import type { ResultWaiter, Ticket } from './result-waiter.js';
 
@@ -30,21 +28,13 @@ export interface AdmittedPlace {
 }
 
 /** Everything a job is made of, once the request's image passed the checks. */
-export interface NewJob {
-  readonly model: ModelName;
-  /** The admitted place's id (or a fresh one): the request names it in its answers already. */
-  readonly jobId: string;
-  readonly requestId: string;
-  /** When the gateway accepted the request (epoch ms). */
-  readonly acceptedAt: number;
-  readonly input: PredictInput;
-  readonly bytes: Buffer;
-  readonly facts: ImageFacts;
+export interface NewJob extends Pick<
+  Submission,
+  'model' | 'jobId' | 'requestId' | 'acceptedAt' | 'input' | 'bytes' | 'facts' | 'owner'
+> {
   /** The place taken at admission; given back once the job is queued (or could not be). */
   readonly place?: QueuePlace | undefined;
   readonly fair?: FairPlace | undefined;
-  /** The API key id that made the job (only it, or an admin, may read the job). */
-  readonly owner?: string | undefined;
   /** Whose share of pending callbacks a callback counts against (clientOf). */
   readonly client: string;
   /** Where to POST the result (Callback-Url), if anywhere. */
