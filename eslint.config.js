@@ -113,10 +113,6 @@ export default tseslint.config(
     files: ['services/*/src/**/*.ts', 'shared/src/**/*.ts'],
     ignores: [
       'services/gateway/src/openapi/openapi.document.ts',
-      'services/monitor/src/http/metrics.ts',
-      'services/trainer/src/pipeline/train-run.ts',
-      'services/trainer/src/pipeline/track.ts',
-      'services/trainer/src/pipeline/run-all.ts',
     ],
     rules: { 'max-lines-per-function': ['error', { max: 80 }] },
   },

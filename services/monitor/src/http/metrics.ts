@@ -20,7 +20,16 @@ export function monitorMetrics(
 ): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'conveyor_monitor_' });
-  const labelsOf = (m: { name: string; model: { version: string } }) => ({ model: m.name, version: m.model.version });
+  driftGauges(registry, store);
+  qualityGauges(registry, store);
+  instanceCounters(registry, monitor, consumers, profiles);
+  return registry;
+}
+
+const labelsOf = (m: { name: string; model: { version: string } }) => ({ model: m.name, version: m.model.version });
+
+/** The drift state in Redis, per model version: values, alert levels, the window filling, the current version. */
+function driftGauges(registry: Registry, store: MonitorStore): void {
   new Gauge({
     name: 'conveyor_drift_value',
     help: 'Drift of the last evaluated window (PSI, or share of drifted embedding components)',
@@ -73,6 +82,10 @@ export function monitorMetrics(
       for (const tracked of models) this.set(labelsOf(tracked), current.get(tracked.name) === tracked.model.version ? 1 : 0);
     },
   });
+}
+
+/** Quality from labelled feedback, per model version. */
+function qualityGauges(registry: Registry, store: MonitorStore): void {
   new Gauge({
     name: 'conveyor_quality_accuracy',
     help: 'Rolling accuracy of labelled predictions at the confidence threshold',
@@ -86,6 +99,15 @@ export function monitorMetrics(
       }
     },
   });
+}
+
+/** What this instance did since it started: events applied, stream entries handled, profiles refused. */
+function instanceCounters(
+  registry: Registry,
+  monitor: Monitor,
+  consumers: Readonly<Record<string, StreamConsumer>>,
+  profiles: Pick<ProfileSource, 'stats'> | undefined,
+): void {
   // Totals since this instance started, from the monitor's own counts at scrape time.
   let reported = { ...monitor.stats };
   const totals = (metric: Counter<'kind'>, kind: string, delta: number) => {
@@ -138,5 +160,4 @@ export function monitorMetrics(
       refusedBefore = now;
     },
   });
-  return registry;
 }

@@ -47,16 +47,7 @@ export interface RunAllResult {
 
 export async function runAll(options: RunAllOptions): Promise<RunAllResult> {
   const { log } = options;
-  const source = options.source ?? readMnistSource();
-  const snapshotDir = await writeSnapshot(source, path.join(options.dataRoot, 'datasets'));
-  log.info({ source: source.source, rows: source.rows.length, hash: source.hash, snapshotDir }, 'ingested');
-
-  const report = validateDataset(source, await readSuite(options.suiteFile));
-  await writeValidationReport(report, snapshotDir);
-  if (options.reportsDir) await writeValidationReport(report, options.reportsDir);
-  requireValid(report);
-  log.info({ suite: report.suite, expectations: report.evaluated }, 'data validated');
-
+  const { source, snapshotDir, report } = await ingestAndValidate(options);
   const dataset = toImages(source);
   const configs = await Promise.all(options.configFiles.map((f) => readTrainConfig(f)));
   const experimentId = options.tracking
@@ -110,25 +101,46 @@ export async function runAll(options: RunAllOptions): Promise<RunAllResult> {
     await publishModelFolder(best, options.publishTo);
     log.info({ to: options.publishTo, version: best.version }, 'best model folder published');
   }
-  if (options.modelCardFile) {
-    const cardRuns: CardRun[] = runs.map((r) => ({ run: r.run, ...(r.tracked ? { runId: r.tracked.runId } : {}) }));
-    await mkdir(path.dirname(options.modelCardFile), { recursive: true });
-    await writeFile(
-      options.modelCardFile,
-      modelCard({
-        runs: cardRuns,
-        best,
-        datasetSource: dataset.source,
-        datasetHash: dataset.hash,
-        ...(registered ? { registered: { name: registered.name, version: registered.version } } : {}),
-        ...(options.tracking ? { trackingUri: options.tracking.client.trackingUri } : {}),
-      }),
-    );
-    if (options.reportsDir)
-      await copyFile(
-        path.join(best.dir, 'evaluation.json'),
-        path.join(options.reportsDir, `${best.config.name}.evaluation.json`),
-      );
-  }
+  if (options.modelCardFile) await writeModelCard(options, options.modelCardFile, runs, best, dataset, registered);
   return { runs, best, ...(registered ? { registered } : {}), snapshotDir };
+}
+
+/** The dataset snapshot, checked by the validation suite (its report written beside it); throws if it fails. */
+async function ingestAndValidate(options: RunAllOptions) {
+  const { log } = options;
+  const source = options.source ?? readMnistSource();
+  const snapshotDir = await writeSnapshot(source, path.join(options.dataRoot, 'datasets'));
+  log.info({ source: source.source, rows: source.rows.length, hash: source.hash, snapshotDir }, 'ingested');
+  const report = validateDataset(source, await readSuite(options.suiteFile));
+  await writeValidationReport(report, snapshotDir);
+  if (options.reportsDir) await writeValidationReport(report, options.reportsDir);
+  requireValid(report);
+  log.info({ suite: report.suite, expectations: report.evaluated }, 'data validated');
+  return { source, snapshotDir, report };
+}
+
+/** The model card over every run (and the best one's evaluation beside the reports). */
+async function writeModelCard(
+  options: RunAllOptions,
+  cardFile: string,
+  runs: RunAllResult['runs'],
+  best: RunResult,
+  dataset: ReturnType<typeof toImages>,
+  registered: ModelVersion | undefined,
+): Promise<void> {
+  const cardRuns: CardRun[] = runs.map((r) => ({ run: r.run, ...(r.tracked ? { runId: r.tracked.runId } : {}) }));
+  await mkdir(path.dirname(cardFile), { recursive: true });
+  await writeFile(
+    cardFile,
+    modelCard({
+      runs: cardRuns,
+      best,
+      datasetSource: dataset.source,
+      datasetHash: dataset.hash,
+      ...(registered ? { registered: { name: registered.name, version: registered.version } } : {}),
+      ...(options.tracking ? { trackingUri: options.tracking.client.trackingUri } : {}),
+    }),
+  );
+  if (options.reportsDir)
+    await copyFile(path.join(best.dir, 'evaluation.json'), path.join(options.reportsDir, `${best.config.name}.evaluation.json`));
 }

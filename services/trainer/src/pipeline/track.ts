@@ -33,7 +33,7 @@ export async function trackRun(
   /** More run tags: where it ran (hostTags), which orchestrator run started it. */
   tags: Readonly<Record<string, string>> = {},
 ): Promise<TrackedRun> {
-  const { config, metrics } = run;
+  const { config } = run;
   const info = await client.createRun(
     experimentId,
     config.name,
@@ -48,71 +48,8 @@ export async function trackRun(
     run.startedAt,
   );
   try {
-    const arch = config.architecture;
-    await client.logBatch(info.run_id, {
-      params: {
-        config: config.name,
-        architecture: arch.kind,
-        ...(arch.kind === 'mlp' ? { hidden: arch.hidden } : {}),
-        ...(arch.kind === 'cnn' ? { filters: arch.filters.join('x'), dense: arch.dense } : {}),
-        parameters: metrics.parameters,
-        seed: config.seed,
-        max_epochs: config.epochs,
-        batch_size: config.batchSize,
-        learning_rate: config.learningRate,
-        patience: config.patience,
-        augment_shift_px: config.augment?.shift ?? 0,
-        augment_rotate_deg: config.augment?.rotate ?? 0,
-        split_seed: config.split.seed,
-        split_train: config.split.train,
-        split_validation: config.split.validation,
-        dataset_hash: dataset.hash,
-        dataset_source: dataset.source,
-        dataset_rows: dataset.samples.length,
-        ...(config.limitTrain ? { limit_train: config.limitTrain } : {}),
-      },
-      metrics: [
-        ...run.history.flatMap((e): MetricPoint[] => [
-          { key: 'loss', value: e.loss, step: e.epoch },
-          { key: 'accuracy', value: e.accuracy, step: e.epoch },
-          { key: 'val_loss', value: e.validationLoss, step: e.epoch },
-          { key: 'val_accuracy', value: e.validationAccuracy, step: e.epoch },
-          { key: 'epoch_seconds', value: e.seconds, step: e.epoch },
-        ]),
-        { key: 'final_val_accuracy', value: metrics.validationAccuracy },
-        { key: 'test_accuracy', value: metrics.testAccuracy },
-        { key: 'test_macro_f1', value: metrics.testMacroF1 },
-        ...Object.entries(metrics.perClassF1).map(([label, f1]) => ({ key: `test_f1_class_${label}`, value: f1 })),
-        { key: 'onnx_latency_b1_p50_ms', value: metrics.latency.batch1MedianMs },
-        { key: 'onnx_latency_b1_p95_ms', value: metrics.latency.batch1P95Ms },
-        { key: 'onnx_latency_b32_per_image_ms', value: metrics.latency.batch32PerImageMs },
-        { key: 'training_seconds', value: metrics.trainingSeconds },
-        { key: 'best_epoch', value: metrics.bestEpoch },
-        { key: 'export_max_abs_diff', value: metrics.exportMaxAbsDiff },
-      ],
-    });
-    await writeFile(path.join(run.dir, 'MLmodel'), mlmodelYaml({ runId: info.run_id, onnxFile: 'model.onnx' }));
-    if (signingKey) await signModelFolder(run.dir, signingKey);
-    await client.uploadDirectory(info.artifact_uri, run.dir, 'model');
-    await client.uploadArtifact(info.artifact_uri, 'reports/confusion-matrix.png', run.confusionPng, 'image/png');
-    await client.uploadArtifact(
-      info.artifact_uri,
-      'reports/validation.json',
-      Buffer.from(JSON.stringify(validation, null, 2)),
-      'application/json',
-    );
-    await client.uploadArtifact(
-      info.artifact_uri,
-      'reports/validation.md',
-      Buffer.from(reportToMarkdown(validation)),
-      'text/markdown',
-    );
-    await client.uploadArtifact(
-      info.artifact_uri,
-      'reports/history.json',
-      Buffer.from(JSON.stringify(run.history, null, 2)),
-      'application/json',
-    );
+    await client.logBatch(info.run_id, { params: runParams(run, dataset), metrics: runMetrics(run) });
+    await uploadArtifacts(client, info.artifact_uri, info.run_id, run, validation, signingKey);
     await client.finishRun(info.run_id, 'FINISHED');
     log.info({ config: config.name, runId: info.run_id }, 'run tracked in MLflow');
     return { runId: info.run_id, artifactUri: info.artifact_uri, experimentId };
@@ -120,6 +57,85 @@ export async function trackRun(
     await client.finishRun(info.run_id, 'FAILED').catch(() => undefined);
     throw error;
   }
+}
+
+/** The run's parameters: the configuration, its hyperparameters, the split and the dataset. */
+function runParams(run: RunResult, dataset: Dataset): Record<string, string | number | boolean> {
+  const { config, metrics } = run;
+  const arch = config.architecture;
+  return {
+    config: config.name,
+    architecture: arch.kind,
+    ...(arch.kind === 'mlp' ? { hidden: arch.hidden } : {}),
+    ...(arch.kind === 'cnn' ? { filters: arch.filters.join('x'), dense: arch.dense } : {}),
+    parameters: metrics.parameters,
+    seed: config.seed,
+    max_epochs: config.epochs,
+    batch_size: config.batchSize,
+    learning_rate: config.learningRate,
+    patience: config.patience,
+    augment_shift_px: config.augment?.shift ?? 0,
+    augment_rotate_deg: config.augment?.rotate ?? 0,
+    split_seed: config.split.seed,
+    split_train: config.split.train,
+    split_validation: config.split.validation,
+    dataset_hash: dataset.hash,
+    dataset_source: dataset.source,
+    dataset_rows: dataset.samples.length,
+    ...(config.limitTrain ? { limit_train: config.limitTrain } : {}),
+  };
+}
+
+/** Per-epoch curves, then the final figures: accuracy, F1 per class, ONNX latency, export check. */
+function runMetrics(run: RunResult): MetricPoint[] {
+  const { metrics } = run;
+  return [
+    ...run.history.flatMap((e): MetricPoint[] => [
+      { key: 'loss', value: e.loss, step: e.epoch },
+      { key: 'accuracy', value: e.accuracy, step: e.epoch },
+      { key: 'val_loss', value: e.validationLoss, step: e.epoch },
+      { key: 'val_accuracy', value: e.validationAccuracy, step: e.epoch },
+      { key: 'epoch_seconds', value: e.seconds, step: e.epoch },
+    ]),
+    { key: 'final_val_accuracy', value: metrics.validationAccuracy },
+    { key: 'test_accuracy', value: metrics.testAccuracy },
+    { key: 'test_macro_f1', value: metrics.testMacroF1 },
+    ...Object.entries(metrics.perClassF1).map(([label, f1]) => ({ key: `test_f1_class_${label}`, value: f1 })),
+    { key: 'onnx_latency_b1_p50_ms', value: metrics.latency.batch1MedianMs },
+    { key: 'onnx_latency_b1_p95_ms', value: metrics.latency.batch1P95Ms },
+    { key: 'onnx_latency_b32_per_image_ms', value: metrics.latency.batch32PerImageMs },
+    { key: 'training_seconds', value: metrics.trainingSeconds },
+    { key: 'best_epoch', value: metrics.bestEpoch },
+    { key: 'export_max_abs_diff', value: metrics.exportMaxAbsDiff },
+  ];
+}
+
+/** The model folder (with its MLmodel file, signed if a key is given) and the reports. */
+async function uploadArtifacts(
+  client: MlflowClient,
+  artifactUri: string,
+  runId: string,
+  run: RunResult,
+  validation: ValidationReport,
+  signingKey: KeyObject | undefined,
+): Promise<void> {
+  await writeFile(path.join(run.dir, 'MLmodel'), mlmodelYaml({ runId, onnxFile: 'model.onnx' }));
+  if (signingKey) await signModelFolder(run.dir, signingKey);
+  await client.uploadDirectory(artifactUri, run.dir, 'model');
+  await client.uploadArtifact(artifactUri, 'reports/confusion-matrix.png', run.confusionPng, 'image/png');
+  await client.uploadArtifact(
+    artifactUri,
+    'reports/validation.json',
+    Buffer.from(JSON.stringify(validation, null, 2)),
+    'application/json',
+  );
+  await client.uploadArtifact(artifactUri, 'reports/validation.md', Buffer.from(reportToMarkdown(validation)), 'text/markdown');
+  await client.uploadArtifact(
+    artifactUri,
+    'reports/history.json',
+    Buffer.from(JSON.stringify(run.history, null, 2)),
+    'application/json',
+  );
 }
 
 function gitCommit(): string {

@@ -99,30 +99,7 @@ export async function trainRun(
   const version = contentVersion(onnx);
   const parameters = Object.values(trained.network.params).reduce((s, v) => s + v.size, 0);
 
-  const manifest: Omit<ModelManifestInput, 'sha256'> = {
-    schema: 'conveyor.model/v1',
-    name: config.model,
-    version,
-    description: `${config.name}: ${config.description}`.trim(),
-    input: digitInput(dataset.side),
-    output: { name: OUTPUT_NAME, kind: 'probabilities', ...(trained.network.hasEmbedding ? { embedding: EMBEDDING_NAME } : {}) },
-    preprocess: DIGIT_PREPROCESS,
-    labels: [...dataset.labels],
-    training: {
-      config: config.name,
-      architecture: config.architecture,
-      seed: config.seed,
-      datasetSource: dataset.source,
-      datasetHash: dataset.hash,
-      validation: { suite: validation.suite, passed: validation.success },
-      split: {
-        ...config.split,
-        sizes: { train: split.train.length, validation: split.validation.length, test: split.test.length },
-      },
-      bestEpoch: trained.bestEpoch,
-      epochs: trained.history.length,
-    },
-  };
+  const manifest = modelManifest(config, dataset, validation, split, trained, version);
   await writeModelFolder(outDir, onnx, manifest);
 
   const model = await loadModel(outDir);
@@ -130,9 +107,7 @@ export async function trainRun(
     const validationEval = await evaluate(model, sets.validation);
     const test = await evaluate(model, sets.test);
     const reference = predict(trained.network, sets.validation, dataset.side);
-    let exportMaxAbsDiff = 0;
-    reference.forEach((p, i) => (exportMaxAbsDiff = Math.max(exportMaxAbsDiff, Math.abs(p - validationEval.probabilities[i]!))));
-    if (exportMaxAbsDiff > 1e-4) throw new Error(`the ONNX export disagrees with tfjs by ${exportMaxAbsDiff}`);
+    const exportMaxAbsDiff = maxAbsDiff(reference, validationEval.probabilities);
     const latency = await measureLatency(model, sets.test);
     const profile = await buildReferenceProfile(model, dataset, split.validation);
 
@@ -166,15 +141,8 @@ export async function trainRun(
       history: trained.history,
       trainingSeconds: trained.seconds,
     };
-    await writeModelFolder(
-      outDir,
-      onnx,
-      { ...manifest, metrics: manifestMetrics },
-      {
-        'evaluation.json': `${JSON.stringify(evaluation, null, 2)}\n`,
-        [REFERENCE_PROFILE_FILE]: `${JSON.stringify(profile, null, 2)}\n`,
-      },
-    );
+    // Written again, complete: the manifest with its metrics, the evaluation and the drift reference beside it.
+    await writeModelFolder(outDir, onnx, { ...manifest, metrics: manifestMetrics }, besideModel(evaluation, profile));
     const confusionPng = await confusionMatrixPng(
       test.confusion,
       dataset.labels,
@@ -189,6 +157,41 @@ export async function trainRun(
     await model.close();
     Object.values(trained.network.params).forEach((v) => v.dispose());
   }
+}
+
+/** The model folder's manifest (its metrics are added once the exported model is evaluated). */
+function modelManifest(
+  config: TrainConfig,
+  dataset: Dataset,
+  validation: ValidationReport,
+  split: ReturnType<typeof splitDataset>,
+  trained: Awaited<ReturnType<typeof train>>,
+  version: string,
+): Omit<ModelManifestInput, 'sha256'> {
+  return {
+    schema: 'conveyor.model/v1',
+    name: config.model,
+    version,
+    description: `${config.name}: ${config.description}`.trim(),
+    input: digitInput(dataset.side),
+    output: { name: OUTPUT_NAME, kind: 'probabilities', ...(trained.network.hasEmbedding ? { embedding: EMBEDDING_NAME } : {}) },
+    preprocess: DIGIT_PREPROCESS,
+    labels: [...dataset.labels],
+    training: {
+      config: config.name,
+      architecture: config.architecture,
+      seed: config.seed,
+      datasetSource: dataset.source,
+      datasetHash: dataset.hash,
+      validation: { suite: validation.suite, passed: validation.success },
+      split: {
+        ...config.split,
+        sizes: { train: split.train.length, validation: split.validation.length, test: split.test.length },
+      },
+      bestEpoch: trained.bestEpoch,
+      epochs: trained.history.length,
+    },
+  };
 }
 
 /** Best run: highest validation accuracy (the test split stays an unbiased final estimate), then lower latency. */
@@ -214,6 +217,21 @@ export async function publishModelFolder(run: RunResult, target: string): Promis
 export async function writeJson(file: string, value: unknown): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   await writeFile(file, `${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** The largest difference between tfjs's probabilities and the exported ONNX model's; past 1e-4 the export is refused. */
+function maxAbsDiff(reference: ArrayLike<number>, exported: ArrayLike<number>): number {
+  let diff = 0;
+  for (let i = 0; i < reference.length; i++) diff = Math.max(diff, Math.abs(reference[i]! - exported[i]!));
+  if (diff > 1e-4) throw new Error(`the ONNX export disagrees with tfjs by ${diff}`);
+  return diff;
+}
+
+function besideModel(evaluation: unknown, profile: unknown): Record<string, string> {
+  return {
+    'evaluation.json': `${JSON.stringify(evaluation, null, 2)}\n`,
+    [REFERENCE_PROFILE_FILE]: `${JSON.stringify(profile, null, 2)}\n`,
+  };
 }
 
 function round(v: number): number {
