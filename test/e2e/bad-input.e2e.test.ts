@@ -1,5 +1,5 @@
 import { request as httpRequest } from 'node:http';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { expect } from 'chai';
@@ -351,23 +351,33 @@ describe('bad input', function () {
       const boundary = 'conveyor-abort';
       const head = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`;
       const aborts = 20;
-      await Promise.all(
+      // Every upload is in progress at once before any hangs up (a barrier, not timing), so each is a
+      // request the gateway has begun to read. Each declares 512 KiB: the 20 hold 10 MiB of the
+      // client's 16 MiB upload share, so none is refused 429 before its hang-up is seen (with 1 MiB
+      // each, 4 of 20 were: a CI run timed out on 16 of 20 499 lines).
+      const declared = 512 * 1024;
+      const sockets = await Promise.all(
         Array.from(
           { length: aborts },
           () =>
-            new Promise<void>((resolve, reject) => {
+            new Promise<Socket>((resolve, reject) => {
               const socket = connect(Number(url.port), url.hostname, () => {
                 socket.write(
                   `POST /v1/predict HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: multipart/form-data; boundary=${boundary}\r\n` +
-                    `Content-Length: ${1024 * 1024}\r\n\r\n${head}`,
+                    `Content-Length: ${declared}\r\n\r\n${head}`,
                 );
-                socket.write(randomBytes(64 * 1024), () => socket.destroy());
+                socket.write(randomBytes(64 * 1024), () => resolve(socket));
               });
-              socket.on('close', () => resolve());
               socket.on('error', reject);
             }),
         ),
       );
+      // Each request is in the gateway's hands (its upload reserved) before any client hangs up.
+      await until('every upload to be in progress', async () => {
+        const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+        return Number(/^conveyor_upload_bytes_in_flight (\d+)/m.exec(metrics)?.[1] ?? 0) >= aborts * declared || undefined;
+      });
+      await Promise.all(sockets.map((socket) => new Promise<void>((resolve) => socket.destroy().once('close', () => resolve()))));
       const closed = () => gateway.records.filter((r) => r.msg === 'request' && r.status === 499).length;
       // Each hang-up is logged once the gateway notices it, which on a loaded machine may take a while:
       // waited for as a condition (it failed under a fixed 5 s poll in a loaded CI run with 17 of 20).
