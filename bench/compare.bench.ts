@@ -71,7 +71,7 @@ import { ensurePeerVenv, startPeer, type PeerName, type PeerProcess } from './pe
  * end of the run: on a machine shared with other work the figures are only comparable within one run.
  *
  * The Python peers' venvs (.venv/bench-fastapi, .venv/bench-bentoml) are created from their lock
- * files on first use by bench/peers/ensure-venv.sh; the MobileNet-class folder is generated into
+ * files (requirements/bench-*.lock.txt) on first use by harness/venv.sh; the MobileNet-class folder is generated into
  * data/bench-models/ on first use. Results: bench/results/compare.json (every cell, medians, ratios).
  */
 const SYSTEMS = ['conveyor-1w', 'conveyor-2w', 'direct', 'fastapi', 'bentoml'] as const;

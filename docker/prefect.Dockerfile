@@ -1,7 +1,7 @@
 # The orchestrator: one image for the Prefect server and the Prefect worker (docker-compose.orchestration.yml).
 # The worker runs the training flow (orchestration/), whose tasks run the project's own trainer:
 # so the image holds Node with the compiled trainer and its dependencies, and Python with Prefect
-# from the pinned lock (orchestration/requirements.lock.txt) in a venv. Runs as an unprivileged user.
+# from the pinned lock (requirements/prefect.lock.txt) in a venv. Runs as an unprivileged user.
 ARG NODE_IMAGE=node:22-bookworm-slim
 
 FROM ${NODE_IMAGE} AS trainer
@@ -22,7 +22,7 @@ FROM ${NODE_IMAGE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
-COPY orchestration/requirements.lock.txt /tmp/prefect.lock.txt
+COPY requirements/prefect.lock.txt /tmp/prefect.lock.txt
 RUN python3 -m venv /opt/prefect \
  && /opt/prefect/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/prefect.lock.txt \
  && rm /tmp/prefect.lock.txt

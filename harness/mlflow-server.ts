@@ -8,6 +8,7 @@ import type { MlflowCredentials } from '@conveyor/shared/mlflow/client';
 import { freePort } from './free-port.js';
 import type { S3Credentials } from './s3-server.js';
 import { ROOT } from './service-process.js';
+import { venvBin } from './venv.js';
 
 /**
  * A real MLflow tracking server (Python, pinned, in the project's own virtual environment) with a
@@ -56,13 +57,9 @@ export const AUTH_CONFIG = path.join(ROOT, 'scripts/mlflow/basic-auth.ini');
 const AUTH_MODULE_DIR = path.join(ROOT, 'scripts/mlflow');
 const PROVISION = path.join(ROOT, 'scripts/mlflow/provision-auth.py');
 
+/** The pinned MLflow server's executable (.venv/mlflow, installed once per change of its lock). */
 export function ensureMlflowInstalled(): string {
-  const result = spawnSync('bash', [path.join(ROOT, 'scripts/mlflow/ensure-venv.sh')], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  if (result.status !== 0) throw new Error('could not install MLflow (scripts/mlflow/ensure-venv.sh failed)');
-  return result.stdout.trim();
+  return venvBin('mlflow', 'mlflow');
 }
 
 export async function startMlflow(options: {

@@ -4,23 +4,19 @@ import path from 'node:path';
 import { z } from 'zod';
 import { freePort } from './free-port.js';
 import { ROOT } from './service-process.js';
+import { venvBin } from './venv.js';
 
 /**
  * The orchestrator's processes: a Prefect 3 server (SQLite under PREFECT_HOME, offline: no
  * analytics, no update checks), the training flow's deployment (orchestration/deploy.py) and a
- * process worker — all from the pinned Prefect in .venv/prefect (scripts/prefect/ensure-venv.sh).
+ * process worker — all from the pinned Prefect in .venv/prefect (harness/venv.sh prefect).
  * Used by `make orchestrate` (scripts/orchestrate.ts) and the orchestration tests.
  */
 export const DEPLOYMENT = 'conveyor-training/weekly';
 export const WORK_POOL = 'conveyor';
 
 export function ensurePrefectInstalled(): string {
-  const result = spawnSync('bash', [path.join(ROOT, 'scripts/prefect/ensure-venv.sh')], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  if (result.status !== 0) throw new Error('could not install Prefect (scripts/prefect/ensure-venv.sh failed)');
-  return result.stdout.trim();
+  return venvBin('prefect', 'prefect');
 }
 
 /** The settings every Prefect process of one installation shares: its home, its API, offline. */

@@ -1,9 +1,10 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { S3Client } from '@aws-sdk/client-s3';
 import { ROOT } from './service-process.js';
+import { venvBin } from './venv.js';
 
 /**
  * A real S3-compatible server for the tests and `MLFLOW_S3=1 make mlflow`: moto's S3 (pinned in
@@ -33,12 +34,7 @@ export interface S3Credentials {
 const SERVE = path.join(ROOT, 'scripts/s3/serve.py');
 
 export function ensureS3Installed(): string {
-  const result = spawnSync('bash', [path.join(ROOT, 'scripts/s3/ensure-venv.sh')], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  if (result.status !== 0) throw new Error('could not install the S3 test server (scripts/s3/ensure-venv.sh failed)');
-  return result.stdout.trim();
+  return venvBin('s3', 'python');
 }
 
 /** Random credentials shaped like AWS's (an access key id of 20 capitals and digits, a 40-character secret). */

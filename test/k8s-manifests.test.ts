@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { ROOT } from '../harness/service-process.js';
+import { venvBin } from '../harness/venv.js';
 
 /**
  * `make k8s-validate` passes on the committed manifests and fails on broken ones: the check can
@@ -22,7 +23,7 @@ describe('Kubernetes manifests (scripts/k8s/validate.sh)', function () {
     expect(run.stdout).to.match(/dev\.yaml: .*valid for Kubernetes 1\.37\.0 and KEDA v2\.20\.2/);
     expect(run.stdout).to.match(/prod\.yaml: .*valid for Kubernetes 1\.37\.0 and KEDA v2\.20\.2/);
     rendered = readFileSync(path.join(ROOT, 'data/k8s/dev.yaml'), 'utf8');
-    python = spawnSync('bash', ['scripts/k8s/ensure-venv.sh'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim();
+    python = venvBin('k8s', 'python');
     dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-k8s-'));
   });
 

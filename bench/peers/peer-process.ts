@@ -1,11 +1,12 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { ROOT } from '../../harness/service-process.js';
+import { ensureVenv } from '../../harness/venv.js';
 import { processTree } from '../lib/process-cpu.js';
 
 /**
- * The Python peers of bench/compare.bench.ts, each in its own pinned venv (bench/peers/ensure-venv.sh),
+ * The Python peers of bench/compare.bench.ts, each in its own pinned venv (harness/venv.sh bench-fastapi|bench-bentoml),
  * started as their users would start them and stopped with their whole process tree.
  *
  * - fastapi: `uvicorn app:app --workers 2` (uvloop, httptools with TCP_NODELAY: see nodelay.py).
@@ -33,11 +34,7 @@ export interface PeerProcess {
 
 /** Creates or reuses the peer's venv (idempotent) and returns its directory. */
 export function ensurePeerVenv(name: PeerName): string {
-  const out = execFileSync('bash', [path.join(ROOT, 'bench', 'peers', 'ensure-venv.sh'), name], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return out.trim().split('\n').at(-1)!;
+  return ensureVenv(`bench-${name}`);
 }
 
 export async function startPeer(name: PeerName, options: PeerOptions): Promise<PeerProcess> {

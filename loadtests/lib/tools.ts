@@ -2,6 +2,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ROOT } from '../../harness/service-process.js';
+import { venvBin } from '../../harness/venv.js';
 import { multipartBody, type ImageSet, type LoadtestModel } from './images.js';
 
 /**
@@ -14,9 +15,9 @@ function ensure(script: string, what: string): string {
   return result.stdout.trim().split('\n').at(-1)!;
 }
 
-/** The venv's python (`.venv/loadtests`, created from loadtests/requirements.lock.txt on first use). */
+/** The venv's python (`.venv/loadtests`, created from requirements/loadtests.lock.txt on first use). */
 export function ensurePython(): string {
-  return path.join(ensure('loadtests/ensure-venv.sh', 'the load-testing venv'), 'bin', 'python');
+  return venvBin('loadtests', 'python');
 }
 
 export function ensureVegeta(): string {

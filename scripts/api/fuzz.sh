@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# `make api-fuzz`: installs the pinned Schemathesis (scripts/api/ensure-venv.sh) while the network is
+# `make api-fuzz`: installs the pinned Schemathesis (harness/venv.sh api-tests) while the network is
 # there, then runs scripts/api/fuzz.ts in a network namespace with only a loopback interface (as
 # root, or through a user namespace otherwise): the gateway fetches the image URLs the fuzzer
 # invents, and none of them may leave this machine. Extra arguments go to `st run`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-venv="$(bash "$root/scripts/api/ensure-venv.sh")"
+venv="$(bash "$root/harness/venv.sh" api-tests)"
 inner=(node --conditions=conveyor-source --import tsx "$root/scripts/api/fuzz.ts" --venv "$venv" -- "$@")
 if [ "$(id -u)" -eq 0 ]; then ns=(unshare --net); else ns=(unshare --map-root-user --net); fi
 if ! "${ns[@]}" true 2>/dev/null; then

@@ -13,7 +13,7 @@ crd=config/crd/bases/keda.sh_scaledobjects.yaml
 sha256=af35555862a83933b074af14ad439c4b4ceabaf4daa3e9338e9b23e36d308d80
 out=deploy/k8s/schemas/keda-scaledobject.json
 go=$(scripts/ensure-go.sh)
-python=$(bash scripts/k8s/ensure-venv.sh)
+python="$(bash harness/venv.sh k8s)/bin/python"
 dir=$(cd /tmp && GOFLAGS=-mod=mod "$go" mod download -json "github.com/kedacore/keda/v2@$version" | "$python" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
 echo "$sha256  $dir/$crd" | sha256sum -c --quiet -
 tmp=$(mktemp)

@@ -3,7 +3,7 @@
 # offline with scripts/k8s/validate.py (kubernetes-validate for Kubernetes $K8S_VERSION, KEDA's
 # pinned ScaledObject schema, the project's rules). kustomize is built once into .tools/bin from the
 # Go module proxy with the Go that scripts/ensure-go.sh finds or fetches (its release binaries come
-# from github.com, out of reach here); the Python checks run from .venv/k8s (requirements/k8s.lock.txt).
+# from github.com, out of reach here); the Python checks run from .venv/k8s (requirements/k8s.lock.txt, harness/venv.sh k8s).
 # The rendered manifests are left in data/k8s/<overlay>.yaml for a look.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +17,7 @@ if [ ! -x "$bin" ] || [ "$("$bin" version 2>/dev/null)" != "$version" ]; then
   GOBIN="$PWD/.tools/bin" "$go" install -ldflags "-X sigs.k8s.io/kustomize/api/provenance.version=$version" \
     "sigs.k8s.io/kustomize/kustomize/v5@$version"
 fi
-python=$(bash scripts/k8s/ensure-venv.sh)
+python="$(bash harness/venv.sh k8s)/bin/python"
 mkdir -p data/k8s
 for overlay in dev prod; do
   "$bin" build "deploy/k8s/overlays/$overlay" >"data/k8s/$overlay.yaml"

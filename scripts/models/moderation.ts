@@ -12,6 +12,7 @@ import { REFERENCE_PROFILE_FILE } from '@conveyor/shared/model/reference-profile
 import { loadModel, readManifest } from '@conveyor/shared/model/runtime';
 import { readReferenceProfile } from '@conveyor/shared/validation/model-folder-checks';
 import { ROOT } from '../../harness/service-process.js';
+import { ensureVenv } from '../../harness/venv.js';
 import { ensureNsfwjs, NSFWJS_VERSION } from './nsfwjs.js';
 
 /**
@@ -19,7 +20,7 @@ import { ensureNsfwjs, NSFWJS_VERSION } from './nsfwjs.js';
  * (the repository holds the converter and the checksum, not the binary), and checked against the
  * original.
  *
- * build   .venv/models (scripts/models/ensure-venv.sh) and the nsfwjs package (nsfwjs.ts), then
+ * build   .venv/models (harness/venv.sh models) and the nsfwjs package (nsfwjs.ts), then
  *         convert.py → model.onnx, whose sha256 must be the manifest's (convert.py refuses
  *         anything else); the committed reference profile must be this version's (it is
  *         measured by moderation-profile.ts).
@@ -80,12 +81,7 @@ export interface ReferencePredictions {
 
 /** The converters' virtual environment (pinned numpy, onnx, scikit-image); installed once. */
 export function ensureModelsVenv(): string {
-  const result = spawnSync('bash', [path.join(ROOT, 'scripts', 'models', 'ensure-venv.sh')], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  if (result.status !== 0) throw new Error('could not set up .venv/models (scripts/models/ensure-venv.sh failed)');
-  return result.stdout.trim();
+  return ensureVenv('models');
 }
 
 /** A photo of PHOTOS in the venv's scikit-image, checked against its recorded sha256. */

@@ -8,7 +8,7 @@ import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } f
 /**
  * The Python client (clients/python) passes its own pytest suite against a real gateway and worker:
  * sync and async predict with a file and a URL, polling, Server-Sent Events, problems as exceptions.
- * pytest runs in the pinned venv of scripts/api/ensure-venv.sh (installed on first use).
+ * pytest runs in the pinned venv of harness/venv.sh api-tests (installed on first use).
  */
 describe('Python client (clients/python) against a real system', function () {
   this.timeout(600_000);
