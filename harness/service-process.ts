@@ -23,15 +23,87 @@ export function builtEntry(service: ServiceName): string {
 
 export type LogRecord = Record<string, unknown> & { msg?: string; level?: string };
 
-export interface ServiceProcess {
+/** A running service, in a process of its own or in this one (tests): its log records, how to stop it. */
+export interface ServiceHandle {
   readonly name: string;
-  readonly child: ChildProcess;
   /** Every log record so far (non-JSON lines are kept as `{ msg: line }`). */
   readonly records: LogRecord[];
+  /** Settles with the exit code once it has ended (0 for a service stopped in this process). */
   readonly exited: Promise<number | null>;
+  /** Still running: not exited, not stopped. */
+  readonly running: boolean;
   waitFor(predicate: (record: LogRecord) => boolean, timeoutMs?: number): Promise<LogRecord>;
-  /** Sends a signal and waits for the exit code (SIGKILL after `timeoutMs`). */
+  /** Stops it (a process: sends the signal, SIGKILL after `timeoutMs`) and waits for the end. */
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
+}
+
+export interface ServiceProcess extends ServiceHandle {
+  readonly child: ChildProcess;
+}
+
+/**
+ * The log records of one service as they arrive, and waiting for one: shared by a spawned process
+ * (its stdout and stderr lines) and a service run in this process (its logger's lines).
+ */
+export class LogFollower {
+  readonly records: LogRecord[] = [];
+  private readonly watchers = new Set<{ predicate: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }>();
+
+  constructor(
+    readonly name: string,
+    private readonly ended: Promise<number | null>,
+    private readonly options: {
+      keep?: number | undefined;
+      onRecord?: ((record: LogRecord, raw: string) => void) | undefined;
+    } = {},
+  ) {}
+
+  /** One line of output: a JSON record, or any other text kept as `{ msg }`. */
+  line(line: string): void {
+    if (!line.trim()) return;
+    let record: LogRecord;
+    try {
+      record = JSON.parse(line) as LogRecord;
+    } catch {
+      record = { msg: line };
+    }
+    keepRecord(this.records, record, this.options.keep);
+    this.options.onRecord?.(record, line);
+    for (const w of this.watchers) {
+      if (w.predicate(record)) {
+        this.watchers.delete(w);
+        w.resolve(record);
+      }
+    }
+  }
+
+  waitFor(predicate: (record: LogRecord) => boolean, timeoutMs = 20_000): Promise<LogRecord> {
+    const seen = this.records.find(predicate);
+    if (seen) return Promise.resolve(seen);
+    const tail = (n: number) =>
+      this.records
+        .slice(-n)
+        .map((r) => JSON.stringify(r))
+        .join('\n');
+    return new Promise((resolve, reject) => {
+      const watcher = { predicate, resolve };
+      this.watchers.add(watcher);
+      const timer = setTimeout(() => {
+        this.watchers.delete(watcher);
+        reject(new Error(`${this.name}: no matching log line within ${timeoutMs} ms; last lines:\n${tail(15)}`));
+      }, timeoutMs);
+      void this.ended.then((code) => {
+        if (!this.watchers.has(watcher)) return;
+        this.watchers.delete(watcher);
+        clearTimeout(timer);
+        reject(new Error(`${this.name} exited with ${code} before the expected log line; last lines:\n${tail(10)}`));
+      });
+      watcher.resolve = (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      };
+    });
+  }
 }
 
 /**
@@ -78,65 +150,22 @@ export function spawnService(
     stdio: ['ignore', options.logs === false ? 'ignore' : 'pipe', 'pipe'],
     detached: options.detached ?? false,
   });
-  const records: LogRecord[] = [];
-  const watchers = new Set<{ predicate: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }>();
-  const onLine = (line: string) => {
-    if (!line.trim()) return;
-    let record: LogRecord;
-    try {
-      record = JSON.parse(line) as LogRecord;
-    } catch {
-      record = { msg: line };
-    }
-    keepRecord(records, record, options.keep);
-    options.onRecord?.(record, line);
-    for (const w of watchers) {
-      if (w.predicate(record)) {
-        watchers.delete(w);
-        w.resolve(record);
-      }
-    }
-  };
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const name = options.label ?? service;
+  const follower = new LogFollower(name, exited, { keep: options.keep, onRecord: options.onRecord });
+  const onLine = (line: string) => follower.line(line);
   if (child.stdout) createInterface({ input: child.stdout }).on('line', onLine);
   createInterface({ input: child.stderr! }).on('line', onLine);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
 
   return {
-    name: options.label ?? service,
+    name,
     child,
-    records,
+    records: follower.records,
     exited,
-    waitFor(predicate, timeoutMs = 20_000) {
-      const seen = records.find(predicate);
-      if (seen) return Promise.resolve(seen);
-      return new Promise((resolve, reject) => {
-        const watcher = { predicate, resolve };
-        watchers.add(watcher);
-        const timer = setTimeout(() => {
-          watchers.delete(watcher);
-          const tail = records
-            .slice(-15)
-            .map((r) => JSON.stringify(r))
-            .join('\n');
-          reject(new Error(`${options.label ?? service}: no matching log line within ${timeoutMs} ms; last lines:\n${tail}`));
-        }, timeoutMs);
-        void exited.then((code) => {
-          if (!watchers.has(watcher)) return;
-          watchers.delete(watcher);
-          clearTimeout(timer);
-          const tail = records
-            .slice(-10)
-            .map((r) => JSON.stringify(r))
-            .join('\n');
-          reject(new Error(`${options.label ?? service} exited with ${code} before the expected log line; last lines:\n${tail}`));
-        });
-        const original = watcher.resolve;
-        watcher.resolve = (r) => {
-          clearTimeout(timer);
-          original(r);
-        };
-      });
+    get running() {
+      return child.exitCode === null && child.signalCode === null;
     },
+    waitFor: (predicate, timeoutMs) => follower.waitFor(predicate, timeoutMs),
     async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
       if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
       child.kill(signal);

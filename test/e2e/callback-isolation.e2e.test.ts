@@ -9,7 +9,7 @@ import { ROOT } from '../../harness/service-process.js';
 import { startCallbackReceiver, type CallbackReceiver } from '../support/callback-receiver.js';
 import { pool, request, uploadForm, type Reply } from '../support/http.js';
 import { randomPrefix, testRedis } from '../support/redis.js';
-import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { dumpLogsOnFailure, spawnGateway, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 import { until } from '../support/wait.js';
 
 /**
@@ -75,16 +75,17 @@ describe('callback receivers cannot cost the gateway their answer', function () 
   const prefix = randomPrefix('cb-hostile');
   const secret = `whsec_${randomBytes(32).toString('base64')}`;
   const HUGE = 256 * MB;
-  let gateway: Gateway | undefined;
+  let gateway: Awaited<ReturnType<typeof spawnGateway>> | undefined;
   let worker: Awaited<ReturnType<typeof startWorker>>;
   let receiver: CallbackReceiver;
 
   before(async () => {
     [receiver, worker] = await Promise.all([startCallbackReceiver({ hugeBytes: HUGE }), startWorker(prefix)]);
   });
-  // A gateway per answer: memory a process's allocator kept from an earlier answer would hide the next.
+  // A gateway process per answer (its RSS is the measure): memory a process's allocator kept from an
+  // earlier answer would hide the next.
   beforeEach(async () => {
-    gateway = await startGateway(prefix, {
+    gateway = await spawnGateway(prefix, {
       CALLBACK_SECRET: secret,
       URL_ALLOW_CIDRS: '127.0.0.1/32',
       CALLBACK_BACKOFF_MS: '200',

@@ -13,7 +13,15 @@ import { noisy, predictionEvents, publish } from '../support/events.js';
 import { predict, request } from '../support/http.js';
 import { randomPrefix, testRedis } from '../support/redis.js';
 import { until } from '../support/wait.js';
-import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
+import {
+  dumpLogsOnFailure,
+  spawnMonitor,
+  startGateway,
+  startMonitor,
+  startWorker,
+  stopAll,
+  type Gateway,
+} from '../support/services.js';
 
 /**
  * The drift monitor against real Redis: a consumer group shared by two monitor processes, a
@@ -62,10 +70,11 @@ describe('drift monitor', function () {
     const prefix = randomPrefix('mon-share');
     // Windows of 300: small enough for a quick test, large enough that sampling noise stays quiet.
     const env = { WINDOW_SIZE: '300', MIN_WINDOW: '150', CLAIM_IDLE_MS: '1000' };
-    let a: Awaited<ReturnType<typeof startMonitor>>;
-    let b: Awaited<ReturnType<typeof startMonitor>>;
+    let a: Awaited<ReturnType<typeof spawnMonitor>>;
+    let b: Awaited<ReturnType<typeof spawnMonitor>>;
     before(async () => {
-      [a, b] = await Promise.all([startMonitor(prefix, env, 'monitor-a'), startMonitor(prefix, env, 'monitor-b')]);
+      // Processes: one is frozen (SIGSTOP) and killed.
+      [a, b] = await Promise.all([spawnMonitor(prefix, env, 'monitor-a'), spawnMonitor(prefix, env, 'monitor-b')]);
     });
     afterEach(function () {
       dumpLogsOnFailure(this, a, b);

@@ -10,7 +10,7 @@ import { digitPng, heldOutDigits } from '../support/images.js';
 import { predict, request } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
 import { quietFor, until } from '../support/wait.js';
-import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { dumpLogsOnFailure, spawnGateway, spawnMonitor, startWorker, stopAll } from '../support/services.js';
 
 const logged = (proc: ServiceProcess, msg: string) => proc.records.filter((r) => r.msg === msg);
 
@@ -26,7 +26,7 @@ describe('Redis outage and recovery', function () {
   const keys = redisKeys(prefix);
   let dir: string;
   let redis: LocalRedis;
-  let gateway: Gateway;
+  let gateway: Awaited<ReturnType<typeof spawnGateway>>;
   let worker: ServiceProcess & { id: string };
   let monitor: ServiceProcess & { url: string };
   let seven: Buffer;
@@ -39,9 +39,10 @@ describe('Redis outage and recovery', function () {
     redis = await startRedis({ dir });
     const env = { REDIS_URL: redis.url };
     [gateway, worker, monitor] = await Promise.all([
-      startGateway(prefix, env),
+      // Processes: the suite stops them during the outage and checks how they end.
+      spawnGateway(prefix, env),
       startWorker(prefix, env),
-      startMonitor(prefix, { ...env, WINDOW_SIZE: '50', MIN_WINDOW: '10' }),
+      spawnMonitor(prefix, { ...env, WINDOW_SIZE: '50', MIN_WINDOW: '10' }),
     ]);
     services = [gateway, worker, monitor];
   });
