@@ -55,7 +55,10 @@ describe('idempotent submits (Idempotency-Key)', function () {
     receiver = await startCallbackReceiver();
     images = await startImageServer(seven);
     const env = { REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix };
-    worker = await startWorker(loadConfig(WorkerConfig, { ...env, HEARTBEAT_INTERVAL_MS: '500', SHUTDOWN_BUDGET_MS: '2000' }), log);
+    worker = await startWorker(
+      loadConfig(WorkerConfig, { ...env, HEARTBEAT_INTERVAL_MS: '500', SHUTDOWN_BUDGET_MS: '2000' }),
+      log,
+    );
     const gatewayEnv = {
       ...env,
       PORT: '0',
@@ -134,7 +137,11 @@ describe('idempotent submits (Idempotency-Key)', function () {
   it('makes exactly one job, one inference and one callback of ten concurrent retries', async () => {
     const key = newKey();
     const hook = receiver.url(`/ok?run=${randomUUID()}`);
-    const [addedBefore, inferredBefore, deliveredBefore] = [(await jobsAdded()).length, await inferences(), receiver.deliveries.length];
+    const [addedBefore, inferredBefore, deliveredBefore] = [
+      (await jobsAdded()).length,
+      await inferences(),
+      receiver.deliveries.length,
+    ];
     const send = () => submit(at(a), key, { headers: { prefer: 'respond-async', 'callback-url': hook } });
     const answers = await Promise.all(Array.from({ length: 10 }, () => submitUntilAccepted(send)));
 
@@ -195,7 +202,9 @@ describe('idempotent submits (Idempotency-Key)', function () {
       await until('both replays to wait for the pending job', () =>
         Promise.resolve(
           replayIds.every((rid) =>
-            records.some((r) => r.requestId === rid && r.msg === 'replaying the job of an Idempotency-Key' && r.found === 'pending'),
+            records.some(
+              (r) => r.requestId === rid && r.msg === 'replaying the job of an Idempotency-Key' && r.found === 'pending',
+            ),
           ),
         ),
       );
@@ -218,7 +227,10 @@ describe('idempotent submits (Idempotency-Key)', function () {
     expect(made.status).to.equal(202);
     const addedBefore = (await jobsAdded()).length;
     const differences: [string, () => Promise<Reply>][] = [
-      ['another image', () => submit(at(a), key, { headers: { prefer: 'respond-async', 'x-request-id': 'diff-image' }, body: uploadForm(three) })],
+      [
+        'another image',
+        () => submit(at(a), key, { headers: { prefer: 'respond-async', 'x-request-id': 'diff-image' }, body: uploadForm(three) }),
+      ],
       [
         'a Callback-Url',
         () =>
@@ -262,7 +274,9 @@ describe('idempotent submits (Idempotency-Key)', function () {
     expect(retry.body.id).to.equal(first.body.id);
     expect([first, other, retry].map((r) => r.headers.get('idempotent-replayed'))).to.deep.equal([null, null, 'true']);
     // Each key owns its own job: the other key cannot read it.
-    const read = await request(`${at(keyed)}/v1/jobs/${first.body.id as string}`, { headers: { authorization: `Bearer ${two.key}` } });
+    const read = await request(`${at(keyed)}/v1/jobs/${first.body.id as string}`, {
+      headers: { authorization: `Bearer ${two.key}` },
+    });
     expect(read.status).to.equal(404);
   });
 
@@ -278,7 +292,11 @@ describe('idempotent submits (Idempotency-Key)', function () {
 
     // A URL that cannot be fetched: the key was claimed before the fetch, and given back after it failed.
     const urlKey = newKey();
-    const missing = await submit(at(a), urlKey, { headers: { prefer: 'respond-async' }, json: true, body: JSON.stringify({ url: images.url('/missing.png') }) });
+    const missing = await submit(at(a), urlKey, {
+      headers: { prefer: 'respond-async' },
+      json: true,
+      body: JSON.stringify({ url: images.url('/missing.png') }),
+    });
     expect(missing.status).to.equal(422);
     expect(missing.body).to.include({ type: '/problems/url-fetch-failed' });
     const upload = await submit(at(a), urlKey, { headers: { prefer: 'respond-async' } });

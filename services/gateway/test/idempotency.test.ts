@@ -5,7 +5,7 @@ import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ProblemError } from '@conveyor/shared/problem';
 import { keysUnder, randomPrefix, testRedis } from '../../../test/support/redis.js';
 import { until } from '../../../test/support/wait.js';
-import { parseIdempotencyKey } from '../src/http/idempotency-key.js';
+import { IDEMPOTENCY_KEY_PATTERN, parseIdempotencyKey } from '../src/http/idempotency-key.js';
 import { IdempotencyStore, requestFingerprint, type IdempotencyClaim } from '../src/jobs/idempotency.js';
 
 /** The Idempotency-Key records against a real Redis: claim, confirm, release, scope, expiry. */
@@ -151,6 +151,17 @@ describe('Idempotency-Key header', () => {
     expect(parseIdempotencyKey(['"say \\"hi\\" \\\\ bye"'])).to.equal('say "hi" \\ bye');
     expect(parseIdempotencyKey(['"k";a=1;b;c="x"'])).to.equal('k');
     expect(parseIdempotencyKey([`"${'x'.repeat(255)}"`])).to.have.length(255);
+  });
+
+  it('documents (OpenAPI pattern) only keys it accepts', () => {
+    const plain = ['"8e03978e-40d5-43e8-bc93-6894a57f9324"', '"a b"', '"say \\"hi\\" \\\\ bye"', `"${'x'.repeat(255)}"`];
+    for (const key of plain) {
+      expect(IDEMPOTENCY_KEY_PATTERN.test(key), key).to.equal(true);
+      expect(parseIdempotencyKey([key]), key).to.be.a('string');
+    }
+    for (const key of ['abc', '""', `"${'x'.repeat(256)}"`, '"é"', '"a\\nb"', '"a"b"']) {
+      expect(IDEMPOTENCY_KEY_PATTERN.test(key), key).to.equal(false);
+    }
   });
 
   it('refuses anything else with a 400 that says what is expected', () => {
