@@ -125,6 +125,7 @@ export default defineConfig({
           { text: 'Runbook', link: '/runbook' },
           { text: 'Redis memory', link: '/redis-memory' },
           { text: 'Callbacks', link: '/callbacks' },
+          { text: 'Idempotent submits', link: '/idempotency' },
           { text: 'Fairness between clients', link: '/fairness' },
           { text: 'Isolation between clients', link: '/isolation' },
           { text: 'Retired models', link: '/model-retirement' },

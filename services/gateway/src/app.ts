@@ -107,8 +107,16 @@ function corsFor(origins: readonly string[]): Middleware<GatewayState> {
       return any || origins.includes(origin) ? origin : '';
     },
     allowMethods: ['GET', 'POST'],
-    allowHeaders: ['Authorization', 'X-API-Key', 'Content-Type', 'Prefer', 'Callback-Url', 'X-Request-Id'],
-    exposeHeaders: ['Location', 'Retry-After', 'Preference-Applied', 'X-Request-Id', 'RateLimit', 'RateLimit-Policy'],
+    allowHeaders: ['Authorization', 'X-API-Key', 'Content-Type', 'Prefer', 'Callback-Url', 'Idempotency-Key', 'X-Request-Id'],
+    exposeHeaders: [
+      'Location',
+      'Retry-After',
+      'Preference-Applied',
+      'Idempotent-Replayed',
+      'X-Request-Id',
+      'RateLimit',
+      'RateLimit-Policy',
+    ],
     maxAge: 600,
   });
 }

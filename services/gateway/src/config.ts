@@ -142,6 +142,12 @@ export const GatewayConfig = z
       365 * 86_400,
       'Seconds after its last live worker was seen that a model stops being listed (`/v1/models`, `/ready`) and predicting with it is 404; one named in MODELS or DEFAULT_MODEL is always listed; 0 = never retire. A worker serving it again brings it back',
     ),
+    IDEMPOTENCY_TTL_SECONDS: env.int(
+      86_400,
+      60,
+      30 * 86_400,
+      "How long a predict request's Idempotency-Key is remembered once its job exists, in seconds: a retry with the same key and request gets that job, never a second. Redis holds ~250 bytes per keyed request for this long: at 100 keyed requests/s, 24 h is ~2 GB (docs/idempotency.md)",
+    ),
     URL_CONNECT_TIMEOUT_MS: env.int(2000, 50, 60_000, 'Connect timeout when fetching an image URL'),
     URL_TOTAL_TIMEOUT_MS: env.int(5000, 100, 120_000, 'Total time allowed to fetch an image URL, redirects included'),
     URL_MAX_REDIRECTS: env.int(3, 0, 10, 'Redirects followed when fetching an image URL (each hop is checked)'),

@@ -16,6 +16,7 @@ import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
 import { FairQueue } from './jobs/fair-queue.js';
+import { IdempotencyStore } from './jobs/idempotency.js';
 import { MemoryGuard } from './jobs/memory-guard.js';
 import { UploadBudget } from './intake/upload-guard.js';
 import { createAccess } from './access/access.middleware.js';
@@ -163,6 +164,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     }, jobs),
     intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
     callbackUrl: (values) => callbacks.parse(values),
+    idempotency: new IdempotencyStore(redis, keys, {
+      ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS,
+      // Outlasts the longest step of making a job (a URL fetch) with room for a slow Redis.
+      leaseMs: config.URL_TOTAL_TIMEOUT_MS + 30_000,
+    }),
     fetchImage: imageFetcher(config),
   });
 

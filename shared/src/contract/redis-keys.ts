@@ -30,6 +30,13 @@ export function redisKeys(prefix: string) {
      * counting by itself. `client` is an API key id (`key:<id>`) or an address (`ip:<address>`).
      */
     callbacksPending: (client: string) => `${prefix}:callbacks:pending:${client}`,
+    /**
+     * A predict request's Idempotency-Key (gateway, jobs/idempotency.ts): `<state>:<job id>:<fingerprint>`,
+     * state `p` while its job is being made (a short lease), then `j` once the job exists, kept
+     * IDEMPOTENCY_TTL_SECONDS. Scoped by `client` as callbacksPending is (`key:<id>` or `ip:<address>`);
+     * `keyHash` is the key's SHA-256 (base64url), so a key of any length costs the same ~250 bytes.
+     */
+    idempotency: (client: string, keyHash: string) => `${prefix}:idempotency:${client}:${keyHash}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */

@@ -67,6 +67,8 @@ export interface GatewayState {
   apiKey?: KeyIdentity;
   /** Whose share of the queue and of worker time the request draws on: its API key, or its address. */
   tenant?: Tenant;
+  /** On predict requests, the Idempotency-Key the caller sent (http/idempotency-key.ts), unquoted. */
+  idempotencyKey?: string;
   /** On predict requests, the job's place as fair queuing gave it (its priority). */
   fairPlace?: FairPlace;
 }

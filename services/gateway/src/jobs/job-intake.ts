@@ -74,6 +74,15 @@ export class JobIntake {
     return { place, fair };
   }
 
+  /**
+   * A reply ticket for a job that already exists (a retry with its Idempotency-Key): it waits beside
+   * any other waiter of the job. No reply is published for it when the job was made elsewhere or
+   * without a waiter; the waiter's sweep reads the stored result instead.
+   */
+  follow(jobId: string): Ticket {
+    return this.parts.waiter.register(jobId);
+  }
+
   async create(job: NewJob): Promise<CreatedJob> {
     const { jobId, client, callbackUrl } = job;
     // Registered before the job exists, so the reply cannot arrive before anyone listens.

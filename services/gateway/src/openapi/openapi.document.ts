@@ -20,6 +20,7 @@ import {
 } from '@conveyor/shared/contract/api.contract';
 import { ModelName } from '@conveyor/shared/contract/common.contract';
 import { problemCatalogue, problemSlugs } from '@conveyor/shared/problem';
+import { IDEMPOTENCY_KEY_PATTERN } from '../http/idempotency-key.js';
 
 /**
  * The OpenAPI 3.1 description of the gateway, generated from the zod schemas the gateway validates
@@ -105,6 +106,24 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'Given at most once (twice: 400). A client with CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending is refused with a 429. ' +
         "Only the status of the receiver's answer is read. Delivery state is on `GET /v1/jobs/{id}`.",
     });
+  const idempotencyKey = z
+    .string()
+    // What the gateway accepts, less the RFC 8941 parameters (accepted and ignored) and spaces around.
+    .regex(IDEMPOTENCY_KEY_PATTERN)
+    .optional()
+    .meta({
+      description:
+        'draft-ietf-httpapi-idempotency-key-header: an RFC 8941 string (quoted, printable ASCII, 1–255 characters; a UUID is a good key); ' +
+        'anything else is a 400. A retry with the same key and the same request (model, image bytes or URL, Callback-Url) within ' +
+        'IDEMPOTENCY_TTL_SECONDS gets the job the key made, never a second: 202 with the same id, or, for a caller who waits, its result ' +
+        '(`Idempotent-Replayed: true`). The same key with a different request: 422. While the first request is still being accepted: ' +
+        '409 with Retry-After. A request refused before its job exists leaves the key free. Keys are per API key (per client address when keys are off).',
+      example: '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
+    });
+  const replayed = z
+    .literal('true')
+    .optional()
+    .meta({ description: 'Present on the answer to a retry with an Idempotency-Key: the job is the one the key made' });
   const predictBody = {
     required: true,
     description: `The image (JPEG, PNG, WebP, GIF, TIFF or AVIF, recognised from its bytes; at most ${options.maxUploadBytes} bytes), or where to fetch it`,
@@ -131,7 +150,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
   const predictResponses: ZodOpenApiResponsesObject = {
     '200': {
       description: 'The job finished within the wait: its result',
-      headers: z.object({ 'Preference-Applied': z.string().optional() }),
+      headers: z.object({ 'Preference-Applied': z.string().optional(), 'Idempotent-Replayed': replayed }),
       content: json(CompletedJob),
       links: jobLinks(true),
     },
@@ -141,11 +160,18 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         Location: z.string().meta({ description: '`/v1/jobs/<id>`' }),
         'Retry-After': retryAfter,
         'Preference-Applied': z.string().optional(),
+        'Idempotent-Replayed': replayed,
       }),
       content: json(AcceptedJob),
       links: jobLinks(false),
     },
-    ...problems(400, 404, 408, 413, 415, 422, 500),
+    ...problems(400, 404, 408, 410, 413, 415, 422, 500),
+    '409': {
+      description:
+        'Problem: `/problems/idempotency-key-in-use`: a request with the same Idempotency-Key is still being accepted (its job may yet fail to exist); ask again after Retry-After',
+      headers: z.object({ 'Retry-After': retryAfter }),
+      content: problem,
+    },
     '503': {
       description:
         'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`; with Retry-After',
@@ -165,6 +191,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       header: z.object({
         Prefer: prefer,
         ...(options.callbacks ? { 'Callback-Url': callbackUrl } : {}),
+        'Idempotency-Key': idempotencyKey,
         'X-Request-Id': requestId,
       }),
     },
