@@ -351,14 +351,13 @@ async function startImageServer(image: Buffer): Promise<ImageServer> {
     const send = () => res.writeHead(200, { 'content-type': 'image/png', 'content-length': image.length }).end(image);
     if (req.url === '/seven.png') {
       fetches++;
-      return send();
-    }
-    if (req.url === '/held.png') {
+      send();
+    } else if (req.url === '/held.png') {
       fetches++;
       waiting.push(send);
-      return;
+    } else {
+      res.writeHead(404).end();
     }
-    res.writeHead(404).end();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();

@@ -99,8 +99,10 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   const read = await readImage(ctx, deps, jobId);
   ctx.set('Preference-Applied', prefer.applied);
   if (read.kind === 'replay') {
-    // The bytes are not needed: the job the key made already has them.
+    // Neither the bytes nor the queue place are needed: the job the key made has its own. Given back
+    // now, not when a sync replay's wait ends (admission would count a job that never comes).
     ctx.state.upload?.release();
+    ctx.state.reservation?.release();
     return replay(ctx, deps, read.jobId, waits, prefer.waitSeconds);
   }
   const { input, bytes, facts, callbackUrl, lease } = read;
