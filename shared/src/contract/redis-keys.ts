@@ -30,6 +30,12 @@ export function redisKeys(prefix: string) {
      * counting by itself. `client` is an API key id (`key:<id>`) or an address (`ip:<address>`).
      */
     callbacksPending: (client: string) => `${prefix}:callbacks:pending:${client}`,
+    /**
+     * Marks a job cancelled while a worker may hold it (`DELETE /v1/jobs/{id}`): the job's commit
+     * (JobStore.commit) then keeps a cancelled result instead of the worker's. Set only while the job
+     * has no result; deleted by the commit; expires with the job's longest life otherwise.
+     */
+    cancelled: (jobId: string) => `${prefix}:cancelled:${jobId}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
