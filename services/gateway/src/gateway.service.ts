@@ -170,6 +170,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     canceller,
     intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
     callbackUrl: (values) => callbacks.parse(values),
+    queueWaiting: (model) => admission.waiting(queues.get(model)),
     fetchImage: imageFetcher(config),
   });
 

@@ -71,7 +71,9 @@ export class JobCanceller {
    * A synchronous caller hung up: its job is cancelled if it still waits (no worker took it). A job
    * already running is left alone and not marked: it costs nothing more to keep its result.
    */
-  async abandon(id: string, queue: InferenceQueue): Promise<Abandonment> {
+  async abandon(id: string, model: string): Promise<Abandonment> {
+    const queue = (await this.queues()).find((q) => q.model === model)?.queue;
+    if (!queue) return 'unknown';
     const state = await queue.getJobState(id);
     if (!WAITING.has(state)) return state === 'active' ? 'running' : state === 'unknown' ? 'unknown' : 'finished';
     const result = await this.cancelWaiting(id, queue);

@@ -8,6 +8,9 @@ import { clientOf } from '../http/client-identity.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 import type { HttpMetrics, PredictMode } from '../http/metrics.js';
 import { parsePrefer } from '../http/prefer.js';
+import { parseDeadline } from '../http/deadline.js';
+import { checkDeadline } from '../jobs/deadline-admission.js';
+import type { JobCanceller } from '../jobs/job-canceller.js';
 import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
 import { inspectImage } from '../intake/inspect-image.js';
@@ -29,6 +32,8 @@ export interface PredictDeps {
     | 'SYNC_WAIT_MAX_SECONDS'
     | 'DEFAULT_MODEL'
     | 'NO_WORKER_POLICY'
+    | 'DEADLINE_ADMISSION'
+    | 'INPUT_TTL_SECONDS'
   >;
   readonly catalogue: Pick<ModelCatalogue, 'resolve' | 'known'>;
   /** Where a job comes to exist: its queue place, then the job with its reply ticket and callback. */
@@ -39,6 +44,10 @@ export interface PredictDeps {
   readonly access: Access;
   /** Reads a request's Callback-Url (refused when callbacks are off). */
   readonly callbackUrl: (values: readonly string[] | undefined) => URL | undefined;
+  /** Jobs waiting in a model's queue now (deadline admission's estimate). */
+  readonly queueWaiting: (model: string) => Promise<number>;
+  /** Cancels the job of a synchronous caller that hung up, if it still waits. */
+  readonly canceller: Pick<JobCanceller, 'abandon'>;
 }
 
 /**
@@ -80,7 +89,8 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   const jobId = ctx.state.reservation?.jobId ?? randomUUID();
   ctx.state.jobId = jobId;
   ctx.state.log = ctx.state.log.child({ jobId });
-  ctx.set('Preference-Applied', prefer.applied);
+  const deadline = ctx.state.deadline;
+  ctx.set('Preference-Applied', deadline ? `${prefer.applied}, deadline=${deadline.seconds}` : prefer.applied);
   let job: CreatedJob;
   try {
     job = await deps.intake.create({
@@ -98,6 +108,7 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
       client: clientOf(ctx),
       callbackUrl,
       waits: !(prefer.respondAsync || prefer.waitSeconds === 0),
+      deadline: deadline?.at,
     });
   } finally {
     // The upload budget is given back: the bytes are in Redis now, or nowhere.
@@ -113,6 +124,9 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   };
   ctx.res.once('close', onClose);
   const result = await job.ticket.wait(prefer.waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
+  // Nobody else wants the job of a caller that hung up (no callback; its id was never answered):
+  // it is cancelled if no worker took it yet, so it costs no worker time.
+  if (!result && gone.signal.aborted && !callbackUrl) return abandoned(ctx, deps, jobId);
   if (!result) return accepted(ctx, jobId, deps, job.callback);
   if (result.status === 'completed') {
     deps.metrics.outcomes.inc({ outcome: 'completed' });
@@ -120,6 +134,7 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
     ctx.body = result;
     return;
   }
+  // Cancelled (DELETE) or expired (its deadline passed before a worker took it) answer with their problem too.
   deps.metrics.outcomes.inc({ outcome: 'failed' });
   sendProblem(ctx, new ProblemError(result.error.slug, result.error.detail));
 }
@@ -156,6 +171,15 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       const model = await routable(deps, modelOf(ctx), mode, config.NO_WORKER_POLICY);
       // Known to exist from here on: only now may its name become a metric label.
       ctx.state.model = model.name;
+      // Counted from here, the request's arrival at admission; a job cannot wait longer than its image lives.
+      const seconds = parseDeadline(ctx.get('prefer'), config.INPUT_TTL_SECONDS);
+      if (seconds !== undefined) {
+        ctx.state.deadline = { at: Date.now() + Math.ceil(seconds * 1000), seconds };
+        if (config.DEADLINE_ADMISSION) {
+          const figures = { waiting: await deps.queueWaiting(model.name), concurrency: model.concurrency, serviceMs: model.serviceMs };
+          checkDeadline(figures, seconds * 1000, model.name);
+        }
+      }
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
@@ -197,6 +221,18 @@ async function routable(
     });
   }
   return model;
+}
+
+/** The caller hung up: its job is cancelled unless a worker has it already (nobody reads this answer). */
+async function abandoned(ctx: GatewayContext, deps: PredictDeps, jobId: string): Promise<void> {
+  const outcome = await deps.canceller.abandon(jobId, ctx.state.model!).catch((error: unknown) => {
+    ctx.state.log.warn({ err: error }, 'could not cancel the job of a caller that hung up; it runs');
+    return 'failed' as const;
+  });
+  ctx.state.log.info({ outcome }, 'the caller hung up before its result');
+  deps.metrics.outcomes.inc({ outcome: outcome === 'cancelled' ? 'cancelled' : 'accepted' });
+  // nginx's 499, client closed request: for the access log and the metrics, the caller never sees it.
+  ctx.status = 499;
 }
 
 function accepted(ctx: GatewayContext, jobId: string, deps: PredictDeps, callback: CallbackState | undefined): void {
