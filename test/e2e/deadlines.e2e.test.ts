@@ -92,7 +92,7 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     tmp = mkdtempSync(path.join(os.tmpdir(), 'conveyor-deadlines-'));
     // Seconds per image on one core (more under load): long enough to hold a job running while
     // the test acts on another; the test waits for states, never for time.
-    slowDir = writeSlowModel(path.join(tmp, 'slow'), 250);
+    slowDir = writeSlowModel(path.join(tmp, 'slow'), 60);
     const { dataset, split } = await heldOutDigits();
     digit = await digitPng(dataset.samples[split.test[0]!]!.pixels);
     redis = testRedis();
