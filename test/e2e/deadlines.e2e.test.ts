@@ -68,6 +68,7 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     URL_ALLOW_CIDRS: '127.0.0.1/32',
     CALLBACK_SWEEP_SECONDS: '1',
     DEADLINE_ADMISSION: String(admission),
+    SYNC_WAIT_MAX_SECONDS: '300',
   });
 
   /** The worker's job outcomes so far, from its Prometheus endpoint. */
@@ -254,10 +255,10 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
   });
 
   it('refuses at once a deadline the queue cannot meet (503 + Retry-After), from the measured service time', async () => {
-    // The worker has measured its service time (seconds per job) by now and beats it to the gateways.
-    await until('a measured service time in the heartbeat', async () => {
-      const heartbeat = await redis.get(keys.worker(worker!.workerId));
-      return (heartbeat && (JSON.parse(heartbeat) as { models: { serviceMs?: number }[] }).models[0]?.serviceMs) || undefined;
+    // The worker has measured its service time by now and beats it to the gateways, which show it.
+    await until('the measured service time, as the strict gateway sees it', async () => {
+      const model = await request(`${strictBase}/v1/models/digits`);
+      return (model.body.serviceMs as number | undefined) || undefined;
     });
     const counts = await queued();
     const refused = await predict(strictBase, digit, { Prefer: 'respond-async, deadline=0.05' });

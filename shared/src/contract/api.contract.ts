@@ -152,6 +152,10 @@ export const ModelDescription = z
     ready: z.boolean().meta({ description: 'A live worker has the model warm' }),
     workers: z.number().int().min(0),
     concurrency: z.number().int().min(0),
+    serviceMs: z.number().min(0).optional().meta({
+      description:
+        'How long one job takes on its live workers, start to commit (ms, their recent average); what deadline admission estimates queue waits from. Absent before any job was measured',
+    }),
     versions: z.array(z.string()),
     lastAnnounced: z.object({ version: z.string(), artifact: z.string(), at: z.iso.datetime() }).optional(),
     description: z.string().optional(),

@@ -123,7 +123,12 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
     if (!ctx.res.writableEnded) gone.abort();
   };
   ctx.res.once('close', onClose);
-  const result = await job.ticket.wait(prefer.waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
+  // A caller that hung up while its job was being made closed before anyone listened.
+  if (ctx.req.socket.destroyed) onClose();
+  if (gone.signal.aborted) job.ticket.cancel();
+  const result = gone.signal.aborted
+    ? undefined
+    : await job.ticket.wait(prefer.waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
   // Nobody else wants the job of a caller that hung up (no callback; its id was never answered):
   // it is cancelled if no worker took it yet, so it costs no worker time.
   if (!result && gone.signal.aborted && !callbackUrl) return abandoned(ctx, deps, jobId);
