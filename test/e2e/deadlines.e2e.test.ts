@@ -97,7 +97,7 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     const { dataset, split } = await heldOutDigits();
     digit = await digitPng(dataset.samples[split.test[0]!]!.pixels);
     redis = testRedis();
-    queue = new Queue('inference', { connection: testRedis(), prefix });
+    queue = new Queue('inference', { connection: { url: testRedisUrl() }, prefix });
     receiver = await startCallbackReceiver();
     const silent = pino({ level: 'silent' });
     gateway = await startGateway(loadConfig(GatewayConfig, gatewayEnv(false)), silent);
