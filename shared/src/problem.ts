@@ -26,7 +26,10 @@ export const problemCatalogue = {
   overloaded: { status: 503, title: 'The queue is full; retry later' },
   'not-ready': { status: 503, title: 'The service is not ready' },
   'no-worker': { status: 503, title: 'No worker serving this model is alive; retry later' },
-  'deadline-unmeetable': { status: 503, title: 'The queue cannot finish the job within its deadline; retry later or allow more time' },
+  'deadline-unmeetable': {
+    status: 503,
+    title: 'The queue cannot finish the job within its deadline; retry later or allow more time',
+  },
   'deadline-exceeded': { status: 504, title: "The job's deadline passed before a worker started it" },
   'inference-failed': { status: 500, title: 'The model could not process the image' },
   internal: { status: 500, title: 'Internal error' },

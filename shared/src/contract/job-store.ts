@@ -210,7 +210,11 @@ export class JobStore {
    * (see COMMIT); 'finished' when its result is kept already (nothing is marked then).
    */
   async markCancelled(jobId: string, ttlSeconds: number): Promise<CancelMark> {
-    const code = await this.commitCommand().conveyorMarkCancelled(this.keys.result(jobId), this.keys.cancelled(jobId), ttlSeconds);
+    const code = await this.commitCommand().conveyorMarkCancelled(
+      this.keys.result(jobId),
+      this.keys.cancelled(jobId),
+      ttlSeconds,
+    );
     return code === 1 ? 'marked' : 'finished';
   }
 
