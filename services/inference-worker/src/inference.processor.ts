@@ -176,7 +176,9 @@ async function expire(deps: ProcessorDeps, run: Attempt, deadline: number, repor
     status: 'expired',
     finishedAt: new Date(run.startedAt).toISOString(),
     deadline: iso,
-    error: problemBody(new ProblemError('deadline-exceeded', `The job's deadline (${iso}) passed before a worker started it; it was not run`)),
+    error: problemBody(
+      new ProblemError('deadline-exceeded', `The job's deadline (${iso}) passed before a worker started it; it was not run`),
+    ),
   };
   const outcome = await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)));
   if (outcome === 'published') {

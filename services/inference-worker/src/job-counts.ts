@@ -49,7 +49,8 @@ export class JobCounts {
   }
 
   served(ms: number): void {
-    this.serviceAverageMs = this.serviceAverageMs === undefined ? ms : this.serviceAverageMs + SERVICE_WEIGHT * (ms - this.serviceAverageMs);
+    this.serviceAverageMs =
+      this.serviceAverageMs === undefined ? ms : this.serviceAverageMs + SERVICE_WEIGHT * (ms - this.serviceAverageMs);
   }
 }
 
