@@ -34,10 +34,14 @@ export function checkDeadline(figures: QueueFigures, deadlineMs: number, model: 
   const expected = expectedFinishMs(figures);
   if (expected === undefined || expected <= deadlineMs) return;
   if (expected === Infinity) {
-    throw new ProblemError('deadline-unmeetable', `No live worker serves the model ${model}: the job could not start within its deadline`, {
-      retryAfterSeconds: 5,
-      model,
-    });
+    throw new ProblemError(
+      'deadline-unmeetable',
+      `No live worker serves the model ${model}: the job could not start within its deadline`,
+      {
+        retryAfterSeconds: 5,
+        model,
+      },
+    );
   }
   const excessSeconds = (expected - deadlineMs) / 1000;
   throw new ProblemError(

@@ -33,9 +33,13 @@ export function registerJobCancelRoute(
     ctx.state.log = ctx.state.log.child({ jobId: id });
     switch (outcome.kind) {
       case 'finished':
-        throw new ProblemError('conflict', `Job ${id} is finished (${outcome.result.status}); a finished job cannot be cancelled`, {
-          jobStatus: outcome.result.status,
-        });
+        throw new ProblemError(
+          'conflict',
+          `Job ${id} is finished (${outcome.result.status}); a finished job cannot be cancelled`,
+          {
+            jobStatus: outcome.result.status,
+          },
+        );
       case 'cancelling':
         ctx.state.log.info('cancellation requested for a running job: its result will be discarded');
         ctx.status = 202;

@@ -181,7 +181,11 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       if (seconds !== undefined) {
         ctx.state.deadline = { at: Date.now() + Math.ceil(seconds * 1000), seconds };
         if (config.DEADLINE_ADMISSION) {
-          const figures = { waiting: await deps.queueWaiting(model.name), concurrency: model.concurrency, serviceMs: model.serviceMs };
+          const figures = {
+            waiting: await deps.queueWaiting(model.name),
+            concurrency: model.concurrency,
+            serviceMs: model.serviceMs,
+          };
           checkDeadline(figures, seconds * 1000, model.name);
         }
       }
