@@ -216,7 +216,11 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
   it('lets a running job finish but discards its result, and refuses to cancel a finished one (409)', async () => {
     const r = await predict(base, digit, { Prefer: 'respond-async' });
     const id = r.body.id as string;
-    await until('the job to run', async () => (await request(`${base}/v1/jobs/${id}`)).body.status === 'active' || undefined, 120_000);
+    await until(
+      'the job to run',
+      async () => (await request(`${base}/v1/jobs/${id}`)).body.status === 'active' || undefined,
+      120_000,
+    );
     const first = await deleteJob(id);
     expect(first.status, JSON.stringify(first.body)).to.equal(202);
     expect(first.body).to.deep.include({ id, status: 'active', cancelling: true });
@@ -242,7 +246,11 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
   it('answers a synchronous caller whose job expired in the queue with a 504 problem, and does not run it', async () => {
     const holder = await predict(base, digit, { Prefer: 'respond-async' });
     const holderId = holder.body.id as string;
-    await until('the first job to run', async () => (await request(`${base}/v1/jobs/${holderId}`)).body.status === 'active' || undefined, 120_000);
+    await until(
+      'the first job to run',
+      async () => (await request(`${base}/v1/jobs/${holderId}`)).body.status === 'active' || undefined,
+      120_000,
+    );
     const before = await outcomes();
     // Behind a job of seconds, a deadline of a tenth of one passes in the queue.
     const late = await predict(base, digit, { Prefer: 'wait=120, deadline=0.1' });
@@ -275,7 +283,11 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
   it('cancels the waiting job of a synchronous caller that hangs up, and never runs it', async () => {
     const holder = await predict(base, digit, { Prefer: 'respond-async' });
     const holderId = holder.body.id as string;
-    await until('the first job to run', async () => (await request(`${base}/v1/jobs/${holderId}`)).body.status === 'active' || undefined, 120_000);
+    await until(
+      'the first job to run',
+      async () => (await request(`${base}/v1/jobs/${holderId}`)).body.status === 'active' || undefined,
+      120_000,
+    );
     const before = await outcomes();
     const hangUp = new AbortController();
     const call = fetch(`${base}/v1/predict`, {
@@ -291,7 +303,10 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     const id = waiting!.id!;
     hangUp.abort();
     await call;
-    await until('the abandoned job to be cancelled', async () => (await request(`${base}/v1/jobs/${id}`)).body.status === 'cancelled' || undefined);
+    await until(
+      'the abandoned job to be cancelled',
+      async () => (await request(`${base}/v1/jobs/${id}`)).body.status === 'cancelled' || undefined,
+    );
     expect(await queue.getJobState(id)).to.equal('unknown');
     await pollUntilDone(base, holderId, 120_000);
     const after = await outcomes();

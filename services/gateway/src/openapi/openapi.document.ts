@@ -71,7 +71,13 @@ function jobLinks(finished: boolean) {
     JobEvents: { operationId: 'jobEvents', parameters: id, description: 'Its state and result as Server-Sent Events' },
     ...(finished
       ? {}
-      : { CancelJob: { operationId: 'cancelJob', parameters: id, description: 'Cancel it (waiting: at once; running: its result is discarded)' } }),
+      : {
+          CancelJob: {
+            operationId: 'cancelJob',
+            parameters: id,
+            description: 'Cancel it (waiting: at once; running: its result is discarded)',
+          },
+        }),
     ...(finished
       ? {
           Feedback: {
@@ -96,7 +102,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'RFC 7240. None: wait up to ' +
         `${options.syncWaitDefaultSeconds} s for the result (200), else 202. \`wait=<seconds>\`: wait that long (capped at ${options.syncWaitMaxSeconds} s). ` +
         '`respond-async`: 202 at once. A job is never dropped: whenever the wait runs out the answer is 202 with the place to poll. ' +
-        '`deadline=<seconds>`: a processing deadline, counted from the request\'s arrival (capped at INPUT_TTL_SECONDS): a job no worker has started by then is dropped unrun and ends `expired` ' +
+        "`deadline=<seconds>`: a processing deadline, counted from the request's arrival (capped at INPUT_TTL_SECONDS): a job no worker has started by then is dropped unrun and ends `expired` " +
         '(a waiting caller gets a 504 `/problems/deadline-exceeded`), and a deadline the queue cannot meet is refused at once (503 `/problems/deadline-unmeetable` with Retry-After). ' +
         'A non-positive or non-numeric deadline is ignored. ' +
         'The preferences honoured are echoed in `Preference-Applied`.',
@@ -472,7 +478,9 @@ const jobEvent = {
       description: 'The job finished: its result or error; the stream ends',
       properties: {
         event: { const: 'result' },
-        data: jsonData({ oneOf: [ref('CompletedResult'), ref('FailedResult'), ref('CancelledResult'), ref('ExpiredResult'), ref('LostJob')] }),
+        data: jsonData({
+          oneOf: [ref('CompletedResult'), ref('FailedResult'), ref('CancelledResult'), ref('ExpiredResult'), ref('LostJob')],
+        }),
       },
       required: ['event', 'data'],
     },
