@@ -127,6 +127,7 @@ export default defineConfig({
           { text: 'Callbacks', link: '/callbacks' },
           { text: 'Idempotent submits', link: '/idempotency' },
           { text: 'Fairness between clients', link: '/fairness' },
+          { text: 'Deadlines and cancellation', link: '/deadlines' },
           { text: 'Isolation between clients', link: '/isolation' },
           { text: 'Retired models', link: '/model-retirement' },
         ],

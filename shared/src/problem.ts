@@ -23,11 +23,17 @@ export const problemCatalogue = {
   'not-found': { status: 404, title: 'Not found' },
   'request-timeout': { status: 408, title: 'The request body arrived too slowly' },
   conflict: { status: 409, title: 'The request conflicts with the state of the job' },
+  cancelled: { status: 409, title: 'The job was cancelled before its result was kept' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },
   'rate-limited': { status: 429, title: 'Too many requests; retry later' },
   overloaded: { status: 503, title: 'The queue is full; retry later' },
   'not-ready': { status: 503, title: 'The service is not ready' },
   'no-worker': { status: 503, title: 'No worker serving this model is alive; retry later' },
+  'deadline-unmeetable': {
+    status: 503,
+    title: 'The queue cannot finish the job within its deadline; retry later or allow more time',
+  },
+  'deadline-exceeded': { status: 504, title: "The job's deadline passed before a worker started it" },
   'inference-failed': { status: 500, title: 'The model could not process the image' },
   internal: { status: 500, title: 'Internal error' },
 } as const satisfies Record<string, { status: number; title: string }>;

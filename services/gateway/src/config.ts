@@ -113,6 +113,10 @@ export const GatewayConfig = z
       10_000_000,
       "Waiting jobs of one model beyond which new requests for that model get 503 + Retry-After instead of queueing (each model's queue is counted on its own)",
     ),
+    DEADLINE_ADMISSION: env.bool(
+      true,
+      "Refuse at once (503 deadline-unmeetable + Retry-After) a request whose `Prefer: deadline=` the model's queue cannot meet, estimated from the jobs waiting, the live workers' concurrency and their measured service time (see docs/deadlines.md); false: queue it (a worker drops it unrun once its deadline has passed)",
+    ),
     FAIR_QUEUING: env.bool(
       true,
       "Share each model's workers between tenants (the API key, or the client address when keys are off) in proportion to their weights (a key's WEIGHT); false: first come, first served (see docs/fairness.md)",

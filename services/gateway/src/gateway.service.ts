@@ -22,6 +22,7 @@ import { UploadBudget } from './intake/upload-guard.js';
 import { createAccess } from './access/access.middleware.js';
 import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
+import { JobCanceller } from './jobs/job-canceller.js';
 import { JobIntake, type JobIntakeParts } from './jobs/job-intake.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ModelQueues } from './jobs/model-queues.js';
@@ -134,6 +135,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const { callbacks, callbackConnection } = startCallbacks(config, redis, subscriber, jobs, gatewayId, log);
 
   const eventStreams = new OpenStreams();
+  // Every known model's queue: a job of any model can be polled, or cancelled.
+  const knownQueues = async () => {
+    await catalogue.current();
+    return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
+  };
+  const canceller = new JobCanceller(knownQueues, jobs, {
+    gatewayId,
+    markTtlSeconds: config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
+  });
   const app = createApp({
     ...(board ? { dashboard: board.middleware } : {}),
     config,
@@ -157,11 +167,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     trustProxyHops: config.TRUST_PROXY_HOPS,
     corsOrigins: config.CORS_ORIGINS,
     monitorUrl: config.MONITOR_URL,
-    // Every known model's queue: a job of any model can be polled.
-    lookup: new JobLookup(async () => {
-      await catalogue.current();
-      return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
-    }, jobs),
+    lookup: new JobLookup(knownQueues, jobs),
+    canceller,
     intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
     callbackUrl: (values) => callbacks.parse(values),
     idempotency: new IdempotencyStore(redis, keys, {
@@ -169,6 +176,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       // Outlasts the longest step of making a job (a URL fetch) with room for a slow Redis.
       leaseMs: config.URL_TOTAL_TIMEOUT_MS + 30_000,
     }),
+    queueWaiting: (model) => admission.waiting(queues.get(model)),
     fetchImage: imageFetcher(config),
   });
 

@@ -37,6 +37,12 @@ export function redisKeys(prefix: string) {
      * `keyHash` is the key's SHA-256 (base64url), so a key of any length costs the same ~250 bytes.
      */
     idempotency: (client: string, keyHash: string) => `${prefix}:idempotency:${client}:${keyHash}`,
+    /**
+     * Marks a job cancelled while a worker may hold it (`DELETE /v1/jobs/{id}`): the job's commit
+     * (JobStore.commit) then keeps a cancelled result instead of the worker's. Set only while the job
+     * has no result; deleted by the commit; expires with the job's longest life otherwise.
+     */
+    cancelled: (jobId: string) => `${prefix}:cancelled:${jobId}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */

@@ -71,6 +71,8 @@ export interface GatewayState {
   idempotencyKey?: string;
   /** On predict requests, the job's place as fair queuing gave it (its priority). */
   fairPlace?: FairPlace;
+  /** On predict requests with `Prefer: deadline=`: the processing deadline (epoch ms) and the seconds it was given as. */
+  deadline?: { readonly at: number; readonly seconds: number };
 }
 
 export type GatewayContext = ParameterizedContext<GatewayState>;

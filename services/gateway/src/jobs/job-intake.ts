@@ -30,7 +30,7 @@ export interface AdmittedPlace {
 /** Everything a job is made of, once the request's image passed the checks. */
 export interface NewJob extends Pick<
   Submission,
-  'model' | 'jobId' | 'requestId' | 'acceptedAt' | 'input' | 'bytes' | 'facts' | 'owner'
+  'model' | 'jobId' | 'requestId' | 'acceptedAt' | 'input' | 'bytes' | 'facts' | 'owner' | 'deadline'
 > {
   /** The place taken at admission; given back once the job is queued (or could not be). */
   readonly place?: QueuePlace | undefined;
@@ -109,6 +109,7 @@ export class JobIntake {
         replyTo: ticket || callbackUrl ? this.parts.waiter.gatewayId : undefined,
         owner: job.owner,
         priority: job.fair?.priority,
+        deadline: job.deadline,
       });
       // A large image costs its tenant more of the workers' time: its next jobs go later.
       job.fair?.charge(job.facts.width * job.facts.height);

@@ -3,6 +3,7 @@ import { createDocument, type ZodOpenApiOperationObject, type ZodOpenApiResponse
 import {
   AcceptedJob,
   CallbackPayload,
+  CancellingJob,
   DriftSummary,
   CompletedJob,
   FeedbackAccepted,
@@ -62,13 +63,22 @@ function problems(...statuses: number[]): ZodOpenApiResponsesObject {
 
 /**
  * What a job's id leads to (OpenAPI links, which stateful clients and fuzzers follow): reading it,
- * its event stream, and, once it has finished, its feedback. There is no route that cancels a job.
+ * its event stream, cancelling it while it is not finished, and, once it has finished, its feedback.
  */
 function jobLinks(finished: boolean) {
   const id = { id: '$response.body#/id' };
   return {
     GetJob: { operationId: 'getJob', parameters: id, description: 'The job: its state, then its result' },
     JobEvents: { operationId: 'jobEvents', parameters: id, description: 'Its state and result as Server-Sent Events' },
+    ...(finished
+      ? {}
+      : {
+          CancelJob: {
+            operationId: 'cancelJob',
+            parameters: id,
+            description: 'Cancel it (waiting: at once; running: its result is discarded)',
+          },
+        }),
     ...(finished
       ? {
           Feedback: {
@@ -93,7 +103,10 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'RFC 7240. None: wait up to ' +
         `${options.syncWaitDefaultSeconds} s for the result (200), else 202. \`wait=<seconds>\`: wait that long (capped at ${options.syncWaitMaxSeconds} s). ` +
         '`respond-async`: 202 at once. A job is never dropped: whenever the wait runs out the answer is 202 with the place to poll. ' +
-        'The preference honoured is echoed in `Preference-Applied`.',
+        "`deadline=<seconds>`: a processing deadline, counted from the request's arrival (capped at INPUT_TTL_SECONDS): a job no worker has started by then is dropped unrun and ends `expired` " +
+        '(a waiting caller gets a 504 `/problems/deadline-exceeded`), and a deadline the queue cannot meet is refused at once (503 `/problems/deadline-unmeetable` with Retry-After). ' +
+        'A non-positive or non-numeric deadline is ignored. ' +
+        'The preferences honoured are echoed in `Preference-Applied`.',
       example: 'respond-async',
     });
   const callbackUrl = z
@@ -165,16 +178,16 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       content: json(AcceptedJob),
       links: jobLinks(false),
     },
-    ...problems(400, 404, 408, 410, 413, 415, 422, 500),
+    ...problems(400, 404, 408, 410, 413, 415, 422, 500, 504),
     '409': {
       description:
-        'Problem: `/problems/idempotency-key-in-use`: a request with the same Idempotency-Key is still being accepted (its job may yet fail to exist); ask again after Retry-After',
+        'Problem: `/problems/idempotency-key-in-use`: a request with the same Idempotency-Key is still being accepted (its job may yet fail to exist); ask again after Retry-After. `/problems/cancelled`: a synchronous request whose job was cancelled (DELETE /v1/jobs/{id}) while it waited',
       headers: z.object({ 'Retry-After': retryAfter }),
       content: problem,
     },
     '503': {
       description:
-        'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`; with Retry-After',
+        'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`, `/problems/deadline-unmeetable` (the queue cannot finish the job within its `Prefer: deadline`); with Retry-After',
       headers: z.object({ 'Retry-After': retryAfter }),
       content: problem,
     },
@@ -282,6 +295,27 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
               content: json(JobStatus),
             },
             ...problems(404),
+            ...accessProblems,
+          },
+        },
+        delete: {
+          operationId: 'cancelJob',
+          summary: 'Cancel a job that has not finished',
+          description:
+            'A waiting job is cancelled at once: 200 with its final state `cancelled`, which GET, the event stream, a waiting caller (409 `/problems/cancelled`) and its callback (`job.cancelled`) are told. ' +
+            'A running job is not interrupted: 202, and when it finishes a cancelled result is kept instead of its own. ' +
+            'A finished job (completed, failed, expired) is a 409. Cancelling again answers the same. ' +
+            "With API keys, only the key that made the job (or an admin key) may cancel it; another key's job is 404.",
+          tags: ['jobs'],
+          requestParams: { path: jobId },
+          responses: {
+            '200': { description: 'Cancelled (now, or before): the job as GET answers it', content: json(JobStatus) },
+            '202': {
+              description: 'Running: its result will be discarded for a cancelled one when it finishes',
+              headers: z.object({ Location: z.string(), 'Retry-After': retryAfter }),
+              content: json(CancellingJob),
+            },
+            ...problems(404, 409),
             ...accessProblems,
           },
         },
@@ -471,7 +505,9 @@ const jobEvent = {
       description: 'The job finished: its result or error; the stream ends',
       properties: {
         event: { const: 'result' },
-        data: jsonData({ oneOf: [ref('CompletedResult'), ref('FailedResult'), ref('LostJob')] }),
+        data: jsonData({
+          oneOf: [ref('CompletedResult'), ref('FailedResult'), ref('CancelledResult'), ref('ExpiredResult'), ref('LostJob')],
+        }),
       },
       required: ['event', 'data'],
     },

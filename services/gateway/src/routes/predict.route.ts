@@ -10,6 +10,9 @@ import type { GatewayContext, GatewayState } from '../http/context.js';
 import { idempotencyKey } from '../http/idempotency-key.js';
 import type { HttpMetrics, PredictMode } from '../http/metrics.js';
 import { parsePrefer } from '../http/prefer.js';
+import { parseDeadline } from '../http/deadline.js';
+import { checkDeadline } from '../jobs/deadline-admission.js';
+import type { JobCanceller } from '../jobs/job-canceller.js';
 import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
 import { inspectImage, type ImageFacts } from '../intake/inspect-image.js';
@@ -34,6 +37,8 @@ export interface PredictDeps {
     | 'SYNC_WAIT_MAX_SECONDS'
     | 'DEFAULT_MODEL'
     | 'NO_WORKER_POLICY'
+    | 'DEADLINE_ADMISSION'
+    | 'INPUT_TTL_SECONDS'
   >;
   readonly catalogue: Pick<ModelCatalogue, 'resolve' | 'known'>;
   /** Where a job comes to exist: its queue place, then the job with its reply ticket and callback. */
@@ -50,6 +55,10 @@ export interface PredictDeps {
   readonly access: Access;
   /** Reads a request's Callback-Url (refused when callbacks are off). */
   readonly callbackUrl: (values: readonly string[] | undefined) => URL | undefined;
+  /** Jobs waiting in a model's queue now (deadline admission's estimate). */
+  readonly queueWaiting: (model: string) => Promise<number>;
+  /** Cancels the job of a synchronous caller that hung up, if it still waits. */
+  readonly canceller: Pick<JobCanceller, 'abandon'>;
 }
 
 /**
@@ -108,6 +117,8 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   const { input, bytes, facts, callbackUrl, lease } = read;
   ctx.state.jobId = jobId;
   ctx.state.log = ctx.state.log.child({ jobId });
+  const deadline = ctx.state.deadline;
+  ctx.set('Preference-Applied', deadline ? `${prefer.applied}, deadline=${deadline.seconds}` : prefer.applied);
   let job: CreatedJob;
   try {
     job = await deps.intake.create({
@@ -125,6 +136,7 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
       client: clientOf(ctx),
       callbackUrl,
       waits,
+      deadline: deadline?.at,
     });
   } catch (error) {
     await freeKey(ctx, lease);
@@ -137,7 +149,10 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   // Before answering: a retry that comes after this answer must find the job.
   if (lease) await keepKey(ctx, lease);
   if (!job.ticket) return accepted(ctx, jobId, deps, job.callback);
-  return answerWhenDone(ctx, deps, jobId, job.ticket, prefer.waitSeconds, job.callback);
+  // Nobody else may want the job of a caller that hangs up when it has no callback and no
+  // Idempotency-Key (a retry with the key would find it): it is then cancelled if it still waits.
+  const abandonable = !callbackUrl && !lease;
+  return answerWhenDone(ctx, deps, jobId, job.ticket, prefer.waitSeconds, job.callback, abandonable);
 }
 
 /** Waits for the job's result within the caller's wait: the result (or its problem), else a 202. */
@@ -148,14 +163,22 @@ async function answerWhenDone(
   ticket: Ticket,
   waitSeconds: number,
   callback: CallbackState | undefined,
+  abandonable: boolean,
 ): Promise<void> {
-  // A client that hangs up stops the wait, not the job.
+  // A client that hangs up stops the wait; the job goes on unless `abandonable` (then it is cancelled
+  // if no worker took it yet, so it costs no worker time).
   const gone = new AbortController();
   const onClose = () => {
     if (!ctx.res.writableEnded) gone.abort();
   };
   ctx.res.once('close', onClose);
-  const result = await ticket.wait(waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
+  // A caller that hung up while its job was being made closed before anyone listened.
+  if (ctx.req.socket.destroyed) onClose();
+  if (gone.signal.aborted) ticket.cancel();
+  const result = gone.signal.aborted
+    ? undefined
+    : await ticket.wait(waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
+  if (!result && gone.signal.aborted && abandonable) return abandoned(ctx, deps, jobId);
   if (!result) return accepted(ctx, jobId, deps, callback);
   answerResult(ctx, deps, result);
 }
@@ -167,6 +190,7 @@ function answerResult(ctx: GatewayContext, deps: PredictDeps, result: JobResult)
     ctx.body = result;
     return;
   }
+  // Cancelled (DELETE) or expired (its deadline passed before a worker took it) answer with their problem too.
   deps.metrics.outcomes.inc({ outcome: 'failed' });
   sendProblem(ctx, new ProblemError(result.error.slug, result.error.detail));
 }
@@ -199,7 +223,8 @@ async function replay(ctx: GatewayContext, deps: PredictDeps, jobId: string, wai
     // Failed without a result record: what the first request's wait would have ended in; the poll says why.
     if (view.kind === 'lost') return accepted(ctx, jobId, deps, callback);
     answered = true;
-    return await answerWhenDone(ctx, deps, jobId, ticket, waitSeconds, callback);
+    // Never abandoned: the job is the first request's, whoever else waits for it.
+    return await answerWhenDone(ctx, deps, jobId, ticket, waitSeconds, callback, false);
   } finally {
     if (!answered) ticket?.cancel();
   }
@@ -298,6 +323,19 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       const model = await routable(deps, modelOf(ctx), mode, config.NO_WORKER_POLICY);
       // Known to exist from here on: only now may its name become a metric label.
       ctx.state.model = model.name;
+      // Counted from here, the request's arrival at admission; a job cannot wait longer than its image lives.
+      const seconds = parseDeadline(ctx.get('prefer'), config.INPUT_TTL_SECONDS);
+      if (seconds !== undefined) {
+        ctx.state.deadline = { at: Date.now() + Math.ceil(seconds * 1000), seconds };
+        if (config.DEADLINE_ADMISSION) {
+          const figures = {
+            waiting: await deps.queueWaiting(model.name),
+            concurrency: model.concurrency,
+            serviceMs: model.serviceMs,
+          };
+          checkDeadline(figures, seconds * 1000, model.name);
+        }
+      }
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
@@ -339,6 +377,18 @@ async function routable(
     });
   }
   return model;
+}
+
+/** The caller hung up: its job is cancelled unless a worker has it already (nobody reads this answer). */
+async function abandoned(ctx: GatewayContext, deps: PredictDeps, jobId: string): Promise<void> {
+  const outcome = await deps.canceller.abandon(jobId, ctx.state.model!).catch((error: unknown) => {
+    ctx.state.log.warn({ err: error }, 'could not cancel the job of a caller that hung up; it runs');
+    return 'failed' as const;
+  });
+  ctx.state.log.info({ outcome }, 'the caller hung up before its result');
+  deps.metrics.outcomes.inc({ outcome: outcome === 'cancelled' ? 'cancelled' : 'accepted' });
+  // nginx's 499, client closed request: for the access log and the metrics, the caller never sees it.
+  ctx.status = 499;
 }
 
 function accepted(ctx: GatewayContext, jobId: string, deps: PredictDeps, callback: CallbackState | undefined): void {
