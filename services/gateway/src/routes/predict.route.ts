@@ -7,7 +7,8 @@ import type { GatewayConfig } from '../config.js';
 import { clientOf } from '../http/client-identity.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 import type { HttpMetrics, PredictMode } from '../http/metrics.js';
-import { parsePrefer } from '../http/prefer.js';
+import { appliedWith, parsePrefer } from '../http/prefer.js';
+import { capPriority } from '../http/priority.js';
 import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
 import { inspectImage } from '../intake/inspect-image.js';
@@ -80,7 +81,7 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   const jobId = ctx.state.reservation?.jobId ?? randomUUID();
   ctx.state.jobId = jobId;
   ctx.state.log = ctx.state.log.child({ jobId });
-  ctx.set('Preference-Applied', prefer.applied);
+  ctx.set('Preference-Applied', appliedWith(prefer, ctx.state.priority ?? 'normal'));
   let job: CreatedJob;
   try {
     job = await deps.intake.create({
@@ -159,8 +160,11 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
-      const tenant = ctx.state.tenant ?? { id: clientOf(ctx), weight: 1 };
-      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES));
+      const tenant = ctx.state.tenant ?? { id: clientOf(ctx), weight: 1, maxPriority: 'normal' };
+      // Asking above the tenant's maximum is not refused: the job goes at the maximum, and Preference-Applied says so.
+      const priority = capPriority(prefer.priority ?? 'normal', tenant.maxPriority);
+      ctx.state.priority = priority;
+      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES), priority);
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
