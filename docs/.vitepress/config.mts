@@ -126,6 +126,7 @@ export default defineConfig({
           { text: 'Redis memory', link: '/redis-memory' },
           { text: 'Callbacks', link: '/callbacks' },
           { text: 'Fairness between clients', link: '/fairness' },
+          { text: 'Request priorities', link: '/priorities' },
           { text: 'Isolation between clients', link: '/isolation' },
           { text: 'Retired models', link: '/model-retirement' },
         ],

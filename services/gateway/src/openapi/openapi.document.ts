@@ -92,8 +92,19 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'RFC 7240. None: wait up to ' +
         `${options.syncWaitDefaultSeconds} s for the result (200), else 202. \`wait=<seconds>\`: wait that long (capped at ${options.syncWaitMaxSeconds} s). ` +
         '`respond-async`: 202 at once. A job is never dropped: whenever the wait runs out the answer is 202 with the place to poll. ' +
-        'The preference honoured is echoed in `Preference-Applied`.',
+        '`priority=low|normal|high` (default `normal`): every waiting job of a higher priority is served before any of a lower one ' +
+        "(tenants share each priority fairly); capped at the API key's maximum (with keys off, the server's for every address, `normal` " +
+        'unless configured): a higher ask is served at the maximum, not refused. Preferences combine with commas ' +
+        '(`respond-async, priority=low`); unknown ones are ignored. ' +
+        'The preferences honoured are echoed in `Preference-Applied`, the priority with the value applied (`priority=normal` when capped).',
       example: 'respond-async',
+    });
+  const preferenceApplied = z
+    .string()
+    .optional()
+    .meta({
+      description: 'RFC 7240: `respond-async` or `wait=<seconds>` as applied, then `priority=<applied>` if a priority was asked for',
+      example: 'wait=10, priority=normal',
     });
   const callbackUrl = z
     .url()
@@ -131,7 +142,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
   const predictResponses: ZodOpenApiResponsesObject = {
     '200': {
       description: 'The job finished within the wait: its result',
-      headers: z.object({ 'Preference-Applied': z.string().optional() }),
+      headers: z.object({ 'Preference-Applied': preferenceApplied }),
       content: json(CompletedJob),
       links: jobLinks(true),
     },
@@ -140,7 +151,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       headers: z.object({
         Location: z.string().meta({ description: '`/v1/jobs/<id>`' }),
         'Retry-After': retryAfter,
-        'Preference-Applied': z.string().optional(),
+        'Preference-Applied': preferenceApplied,
       }),
       content: json(AcceptedJob),
       links: jobLinks(false),
