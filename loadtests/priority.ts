@@ -100,10 +100,11 @@ async function run(mode: Mode) {
   const redisServer = await startRedis({ dir });
   const log = createLogger('priority', 'warn');
   const redis = createRedis(redisServer.url, 'producer', 'priority', log);
-  await waitForReady(redis, 10_000);
   const queue = new Queue(QUEUES.inference, { connection: { url: redisServer.url }, prefix: 'conveyor' });
   const procs: ServiceProcess[] = [];
   try {
+    // Generous: on a saturated machine even a fresh Redis can take a while to answer.
+    await waitForReady(redis, 120_000);
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const env = { REDIS_URL: redisServer.url, LOG_LEVEL: 'warn' };
@@ -197,7 +198,7 @@ async function run(mode: Mode) {
   }
 }
 
-async function until(check: () => Promise<boolean>, timeoutMs = 90_000): Promise<void> {
+async function until(check: () => Promise<boolean>, timeoutMs = 600_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error('timed out');

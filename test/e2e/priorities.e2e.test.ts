@@ -20,7 +20,10 @@ describe('request priorities', function () {
   this.timeout(300_000);
   let image: Buffer;
   let redis: ReturnType<typeof testRedis>;
-  /** Jobs the workers may hold at once (2 × WORKER_CONCURRENCY 4): taken before a later job arrived, they finish first. */
+  /**
+   * Slack for the jobs a worker already held (WORKER_CONCURRENCY 4, doubled): taken before a later
+   * job arrived, they may finish after it arrived and before it completed.
+   */
   const inHand = 8;
 
   before(async () => {
