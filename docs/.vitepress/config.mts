@@ -128,6 +128,7 @@ export default defineConfig({
           { text: 'Idempotent submits', link: '/idempotency' },
           { text: 'Fairness between clients', link: '/fairness' },
           { text: 'Deadlines and cancellation', link: '/deadlines' },
+          { text: 'Request priorities', link: '/priorities' },
           { text: 'Isolation between clients', link: '/isolation' },
           { text: 'Retired models', link: '/model-retirement' },
         ],

@@ -8,6 +8,7 @@ import {
   redisConfigShape,
   resultConfigShape,
 } from '@conveyor/shared/config';
+import { PRIORITIES } from './http/priority.js';
 
 export const GatewayConfig = z
   .object({
@@ -133,6 +134,12 @@ export const GatewayConfig = z
       1_000_000_000,
       "Decoded pixels of an image that cost its tenant one more job's worth of worker time in fair queuing (a job costs at least one)",
     ),
+    ADDRESS_MAX_PRIORITY: z
+      .enum(PRIORITIES)
+      .default('normal')
+      .describe(
+        'Highest `Prefer: priority=` (low, normal, high) a request is served at when API keys are off (every client address is a tenant then); higher asks are capped to it. `normal` keeps anonymous clients from jumping the queue; an API key carries its own maximum (`make api-key MAX_PRIORITY=high`; see docs/priorities.md)',
+      ),
     ...modelsConfigShape,
     NO_WORKER_POLICY: z
       .enum(['queue', 'refuse'])

@@ -15,7 +15,7 @@ import { ConnectionGuard, type ConnectionRefusal } from './http/connection-guard
 import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
-import { FairQueue } from './jobs/fair-queue.js';
+import { FairQueue, PriorityBands } from './jobs/fair-queue.js';
 import { IdempotencyStore } from './jobs/idempotency.js';
 import { MemoryGuard } from './jobs/memory-guard.js';
 import { UploadBudget } from './intake/upload-guard.js';
@@ -39,7 +39,7 @@ export interface GatewayService extends Service {
   readonly gatewayId: string;
 }
 
-/** Where jobs are made: admission's places, fair queuing's priorities, and the submitter on the queues' connection. */
+/** Where jobs are made: admission's places, the priorities (fair queuing's, or the bands alone), and the submitter on the queues' connection. */
 function createIntake(
   config: GatewayConfig,
   parts: Pick<JobIntakeParts, 'admission' | 'waiter' | 'callbacks'> & {
@@ -62,7 +62,7 @@ function createIntake(
           maxDepth: config.MAX_QUEUE_DEPTH,
           pixelsPerCost: config.FAIR_PIXELS_PER_COST,
         })
-      : undefined,
+      : new PriorityBands(),
   });
 }
 
@@ -314,6 +314,7 @@ function accessFor(config: GatewayConfig, redis: Redis) {
     rateWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
     authFailurePoints: config.AUTH_FAILURE_LIMIT,
     authFailureWindowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
+    addressMaxPriority: config.ADDRESS_MAX_PRIORITY,
   });
 }
 

@@ -61,13 +61,15 @@ export function redisKeys(prefix: string) {
     admissionReserved: (queue: string) =>
       queue === QUEUES.inference ? `${prefix}:admission:reservations` : `${prefix}:admission:reservations:${queue}`,
     /**
-     * Fair queuing of a model's queue (gateway, jobs/fair-queue.ts): hash tenant → the virtual
-     * finish time of its last job. Deleted whenever the queue is found empty (virtual time restarts).
+     * Fair queuing of a model's queue (gateway, jobs/fair-queue.ts), per priority band: hash tenant →
+     * its last job's virtual finish time, deleted when the band is found empty. `normal` keeps the
+     * key it had before there were bands (gateways of both releases share it in a rolling deploy).
      */
-    fairFinish: (queue: string) => `${prefix}:fair:${queue}:finish`,
+    fairFinish: (queue: string, band: 'high' | 'normal' | 'low' = 'normal') =>
+      band === 'normal' ? `${prefix}:fair:${queue}:finish` : `${prefix}:fair:${queue}:finish:${band}`,
     /**
-     * Fair queuing: sorted set of one tenant's places in a model's queue (member job id, score its
-     * virtual start time), pruned from the bottom once those jobs have left the queue.
+     * Fair queuing: sorted set of one tenant's places in a model's queue, all bands (member job id,
+     * score its band's first priority + its virtual start), pruned from the bottom once they left.
      */
     fairPlaces: (queue: string, tenant: string) => `${prefix}:fair:${queue}:places:${tenant}`,
     /**

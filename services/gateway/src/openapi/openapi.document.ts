@@ -106,8 +106,20 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         "`deadline=<seconds>`: a processing deadline, counted from the request's arrival (capped at INPUT_TTL_SECONDS): a job no worker has started by then is dropped unrun and ends `expired` " +
         '(a waiting caller gets a 504 `/problems/deadline-exceeded`), and a deadline the queue cannot meet is refused at once (503 `/problems/deadline-unmeetable` with Retry-After). ' +
         'A non-positive or non-numeric deadline is ignored. ' +
-        'The preferences honoured are echoed in `Preference-Applied`.',
+        '`priority=low|normal|high` (default `normal`): every waiting job of a higher priority is served before any of a lower one ' +
+        "(tenants share each priority fairly); capped at the API key's maximum (with keys off, the server's for every address, `normal` " +
+        'unless configured): a higher ask is served at the maximum, not refused. Preferences combine with commas ' +
+        '(`respond-async, priority=low`); unknown ones are ignored. ' +
+        'The preferences honoured are echoed in `Preference-Applied`, the priority with the value applied (`priority=normal` when capped).',
       example: 'respond-async',
+    });
+  const preferenceApplied = z
+    .string()
+    .optional()
+    .meta({
+      description:
+        'RFC 7240: `respond-async` or `wait=<seconds>` as applied, then `priority=<applied>` if a priority was asked for, then `deadline=<seconds>` if one was given',
+      example: 'wait=10, priority=normal',
     });
   const callbackUrl = z
     .url()
@@ -163,7 +175,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
   const predictResponses: ZodOpenApiResponsesObject = {
     '200': {
       description: 'The job finished within the wait: its result',
-      headers: z.object({ 'Preference-Applied': z.string().optional(), 'Idempotent-Replayed': replayed }),
+      headers: z.object({ 'Preference-Applied': preferenceApplied, 'Idempotent-Replayed': replayed }),
       content: json(CompletedJob),
       links: jobLinks(true),
     },
@@ -172,7 +184,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       headers: z.object({
         Location: z.string().meta({ description: '`/v1/jobs/<id>`' }),
         'Retry-After': retryAfter,
-        'Preference-Applied': z.string().optional(),
+        'Preference-Applied': preferenceApplied,
         'Idempotent-Replayed': replayed,
       }),
       content: json(AcceptedJob),

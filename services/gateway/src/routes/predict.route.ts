@@ -9,7 +9,8 @@ import { clientOf } from '../http/client-identity.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
 import { idempotencyKey } from '../http/idempotency-key.js';
 import type { HttpMetrics, PredictMode } from '../http/metrics.js';
-import { parsePrefer } from '../http/prefer.js';
+import { appliedWith, parsePrefer } from '../http/prefer.js';
+import { capPriority } from '../http/priority.js';
 import { parseDeadline } from '../http/deadline.js';
 import { checkDeadline } from '../jobs/deadline-admission.js';
 import type { JobCanceller } from '../jobs/job-canceller.js';
@@ -118,7 +119,8 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   ctx.state.jobId = jobId;
   ctx.state.log = ctx.state.log.child({ jobId });
   const deadline = ctx.state.deadline;
-  ctx.set('Preference-Applied', deadline ? `${prefer.applied}, deadline=${deadline.seconds}` : prefer.applied);
+  const applied = appliedWith(prefer, ctx.state.priority ?? 'normal');
+  ctx.set('Preference-Applied', deadline ? `${applied}, deadline=${deadline.seconds}` : applied);
   let job: CreatedJob;
   try {
     job = await deps.intake.create({
@@ -339,8 +341,11 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
-      const tenant = ctx.state.tenant ?? { id: clientOf(ctx), weight: 1 };
-      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES));
+      const tenant = ctx.state.tenant ?? { id: clientOf(ctx), weight: 1, maxPriority: 'normal' };
+      // Asking above the tenant's maximum is not refused: the job goes at the maximum, and Preference-Applied says so.
+      const priority = capPriority(prefer.priority ?? 'normal', tenant.maxPriority);
+      ctx.state.priority = priority;
+      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES), priority);
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
