@@ -25,7 +25,7 @@ const server = await startRedis({ dir });
 const redis = new Redis(server.url);
 try {
   const keys = redisKeys('bench');
-  const store = new IdempotencyStore(redis, keys, { ttlSeconds: 86_400, leaseMs: 35_000 });
+  const store = new IdempotencyStore(redis, keys, { ttlSeconds: 86_400, leaseMs: 35_000, keysPerClient: 100_000 });
 
   const cpuPer = async (label: string, task: (i: number) => Promise<unknown>) => {
     for (let i = 0; i < 200; i++) await task(-1 - i); // warm-up

@@ -175,6 +175,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS,
       // Outlasts the longest step of making a job (a URL fetch) with room for a slow Redis.
       leaseMs: config.URL_TOTAL_TIMEOUT_MS + 30_000,
+      keysPerClient: config.IDEMPOTENCY_KEYS_PER_CLIENT,
     }),
     queueWaiting: (model) => admission.waiting(queues.get(model)),
     fetchImage: imageFetcher(config),

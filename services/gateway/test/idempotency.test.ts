@@ -19,7 +19,7 @@ describe('idempotency store (real Redis)', () => {
 
   before(() => {
     redis = testRedis();
-    store = new IdempotencyStore(redis, keys, { ttlSeconds, leaseMs });
+    store = new IdempotencyStore(redis, keys, { ttlSeconds, leaseMs, keysPerClient: 1000 });
   });
   after(async () => {
     const left = await keysUnder(redis, prefix);
@@ -84,7 +84,7 @@ describe('idempotency store (real Redis)', () => {
 
   it('never lets a lapsed lease confirm or free the key that another request claimed after it', async () => {
     const key = randomUUID();
-    const short = new IdempotencyStore(redis, keys, { ttlSeconds, leaseMs: 1 });
+    const short = new IdempotencyStore(redis, keys, { ttlSeconds, leaseMs: 1, keysPerClient: 1000 });
     const lapsed = claimed(await short.claim('key:e', key, 'print1', randomUUID()));
     // Wait for the condition itself: the lease has lapsed when its record is gone.
     await until('the lease to lapse', async () => (await keysUnder(redis, `${prefix}:idempotency:key:e`)).length === 0);
@@ -95,6 +95,31 @@ describe('idempotency store (real Redis)', () => {
     const record = await only('key:e');
     expect(await redis.get(record)).to.equal(`p:${job}:print1`);
     await current.release();
+  });
+
+  it("holds at most a client's share of keys, forgetting its oldest, and never another client's", async () => {
+    const small = new IdempotencyStore(redis, keys, { ttlSeconds, leaseMs, keysPerClient: 3 });
+    const other = claimed(await small.claim('key:quiet', 'theirs', 'print', randomUUID()));
+    expect(await other.confirm()).to.equal(true);
+    const jobs: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const job = randomUUID();
+      jobs.push(job);
+      expect(await claimed(await small.claim('key:busy', `k${i}`, 'print', job)).confirm()).to.equal(true);
+    }
+    expect(await keysUnder(redis, `${prefix}:idempotency:key:busy`)).to.have.length(3);
+    expect(await redis.zcard(keys.idempotencyIndex('key:busy'))).to.equal(3);
+    // The two oldest are forgotten (claimable again as new requests); the three newest still replay.
+    expect((await small.claim('key:busy', 'k0', 'print', randomUUID())).kind).to.equal('claimed');
+    expect(await small.claim('key:busy', 'k4', 'print', randomUUID())).to.deep.equal({ kind: 'replay', jobId: jobs[4] });
+    // The quiet client's key is untouched by the busy one's churn.
+    expect((await small.claim('key:quiet', 'theirs', 'print', randomUUID())).kind).to.equal('replay');
+  });
+
+  it('gives a released key its place in the share back', async () => {
+    const small = new IdempotencyStore(redis, keys, { ttlSeconds, leaseMs, keysPerClient: 2 });
+    await claimed(await small.claim('key:rel', 'a', 'print', randomUUID())).release();
+    expect(await redis.zcard(keys.idempotencyIndex('key:rel'))).to.equal(0);
   });
 
   it('gives a key to exactly one of ten concurrent claims', async () => {

@@ -38,6 +38,12 @@ export function redisKeys(prefix: string) {
      */
     idempotency: (client: string, keyHash: string) => `${prefix}:idempotency:${client}:${keyHash}`,
     /**
+     * The Idempotency-Keys `client` holds (gateway, jobs/idempotency.ts): sorted set, member the key's
+     * hash, score the time (ms) it was claimed. Bounds a client's records: beyond its share, its
+     * oldest are forgotten.
+     */
+    idempotencyIndex: (client: string) => `${prefix}:idempotency-index:${client}`,
+    /**
      * Marks a job cancelled while a worker may hold it (`DELETE /v1/jobs/{id}`): the job's commit
      * (JobStore.commit) then keeps a cancelled result instead of the worker's. Set only while the job
      * has no result; deleted by the commit; expires with the job's longest life otherwise.

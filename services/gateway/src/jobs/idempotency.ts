@@ -33,6 +33,12 @@ export interface IdempotencyOptions {
    * (a URL fetch, URL_TOTAL_TIMEOUT_MS, is the longest step).
    */
   readonly leaseMs: number;
+  /**
+   * Keys remembered per client (IDEMPOTENCY_KEYS_PER_CLIENT): claiming one more forgets the client's
+   * oldest. Without a share, one client sending a new key with every request at 100/s would hold
+   * ~2 GB of Redis for the TTL, and the memory guard would then refuse everyone.
+   */
+  readonly keysPerClient: number;
 }
 
 /** What a retry must repeat for it to be the same request: the parts that decide the job's outcome. */
@@ -66,6 +72,26 @@ export function requestFingerprint(facts: RequestFacts): string {
   return hash.digest('base64url');
 }
 
+// KEYS: the key's record, the client's index of keys. ARGV: the lease's value, the lease (ms), the
+// key's hash, now (ms), TTL (ms), keys per client, the prefix of the client's records. Returns the
+// record already there, or nothing when the lease is written: then the key enters the client's
+// index, whose entries past the TTL are dropped and whose oldest beyond the share are forgotten
+// (index and record). The records share the prefix's hash tag, so on a cluster they are in one slot.
+const CLAIM = `
+local previous = redis.call('GET', KEYS[1])
+if previous then return previous end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local now = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]))
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[6])
+if over > 0 then
+  local oldest = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #oldest, 2 do redis.call('DEL', ARGV[7] .. oldest[i]) end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return false`;
+
 // KEYS: the key's record. ARGV: the lease's value, the job's value, TTL (s). Only the request
 // holding the lease may turn it into the job's record.
 const CONFIRM = `
@@ -75,24 +101,39 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0`;
 
-// KEYS: the key's record. ARGV: the lease's value. Frees the key only if this lease still holds it.
+// KEYS: the key's record, the client's index. ARGV: the lease's value, the key's hash. Frees the key
+// (and its place in the client's share) only if this lease still holds it.
 const RELEASE = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return redis.call('DEL', KEYS[1])
+end
 return 0`;
 
 type IdempotencyRedis = Redis & {
+  conveyorIdempotencyClaim(
+    key: string,
+    index: string,
+    lease: string,
+    leaseMs: number,
+    keyHash: string,
+    now: number,
+    ttlMs: number,
+    keysPerClient: number,
+    recordPrefix: string,
+  ): Promise<string | null>;
   conveyorIdempotencyConfirm(key: string, lease: string, job: string, ttlSeconds: number): Promise<number>;
-  conveyorIdempotencyRelease(key: string, lease: string): Promise<number>;
+  conveyorIdempotencyRelease(key: string, index: string, lease: string, keyHash: string): Promise<number>;
 };
 
 const RECORD = /^([pj]):([^:]+):([A-Za-z0-9_-]+)$/;
 
 /**
- * The owner of the Idempotency-Key records (`redisKeys.idempotency`). One record per key and client:
- * `p:<job id>:<fingerprint>` while the request's job is made (expires after the lease), then
- * `j:<job id>:<fingerprint>` for the TTL. Claiming is one command (SET NX PX GET: the record is
- * either written or read, atomically), so of ten concurrent requests with one key exactly one makes
- * a job; confirming and releasing compare the lease before they write (a small Lua script each), so
+ * The owner of the Idempotency-Key records (`redisKeys.idempotency`, `idempotencyIndex`). One record
+ * per key and client: `p:<job id>:<fingerprint>` while the request's job is made (expires after the
+ * lease), then `j:<job id>:<fingerprint>` for the TTL. Claiming is one script (the record is either
+ * written or read, atomically, and the client's index of keys kept within its share), so of ten
+ * concurrent requests with one key exactly one makes a job; confirming and releasing compare the lease before they write (a small Lua script each), so
  * a request whose lease ran out cannot overwrite the request that claimed the key after it.
  */
 export class IdempotencyStore {
@@ -100,11 +141,15 @@ export class IdempotencyStore {
 
   constructor(
     redis: Redis,
-    private readonly keys: { readonly idempotency: (client: string, keyHash: string) => string },
+    private readonly keys: {
+      readonly idempotency: (client: string, keyHash: string) => string;
+      readonly idempotencyIndex: (client: string) => string;
+    },
     private readonly options: IdempotencyOptions,
   ) {
+    redis.defineCommand('conveyorIdempotencyClaim', { numberOfKeys: 2, lua: CLAIM });
     redis.defineCommand('conveyorIdempotencyConfirm', { numberOfKeys: 1, lua: CONFIRM });
-    redis.defineCommand('conveyorIdempotencyRelease', { numberOfKeys: 1, lua: RELEASE });
+    redis.defineCommand('conveyorIdempotencyRelease', { numberOfKeys: 2, lua: RELEASE });
     this.redis = redis as IdempotencyRedis;
   }
 
@@ -113,9 +158,22 @@ export class IdempotencyStore {
    * hashed, so its length (up to 255 characters) does not change what Redis holds.
    */
   async claim(client: string, key: string, fingerprint: string, jobId: string): Promise<IdempotencyClaim> {
-    const record = this.keys.idempotency(client, createHash('sha256').update(key).digest('base64url'));
+    const keyHash = createHash('sha256').update(key).digest('base64url');
+    const record = this.keys.idempotency(client, keyHash);
+    const index = this.keys.idempotencyIndex(client);
     const lease = `p:${jobId}:${fingerprint}`;
-    const previous = await this.redis.set(record, lease, 'PX', this.options.leaseMs, 'NX', 'GET');
+    const { leaseMs, ttlSeconds, keysPerClient } = this.options;
+    const previous = await this.redis.conveyorIdempotencyClaim(
+      record,
+      index,
+      lease,
+      leaseMs,
+      keyHash,
+      Date.now(),
+      ttlSeconds * 1000,
+      keysPerClient,
+      this.keys.idempotency(client, ''),
+    );
     if (previous === null) {
       return {
         kind: 'claimed',
@@ -124,7 +182,7 @@ export class IdempotencyStore {
             (await this.redis.conveyorIdempotencyConfirm(record, lease, `j:${jobId}:${fingerprint}`, this.options.ttlSeconds)) ===
             1,
           release: async () => {
-            await this.redis.conveyorIdempotencyRelease(record, lease);
+            await this.redis.conveyorIdempotencyRelease(record, index, lease, keyHash);
           },
         },
       };
