@@ -76,8 +76,8 @@ rules-check: ## promtool (pinned, built once into .tools/bin): check the Prometh
 ##@ Operating a running system
 
 .PHONY: api-key
-api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin WEIGHT=1) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
-	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(WEIGHT),--weight "$(WEIGHT)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
+api-key: $(NODE_MODULES) ## Create an API key (NAME=… SCOPES=predict,feedback,admin WEIGHT=1 MAX_PRIORITY=normal) in REDIS_URL's Redis; LIST=1 lists, REVOKE=<id> removes
+	$(TSX) services/gateway/src/api-key.ts $(if $(NAME),--name "$(NAME)",) $(if $(SCOPES),--scopes "$(SCOPES)",) $(if $(WEIGHT),--weight "$(WEIGHT)",) $(if $(MAX_PRIORITY),--max-priority "$(MAX_PRIORITY)",) $(if $(LIST),--list,) $(if $(REVOKE),--revoke "$(REVOKE)",)
 
 .PHONY: callback-secret
 callback-secret: ## Print a new secret for signing result callbacks (CALLBACK_SECRET, Standard Webhooks whsec_ form)

@@ -3,8 +3,10 @@ import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { JobStore } from '@conveyor/shared/contract/job-store';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { predictionEvent } from '@conveyor/shared/contract/events.contract';
 import { randomPrefix, testRedis } from '../../test/support/redis.js';
 import { completedResult } from '../../test/support/results.js';
+import { until } from '../../test/support/wait.js';
 
 /** A job's life through its one owner, against a real Redis: put, take, commit once, read, feedback once. */
 describe('job store (real Redis)', () => {
@@ -64,11 +66,55 @@ describe('job store (real Redis)', () => {
     expect(await redis.xlen(keys.feedbackStream)).to.equal(1);
   });
 
-  it('cannot commit when built without a stream length (a gateway never commits)', async () => {
+  it('cannot commit a prediction event when built without a stream length (a gateway commits only cancellations)', async () => {
     const gatewaySide = new JobStore(redis, keys, { resultTtlSeconds: 60 });
+    const result = completedResult(randomUUID());
     let error: unknown;
-    await gatewaySide.commit(completedResult(randomUUID()), { queue: 'inference' }).catch((e: unknown) => (error = e));
+    await gatewaySide
+      .commit(result, { queue: 'inference', event: predictionEvent(result, 'digits', undefined) })
+      .catch((e: unknown) => (error = e));
     expect(error).to.be.instanceOf(Error);
+  });
+
+  it('keeps a cancelled result instead of the worker’s when the job was marked cancelled, and tells its waiter so', async () => {
+    const id = randomUUID();
+    await store.putInput(id, Buffer.from([1, 2, 3]), 60);
+    await redis.hset(keys.queuedImages, id, `3 ${prefix}:inference: ${prefix}:admission:reservations`);
+    await redis.incrby(keys.queuedBytes, 3);
+    const before = Number(await redis.get(keys.queuedBytes));
+    expect(await store.markCancelled(id, 60)).to.equal('marked');
+    const subscriber = testRedis();
+    const replies: string[] = [];
+    await subscriber.subscribe(keys.replies('gw-cancel'));
+    subscriber.on('message', (_channel: string, message: string) => replies.push(message));
+    const streamBefore = await redis.xlen(keys.predictions);
+    const result = completedResult(id);
+    const outcome = await store.commit(result, {
+      queue: 'inference',
+      replyTo: 'gw-cancel',
+      event: predictionEvent(result, 'digits', undefined),
+    });
+    expect(outcome).to.equal('cancelled');
+    const kept = await store.readResult(id);
+    expect(kept?.status).to.equal('cancelled');
+    expect(kept?.status === 'cancelled' && kept.error.slug).to.equal('cancelled');
+    expect(await redis.xlen(keys.predictions), 'prediction events').to.equal(streamBefore);
+    expect(await redis.exists(keys.input(id), keys.cancelled(id)), 'image and mark left').to.equal(0);
+    expect(await redis.hexists(keys.queuedImages, id)).to.equal(0);
+    expect(Number(await redis.get(keys.queuedBytes))).to.equal(before - 3);
+    await until('the cancelled reply', () => Promise.resolve(replies.length > 0 || undefined));
+    expect(JSON.parse(replies[0]!)).to.nested.include({ 'result.status': 'cancelled' });
+    await subscriber.quit();
+    // A finished job cannot be marked: its result stands.
+    expect(await store.markCancelled(id, 60)).to.equal('finished');
+  });
+
+  it('does not mark a job whose result is kept already', async () => {
+    const id = randomUUID();
+    expect(await store.commit(completedResult(id), { queue: 'inference' })).to.equal('published');
+    expect(await store.markCancelled(id, 60)).to.equal('finished');
+    expect(await redis.exists(keys.cancelled(id))).to.equal(0);
+    expect((await store.readResult(id))?.status).to.equal('completed');
   });
 });
 

@@ -3,9 +3,10 @@ import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { createLogger } from '@conveyor/shared/logger';
 import { createRedis, waitForReady } from '@conveyor/shared/redis';
 import { ApiKeyStore, MAX_WEIGHT, Scope, SCOPES } from './access/api-keys.js';
+import { isPriority, PRIORITIES } from './http/priority.js';
 
 /**
- * `make api-key NAME=<name> SCOPES=predict,feedback WEIGHT=3` (or, in a container, `node services/gateway/dist/api-key.js --name <name> --scopes predict --weight 3`): creates an API key in the Redis the gateways
+ * `make api-key NAME=<name> SCOPES=predict,feedback WEIGHT=3 MAX_PRIORITY=high` (or, in a container, `node services/gateway/dist/api-key.js --name <name> --scopes predict --weight 3 --max-priority high`): creates an API key in the Redis the gateways
  * use (REDIS_URL, REDIS_PREFIX) and prints it — once: only its SHA-256 is stored.
  * `make api-key LIST=1` lists the keys (never the secrets); `make api-key REVOKE=<id>` removes one.
  */
@@ -14,6 +15,7 @@ const { values } = parseArgs({
     name: { type: 'string' },
     scopes: { type: 'string', default: 'predict' },
     weight: { type: 'string', default: '1' },
+    'max-priority': { type: 'string', default: 'normal' },
     list: { type: 'boolean', default: false },
     revoke: { type: 'string' },
   },
@@ -30,7 +32,9 @@ const store = new ApiKeyStore(redis, redisKeys(process.env.REDIS_PREFIX ?? 'conv
 try {
   if (values.list) {
     for (const key of await store.list())
-      console.log(`${key.id}  ${key.name}  ${key.scopes.join(',')}  weight ${key.weight}  ${key.createdAt}`);
+      console.log(
+        `${key.id}  ${key.name}  ${key.scopes.join(',')}  weight ${key.weight}  max priority ${key.maxPriority}  ${key.createdAt}`,
+      );
   } else if (values.revoke) {
     console.log((await store.revoke(values.revoke)) ? `revoked ${values.revoke}` : `no key ${values.revoke}`);
   } else {
@@ -40,9 +44,15 @@ try {
     if (!Number.isInteger(weight) || weight < 1 || weight > MAX_WEIGHT) {
       throw new Error(`WEIGHT is a whole number from 1 to ${MAX_WEIGHT} (its share of worker time against weight 1)`);
     }
-    const { id, key } = await store.create(values.name, scopes, weight);
+    const maxPriority = values['max-priority'];
+    if (!isPriority(maxPriority)) {
+      throw new Error(
+        `MAX_PRIORITY is one of ${PRIORITIES.join(', ')} (the highest Prefer: priority= its requests are served at)`,
+      );
+    }
+    const { id, key } = await store.create(values.name, scopes, weight, maxPriority);
     console.error(
-      `created key ${id} "${values.name}" with scopes ${scopes.join(',')} (of ${SCOPES.join(', ')}) and weight ${weight}; it is shown once:`,
+      `created key ${id} "${values.name}" with scopes ${scopes.join(',')} (of ${SCOPES.join(', ')}), weight ${weight} and max priority ${maxPriority}; it is shown once:`,
     );
     console.log(key);
   }

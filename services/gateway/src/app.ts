@@ -14,6 +14,8 @@ import { registerDocsRoutes } from './routes/docs.route.js';
 import { registerEventRoutes, type EventStreamLimits, type OpenStreams } from './routes/events.route.js';
 import { registerFeedbackRoute } from './routes/feedback.route.js';
 import { registerJobRoutes } from './routes/jobs.route.js';
+import { registerJobCancelRoute } from './routes/job-cancel.route.js';
+import type { JobCanceller } from './jobs/job-canceller.js';
 import { JobOwnership } from './access/job-ownership.js';
 import { registerModelRoutes } from './routes/models.route.js';
 import { registerWebRoutes } from './routes/web.route.js';
@@ -36,6 +38,8 @@ export interface AppDeps extends PredictDeps {
   /** The workers and the models they announced, on `redis`. */
   readonly fleet: FleetStore;
   readonly lookup: JobLookup;
+  /** Cancels jobs (`DELETE /v1/jobs/{id}`). */
+  readonly canceller: JobCanceller;
   readonly trustProxy: boolean;
   /**
    * Proxies in front that append to X-Forwarded-For. `ctx.ip` is the entry the farthest of them
@@ -60,6 +64,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
   registerPredictRoute(router, deps);
   const ownership = new JobOwnership(deps.jobs);
   registerJobRoutes(router, deps.lookup, deps.access, deps.callbacks, ownership);
+  registerJobCancelRoute(router, { canceller: deps.canceller, access: deps.access, callbacks: deps.callbacks, ownership });
   registerEventRoutes(router, {
     ...deps,
     limits: deps.eventLimits,
@@ -106,9 +111,17 @@ function corsFor(origins: readonly string[]): Middleware<GatewayState> {
       const origin = ctx.get('origin');
       return any || origins.includes(origin) ? origin : '';
     },
-    allowMethods: ['GET', 'POST'],
-    allowHeaders: ['Authorization', 'X-API-Key', 'Content-Type', 'Prefer', 'Callback-Url', 'X-Request-Id'],
-    exposeHeaders: ['Location', 'Retry-After', 'Preference-Applied', 'X-Request-Id', 'RateLimit', 'RateLimit-Policy'],
+    allowMethods: ['GET', 'POST', 'DELETE'],
+    allowHeaders: ['Authorization', 'X-API-Key', 'Content-Type', 'Prefer', 'Callback-Url', 'Idempotency-Key', 'X-Request-Id'],
+    exposeHeaders: [
+      'Location',
+      'Retry-After',
+      'Preference-Applied',
+      'Idempotent-Replayed',
+      'X-Request-Id',
+      'RateLimit',
+      'RateLimit-Policy',
+    ],
     maxAge: 600,
   });
 }

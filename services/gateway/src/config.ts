@@ -8,6 +8,7 @@ import {
   redisConfigShape,
   resultConfigShape,
 } from '@conveyor/shared/config';
+import { PRIORITIES } from './http/priority.js';
 
 export const GatewayConfig = z
   .object({
@@ -113,6 +114,10 @@ export const GatewayConfig = z
       10_000_000,
       "Waiting jobs of one model beyond which new requests for that model get 503 + Retry-After instead of queueing (each model's queue is counted on its own)",
     ),
+    DEADLINE_ADMISSION: env.bool(
+      true,
+      "Refuse at once (503 deadline-unmeetable + Retry-After) a request whose `Prefer: deadline=` the model's queue cannot meet, estimated from the jobs waiting, the live workers' concurrency and their measured service time (see docs/deadlines.md); false: queue it (a worker drops it unrun once its deadline has passed)",
+    ),
     FAIR_QUEUING: env.bool(
       true,
       "Share each model's workers between tenants (the API key, or the client address when keys are off) in proportion to their weights (a key's WEIGHT); false: first come, first served (see docs/fairness.md)",
@@ -129,6 +134,12 @@ export const GatewayConfig = z
       1_000_000_000,
       "Decoded pixels of an image that cost its tenant one more job's worth of worker time in fair queuing (a job costs at least one)",
     ),
+    ADDRESS_MAX_PRIORITY: z
+      .enum(PRIORITIES)
+      .default('normal')
+      .describe(
+        'Highest `Prefer: priority=` (low, normal, high) a request is served at when API keys are off (every client address is a tenant then); higher asks are capped to it. `normal` keeps anonymous clients from jumping the queue; an API key carries its own maximum (`make api-key MAX_PRIORITY=high`; see docs/priorities.md)',
+      ),
     ...modelsConfigShape,
     NO_WORKER_POLICY: z
       .enum(['queue', 'refuse'])
@@ -141,6 +152,18 @@ export const GatewayConfig = z
       0,
       365 * 86_400,
       'Seconds after its last live worker was seen that a model stops being listed (`/v1/models`, `/ready`) and predicting with it is 404; one named in MODELS or DEFAULT_MODEL is always listed; 0 = never retire. A worker serving it again brings it back',
+    ),
+    IDEMPOTENCY_TTL_SECONDS: env.int(
+      86_400,
+      60,
+      30 * 86_400,
+      "How long a predict request's Idempotency-Key is remembered once its job exists, in seconds: a retry with the same key and request gets that job, never a second (within the client's share, IDEMPOTENCY_KEYS_PER_CLIENT)",
+    ),
+    IDEMPOTENCY_KEYS_PER_CLIENT: env.int(
+      100_000,
+      1,
+      100_000_000,
+      "Idempotency-Keys remembered per client (API key, or address when keys are off): beyond, the client's oldest key is forgotten before its TTL, so one client's keys hold at most ~35 MB of Redis (~350 bytes each) and cannot crowd out anyone else's (docs/idempotency.md)",
     ),
     URL_CONNECT_TIMEOUT_MS: env.int(2000, 50, 60_000, 'Connect timeout when fetching an image URL'),
     URL_TOTAL_TIMEOUT_MS: env.int(5000, 100, 120_000, 'Total time allowed to fetch an image URL, redirects included'),

@@ -15,12 +15,14 @@ import { ConnectionGuard, type ConnectionRefusal } from './http/connection-guard
 import { HttpMetrics } from './http/metrics.js';
 import { createImageFetcher } from './intake/fetch-image.js';
 import { Admission } from './jobs/admission.js';
-import { FairQueue } from './jobs/fair-queue.js';
+import { FairQueue, PriorityBands } from './jobs/fair-queue.js';
+import { IdempotencyStore } from './jobs/idempotency.js';
 import { MemoryGuard } from './jobs/memory-guard.js';
 import { UploadBudget } from './intake/upload-guard.js';
 import { createAccess } from './access/access.middleware.js';
 import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
+import { JobCanceller } from './jobs/job-canceller.js';
 import { JobIntake, type JobIntakeParts } from './jobs/job-intake.js';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ModelQueues } from './jobs/model-queues.js';
@@ -37,7 +39,7 @@ export interface GatewayService extends Service {
   readonly gatewayId: string;
 }
 
-/** Where jobs are made: admission's places, fair queuing's priorities, and the submitter on the queues' connection. */
+/** Where jobs are made: admission's places, the priorities (fair queuing's, or the bands alone), and the submitter on the queues' connection. */
 function createIntake(
   config: GatewayConfig,
   parts: Pick<JobIntakeParts, 'admission' | 'waiter' | 'callbacks'> & {
@@ -60,7 +62,7 @@ function createIntake(
           maxDepth: config.MAX_QUEUE_DEPTH,
           pixelsPerCost: config.FAIR_PIXELS_PER_COST,
         })
-      : undefined,
+      : new PriorityBands(),
   });
 }
 
@@ -133,6 +135,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const { callbacks, callbackConnection } = startCallbacks(config, redis, subscriber, jobs, gatewayId, log);
 
   const eventStreams = new OpenStreams();
+  // Every known model's queue: a job of any model can be polled, or cancelled.
+  const knownQueues = async () => {
+    await catalogue.current();
+    return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
+  };
+  const canceller = new JobCanceller(knownQueues, jobs, {
+    gatewayId,
+    markTtlSeconds: config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
+  });
   const app = createApp({
     ...(board ? { dashboard: board.middleware } : {}),
     config,
@@ -156,13 +167,17 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     trustProxyHops: config.TRUST_PROXY_HOPS,
     corsOrigins: config.CORS_ORIGINS,
     monitorUrl: config.MONITOR_URL,
-    // Every known model's queue: a job of any model can be polled.
-    lookup: new JobLookup(async () => {
-      await catalogue.current();
-      return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
-    }, jobs),
+    lookup: new JobLookup(knownQueues, jobs),
+    canceller,
     intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
     callbackUrl: (values) => callbacks.parse(values),
+    idempotency: new IdempotencyStore(redis, keys, {
+      ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS,
+      // Outlasts the longest step of making a job (a URL fetch) with room for a slow Redis.
+      leaseMs: config.URL_TOTAL_TIMEOUT_MS + 30_000,
+      keysPerClient: config.IDEMPOTENCY_KEYS_PER_CLIENT,
+    }),
+    queueWaiting: (model) => admission.waiting(queues.get(model)),
     fetchImage: imageFetcher(config),
   });
 
@@ -300,6 +315,7 @@ function accessFor(config: GatewayConfig, redis: Redis) {
     rateWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
     authFailurePoints: config.AUTH_FAILURE_LIMIT,
     authFailureWindowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
+    addressMaxPriority: config.ADDRESS_MAX_PRIORITY,
   });
 }
 

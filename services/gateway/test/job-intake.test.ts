@@ -45,8 +45,8 @@ class Fakes {
       },
       fair: withFair
         ? {
-            place: (_queue, tenant: Tenant) => {
-              this.calls.push(`fair.place ${tenant.id}`);
+            place: (_queue, tenant: Tenant, _jobId, priority) => {
+              this.calls.push(`fair.place ${tenant.id} ${priority}`);
               if (this.placeError) return Promise.reject(this.placeError);
               return Promise.resolve({ priority: 7, charge: (pixels: number) => this.calls.push(`fair.charge ${pixels}`) });
             },
@@ -183,20 +183,20 @@ describe('job intake (fakes, no Redis)', () => {
     ]);
   });
 
-  it('admits with a fair place, and gives the admission back when fair queuing refuses', async () => {
+  it('admits with a fair place at the request priority, and gives the admission back when fair queuing refuses', async () => {
     const fakes = new Fakes();
     const intake = new JobIntake(fakes.parts(true));
-    const admitted = await intake.admit('digits', { id: 'key:a', weight: 1 }, 1234);
+    const admitted = await intake.admit('digits', { id: 'key:a', weight: 1, maxPriority: 'high' }, 1234, 'high');
     expect(admitted.fair?.priority).to.equal(7);
-    expect(fakes.calls).to.deep.equal(['admit 1234', 'fair.place key:a']);
+    expect(fakes.calls).to.deep.equal(['admit 1234', 'fair.place key:a high']);
 
     fakes.calls.length = 0;
     fakes.placeError = new Error('over its share');
-    const refused = await intake.admit('digits', { id: 'key:a', weight: 1 }, 1234).then(
+    const refused = await intake.admit('digits', { id: 'key:a', weight: 1, maxPriority: 'normal' }, 1234).then(
       () => undefined,
       (e: unknown) => e,
     );
     expect(refused).to.equal(fakes.placeError);
-    expect(fakes.calls).to.deep.equal(['admit 1234', 'fair.place key:a', 'place.release']);
+    expect(fakes.calls).to.deep.equal(['admit 1234', 'fair.place key:a normal', 'place.release']);
   });
 });

@@ -45,6 +45,36 @@ describe('result waiter (real Redis)', () => {
     expect(waiter.waiting).to.equal(0);
   });
 
+  it('delivers one reply to every waiter of the same job (a replayed request waits beside the first)', async () => {
+    const id = uuid();
+    // Two requests for one job on one gateway: the first and its retry with the same Idempotency-Key.
+    const first = waiter.register(id);
+    const replay = waiter.register(id);
+    expect(waiter.waiting).to.equal(2);
+    const waits = [first.wait(10_000), replay.wait(10_000)];
+    const message: ReplyMessage = { kind: 'job-finished', version: 1, result: result(id) };
+    await reader.publish(keys.replies('gw-1'), JSON.stringify(message));
+    const [a, b] = await Promise.all(waits);
+    expect(a?.id).to.equal(id);
+    expect(b?.id).to.equal(id);
+    expect(waiter.waiting).to.equal(0);
+  });
+
+  it('lets one waiter of a job go without settling the others', async () => {
+    const id = uuid();
+    const gone = new AbortController();
+    const leaving = waiter.register(id).wait(10_000, gone.signal);
+    const staying = waiter.register(id);
+    const stays = staying.wait(20_000);
+    expect(waiter.waiting).to.equal(2);
+    gone.abort();
+    expect(await leaving).to.equal(undefined);
+    expect(waiter.waiting).to.equal(1);
+    await reader.set(keys.result(id), JSON.stringify(result(id)), 'EX', 60); // found by the sweep
+    expect((await stays)?.id).to.equal(id);
+    expect(waiter.waiting).to.equal(0);
+  });
+
   it('still delivers a result whose notification was lost, from the stored result', async () => {
     const id = uuid();
     const ticket = waiter.register(id);

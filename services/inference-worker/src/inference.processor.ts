@@ -2,6 +2,7 @@ import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import {
   InferenceJob,
   type CompletedResult,
+  type ExpiredResult,
   type FailedResult,
   type InferenceJobName,
   type InferenceJobReturn,
@@ -42,7 +43,7 @@ export interface ProcessorDeps {
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
   /** This model's jobs: in flight now, committed so far. */
-  readonly counts: Pick<JobCounts, 'started' | 'ended' | 'committedCompleted' | 'committedFailed'>;
+  readonly counts: Pick<JobCounts, 'started' | 'ended' | 'committedCompleted' | 'committedFailed' | 'served'>;
   /** This model's metrics. */
   readonly metrics: JobMetrics;
 }
@@ -71,6 +72,8 @@ interface Attempt {
 }
 
 const DUPLICATE: InferenceJobReturn = { label: 'duplicate' };
+const CANCELLED: InferenceJobReturn = { label: 'cancelled' };
+const EXPIRED: InferenceJobReturn = { label: 'expired' };
 
 export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcessor {
   // One workspace per job in flight (at most the model's concurrency), reused job after job: a job
@@ -90,8 +93,11 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
     } finally {
       idle.push(workspace);
       deps.counts.ended();
+      const seconds = (performance.now() - started) / 1000;
+      // The service time gateways estimate queue waits from: jobs that ran the model only.
+      if (outcome === 'completed' || outcome === 'cancelled') deps.counts.served(seconds * 1000);
       // Exactly one outcome per attempt, counted once it is over.
-      deps.metrics.processing((performance.now() - started) / 1000);
+      deps.metrics.processing(seconds);
       if (outcome) deps.metrics.outcome(outcome);
     }
   };
@@ -112,6 +118,9 @@ async function processOne(
   const run: Attempt = { job, jobId, number, data, token, signal, log, startedAt: Date.now(), clock: performance.now() };
   // processedOn is when BullMQ made the job active for this attempt; acceptedAt is the gateway's clock.
   deps.metrics.queueWait(queueMs(run) / 1000);
+
+  // Before the image is even read: a job nobody waits for any more costs no decoding, no inference.
+  if (data.deadline !== undefined && run.startedAt > data.deadline) return expire(deps, run, data.deadline, report);
 
   // An earlier attempt may have committed the result and died before BullMQ recorded it.
   const taken = await deps.jobs.takeInput(jobId);
@@ -152,6 +161,37 @@ function acceptPayload(deps: ProcessorDeps, job: InferenceBullJob, report: Repor
     throw new UnrecoverableError(`job for model ${data.model} on the queue of ${deps.model}`);
   }
   return data;
+}
+
+/**
+ * The job's deadline passed before this attempt started: it is recorded `expired` (the caller is
+ * told as for any finished job: the reply, the poll, the callback) and its image deleted unread.
+ * Judged on this worker's clock against the gateway's: clocks apart by more than a deadline's
+ * margin would expire jobs early or late (run NTP).
+ */
+async function expire(deps: ProcessorDeps, run: Attempt, deadline: number, report: Report): Promise<InferenceJobReturn> {
+  const iso = new Date(deadline).toISOString();
+  const result: ExpiredResult = {
+    ...resultBase(deps, run),
+    status: 'expired',
+    finishedAt: new Date(run.startedAt).toISOString(),
+    deadline: iso,
+    error: problemBody(
+      new ProblemError('deadline-exceeded', `The job's deadline (${iso}) passed before a worker started it; it was not run`),
+    ),
+  };
+  const outcome = await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)));
+  if (outcome === 'published') {
+    run.log.info({ deadline: iso, lateMs: run.startedAt - deadline }, 'expired before decoding: not run');
+    report('expired');
+    return EXPIRED;
+  }
+  if (outcome === 'cancelled') {
+    report('cancelled');
+    return CANCELLED;
+  }
+  report('not_published');
+  return DUPLICATE;
 }
 
 /** Preprocess, run, classify: the completed result, and the embedding for the event when it is wanted. */
@@ -213,6 +253,11 @@ async function commitCompleted(
       event: predictionEvent(result, deps.model, embedding),
     }),
   );
+  if (outcome === 'cancelled') {
+    run.log.info('result discarded: the job was cancelled while it ran');
+    report('cancelled');
+    return CANCELLED;
+  }
   if (outcome !== 'published') {
     // Frozen past the lock (GC pause, VM freeze, throttled container): another worker took over.
     run.log.warn({ outcome }, 'not publishing: another attempt finished this job or holds it now');

@@ -7,6 +7,7 @@ export class JobCounts {
   private running = 0;
   private completedCount = 0;
   private failedCount = 0;
+  private serviceAverageMs: number | undefined;
 
   get inFlight(): number {
     return this.running;
@@ -37,4 +38,21 @@ export class JobCounts {
   committedFailed(): void {
     this.failedCount++;
   }
+
+  /**
+   * The time one job of this model takes here, start to commit (ms): an exponentially weighted
+   * average over the last ~20 jobs that ran the model; undefined before the first. The heartbeat
+   * publishes it and gateways estimate queue waits from it (deadline admission).
+   */
+  get serviceMs(): number | undefined {
+    return this.serviceAverageMs;
+  }
+
+  served(ms: number): void {
+    this.serviceAverageMs =
+      this.serviceAverageMs === undefined ? ms : this.serviceAverageMs + SERVICE_WEIGHT * (ms - this.serviceAverageMs);
+  }
 }
+
+/** The weight of the newest job in the service-time average (1/20: about the last 20 jobs count). */
+const SERVICE_WEIGHT = 0.05;

@@ -29,6 +29,8 @@ class Fakes {
   readonly counts = { started: 0, ended: 0, completed: 0, failed: 0 };
   leases = 0;
   released = 0;
+  inputsTaken = 0;
+  readonly served: number[] = [];
 
   deps(): ProcessorDeps {
     const model: LoadedModel = {
@@ -47,7 +49,10 @@ class Fakes {
     };
     return {
       jobs: {
-        takeInput: () => Promise.resolve(this.taken),
+        takeInput: () => {
+          this.inputsTaken++;
+          return Promise.resolve(this.taken);
+        },
         commit: (result, options) => {
           this.commits.push({ result, options });
           return Promise.resolve(this.commitOutcome);
@@ -72,6 +77,7 @@ class Fakes {
         ended: () => this.counts.ended++,
         committedCompleted: () => this.counts.completed++,
         committedFailed: () => this.counts.failed++,
+        served: (ms) => this.served.push(ms),
       },
       metrics: {
         queueWait: () => undefined,
@@ -125,12 +131,49 @@ describe('inference processor (fakes, no Redis)', () => {
     const { result, options } = fakes.commits[0]!;
     expect(result).to.include({ id: 'job-1', status: 'completed', requestId: 'req-1', attempt: 1, worker: 'worker-1' });
     expect(result.status === 'completed' && result.prediction).to.include({ label: '7', index: 7 });
-    expect(result.model).to.deep.equal(ref);
+    expect(result.status === 'completed' && result.model).to.deep.equal(ref);
     expect(options).to.include({ replyTo: 'gw-1', token: 'token-1', queue: 'inference:digits' });
     expect(options.event).to.not.equal(undefined);
     expect(fakes.outcomes).to.deep.equal(['completed']);
     expect(fakes.counts).to.deep.equal({ started: 1, ended: 1, completed: 1, failed: 0 });
     expect(fakes.released).to.equal(fakes.leases);
+  });
+
+  it('drops a job whose deadline has passed before reading or decoding its image, and records it expired', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    const deadline = Date.now() - 1000;
+    const returned = await createInferenceProcessor(fakes.deps())(bullJob(payload({ deadline })), 'token-1');
+    expect(returned).to.deep.equal({ label: 'expired' });
+    expect(fakes.inputsTaken, 'images read').to.equal(0);
+    expect(fakes.leases, 'models leased').to.equal(0);
+    expect(fakes.commits).to.have.length(1);
+    const { result, options } = fakes.commits[0]!;
+    expect(result).to.include({ id: 'job-1', status: 'expired', deadline: new Date(deadline).toISOString() });
+    expect(result.status === 'expired' && result.error.slug).to.equal('deadline-exceeded');
+    expect(options).to.include({ replyTo: 'gw-1', token: 'token-1' });
+    expect(options.event, 'prediction event').to.equal(undefined);
+    expect(fakes.outcomes).to.deep.equal(['expired']);
+    expect(fakes.served, 'service times recorded').to.deep.equal([]);
+  });
+
+  it('runs a job whose deadline is still ahead, and records its service time', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    const returned = await createInferenceProcessor(fakes.deps())(bullJob(payload({ deadline: Date.now() + 60_000 })), 't');
+    expect(returned).to.deep.equal({ label: '7' });
+    expect(fakes.outcomes).to.deep.equal(['completed']);
+    expect(fakes.served).to.have.length(1);
+  });
+
+  it('counts a job cancelled while it ran as cancelled when its commit kept the cancellation', async () => {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    fakes.commitOutcome = 'cancelled';
+    const returned = await createInferenceProcessor(fakes.deps())(bullJob(payload()), 'token-1');
+    expect(returned).to.deep.equal({ label: 'cancelled' });
+    expect(fakes.outcomes).to.deep.equal(['cancelled']);
+    expect(fakes.counts.completed, 'completed commits').to.equal(0);
   });
 
   it('publishes nothing for a job an earlier attempt finished', async () => {

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { problemSlugs } from '../problem.js';
-import { CompletedResult, FailedResult } from './jobs.contract.js';
+import { CancelledResult, CompletedResult, ExpiredResult, FailedResult } from './jobs.contract.js';
 import { ModelAnnouncement } from './workers.contract.js';
 import { ModelName } from './common.contract.js';
 
@@ -92,6 +92,21 @@ export const LostJob = z
 
 export const CompletedJob = CompletedResult.extend(withCallback).meta({ id: 'CompletedResult' });
 export const FailedJob = FailedResult.extend(withCallback).meta({ id: 'FailedResult' });
+export const CancelledJob = CancelledResult.extend(withCallback).meta({ id: 'CancelledResult' });
+export const ExpiredJob = ExpiredResult.extend(withCallback).meta({ id: 'ExpiredResult' });
+
+/** `DELETE /v1/jobs/{id}` of a job a worker is running (202): it goes on, its result will be discarded. */
+export const CancellingJob = z
+  .object({
+    id: JobId,
+    status: z.literal('active'),
+    model: ModelName,
+    cancelling: z.literal(true).meta({
+      description: 'The job is not interrupted; when it finishes a cancelled result is kept instead of its own',
+    }),
+  })
+  .meta({ id: 'CancellingJob' });
+export type CancellingJob = z.infer<typeof CancellingJob>;
 
 /**
  * What a callback receiver is POSTed once the job is finished (Standard Webhooks' envelope), with
@@ -99,15 +114,17 @@ export const FailedJob = FailedResult.extend(withCallback).meta({ id: 'FailedRes
  */
 export const CallbackPayload = z
   .object({
-    type: z.enum(['job.completed', 'job.failed']),
+    type: z.enum(['job.completed', 'job.failed', 'job.cancelled', 'job.expired']),
     timestamp: z.iso.datetime(),
-    data: z.discriminatedUnion('status', [CompletedResult, FailedResult]),
+    data: z.discriminatedUnion('status', [CompletedResult, FailedResult, CancelledResult, ExpiredResult]),
   })
   .meta({ id: 'CallbackPayload' });
 export type CallbackPayload = z.infer<typeof CallbackPayload>;
 
 /** Everything `GET /v1/jobs/{id}` answers with 200. */
-export const JobStatus = z.union([PendingJob, CompletedJob, FailedJob, LostJob]).meta({ id: 'JobStatus' });
+export const JobStatus = z
+  .union([PendingJob, CompletedJob, FailedJob, CancelledJob, ExpiredJob, LostJob])
+  .meta({ id: 'JobStatus' });
 export type JobStatus = z.infer<typeof JobStatus>;
 
 /** RFC 9457 problem details, as every error is answered; a problem may carry more members. */
@@ -135,6 +152,10 @@ export const ModelDescription = z
     ready: z.boolean().meta({ description: 'A live worker has the model warm' }),
     workers: z.number().int().min(0),
     concurrency: z.number().int().min(0),
+    serviceMs: z.number().min(0).optional().meta({
+      description:
+        'How long one job takes on its live workers, start to commit (ms, their recent average); what deadline admission estimates queue waits from. Absent before any job was measured',
+    }),
     versions: z.array(z.string()),
     lastAnnounced: z.object({ version: z.string(), artifact: z.string(), at: z.iso.datetime() }).optional(),
     description: z.string().optional(),

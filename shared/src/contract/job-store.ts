@@ -1,10 +1,17 @@
 import type { Redis } from '@conveyor/shared/redis';
-import { JobResult, type ReplyMessage } from './jobs.contract.js';
+import { JobResult, type CancelledResult, type ReplyMessage } from './jobs.contract.js';
+import { problemBody, ProblemError } from '../problem.js';
 import type { FeedbackEvent, PredictionEvent } from './events.contract.js';
 import type { RedisKeys } from './redis-keys.js';
 
-/** How a commit ended: only 'published' changed anything. */
-export type CommitOutcome = 'published' | 'already-published' | 'lock-lost';
+/**
+ * How a commit ended: 'published' kept the result; 'cancelled' kept a cancelled result instead (the
+ * job was cancelled while the attempt ran, redisKeys().cancelled); the others changed nothing.
+ */
+export type CommitOutcome = 'published' | 'cancelled' | 'already-published' | 'lock-lost';
+
+/** What marking a job cancelled found: no result yet (marked), or a result kept already. */
+export type CancelMark = 'marked' | 'finished';
 
 /** What an attempt finds when it takes a job's input. */
 export type TakenInput =
@@ -51,13 +58,24 @@ const FEEDBACK_STREAM_MAXLEN = 100_000;
  * its first command, never half-way through. Without it, Redis checks memory at each write, and a
  * commit could store the result and then be refused the rest (the event, the reply, the bytes).
  *
- * KEYS: result, input, predictions stream, job lock, queued images (hash), their byte sum, owner.
+ * A job marked cancelled (KEYS[8], `DELETE /v1/jobs/{id}` while a worker held it) keeps the
+ * cancelled result (ARGV[9]) instead, without a prediction event: the check and the write are one
+ * script, so a cancellation either comes before the commit (the result is discarded) or finds the
+ * result kept (409), never both.
+ *
+ * KEYS: result, input, predictions stream, job lock, queued images (hash), their byte sum, owner, cancel mark.
  * ARGV: token ('' = no lock check), result JSON, TTL (s), event JSON ('' = none), stream max length,
- * reply channel ('' = none), reply JSON, the job id (its field in the queued images).
+ * reply channel ('' = none), reply JSON, the job id (its field in the queued images), the cancelled
+ * result JSON and its reply JSON ('' when the result is a cancellation already).
  */
 const COMMIT = `#!lua
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
+local code = 1
+if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[8]) == 1 then
+  ARGV[2], ARGV[4], ARGV[7], code = ARGV[9], '', ARGV[10], 2
+end
+redis.call('DEL', KEYS[8])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[7], ARGV[3])
 redis.call('DEL', KEYS[2])
@@ -68,6 +86,12 @@ if held then
 end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4]) end
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+return code`;
+
+// Marks a job cancelled unless its result is kept already. KEYS: result, cancel mark. ARGV: TTL (s).
+const MARK_CANCELLED = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
 return 1`;
 
 type CommitRedis = Redis & {
@@ -79,6 +103,7 @@ type CommitRedis = Redis & {
     queuedImages: string,
     queuedBytes: string,
     owner: string,
+    cancelMark: string,
     token: string,
     resultJson: string,
     ttl: number,
@@ -87,7 +112,10 @@ type CommitRedis = Redis & {
     channel: string,
     replyJson: string,
     jobId: string,
+    cancelledJson: string,
+    cancelledReplyJson: string,
   ): Promise<number>;
+  conveyorMarkCancelled(result: string, mark: string, ttl: number): Promise<number>;
 };
 
 /**
@@ -109,7 +137,8 @@ export class JobStore {
     // pipeline when it opens one, so a script defined while another command's pipeline is open is
     // missing from it (job-store.test.ts shows the failure).
     if (typeof (redis as Partial<CommitRedis> & Redis).conveyorCommitResult !== 'function') {
-      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 7, lua: COMMIT });
+      redis.defineCommand('conveyorCommitResult', { numberOfKeys: 8, lua: COMMIT });
+      redis.defineCommand('conveyorMarkCancelled', { numberOfKeys: 2, lua: MARK_CANCELLED });
     }
   }
 
@@ -176,6 +205,24 @@ export class JobStore {
     return 'recorded';
   }
 
+  /**
+   * Marks a job cancelled, so that its commit keeps a cancelled result instead of the worker's
+   * (see COMMIT); 'finished' when its result is kept already (nothing is marked then).
+   */
+  async markCancelled(jobId: string, ttlSeconds: number): Promise<CancelMark> {
+    const code = await this.commitCommand().conveyorMarkCancelled(
+      this.keys.result(jobId),
+      this.keys.cancelled(jobId),
+      ttlSeconds,
+    );
+    return code === 1 ? 'marked' : 'finished';
+  }
+
+  /** Takes back the mark of a job that turned out not to exist. */
+  async unmarkCancelled(jobId: string): Promise<void> {
+    await this.redis.del(this.keys.cancelled(jobId));
+  }
+
   // --- the worker's side ---
 
   /** The image of a job, and whether an earlier attempt already finished it, in one round trip. */
@@ -188,10 +235,16 @@ export class JobStore {
     return done ? { finished: true } : { finished: false, bytes };
   }
 
-  /** Commits a finished job at most once (see COMMIT): result, input deletion, event, reply. */
+  /**
+   * Commits a finished job at most once (see COMMIT): result, input deletion, event, reply. The
+   * gateway commits cancellations of waiting jobs through it too (no token, no event).
+   */
   async commit(result: JobResult, options: CommitOptions): Promise<CommitOutcome> {
     const { replyTo, event, token, queue } = options;
     const reply: ReplyMessage | undefined = replyTo ? { kind: 'job-finished', version: 1, result } : undefined;
+    const cancelled = result.status === 'cancelled' ? undefined : cancelledInstead(result);
+    const cancelledReply: ReplyMessage | undefined =
+      replyTo && cancelled ? { kind: 'job-finished', version: 1, result: cancelled } : undefined;
     const code = await this.commitCommand().conveyorCommitResult(
       this.keys.result(result.id),
       this.keys.input(result.id),
@@ -200,16 +253,19 @@ export class JobStore {
       this.keys.queuedImages,
       this.keys.queuedBytes,
       this.keys.owner(result.id),
+      this.keys.cancelled(result.id),
       token ?? '',
       JSON.stringify(result),
       this.options.resultTtlSeconds,
       event ? JSON.stringify(event) : '',
-      this.streamMaxLen(),
+      event ? this.streamMaxLen() : 0,
       replyTo ? this.keys.replies(replyTo) : '',
       reply ? JSON.stringify(reply) : '',
       result.id,
+      cancelled ? JSON.stringify(cancelled) : '',
+      cancelledReply ? JSON.stringify(cancelledReply) : '',
     );
-    return code === 1 ? 'published' : code === 0 ? 'already-published' : 'lock-lost';
+    return code === 1 ? 'published' : code === 2 ? 'cancelled' : code === 0 ? 'already-published' : 'lock-lost';
   }
 
   private streamMaxLen(): number {
@@ -221,4 +277,20 @@ export class JobStore {
   private commitCommand(): CommitRedis {
     return this.redis as CommitRedis;
   }
+}
+
+/** The cancelled result a commit keeps instead of `result` when the job was cancelled while it ran. */
+function cancelledInstead(result: Exclude<JobResult, CancelledResult>): CancelledResult {
+  const { id, requestId, acceptedAt, finishedAt, attempt, worker } = result;
+  return {
+    id,
+    requestId,
+    acceptedAt,
+    finishedAt,
+    attempt,
+    worker,
+    status: 'cancelled',
+    ...('model' in result && result.model ? { model: result.model } : {}),
+    error: problemBody(new ProblemError('cancelled', 'The job was cancelled while a worker ran it; its result was discarded')),
+  };
 }

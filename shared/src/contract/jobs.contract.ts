@@ -49,6 +49,12 @@ export const InferenceJob = z.object({
    * gateways that predate several models, which only ever queued for LEGACY_QUEUE_MODEL.
    */
   model: ModelName.optional(),
+  /**
+   * The caller's processing deadline (epoch ms, the gateway's clock): a worker that takes the job
+   * later drops it before decoding it and records it `expired`. Absent: no deadline. Added within
+   * version 1 (workers of the previous release ignore it and run the job).
+   */
+  deadline: z.number().int().positive().optional(),
   input: z.object({
     format: ImageFormat,
     bytes: z.number().int().positive(),
@@ -85,8 +91,31 @@ export const FailedResult = ResultBase.extend({
 });
 export type FailedResult = z.infer<typeof FailedResult>;
 
+/**
+ * A job cancelled before its result was kept (`DELETE /v1/jobs/{id}`, or its synchronous caller
+ * gone while it waited): recorded by the gateway for a job still waiting (`attempt` 0, `worker` the
+ * gateway), or by the worker's commit instead of its result when the job was cancelled while it ran.
+ */
+export const CancelledResult = ResultBase.extend({
+  status: z.literal('cancelled'),
+  /** 0: cancelled while it waited, no worker attempted it. */
+  attempt: z.number().int().min(0),
+  error: ProblemBody,
+  model: ModelRef.optional(),
+});
+export type CancelledResult = z.infer<typeof CancelledResult>;
+
+/** A job whose deadline had passed when a worker took it: dropped before its image was decoded. */
+export const ExpiredResult = ResultBase.extend({
+  status: z.literal('expired'),
+  error: ProblemBody,
+  /** The deadline the caller gave (InferenceJob.deadline). */
+  deadline: z.iso.datetime(),
+});
+export type ExpiredResult = z.infer<typeof ExpiredResult>;
+
 /** What `GET /v1/jobs/:id` and a synchronous `POST /v1/predict` answer for a finished job. */
-export const JobResult = z.discriminatedUnion('status', [CompletedResult, FailedResult]);
+export const JobResult = z.discriminatedUnion('status', [CompletedResult, FailedResult, CancelledResult, ExpiredResult]);
 export type JobResult = z.infer<typeof JobResult>;
 
 /** Worker → gateway, on `redisKeys().replies(gatewayId)`. */

@@ -30,6 +30,25 @@ export function redisKeys(prefix: string) {
      * counting by itself. `client` is an API key id (`key:<id>`) or an address (`ip:<address>`).
      */
     callbacksPending: (client: string) => `${prefix}:callbacks:pending:${client}`,
+    /**
+     * A predict request's Idempotency-Key (gateway, jobs/idempotency.ts): `<state>:<job id>:<fingerprint>`,
+     * state `p` while its job is being made (a short lease), then `j` once the job exists, kept
+     * IDEMPOTENCY_TTL_SECONDS. Scoped by `client` as callbacksPending is (`key:<id>` or `ip:<address>`);
+     * `keyHash` is the key's SHA-256 (base64url), so a key of any length costs the same ~250 bytes.
+     */
+    idempotency: (client: string, keyHash: string) => `${prefix}:idempotency:${client}:${keyHash}`,
+    /**
+     * The Idempotency-Keys `client` holds (gateway, jobs/idempotency.ts): sorted set, member the key's
+     * hash, score the time (ms) it was claimed. Bounds a client's records: beyond its share, its
+     * oldest are forgotten.
+     */
+    idempotencyIndex: (client: string) => `${prefix}:idempotency-index:${client}`,
+    /**
+     * Marks a job cancelled while a worker may hold it (`DELETE /v1/jobs/{id}`): the job's commit
+     * (JobStore.commit) then keeps a cancelled result instead of the worker's. Set only while the job
+     * has no result; deleted by the commit; expires with the job's longest life otherwise.
+     */
+    cancelled: (jobId: string) => `${prefix}:cancelled:${jobId}`,
     /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
     feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
     /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
@@ -48,13 +67,15 @@ export function redisKeys(prefix: string) {
     admissionReserved: (queue: string) =>
       queue === QUEUES.inference ? `${prefix}:admission:reservations` : `${prefix}:admission:reservations:${queue}`,
     /**
-     * Fair queuing of a model's queue (gateway, jobs/fair-queue.ts): hash tenant → the virtual
-     * finish time of its last job. Deleted whenever the queue is found empty (virtual time restarts).
+     * Fair queuing of a model's queue (gateway, jobs/fair-queue.ts), per priority band: hash tenant →
+     * its last job's virtual finish time, deleted when the band is found empty. `normal` keeps the
+     * key it had before there were bands (gateways of both releases share it in a rolling deploy).
      */
-    fairFinish: (queue: string) => `${prefix}:fair:${queue}:finish`,
+    fairFinish: (queue: string, band: 'high' | 'normal' | 'low' = 'normal') =>
+      band === 'normal' ? `${prefix}:fair:${queue}:finish` : `${prefix}:fair:${queue}:finish:${band}`,
     /**
-     * Fair queuing: sorted set of one tenant's places in a model's queue (member job id, score its
-     * virtual start time), pruned from the bottom once those jobs have left the queue.
+     * Fair queuing: sorted set of one tenant's places in a model's queue, all bands (member job id,
+     * score its band's first priority + its virtual start), pruned from the bottom once they left.
      */
     fairPlaces: (queue: string, tenant: string) => `${prefix}:fair:${queue}:places:${tenant}`,
     /**

@@ -12,6 +12,12 @@ export const ServedModel = z.object({
   name: ModelName,
   model: ModelRef,
   concurrency: z.number().int().positive(),
+  /**
+   * How long one job of the model takes on this worker, start to commit (ms, a moving average of
+   * the recent jobs); absent before the first. Gateways estimate queue waits from it (deadline
+   * admission). Added within version 1.
+   */
+  serviceMs: z.number().nonnegative().optional(),
 });
 export type ServedModel = z.infer<typeof ServedModel>;
 

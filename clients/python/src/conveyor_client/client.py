@@ -142,11 +142,12 @@ def _predict_outcome(response: httpx.Response) -> CompletedResult | AcceptedJob:
 
 
 def _finished(job: Mapping[str, Any]) -> CompletedResult | None:
-    """The result of a finished job, None while it waits or runs; a failed job is raised."""
+    """The result of a finished job, None while it waits or runs; a failed, cancelled or expired job is raised."""
     status = job.get("status")
     if status == "completed":
         return cast(CompletedResult, job)
-    if status == "failed":
+    # Cancelled (DELETE /v1/jobs/{id}) and expired (its Prefer: deadline passed) jobs are finished too, with an error.
+    if status in ("failed", "cancelled", "expired"):
         raise JobFailed(job)
     return None
 

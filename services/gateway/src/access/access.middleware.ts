@@ -4,6 +4,7 @@ import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { ProblemError } from '@conveyor/shared/problem';
 import { addressKey } from '../http/client-identity.js';
 import type { GatewayState } from '../http/context.js';
+import type { Priority } from '../http/priority.js';
 import type { ApiKeyStore, Scope } from './api-keys.js';
 
 /**
@@ -26,6 +27,8 @@ export interface AccessOptions {
   /** Invalid keys one address may present per window before its keyed requests are refused unread. */
   readonly authFailurePoints: number;
   readonly authFailureWindowSeconds: number;
+  /** The highest priority a request is served at when keys are off (a key carries its own). */
+  readonly addressMaxPriority: Priority;
 }
 
 export interface Access {
@@ -69,7 +72,7 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
     require: (scope) => async (ctx, next) => {
       let subject = `ip:${addressKey(ctx.ip)}`;
       // The tenant of fair queuing (jobs/fair-queue.ts): the key when keys are required, else the address.
-      ctx.state.tenant = { id: subject, weight: 1 };
+      ctx.state.tenant = { id: subject, weight: 1, maxPriority: options.addressMaxPriority };
       if (options.keysRequired) {
         const presented = bearer(ctx.get('authorization')) ?? (ctx.get('x-api-key') || undefined);
         if (!presented) {
@@ -96,7 +99,7 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
         ctx.state.apiKey = identity;
         ctx.state.log = ctx.state.log.child({ apiKey: identity.id });
         subject = `key:${identity.id}`;
-        ctx.state.tenant = { id: subject, weight: identity.weight };
+        ctx.state.tenant = { id: subject, weight: identity.weight, maxPriority: identity.maxPriority };
       }
       if (limiter) await consumeRate(ctx, limiter, subject, options);
       await next();

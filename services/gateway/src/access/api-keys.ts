@@ -2,6 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Redis } from '@conveyor/shared/redis';
 import { z } from 'zod';
 import type { KeyIdentity } from '../http/context.js';
+import { PRIORITIES, type Priority } from '../http/priority.js';
 
 /**
  * API keys: `cvk_<id>_<secret>`. Redis keeps, per id, the SHA-256 of the whole key (never the key
@@ -25,6 +26,11 @@ const StoredKey = z.object({
    * Added later: keys stored before it have weight 1.
    */
   weight: z.number().int().min(1).max(MAX_WEIGHT).default(1),
+  /**
+   * The highest `Prefer: priority=` its requests are served at (higher asks are capped to it). Added
+   * later: keys stored before it have `normal`, as new keys do unless made with a higher one.
+   */
+  maxPriority: z.enum(PRIORITIES).default('normal'),
   createdAt: z.iso.datetime(),
 });
 export type StoredKey = z.infer<typeof StoredKey>;
@@ -45,7 +51,12 @@ export class ApiKeyStore {
   ) {}
 
   /** Creates a key and returns it: the only time it is ever shown. */
-  async create(name: string, scopes: readonly Scope[], weight = 1): Promise<{ id: string; key: string }> {
+  async create(
+    name: string,
+    scopes: readonly Scope[],
+    weight = 1,
+    maxPriority: Priority = 'normal',
+  ): Promise<{ id: string; key: string }> {
     const id = randomBytes(6).toString('hex');
     const key = `cvk_${id}_${randomBytes(32).toString('base64url')}`;
     const stored: StoredKey = {
@@ -53,6 +64,7 @@ export class ApiKeyStore {
       sha256: digest(key).toString('hex'),
       scopes: [...scopes],
       weight: z.number().int().min(1).max(MAX_WEIGHT).parse(weight),
+      maxPriority: z.enum(PRIORITIES).parse(maxPriority),
       createdAt: new Date().toISOString(),
     };
     await this.redis.hset(this.hashKey, id, JSON.stringify(stored));
@@ -77,6 +89,6 @@ export class ApiKeyStore {
     if (raw === null) return undefined;
     const stored = StoredKey.parse(JSON.parse(raw));
     if (!timingSafeEqual(digest(presented), Buffer.from(stored.sha256, 'hex'))) return undefined;
-    return { id, name: stored.name, scopes: stored.scopes, weight: stored.weight };
+    return { id, name: stored.name, scopes: stored.scopes, weight: stored.weight, maxPriority: stored.maxPriority };
   }
 }

@@ -74,7 +74,7 @@ export class CallbackDelivery {
 
   private send(data: CallbackJob, result: JobResult): Promise<number> {
     const payload: CallbackPayload = {
-      type: result.status === 'completed' ? 'job.completed' : 'job.failed',
+      type: `job.${result.status}`,
       timestamp: new Date().toISOString(),
       data: result,
     };

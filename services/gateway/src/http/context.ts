@@ -2,6 +2,7 @@ import type { ParameterizedContext } from 'koa';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { PredictMode } from './metrics.js';
+import type { Priority } from './priority.js';
 
 /*
  * The request state is the bottom floor of the gateway: it declares the small things a request
@@ -36,6 +37,8 @@ export interface Tenant {
   readonly id: string;
   /** 1 for an address; the key's weight otherwise. */
   readonly weight: number;
+  /** The highest priority its requests may have: the key's, or ADDRESS_MAX_PRIORITY for an address. */
+  readonly maxPriority: Priority;
 }
 
 /** The API key a request was made with (access/api-keys.ts), as far as the request needs it. */
@@ -45,6 +48,8 @@ export interface KeyIdentity {
   readonly scopes: readonly string[];
   /** Its weight in fair queuing (1 unless set at creation). */
   readonly weight: number;
+  /** The highest `Prefer: priority=` its requests are served at (`normal` unless set at creation). */
+  readonly maxPriority: Priority;
 }
 
 export interface GatewayState {
@@ -67,8 +72,14 @@ export interface GatewayState {
   apiKey?: KeyIdentity;
   /** Whose share of the queue and of worker time the request draws on: its API key, or its address. */
   tenant?: Tenant;
+  /** On predict requests, the Idempotency-Key the caller sent (http/idempotency-key.ts), unquoted. */
+  idempotencyKey?: string;
+  /** On predict requests, the priority the job is queued at (asked for, capped by the tenant's maximum). */
+  priority?: Priority;
   /** On predict requests, the job's place as fair queuing gave it (its priority). */
   fairPlace?: FairPlace;
+  /** On predict requests with `Prefer: deadline=`: the processing deadline (epoch ms) and the seconds it was given as. */
+  deadline?: { readonly at: number; readonly seconds: number };
 }
 
 export type GatewayContext = ParameterizedContext<GatewayState>;

@@ -23,7 +23,7 @@ export class HttpMetrics {
   });
   readonly outcomes = new Counter({
     name: 'conveyor_predict_outcomes_total',
-    help: 'POST /v1/predict outcomes: completed (200), failed (4xx/5xx from the job), accepted (202), rejected (before queueing)',
+    help: 'POST /v1/predict outcomes: completed (200), failed (4xx/5xx from the job), accepted (202), rejected (before queueing), cancelled (a synchronous caller hung up and its job was cancelled unrun)',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });

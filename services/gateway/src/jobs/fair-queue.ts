@@ -2,6 +2,7 @@ import type { Redis } from '@conveyor/shared/redis';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { InferenceQueue } from './model-queues.js';
 import type { FairPlace, Tenant } from '../http/context.js';
+import type { Priority } from '../http/priority.js';
 
 /**
  * Weighted fair queuing between tenants on open-source BullMQ (whose Pro tier alone has groups):
@@ -20,17 +21,23 @@ import type { FairPlace, Tenant } from '../http/context.js';
  * order, so weight 3's three jobs per unit of virtual time share one priority and go in turn.
  * Every job gets a priority: BullMQ serves its `wait` list (priority 0) before any prioritized job.
  *
+ * Request priorities (`Prefer: priority=`): the range is cut into bands, `high` first (BullMQ pops
+ * the lowest number), then `normal`, then `low`. Each band is a fair queue of its own — its own
+ * virtual time (read from its own head), its own tenants' finish times, its own restart when it is
+ * found empty — and every job of a higher band goes before any of a lower one. A tenant's places
+ * in the queue count its jobs of every band.
+ *
  * Cost: a job's start time charges one unit; a large image charges its tenant the rest of its cost
  * (1 unit per `pixelsPerCost` decoded pixels) once it is inspected (`charge`), pushing back that
  * tenant's next jobs: worker time, not job counts, is what is shared out.
  *
  * Limits, by design:
- * - BullMQ's priorities stop at 2²¹ − 1. The range is split into bands of 2¹⁹ (room for request
- *   priorities above and below `normal`); virtual time restarts at 0 whenever a model's queue is
- *   found empty. A queue that stays non-empty long enough for V to pass 2¹⁹ units (524,288 jobs of
- *   one weight-1 tenant; more with several tenants, whose weights divide the advance) puts every new
- *   job at the band's last priority: they are then served first come, first served among
- *   themselves, until the queue empties once.
+ * - BullMQ's priorities stop at 2²¹ − 1. The range is split into four bands of 2¹⁹ (three used);
+ *   a band's virtual time restarts at 0 whenever the band is found empty. A band that stays
+ *   non-empty long enough for its V to pass 2¹⁹ units (524,288 jobs of one weight-1 tenant; more
+ *   with several tenants, whose weights divide the advance) puts every new job of that band at its
+ *   last priority: they are then served first come, first served among themselves, until the band
+ *   empties once.
  * - A tenant's places in the queue are counted in its own sorted set, pruned from its oldest end
  *   whenever it asks for a place (jobs taken by a worker or removed by an operator leave the count
  *   by themselves; nothing is decremented, so nothing can leak).
@@ -45,13 +52,28 @@ export interface FairQueueOptions {
   readonly pixelsPerCost: number;
 }
 
-/** Width of one priority band; the `normal` band is the second of four (BullMQ allows < 2²¹). */
+/** Width of one priority band: four fit in BullMQ's priorities (1 … 2²¹ − 1; 0 means none). */
 export const BAND_SPAN = 2 ** 19;
-const NORMAL_BAND = 1;
+/** Where each request priority's band lies: BullMQ pops the lowest number, so `high` is first. The fourth band is spare. */
+const BAND_INDEX: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
 const TENANT_TTL_SECONDS = 24 * 3600;
+/** BullMQ scores a prioritized job priority × 2³² + its insertion counter (getPriorityScore.lua). */
+const SCORE_UNIT = 2 ** 32;
 
-// KEYS: prioritized set, wait list, finish hash, the tenant's places, reservations (admission).
-// ARGV: tenant, weight, job id, places allowed, band base, band span, TTL (s).
+/** The BullMQ priorities of a request priority's band: `first` … `last`, both included. */
+export interface Band {
+  readonly first: number;
+  readonly last: number;
+}
+
+export function band(priority: Priority): Band {
+  const base = BAND_INDEX[priority] * BAND_SPAN;
+  return { first: base + 1, last: base + BAND_SPAN };
+}
+
+// KEYS: prioritized set, wait list, the band's finish hash, the tenant's places, reservations (admission).
+// ARGV: tenant, weight, job id, places allowed, the band's first priority, band span, TTL (s),
+// the band's lowest BullMQ score, the score just past the band (exclusive).
 // Returns { priority, places held } or { -1, places held } beyond the share.
 const PLACE = `
 local places = KEYS[4]
@@ -63,12 +85,13 @@ while held > 0 do
   held = held - 1
 end
 if held >= tonumber(ARGV[4]) then return { -1, held } end
-local base = tonumber(ARGV[5])
+local first = tonumber(ARGV[5])
 local span = tonumber(ARGV[6])
 local v = 0
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+-- The band's own head: the job of this band a worker takes next (higher bands go before it).
+local head = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[8], '(' .. ARGV[9], 'LIMIT', 0, 1, 'WITHSCORES')
 if head[2] then
-  v = math.floor(tonumber(head[2]) / 4294967296) - 1 - base
+  v = math.floor(tonumber(head[2]) / 4294967296) - first
   if v < 0 then v = 0 end
 elseif redis.call('LLEN', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[3])
@@ -77,11 +100,13 @@ local start = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if start < v then start = v end
 redis.call('HSET', KEYS[3], ARGV[1], tostring(start + 1 / tonumber(ARGV[2])))
 redis.call('EXPIRE', KEYS[3], ARGV[7])
-redis.call('ZADD', places, start, ARGV[3])
+local at = start
+if at > span - 1 then at = span - 1 end
+-- Scored where the job stands among all bands (about the order workers take them), so the pruning
+-- above, from the lowest score, meets jobs in the order they leave the queue.
+redis.call('ZADD', places, first + at, ARGV[3])
 redis.call('EXPIRE', places, ARGV[7])
-local tag = math.floor(start)
-if tag > span - 1 then tag = span - 1 end
-return { 1 + base + tag, held + 1 }`;
+return { first + math.floor(at), held + 1 }`;
 
 // KEYS: finish hash. ARGV: tenant, cost to add, TTL (s). Only a tenant still on record is charged.
 const CHARGE = `
@@ -102,9 +127,11 @@ type FairRedis = Redis & {
     weight: number,
     jobId: string,
     allowed: number,
-    base: number,
+    first: number,
     span: number,
     ttl: number,
+    lowestScore: string,
+    pastScore: string,
   ): Promise<[number, number]>;
   conveyorFairCharge(finish: string, tenant: string, cost: string, ttl: number): Promise<number>;
 };
@@ -116,7 +143,7 @@ export class FairQueue {
   constructor(
     redis: Redis,
     private readonly keys: {
-      readonly fairFinish: (queue: string) => string;
+      readonly fairFinish: (queue: string, band?: Priority) => string;
       readonly fairPlaces: (queue: string, tenant: string) => string;
       readonly admissionReserved: (queue: string) => string;
     },
@@ -129,13 +156,15 @@ export class FairQueue {
   }
 
   /**
-   * A place for `tenant`'s job `jobId` on `queue`, whose admission reserved it (the reservation
-   * keeps the place counted until the job is queued). 429 beyond the tenant's share of the queue.
+   * A place for `tenant`'s job `jobId` on `queue` in `priority`'s band, whose admission reserved it
+   * (the reservation keeps the place counted until the job is queued). 429 beyond the tenant's
+   * share of the queue (all bands counted).
    */
-  async place(queue: InferenceQueue, tenant: Tenant, jobId: string): Promise<FairPlace> {
+  async place(queue: InferenceQueue, tenant: Tenant, jobId: string, priority: Priority): Promise<FairPlace> {
     const { prioritized, wait } = queue.keys;
-    const finish = this.keys.fairFinish(queue.name);
-    const [priority, held] = await this.redis.conveyorFairPlace(
+    const { first, last } = band(priority);
+    const finish = this.keys.fairFinish(queue.name, priority);
+    const [bullPriority, held] = await this.redis.conveyorFairPlace(
       prioritized!,
       wait!,
       finish,
@@ -145,11 +174,13 @@ export class FairQueue {
       tenant.weight,
       jobId,
       this.allowed,
-      NORMAL_BAND * BAND_SPAN,
+      first,
       BAND_SPAN,
       TENANT_TTL_SECONDS,
+      String(first * SCORE_UNIT),
+      String((last + 1) * SCORE_UNIT),
     );
-    if (priority < 0) {
+    if (bullPriority < 0) {
       throw new ProblemError(
         'rate-limited',
         `This client has ${held} jobs waiting for this model, its share of the queue (${this.allowed} of ${this.options.maxDepth}); retry once some are done`,
@@ -157,12 +188,23 @@ export class FairQueue {
       );
     }
     return {
-      priority,
+      priority: bullPriority,
       charge: (pixels) => {
         const extra = Math.floor(pixels / this.options.pixelsPerCost) / tenant.weight;
         // Fire and forget: a lost charge only lets one large image go at the price of a small one.
         if (extra > 0) this.redis.conveyorFairCharge(finish, tenant.id, String(extra), TENANT_TTL_SECONDS).catch(() => undefined);
       },
     };
+  }
+}
+
+/**
+ * FAIR_QUEUING=false: no virtual time and no share of places, but request priorities still hold:
+ * a job gets its band's first priority, so every higher band goes first, and BullMQ's insertion
+ * counter keeps each band first come, first served.
+ */
+export class PriorityBands {
+  place(_queue: InferenceQueue, _tenant: Tenant, _jobId: string, priority: Priority): Promise<FairPlace> {
+    return Promise.resolve({ priority: band(priority).first, charge: () => undefined });
   }
 }

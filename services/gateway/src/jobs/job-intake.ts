@@ -3,6 +3,7 @@ import type { CallbackState } from '@conveyor/shared/contract/api.contract';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 import type { FairPlace, QueuePlace, Tenant } from '../http/context.js';
+import type { Priority } from '../http/priority.js';
 import type { Admission } from './admission.js';
 import type { FairQueue } from './fair-queue.js';
 import type { JobSubmitter, Submission } from './job-submitter.js';
@@ -13,7 +14,11 @@ import type { ResultWaiter, Ticket } from './result-waiter.js';
 export interface JobIntakeParts {
   readonly queues: Pick<ModelQueues, 'get'>;
   readonly admission: Pick<Admission, 'admit'>;
-  /** Fair queuing between tenants; absent (FAIR_QUEUING=false): first come, first served. */
+  /**
+   * A job's BullMQ priority: fair queuing between tenants within each request priority's band
+   * (FairQueue), or the bands alone, first come, first served within each (PriorityBands, with
+   * FAIR_QUEUING=false). Absent (in tests): no priority, BullMQ's plain first come, first served.
+   */
   readonly fair?: Pick<FairQueue, 'place'> | undefined;
   readonly submitter: Pick<JobSubmitter, 'submit'>;
   readonly waiter: Pick<ResultWaiter, 'register' | 'gatewayId'>;
@@ -23,14 +28,14 @@ export interface JobIntakeParts {
 /** A model's queue place for a request, taken before its body is read. */
 export interface AdmittedPlace {
   readonly place: QueuePlace;
-  /** Its priority among tenants, with fair queuing on. */
+  /** Its BullMQ priority (its band, and its place among tenants with fair queuing on). */
   readonly fair?: FairPlace | undefined;
 }
 
 /** Everything a job is made of, once the request's image passed the checks. */
 export interface NewJob extends Pick<
   Submission,
-  'model' | 'jobId' | 'requestId' | 'acceptedAt' | 'input' | 'bytes' | 'facts' | 'owner'
+  'model' | 'jobId' | 'requestId' | 'acceptedAt' | 'input' | 'bytes' | 'facts' | 'owner' | 'deadline'
 > {
   /** The place taken at admission; given back once the job is queued (or could not be). */
   readonly place?: QueuePlace | undefined;
@@ -61,17 +66,26 @@ export interface CreatedJob {
 export class JobIntake {
   constructor(private readonly parts: JobIntakeParts) {}
 
-  /** A place on `model`'s queue for a job of up to `bytes`, and its fair-queuing priority for `tenant`. */
-  async admit(model: ModelName, tenant: Tenant, bytes: number): Promise<AdmittedPlace> {
+  /** A place on `model`'s queue for a job of up to `bytes`, and its BullMQ priority for `tenant` at `priority`. */
+  async admit(model: ModelName, tenant: Tenant, bytes: number, priority: Priority = 'normal'): Promise<AdmittedPlace> {
     const queue = this.parts.queues.get(model);
     const place = await this.parts.admission.admit(queue, randomUUID(), bytes);
     if (!this.parts.fair) return { place };
     // After the reservation, which keeps the tenant's new place counted until its job is queued.
-    const fair = await this.parts.fair.place(queue, tenant, place.jobId).catch((error: unknown) => {
+    const fair = await this.parts.fair.place(queue, tenant, place.jobId, priority).catch((error: unknown) => {
       place.release();
       throw error;
     });
     return { place, fair };
+  }
+
+  /**
+   * A reply ticket for a job that already exists (a retry with its Idempotency-Key): it waits beside
+   * any other waiter of the job. No reply is published for it when the job was made elsewhere or
+   * without a waiter; the waiter's sweep reads the stored result instead.
+   */
+  follow(jobId: string): Ticket {
+    return this.parts.waiter.register(jobId);
   }
 
   async create(job: NewJob): Promise<CreatedJob> {
@@ -100,6 +114,7 @@ export class JobIntake {
         replyTo: ticket || callbackUrl ? this.parts.waiter.gatewayId : undefined,
         owner: job.owner,
         priority: job.fair?.priority,
+        deadline: job.deadline,
       });
       // A large image costs its tenant more of the workers' time: its next jobs go later.
       job.fair?.charge(job.facts.width * job.facts.height);

@@ -24,6 +24,8 @@ export interface Submission {
   readonly owner?: string | undefined;
   /** The job's BullMQ priority from fair queuing (jobs/fair-queue.ts); absent: plain FIFO. */
   readonly priority?: number | undefined;
+  /** The caller's processing deadline (epoch ms): a worker drops the job unrun after it. */
+  readonly deadline?: number | undefined;
 }
 
 /**
@@ -81,6 +83,7 @@ export function inferenceJob(submission: Submission): InferenceJob {
     ...(replyTo ? { replyTo } : {}),
     acceptedAt: submission.acceptedAt,
     model: submission.model,
+    ...(submission.deadline === undefined ? {} : { deadline: submission.deadline }),
     input: {
       ...facts,
       bytes: bytes.length,

@@ -13,6 +13,10 @@ import type { Logger } from '@conveyor/shared/logger';
  * reply can arrive early. Pub/sub itself is fire-and-forget (a reconnect can drop messages), so a
  * sweep re-reads the stored results of long waiters every `sweepMs` and right after a reconnect:
  * a completion can be delayed by at most one sweep, never lost.
+ *
+ * A job may have several waiters on one gateway (a request and its retries with the same
+ * Idempotency-Key): each is settled on its own, and one reply settles them all. A waiter for a job
+ * queued by another gateway gets no reply on this channel; the sweep finds its stored result.
  */
 export interface Ticket {
   /** Resolves with the result, or undefined when the wait ran out or was abandoned. */
@@ -27,7 +31,9 @@ interface Pending {
 }
 
 export class ResultWaiter {
-  private readonly pending = new Map<string, Pending>();
+  /** The waiters of each job, in the order they came (a Set per job id: several requests may wait for one job). */
+  private readonly pending = new Map<string, Set<Pending>>();
+  private count = 0;
   private timer: NodeJS.Timeout | undefined;
   private sweeping = false;
 
@@ -40,8 +46,9 @@ export class ResultWaiter {
     private readonly sweepMs = 1000,
   ) {}
 
+  /** Requests waiting (a job with two waiters counts twice). */
   get waiting(): number {
-    return this.pending.size;
+    return this.count;
   }
 
   async start(): Promise<void> {
@@ -59,12 +66,17 @@ export class ResultWaiter {
     const entry: Pending = {
       registeredAt: Date.now(),
       settle: (result) => {
-        if (this.pending.get(jobId) !== entry) return;
-        this.pending.delete(jobId);
+        const waiters = this.pending.get(jobId);
+        if (!waiters?.delete(entry)) return;
+        this.count -= 1;
+        if (waiters.size === 0) this.pending.delete(jobId);
         resolve(result);
       },
     };
-    this.pending.set(jobId, entry);
+    const waiters = this.pending.get(jobId);
+    if (waiters) waiters.add(entry);
+    else this.pending.set(jobId, new Set([entry]));
+    this.count += 1;
     return {
       wait: async (timeoutMs, signal) => {
         const timer = setTimeout(() => entry.settle(undefined), timeoutMs);
@@ -84,7 +96,7 @@ export class ResultWaiter {
   /** Answers every waiter with "not yet" (they reply 202; the jobs go on) and unsubscribes. */
   async close(): Promise<void> {
     clearInterval(this.timer);
-    for (const entry of [...this.pending.values()]) entry.settle(undefined);
+    for (const waiters of [...this.pending.values()]) for (const entry of [...waiters]) entry.settle(undefined);
     if (this.subscriber.status === 'ready') await this.subscriber.unsubscribe();
   }
 
@@ -96,7 +108,13 @@ export class ResultWaiter {
       this.log.warn({ err: error }, 'ignoring a malformed reply');
       return;
     }
-    this.pending.get(parsed.result.id)?.settle(parsed.result);
+    this.settleAll(parsed.result.id, parsed.result);
+  }
+
+  /** Every waiter of the job gets its result. */
+  private settleAll(jobId: string, result: JobResult): void {
+    const waiters = this.pending.get(jobId);
+    if (waiters) for (const entry of [...waiters]) entry.settle(result);
   }
 
   private async sweep(minAgeMs: number): Promise<void> {
@@ -104,12 +122,15 @@ export class ResultWaiter {
     this.sweeping = true;
     try {
       const cutoff = Date.now() - minAgeMs;
-      const ids = [...this.pending.entries()].filter(([, p]) => p.registeredAt <= cutoff).map(([id]) => id);
+      // A job is read if any of its waiters is old enough (the first registered is the oldest).
+      const ids = [...this.pending.entries()]
+        .filter(([, waiters]) => [...waiters].some((p) => p.registeredAt <= cutoff))
+        .map(([id]) => id);
       for (let i = 0; i < ids.length; i += 500) {
         const batch = ids.slice(i, i + 500);
         const results = await this.results.readResults(batch);
         results.forEach((result, j) => {
-          if (result) this.pending.get(batch[j]!)?.settle(result);
+          if (result) this.settleAll(batch[j]!, result);
         });
       }
     } catch (error) {

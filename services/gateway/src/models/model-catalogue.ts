@@ -32,6 +32,8 @@ export interface ModelStatus {
   readonly workers: number;
   /** Jobs those workers take at once, together. */
   readonly concurrency: number;
+  /** How long one job takes on them (ms, the mean of what their heartbeats report); undefined before any measured one. */
+  readonly serviceMs?: number | undefined;
   readonly ready: boolean;
   /** Live workers that were configured to serve it and refused it, with their reason. */
   readonly refused: readonly { readonly worker: string; readonly problem: string; readonly at: string }[];
@@ -103,13 +105,20 @@ export class ModelCatalogue {
 
   private async read(): Promise<CatalogueView> {
     const [workers, announced] = await Promise.all([this.fleet.liveWorkers(), this.fleet.announcements()]);
-    const serving = new Map<ModelName, { versions: Set<string>; workers: number; concurrency: number }>();
+    const serving = new Map<
+      ModelName,
+      { versions: Set<string>; workers: number; concurrency: number; serviceMs: number; measured: number }
+    >();
     for (const worker of workers) {
       for (const served of servedModels(worker)) {
-        const entry = serving.get(served.name) ?? { versions: new Set(), workers: 0, concurrency: 0 };
+        const entry = serving.get(served.name) ?? { versions: new Set(), workers: 0, concurrency: 0, serviceMs: 0, measured: 0 };
         entry.versions.add(served.model.version);
         entry.workers++;
         entry.concurrency += served.concurrency;
+        if (served.serviceMs !== undefined) {
+          entry.serviceMs += served.serviceMs;
+          entry.measured++;
+        }
         serving.set(served.name, entry);
       }
     }
@@ -140,6 +149,7 @@ export class ModelCatalogue {
         versions: live ? [...live.versions].sort() : [],
         workers: live?.workers ?? 0,
         concurrency: live?.concurrency ?? 0,
+        serviceMs: live && live.measured > 0 ? live.serviceMs / live.measured : undefined,
         ready: (live?.workers ?? 0) > 0,
         refused: refusals.get(name) ?? [],
       });

@@ -3,6 +3,7 @@ import { createDocument, type ZodOpenApiOperationObject, type ZodOpenApiResponse
 import {
   AcceptedJob,
   CallbackPayload,
+  CancellingJob,
   DriftSummary,
   CompletedJob,
   FeedbackAccepted,
@@ -20,6 +21,7 @@ import {
 } from '@conveyor/shared/contract/api.contract';
 import { ModelName } from '@conveyor/shared/contract/common.contract';
 import { problemCatalogue, problemSlugs } from '@conveyor/shared/problem';
+import { IDEMPOTENCY_KEY_PATTERN } from '../http/idempotency-key.js';
 
 /**
  * The OpenAPI 3.1 description of the gateway, generated from the zod schemas the gateway validates
@@ -61,13 +63,22 @@ function problems(...statuses: number[]): ZodOpenApiResponsesObject {
 
 /**
  * What a job's id leads to (OpenAPI links, which stateful clients and fuzzers follow): reading it,
- * its event stream, and, once it has finished, its feedback. There is no route that cancels a job.
+ * its event stream, cancelling it while it is not finished, and, once it has finished, its feedback.
  */
 function jobLinks(finished: boolean) {
   const id = { id: '$response.body#/id' };
   return {
     GetJob: { operationId: 'getJob', parameters: id, description: 'The job: its state, then its result' },
     JobEvents: { operationId: 'jobEvents', parameters: id, description: 'Its state and result as Server-Sent Events' },
+    ...(finished
+      ? {}
+      : {
+          CancelJob: {
+            operationId: 'cancelJob',
+            parameters: id,
+            description: 'Cancel it (waiting: at once; running: its result is discarded)',
+          },
+        }),
     ...(finished
       ? {
           Feedback: {
@@ -92,8 +103,23 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'RFC 7240. None: wait up to ' +
         `${options.syncWaitDefaultSeconds} s for the result (200), else 202. \`wait=<seconds>\`: wait that long (capped at ${options.syncWaitMaxSeconds} s). ` +
         '`respond-async`: 202 at once. A job is never dropped: whenever the wait runs out the answer is 202 with the place to poll. ' +
-        'The preference honoured is echoed in `Preference-Applied`.',
+        "`deadline=<seconds>`: a processing deadline, counted from the request's arrival (capped at INPUT_TTL_SECONDS): a job no worker has started by then is dropped unrun and ends `expired` " +
+        '(a waiting caller gets a 504 `/problems/deadline-exceeded`), and a deadline the queue cannot meet is refused at once (503 `/problems/deadline-unmeetable` with Retry-After). ' +
+        'A non-positive or non-numeric deadline is ignored. ' +
+        '`priority=low|normal|high` (default `normal`): every waiting job of a higher priority is served before any of a lower one ' +
+        "(tenants share each priority fairly); capped at the API key's maximum (with keys off, the server's for every address, `normal` " +
+        'unless configured): a higher ask is served at the maximum, not refused. Preferences combine with commas ' +
+        '(`respond-async, priority=low`); unknown ones are ignored. ' +
+        'The preferences honoured are echoed in `Preference-Applied`, the priority with the value applied (`priority=normal` when capped).',
       example: 'respond-async',
+    });
+  const preferenceApplied = z
+    .string()
+    .optional()
+    .meta({
+      description:
+        'RFC 7240: `respond-async` or `wait=<seconds>` as applied, then `priority=<applied>` if a priority was asked for, then `deadline=<seconds>` if one was given',
+      example: 'wait=10, priority=normal',
     });
   const callbackUrl = z
     .url()
@@ -105,6 +131,24 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'Given at most once (twice: 400). A client with CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending is refused with a 429. ' +
         "Only the status of the receiver's answer is read. Delivery state is on `GET /v1/jobs/{id}`.",
     });
+  const idempotencyKey = z
+    .string()
+    // What the gateway accepts, less the RFC 8941 parameters (accepted and ignored) and spaces around.
+    .regex(IDEMPOTENCY_KEY_PATTERN)
+    .optional()
+    .meta({
+      description:
+        'draft-ietf-httpapi-idempotency-key-header: an RFC 8941 string (quoted, printable ASCII, 1–255 characters; a UUID is a good key); ' +
+        'anything else is a 400. A retry with the same key and the same request (model, image bytes or URL, Callback-Url) within ' +
+        'IDEMPOTENCY_TTL_SECONDS gets the job the key made, never a second: 202 with the same id, or, for a caller who waits, its result ' +
+        '(`Idempotent-Replayed: true`). The same key with a different request: 422. While the first request is still being accepted: ' +
+        '409 with Retry-After. A request refused before its job exists leaves the key free. Keys are per API key (per client address when keys are off).',
+      example: '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
+    });
+  const replayed = z
+    .literal('true')
+    .optional()
+    .meta({ description: 'Present on the answer to a retry with an Idempotency-Key: the job is the one the key made' });
   const predictBody = {
     required: true,
     description: `The image (JPEG, PNG, WebP, GIF, TIFF or AVIF, recognised from its bytes; at most ${options.maxUploadBytes} bytes), or where to fetch it`,
@@ -131,7 +175,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
   const predictResponses: ZodOpenApiResponsesObject = {
     '200': {
       description: 'The job finished within the wait: its result',
-      headers: z.object({ 'Preference-Applied': z.string().optional() }),
+      headers: z.object({ 'Preference-Applied': preferenceApplied, 'Idempotent-Replayed': replayed }),
       content: json(CompletedJob),
       links: jobLinks(true),
     },
@@ -140,15 +184,22 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       headers: z.object({
         Location: z.string().meta({ description: '`/v1/jobs/<id>`' }),
         'Retry-After': retryAfter,
-        'Preference-Applied': z.string().optional(),
+        'Preference-Applied': preferenceApplied,
+        'Idempotent-Replayed': replayed,
       }),
       content: json(AcceptedJob),
       links: jobLinks(false),
     },
-    ...problems(400, 404, 408, 413, 415, 422, 500),
+    ...problems(400, 404, 408, 410, 413, 415, 422, 500, 504),
+    '409': {
+      description:
+        'Problem: `/problems/idempotency-key-in-use`: a request with the same Idempotency-Key is still being accepted (its job may yet fail to exist); ask again after Retry-After. `/problems/cancelled`: a synchronous request whose job was cancelled (DELETE /v1/jobs/{id}) while it waited',
+      headers: z.object({ 'Retry-After': retryAfter }),
+      content: problem,
+    },
     '503': {
       description:
-        'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`; with Retry-After',
+        'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`, `/problems/deadline-unmeetable` (the queue cannot finish the job within its `Prefer: deadline`); with Retry-After',
       headers: z.object({ 'Retry-After': retryAfter }),
       content: problem,
     },
@@ -165,6 +216,7 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       header: z.object({
         Prefer: prefer,
         ...(options.callbacks ? { 'Callback-Url': callbackUrl } : {}),
+        'Idempotency-Key': idempotencyKey,
         'X-Request-Id': requestId,
       }),
     },
@@ -255,6 +307,27 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
               content: json(JobStatus),
             },
             ...problems(404),
+            ...accessProblems,
+          },
+        },
+        delete: {
+          operationId: 'cancelJob',
+          summary: 'Cancel a job that has not finished',
+          description:
+            'A waiting job is cancelled at once: 200 with its final state `cancelled`, which GET, the event stream, a waiting caller (409 `/problems/cancelled`) and its callback (`job.cancelled`) are told. ' +
+            'A running job is not interrupted: 202, and when it finishes a cancelled result is kept instead of its own. ' +
+            'A finished job (completed, failed, expired) is a 409. Cancelling again answers the same. ' +
+            "With API keys, only the key that made the job (or an admin key) may cancel it; another key's job is 404.",
+          tags: ['jobs'],
+          requestParams: { path: jobId },
+          responses: {
+            '200': { description: 'Cancelled (now, or before): the job as GET answers it', content: json(JobStatus) },
+            '202': {
+              description: 'Running: its result will be discarded for a cancelled one when it finishes',
+              headers: z.object({ Location: z.string(), 'Retry-After': retryAfter }),
+              content: json(CancellingJob),
+            },
+            ...problems(404, 409),
             ...accessProblems,
           },
         },
@@ -444,7 +517,9 @@ const jobEvent = {
       description: 'The job finished: its result or error; the stream ends',
       properties: {
         event: { const: 'result' },
-        data: jsonData({ oneOf: [ref('CompletedResult'), ref('FailedResult'), ref('LostJob')] }),
+        data: jsonData({
+          oneOf: [ref('CompletedResult'), ref('FailedResult'), ref('CancelledResult'), ref('ExpiredResult'), ref('LostJob')],
+        }),
       },
       required: ['event', 'data'],
     },

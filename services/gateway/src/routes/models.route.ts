@@ -56,6 +56,7 @@ function describe(model: ModelStatus) {
     /** Live workers with the model warm, and the jobs they take at once together. */
     workers: model.workers,
     concurrency: model.concurrency,
+    ...(model.serviceMs === undefined ? {} : { serviceMs: Math.round(model.serviceMs * 100) / 100 }),
     /** Served by live workers now (two during a rolling swap). */
     versions: model.versions,
     ...(announced

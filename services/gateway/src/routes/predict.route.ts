@@ -1,19 +1,28 @@
 import { randomUUID } from 'node:crypto';
 import type Router from '@koa/router';
 import type { CallbackState } from '@conveyor/shared/contract/api.contract';
+import type { JobResult } from '@conveyor/shared/contract/jobs.contract';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { Access } from '../access/access.middleware.js';
 import type { GatewayConfig } from '../config.js';
 import { clientOf } from '../http/client-identity.js';
 import type { GatewayContext, GatewayState } from '../http/context.js';
+import { idempotencyKey } from '../http/idempotency-key.js';
 import type { HttpMetrics, PredictMode } from '../http/metrics.js';
-import { parsePrefer } from '../http/prefer.js';
+import { appliedWith, parsePrefer } from '../http/prefer.js';
+import { capPriority } from '../http/priority.js';
+import { parseDeadline } from '../http/deadline.js';
+import { checkDeadline } from '../jobs/deadline-admission.js';
+import type { JobCanceller } from '../jobs/job-canceller.js';
 import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
-import { inspectImage } from '../intake/inspect-image.js';
-import { MULTIPART_SLACK, predictBodyParser, readPredictInput } from '../intake/read-input.js';
+import { inspectImage, type ImageFacts } from '../intake/inspect-image.js';
+import { MULTIPART_SLACK, predictBodyParser, readPredictInput, type PredictInput } from '../intake/read-input.js';
 import { uploadGuard, type UploadBudget } from '../intake/upload-guard.js';
+import { requestFingerprint, type IdempotencyLease, type IdempotencyStore } from '../jobs/idempotency.js';
 import type { AdmittedPlace, CreatedJob, JobIntake } from '../jobs/job-intake.js';
+import type { JobLookup } from '../jobs/job-lookup.js';
+import type { Ticket } from '../jobs/result-waiter.js';
 import type { ModelCatalogue, ModelStatus } from '../models/model-catalogue.js';
 
 export interface PredictDeps {
@@ -29,16 +38,28 @@ export interface PredictDeps {
     | 'SYNC_WAIT_MAX_SECONDS'
     | 'DEFAULT_MODEL'
     | 'NO_WORKER_POLICY'
+    | 'DEADLINE_ADMISSION'
+    | 'INPUT_TTL_SECONDS'
   >;
   readonly catalogue: Pick<ModelCatalogue, 'resolve' | 'known'>;
   /** Where a job comes to exist: its queue place, then the job with its reply ticket and callback. */
-  readonly intake: Pick<JobIntake, 'admit' | 'create'>;
+  readonly intake: Pick<JobIntake, 'admit' | 'create' | 'follow'>;
+  /** Idempotency-Key records: which job a key made (jobs/idempotency.ts). */
+  readonly idempotency: Pick<IdempotencyStore, 'claim'>;
+  /** Where a replayed request finds the job its key made. */
+  readonly lookup: Pick<JobLookup, 'find'>;
+  /** A job's callback state, shown again to a replayed asynchronous request. */
+  readonly callbacks: { state(jobId: string): Promise<CallbackState | undefined> };
   readonly fetchImage: ImageFetcher;
   readonly metrics: HttpMetrics;
   readonly uploadBudget: UploadBudget;
   readonly access: Access;
   /** Reads a request's Callback-Url (refused when callbacks are off). */
   readonly callbackUrl: (values: readonly string[] | undefined) => URL | undefined;
+  /** Jobs waiting in a model's queue now (deadline admission's estimate). */
+  readonly queueWaiting: (model: string) => Promise<number>;
+  /** Cancels the job of a synchronous caller that hung up, if it still waits. */
+  readonly canceller: Pick<JobCanceller, 'abandon'>;
 }
 
 /**
@@ -50,6 +71,12 @@ export interface PredictDeps {
  * Before any of the body is read: an unknown model is a 404; a model no live worker serves is a
  * 503 no-worker with Retry-After for a caller who would wait (a sync wait would only run out), and
  * for an asynchronous caller too with NO_WORKER_POLICY=refuse (else the job waits for a worker).
+ *
+ * With an Idempotency-Key (docs/idempotency.md), the key is claimed once the body is read and
+ * before a URL is fetched: a retry of the same request gets the job the key made (202 with its id,
+ * or, for a caller who waits, its result), never a second job; a different request is a 422; a
+ * retry while the first is still being accepted is a 409 with Retry-After. A request that fails
+ * before its job exists frees the key.
  *
  * HTTP only: what makes the job (its ticket, its callback, the queue, and undoing them) is JobIntake's.
  */
@@ -65,22 +92,35 @@ export function registerPredictRoute(router: Router<GatewayState>, deps: Predict
   const handler = (ctx: GatewayContext) => predict(ctx, deps);
   const defaultModel = () => config.DEFAULT_MODEL;
   const named = (ctx: GatewayContext) => (ctx as { params?: Record<string, string> }).params?.name ?? '';
-  router.post('/v1/predict', allowed, admit(deps, defaultModel), guard, parse, handler);
-  router.post('/predict', allowed, admit(deps, defaultModel), guard, parse, handler);
-  router.post('/v1/models/:name/predict', allowed, admit(deps, named), guard, parse, handler);
+  const key = idempotencyKey();
+  router.post('/v1/predict', allowed, key, admit(deps, defaultModel), guard, parse, handler);
+  router.post('/predict', allowed, key, admit(deps, defaultModel), guard, parse, handler);
+  router.post('/v1/models/:name/predict', allowed, key, admit(deps, named), guard, parse, handler);
 }
 
 /** Reads and inspects the image, has the job made, and answers: the result, a problem, or a 202. */
 async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   const { config } = deps;
   const acceptedAt = Date.now();
-  const { input, bytes, facts, callbackUrl } = await readImage(ctx, deps);
   const prefer = parsePrefer(ctx.get('prefer'), config.SYNC_WAIT_DEFAULT_SECONDS, config.SYNC_WAIT_MAX_SECONDS);
   // Chosen at admission, which reserved the place under it; named in answers once the job exists.
   const jobId = ctx.state.reservation?.jobId ?? randomUUID();
+  const waits = !(prefer.respondAsync || prefer.waitSeconds === 0);
+  const read = await readImage(ctx, deps, jobId);
+  ctx.set('Preference-Applied', prefer.applied);
+  if (read.kind === 'replay') {
+    // Neither the bytes nor the queue place are needed: the job the key made has its own. Given back
+    // now, not when a sync replay's wait ends (admission would count a job that never comes).
+    ctx.state.upload?.release();
+    ctx.state.reservation?.release();
+    return replay(ctx, deps, read.jobId, waits, prefer.waitSeconds);
+  }
+  const { input, bytes, facts, callbackUrl, lease } = read;
   ctx.state.jobId = jobId;
   ctx.state.log = ctx.state.log.child({ jobId });
-  ctx.set('Preference-Applied', prefer.applied);
+  const deadline = ctx.state.deadline;
+  const applied = appliedWith(prefer, ctx.state.priority ?? 'normal');
+  ctx.set('Preference-Applied', deadline ? `${applied}, deadline=${deadline.seconds}` : applied);
   let job: CreatedJob;
   try {
     job = await deps.intake.create({
@@ -97,48 +137,177 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
       // Whose share of pending callbacks this one counts against.
       client: clientOf(ctx),
       callbackUrl,
-      waits: !(prefer.respondAsync || prefer.waitSeconds === 0),
+      waits,
+      deadline: deadline?.at,
     });
+  } catch (error) {
+    await freeKey(ctx, lease);
+    throw error;
   } finally {
     // The upload budget is given back: the bytes are in Redis now, or nowhere.
     ctx.state.upload?.release();
   }
   ctx.state.log.debug({ format: facts.format, width: facts.width, height: facts.height, bytes: bytes.length }, 'job queued');
+  // Before answering: a retry that comes after this answer must find the job.
+  if (lease) await keepKey(ctx, lease);
   if (!job.ticket) return accepted(ctx, jobId, deps, job.callback);
+  // Nobody else may want the job of a caller that hangs up when it has no callback and no
+  // Idempotency-Key (a retry with the key would find it): it is then cancelled if it still waits.
+  const abandonable = !callbackUrl && !lease;
+  return answerWhenDone(ctx, deps, jobId, job.ticket, prefer.waitSeconds, job.callback, abandonable);
+}
 
-  // A client that hangs up stops the wait, not the job.
+/** Waits for the job's result within the caller's wait: the result (or its problem), else a 202. */
+async function answerWhenDone(
+  ctx: GatewayContext,
+  deps: PredictDeps,
+  jobId: string,
+  ticket: Ticket,
+  waitSeconds: number,
+  callback: CallbackState | undefined,
+  abandonable: boolean,
+): Promise<void> {
+  // A client that hangs up stops the wait; the job goes on unless `abandonable` (then it is cancelled
+  // if no worker took it yet, so it costs no worker time).
   const gone = new AbortController();
   const onClose = () => {
     if (!ctx.res.writableEnded) gone.abort();
   };
   ctx.res.once('close', onClose);
-  const result = await job.ticket.wait(prefer.waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
-  if (!result) return accepted(ctx, jobId, deps, job.callback);
+  // A caller that hung up while its job was being made closed before anyone listened.
+  if (ctx.req.socket.destroyed) onClose();
+  if (gone.signal.aborted) ticket.cancel();
+  const result = gone.signal.aborted
+    ? undefined
+    : await ticket.wait(waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
+  if (!result && gone.signal.aborted && abandonable) return abandoned(ctx, deps, jobId);
+  if (!result) return accepted(ctx, jobId, deps, callback);
+  answerResult(ctx, deps, result);
+}
+
+function answerResult(ctx: GatewayContext, deps: PredictDeps, result: JobResult): void {
   if (result.status === 'completed') {
     deps.metrics.outcomes.inc({ outcome: 'completed' });
     ctx.status = 200;
     ctx.body = result;
     return;
   }
+  // Cancelled (DELETE) or expired (its deadline passed before a worker took it) answer with their problem too.
   deps.metrics.outcomes.inc({ outcome: 'failed' });
   sendProblem(ctx, new ProblemError(result.error.slug, result.error.detail));
 }
 
-/** The request's image (read, or fetched from its URL) and what inspecting it found; a refusal is counted. */
-async function readImage(ctx: GatewayContext, deps: PredictDeps) {
+/**
+ * A retry of a request whose Idempotency-Key made job `jobId`: answered as that request was, from
+ * the job as it is now. An asynchronous caller gets the 202 (same id, Location, callback state); a
+ * caller who waits gets the stored result, or waits for it beside the first request (on the gateway
+ * that made the job the reply wakes both; on another, the waiter's sweep finds the stored result).
+ * Either way no job, inference or callback is added.
+ */
+async function replay(ctx: GatewayContext, deps: PredictDeps, jobId: string, waits: boolean, waitSeconds: number): Promise<void> {
+  ctx.state.jobId = jobId;
+  ctx.state.log = ctx.state.log.child({ jobId });
+  ctx.set('Idempotent-Replayed', 'true');
+  // Registered before the job is looked up: a result stored after the look-up still reaches it.
+  const ticket = waits ? deps.intake.follow(jobId) : undefined;
+  let answered = false;
+  try {
+    const [view, callback] = await Promise.all([deps.lookup.find(jobId), deps.callbacks.state(jobId)]);
+    ctx.state.log.debug({ found: view?.kind }, 'replaying the job of an Idempotency-Key');
+    if (!view) {
+      throw new ProblemError(
+        'idempotency-job-expired',
+        `The job ${jobId} this Idempotency-Key made is finished and its result no longer kept; send the request with a new key to run it again`,
+      );
+    }
+    if (!ticket) return accepted(ctx, jobId, deps, callback);
+    if (view.kind === 'finished') return answerResult(ctx, deps, view.result);
+    // Failed without a result record: what the first request's wait would have ended in; the poll says why.
+    if (view.kind === 'lost') return accepted(ctx, jobId, deps, callback);
+    answered = true;
+    // Never abandoned: the job is the first request's, whoever else waits for it.
+    return await answerWhenDone(ctx, deps, jobId, ticket, waitSeconds, callback, false);
+  } finally {
+    if (!answered) ticket?.cancel();
+  }
+}
+
+/** The key names the job now; a failure to record that leaves the job made all the same. */
+async function keepKey(ctx: GatewayContext, lease: IdempotencyLease): Promise<void> {
+  try {
+    if (!(await lease.confirm())) {
+      ctx.state.log.warn('the Idempotency-Key was claimed again before its job was made: a retry may have made a second job');
+    }
+  } catch (error) {
+    // The lease lapses by itself; until then retries are told to wait (409), after it they make a new job.
+    ctx.state.log.warn({ err: error }, 'could not record the job of an Idempotency-Key');
+  }
+}
+
+/** No job was made: the key is free again for the caller's next attempt (else its lease lapses). */
+async function freeKey(ctx: GatewayContext, lease: IdempotencyLease | undefined): Promise<void> {
+  await lease?.release().catch((error: unknown) => {
+    ctx.state.log.warn({ err: error }, 'could not free an Idempotency-Key; it is freed when its lease lapses');
+  });
+}
+
+type ReadImage =
+  | {
+      readonly kind: 'image';
+      readonly input: PredictInput;
+      readonly bytes: Buffer;
+      readonly facts: ImageFacts;
+      readonly callbackUrl: URL | undefined;
+      /** The Idempotency-Key this request holds while its job is made. */
+      readonly lease: IdempotencyLease | undefined;
+    }
+  | { readonly kind: 'replay'; readonly jobId: string };
+
+/**
+ * The request's image (read, or fetched from its URL) and what inspecting it found; a refusal is
+ * counted. With an Idempotency-Key, the key is claimed between reading the request and fetching
+ * a URL, so a retry fetches nothing; a refused image gives the key back.
+ */
+async function readImage(ctx: GatewayContext, deps: PredictDeps, jobId: string): Promise<ReadImage> {
   const { config } = deps;
+  let lease: IdempotencyLease | undefined;
   try {
     // Every line of the header: Node would join two into one "a, b" value.
     const callbackUrl = deps.callbackUrl(ctx.req.headersDistinct['callback-url']);
     const input = readPredictInput(ctx);
+    const key = ctx.state.idempotencyKey;
+    if (key !== undefined) {
+      const fingerprint = requestFingerprint({ model: ctx.state.model!, input, callbackUrl });
+      const claim = await deps.idempotency.claim(clientOf(ctx), key, fingerprint, jobId);
+      switch (claim.kind) {
+        case 'replay':
+          return claim;
+        case 'mismatch':
+          throw new ProblemError(
+            'idempotency-key-reused',
+            'This Idempotency-Key was used for a different request (another image, URL, model or Callback-Url); use a new key for a new request',
+          );
+        case 'in-flight':
+          throw new ProblemError(
+            'idempotency-key-in-use',
+            'A request with this Idempotency-Key is still being accepted; retry shortly',
+            {
+              retryAfterSeconds: 1,
+            },
+          );
+        case 'claimed':
+          lease = claim.lease;
+      }
+    }
     const bytes = input.kind === 'url' ? await deps.fetchImage(input.url) : input.bytes;
     const facts = await inspectImage(bytes, {
       maxPixels: config.MAX_IMAGE_PIXELS,
       maxSide: config.MAX_IMAGE_SIDE,
       maxAspectRatio: config.MAX_ASPECT_RATIO,
     });
-    return { input, bytes, facts, callbackUrl };
+    return { kind: 'image', input, bytes, facts, callbackUrl, lease };
   } catch (error) {
+    await freeKey(ctx, lease);
     deps.metrics.outcomes.inc({ outcome: 'rejected' });
     throw error;
   }
@@ -156,11 +325,27 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       const model = await routable(deps, modelOf(ctx), mode, config.NO_WORKER_POLICY);
       // Known to exist from here on: only now may its name become a metric label.
       ctx.state.model = model.name;
+      // Counted from here, the request's arrival at admission; a job cannot wait longer than its image lives.
+      const seconds = parseDeadline(ctx.get('prefer'), config.INPUT_TTL_SECONDS);
+      if (seconds !== undefined) {
+        ctx.state.deadline = { at: Date.now() + Math.ceil(seconds * 1000), seconds };
+        if (config.DEADLINE_ADMISSION) {
+          const figures = {
+            waiting: await deps.queueWaiting(model.name),
+            concurrency: model.concurrency,
+            serviceMs: model.serviceMs,
+          };
+          checkDeadline(figures, seconds * 1000, model.name);
+        }
+      }
       const declared = Number(ctx.get('content-length') || NaN);
       // A URL's image is not in the body: it may be as large as an upload.
       const bytes = Number.isFinite(declared) && !ctx.is('json') ? declared : config.MAX_UPLOAD_BYTES;
-      const tenant = ctx.state.tenant ?? { id: clientOf(ctx), weight: 1 };
-      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES));
+      const tenant = ctx.state.tenant ?? { id: clientOf(ctx), weight: 1, maxPriority: 'normal' };
+      // Asking above the tenant's maximum is not refused: the job goes at the maximum, and Preference-Applied says so.
+      const priority = capPriority(prefer.priority ?? 'normal', tenant.maxPriority);
+      ctx.state.priority = priority;
+      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES), priority);
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
@@ -197,6 +382,18 @@ async function routable(
     });
   }
   return model;
+}
+
+/** The caller hung up: its job is cancelled unless a worker has it already (nobody reads this answer). */
+async function abandoned(ctx: GatewayContext, deps: PredictDeps, jobId: string): Promise<void> {
+  const outcome = await deps.canceller.abandon(jobId, ctx.state.model!).catch((error: unknown) => {
+    ctx.state.log.warn({ err: error }, 'could not cancel the job of a caller that hung up; it runs');
+    return 'failed' as const;
+  });
+  ctx.state.log.info({ outcome }, 'the caller hung up before its result');
+  deps.metrics.outcomes.inc({ outcome: outcome === 'cancelled' ? 'cancelled' : 'accepted' });
+  // nginx's 499, client closed request: for the access log and the metrics, the caller never sees it.
+  ctx.status = 499;
 }
 
 function accepted(ctx: GatewayContext, jobId: string, deps: PredictDeps, callback: CallbackState | undefined): void {

@@ -13,7 +13,15 @@ import type { ModelRef } from '@conveyor/shared/contract/common.contract';
  * appears on one info gauge only, so a promotion adds one series rather than a histogram's worth per
  * stage. Join on `instance` and `model` to split a histogram by the version a worker serves.
  */
-export const JOB_OUTCOMES = ['completed', 'failed_permanent', 'failed_transient', 'not_published', 'handed_back'] as const;
+export const JOB_OUTCOMES = [
+  'completed',
+  'failed_permanent',
+  'failed_transient',
+  'not_published',
+  'handed_back',
+  'expired',
+  'cancelled',
+] as const;
 export type JobOutcome = (typeof JOB_OUTCOMES)[number];
 
 /**
@@ -70,7 +78,7 @@ export class WorkerMetrics {
   );
   private readonly jobs = new Counter({
     name: 'conveyor_worker_jobs_total',
-    help: 'Job attempts by model and outcome: completed; failed_permanent (bad input, not retried); failed_transient (retried, or recorded as inference-failed on the last attempt); not_published (another attempt finished the job or holds it); handed_back (to the queue during a shutdown)',
+    help: 'Job attempts by model and outcome: completed; failed_permanent (bad input, not retried); failed_transient (retried, or recorded as inference-failed on the last attempt); not_published (another attempt finished the job or holds it); handed_back (to the queue during a shutdown); expired (its deadline had passed: dropped before decoding, not run); cancelled (cancelled while it ran: its result discarded)',
     labelNames: ['model', 'outcome'] as const,
     registers: [this.registry],
   });

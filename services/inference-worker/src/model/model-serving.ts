@@ -117,7 +117,13 @@ export class ModelServing {
   served(): ServedModel | undefined {
     const ref = this.host.ref;
     if (!ref || !this.worker || this.closed) return undefined;
-    return { name: this.plan.name, model: ref, concurrency: this.plan.concurrency };
+    const serviceMs = this.counts.serviceMs;
+    return {
+      name: this.plan.name,
+      model: ref,
+      concurrency: this.plan.concurrency,
+      ...(serviceMs === undefined ? {} : { serviceMs: Math.round(serviceMs * 100) / 100 }),
+    };
   }
 
   announcement(): ModelAnnouncement | undefined {
