@@ -149,19 +149,19 @@ async function run(mode: Mode) {
         { workers?: unknown[] } | undefined;
       return (ready?.workers?.length ?? 0) >= 2;
     });
-    let measuring = true;
+    const phase = { measuring: true };
     let depth = await waiting();
     let smallest = depth;
     const topUp = Promise.all([
       (async () => {
-        while (measuring) {
+        while (phase.measuring) {
           depth = await waiting();
           smallest = Math.min(smallest, depth);
           await sleep(100);
         }
       })(),
       ...Array.from({ length: 16 }, async () => {
-        while (measuring) {
+        while (phase.measuring) {
           if (depth >= BACKLOG) await sleep(50);
           else {
             depth++;
@@ -176,7 +176,7 @@ async function run(mode: Mode) {
       await sleep(1000 / RATE);
     }
     const samples = await Promise.all(answers);
-    measuring = false;
+    phase.measuring = false;
     await topUp;
     backfill.close();
     interactive.close();

@@ -107,10 +107,12 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
   });
 
   after(async () => {
-    await Promise.allSettled([gateway?.stop(), strict?.stop(), worker?.stop()]);
-    await queue?.close();
-    await redis?.quit();
-    await receiver?.close();
+    // Whatever `before` got to start (it may have failed half-way).
+    const services = [gateway, strict, worker] as ({ stop(): Promise<unknown> } | undefined)[];
+    await Promise.allSettled(services.filter((s) => s !== undefined).map((s) => s.stop()));
+    const closing = [queue, receiver] as ({ close(): Promise<unknown> } | undefined)[];
+    await Promise.allSettled(closing.filter((c) => c !== undefined).map((c) => c.close()));
+    await (redis as Redis | undefined)?.quit();
     rmSync(tmp, { recursive: true, force: true });
     sharp.unblock({ operation: ['VipsForeignLoad'] });
   });

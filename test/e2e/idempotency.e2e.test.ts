@@ -84,11 +84,14 @@ describe('idempotent submits (Idempotency-Key)', function () {
   });
 
   after(async () => {
-    await Promise.allSettled([a?.stop(), b?.stop(), keyed?.stop(), worker?.stop()]);
-    await queue?.resume().catch(() => undefined);
-    await queue?.obliterate({ force: true }).catch(() => undefined);
-    await Promise.allSettled([queue?.close(), receiver?.close(), images?.close()]);
-    await redis?.quit();
+    // Whatever `before` got to start (it may have failed half-way).
+    const services = [a, b, keyed, worker] as ({ stop(): Promise<unknown> } | undefined)[];
+    await Promise.allSettled(services.filter((s) => s !== undefined).map((s) => s.stop()));
+    await (queue as Queue | undefined)?.resume().catch(() => undefined);
+    await (queue as Queue | undefined)?.obliterate({ force: true }).catch(() => undefined);
+    const closing = [queue, receiver, images] as ({ close(): Promise<unknown> } | undefined)[];
+    await Promise.allSettled(closing.filter((c) => c !== undefined).map((c) => c.close()));
+    await (redis as Redis | undefined)?.quit();
     // A worker restricts sharp's decoders process-wide (shared/src/model/decoders.ts); later suites in
     // this process render SVG (see in-process.e2e.test.ts).
     sharp.unblock({ operation: ['VipsForeignLoad'] });

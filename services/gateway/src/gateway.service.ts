@@ -4,7 +4,7 @@ import type Koa from 'koa';
 import os from 'node:os';
 import { JobStore } from '@conveyor/shared/contract/job-store';
 import { FleetStore } from '@conveyor/shared/contract/fleet-store';
-import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { redisKeys, type RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import { stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
 import { closeRedis, createBullConnection, createRedis, waitForReady, type Redis } from '@conveyor/shared/redis';
@@ -135,15 +135,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const { callbacks, callbackConnection } = startCallbacks(config, redis, subscriber, jobs, gatewayId, log);
 
   const eventStreams = new OpenStreams();
-  // Every known model's queue: a job of any model can be polled, or cancelled.
-  const knownQueues = async () => {
-    await catalogue.current();
-    return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
-  };
-  const canceller = new JobCanceller(knownQueues, jobs, {
-    gatewayId,
-    markTtlSeconds: config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
-  });
+  const { lookup, canceller } = jobAccess(config, catalogue, queues, jobs, gatewayId);
   const app = createApp({
     ...(board ? { dashboard: board.middleware } : {}),
     config,
@@ -167,16 +159,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     trustProxyHops: config.TRUST_PROXY_HOPS,
     corsOrigins: config.CORS_ORIGINS,
     monitorUrl: config.MONITOR_URL,
-    lookup: new JobLookup(knownQueues, jobs),
+    lookup,
     canceller,
     intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
     callbackUrl: (values) => callbacks.parse(values),
-    idempotency: new IdempotencyStore(redis, keys, {
-      ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS,
-      // Outlasts the longest step of making a job (a URL fetch) with room for a slow Redis.
-      leaseMs: config.URL_TOTAL_TIMEOUT_MS + 30_000,
-      keysPerClient: config.IDEMPOTENCY_KEYS_PER_CLIENT,
-    }),
+    idempotency: idempotencyStore(config, redis, keys),
     queueWaiting: (model) => admission.waiting(queues.get(model)),
     fetchImage: imageFetcher(config),
   });
@@ -199,6 +186,31 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const port = await listen(server, config);
   log.info({ port, host: config.HOST, gatewayId }, 'gateway listening');
   return { stop, port, gatewayId };
+}
+
+/** A job of any known model, found (polls) or cancelled: both search every known model's queue. */
+function jobAccess(config: GatewayConfig, catalogue: ModelCatalogue, queues: ModelQueues, jobs: JobStore, gatewayId: string) {
+  const knownQueues = async () => {
+    await catalogue.current();
+    return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
+  };
+  return {
+    lookup: new JobLookup(knownQueues, jobs),
+    canceller: new JobCanceller(knownQueues, jobs, {
+      gatewayId,
+      markTtlSeconds: config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
+    }),
+  };
+}
+
+/** The Idempotency-Key records (jobs/idempotency.ts), within each client's share. */
+function idempotencyStore(config: GatewayConfig, redis: Redis, keys: RedisKeys): IdempotencyStore {
+  return new IdempotencyStore(redis, keys, {
+    ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS,
+    // Outlasts the longest step of making a job (a URL fetch) with room for a slow Redis.
+    leaseMs: config.URL_TOTAL_TIMEOUT_MS + 30_000,
+    keysPerClient: config.IDEMPOTENCY_KEYS_PER_CLIENT,
+  });
 }
 
 /** The HTTP server, with the timeouts that bound slow and silent clients, counted by the connection guard. */

@@ -2,7 +2,7 @@ import { QUEUES } from './jobs.contract.js';
 import { STREAMS } from './events.contract.js';
 
 /**
- * Redis keys other than BullMQ's own, all under the deployment prefix: one function, so every key
+ * Redis keys other than BullMQ's own, all under the deployment prefix: one file, so every key
  * family is declared once and each has one owner (job-store.ts, fleet-store.ts, the gateway's
  * admission, callbacks and API keys).
  *
@@ -10,6 +10,12 @@ import { STREAMS } from './events.contract.js';
  * during a rolling deploy.
  */
 export function redisKeys(prefix: string) {
+  return { ...jobKeys(prefix), ...gatewayKeys(prefix), ...fleetKeys(prefix), ...streamKeys(prefix) };
+}
+export type RedisKeys = ReturnType<typeof redisKeys>;
+
+/** One job's keys (JobStore owns them; the gateway's JobCanceller marks a cancellation; BullMQ's lock is read). */
+function jobKeys(prefix: string) {
   return {
     /** The uploaded image bytes of a job, stored as a binary string (not base64 inside job JSON). */
     input: (jobId: string) => `${prefix}:input:${jobId}`,
@@ -24,6 +30,28 @@ export function redisKeys(prefix: string) {
      * commit on, exactly as long as the result.
      */
     owner: (jobId: string) => `${prefix}:owner:${jobId}`,
+    /**
+     * Marks a job cancelled while a worker may hold it (`DELETE /v1/jobs/{id}`): the job's commit
+     * (JobStore.commit) then keeps a cancelled result instead of the worker's. Set only while the job
+     * has no result; deleted by the commit; expires with the job's longest life otherwise.
+     */
+    cancelled: (jobId: string) => `${prefix}:cancelled:${jobId}`,
+    /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
+    feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
+    /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
+    replies: (gatewayId: string) => `${prefix}:replies:${gatewayId}`,
+    /**
+     * BullMQ's own lock of an active job (bullmq 6: `<prefix>:<queue>:<id>:lock`, holding the
+     * processing attempt's token). A worker commits a result only while its attempt holds it;
+     * `workers.e2e.test.ts` checks the name against a running BullMQ.
+     */
+    jobLock: (queue: string, jobId: string) => `${prefix}:${queue}:${jobId}:lock`,
+  };
+}
+
+/** What the gateways hold per client and per queue: callbacks, Idempotency-Keys, admission, fair queuing, API keys. */
+function gatewayKeys(prefix: string) {
+  return {
     /**
      * Sorted set of the callbacks a client has pending (gateway callbacks): member the job id, score
      * the time (ms) its delivery gives up at the latest, so a delivery that never settles stops
@@ -43,22 +71,6 @@ export function redisKeys(prefix: string) {
      * oldest are forgotten.
      */
     idempotencyIndex: (client: string) => `${prefix}:idempotency-index:${client}`,
-    /**
-     * Marks a job cancelled while a worker may hold it (`DELETE /v1/jobs/{id}`): the job's commit
-     * (JobStore.commit) then keeps a cancelled result instead of the worker's. Set only while the job
-     * has no result; deleted by the commit; expires with the job's longest life otherwise.
-     */
-    cancelled: (jobId: string) => `${prefix}:cancelled:${jobId}`,
-    /** Marks that ground truth was recorded for a job (feedback is accepted once per job). */
-    feedback: (jobId: string) => `${prefix}:feedback:${jobId}`,
-    /** Pub/sub channel on which workers announce finished jobs to the gateway instance waiting for them. */
-    replies: (gatewayId: string) => `${prefix}:replies:${gatewayId}`,
-    /**
-     * BullMQ's own lock of an active job (bullmq 6: `<prefix>:<queue>:<id>:lock`, holding the
-     * processing attempt's token). A worker commits a result only while its attempt holds it;
-     * `workers.e2e.test.ts` checks the name against a running BullMQ.
-     */
-    jobLock: (queue: string, jobId: string) => `${prefix}:${queue}:${jobId}:lock`,
     /**
      * Sorted set of places in a queue reserved by requests whose job is not queued yet (gateway
      * admission): member the job id the request will use, score the time (ms) the place lapses. The
@@ -92,6 +104,12 @@ export function redisKeys(prefix: string) {
     queuedBytes: `${prefix}:admission:queued-images:bytes`,
     /** Hash of API keys: id → JSON { name, sha256 of the key, scopes, createdAt } (never the key itself). */
     apiKeys: `${prefix}:api-keys`,
+  };
+}
+
+/** The worker fleet (FleetStore owns them): heartbeats, announcements, the models' labels. */
+function fleetKeys(prefix: string) {
+  return {
     /** Hash `name@version` → JSON array of the model's labels, written by the workers serving it. */
     modelLabels: `${prefix}:model-labels`,
     /**
@@ -104,9 +122,14 @@ export function redisKeys(prefix: string) {
     workers: `${prefix}:workers`,
     /** Heartbeat details of one worker, JSON, with a TTL. */
     worker: (workerId: string) => `${prefix}:worker:${workerId}`,
+  };
+}
+
+/** The event streams (predictions, feedback, alerts). */
+function streamKeys(prefix: string) {
+  return {
     predictions: `${prefix}:${STREAMS.predictions}`,
     feedbackStream: `${prefix}:${STREAMS.feedback}`,
     alerts: `${prefix}:${STREAMS.alerts}`,
   };
 }
-export type RedisKeys = ReturnType<typeof redisKeys>;
