@@ -8,8 +8,9 @@ import { ensureModerationModel, readPhoto } from '../../scripts/models/moderatio
 import { ROOT } from '../../harness/service-process.js';
 import { startCallbackReceiver, type CallbackReceiver } from '../support/callback-receiver.js';
 import { request } from '../support/http.js';
-import { randomPrefix } from '../support/redis.js';
-import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { randomPrefix, testRedisUrl } from '../support/redis.js';
+import { freePort } from '../../harness/free-port.js';
+import { MAKE_RUN, runScript, type RunScript } from '../support/run-script.js';
 import { startUrlServer, type UrlServer } from '../support/url-server.js';
 import { until } from '../support/wait.js';
 
@@ -17,11 +18,12 @@ const sh = promisify(exec);
 
 /**
  * Examples that run: every shell command of the README's "Quick start" and of the docs pages
- * "Getting started" and "API", taken from the Markdown itself, is run with bash against a real
- * system (gateway, a worker serving both models, Redis), so the docs cannot drift from the code.
+ * "Getting started" and "API", taken from the Markdown itself, is run with bash against `make run`
+ * itself (its build, then the gateway, a worker serving both models, the monitor, on the test's
+ * Redis), so the docs cannot drift from the code or from what a newcomer starts.
  * Only these blocks are not run, each for its reason (the test fails if the list no longer matches
- * the pages): the ones starting the system (`make run`, `make test`: this test is that system, and
- * part of that suite) and "With containers" (Docker; `make compose-smoke` runs its scaling commands).
+ * the pages): the ones starting the system (`make run`: this test runs it, with the Quick start's
+ * settings on ports of its own; `make test`: this test is part of it) and "With containers" (Docker; `make compose-smoke` runs its scaling commands).
  * The addresses are the README's, rewritten to the ones of this run: the gateway for
  * localhost:8080, a local image server for the URL example's 127.0.0.1:8000 (allowed with
  * URL_ALLOW_CIDRS as the README says), a local receiver for the callback URL, and one of
@@ -72,8 +74,8 @@ function commandsOf(lines: string[]): string[] {
 describe('README examples run against a real system', function () {
   this.timeout(600_000);
   const prefix = randomPrefix('readme');
-  let gateway: Gateway;
-  let worker: Awaited<ReturnType<typeof startWorker>>;
+  let run: RunScript;
+  let gateway: { url: string };
   let images: UrlServer;
   let receiver: CallbackReceiver;
   let dir: string;
@@ -93,25 +95,40 @@ describe('README examples run against a real system', function () {
       '/seven.png': { type: 'image/png', body: readFileSync(path.join(ROOT, 'docs/examples/seven.png')) },
     });
     receiver = await startCallbackReceiver();
-    [gateway, worker] = await Promise.all([
-      startGateway(prefix, {
+    const [port, monitorPort] = [await freePort(), await freePort()];
+    gateway = { url: `http://127.0.0.1:${port}` };
+    // What the README's Quick start sets for the examples that need it, on ports of this run.
+    run = runScript(
+      {
+        PORT: String(port),
+        MONITOR_PORT: String(monitorPort),
+        METRICS_PORT: '0',
+        REDIS_URL: testRedisUrl(),
+        REDIS_PREFIX: prefix,
+        MODELS: 'digits,moderation',
         URL_ALLOW_CIDRS: '127.0.0.1/32',
         CALLBACK_SECRET: `whsec_${Buffer.alloc(32, 7).toString('base64')}`,
-        MODELS: 'digits,moderation',
-      }),
-      startWorker(prefix, { MODELS: 'digits,moderation' }),
-    ]);
-    await until('both models ready', async () =>
-      (await Promise.all(['digits', 'moderation'].map((m) => request(`${gateway.url}/v2/models/${m}/ready`)))).every(
-        (r) => r.status === 200,
-      ),
+      },
+      MAKE_RUN,
+    );
+    // `make run` builds first (a minute or two on a clean clone), then starts everything.
+    await until(
+      'both models ready behind make run',
+      async () => {
+        if (run.child.exitCode !== null) throw new Error(`make run exited with ${run.child.exitCode}:\n${run.stderr.join('\n')}`);
+        const ready = await Promise.all(
+          ['digits', 'moderation'].map((m) => request(`${gateway.url}/v2/models/${m}/ready`).catch(() => undefined)),
+        );
+        return ready.every((r) => r?.status === 200) || undefined;
+      },
+      300_000,
     );
   });
   afterEach(function () {
-    dumpLogsOnFailure(this, gateway, worker);
+    if (this.currentTest?.state === 'failed') console.log(`--- last lines of make run ---\n${run.stdout.slice(-30).join('\n')}`);
   });
   after(async () => {
-    await stopAll(gateway, worker);
+    await run.stop();
     await Promise.all([images.close(), receiver.close()]);
     rmSync(dir, { recursive: true, force: true });
   });

@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -7,8 +6,8 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { freePort } from '../../harness/free-port.js';
 import { startRedis, type LocalRedis } from '../../harness/redis-server.js';
-import { ROOT } from '../../harness/service-process.js';
 import { randomPrefix, testRedisUrl } from '../support/redis.js';
+import { runScript, type RunScript } from '../support/run-script.js';
 
 /**
  * `make run` (scripts/run.ts) and the Redis it uses: a port someone else already listens on (a
@@ -17,78 +16,6 @@ import { randomPrefix, testRedisUrl } from '../support/redis.js';
  * it, with the built services (`npm run build`); where it gets as far as starting them, it is
  * stopped after its first line, and every process it started is stopped too.
  */
-interface RunScript {
-  readonly child: ChildProcess;
-  readonly stdout: string[];
-  readonly stderr: string[];
-  readonly exited: Promise<number | null>;
-  waitForLine(pattern: RegExp, timeoutMs: number): Promise<string>;
-  /** SIGTERM, then SIGKILL to it and to every service pid it logged, so nothing outlives the test. */
-  stop(): Promise<void>;
-}
-
-function runScript(env: Record<string, string>): RunScript {
-  const { REDIS_URL: _inherited, ...parentEnv } = process.env;
-  const child = spawn(process.execPath, ['--conditions=conveyor-source', '--import', 'tsx', 'scripts/run.ts'], {
-    cwd: ROOT,
-    // No terminal: plain JSON log lines, each with the service's pid.
-    env: { ...parentEnv, LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const stdout: string[] = [];
-  const stderr: string[] = [];
-  const waiters = new Set<() => void>();
-  const collect = (into: string[]) => (chunk: Buffer) => {
-    into.push(...chunk.toString().split('\n').filter(Boolean));
-    for (const wake of waiters) wake();
-  };
-  child.stdout.on('data', collect(stdout));
-  child.stderr.on('data', collect(stderr));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const all = () => [...stdout, ...stderr];
-  return {
-    child,
-    stdout,
-    stderr,
-    exited,
-    waitForLine(pattern, timeoutMs) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const line = all().find((l) => pattern.test(l));
-          if (line === undefined) return;
-          waiters.delete(check);
-          clearTimeout(timer);
-          resolve(line);
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`no line matching ${String(pattern)} within ${timeoutMs} ms:\n${all().join('\n')}`));
-        }, timeoutMs);
-        waiters.add(check);
-        check();
-      });
-    },
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
-        const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-        await exited;
-        clearTimeout(killer);
-      }
-      // The services run in process groups of their own (detached): the script stops them on
-      // SIGTERM, this is for a script that could not.
-      const pids = new Set(all().flatMap((l) => [...l.matchAll(/"pid":(\d+)/g)].map((m) => Number(m[1]))));
-      for (const pid of pids) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // Already gone, as it should be.
-        }
-      }
-    },
-  };
-}
-
 async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
