@@ -113,14 +113,11 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'The preferences honoured are echoed in `Preference-Applied`, the priority with the value applied (`priority=normal` when capped).',
       example: 'respond-async',
     });
-  const preferenceApplied = z
-    .string()
-    .optional()
-    .meta({
-      description:
-        'RFC 7240: `respond-async` or `wait=<seconds>` as applied, then `priority=<applied>` if a priority was asked for, then `deadline=<seconds>` if one was given',
-      example: 'wait=10, priority=normal',
-    });
+  const preferenceApplied = z.string().optional().meta({
+    description:
+      'RFC 7240: `respond-async` or `wait=<seconds>` as applied, then `priority=<applied>` if a priority was asked for, then `deadline=<seconds>` if one was given',
+    example: 'wait=10, priority=normal',
+  });
   const callbackUrl = z
     .url()
     .optional()
