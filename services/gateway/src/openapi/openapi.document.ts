@@ -1,5 +1,10 @@
 import { z } from 'zod';
-import { createDocument, type ZodOpenApiOperationObject, type ZodOpenApiResponsesObject } from 'zod-openapi';
+import {
+  createDocument,
+  type ZodOpenApiOperationObject,
+  type ZodOpenApiPathsObject,
+  type ZodOpenApiResponsesObject,
+} from 'zod-openapi';
 import {
   AcceptedJob,
   CallbackPayload,
@@ -94,8 +99,103 @@ function jobLinks(finished: boolean) {
 const retryAfter = z.string().meta({ description: 'Seconds before asking again' });
 const accessProblems = problems(401, 403, 429);
 
-export function openApiDocument(options: DocumentOptions): ReturnType<typeof createDocument> {
-  const prefer = z
+/** What a predict answer echoes of the caller's preferences (RFC 7240). */
+const preferenceApplied = z.string().optional().meta({
+  description:
+    'RFC 7240: `respond-async` or `wait=<seconds>` as applied, then `priority=<applied>` if a priority was asked for, then `deadline=<seconds>` if one was given',
+  example: 'wait=10, priority=normal',
+});
+const callbackUrl = z
+  .url()
+  .optional()
+  .meta({
+    description:
+      'Where to POST the finished job (result or error), signed as Standard Webhooks do (`webhook-id`, `webhook-timestamp`, ' +
+      '`webhook-signature`), retried with backoff; the same address rules as image URLs apply (a refused literal address is a 422 at once). ' +
+      'Given at most once (twice: 400). A client with CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending is refused with a 429. ' +
+      "Only the status of the receiver's answer is read. Delivery state is on `GET /v1/jobs/{id}`.",
+  });
+const idempotencyKey = z
+  .string()
+  // What the gateway accepts, less the RFC 8941 parameters (accepted and ignored) and spaces around.
+  .regex(IDEMPOTENCY_KEY_PATTERN)
+  .optional()
+  .meta({
+    description:
+      'draft-ietf-httpapi-idempotency-key-header: an RFC 8941 string (quoted, printable ASCII, 1–255 characters; a UUID is a good key); ' +
+      'anything else is a 400. A retry with the same key and the same request (model, image bytes or URL, Callback-Url) within ' +
+      'IDEMPOTENCY_TTL_SECONDS gets the job the key made, never a second: 202 with the same id, or, for a caller who waits, its result ' +
+      '(`Idempotent-Replayed: true`). The same key with a different request: 422. While the first request is still being accepted: ' +
+      '409 with Retry-After. A request refused before its job exists leaves the key free. Keys are per API key (per client address when keys are off).',
+    example: '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
+  });
+const replayed = z
+  .literal('true')
+  .optional()
+  .meta({ description: 'Present on the answer to a retry with an Idempotency-Key: the job is the one the key made' });
+const predictResponses: ZodOpenApiResponsesObject = {
+  '200': {
+    description: 'The job finished within the wait: its result',
+    headers: z.object({ 'Preference-Applied': preferenceApplied, 'Idempotent-Replayed': replayed }),
+    content: json(CompletedJob),
+    links: jobLinks(true),
+  },
+  '202': {
+    description: 'Queued; poll `Location` (or follow `links.events`)',
+    headers: z.object({
+      Location: z.string().meta({ description: '`/v1/jobs/<id>`' }),
+      'Retry-After': retryAfter,
+      'Preference-Applied': preferenceApplied,
+      'Idempotent-Replayed': replayed,
+    }),
+    content: json(AcceptedJob),
+    links: jobLinks(false),
+  },
+  ...problems(400, 404, 408, 410, 413, 415, 422, 500, 504),
+  '409': {
+    description:
+      'Problem: `/problems/idempotency-key-in-use`: a request with the same Idempotency-Key is still being accepted (its job may yet fail to exist); ask again after Retry-After. `/problems/cancelled`: a synchronous request whose job was cancelled (DELETE /v1/jobs/{id}) while it waited',
+    headers: z.object({ 'Retry-After': retryAfter }),
+    content: problem,
+  },
+  '503': {
+    description:
+      'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`, `/problems/deadline-unmeetable` (the queue cannot finish the job within its `Prefer: deadline`); with Retry-After',
+    headers: z.object({ 'Retry-After': retryAfter }),
+    content: problem,
+  },
+  ...accessProblems,
+};
+const callbacks = {
+  jobFinished: {
+    '{$request.header.Callback-Url}': {
+      post: {
+        summary: 'The finished job, POSTed to the Callback-Url',
+        description:
+          'Signed per Standard Webhooks: `webhook-signature` is `v1,` + base64 HMAC-SHA256 of `<webhook-id>.<webhook-timestamp>.<body>` ' +
+          'with the bytes of CALLBACK_SECRET (`whsec_<base64>`). Retried with exponential backoff until a 2xx, at most CALLBACK_MAX_ATTEMPTS times; ' +
+          'the same `webhook-id` on every attempt.',
+        requestParams: {
+          header: z.object({
+            'webhook-id': z.string(),
+            'webhook-timestamp': z.string().meta({ description: 'Seconds since the epoch' }),
+            'webhook-signature': z.string(),
+          }),
+        },
+        requestBody: { required: true, content: json(CallbackPayload) },
+        responses: {
+          '200': { description: 'Delivered (any 2xx)' },
+          '500': { description: 'Anything else: retried later' },
+        },
+      },
+    },
+  },
+};
+const jobId = z.object({ id: z.uuid().meta({ description: 'The job id a predict answer gave' }) });
+
+/** The `Prefer` header of the predict routes: its waits and caps come from the deployment. */
+function preferHeader(options: DocumentOptions) {
+  return z
     .string()
     .optional()
     .meta({
@@ -113,40 +213,11 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'The preferences honoured are echoed in `Preference-Applied`, the priority with the value applied (`priority=normal` when capped).',
       example: 'respond-async',
     });
-  const preferenceApplied = z.string().optional().meta({
-    description:
-      'RFC 7240: `respond-async` or `wait=<seconds>` as applied, then `priority=<applied>` if a priority was asked for, then `deadline=<seconds>` if one was given',
-    example: 'wait=10, priority=normal',
-  });
-  const callbackUrl = z
-    .url()
-    .optional()
-    .meta({
-      description:
-        'Where to POST the finished job (result or error), signed as Standard Webhooks do (`webhook-id`, `webhook-timestamp`, ' +
-        '`webhook-signature`), retried with backoff; the same address rules as image URLs apply (a refused literal address is a 422 at once). ' +
-        'Given at most once (twice: 400). A client with CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending is refused with a 429. ' +
-        "Only the status of the receiver's answer is read. Delivery state is on `GET /v1/jobs/{id}`.",
-    });
-  const idempotencyKey = z
-    .string()
-    // What the gateway accepts, less the RFC 8941 parameters (accepted and ignored) and spaces around.
-    .regex(IDEMPOTENCY_KEY_PATTERN)
-    .optional()
-    .meta({
-      description:
-        'draft-ietf-httpapi-idempotency-key-header: an RFC 8941 string (quoted, printable ASCII, 1–255 characters; a UUID is a good key); ' +
-        'anything else is a 400. A retry with the same key and the same request (model, image bytes or URL, Callback-Url) within ' +
-        'IDEMPOTENCY_TTL_SECONDS gets the job the key made, never a second: 202 with the same id, or, for a caller who waits, its result ' +
-        '(`Idempotent-Replayed: true`). The same key with a different request: 422. While the first request is still being accepted: ' +
-        '409 with Retry-After. A request refused before its job exists leaves the key free. Keys are per API key (per client address when keys are off).',
-      example: '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
-    });
-  const replayed = z
-    .literal('true')
-    .optional()
-    .meta({ description: 'Present on the answer to a retry with an Idempotency-Key: the job is the one the key made' });
-  const predictBody = {
+}
+
+/** The predict routes' body: an upload of at most the deployment's size, or a URL. */
+function predictBody(options: DocumentOptions) {
+  return {
     required: true,
     description: `The image (JPEG, PNG, WebP, GIF, TIFF or AVIF, recognised from its bytes; at most ${options.maxUploadBytes} bytes), or where to fetch it`,
     content: {
@@ -169,40 +240,13 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       'application/octet-stream': { schema: z.string().min(1).meta({ format: 'binary', description: 'The raw image bytes' }) },
     },
   };
-  const predictResponses: ZodOpenApiResponsesObject = {
-    '200': {
-      description: 'The job finished within the wait: its result',
-      headers: z.object({ 'Preference-Applied': preferenceApplied, 'Idempotent-Replayed': replayed }),
-      content: json(CompletedJob),
-      links: jobLinks(true),
-    },
-    '202': {
-      description: 'Queued; poll `Location` (or follow `links.events`)',
-      headers: z.object({
-        Location: z.string().meta({ description: '`/v1/jobs/<id>`' }),
-        'Retry-After': retryAfter,
-        'Preference-Applied': preferenceApplied,
-        'Idempotent-Replayed': replayed,
-      }),
-      content: json(AcceptedJob),
-      links: jobLinks(false),
-    },
-    ...problems(400, 404, 408, 410, 413, 415, 422, 500, 504),
-    '409': {
-      description:
-        'Problem: `/problems/idempotency-key-in-use`: a request with the same Idempotency-Key is still being accepted (its job may yet fail to exist); ask again after Retry-After. `/problems/cancelled`: a synchronous request whose job was cancelled (DELETE /v1/jobs/{id}) while it waited',
-      headers: z.object({ 'Retry-After': retryAfter }),
-      content: problem,
-    },
-    '503': {
-      description:
-        'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`, `/problems/deadline-unmeetable` (the queue cannot finish the job within its `Prefer: deadline`); with Retry-After',
-      headers: z.object({ 'Retry-After': retryAfter }),
-      content: problem,
-    },
-    ...accessProblems,
-  };
-  const predict = (summary: string, description: string, named: boolean): ZodOpenApiOperationObject => ({
+}
+
+/** One predict route's operation, as the deployment configures it (callbacks offered or not). */
+function predictOperation(options: DocumentOptions) {
+  const prefer = preferHeader(options);
+  const body = predictBody(options);
+  return (summary: string, description: string, named: boolean): ZodOpenApiOperationObject => ({
     summary,
     description,
     tags: ['predict'],
@@ -217,37 +261,14 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
         'X-Request-Id': requestId,
       }),
     },
-    requestBody: predictBody,
+    requestBody: body,
     responses: predictResponses,
     ...(options.callbacks ? { callbacks } : {}),
   });
-  const callbacks = {
-    jobFinished: {
-      '{$request.header.Callback-Url}': {
-        post: {
-          summary: 'The finished job, POSTed to the Callback-Url',
-          description:
-            'Signed per Standard Webhooks: `webhook-signature` is `v1,` + base64 HMAC-SHA256 of `<webhook-id>.<webhook-timestamp>.<body>` ' +
-            'with the bytes of CALLBACK_SECRET (`whsec_<base64>`). Retried with exponential backoff until a 2xx, at most CALLBACK_MAX_ATTEMPTS times; ' +
-            'the same `webhook-id` on every attempt.',
-          requestParams: {
-            header: z.object({
-              'webhook-id': z.string(),
-              'webhook-timestamp': z.string().meta({ description: 'Seconds since the epoch' }),
-              'webhook-signature': z.string(),
-            }),
-          },
-          requestBody: { required: true, content: json(CallbackPayload) },
-          responses: {
-            '200': { description: 'Delivered (any 2xx)' },
-            '500': { description: 'Anything else: retried later' },
-          },
-        },
-      },
-    },
-  };
-  const jobId = z.object({ id: z.uuid().meta({ description: 'The job id a predict answer gave' }) });
+}
 
+export function openApiDocument(options: DocumentOptions): ReturnType<typeof createDocument> {
+  const predict = predictOperation(options);
   const document = createDocument({
     openapi: '3.1.0',
     info: {
@@ -268,210 +289,10 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
       { name: 'ops', description: 'Probes, metrics and this description' },
     ],
     paths: {
-      '/v1/models/{name}/predict': {
-        post: {
-          operationId: 'predictModel',
-          ...predict(
-            'Classify an image with a named model',
-            'An unknown name is 404 before the body is read; a known model with no live worker is 503 for a caller who would wait.',
-            true,
-          ),
-        },
-      },
-      '/v1/predict': {
-        post: {
-          operationId: 'predict',
-          ...predict(`Classify an image with the default model (${options.defaultModel})`, 'Alias: `POST /predict`.', false),
-        },
-      },
-      '/predict': {
-        post: {
-          operationId: 'predictLegacy',
-          ...predict('Alias of /v1/predict', 'Kept for clients of the first release.', false),
-        },
-      },
-      '/v1/jobs/{id}': {
-        get: {
-          operationId: 'getJob',
-          summary: 'A job of any model: its state while waiting or running, its result or error once finished',
-          description:
-            "With API keys, a job is only the key's that made it (or an admin key's): another key's job is 404, as an unknown one.",
-          tags: ['jobs'],
-          requestParams: { path: jobId },
-          responses: {
-            '200': {
-              description: 'While queued or active (with Retry-After: 1), the result once completed, the error once failed',
-              content: json(JobStatus),
-            },
-            ...problems(404),
-            ...accessProblems,
-          },
-        },
-        delete: {
-          operationId: 'cancelJob',
-          summary: 'Cancel a job that has not finished',
-          description:
-            'A waiting job is cancelled at once: 200 with its final state `cancelled`, which GET, the event stream, a waiting caller (409 `/problems/cancelled`) and its callback (`job.cancelled`) are told. ' +
-            'A running job is not interrupted: 202, and when it finishes a cancelled result is kept instead of its own. ' +
-            'A finished job (completed, failed, expired) is a 409. Cancelling again answers the same. ' +
-            "With API keys, only the key that made the job (or an admin key) may cancel it; another key's job is 404.",
-          tags: ['jobs'],
-          requestParams: { path: jobId },
-          responses: {
-            '200': { description: 'Cancelled (now, or before): the job as GET answers it', content: json(JobStatus) },
-            '202': {
-              description: 'Running: its result will be discarded for a cancelled one when it finishes',
-              headers: z.object({ Location: z.string(), 'Retry-After': retryAfter }),
-              content: json(CancellingJob),
-            },
-            ...problems(404, 409),
-            ...accessProblems,
-          },
-        },
-      },
-      '/v1/jobs/{id}/events': {
-        get: {
-          operationId: 'jobEvents',
-          summary: 'Server-Sent Events: the job state as it changes, then its result, then the stream ends',
-          description:
-            'Events: `state` (data: the PendingJob body) whenever the state changes, then one `result` (a completed or failed job) and the end of the stream. ' +
-            'Comments keep an idle connection alive; a stream is closed after SSE_MAX_SECONDS (a `timeout` event), and when the gateway shuts down (a `shutdown` event with `retry: 1000`: reconnect). Connections per key (per IP without keys) are bounded.',
-          tags: ['jobs'],
-          requestParams: { path: jobId },
-          responses: {
-            '200': {
-              description: 'An event stream (each event described below)',
-              content: { 'text/event-stream': { schema: z.string() } },
-            },
-            ...problems(404),
-            ...accessProblems,
-          },
-        },
-      },
-      '/v1/models': {
-        get: {
-          operationId: 'listModels',
-          summary: 'Every model the deployment knows, as its workers describe it',
-          tags: ['models'],
-          responses: { '200': { description: 'The models', content: json(ModelList) }, ...accessProblems },
-        },
-      },
-      '/v1/models/{name}': {
-        get: {
-          operationId: 'getModel',
-          summary: 'One model',
-          tags: ['models'],
-          requestParams: { path: z.object({ name: ModelName }) },
-          responses: {
-            '200': { description: 'The model', content: json(ModelDescription) },
-            ...problems(404),
-            ...accessProblems,
-          },
-        },
-      },
-      '/v2/models/{name}/ready': {
-        get: {
-          operationId: 'modelReady',
-          summary: "The Open Inference Protocol's model readiness probe (no key needed)",
-          tags: ['models'],
-          security: [{}],
-          requestParams: { path: z.object({ name: ModelName }) },
-          responses: {
-            '200': { description: 'A live worker has the model warm', content: json(ModelReadiness) },
-            '503': { description: 'No live worker has it warm', content: json(ModelReadiness) },
-            ...problems(404),
-          },
-        },
-      },
-      '/v1/feedback': {
-        post: {
-          operationId: 'feedback',
-          summary: 'The true label of a finished job, once per job while its result is kept',
-          description: "With API keys, only for the key's own jobs (or any, with an admin key): another key's job is 404.",
-          tags: ['feedback'],
-          requestBody: { required: true, content: json(FeedbackBody) },
-          responses: {
-            '202': { description: 'Recorded; the monitor joins it to the prediction', content: json(FeedbackAccepted) },
-            ...problems(400, 404, 409, 415, 503),
-            ...accessProblems,
-          },
-        },
-      },
-      '/v1/drift': {
-        get: {
-          operationId: 'drift',
-          summary: "The drift monitor's state per model version (what the page at / shows)",
-          tags: ['models'],
-          responses: {
-            '200': {
-              description: 'The state; `monitor: false` when the gateway has no MONITOR_URL',
-              content: json(DriftSummary),
-            },
-            '503': { description: 'Problem: `/problems/not-ready` (the monitor cannot be reached)', content: problem },
-            ...accessProblems,
-          },
-        },
-      },
-      '/': {
-        get: {
-          operationId: 'page',
-          summary: 'A small page: classify an image, follow asynchronous jobs, see drift',
-          tags: ['ops'],
-          security: [{}],
-          responses: { '200': { description: 'HTML', content: { 'text/html': { schema: z.string() } } } },
-        },
-      },
-      '/health': {
-        get: {
-          operationId: 'health',
-          summary: 'The process is alive',
-          tags: ['ops'],
-          security: [{}],
-          responses: { '200': { description: 'Alive', content: json(Health) } },
-        },
-      },
-      '/ready': {
-        get: {
-          operationId: 'ready',
-          summary: 'Redis answers and a worker with a warm model is alive',
-          tags: ['ops'],
-          security: [{}],
-          responses: {
-            '200': { description: 'Ready', content: json(Readiness) },
-            '503': { description: 'Not ready', content: json(Readiness) },
-          },
-        },
-      },
-      '/metrics': {
-        get: {
-          operationId: 'metrics',
-          summary: 'Prometheus metrics',
-          tags: ['ops'],
-          security: [{}],
-          responses: {
-            '200': { description: 'The text exposition format', content: { 'text/plain': { schema: z.string() } } },
-          },
-        },
-      },
-      '/problems/{slug}': {
-        get: {
-          operationId: 'problemType',
-          summary: 'What a problem type means',
-          tags: ['ops'],
-          security: [{}],
-          requestParams: { path: z.object({ slug: z.enum(problemSlugs) }) },
-          responses: { '200': { description: 'The problem type', content: json(ProblemType) }, ...problems(404) },
-        },
-      },
-      '/openapi.json': {
-        get: {
-          operationId: 'openapi',
-          summary: 'This document',
-          tags: ['ops'],
-          security: [{}],
-          responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: z.looseObject({}) } } } },
-        },
-      },
+      ...predictPaths(predict, options),
+      ...jobPaths(),
+      ...modelPaths(),
+      ...opsPaths(),
     },
     components: {
       securitySchemes: {
@@ -486,6 +307,234 @@ export function openApiDocument(options: DocumentOptions): ReturnType<typeof cre
   if (!events) throw new Error('the document has no event stream to describe');
   events['text/event-stream'] = { schema: jobEvent };
   return document;
+}
+
+/** The predict routes: by model name, the default model's, and the first release's alias. */
+function predictPaths(predict: ReturnType<typeof predictOperation>, options: DocumentOptions): ZodOpenApiPathsObject {
+  return {
+    '/v1/models/{name}/predict': {
+      post: {
+        operationId: 'predictModel',
+        ...predict(
+          'Classify an image with a named model',
+          'An unknown name is 404 before the body is read; a known model with no live worker is 503 for a caller who would wait.',
+          true,
+        ),
+      },
+    },
+    '/v1/predict': {
+      post: {
+        operationId: 'predict',
+        ...predict(`Classify an image with the default model (${options.defaultModel})`, 'Alias: `POST /predict`.', false),
+      },
+    },
+    '/predict': {
+      post: {
+        operationId: 'predictLegacy',
+        ...predict('Alias of /v1/predict', 'Kept for clients of the first release.', false),
+      },
+    },
+  };
+}
+
+/** A job after its predict answer: polled, cancelled, followed as events. */
+function jobPaths(): ZodOpenApiPathsObject {
+  return {
+    '/v1/jobs/{id}': {
+      get: {
+        operationId: 'getJob',
+        summary: 'A job of any model: its state while waiting or running, its result or error once finished',
+        description:
+          "With API keys, a job is only the key's that made it (or an admin key's): another key's job is 404, as an unknown one.",
+        tags: ['jobs'],
+        requestParams: { path: jobId },
+        responses: {
+          '200': {
+            description: 'While queued or active (with Retry-After: 1), the result once completed, the error once failed',
+            content: json(JobStatus),
+          },
+          ...problems(404),
+          ...accessProblems,
+        },
+      },
+      delete: {
+        operationId: 'cancelJob',
+        summary: 'Cancel a job that has not finished',
+        description:
+          'A waiting job is cancelled at once: 200 with its final state `cancelled`, which GET, the event stream, a waiting caller (409 `/problems/cancelled`) and its callback (`job.cancelled`) are told. ' +
+          'A running job is not interrupted: 202, and when it finishes a cancelled result is kept instead of its own. ' +
+          'A finished job (completed, failed, expired) is a 409. Cancelling again answers the same. ' +
+          "With API keys, only the key that made the job (or an admin key) may cancel it; another key's job is 404.",
+        tags: ['jobs'],
+        requestParams: { path: jobId },
+        responses: {
+          '200': { description: 'Cancelled (now, or before): the job as GET answers it', content: json(JobStatus) },
+          '202': {
+            description: 'Running: its result will be discarded for a cancelled one when it finishes',
+            headers: z.object({ Location: z.string(), 'Retry-After': retryAfter }),
+            content: json(CancellingJob),
+          },
+          ...problems(404, 409),
+          ...accessProblems,
+        },
+      },
+    },
+    '/v1/jobs/{id}/events': {
+      get: {
+        operationId: 'jobEvents',
+        summary: 'Server-Sent Events: the job state as it changes, then its result, then the stream ends',
+        description:
+          'Events: `state` (data: the PendingJob body) whenever the state changes, then one `result` (a completed or failed job) and the end of the stream. ' +
+          'Comments keep an idle connection alive; a stream is closed after SSE_MAX_SECONDS (a `timeout` event), and when the gateway shuts down (a `shutdown` event with `retry: 1000`: reconnect). Connections per key (per IP without keys) are bounded.',
+        tags: ['jobs'],
+        requestParams: { path: jobId },
+        responses: {
+          '200': {
+            description: 'An event stream (each event described below)',
+            content: { 'text/event-stream': { schema: z.string() } },
+          },
+          ...problems(404),
+          ...accessProblems,
+        },
+      },
+    },
+  };
+}
+
+/** What the deployment serves, its readiness per model, ground truth and drift. */
+function modelPaths(): ZodOpenApiPathsObject {
+  return {
+    '/v1/models': {
+      get: {
+        operationId: 'listModels',
+        summary: 'Every model the deployment knows, as its workers describe it',
+        tags: ['models'],
+        responses: { '200': { description: 'The models', content: json(ModelList) }, ...accessProblems },
+      },
+    },
+    '/v1/models/{name}': {
+      get: {
+        operationId: 'getModel',
+        summary: 'One model',
+        tags: ['models'],
+        requestParams: { path: z.object({ name: ModelName }) },
+        responses: {
+          '200': { description: 'The model', content: json(ModelDescription) },
+          ...problems(404),
+          ...accessProblems,
+        },
+      },
+    },
+    '/v2/models/{name}/ready': {
+      get: {
+        operationId: 'modelReady',
+        summary: "The Open Inference Protocol's model readiness probe (no key needed)",
+        tags: ['models'],
+        security: [{}],
+        requestParams: { path: z.object({ name: ModelName }) },
+        responses: {
+          '200': { description: 'A live worker has the model warm', content: json(ModelReadiness) },
+          '503': { description: 'No live worker has it warm', content: json(ModelReadiness) },
+          ...problems(404),
+        },
+      },
+    },
+    '/v1/feedback': {
+      post: {
+        operationId: 'feedback',
+        summary: 'The true label of a finished job, once per job while its result is kept',
+        description: "With API keys, only for the key's own jobs (or any, with an admin key): another key's job is 404.",
+        tags: ['feedback'],
+        requestBody: { required: true, content: json(FeedbackBody) },
+        responses: {
+          '202': { description: 'Recorded; the monitor joins it to the prediction', content: json(FeedbackAccepted) },
+          ...problems(400, 404, 409, 415, 503),
+          ...accessProblems,
+        },
+      },
+    },
+    '/v1/drift': {
+      get: {
+        operationId: 'drift',
+        summary: "The drift monitor's state per model version (what the page at / shows)",
+        tags: ['models'],
+        responses: {
+          '200': {
+            description: 'The state; `monitor: false` when the gateway has no MONITOR_URL',
+            content: json(DriftSummary),
+          },
+          '503': { description: 'Problem: `/problems/not-ready` (the monitor cannot be reached)', content: problem },
+          ...accessProblems,
+        },
+      },
+    },
+  };
+}
+
+/** The page, the probes, the metrics, the problem types and this document. */
+function opsPaths(): ZodOpenApiPathsObject {
+  return {
+    '/': {
+      get: {
+        operationId: 'page',
+        summary: 'A small page: classify an image, follow asynchronous jobs, see drift',
+        tags: ['ops'],
+        security: [{}],
+        responses: { '200': { description: 'HTML', content: { 'text/html': { schema: z.string() } } } },
+      },
+    },
+    '/health': {
+      get: {
+        operationId: 'health',
+        summary: 'The process is alive',
+        tags: ['ops'],
+        security: [{}],
+        responses: { '200': { description: 'Alive', content: json(Health) } },
+      },
+    },
+    '/ready': {
+      get: {
+        operationId: 'ready',
+        summary: 'Redis answers and a worker with a warm model is alive',
+        tags: ['ops'],
+        security: [{}],
+        responses: {
+          '200': { description: 'Ready', content: json(Readiness) },
+          '503': { description: 'Not ready', content: json(Readiness) },
+        },
+      },
+    },
+    '/metrics': {
+      get: {
+        operationId: 'metrics',
+        summary: 'Prometheus metrics',
+        tags: ['ops'],
+        security: [{}],
+        responses: {
+          '200': { description: 'The text exposition format', content: { 'text/plain': { schema: z.string() } } },
+        },
+      },
+    },
+    '/problems/{slug}': {
+      get: {
+        operationId: 'problemType',
+        summary: 'What a problem type means',
+        tags: ['ops'],
+        security: [{}],
+        requestParams: { path: z.object({ slug: z.enum(problemSlugs) }) },
+        responses: { '200': { description: 'The problem type', content: json(ProblemType) }, ...problems(404) },
+      },
+    },
+    '/openapi.json': {
+      get: {
+        operationId: 'openapi',
+        summary: 'This document',
+        tags: ['ops'],
+        security: [{}],
+        responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: z.looseObject({}) } } } },
+      },
+    },
+  };
 }
 
 /**
