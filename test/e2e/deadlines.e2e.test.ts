@@ -282,6 +282,45 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     await pollUntilDone(strictBase, admitted.body.id as string, 120_000);
   });
 
+  it('counts the requests being accepted at the same moment: of 30 at once, exactly the jobs the deadline allows get in', async () => {
+    // The figures the gateway estimates from (one job first, so they exist when this test runs
+    // alone); with the queue paused none changes during the burst.
+    if (!worker) await startSlowWorker(); // the first test starts it; alone, this one does
+    expect((await predict(strictBase, digit, { Prefer: 'wait=120' })).status).to.equal(200);
+    const model = await until('the measured service time, as the strict gateway sees it', async () => {
+      const found = await request(`${strictBase}/v1/models/digits`);
+      return found.body.serviceMs ? (found.body as { serviceMs: number; concurrency: number }) : undefined;
+    });
+    await until(
+      'an empty queue',
+      async () => ((await queued()).waiting ?? 0) + ((await queued()).prioritized ?? 0) === 0 || undefined,
+    );
+    await queue.pause();
+    try {
+      // A deadline for 5 jobs ahead at most: floor((D / s − 1) × c) + 1 = 5.
+      const allowed = 5;
+      const deadline = (model.serviceMs * (1 + (allowed - 0.5) / model.concurrency)) / 1000;
+      const replies = await Promise.all(
+        Array.from({ length: 30 }, () => predict(strictBase, digit, { Prefer: `respond-async, deadline=${deadline}` })),
+      );
+      const statuses = replies.map((r) => r.status);
+      expect(
+        statuses.filter((s) => s === 202),
+        JSON.stringify(statuses),
+      ).to.have.length(allowed);
+      const refused = replies.filter((r) => r.status === 503);
+      expect(refused).to.have.length(30 - allowed);
+      for (const r of refused) expect(r.body).to.include({ type: '/problems/deadline-unmeetable' });
+    } finally {
+      await queue.resume();
+    }
+    // The admitted ones expire unrun or complete; either way the queue empties.
+    await until(
+      'the queue to drain',
+      async () => ((await queued()).waiting ?? 0) + ((await queued()).prioritized ?? 0) === 0 || undefined,
+    );
+  });
+
   it('cancels the waiting job of a synchronous caller that hangs up, and never runs it', async () => {
     const holder = await predict(base, digit, { Prefer: 'respond-async' });
     const holderId = holder.body.id as string;

@@ -164,7 +164,6 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
     callbackUrl: (values) => callbacks.parse(values),
     idempotency: idempotencyStore(config, redis, keys),
-    queueWaiting: (model) => admission.waiting(queues.get(model)),
     fetchImage: imageFetcher(config),
   });
 

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { ProblemError } from '@conveyor/shared/problem';
 import { parseDeadline } from '../src/http/deadline.js';
-import { checkDeadline, expectedFinishMs } from '../src/jobs/deadline-admission.js';
+import { checkDeadline, deadlineLimit, expectedFinishMs } from '../src/jobs/deadline-admission.js';
 
 describe('Prefer: deadline=<seconds>', () => {
   it('reads the deadline beside other preferences, capped', () => {
@@ -40,6 +40,15 @@ describe('deadline admission estimate', () => {
     expect(problem.status).to.equal(503);
     // 101 × 50 ms = 5050 ms expected against 1000 ms: 4.05 s too many, rounded up.
     expect(problem.extra).to.include({ retryAfterSeconds: 5, expectedMs: 5050 });
+  });
+  it('turns a deadline into the deepest queue that still meets it, for admission to check atomically', () => {
+    // (10 / 2 + 1) × 40 = 240 ms fits a 240 ms deadline; 11 waiting would be 260 ms: refused from 11 on.
+    const limit = deadlineLimit({ concurrency: 2, serviceMs: 40 }, 240, 'digits')!;
+    expect(limit.maxDepth).to.equal(11);
+    expect(() => limit.refuse(11)).to.throw(ProblemError, /deadline|would finish/);
+    // Shorter than one job: no depth meets it (checkDeadline with an empty queue refuses it first).
+    expect(deadlineLimit({ concurrency: 2, serviceMs: 40 }, 30, 'digits')!.maxDepth).to.equal(1);
+    expect(deadlineLimit({ concurrency: 2, serviceMs: undefined }, 240, 'digits')).to.equal(undefined);
   });
   it('refuses when no live worker serves the model', () => {
     expect(() => checkDeadline({ waiting: 0, concurrency: 0, serviceMs: undefined }, 60_000, 'digits')).to.throw(ProblemError);

@@ -1,6 +1,7 @@
 import type { Redis } from '@conveyor/shared/redis';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { QueuePlace } from '../http/context.js';
+import type { DeadlineLimit } from './deadline-admission.js';
 import type { InferenceQueue } from './model-queues.js';
 
 /**
@@ -229,11 +230,13 @@ export class Admission {
    * A place on `queue` (one model's) for the job `jobId` will have; `bytes`: what it may store (its
    * declared length, or the upload limit).
    */
-  async admit(queue: InferenceQueue, jobId: string, bytes: number): Promise<Reservation> {
+  async admit(queue: InferenceQueue, jobId: string, bytes: number, deadline?: DeadlineLimit): Promise<Reservation> {
     const { wait, prioritized } = queue.keys;
     const reserved = this.keys.reserved(queue.name);
     const { queuedBytes, queuedImages } = this.keys;
-    const { maxDepth, maxQueuedBytes } = this.limits;
+    const { maxQueuedBytes } = this.limits;
+    // A deadline is one more bound on the depth, checked in the same call as MAX_QUEUE_DEPTH.
+    const maxDepth = Math.min(this.limits.maxDepth, deadline?.maxDepth ?? Infinity);
     await this.room?.check();
     const reserve = () =>
       this.redis.conveyorReserve(
@@ -252,10 +255,15 @@ export class Admission {
     let [code, value] = await reserve();
     // Bytes of jobs that left without a commit may still be counted: settle them before refusing.
     if (code === 2 && (await this.reconcile()).jobs > 0) [code, value] = await reserve();
+    if (code === 1 && deadline && value !== undefined && value < this.limits.maxDepth) deadline.refuse(value);
     if (code === 1) {
-      throw new ProblemError('overloaded', `${value} jobs are waiting or being queued for this model; the limit is ${maxDepth}`, {
-        retryAfterSeconds: 5,
-      });
+      throw new ProblemError(
+        'overloaded',
+        `${value} jobs are waiting or being queued for this model; the limit is ${this.limits.maxDepth}`,
+        {
+          retryAfterSeconds: 5,
+        },
+      );
     }
     if (code === 2) {
       throw new ProblemError('overloaded', `Queued images hold ${value} bytes; the limit is ${maxQueuedBytes}`, {

@@ -24,6 +24,43 @@ export function expectedFinishMs(figures: QueueFigures): number | undefined {
   return (waiting / concurrency + 1) * serviceMs;
 }
 
+/** A deadline admission checks atomically with its reservation (admission.ts, Admission.admit). */
+export interface DeadlineLimit {
+  /** Jobs ahead (waiting, or reserved by requests being accepted) at which the job could no longer finish in time. */
+  readonly maxDepth: number;
+  /** The refusal, for the depth found. */
+  refuse(depth: number): never;
+}
+
+/**
+ * The deadline as a bound on the queue's depth, for admission to check in the same Redis call that
+ * reserves the place: requests accepted at the same moment then count each other. (Checked against
+ * a depth read beforehand, hundreds of requests passed on the same figure under a 3× overload, and
+ * only 44 % of the admitted met their deadline.) Undefined: nothing to estimate from (admitted).
+ * Call checkDeadline with an empty queue first: it refuses what no depth can meet.
+ */
+export function deadlineLimit(
+  figures: Omit<QueueFigures, 'waiting'>,
+  deadlineMs: number,
+  model: string,
+): DeadlineLimit | undefined {
+  const { concurrency, serviceMs } = figures;
+  if (concurrency <= 0 || serviceMs === undefined) return undefined;
+  // The largest `waiting` with (waiting / concurrency + 1) × serviceMs ≤ deadlineMs, plus one.
+  const maxDepth = Math.max(0, Math.floor((deadlineMs / serviceMs - 1) * concurrency)) + 1;
+  return {
+    maxDepth,
+    refuse: (depth) => {
+      checkDeadline({ ...figures, waiting: depth }, deadlineMs, model);
+      // Unreachable for depth ≥ maxDepth; a refusal all the same.
+      throw new ProblemError('deadline-unmeetable', `The queue of ${model} cannot finish this job within its deadline`, {
+        retryAfterSeconds: 1,
+        model,
+      });
+    },
+  };
+}
+
 /**
  * Refuses a job at once (503 deadline-unmeetable with Retry-After) when the queue's expected wait
  * plus its service time already exceeds its deadline: queued, it would only expire unrun, after

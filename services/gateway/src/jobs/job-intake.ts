@@ -6,6 +6,7 @@ import type { FairPlace, QueuePlace, Tenant } from '../http/context.js';
 import type { Priority } from '../http/priority.js';
 import type { Admission } from './admission.js';
 import type { FairQueue } from './fair-queue.js';
+import type { DeadlineLimit } from './deadline-admission.js';
 import type { JobSubmitter, Submission } from './job-submitter.js';
 import type { ModelQueues } from './model-queues.js';
 import type { ResultWaiter, Ticket } from './result-waiter.js';
@@ -66,10 +67,19 @@ export interface CreatedJob {
 export class JobIntake {
   constructor(private readonly parts: JobIntakeParts) {}
 
-  /** A place on `model`'s queue for a job of up to `bytes`, and its BullMQ priority for `tenant` at `priority`. */
-  async admit(model: ModelName, tenant: Tenant, bytes: number, priority: Priority = 'normal'): Promise<AdmittedPlace> {
+  /**
+   * A place on `model`'s queue for a job of up to `bytes` (within `deadline`'s depth, when it has
+   * one), and its BullMQ priority for `tenant` at `priority`.
+   */
+  async admit(
+    model: ModelName,
+    tenant: Tenant,
+    bytes: number,
+    priority: Priority = 'normal',
+    deadline?: DeadlineLimit,
+  ): Promise<AdmittedPlace> {
     const queue = this.parts.queues.get(model);
-    const place = await this.parts.admission.admit(queue, randomUUID(), bytes);
+    const place = await this.parts.admission.admit(queue, randomUUID(), bytes, deadline);
     if (!this.parts.fair) return { place };
     // After the reservation, which keeps the tenant's new place counted until its job is queued.
     const fair = await this.parts.fair.place(queue, tenant, place.jobId, priority).catch((error: unknown) => {

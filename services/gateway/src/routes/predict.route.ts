@@ -12,7 +12,7 @@ import type { HttpMetrics, PredictMode } from '../http/metrics.js';
 import { appliedWith, parsePrefer } from '../http/prefer.js';
 import { capPriority } from '../http/priority.js';
 import { parseDeadline } from '../http/deadline.js';
-import { checkDeadline } from '../jobs/deadline-admission.js';
+import { checkDeadline, deadlineLimit, type DeadlineLimit } from '../jobs/deadline-admission.js';
 import type { JobCanceller } from '../jobs/job-canceller.js';
 import { sendProblem } from '../http/problem.middleware.js';
 import type { ImageFetcher } from '../intake/fetch-image.js';
@@ -56,8 +56,6 @@ export interface PredictDeps {
   readonly access: Access;
   /** Reads a request's Callback-Url (refused when callbacks are off). */
   readonly callbackUrl: (values: readonly string[] | undefined) => URL | undefined;
-  /** Jobs waiting in a model's queue now (deadline admission's estimate). */
-  readonly queueWaiting: (model: string) => Promise<number>;
   /** Cancels the job of a synchronous caller that hung up, if it still waits. */
   readonly canceller: Pick<JobCanceller, 'abandon'>;
 }
@@ -321,6 +319,7 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
     const mode = prefer.respondAsync || prefer.waitSeconds === 0 ? 'async' : 'sync';
     ctx.state.predictMode = mode;
     let admitted: AdmittedPlace;
+    let limit: DeadlineLimit | undefined;
     try {
       const model = await routable(deps, modelOf(ctx), mode, config.NO_WORKER_POLICY);
       // Known to exist from here on: only now may its name become a metric label.
@@ -330,12 +329,11 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       if (seconds !== undefined) {
         ctx.state.deadline = { at: Date.now() + Math.ceil(seconds * 1000), seconds };
         if (config.DEADLINE_ADMISSION) {
-          const figures = {
-            waiting: await deps.queueWaiting(model.name),
-            concurrency: model.concurrency,
-            serviceMs: model.serviceMs,
-          };
-          checkDeadline(figures, seconds * 1000, model.name);
+          const figures = { concurrency: model.concurrency, serviceMs: model.serviceMs };
+          // What no depth can meet (no live worker, a deadline shorter than one job) is refused now;
+          // the rest is a bound on the depth, checked with the place's reservation.
+          checkDeadline({ ...figures, waiting: 0 }, seconds * 1000, model.name);
+          limit = deadlineLimit(figures, seconds * 1000, model.name);
         }
       }
       const declared = Number(ctx.get('content-length') || NaN);
@@ -345,7 +343,7 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       // Asking above the tenant's maximum is not refused: the job goes at the maximum, and Preference-Applied says so.
       const priority = capPriority(prefer.priority ?? 'normal', tenant.maxPriority);
       ctx.state.priority = priority;
-      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES), priority);
+      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES), priority, limit);
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
