@@ -18,6 +18,7 @@ export const problemCatalogue = {
   'idempotency-job-expired': { status: 410, title: 'The job this Idempotency-Key made is no longer kept' },
   'idempotency-key-in-use': { status: 409, title: 'A request with this Idempotency-Key is still being accepted' },
   'idempotency-key-reused': { status: 422, title: 'The Idempotency-Key was used for a different request' },
+  'unknown-label': { status: 422, title: "The label is not one of the job's model's labels" },
   unauthorized: { status: 401, title: 'Authentication required' },
   forbidden: { status: 403, title: 'The request is not allowed' },
   'not-found': { status: 404, title: 'Not found' },

@@ -169,7 +169,8 @@ describe('core path: upload → gateway → Redis/BullMQ → ONNX worker → res
         body: JSON.stringify({ jobId: done.body.id, label }),
       });
     const forged = await send('banana');
-    expect(forged.status, JSON.stringify(forged.body)).to.equal(400);
+    expect(forged.status, JSON.stringify(forged.body)).to.equal(422);
+    expect(forged.body).to.include({ type: '/problems/unknown-label' });
     expect(forged.body.detail).to.match(/has no label "banana"/);
     expect(forged.body.labels).to.deep.equal(['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
     expect((await send('7')).status).to.equal(202);

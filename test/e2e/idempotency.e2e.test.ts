@@ -326,8 +326,18 @@ describe('idempotent submits (Idempotency-Key)', function () {
     expect(images.fetches()).to.equal(fetchesBefore + 1);
   });
 
+  it('takes a bare key, as most clients send one, for the same key quoted', async () => {
+    const id = randomUUID();
+    const bare = await submit(at(a), id, { headers: { prefer: 'respond-async' } });
+    expect(bare.status, JSON.stringify(bare.body)).to.equal(202);
+    const quoted = await submit(at(a), `"${id}"`, { headers: { prefer: 'respond-async' } });
+    expect(quoted.status).to.equal(202);
+    expect(quoted.body.id).to.equal(bare.body.id);
+    expect(quoted.headers.get('idempotent-replayed')).to.equal('true');
+  });
+
   it('refuses a malformed key with a 400 before reading the body', async () => {
-    for (const bad of ['unquoted', '""', `"${'k'.repeat(256)}"`]) {
+    for (const bad of ['two words', 'a,list', '""', `"${'k'.repeat(256)}"`]) {
       const reply = await submit(at(a), bad);
       expect(reply.status, bad).to.equal(400);
       expect(reply.body, bad).to.include({ type: '/problems/invalid-request' });

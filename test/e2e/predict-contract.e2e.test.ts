@@ -100,7 +100,7 @@ describe('predict: the request shapes the document allows, and no others', funct
     expect(op.parameters.map((p) => p.name)).not.to.include('Callback-Url');
     expect(op.callbacks).to.equal(undefined);
     const links = op.responses['202']!.links!;
-    expect(Object.keys(links)).to.deep.equal(['GetJob', 'JobEvents']);
+    expect(Object.keys(links)).to.deep.equal(['GetJob', 'JobEvents', 'CancelJob']);
     expect(links.GetJob).to.deep.include({ operationId: 'getJob', parameters: { id: '$response.body#/id' } });
     const events = doc.paths['/v1/jobs/{id}/events']!.get!.responses['200']!.content!['text/event-stream']!.schema;
     const result = events.oneOf.find((e) => e.properties?.event?.const === 'result');

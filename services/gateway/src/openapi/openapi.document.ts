@@ -122,7 +122,7 @@ const idempotencyKey = z
   .optional()
   .meta({
     description:
-      'draft-ietf-httpapi-idempotency-key-header: an RFC 8941 string (quoted, printable ASCII, 1–255 characters; a UUID is a good key); ' +
+      'draft-ietf-httpapi-idempotency-key-header: an RFC 8941 string (quoted, printable ASCII, 1–255 characters; a UUID is a good key), or the same key bare (no spaces, quotes, commas or semicolons); ' +
       'anything else is a 400. A retry with the same key and the same request (model, image bytes or URL, Callback-Url) within ' +
       'IDEMPOTENCY_TTL_SECONDS gets the job the key made, never a second: 202 with the same id, or, for a caller who waits, its result ' +
       '(`Idempotent-Replayed: true`). The same key with a different request: 422. While the first request is still being accepted: ' +
@@ -448,7 +448,7 @@ function modelPaths(): ZodOpenApiPathsObject {
         requestBody: { required: true, content: json(FeedbackBody) },
         responses: {
           '202': { description: 'Recorded; the monitor joins it to the prediction', content: json(FeedbackAccepted) },
-          ...problems(400, 404, 409, 415, 503),
+          ...problems(400, 404, 409, 415, 422, 503),
           ...accessProblems,
         },
       },

@@ -41,7 +41,8 @@ export function registerFeedbackRoute(
         throw new ProblemError('not-ready', `The labels of ${model} are not known yet; retry shortly`, { retryAfterSeconds: 5 });
       }
       if (!labels.includes(label)) {
-        throw new ProblemError('invalid-request', `${model} has no label "${label}"`, labels.length <= 100 ? { labels } : {});
+        // Well-formed, but not one of this model's labels (which no schema can list): 422, not 400.
+        throw new ProblemError('unknown-label', `${model} has no label "${label}"`, labels.length <= 100 ? { labels } : {});
       }
       const event: FeedbackEvent = {
         kind: 'feedback',
