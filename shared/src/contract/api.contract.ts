@@ -33,7 +33,12 @@ export const PredictUrlBody = z.strictObject({
 export type PredictUrlBody = z.infer<typeof PredictUrlBody>;
 
 /** `POST /v1/feedback`. */
-export const FeedbackBody = z.object({ jobId: JobId, label: z.string().trim().min(1).max(64) });
+/**
+ * Strict, as the predict body is: a field it does not know is a 400, and the document says so
+ * (`additionalProperties: false`). Loose, it promised to take any extra field, and the JSON parser
+ * rightly refuses a `__proto__` key (prototype pollution): the API fuzzer found the mismatch.
+ */
+export const FeedbackBody = z.strictObject({ jobId: JobId, label: z.string().trim().min(1).max(64) });
 export type FeedbackBody = z.infer<typeof FeedbackBody>;
 
 /** Where an asynchronous job's result is POSTed, and how that went (`GET /v1/jobs/{id}`). */

@@ -20,7 +20,7 @@ const PARAMETERS = new RegExp(String.raw`^(?:; *[a-z*][a-z0-9_\-.*]*(?:=${BARE_I
 const BARE_KEY = /^[!#-+\--:<-~]{1,255}$/;
 
 /** The plain forms of an accepted key, as the OpenAPI document states them (no parameters, no surrounding spaces). */
-export const IDEMPOTENCY_KEY_PATTERN = /^(?:"(?:[ !#-\[\]-~]|\\["\\]){1,255}"|[!#-+\--:<-~]{1,255})$/;
+export const IDEMPOTENCY_KEY_PATTERN = /^(?:"(?:[ !#-\x5B\]-~]|\\["\\]){1,255}"|[!#-+\--:<-~]{1,255})$/;
 
 /**
  * The request's Idempotency-Key (draft-ietf-httpapi-idempotency-key-header): an RFC 8941 sf-string
