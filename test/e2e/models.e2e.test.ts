@@ -225,9 +225,10 @@ describe('several models in one deployment', function () {
         });
       // A digit is no ground truth for the moderation model, nor "Neutral" for the digit model.
       const wrongForModeration = await feedback(moderationJob!.body.id, '3');
-      expect(wrongForModeration.status).to.equal(400);
+      expect(wrongForModeration.status).to.equal(422);
+      expect(wrongForModeration.body).to.include({ type: '/problems/unknown-label' });
       expect(wrongForModeration.body.labels).to.deep.equal(MODERATION_LABELS);
-      expect((await feedback(digitJob!.body.id, 'Neutral')).status).to.equal(400);
+      expect((await feedback(digitJob!.body.id, 'Neutral')).status).to.equal(422);
       expect((await feedback(moderationJob!.body.id, 'Neutral')).status).to.equal(202);
       expect((await feedback(digitJob!.body.id, '3')).status).to.equal(202);
     });
