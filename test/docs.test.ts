@@ -20,9 +20,16 @@ describe('Documentation', () => {
   });
 
   it('documents every ${VAR} of the compose files, and no compose setting they do not read', () => {
-    const files = ['docker-compose.yml', 'docker-compose.public.yml', 'docker-compose.orchestration.yml'];
+    const files = [
+      'docker-compose.yml',
+      'docker-compose.public.yml',
+      'docker-compose.orchestration.yml',
+      'docker-compose.observability.yml',
+    ];
     const used = files.flatMap((f) => [...read(f).matchAll(/\$\{([A-Z][A-Z0-9_]*)/g)].map((m) => m[1] ?? ''));
-    expect(sorted(keysOf('compose', 'compose (public profile)', 'compose (orchestration)'))).to.deep.equal(sorted(used));
+    expect(
+      sorted(keysOf('compose', 'compose (public profile)', 'compose (orchestration)', 'compose (observability)')),
+    ).to.deep.equal(sorted(used));
   });
 
   it('documents every variable make run reads itself', () => {

@@ -125,6 +125,7 @@ export default defineConfig({
           { text: 'Runbook', link: '/runbook' },
           { text: 'Redis memory', link: '/redis-memory' },
           { text: 'Callbacks', link: '/callbacks' },
+          { text: 'Tracing across the queue', link: '/tracing' },
           { text: 'Idempotent submits', link: '/idempotency' },
           { text: 'Fairness between clients', link: '/fairness' },
           { text: 'Deadlines and cancellation', link: '/deadlines' },

@@ -5,7 +5,8 @@
  * both files and that every `${VAR}` of the compose files and every variable `make run` and the CLI
  * read is in this list (and nothing else).
  */
-export type Where = 'make run' | 'compose' | 'compose (public profile)' | 'compose (orchestration)' | 'CLI';
+export type Where =
+  'make run' | 'compose' | 'compose (public profile)' | 'compose (orchestration)' | 'compose (observability)' | 'CLI';
 
 export interface Setting {
   readonly key: string;
@@ -254,6 +255,38 @@ export const SETTINGS: readonly Setting[] = [
     where: ['compose (orchestration)'],
     default: '4200',
     description: "Host port of the Prefect UI (docker-compose.orchestration.yml; the host's loopback only)",
+  },
+  // docker-compose.observability.yml (docs/tracing.md)
+  {
+    key: 'OTEL_TRACES_SAMPLER_ARG',
+    where: ['compose (observability)'],
+    default: '0.1',
+    description:
+      "Share of requests the gateways trace (`parentbased_traceidratio`; a caller's sampled `traceparent` is always followed)",
+  },
+  {
+    key: 'JAEGER_PORT',
+    where: ['compose (observability)'],
+    default: '16686',
+    description: "Host port of Jaeger's query API (loopback only)",
+  },
+  {
+    key: 'PROMETHEUS_PORT',
+    where: ['compose (observability)'],
+    default: '9090',
+    description: 'Host port of Prometheus (loopback only)',
+  },
+  {
+    key: 'GRAFANA_PORT',
+    where: ['compose (observability)'],
+    default: '3000',
+    description: 'Host port of Grafana (loopback only)',
+  },
+  {
+    key: 'GRAFANA_ADMIN_PASSWORD',
+    where: ['compose (observability)'],
+    default: 'conveyor-local-only',
+    description: "Grafana's `admin` password: set your own for anything but a trial on your own machine",
   },
   // the conveyor CLI (shared/src/client/cli.ts)
   {

@@ -168,6 +168,64 @@ export const logConfigShape = {
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level'),
 };
 
+/**
+ * OpenTelemetry traces (docs/tracing.md), under the standard variable names so an operator's usual
+ * settings work unchanged. Read here, once, like every other setting: the SDK's own reading of the
+ * environment is bypassed (the exporter is given its URL), so a test or an embedding can pass them.
+ * Off unless an OTLP endpoint is set.
+ */
+export const tracingConfigShape = {
+  OTEL_EXPORTER_OTLP_ENDPOINT: z
+    .url()
+    .optional()
+    .describe(
+      'OTLP/HTTP base URL of a trace collector (e.g. `http://otel-collector:4318`): spans go to `<it>/v1/traces`. Unset (and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT unset): tracing is off',
+    ),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: z
+    .url()
+    .optional()
+    .describe('Full OTLP/HTTP URL for traces, used as given (overrides OTEL_EXPORTER_OTLP_ENDPOINT)'),
+  OTEL_EXPORTER_OTLP_PROTOCOL: z
+    .enum(['http/protobuf', 'http/json'])
+    .default('http/protobuf')
+    .describe(
+      'OTLP encoding: `http/protobuf` or `http/json` (`grpc` is not offered: one HTTP client serves both, and collectors take OTLP/HTTP on 4318)',
+    ),
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: z
+    .enum(['http/protobuf', 'http/json'])
+    .optional()
+    .describe('Overrides OTEL_EXPORTER_OTLP_PROTOCOL for traces'),
+  OTEL_SERVICE_NAME: z
+    .string()
+    .min(1)
+    .max(200)
+    .optional()
+    .describe("The `service.name` of this process's spans (default `conveyor-<service>`)"),
+  OTEL_TRACES_SAMPLER: z
+    .enum([
+      'always_on',
+      'always_off',
+      'traceidratio',
+      'parentbased_always_on',
+      'parentbased_always_off',
+      'parentbased_traceidratio',
+    ])
+    .default('parentbased_always_on')
+    .describe(
+      "Which traces are kept: the OpenTelemetry sampler names; `parentbased_*` follows a caller's `traceparent` sampled flag",
+    ),
+  OTEL_TRACES_SAMPLER_ARG: env.number(1, 0, 1, 'The ratio for `traceidratio` samplers (0–1)'),
+  OTEL_SDK_DISABLED: env.bool(false, 'Turns tracing off even with an endpoint set'),
+  OTEL_BSP_SCHEDULE_DELAY: env.int(5000, 1, 60_000, 'Longest time a finished span waits before it is exported, in ms'),
+  OTEL_BSP_MAX_QUEUE_SIZE: env.int(
+    2048,
+    1,
+    1_000_000,
+    'Most finished spans held for export; beyond it new spans are dropped (a slow or dead collector costs bounded memory, never requests)',
+  ),
+};
+export type TracingConfig = z.output<z.ZodObject<typeof tracingConfigShape>>;
+
 export const resultConfigShape = {
   RESULT_TTL_SECONDS: env.int(
     600,

@@ -6,6 +6,7 @@ import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import type { Logger } from '@conveyor/shared/logger';
+import type { Tracing } from '@conveyor/shared/tracing';
 import type { GatewayState } from './http/context.js';
 import { problemMiddleware } from './http/problem.middleware.js';
 import { requestContext } from './http/request-context.middleware.js';
@@ -25,6 +26,8 @@ import type { CallbackDispatcher } from './callbacks/callback-dispatcher.js';
 import type { ModelCatalogue } from './models/model-catalogue.js';
 
 export interface AppDeps extends PredictDeps {
+  /** Spans for requests (off: nothing recorded). */
+  readonly tracing: Pick<Tracing, 'enabled' | 'tracer'>;
   readonly catalogue: ModelCatalogue;
   /** Result callbacks (`Callback-Url`): their state is shown with the job. */
   readonly callbacks: CallbackDispatcher;
@@ -88,7 +91,7 @@ export function createApp(deps: AppDeps): Koa<GatewayState> {
     callbacks: deps.callbacks.enabled,
   });
 
-  app.use(requestContext(deps.log, deps.metrics));
+  app.use(requestContext(deps.log, deps.metrics, deps.tracing));
   app.use(problemMiddleware());
   if (deps.corsOrigins.length > 0) app.use(corsFor(deps.corsOrigins));
   if (deps.dashboard) app.use(deps.dashboard);

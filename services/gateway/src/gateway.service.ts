@@ -6,6 +6,7 @@ import { JobStore } from '@conveyor/shared/contract/job-store';
 import { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { redisKeys, type RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import { stopSteps, type Service } from '@conveyor/shared/lifecycle';
+import { startTracing, type Tracer, type Tracing } from '@conveyor/shared/tracing';
 import type { Logger } from '@conveyor/shared/logger';
 import { closeRedis, createBullConnection, createRedis, waitForReady, type Redis } from '@conveyor/shared/redis';
 import { createApp } from './app.js';
@@ -42,7 +43,7 @@ export interface GatewayService extends Service {
 /** Where jobs are made: admission's places, the priorities (fair queuing's, or the bands alone), and the submitter on the queues' connection. */
 function createIntake(
   config: GatewayConfig,
-  parts: Pick<JobIntakeParts, 'admission' | 'waiter' | 'callbacks'> & {
+  parts: Pick<JobIntakeParts, 'admission' | 'waiter' | 'callbacks' | 'tracer'> & {
     redis: Redis;
     queueConnection: Redis;
     queues: ModelQueues;
@@ -67,7 +68,15 @@ function createIntake(
 }
 
 /** Result callbacks: their dispatcher, taking deliveries on a connection of their own (closed at shutdown). */
-function startCallbacks(config: GatewayConfig, redis: Redis, subscriber: Redis, jobs: JobStore, gatewayId: string, log: Logger) {
+function startCallbacks(
+  config: GatewayConfig,
+  redis: Redis,
+  subscriber: Redis,
+  jobs: JobStore,
+  gatewayId: string,
+  log: Logger,
+  tracer: Tracer,
+) {
   // BullMQ workers block on their connection: the callback deliveries get one of their own.
   const callbackConnection = createRedis(config.REDIS_URL, 'consumer', `conveyor:gateway-callbacks:${gatewayId}`, log);
   const callbacks = new CallbackDispatcher(
@@ -89,6 +98,7 @@ function startCallbacks(config: GatewayConfig, redis: Redis, subscriber: Redis, 
       resultTtlSeconds: config.RESULT_TTL_SECONDS,
     },
     log.child({ module: 'callbacks' }),
+    tracer,
   );
   callbacks.start(subscriber, config.REDIS_PREFIX);
   return { callbacks, callbackConnection };
@@ -114,6 +124,7 @@ function catalogueOf(config: GatewayConfig, fleet: FleetStore, log: Logger): Mod
  */
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayService> {
   const gatewayId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const tracing = startTracing(config, 'gateway', gatewayId);
 
   const keys = redisKeys(config.REDIS_PREFIX);
   const { redis, subscriber, queueConnection, queues, board } = await connect(config, gatewayId, log);
@@ -132,7 +143,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const jobs = new JobStore(redis, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS });
   const waiter = new ResultWaiter(subscriber, jobs, keys, gatewayId, log.child({ module: 'result-waiter' }));
   await waiter.start();
-  const { callbacks, callbackConnection } = startCallbacks(config, redis, subscriber, jobs, gatewayId, log);
+  const { callbacks, callbackConnection } = startCallbacks(config, redis, subscriber, jobs, gatewayId, log, tracing.tracer);
 
   const eventStreams = new OpenStreams();
   const { lookup, canceller } = jobAccess(config, catalogue, queues, jobs, gatewayId);
@@ -140,6 +151,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     ...(board ? { dashboard: board.middleware } : {}),
     config,
     log,
+    tracing,
     redis,
     keys,
     jobs,
@@ -161,7 +173,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     monitorUrl: config.MONITOR_URL,
     lookup,
     canceller,
-    intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks }),
+    intake: createIntake(config, { redis, queueConnection, queues, admission, waiter, callbacks, tracer: tracing.tracer }),
     callbackUrl: (values) => callbacks.parse(values),
     idempotency: idempotencyStore(config, redis, keys),
     fetchImage: imageFetcher(config),
@@ -180,6 +192,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     queues,
     callbacks,
     connectionsToClose: [redis, subscriber, queueConnection, callbackConnection],
+    tracing,
   });
 
   const port = await listen(server, config);
@@ -344,6 +357,7 @@ function stopGateway(
     queues: ModelQueues;
     callbacks: CallbackDispatcher;
     connectionsToClose: readonly Redis[];
+    tracing: Tracing;
   },
 ) {
   return stopSteps(log, [
@@ -379,6 +393,8 @@ function stopGateway(
       },
     },
     { name: 'callbacks', run: () => parts.callbacks.close() },
+    // After the callbacks, whose last deliveries are spans too; before Redis, which it does not need.
+    { name: 'traces', run: () => parts.tracing.shutdown() },
     {
       name: 'redis',
       run: () => Promise.all(parts.connectionsToClose.map((connection) => closeRedis(connection))),

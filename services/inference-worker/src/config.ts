@@ -12,12 +12,14 @@ import {
   modelsConfigShape,
   redisConfigShape,
   resultConfigShape,
+  tracingConfigShape,
 } from '@conveyor/shared/config';
 
 const WorkerFields = z.object({
   ...redisConfigShape,
   ...logConfigShape,
   ...resultConfigShape,
+  ...tracingConfigShape,
   ...modelsConfigShape,
   MODELS_DIR: env.string(
     'models',

@@ -8,13 +8,25 @@ import {
   type InferenceJobReturn,
 } from '@conveyor/shared/contract/jobs.contract';
 import { predictionEvent } from '@conveyor/shared/contract/events.contract';
-import type { ModelName, ModelRef } from '@conveyor/shared/contract/common.contract';
+import { TraceContext, type ModelName, type ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { CommitOutcome, JobStore } from '@conveyor/shared/contract/job-store';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess, Workspace } from '@conveyor/shared/model/preprocess';
 import { classify, topKFor } from '@conveyor/shared/model/runtime';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import { isRedisOutOfMemory } from '@conveyor/shared/redis';
+import {
+  contextFrom,
+  failSpan,
+  logIds,
+  NO_SPAN,
+  recordStep,
+  SpanClock,
+  SpanKind,
+  tracingOff,
+  type Span,
+  type Tracer,
+} from '@conveyor/shared/tracing';
 import type { JobCounts } from './job-counts.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost, ModelLease } from './model/model-host.js';
@@ -46,6 +58,8 @@ export interface ProcessorDeps {
   readonly counts: Pick<JobCounts, 'started' | 'ended' | 'committedCompleted' | 'committedFailed' | 'served'>;
   /** This model's metrics. */
   readonly metrics: JobMetrics;
+  /** Spans of the jobs that carry a trace (absent: none). */
+  readonly tracer?: Tracer | undefined;
 }
 
 /** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
@@ -69,6 +83,11 @@ interface Attempt {
   /** When this attempt started (epoch ms), and its monotonic clock. */
   readonly startedAt: number;
   readonly clock: number;
+  /** The attempt's CONSUMER span (records nothing when the job carries no trace). */
+  readonly span: Span;
+  readonly tracer: Tracer;
+  /** Its steps' times, on one clock with it. */
+  readonly spanClock: SpanClock;
 }
 
 const DUPLICATE: InferenceJobReturn = { label: 'duplicate' };
@@ -79,18 +98,23 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
   // One workspace per job in flight (at most the model's concurrency), reused job after job: a job
   // allocates no fresh megabytes of typed arrays, which had cost a major GC every 7–9 jobs.
   const idle: Workspace[] = [];
+  const tracer = deps.tracer ?? tracingOff().tracer;
   return async (job, token, signal) => {
     deps.counts.started();
     const started = performance.now();
     let outcome: JobOutcome | undefined;
     const workspace = idle.pop() ?? new Workspace();
+    const clock = new SpanClock();
+    const span = attemptSpan(tracer, deps, job, clock);
     try {
-      return await processOne(deps, job, token, signal, workspace, (o) => (outcome = o));
+      return await processOne({ deps, job, token, signal, workspace, span, tracer, clock }, (o) => (outcome = o));
     } catch (error) {
       // Thrown before the attempt could say (Redis failing the input fetch, say): BullMQ retries it.
       outcome ??= 'failed_transient';
+      if (outcome.startsWith('failed')) failSpan(span, error);
       throw error;
     } finally {
+      endAttemptSpan(span, outcome, clock);
       idle.push(workspace);
       deps.counts.ended();
       const seconds = (performance.now() - started) / 1000;
@@ -103,19 +127,81 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
   };
 }
 
-async function processOne(
-  deps: ProcessorDeps,
-  job: InferenceBullJob,
-  token: string | undefined,
-  signal: AbortSignal | undefined,
-  workspace: Workspace,
-  report: Report,
-): Promise<InferenceJobReturn> {
+/** What one call of the processor works with. */
+interface Call {
+  readonly deps: ProcessorDeps;
+  readonly job: InferenceBullJob;
+  readonly token: string | undefined;
+  readonly signal: AbortSignal | undefined;
+  readonly workspace: Workspace;
+  readonly span: Span;
+  readonly tracer: Tracer;
+  readonly clock: SpanClock;
+}
+
+/**
+ * The attempt's span: a CONSUMER span, the child of the gateway's enqueue span the job carries
+ * (OpenTelemetry's messaging conventions); a retry is a new one in the same trace. A first attempt
+ * also records the job's wait in the queue, from its enqueueing to this start. Read before the
+ * payload is checked (a malformed trace field is ignored, never fatal).
+ */
+function attemptSpan(tracer: Tracer, deps: ProcessorDeps, job: InferenceBullJob, clock: SpanClock): Span {
+  const raw = (job.data as { trace?: unknown } | undefined)?.trace;
+  // Most jobs carry none: no parse (a failed zod parse builds an error object), no span.
+  if (raw === undefined) return NO_SPAN;
+  const carried = TraceContext.safeParse(raw);
+  if (!carried.success) return NO_SPAN;
+  const parent = contextFrom(carried.data);
+  const attempt = job.attemptsMade + 1;
+  const common = { 'messaging.system': 'bullmq', 'messaging.destination.name': deps.queue, 'conveyor.job.id': job.id ?? '' };
+  if (attempt === 1 && job.processedOn !== undefined) {
+    tracer.startSpan('queue wait', { startTime: job.timestamp, attributes: common }, parent).end(job.processedOn);
+  }
+  return tracer.startSpan(
+    `process ${deps.queue}`,
+    {
+      kind: SpanKind.CONSUMER,
+      attributes: {
+        ...common,
+        'messaging.operation.type': 'process',
+        'messaging.message.id': job.id ?? '',
+        'conveyor.model': deps.model,
+        'conveyor.attempt': attempt,
+        'conveyor.worker': deps.workerId,
+      },
+      startTime: clock.at(),
+    },
+    parent,
+  );
+}
+
+function endAttemptSpan(span: Span, outcome: JobOutcome | undefined, clock: SpanClock): void {
+  if (!span.isRecording()) return;
+  span.setAttribute('conveyor.outcome', outcome ?? 'unknown');
+  span.end(clock.at());
+}
+
+async function processOne(call: Call, report: Report): Promise<InferenceJobReturn> {
+  const { deps, job, token, signal, workspace, span, tracer, clock } = call;
   const data = acceptPayload(deps, job, report);
   const jobId = job.id!;
   const number = job.attemptsMade + 1;
-  const log = deps.log.child({ jobId, requestId: data.requestId, attempt: number });
-  const run: Attempt = { job, jobId, number, data, token, signal, log, startedAt: Date.now(), clock: performance.now() };
+  const log = deps.log.child({ jobId, requestId: data.requestId, attempt: number, ...logIds(span) });
+  span.setAttribute('conveyor.input.bytes', data.input.bytes);
+  const run: Attempt = {
+    job,
+    jobId,
+    number,
+    data,
+    token,
+    signal,
+    log,
+    startedAt: Date.now(),
+    clock: performance.now(),
+    span,
+    tracer,
+    spanClock: clock,
+  };
   // processedOn is when BullMQ made the job active for this attempt; acceptedAt is the gateway's clock.
   deps.metrics.queueWait(queueMs(run) / 1000);
 
@@ -123,7 +209,9 @@ async function processOne(
   if (data.deadline !== undefined && run.startedAt > data.deadline) return expire(deps, run, data.deadline, report);
 
   // An earlier attempt may have committed the result and died before BullMQ recorded it.
+  const taking = performance.now();
   const taken = await deps.jobs.takeInput(jobId);
+  recordStep(tracer, span, clock, 'take input', { start: taking, end: performance.now() });
   if (taken.finished) {
     log.info('already finished by an earlier attempt');
     report('not_published');
@@ -132,6 +220,7 @@ async function processOne(
 
   // The job keeps the model it started with, even if a new version is swapped in meanwhile.
   const lease = deps.models.acquire();
+  span.setAttribute('conveyor.model.version', lease.ref.version);
   try {
     if (!taken.bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
     const { result, embedding } = await predict(deps, run, lease, taken.bytes, workspace);
@@ -215,10 +304,24 @@ async function predict(
   });
   const preprocessedAt = performance.now();
   deps.metrics.preprocess((preprocessedAt - preprocessStart) / 1000);
+  recordStep(run.tracer, run.span, run.spanClock, 'preprocess', {
+    start: preprocessStart,
+    end: preprocessedAt,
+    attributes: {
+      'conveyor.input.format': data.input.format,
+      'conveyor.input.width': data.input.width,
+      'conveyor.input.height': data.input.height,
+    },
+  });
   await handBackIfCancelled(run);
   const [output] = await model.run([prepared.tensor]);
   const inferredAt = performance.now();
   deps.metrics.inference((inferredAt - preprocessedAt) / 1000);
+  recordStep(run.tracer, run.span, run.spanClock, 'inference', {
+    start: preprocessedAt,
+    end: inferredAt,
+    attributes: { 'conveyor.model.version': ref.version },
+  });
   const prediction = classify(output!.probabilities, model.manifest.labels, topKFor(model.manifest, deps.topK));
   const finished = Date.now();
   const result: CompletedResult = {
@@ -247,12 +350,19 @@ async function commitCompleted(
   embedding: number[] | undefined,
   report: Report,
 ): Promise<InferenceJobReturn> {
+  const committing = performance.now();
   const outcome = await commitWhenRoom(run, () =>
     deps.jobs.commit(result, {
       ...commitTarget(deps, run),
       event: predictionEvent(result, deps.model, embedding),
     }),
   );
+  // One script: the result, the reply to a waiting gateway, the prediction event.
+  recordStep(run.tracer, run.span, run.spanClock, 'commit and reply', {
+    start: committing,
+    end: performance.now(),
+    attributes: { 'conveyor.commit.outcome': outcome, 'conveyor.reply': run.data.replyTo !== undefined },
+  });
   if (outcome === 'cancelled') {
     run.log.info('result discarded: the job was cancelled while it ran');
     report('cancelled');

@@ -8,6 +8,7 @@ import { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
+import { startTracing, type Tracing } from '@conveyor/shared/tracing';
 import type { Logger } from '@conveyor/shared/logger';
 import { closeRedis, createBullConnection, createRedis, waitForReady, type Redis } from '@conveyor/shared/redis';
 import type { WorkerConfig } from './config.js';
@@ -48,6 +49,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   // models is already visible to Prometheus (up, no model_info yet).
   const metricsServer = await startMetricsEndpoint(config, metrics, log);
 
+  const tracing = startTracing(config, 'inference-worker', workerId);
   const keys = redisKeys(config.REDIS_PREFIX);
   const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
   await waitForReady(redis, 30_000);
@@ -79,7 +81,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     config.HEALTH_FILE,
   );
 
-  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer });
+  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing });
 
   const registry = config.MLFLOW_TRACKING_URI
     ? {
@@ -90,7 +92,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
       }
     : undefined;
 
-  const serving: Serving = { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log };
+  const serving: Serving = { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing };
   const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
 
   // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
@@ -179,9 +181,10 @@ function stopWorker(
     redis: Redis;
     bullConnection: Redis;
     metricsServer: MetricsServer | undefined;
+    tracing: Tracing;
   },
 ) {
-  const { served, heartbeat, redis, bullConnection, metricsServer } = parts;
+  const { served, heartbeat, redis, bullConnection, metricsServer, tracing } = parts;
   const inFlight = () => served.reduce((sum, s) => sum + s.counts.inFlight, 0);
   return stopSteps(log, [
     {
@@ -205,6 +208,8 @@ function stopWorker(
     { name: 'heartbeat', run: () => heartbeat.stop() },
     { name: 'models', run: () => Promise.all(served.map((s) => s.close())) },
     { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(bullConnection)]) },
+    // After the drain, whose jobs' spans it exports.
+    { name: 'traces', run: () => tracing.shutdown() },
     // Last, so the drain itself can be watched.
     { name: 'metrics', run: () => metricsServer?.close() ?? Promise.resolve() },
   ]);
@@ -221,6 +226,7 @@ interface Serving {
   readonly workerErrors: { error(error: unknown): void };
   readonly heartbeat: Heartbeat;
   readonly log: Logger;
+  readonly tracing: Tracing;
 }
 
 /**
@@ -241,7 +247,7 @@ async function serveOrRefuse(model: ModelServing, serving: Serving, served: read
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
 async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
-  const { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log } = serving;
+  const { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing } = serving;
   const source = registry
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
@@ -262,6 +268,7 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     log: log.child({ modelName: model.name }),
     counts: model.counts,
     metrics: metrics.forModel(model.name),
+    tracer: tracing.tracer,
   });
   const bull = {
     connection: bullConnection,

@@ -31,6 +31,17 @@ export type ModelName = z.infer<typeof ModelName>;
 export const ImageFormat = z.enum(['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif']);
 export type ImageFormat = z.infer<typeof ImageFormat>;
 
+/**
+ * W3C Trace Context (https://www.w3.org/TR/trace-context/) carried with a job across the queue, so the
+ * worker's spans join the trace of the request that made it. Absent when tracing is off or the
+ * request was not sampled.
+ */
+export const TraceContext = z.object({
+  traceparent: z.string().regex(/^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/),
+  tracestate: z.string().max(512).optional(),
+});
+export type TraceContext = z.infer<typeof TraceContext>;
+
 export const JobId = z.uuid();
 export const RequestId = z.string().min(1).max(128);
 

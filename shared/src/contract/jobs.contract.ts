@@ -1,5 +1,15 @@
 import { z } from 'zod';
-import { JobId, ModelName, ModelRef, Prediction, RequestId, Timings, ImageFormat, InputDescriptors } from './common.contract.js';
+import {
+  JobId,
+  ModelName,
+  ModelRef,
+  Prediction,
+  RequestId,
+  Timings,
+  ImageFormat,
+  InputDescriptors,
+  TraceContext,
+} from './common.contract.js';
 import { ProblemBody } from '../problem.js';
 
 /**
@@ -55,6 +65,11 @@ export const InferenceJob = z.object({
    * version 1 (workers of the previous release ignore it and run the job).
    */
   deadline: z.number().int().positive().optional(),
+  /**
+   * The trace the job belongs to (the gateway's enqueue span), when tracing is on and the request
+   * sampled. Added within version 1: workers of the previous release ignore it.
+   */
+  trace: TraceContext.optional(),
   input: z.object({
     format: ImageFormat,
     bytes: z.number().int().positive(),
@@ -165,5 +180,7 @@ export const CallbackJob = z.object({
   webhookId: z.string().min(1).max(64),
   /** Whose pending callback this is (redisKeys().callbacksPending), released when the delivery settles. */
   client: z.string().min(1).max(200).optional(),
+  /** The trace of the request that asked for the callback: each delivery attempt is a span in it. */
+  trace: TraceContext.optional(),
 });
 export type CallbackJob = z.infer<typeof CallbackJob>;

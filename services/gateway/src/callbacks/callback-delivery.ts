@@ -2,6 +2,17 @@ import { UnrecoverableError } from 'bullmq';
 import type { CallbackPayload, CallbackState } from '@conveyor/shared/contract/api.contract';
 import type { CallbackJob, JobResult } from '@conveyor/shared/contract/jobs.contract';
 import type { Logger } from '@conveyor/shared/logger';
+import {
+  carrierOf,
+  contextFrom,
+  failSpan,
+  logIds,
+  NO_SPAN,
+  SpanKind,
+  tracingOff,
+  type Span,
+  type Tracer,
+} from '@conveyor/shared/tracing';
 import { isAddressRefused } from '../http/outbound.js';
 import type { CallbackRecords } from './callback-store.js';
 import type { postCallback } from './callback-post.js';
@@ -34,15 +45,48 @@ export class CallbackDelivery {
     /** How long the state is kept: as long as the result it belongs to. */
     private readonly resultTtlSeconds: number,
     private readonly log: Logger,
+    /** Each try is a CLIENT span in the trace of the request that asked for the callback. */
+    private readonly tracer: Tracer = tracingOff().tracer,
   ) {}
 
   /** Resolves once delivered; throws to be retried, or an UnrecoverableError when no try can succeed. */
   async attempt(run: DeliveryTry, result: JobResult): Promise<void> {
+    const { data, attempt: attempts } = run;
+    const span = data.trace ? this.trySpan(data, attempts) : NO_SPAN;
+    const log = this.log.child({ jobId: data.jobId, requestId: data.requestId, attempt: attempts, ...logIds(span) });
+    try {
+      await this.tryOnce(run, result, span, log);
+    } catch (error) {
+      failSpan(span, error);
+      throw error;
+    } finally {
+      span.end();
+    }
+  }
+
+  private trySpan(data: CallbackJob, attempt: number): Span {
+    const url = new URL(data.url);
+    return this.tracer.startSpan(
+      'callback POST',
+      {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          'http.request.method': 'POST',
+          'server.address': url.hostname,
+          'conveyor.job.id': data.jobId,
+          'conveyor.callback.attempt': attempt,
+        },
+      },
+      contextFrom(data.trace),
+    );
+  }
+
+  private async tryOnce(run: DeliveryTry, result: JobResult, span: Span, log: Logger): Promise<void> {
     const { data, attempt: attempts, last } = run;
-    const log = this.log.child({ jobId: data.jobId, requestId: data.requestId, attempt: attempts });
     let status: number;
     try {
-      status = await this.send(data, result);
+      status = await this.send(data, result, span);
+      span.setAttribute('http.response.status_code', status);
     } catch (error) {
       if (isAddressRefused(error)) {
         const lastError = 'The URL resolves to a private, loopback or link-local address';
@@ -72,7 +116,9 @@ export class CallbackDelivery {
     await this.settle(data, { state: 'failed', lastError });
   }
 
-  private send(data: CallbackJob, result: JobResult): Promise<number> {
+  private send(data: CallbackJob, result: JobResult, span: Span = NO_SPAN): Promise<number> {
+    // The receiver may continue the trace: the W3C headers name this try's span.
+    const trace = carrierOf(span);
     const payload: CallbackPayload = {
       type: `job.${result.status}`,
       timestamp: new Date().toISOString(),
@@ -86,6 +132,7 @@ export class CallbackDelivery {
       'webhook-id': data.webhookId,
       'webhook-timestamp': String(timestamp),
       'webhook-signature': signWebhook(this.secret, data.webhookId, timestamp, body),
+      ...trace,
     });
   }
 

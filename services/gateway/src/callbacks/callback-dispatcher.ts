@@ -1,10 +1,12 @@
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from '@conveyor/shared/redis';
 import type { CallbackState } from '@conveyor/shared/contract/api.contract';
+import type { TraceContext } from '@conveyor/shared/contract/common.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import { CallbackJob, QUEUES, ReplyMessage, type JobResult } from '@conveyor/shared/contract/jobs.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import { ProblemError } from '@conveyor/shared/problem';
+import { tracingOff, type Tracer } from '@conveyor/shared/tracing';
 import { filteringAgents } from '../http/outbound.js';
 import { CallbackDelivery } from './callback-delivery.js';
 import { postCallback } from './callback-post.js';
@@ -84,6 +86,7 @@ export class CallbackDispatcher {
     prefix: string,
     private readonly options: CallbackOptions,
     private readonly log: Logger,
+    tracer: Tracer = tracingOff().tracer,
   ) {
     this.queue = new Queue<CallbackJob>(QUEUES.callbacks, { connection, prefix });
     this.queue.on('error', (error) => log.warn({ err: error }, 'callback queue error'));
@@ -96,6 +99,7 @@ export class CallbackDispatcher {
           this.secret,
           options.resultTtlSeconds,
           log,
+          tracer,
         )
       : undefined;
   }
@@ -167,7 +171,7 @@ export class CallbackDispatcher {
   }
 
   /** Before the job is queued: its delivery is waiting for it from now on (`reserve` first). */
-  async schedule(jobId: string, url: URL, requestId: string, client: string): Promise<CallbackState> {
+  async schedule(jobId: string, url: URL, requestId: string, client: string, trace?: TraceContext): Promise<CallbackState> {
     const state: CallbackState = { url: url.href, state: 'pending', attempts: 0, webhookId: `msg_${jobId}` };
     await this.records.write(jobId, state, this.options.inputTtlSeconds + this.options.resultTtlSeconds);
     const data: CallbackJob = {
@@ -178,6 +182,7 @@ export class CallbackDispatcher {
       url: url.href,
       webhookId: state.webhookId,
       client,
+      ...(trace ? { trace } : {}),
     };
     await this.queue.add('deliver', data, {
       jobId,

@@ -1,6 +1,7 @@
 import type { ParameterizedContext } from 'koa';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { Logger } from '@conveyor/shared/logger';
+import type { Span } from '@conveyor/shared/tracing';
 import type { PredictMode } from './metrics.js';
 import type { Priority } from './priority.js';
 
@@ -57,6 +58,8 @@ export interface GatewayState {
   requestId: string;
   /** A logger bound to the request id (and the job id once there is one). */
   log: Logger;
+  /** The request's SERVER span (a span that records nothing when tracing is off or the path untraced). */
+  span: Span;
   jobId?: string;
   /** A raw image body (Content-Type image/* or application/octet-stream), read within the size limit. */
   rawUpload?: Buffer;

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { CallbackState } from '@conveyor/shared/contract/api.contract';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
+import { carrierOf, childOf, failSpan, NO_SPAN, SpanKind, tracingOff, type Span, type Tracer } from '@conveyor/shared/tracing';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 import type { FairPlace, QueuePlace, Tenant } from '../http/context.js';
 import type { Priority } from '../http/priority.js';
@@ -24,6 +25,8 @@ export interface JobIntakeParts {
   readonly submitter: Pick<JobSubmitter, 'submit'>;
   readonly waiter: Pick<ResultWaiter, 'register' | 'gatewayId'>;
   readonly callbacks: Pick<CallbackDispatcher, 'reserve' | 'schedule' | 'cancel'>;
+  /** Spans of admission and of queueing (absent: none). */
+  readonly tracer?: Tracer | undefined;
 }
 
 /** A model's queue place for a request, taken before its body is read. */
@@ -47,6 +50,8 @@ export interface NewJob extends Pick<
   readonly callbackUrl?: URL | undefined;
   /** Whether the caller waits for the result. */
   readonly waits: boolean;
+  /** The request's span: the job's enqueue span is its child, and the job carries that span's trace. */
+  readonly span?: Span | undefined;
 }
 
 export interface CreatedJob {
@@ -65,7 +70,11 @@ export interface CreatedJob {
  * the request is answered with the failure. The place admission reserved is given back either way.
  */
 export class JobIntake {
-  constructor(private readonly parts: JobIntakeParts) {}
+  private readonly tracer: Tracer;
+
+  constructor(private readonly parts: JobIntakeParts) {
+    this.tracer = parts.tracer ?? tracingOff().tracer;
+  }
 
   /**
    * A place on `model`'s queue for a job of up to `bytes` (within `deadline`'s depth, when it has
@@ -77,9 +86,25 @@ export class JobIntake {
     bytes: number,
     priority: Priority = 'normal',
     deadline?: DeadlineLimit,
+    span: Span = NO_SPAN,
   ): Promise<AdmittedPlace> {
     const queue = this.parts.queues.get(model);
-    const place = await this.parts.admission.admit(queue, randomUUID(), bytes, deadline);
+    const step = span.isRecording()
+      ? this.tracer.startSpan(
+          'admission',
+          { attributes: { 'conveyor.model': model, 'conveyor.priority': priority } },
+          childOf(span),
+        )
+      : NO_SPAN;
+    let place: QueuePlace;
+    try {
+      place = await this.parts.admission.admit(queue, randomUUID(), bytes, deadline);
+    } catch (error) {
+      failSpan(step, error);
+      throw error;
+    } finally {
+      step.end();
+    }
     if (!this.parts.fair) return { place };
     // After the reservation, which keeps the tenant's new place counted until its job is queued.
     const fair = await this.parts.fair.place(queue, tenant, place.jobId, priority).catch((error: unknown) => {
@@ -100,6 +125,28 @@ export class JobIntake {
 
   async create(job: NewJob): Promise<CreatedJob> {
     const { jobId, client, callbackUrl } = job;
+    const queue = this.parts.queues.get(job.model);
+    // OpenTelemetry's messaging conventions: a PRODUCER span per message sent; the worker's span is its child.
+    const enqueue =
+      job.span?.isRecording() === true
+        ? this.tracer.startSpan(
+            `send ${queue.name}`,
+            {
+              kind: SpanKind.PRODUCER,
+              attributes: {
+                'messaging.system': 'bullmq',
+                'messaging.operation.type': 'send',
+                'messaging.destination.name': queue.name,
+                'messaging.message.id': jobId,
+                'conveyor.job.id': jobId,
+                'conveyor.model': job.model,
+                'conveyor.input.bytes': job.bytes.length,
+              },
+            },
+            childOf(job.span),
+          )
+        : NO_SPAN;
+    const trace = carrierOf(enqueue);
     // Registered before the job exists, so the reply cannot arrive before anyone listens.
     const ticket = job.waits ? this.parts.waiter.register(jobId) : undefined;
     let callback: CallbackState | undefined;
@@ -109,10 +156,10 @@ export class JobIntake {
         await this.parts.callbacks.reserve(client, jobId);
         reserved = true;
         // Scheduled first: the delivery waits for the job, so it cannot miss its end.
-        callback = await this.parts.callbacks.schedule(jobId, callbackUrl, job.requestId, client);
+        callback = await this.parts.callbacks.schedule(jobId, callbackUrl, job.requestId, client, trace);
       }
       await this.parts.submitter.submit({
-        queue: this.parts.queues.get(job.model),
+        queue,
         model: job.model,
         jobId,
         requestId: job.requestId,
@@ -125,18 +172,21 @@ export class JobIntake {
         owner: job.owner,
         priority: job.fair?.priority,
         deadline: job.deadline,
+        trace,
       });
       // A large image costs its tenant more of the workers' time: its next jobs go later.
       job.fair?.charge(job.facts.width * job.facts.height);
       // Queued: it counts as waiting now, and its image as queued bytes.
       job.place?.queued(job.bytes.length);
     } catch (error) {
+      failSpan(enqueue, error);
       ticket?.cancel();
       if (reserved) await this.parts.callbacks.cancel(jobId, client);
       throw error;
     } finally {
       // The place reserved at admission is given back (what `queued` kept stays counted).
       job.place?.release();
+      enqueue.end();
     }
     return { jobId, ticket, callback };
   }

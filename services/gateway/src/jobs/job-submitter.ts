@@ -1,5 +1,5 @@
 import { INFERENCE_JOB_NAME, INFERENCE_JOB_OPTIONS, type InferenceJob } from '@conveyor/shared/contract/jobs.contract';
-import type { ModelName } from '@conveyor/shared/contract/common.contract';
+import type { ModelName, TraceContext } from '@conveyor/shared/contract/common.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { ImageFacts } from '../intake/inspect-image.js';
 import type { PredictInput } from '../intake/read-input.js';
@@ -26,6 +26,8 @@ export interface Submission {
   readonly priority?: number | undefined;
   /** The caller's processing deadline (epoch ms): a worker drops the job unrun after it. */
   readonly deadline?: number | undefined;
+  /** The trace the job continues (the gateway's enqueue span), when tracing is on and the request sampled. */
+  readonly trace?: TraceContext | undefined;
 }
 
 /**
@@ -84,6 +86,7 @@ export function inferenceJob(submission: Submission): InferenceJob {
     acceptedAt: submission.acceptedAt,
     model: submission.model,
     ...(submission.deadline === undefined ? {} : { deadline: submission.deadline }),
+    ...(submission.trace ? { trace: submission.trace } : {}),
     input: {
       ...facts,
       bytes: bytes.length,

@@ -137,6 +137,7 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
       callbackUrl,
       waits,
       deadline: deadline?.at,
+      span: ctx.state.span,
     });
   } catch (error) {
     await freeKey(ctx, lease);
@@ -343,7 +344,14 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       // Asking above the tenant's maximum is not refused: the job goes at the maximum, and Preference-Applied says so.
       const priority = capPriority(prefer.priority ?? 'normal', tenant.maxPriority);
       ctx.state.priority = priority;
-      admitted = await deps.intake.admit(model.name, tenant, Math.min(bytes, config.MAX_UPLOAD_BYTES), priority, limit);
+      admitted = await deps.intake.admit(
+        model.name,
+        tenant,
+        Math.min(bytes, config.MAX_UPLOAD_BYTES),
+        priority,
+        limit,
+        ctx.state.span,
+      );
     } catch (error) {
       deps.metrics.outcomes.inc({ outcome: 'rejected' });
       throw error;
