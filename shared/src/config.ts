@@ -176,13 +176,13 @@ export const logConfigShape = {
  */
 export const tracingConfigShape = {
   OTEL_EXPORTER_OTLP_ENDPOINT: z
-    .url()
+    .url({ protocol: /^https?$/, error: 'an http:// or https:// URL' })
     .optional()
     .describe(
       'OTLP/HTTP base URL of a trace collector (e.g. `http://otel-collector:4318`): spans go to `<it>/v1/traces`. Unset (and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT unset): tracing is off',
     ),
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: z
-    .url()
+    .url({ protocol: /^https?$/, error: 'an http:// or https:// URL' })
     .optional()
     .describe('Full OTLP/HTTP URL for traces, used as given (overrides OTEL_EXPORTER_OTLP_ENDPOINT)'),
   OTEL_EXPORTER_OTLP_PROTOCOL: z
