@@ -7,6 +7,7 @@ import { startJaeger } from '../harness/jaeger.js';
 import { startRedis } from '../harness/redis-server.js';
 import { ROOT, spawnService, type ServiceProcess } from '../harness/service-process.js';
 import { carrierOf, logIds, NO_SPAN } from '@conveyor/shared/tracing';
+import { drive, median, round3, until } from './lib/drive.js';
 import { processCpuMs } from './lib/process-cpu.js';
 
 /**
@@ -51,7 +52,6 @@ try {
   rmSync(dir, { recursive: true, force: true });
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const summary = (mode: Mode) => ({
   gatewayCpuMsPerRequest: round3(median(samples[mode].map((s) => s.gateway))),
   workerCpuMsPerRequest: round3(median(samples[mode].map((s) => s.worker))),
@@ -67,7 +67,10 @@ const report = {
   offPathNsPerRequest: offPath,
   off,
   on,
-  onOverOff: { totalCpu: round3(on.totalCpuMsPerRequest / off.totalCpuMsPerRequest), requestsPerSecond: round3(on.requestsPerSecond / off.requestsPerSecond) },
+  onOverOff: {
+    totalCpu: round3(on.totalCpuMsPerRequest / off.totalCpuMsPerRequest),
+    requestsPerSecond: round3(on.requestsPerSecond / off.requestsPerSecond),
+  },
   samples,
 };
 console.log(JSON.stringify(report, null, 2));
@@ -79,16 +82,23 @@ async function measure(mode: Mode, prefix: string) {
   const tracing: Record<string, string> =
     mode === 'on' ? { OTEL_EXPORTER_OTLP_ENDPOINT: jaeger.otlpEndpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' } : {};
   const common = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, LOG_LEVEL: 'warn', ...tracing };
-  const worker = spawnService('inference-worker', { ...common, LOG_LEVEL: 'info', HEARTBEAT_INTERVAL_MS: '500' }, { built: true, keep: 20 });
+  const worker = spawnService(
+    'inference-worker',
+    { ...common, LOG_LEVEL: 'info', HEARTBEAT_INTERVAL_MS: '500' },
+    { built: true, keep: 20 },
+  );
   const gateway = spawnService('gateway', { ...common, PORT: String(port), HOST: '127.0.0.1' }, { built: true, keep: 20 });
   const base = `http://127.0.0.1:${port}`;
   try {
     await worker.waitFor((r) => r.msg === 'worker ready', 60_000);
-    await until(async () => (await fetch(`${base}/v2/models/digits/ready`).catch(() => undefined))?.ok === true);
-    await drive(base, 300); // warm-up: JIT, connections, the first export
+    await until(
+      'a warm digits worker',
+      async () => (await fetch(`${base}/v2/models/digits/ready`).catch(() => undefined))?.ok === true,
+    );
+    await drive(`${base}/v1/predict`, image, 300, concurrency); // warm-up: JIT, connections, the first export
     const before = cpu(gateway, worker);
     const started = performance.now();
-    await drive(base, requests);
+    await drive(`${base}/v1/predict`, image, requests, concurrency);
     const seconds = (performance.now() - started) / 1000;
     const after = cpu(gateway, worker);
     return {
@@ -103,29 +113,6 @@ async function measure(mode: Mode, prefix: string) {
 
 function cpu(gateway: ServiceProcess, worker: ServiceProcess) {
   return { gateway: processCpuMs(gateway.child.pid!) ?? NaN, worker: processCpuMs(worker.child.pid!) ?? NaN };
-}
-
-async function drive(base: string, n: number): Promise<void> {
-  let next = 0;
-  const one = async () => {
-    while (next < n) {
-      next++;
-      const form = new FormData();
-      form.append('file', new Blob([image]), 'seven.png');
-      const response = await fetch(`${base}/v1/predict`, { method: 'POST', body: form });
-      if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${await response.text()}`);
-      await response.arrayBuffer();
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, one));
-}
-
-async function until(condition: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('the services did not become ready');
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 /** The calls a request and its job make on the off path, timed alone (ns per request; median of 5). */
@@ -150,8 +137,4 @@ function measureOffPath(): number {
   }
   if (sink === -1) console.error(sink);
   return round3(runs.sort((a, b) => a - b)[2]!);
-}
-
-function round3(x: number): number {
-  return Math.round(x * 1000) / 1000;
 }

@@ -120,6 +120,12 @@ export const GatewayConfig = z
       true,
       "Refuse at once (503 deadline-unmeetable + Retry-After) a request whose `Prefer: deadline=` the model's queue cannot meet, estimated from the jobs waiting, the live workers' concurrency and their measured service time (see docs/deadlines.md); false: queue it (a worker drops it unrun once its deadline has passed)",
     ),
+    DEADLINE_ADMISSION_SHARE: env.number(
+      0.8,
+      0.1,
+      1,
+      'The share of a deadline deadline admission plans a job to finish within (the rest absorbs the estimate being off, and the time before admission): at 1, a queue held at its limit finishes admitted jobs at the very edge of their deadlines (see docs/deadlines.md)',
+    ),
     FAIR_QUEUING: env.bool(
       true,
       "Share each model's workers between tenants (the API key, or the client address when keys are off) in proportion to their weights (a key's WEIGHT); false: first come, first served (see docs/fairness.md)",

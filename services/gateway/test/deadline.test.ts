@@ -50,6 +50,14 @@ describe('deadline admission estimate', () => {
     expect(deadlineLimit({ concurrency: 2, serviceMs: 40 }, 30, 'digits')!.maxDepth).to.equal(1);
     expect(deadlineLimit({ concurrency: 2, serviceMs: undefined }, 240, 'digits')).to.equal(undefined);
   });
+  it('drains at the workers’ measured saturated rate when they have one, never faster than their slots allow', () => {
+    // Slots say 2 per 40 ms = 50 jobs/s; measured, the workers drain 20/s: 10 waiting take 500 ms, then 40 ms.
+    expect(expectedFinishMs({ waiting: 10, concurrency: 2, serviceMs: 40, jobsPerSecond: 20 })).to.equal(540);
+    // A measured rate above what the slots allow is not believed (slots: 200 ms for 10).
+    expect(expectedFinishMs({ waiting: 10, concurrency: 2, serviceMs: 40, jobsPerSecond: 1000 })).to.equal(240);
+    // (1000 − 40) ms × 20 jobs/s = 19.2 jobs ahead fit: 20 and more are refused.
+    expect(deadlineLimit({ concurrency: 2, serviceMs: 40, jobsPerSecond: 20 }, 1000, 'digits')!.maxDepth).to.equal(20);
+  });
   it('refuses when no live worker serves the model', () => {
     expect(() => checkDeadline({ waiting: 0, concurrency: 0, serviceMs: undefined }, 60_000, 'digits')).to.throw(ProblemError);
   });

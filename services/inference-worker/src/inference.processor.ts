@@ -55,7 +55,7 @@ export interface ProcessorDeps {
   readonly eventEmbeddings: boolean;
   readonly log: Logger;
   /** This model's jobs: in flight now, committed so far. */
-  readonly counts: Pick<JobCounts, 'started' | 'ended' | 'committedCompleted' | 'committedFailed' | 'served'>;
+  readonly counts: Pick<JobCounts, 'started' | 'ended' | 'committedCompleted' | 'committedFailed'>;
   /** This model's metrics. */
   readonly metrics: JobMetrics;
   /** Spans of the jobs that carry a trace (absent: none). */
@@ -116,10 +116,9 @@ export function createInferenceProcessor(deps: ProcessorDeps): InferenceProcesso
     } finally {
       endAttemptSpan(span, outcome, clock);
       idle.push(workspace);
-      deps.counts.ended();
       const seconds = (performance.now() - started) / 1000;
-      // The service time gateways estimate queue waits from: jobs that ran the model only.
-      if (outcome === 'completed' || outcome === 'cancelled') deps.counts.served(seconds * 1000);
+      // The service time and drain rate gateways estimate queue waits from: jobs that ran the model only.
+      deps.counts.ended(outcome === 'completed' || outcome === 'cancelled' ? seconds * 1000 : undefined);
       // Exactly one outcome per attempt, counted once it is over.
       deps.metrics.processing(seconds);
       if (outcome) deps.metrics.outcome(outcome);

@@ -74,10 +74,12 @@ class Fakes {
       log: pino({ level: 'silent' }),
       counts: {
         started: () => this.counts.started++,
-        ended: () => this.counts.ended++,
+        ended: (servedMs?: number) => {
+          this.counts.ended++;
+          if (servedMs !== undefined) this.served.push(servedMs);
+        },
         committedCompleted: () => this.counts.completed++,
         committedFailed: () => this.counts.failed++,
-        served: (ms) => this.served.push(ms),
       },
       metrics: {
         queueWait: () => undefined,

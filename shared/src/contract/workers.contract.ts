@@ -18,6 +18,12 @@ export const ServedModel = z.object({
    * admission). Added within version 1.
    */
   serviceMs: z.number().nonnegative().optional(),
+  /**
+   * How many of the model's jobs this worker finishes per second while all its slots are busy (a
+   * moving average over recent saturated stretches); absent until it has been saturated. Deadline
+   * admission drains the queue at the sum over the live workers. Added within version 1.
+   */
+  jobsPerSecond: z.number().positive().optional(),
 });
 export type ServedModel = z.infer<typeof ServedModel>;
 

@@ -8,6 +8,21 @@ export interface QueueFigures {
   readonly concurrency: number;
   /** How long one job of the model takes on a worker, start to commit (ms, the heartbeats' average). */
   readonly serviceMs: number | undefined;
+  /**
+   * How many of the model's jobs the live workers finish per second while their slots are all busy
+   * (the sum of their measured drain rates); undefined until every one of them has measured it.
+   */
+  readonly jobsPerSecond?: number | undefined;
+}
+
+/**
+ * Jobs per millisecond the queue drains at: the measured saturated rate when the workers have one,
+ * never more than their slots allow (`concurrency` jobs per `serviceMs`), which alone is the figure
+ * before any worker has been saturated.
+ */
+function drainPerMs({ concurrency, serviceMs, jobsPerSecond }: QueueFigures): number {
+  const slots = concurrency / serviceMs!;
+  return jobsPerSecond === undefined ? slots : Math.min(slots, jobsPerSecond / 1000);
 }
 
 /**
@@ -21,7 +36,7 @@ export function expectedFinishMs(figures: QueueFigures): number | undefined {
   const { waiting, concurrency, serviceMs } = figures;
   if (concurrency <= 0) return Infinity;
   if (serviceMs === undefined) return undefined;
-  return (waiting / concurrency + 1) * serviceMs;
+  return waiting / drainPerMs(figures) + serviceMs;
 }
 
 /** A deadline admission checks atomically with its reservation (admission.ts, Admission.admit). */
@@ -46,8 +61,8 @@ export function deadlineLimit(
 ): DeadlineLimit | undefined {
   const { concurrency, serviceMs } = figures;
   if (concurrency <= 0 || serviceMs === undefined) return undefined;
-  // The largest `waiting` with (waiting / concurrency + 1) × serviceMs ≤ deadlineMs, plus one.
-  const maxDepth = Math.max(0, Math.floor((deadlineMs / serviceMs - 1) * concurrency)) + 1;
+  // The largest `waiting` with waiting / drain + serviceMs ≤ deadlineMs, plus one.
+  const maxDepth = Math.max(0, Math.floor((deadlineMs - serviceMs) * drainPerMs({ ...figures, waiting: 0 }) + 1e-9)) + 1;
   return {
     maxDepth,
     refuse: (depth) => {

@@ -34,6 +34,11 @@ export interface ModelStatus {
   readonly concurrency: number;
   /** How long one job takes on them (ms, the mean of what their heartbeats report); undefined before any measured one. */
   readonly serviceMs?: number | undefined;
+  /**
+   * Jobs per second they finish together while saturated (the sum of their heartbeats' measured
+   * drain rates); undefined unless every one of them has measured it.
+   */
+  readonly jobsPerSecond?: number | undefined;
   readonly ready: boolean;
   /** Live workers that were configured to serve it and refused it, with their reason. */
   readonly refused: readonly { readonly worker: string; readonly problem: string; readonly at: string }[];
@@ -107,11 +112,23 @@ export class ModelCatalogue {
     const [workers, announced] = await Promise.all([this.fleet.liveWorkers(), this.fleet.announcements()]);
     const serving = new Map<
       ModelName,
-      { versions: Set<string>; workers: number; concurrency: number; serviceMs: number; measured: number }
+      { versions: Set<string>; workers: number; concurrency: number; serviceMs: number; measured: number; rate: number; rated: number }
     >();
     for (const worker of workers) {
       for (const served of servedModels(worker)) {
-        const entry = serving.get(served.name) ?? { versions: new Set(), workers: 0, concurrency: 0, serviceMs: 0, measured: 0 };
+        const entry = serving.get(served.name) ?? {
+          versions: new Set(),
+          workers: 0,
+          concurrency: 0,
+          serviceMs: 0,
+          measured: 0,
+          rate: 0,
+          rated: 0,
+        };
+        if (served.jobsPerSecond !== undefined) {
+          entry.rate += served.jobsPerSecond;
+          entry.rated++;
+        }
         entry.versions.add(served.model.version);
         entry.workers++;
         entry.concurrency += served.concurrency;
@@ -150,6 +167,7 @@ export class ModelCatalogue {
         workers: live?.workers ?? 0,
         concurrency: live?.concurrency ?? 0,
         serviceMs: live && live.measured > 0 ? live.serviceMs / live.measured : undefined,
+        jobsPerSecond: live && live.rated === live.workers ? live.rate : undefined,
         ready: (live?.workers ?? 0) > 0,
         refused: refusals.get(name) ?? [],
       });

@@ -39,6 +39,7 @@ export interface PredictDeps {
     | 'DEFAULT_MODEL'
     | 'NO_WORKER_POLICY'
     | 'DEADLINE_ADMISSION'
+    | 'DEADLINE_ADMISSION_SHARE'
     | 'INPUT_TTL_SECONDS'
   >;
   readonly catalogue: Pick<ModelCatalogue, 'resolve' | 'known'>;
@@ -330,11 +331,14 @@ function admit(deps: PredictDeps, modelOf: (ctx: GatewayContext) => string) {
       if (seconds !== undefined) {
         ctx.state.deadline = { at: Date.now() + Math.ceil(seconds * 1000), seconds };
         if (config.DEADLINE_ADMISSION) {
-          const figures = { concurrency: model.concurrency, serviceMs: model.serviceMs };
+          const figures = { concurrency: model.concurrency, serviceMs: model.serviceMs, jobsPerSecond: model.jobsPerSecond };
+          // Planned to finish within a share of the deadline: a queue held at its limit would
+          // otherwise finish every admitted job at the deadline's very edge, half of them past it.
+          const budgetMs = seconds * 1000 * config.DEADLINE_ADMISSION_SHARE;
           // What no depth can meet (no live worker, a deadline shorter than one job) is refused now;
           // the rest is a bound on the depth, checked with the place's reservation.
-          checkDeadline({ ...figures, waiting: 0 }, seconds * 1000, model.name);
-          limit = deadlineLimit(figures, seconds * 1000, model.name);
+          checkDeadline({ ...figures, waiting: 0 }, budgetMs, model.name);
+          limit = deadlineLimit(figures, budgetMs, model.name);
         }
       }
       const declared = Number(ctx.get('content-length') || NaN);

@@ -34,7 +34,7 @@ export type JobProcessor = Processor<InferenceJob, InferenceJobReturn, Inference
 export class ModelServing {
   readonly host: ModelHost;
   /** This model's jobs: in flight now, committed so far. */
-  readonly counts = new JobCounts();
+  readonly counts: JobCounts;
   private watcher: ModelWatcher | undefined;
   private worker: InferenceWorker | undefined;
   private closed = false;
@@ -46,6 +46,7 @@ export class ModelServing {
     private readonly log: Logger,
   ) {
     this.host = new ModelHost(log);
+    this.counts = new JobCounts(plan.concurrency);
   }
 
   get name(): string {
@@ -117,12 +118,13 @@ export class ModelServing {
   served(): ServedModel | undefined {
     const ref = this.host.ref;
     if (!ref || !this.worker || this.closed) return undefined;
-    const serviceMs = this.counts.serviceMs;
+    const { serviceMs, saturatedJobsPerSecond } = this.counts;
     return {
       name: this.plan.name,
       model: ref,
       concurrency: this.plan.concurrency,
       ...(serviceMs === undefined ? {} : { serviceMs: Math.round(serviceMs * 100) / 100 }),
+      ...(saturatedJobsPerSecond === undefined ? {} : { jobsPerSecond: Math.round(saturatedJobsPerSecond * 100) / 100 }),
     };
   }
 
