@@ -59,6 +59,8 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
   let digit: Buffer;
 
   const env = () => ({ REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix });
+  /** The share of a deadline admission plans within (DEADLINE_ADMISSION_SHARE, as configured here). */
+  const SHARE = 0.8;
   const gatewayEnv = (admission: boolean) => ({
     ...env(),
     PORT: '0',
@@ -68,6 +70,7 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     URL_ALLOW_CIDRS: '127.0.0.1/32',
     CALLBACK_SWEEP_SECONDS: '1',
     DEADLINE_ADMISSION: String(admission),
+    DEADLINE_ADMISSION_SHARE: String(SHARE),
     SYNC_WAIT_MAX_SECONDS: '300',
   });
 
@@ -289,7 +292,7 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     expect((await predict(strictBase, digit, { Prefer: 'wait=120' })).status).to.equal(200);
     const model = await until('the measured service time, as the strict gateway sees it', async () => {
       const found = await request(`${strictBase}/v1/models/digits`);
-      return found.body.serviceMs ? (found.body as { serviceMs: number; concurrency: number }) : undefined;
+      return found.body.serviceMs ? (found.body as { serviceMs: number; concurrency: number; jobsPerSecond?: number }) : undefined;
     });
     await until(
       'an empty queue',
@@ -297,9 +300,11 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     );
     await queue.pause();
     try {
-      // A deadline for 5 jobs ahead at most: floor((D / s − 1) × c) + 1 = 5.
+      // A deadline for 5 jobs ahead at most: floor((share × D − s) × drain) + 1 = 5, with drain the
+      // measured saturated rate when there is one, never above the slots' c / s.
       const allowed = 5;
-      const deadline = (model.serviceMs * (1 + (allowed - 0.5) / model.concurrency)) / 1000;
+      const drainPerMs = Math.min(model.concurrency / model.serviceMs, (model.jobsPerSecond ?? Infinity) / 1000);
+      const deadline = (model.serviceMs + (allowed - 0.5) / drainPerMs) / SHARE / 1000;
       const replies = await Promise.all(
         Array.from({ length: 30 }, () => predict(strictBase, digit, { Prefer: `respond-async, deadline=${deadline}` })),
       );

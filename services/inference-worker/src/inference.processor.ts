@@ -336,6 +336,7 @@ async function predict(
       totalMs: Math.max(0, finished - data.acceptedAt),
     },
     input: { format: data.input.format, bytes: data.input.bytes, ...prepared.descriptors },
+    ...(data.deadline === undefined ? {} : { deadline: new Date(data.deadline).toISOString() }),
   };
   const embedding =
     deps.eventEmbeddings && output!.embedding ? Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) : undefined;

@@ -161,6 +161,10 @@ export const ModelDescription = z
       description:
         'How long one job takes on its live workers, start to commit (ms, their recent average); what deadline admission estimates queue waits from. Absent before any job was measured',
     }),
+    jobsPerSecond: z.number().min(0).optional().meta({
+      description:
+        'How many jobs its live workers finish per second together while all their slots are busy (measured; the queue drain deadline admission plans with). Absent until every live worker has been saturated',
+    }),
     versions: z.array(z.string()),
     lastAnnounced: z.object({ version: z.string(), artifact: z.string(), at: z.iso.datetime() }).optional(),
     description: z.string().optional(),

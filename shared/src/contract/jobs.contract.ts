@@ -96,6 +96,8 @@ export const CompletedResult = ResultBase.extend({
   prediction: Prediction,
   timings: Timings,
   input: InputDescriptors,
+  /** The caller's processing deadline (`Prefer: deadline=`), when the request gave one: `finishedAt` is within it or not. */
+  deadline: z.iso.datetime().optional(),
 });
 export type CompletedResult = z.infer<typeof CompletedResult>;
 

@@ -98,7 +98,7 @@ export function checkDeadline(figures: QueueFigures, deadlineMs: number, model: 
   const excessSeconds = (expected - deadlineMs) / 1000;
   throw new ProblemError(
     'deadline-unmeetable',
-    `The queue of ${model} would finish this job in about ${Math.ceil(expected)} ms (${figures.waiting} jobs waiting, ${figures.concurrency} at once, ${Math.round(figures.serviceMs ?? 0)} ms each); the deadline allows ${Math.round(deadlineMs)} ms`,
+    `The queue of ${model} would finish this job in about ${Math.ceil(expected)} ms (${figures.waiting} jobs waiting, ${figures.concurrency} at once, ${Math.round(figures.serviceMs ?? 0)} ms each); it is planned to finish within ${Math.round(deadlineMs)} ms of its deadline (DEADLINE_ADMISSION_SHARE)`,
     { retryAfterSeconds: Math.max(1, Math.ceil(excessSeconds)), model, expectedMs: Math.ceil(expected) },
   );
 }

@@ -57,6 +57,7 @@ function describe(model: ModelStatus) {
     workers: model.workers,
     concurrency: model.concurrency,
     ...(model.serviceMs === undefined ? {} : { serviceMs: Math.round(model.serviceMs * 100) / 100 }),
+    ...(model.jobsPerSecond === undefined ? {} : { jobsPerSecond: Math.round(model.jobsPerSecond * 100) / 100 }),
     /** Served by live workers now (two during a rolling swap). */
     versions: model.versions,
     ...(announced
