@@ -115,16 +115,16 @@ const callbackUrl = z
       'Given at most once (twice: 400). A client with CALLBACK_MAX_PENDING_PER_CLIENT callbacks pending is refused with a 429. ' +
       "Only the status of the receiver's answer is read. Delivery state is on `GET /v1/jobs/{id}`.",
   });
-const traceparent = z.string().max(512).optional().meta({
+// Any value is accepted: one the W3C rules do not accept is ignored (a new trace starts), never refused.
+const traceparent = z.string().optional().meta({
   description:
     "W3C Trace Context: with tracing on (OTEL_EXPORTER_OTLP_ENDPOINT), the request's spans join this trace, and its sampled flag is followed (docs/tracing.md). A malformed value starts a new trace; it is never refused. Ignored with tracing off.",
   example: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
 });
-const tracestate = z
-  .string()
-  .max(512)
-  .optional()
-  .meta({ description: 'W3C Trace Context vendor state, carried with `traceparent`' });
+const tracestate = z.string().optional().meta({
+  description:
+    'W3C Trace Context vendor state, carried with `traceparent` (one the W3C rules do not accept is dropped, never refused)',
+});
 
 const idempotencyKey = z
   .string()
