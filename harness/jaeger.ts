@@ -40,7 +40,11 @@ interface TraceAnswer {
 
 /** Builds Jaeger if this machine has not yet (minutes, once) and prints nothing else. */
 export function ensureJaeger(): string {
-  return execFileSync('bash', [path.join(ROOT, 'scripts/jaeger.sh')], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
+  return execFileSync('bash', [path.join(ROOT, 'scripts/jaeger.sh')], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  }).trim();
 }
 
 export async function startJaeger(): Promise<LocalJaeger> {
@@ -73,8 +77,15 @@ export async function startJaeger(): Promise<LocalJaeger> {
   for (;;) {
     if (child.exitCode !== null) throw new Error(`jaeger exited at start:\n${errors.join('').slice(-2000)}`);
     const up = await Promise.all([
-      fetch(`${queryUrl}/api/services`).then((r) => r.ok, () => false),
-      fetch(`http://127.0.0.1:${otlp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' }).then(
+      fetch(`${queryUrl}/api/services`).then(
+        (r) => r.ok,
+        () => false,
+      ),
+      fetch(`http://127.0.0.1:${otlp}/v1/traces`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{}',
+      }).then(
         (r) => r.ok,
         () => false,
       ),
@@ -90,7 +101,9 @@ export async function startJaeger(): Promise<LocalJaeger> {
       if (response.status === 404) return [];
       if (!response.ok) throw new Error(`jaeger answered ${response.status} for trace ${traceId}`);
       const answer = (await response.json()) as TraceAnswer;
-      return (answer.data ?? []).flatMap((t) => t.spans.map((s) => ({ ...s, service: t.processes[s.processID]?.serviceName ?? '?' })));
+      return (answer.data ?? []).flatMap((t) =>
+        t.spans.map((s) => ({ ...s, service: t.processes[s.processID]?.serviceName ?? '?' })),
+      );
     },
     stop,
   };

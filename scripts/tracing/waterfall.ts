@@ -52,7 +52,9 @@ function ordered(spans: readonly JaegerSpan[]): { span: JaegerSpan; depth: numbe
   }
   const out: { span: JaegerSpan; depth: number }[] = [];
   const visit = (key: string | undefined, depth: number) => {
-    for (const s of [...(children.get(key) ?? [])].sort((a, b) => a.startTime - b.startTime || a.operationName.localeCompare(b.operationName))) {
+    for (const s of [...(children.get(key) ?? [])].sort(
+      (a, b) => a.startTime - b.startTime || a.operationName.localeCompare(b.operationName),
+    )) {
       out.push({ span: s, depth });
       visit(s.spanID, depth + 1);
     }

@@ -174,7 +174,9 @@ export function recordStep(
   step: { readonly start: number; readonly end: number; readonly attributes?: Attributes },
 ): void {
   if (!parent.isRecording()) return;
-  tracer.startSpan(name, { startTime: clock.at(step.start), attributes: step.attributes }, childOf(parent)).end(clock.at(step.end));
+  tracer
+    .startSpan(name, { startTime: clock.at(step.start), attributes: step.attributes }, childOf(parent))
+    .end(clock.at(step.end));
 }
 
 /** Marks `span` failed with `error`'s message (its stack is not exported: it can name internal paths). */

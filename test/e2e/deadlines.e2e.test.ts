@@ -292,7 +292,9 @@ describe('deadlines and cancellation (in-process gateway and worker, real Redis)
     expect((await predict(strictBase, digit, { Prefer: 'wait=120' })).status).to.equal(200);
     const model = await until('the measured service time, as the strict gateway sees it', async () => {
       const found = await request(`${strictBase}/v1/models/digits`);
-      return found.body.serviceMs ? (found.body as { serviceMs: number; concurrency: number; jobsPerSecond?: number }) : undefined;
+      return found.body.serviceMs
+        ? (found.body as { serviceMs: number; concurrency: number; jobsPerSecond?: number })
+        : undefined;
     });
     await until(
       'an empty queue',
