@@ -7,6 +7,7 @@ import {
   modelsConfigShape,
   redisConfigShape,
   resultConfigShape,
+  resultCacheConfigShape,
 } from '@conveyor/shared/config';
 import { PRIORITIES } from './http/priority.js';
 
@@ -15,6 +16,7 @@ export const GatewayConfig = z
     ...redisConfigShape,
     ...logConfigShape,
     ...resultConfigShape,
+    ...resultCacheConfigShape,
     PORT: env.int(8080, 0, 65535, 'HTTP port of the gateway'),
     HOST: env.string('0.0.0.0', 'Interface the gateway listens on'),
     MAX_UPLOAD_BYTES: env.int(

@@ -12,12 +12,14 @@ import {
   modelsConfigShape,
   redisConfigShape,
   resultConfigShape,
+  resultCacheConfigShape,
 } from '@conveyor/shared/config';
 
 const WorkerFields = z.object({
   ...redisConfigShape,
   ...logConfigShape,
   ...resultConfigShape,
+  ...resultCacheConfigShape,
   ...modelsConfigShape,
   MODELS_DIR: env.string(
     'models',

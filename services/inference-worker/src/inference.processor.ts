@@ -10,6 +10,10 @@ import {
 import { predictionEvent } from '@conveyor/shared/contract/events.contract';
 import type { ModelName, ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { CommitOutcome, JobStore } from '@conveyor/shared/contract/job-store';
+import { cacheEntryKey } from '@conveyor/shared/contract/cache.contract';
+import type { ResultCacheOptions, ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
+import { answerSpec } from '@conveyor/shared/model/answer-spec';
+import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess, Workspace } from '@conveyor/shared/model/preprocess';
 import { classify, topKFor } from '@conveyor/shared/model/runtime';
@@ -46,6 +50,14 @@ export interface ProcessorDeps {
   readonly counts: Pick<JobCounts, 'started' | 'ended' | 'committedCompleted' | 'committedFailed' | 'served'>;
   /** This model's metrics. */
   readonly metrics: JobMetrics;
+  /**
+   * The shared result cache (docs/result-cache.md): a job's final commit clears the in-flight record
+   * it leads, and, with `store` (RESULT_CACHE on), a completed answer is stored under the version that ran.
+   */
+  readonly cache?: {
+    readonly store: Pick<ResultCacheStore, 'settle'>;
+    readonly options: ResultCacheOptions | undefined;
+  };
 }
 
 /** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
@@ -135,7 +147,7 @@ async function processOne(
   try {
     if (!taken.bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
     const { result, embedding } = await predict(deps, run, lease, taken.bytes, workspace);
-    return await commitCompleted(deps, run, result, embedding, report);
+    return await commitCompleted(deps, run, result, embedding, report, lease.model.manifest);
   } catch (error) {
     return await failAttempt(deps, run, lease.ref, error, report);
   } finally {
@@ -181,6 +193,7 @@ async function expire(deps: ProcessorDeps, run: Attempt, deadline: number, repor
     ),
   };
   const outcome = await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)));
+  if (outcome === 'published' || outcome === 'cancelled') await settleCache(deps, run);
   if (outcome === 'published') {
     run.log.info({ deadline: iso, lateMs: run.startedAt - deadline }, 'expired before decoding: not run');
     report('expired');
@@ -246,6 +259,7 @@ async function commitCompleted(
   result: CompletedResult,
   embedding: number[] | undefined,
   report: Report,
+  manifest: ModelManifest,
 ): Promise<InferenceJobReturn> {
   const outcome = await commitWhenRoom(run, () =>
     deps.jobs.commit(result, {
@@ -253,7 +267,9 @@ async function commitCompleted(
       event: predictionEvent(result, deps.model, embedding),
     }),
   );
+  if (outcome === 'published') await settleCache(deps, run, { result, manifest });
   if (outcome === 'cancelled') {
+    await settleCache(deps, run);
     run.log.info('result discarded: the job was cancelled while it ran');
     report('cancelled');
     return CANCELLED;
@@ -307,8 +323,9 @@ async function failAttempt(
       model: modelRef,
       error: problemBody(failure),
     };
-    if ((await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)))) === 'published')
-      deps.counts.committedFailed();
+    const outcome = await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)));
+    if (outcome === 'published') deps.counts.committedFailed();
+    if (outcome === 'published' || outcome === 'cancelled') await settleCache(deps, run);
   }
   if (problem && permanent) {
     run.log.info({ problem: problem.slug, detail: problem.detail }, 'rejected input');
@@ -316,6 +333,51 @@ async function failAttempt(
   }
   run.log.warn({ err: error, lastAttempt }, 'job failed; BullMQ retries it unless this was the last attempt');
   throw error;
+}
+
+/** Answer specs of the manifests served (one per loaded version), so a job hashes no manifest. */
+const specs = new WeakMap<ModelManifest, string>();
+
+/**
+ * The job's final result is committed: the in-flight record it leads is cleared (identical requests
+ * arriving now make their own job or find the answer), and a completed answer is stored under the
+ * key of the version that ran (cache.contract.ts). After the commit, so the caller's reply never
+ * waits for it; a failure costs only the entry (the record lapses after its TTL).
+ */
+async function settleCache(
+  deps: ProcessorDeps,
+  run: Attempt,
+  completed?: { readonly result: CompletedResult; readonly manifest: ModelManifest },
+): Promise<void> {
+  const facts = run.data.cache;
+  if (!facts || !deps.cache) return;
+  const { options } = deps.cache;
+  let store: Parameters<ResultCacheStore['settle']>[3];
+  if (completed && options) {
+    const { result, manifest } = completed;
+    let spec = specs.get(manifest);
+    if (spec === undefined) specs.set(manifest, (spec = answerSpec(manifest, deps.topK)));
+    store = {
+      entry: cacheEntryKey(deps.model, { version: result.model.version, spec }, facts.image),
+      client: facts.client,
+      options,
+      answer: {
+        kind: 'cached-answer',
+        version: 1,
+        model: result.model,
+        prediction: result.prediction,
+        input: result.input,
+        worker: result.worker,
+        finishedAt: result.finishedAt,
+        storedAt: Date.now(),
+      },
+    };
+  }
+  try {
+    await deps.cache.store.settle(deps.model, run.jobId, facts.inflight, store);
+  } catch (error) {
+    run.log.warn({ err: error }, 'could not store the answer in the result cache or clear its in-flight record');
+  }
 }
 
 /** A commit refused by a full Redis outlasted the attempt (the worker is shutting down). */

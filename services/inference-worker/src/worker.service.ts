@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { JobStore } from '@conveyor/shared/contract/job-store';
+import { ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
 import { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
@@ -42,7 +43,9 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
 
   // Every configured model gets its own host, queue, concurrency and metrics series (the `model`
   // label is bounded by MODELS); they load and warm up side by side, each taking jobs once it is warm.
-  const served = config.models.map((plan) => new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue })));
+  const served = config.models.map(
+    (plan) => new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue }), config.TOP_K),
+  );
   const metrics = new WorkerMetrics({ models: served.map((s) => s.metricsSource()) });
   // Before the models and Redis: a taken port fails the start at once, and a worker still loading its
   // models is already visible to Prometheus (up, no model_info yet).
@@ -55,6 +58,8 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     resultTtlSeconds: config.RESULT_TTL_SECONDS,
     predictionStreamMaxLen: config.PREDICTION_STREAM_MAXLEN,
   });
+  // Always built: a job's commit clears the in-flight record it leads even with RESULT_CACHE off here.
+  const cache = new ResultCacheStore(redis, keys);
   // BullMQ does not close a connection it was given; shutdown closes it below.
   const { connection: bullConnection, errors: workerErrors } = await createBullConnection(
     config.REDIS_URL,
@@ -90,7 +95,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
       }
     : undefined;
 
-  const serving: Serving = { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log };
+  const serving: Serving = { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log };
   const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
 
   // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
@@ -215,6 +220,7 @@ interface Serving {
   readonly config: WorkerConfig;
   readonly registry: { client: MlflowClient; signingKey: KeyObject | undefined } | undefined;
   readonly jobs: JobStore;
+  readonly cache: ResultCacheStore;
   readonly workerId: string;
   readonly metrics: WorkerMetrics;
   readonly bullConnection: Redis;
@@ -241,7 +247,7 @@ async function serveOrRefuse(model: ModelServing, serving: Serving, served: read
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
 async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
-  const { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log } = serving;
+  const { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log } = serving;
   const source = registry
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
@@ -262,6 +268,16 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     log: log.child({ modelName: model.name }),
     counts: model.counts,
     metrics: metrics.forModel(model.name),
+    cache: {
+      store: cache,
+      options: config.RESULT_CACHE
+        ? {
+            ttlSeconds: config.RESULT_CACHE_TTL_SECONDS,
+            maxBytesPerModel: config.RESULT_CACHE_MAX_BYTES_PER_MODEL,
+            entriesPerClient: config.RESULT_CACHE_ENTRIES_PER_CLIENT,
+          }
+        : undefined,
+    },
   });
   const bull = {
     connection: bullConnection,
