@@ -1,5 +1,6 @@
 import { INFERENCE_JOB_NAME, INFERENCE_JOB_OPTIONS, type InferenceJob } from '@conveyor/shared/contract/jobs.contract';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
+import type { JobCache } from '@conveyor/shared/contract/cache.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { ImageFacts } from '../intake/inspect-image.js';
 import type { PredictInput } from '../intake/read-input.js';
@@ -26,6 +27,8 @@ export interface Submission {
   readonly priority?: number | undefined;
   /** The caller's processing deadline (epoch ms): a worker drops the job unrun after it. */
   readonly deadline?: number | undefined;
+  /** The result cache's facts (its answer is stored; the in-flight record it leads). */
+  readonly cache?: JobCache | undefined;
 }
 
 /**
@@ -84,6 +87,7 @@ export function inferenceJob(submission: Submission): InferenceJob {
     acceptedAt: submission.acceptedAt,
     model: submission.model,
     ...(submission.deadline === undefined ? {} : { deadline: submission.deadline }),
+    ...(submission.cache ? { cache: submission.cache } : {}),
     input: {
       ...facts,
       bytes: bytes.length,
