@@ -136,7 +136,7 @@ function cacheKeys(prefix: string) {
     resultCache: (model: string, entry: string) => `${prefix}:result-cache:${model}:${entry}`,
     /** Sorted set of a model's entries: member the entry key, score when it was stored (ms); evicted oldest first. */
     resultCacheIndex: (model: string) => `${prefix}:result-cache-index:${model}`,
-    /** Hash of a model's entries: entry key → `<bytes> <client>`, and the field `#bytes`, their sum. */
+    /** Hash of a model's entries: entry key → `<bytes> <client>`, the field `#bytes` is their sum, `#seq` orders entries stored within one ms. */
     resultCacheSizes: (model: string) => `${prefix}:result-cache-sizes:${model}`,
     /** Sorted set of the entries one client's jobs stored for a model (its share: RESULT_CACHE_ENTRIES_PER_CLIENT). */
     resultCacheClient: (model: string, client: string) => `${prefix}:result-cache-client:${model}:${client}`,

@@ -84,9 +84,11 @@ local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - ttl, 'LIMIT', 0, 100)) do forget(m) end
 forget(ARGV[2])
 local size = string.len(ARGV[1]) + tonumber(ARGV[11])
+-- Stored within one millisecond, entries still go oldest first: a sequence breaks the tie.
+local score = now + (redis.call('HINCRBY', KEYS[3], '#seq', 1) % 1000) / 1000
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-redis.call('ZADD', KEYS[2], now, ARGV[2])
-redis.call('ZADD', KEYS[4], now, ARGV[2])
+redis.call('ZADD', KEYS[2], score, ARGV[2])
+redis.call('ZADD', KEYS[4], score, ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[2], size .. ' ' .. ARGV[8])
 redis.call('HINCRBY', KEYS[3], '#bytes', size)
 local over = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[6])
