@@ -96,11 +96,21 @@ describe('shared result cache (RESULT_CACHE)', function () {
     const events = await redis.xrange(`${prefix}:inference:events`, '-', '+');
     return events.filter(([, fields]) => fields[1] === 'added').length;
   }
-  const logged = (requestId: string, msg: string) =>
-    until(`${requestId}: "${msg}"`, () => Promise.resolve(records.find((r) => r.requestId === requestId && r.msg === msg)));
+  const logged = (requestId: string, ...msgs: string[]) =>
+    until(`${requestId}: "${msgs.join('" or "')}"`, () =>
+      Promise.resolve(records.find((r) => r.requestId === requestId && msgs.includes(r.msg as string))),
+    );
+  /** What a request logs once it holds a job to wait for: its own, or an identical request's. */
+  const HOLDS_A_JOB = ['job queued', 'waiting for the job of an identical request'];
+  /** An image answered once (a miss), so that its answer is stored. */
+  async function cached(): Promise<{ image: Buffer; reply: Reply }> {
+    const image = await variant();
+    const reply = await send(a, image);
+    expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
+    expect(reply.headers.get('cache-status')).to.equal('conveyor; fwd=miss');
+    return { image, reply };
+  }
   const labelOf = (reply: Reply) => (reply.body.prediction as { label: string } | undefined)?.label;
-
-  let merged: { image: Buffer; jobId: string; label: string };
 
   it('makes exactly one inference of 100 identical concurrent uploads (two gateways), the 99 others wait for it', async () => {
     const image = await variant();
@@ -112,10 +122,10 @@ describe('shared result cache (RESULT_CACHE)', function () {
     let answers: Reply[];
     try {
       const replies = ids.map((id, i) => send(i % 2 ? b : a, image, { 'x-request-id': id }));
-      await until('99 requests to wait for the first one’s job', () =>
+      await until('all 100 requests to hold a job to wait for', () =>
         Promise.resolve(
-          records.filter((r) => ids.includes(r.requestId as string) && r.msg === 'waiting for the job of an identical request')
-            .length === 99 || undefined,
+          records.filter((r) => ids.includes(r.requestId as string) && HOLDS_A_JOB.includes(r.msg as string)).length === 100 ||
+            undefined,
         ),
       );
       await queue.resume();
@@ -132,33 +142,34 @@ describe('shared result cache (RESULT_CACHE)', function () {
     expect(new Set(answers.map((r) => r.body.id))).to.have.property('size', 1);
     expect(await jobsAdded()).to.equal(addedBefore + 1);
     expect(await inferences()).to.equal(inferredBefore + 1);
-    merged = { image, jobId: answers[0]!.body.id as string, label: '7' };
   });
 
   it('answers a completed image from the cache on any gateway: Cache-Status hit, no job, no inference, no prediction event', async () => {
+    const { image, reply: first } = await cached();
     const [inferredBefore, addedBefore] = [await inferences(), await jobsAdded()];
     for (const [gateway, headers] of [
       [a, {}],
       [b, {}],
       [b, { prefer: 'respond-async' }],
     ] as const) {
-      const reply = await send(gateway, merged.image, headers);
+      const reply = await send(gateway, image, headers);
       expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
       expect(reply.headers.get('cache-status')).to.equal('conveyor; hit');
       expect(Number(reply.headers.get('age'))).to.be.at.least(0);
       expect(reply.body).to.include({ status: 'completed' });
       expect(reply.body.model).to.deep.equal({ name: 'digits', version: v1Version });
-      expect(labelOf(reply)).to.equal(merged.label);
+      expect(labelOf(reply)).to.equal(labelOf(first));
       // Its own id: the job that computed the answer is not shown.
-      expect(reply.body.id).to.not.equal(merged.jobId);
+      expect(reply.body.id).to.not.equal(first.body.id);
     }
     expect(await jobsAdded()).to.equal(addedBefore);
     expect(await inferences()).to.equal(inferredBefore);
   });
 
   it('bypasses the cache for Cache-Control: no-cache (fresh inference, stored) and no-store (not stored)', async () => {
+    const seeded = await cached();
     const before = await inferences();
-    const fresh = await send(a, merged.image, { 'cache-control': 'no-cache' });
+    const fresh = await send(a, seeded.image, { 'cache-control': 'no-cache' });
     expect(fresh.status).to.equal(200);
     expect(fresh.headers.get('cache-status')).to.equal('conveyor; fwd=request');
     expect(await inferences()).to.equal(before + 1);
@@ -187,10 +198,14 @@ describe('shared result cache (RESULT_CACHE)', function () {
       const leader = send(a, image, { 'x-request-id': `leader-${run}` }, gone.signal).catch((error: unknown) => error);
       await logged(`leader-${run}`, 'job queued');
       const follower = send(b, image, { 'x-request-id': `follower-${run}` });
-      await logged(`follower-${run}`, 'waiting for the job of an identical request');
+      await logged(`follower-${run}`, ...HOLDS_A_JOB);
       gone.abort();
       await leader;
-      await logged(`leader-${run}`, 'the caller hung up; its job runs for the identical requests waiting for it');
+      await logged(
+        `leader-${run}`,
+        'the caller hung up; its job runs for the identical requests waiting for it',
+        'the caller hung up before its result',
+      );
       await queue.resume();
       const reply = await follower;
       expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
@@ -203,6 +218,7 @@ describe('shared result cache (RESULT_CACHE)', function () {
   });
 
   it('never serves an old version’s answer after a model swap; while two versions are live it bypasses the cache', async () => {
+    const { image } = await cached();
     // The same model under another version: a copy of its folder with a new manifest version.
     cpSync(path.join(ROOT, 'models/digits'), modelDir, { recursive: true });
     const manifestFile = path.join(modelDir, 'manifest.json');
@@ -231,13 +247,13 @@ describe('shared result cache (RESULT_CACHE)', function () {
     await Promise.all([versions(a, 1), versions(b, 1)]);
     const before = await inferences();
     // The image whose v1 answer is cached (its v2 answer was never stored under it).
-    const after = await send(b, merged.image);
+    const after = await send(b, image);
     expect(after.status, JSON.stringify(after.body)).to.equal(200);
     expect(after.body.model).to.deep.equal({ name: 'digits', version: manifest.version });
     expect(after.headers.get('cache-status')).to.not.equal('conveyor; hit');
     expect(await inferences()).to.equal(before + 1);
     // And v2's own answer is cached from then on.
-    const again = await send(a, merged.image);
+    const again = await send(a, image);
     expect(again.headers.get('cache-status')).to.equal('conveyor; hit');
     expect(again.body.model).to.deep.equal({ name: 'digits', version: manifest.version });
   });
