@@ -135,13 +135,13 @@ describe('shared result cache (RESULT_CACHE)', function () {
     }
     for (const reply of answers) expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
     expect(new Set(answers.map(labelOf))).to.deep.equal(new Set(['7']));
+    // One job; the monitor saw one prediction for the hundred answers.
+    expect(await jobsAdded()).to.equal(addedBefore + 1);
+    expect(await inferences()).to.equal(inferredBefore + 1);
+    expect(new Set(answers.map((r) => r.body.id))).to.have.property('size', 1);
     const statuses = answers.map((r) => r.headers.get('cache-status'));
     expect(statuses.filter((s) => s === 'conveyor; fwd=miss')).to.have.length(1);
     expect(statuses.filter((s) => s === 'conveyor; fwd=miss; collapsed')).to.have.length(99);
-    // One job; the monitor saw one prediction for the hundred answers.
-    expect(new Set(answers.map((r) => r.body.id))).to.have.property('size', 1);
-    expect(await jobsAdded()).to.equal(addedBefore + 1);
-    expect(await inferences()).to.equal(inferredBefore + 1);
   });
 
   it('answers a completed image from the cache on any gateway: Cache-Status hit, no job, no inference, no prediction event', async () => {
