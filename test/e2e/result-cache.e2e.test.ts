@@ -15,6 +15,7 @@ import { startGateway, type GatewayService } from '../../services/gateway/src/ga
 import { WorkerConfig } from '../../services/inference-worker/src/config.js';
 import { startWorker, type WorkerService } from '../../services/inference-worker/src/worker.service.js';
 import { request, uploadForm, type Reply } from '../support/http.js';
+import { ResponseValidator } from '../support/openapi.js';
 import { randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
 import { until } from '../support/wait.js';
 
@@ -145,6 +146,7 @@ describe('shared result cache (RESULT_CACHE)', function () {
   });
 
   it('answers a completed image from the cache on any gateway: Cache-Status hit, no job, no inference, no prediction event', async () => {
+    const validator = new ResponseValidator((await request(`${at(a)}/openapi.json`)).body as never);
     const { image, reply: first } = await cached();
     const [inferredBefore, addedBefore] = [await inferences(), await jobsAdded()];
     for (const [gateway, headers] of [
@@ -161,6 +163,9 @@ describe('shared result cache (RESULT_CACHE)', function () {
       expect(labelOf(reply)).to.equal(labelOf(first));
       // Its own id: the job that computed the answer is not shown.
       expect(reply.body.id).to.not.equal(first.body.id);
+      // As the OpenAPI document describes a predict answer; a hit's id names no job.
+      validator.check('POST', '/v1/predict', reply.status, reply.headers.get('content-type'), reply.body);
+      expect((await request(`${at(gateway)}/v1/jobs/${reply.body.id as string}`)).status).to.equal(404);
     }
     expect(await jobsAdded()).to.equal(addedBefore);
     expect(await inferences()).to.equal(inferredBefore);
