@@ -58,11 +58,11 @@ describe('shared result cache (RESULT_CACHE)', function () {
     ]);
     await worker.ready;
     for (const gateway of [a, b]) {
-      const model = await until('the gateway sees a warm digits worker', async () => {
-        const reply = await request<{ versions: string[] }>(`${at(gateway)}/v1/models/digits`);
-        return reply.body.versions?.length === 1 ? reply.body : undefined;
+      const versions = await until('the gateway sees a warm digits worker', async () => {
+        const reply = await request<{ versions?: string[] }>(`${at(gateway)}/v1/models/digits`);
+        return reply.body.versions?.length === 1 ? reply.body.versions : undefined;
       });
-      v1Version = model.versions[0]!;
+      v1Version = versions[0]!;
     }
   });
 
@@ -71,7 +71,7 @@ describe('shared result cache (RESULT_CACHE)', function () {
     await Promise.allSettled(services.filter((s) => s !== undefined).map((s) => s.stop()));
     await (queue as Queue | undefined)?.resume().catch(() => undefined);
     await (queue as Queue | undefined)?.obliterate({ force: true }).catch(() => undefined);
-    await queue?.close();
+    await (queue as Queue | undefined)?.close();
     await (redis as Redis | undefined)?.quit();
     rmSync(modelDir, { recursive: true, force: true });
     // A worker restricts sharp's decoders process-wide (shared/src/model/decoders.ts).
@@ -239,7 +239,7 @@ describe('shared result cache (RESULT_CACHE)', function () {
     await v2.ready;
     const versions = (gateway: GatewayService, n: number) =>
       until(`${at(gateway)} to see ${n} live version(s)`, async () => {
-        const reply = await request<{ versions: string[] }>(`${at(gateway)}/v1/models/digits`);
+        const reply = await request<{ versions?: string[] }>(`${at(gateway)}/v1/models/digits`);
         return reply.body.versions?.length === n && (n === 2 || reply.body.versions[0] === manifest.version) ? true : undefined;
       });
     await Promise.all([versions(a, 2), versions(b, 2)]);
