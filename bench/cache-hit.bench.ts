@@ -1,0 +1,123 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+import { freePort } from '../harness/free-port.js';
+import { startRedis } from '../harness/redis-server.js';
+import { ROOT, spawnService, type ServiceProcess } from '../harness/service-process.js';
+import { processCpuMs } from './lib/process-cpu.js';
+
+/**
+ * What a result-cache hit costs the gateway, against a miss (docs/result-cache.md): a gateway and a
+ * worker as processes of their own (RESULT_CACHE on) on a private redis-server, and this process as
+ * the client. Each round sends `--requests` synchronous uploads, `--concurrency` at a time: hits (the
+ * same image, answered once before) or misses (a new image each, so a job and an inference each).
+ * CPU is read from /proc for each process (the client's own CPU is not counted), per request; the
+ * median of `--rounds` rounds is reported.
+ *
+ *   node --conditions=conveyor-source --import tsx bench/cache-hit.bench.ts [--requests 400 --rounds 5 --concurrency 4]
+ *   make bench-cache
+ */
+const { values } = parseArgs({
+  options: {
+    requests: { type: 'string', default: '400' },
+    rounds: { type: 'string', default: '5' },
+    concurrency: { type: 'string', default: '4' },
+  },
+});
+const n = Number(values.requests);
+const rounds = Number(values.rounds);
+const concurrency = Number(values.concurrency);
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'cache-bench-'));
+const redis = await startRedis({ dir });
+const services: ServiceProcess[] = [];
+try {
+  const env = { REDIS_URL: redis.url, RESULT_CACHE: 'true', LOG_LEVEL: 'warn' };
+  const port = await freePort();
+  const worker = spawnService('inference-worker', env, { logs: false });
+  const gateway = spawnService('gateway', { ...env, PORT: String(port), HOST: '127.0.0.1' }, { logs: false });
+  services.push(gateway, worker);
+  const base = `http://127.0.0.1:${port}`;
+  const seven = readFileSync(path.join(ROOT, 'docs/examples/seven.png'));
+  const send = async (image: Buffer) => {
+    const form = new FormData();
+    form.append('file', new Blob([image]), 'seven.png');
+    const reply = await fetch(`${base}/v1/predict`, { method: 'POST', body: form });
+    await reply.arrayBuffer();
+    if (reply.status !== 200) throw new Error(`predict answered ${reply.status}`);
+    return reply.headers.get('cache-status');
+  };
+
+  // Ready once a request is answered with a Cache-Status: a worker serves the model and announced its spec.
+  for (const started = Date.now(); ; ) {
+    const status = await send(seven).catch(() => null);
+    if (status === 'conveyor; hit') break;
+    if (Date.now() - started > 120_000) throw new Error('the gateway never answered from the cache');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+
+  let serial = 0;
+  /** A new image each: the seven with its first pixels changed (other bytes, the same digit). */
+  const fresh = async () => {
+    const { data, info } = await sharp(seven).raw().toBuffer({ resolveWithObject: true });
+    const k = ++serial;
+    data[0] = k % 256;
+    data[1] = Math.floor(k / 256) % 256;
+    data[2] = Math.floor(k / 65536) % 256;
+    return sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } })
+      .png()
+      .toBuffer();
+  };
+
+  const round = async (images: readonly Buffer[], expected: string) => {
+    const before = { gateway: processCpuMs(gateway.child.pid!)!, worker: processCpuMs(worker.child.pid!)! };
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < images.length) {
+          const status = await send(images[next++]!);
+          if (status !== expected) throw new Error(`expected Cache-Status ${expected}, got ${status}`);
+        }
+      }),
+    );
+    return {
+      gateway: (processCpuMs(gateway.child.pid!)! - before.gateway) / images.length,
+      worker: (processCpuMs(worker.child.pid!)! - before.worker) / images.length,
+    };
+  };
+
+  const hits: { gateway: number; worker: number }[] = [];
+  const misses: { gateway: number; worker: number }[] = [];
+  // One warm-up round of each, not counted (JIT, connection pools).
+  await round(Array<Buffer>(n).fill(seven), 'conveyor; hit');
+  await round(await Promise.all(Array.from({ length: Math.min(n, 100) }, fresh)), 'conveyor; fwd=miss');
+  for (let r = 0; r < rounds; r++) {
+    hits.push(await round(Array<Buffer>(n).fill(seven), 'conveyor; hit'));
+    misses.push(await round(await Promise.all(Array.from({ length: n }, fresh)), 'conveyor; fwd=miss'));
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const ms = (x: number) => Math.round(x * 1000) / 1000;
+  console.log(
+    JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        requests: n,
+        rounds,
+        concurrency,
+        cpuMsPerRequest: {
+          hit: { gateway: ms(median(hits.map((h) => h.gateway))), worker: ms(median(hits.map((h) => h.worker))) },
+          miss: { gateway: ms(median(misses.map((m) => m.gateway))), worker: ms(median(misses.map((m) => m.worker))) },
+        },
+        perRound: { hits: hits.map((h) => ms(h.gateway)), misses: misses.map((m) => ms(m.gateway)) },
+      },
+      null,
+      2,
+    ),
+  );
+} finally {
+  for (const service of services) await service.stop();
+  await redis.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
