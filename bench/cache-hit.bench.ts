@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
 import sharp from 'sharp';
 import { freePort } from '../harness/free-port.js';
 import { startRedis } from '../harness/redis-server.js';
@@ -14,7 +15,8 @@ import { processCpuMs } from './lib/process-cpu.js';
  * the client. Each round sends `--requests` synchronous uploads, `--concurrency` at a time: hits (the
  * same image, answered once before) or misses (a new image each, so a job and an inference each).
  * CPU is read from /proc for each process (the client's own CPU is not counted), per request; the
- * median of `--rounds` rounds is reported.
+ * median of `--rounds` rounds is reported, with the floor every request pays (`GET /health`: HTTP and
+ * Koa alone) and the Redis commands a hit sends (INFO commandstats, scripts' own calls included).
  *
  *   node --conditions=conveyor-source --import tsx bench/cache-hit.bench.ts [--requests 400 --rounds 5 --concurrency 4]
  *   make bench-cache
@@ -41,17 +43,22 @@ try {
   services.push(gateway, worker);
   const base = `http://127.0.0.1:${port}`;
   const seven = readFileSync(path.join(ROOT, 'docs/examples/seven.png'));
-  const send = async (image: Buffer) => {
+  /** A multipart upload (what most clients send), or with `raw` the bytes as the body (`Content-Type: image/png`). */
+  const send = async (image: Buffer, raw = false) => {
     const form = new FormData();
     form.append('file', new Blob([image]), 'seven.png');
-    const reply = await fetch(`${base}/v1/predict`, { method: 'POST', body: form });
+    const reply = await fetch(`${base}/v1/predict`, {
+      method: 'POST',
+      body: raw ? image : form,
+      headers: raw ? { prefer: 'wait=60', 'content-type': 'image/png' } : { prefer: 'wait=60' },
+    });
     await reply.arrayBuffer();
     if (reply.status !== 200) throw new Error(`predict answered ${reply.status}`);
     return reply.headers.get('cache-status');
   };
 
   // Ready once a request is answered with a Cache-Status: a worker serves the model and announced its spec.
-  for (const started = Date.now(); ; ) {
+  for (const started = Date.now(); ;) {
     const status = await send(seven).catch(() => null);
     if (status === 'conveyor; hit') break;
     if (Date.now() - started > 120_000) throw new Error('the gateway never answered from the cache');
@@ -71,13 +78,18 @@ try {
       .toBuffer();
   };
 
-  const round = async (images: readonly Buffer[], expected: string) => {
+  const round = async (images: readonly Buffer[], expected: string, raw = false) => {
     const before = { gateway: processCpuMs(gateway.child.pid!)!, worker: processCpuMs(worker.child.pid!)! };
     let next = 0;
     await Promise.all(
       Array.from({ length: concurrency }, async () => {
         while (next < images.length) {
-          const status = await send(images[next++]!);
+          if (expected === 'health') {
+            next++;
+            await (await fetch(`${base}/health`)).arrayBuffer();
+            continue;
+          }
+          const status = await send(images[next++]!, raw);
           if (status !== expected) throw new Error(`expected Cache-Status ${expected}, got ${status}`);
         }
       }),
@@ -88,13 +100,31 @@ try {
     };
   };
 
+  const client = new Redis(redis.url);
+  await client.config('RESETSTAT');
+  await round(Array<Buffer>(200).fill(seven), 'conveyor; hit');
+  const commandsPerHit = Object.fromEntries(
+    (await client.info('commandstats'))
+      .split('\n')
+      .flatMap((line) => {
+        const m = /^cmdstat_([a-z|]+):calls=(\d+)/.exec(line.trim());
+        return m && m[1] !== 'config' && m[1] !== 'info' ? [[m[1]!, Number(m[2]) / 200] as const] : [];
+      })
+      .filter(([, calls]) => calls >= 0.05),
+  );
+  client.disconnect();
+
+  const floors: number[] = [];
   const hits: { gateway: number; worker: number }[] = [];
+  const rawHits: number[] = [];
   const misses: { gateway: number; worker: number }[] = [];
   // One warm-up round of each, not counted (JIT, connection pools).
   await round(Array<Buffer>(n).fill(seven), 'conveyor; hit');
   await round(await Promise.all(Array.from({ length: Math.min(n, 100) }, fresh)), 'conveyor; fwd=miss');
   for (let r = 0; r < rounds; r++) {
+    floors.push((await round(Array<Buffer>(n).fill(seven), 'health')).gateway);
     hits.push(await round(Array<Buffer>(n).fill(seven), 'conveyor; hit'));
+    rawHits.push((await round(Array<Buffer>(n).fill(seven), 'conveyor; hit', true)).gateway);
     misses.push(await round(await Promise.all(Array.from({ length: n }, fresh)), 'conveyor; fwd=miss'));
   }
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -109,7 +139,10 @@ try {
         cpuMsPerRequest: {
           hit: { gateway: ms(median(hits.map((h) => h.gateway))), worker: ms(median(hits.map((h) => h.worker))) },
           miss: { gateway: ms(median(misses.map((m) => m.gateway))), worker: ms(median(misses.map((m) => m.worker))) },
+          hitRawBody: { gateway: ms(median(rawHits)) },
+          floorGetHealth: { gateway: ms(median(floors)) },
         },
+        redisCommandsPerHit: commandsPerHit,
         perRound: { hits: hits.map((h) => ms(h.gateway)), misses: misses.map((m) => ms(m.gateway)) },
       },
       null,
