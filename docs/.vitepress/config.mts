@@ -126,6 +126,7 @@ export default defineConfig({
           { text: 'Redis memory', link: '/redis-memory' },
           { text: 'Callbacks', link: '/callbacks' },
           { text: 'Idempotent submits', link: '/idempotency' },
+          { text: 'Result cache and merged requests', link: '/result-cache' },
           { text: 'Fairness between clients', link: '/fairness' },
           { text: 'Deadlines and cancellation', link: '/deadlines' },
           { text: 'Request priorities', link: '/priorities' },

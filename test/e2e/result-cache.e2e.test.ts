@@ -169,6 +169,10 @@ describe('shared result cache (RESULT_CACHE)', function () {
     }
     expect(await jobsAdded()).to.equal(addedBefore);
     expect(await inferences()).to.equal(inferredBefore);
+    // Counted by what the cache did, on the gateway's metrics (the monitor counts inferences only).
+    const metrics = await (await fetch(`${at(b)}/metrics`)).text();
+    const hits = /^conveyor_result_cache_requests_total\{model="digits",status="hit"\} (\d+)$/m.exec(metrics);
+    expect(Number(hits?.[1])).to.be.at.least(2);
   });
 
   it('bypasses the cache for Cache-Control: no-cache (fresh inference, stored) and no-store (not stored)', async () => {

@@ -158,7 +158,12 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
     // The upload budget is given back: the bytes are in Redis now, or nowhere.
     ctx.state.upload?.release();
   }
-  if (config.RESULT_CACHE) ctx.set('Cache-Status', cacheStatus(outcomeOf(plan, obtained)));
+  if (config.RESULT_CACHE) {
+    const outcome = outcomeOf(plan, obtained);
+    ctx.set('Cache-Status', cacheStatus(outcome));
+    const status = outcome.kind === 'bypass' && outcome.reason === 'request' ? 'request' : outcome.kind;
+    deps.metrics.resultCache.inc({ model: ctx.state.model, status });
+  }
   if (obtained.kind === 'hit') return answerCached(ctx, deps, obtained.answer, jobId, acceptedAt, prefer.respondAsync);
   if (obtained.kind === 'follow') return followJob(ctx, deps, obtained, prefer.waitSeconds);
   const { job, lead } = obtained;
