@@ -28,7 +28,8 @@ describe('result cache store (real Redis)', () => {
     storedAt: Date.now(),
   });
   const entryOf = (n: number) => cacheEntryKey('m', served, imageDigest(Buffer.from(`image ${n}`)));
-  const size = JSON.stringify(answer('0')).length + ENTRY_OVERHEAD_BYTES;
+  // An entry is `<generation>|<answer>`: the generations here are single digits.
+  const size = JSON.stringify(answer('0')).length + 2 + ENTRY_OVERHEAD_BYTES;
 
   before(() => {
     redis = testRedis();
@@ -58,7 +59,8 @@ describe('result cache store (real Redis)', () => {
     const job = randomUUID();
     expect((await store.lookupOrJoin('m', entry, inflight, job, 60_000)).kind).to.equal('lead');
     const options: ResultCacheOptions = { ttlSeconds: 60, maxBytesPerModel: 1_000_000, entriesPerClient: 100 };
-    await store.settle('m', job, inflight, { entry, answer: answer('7'), client: 'ip:a', options });
+    const generation = await store.begin('m', 'v1', 'spec');
+    await store.settle('m', job, inflight, { entry, answer: answer('7'), generation, client: 'ip:a', options });
     expect(await redis.exists(keys.resultCacheInflight('m', inflight))).to.equal(0);
     const found = await store.lookup('m', entry);
     expect(found.kind).to.equal('hit');
@@ -69,8 +71,9 @@ describe('result cache store (real Redis)', () => {
   it('evicts the oldest answers beyond the model’s byte budget, and a client’s oldest beyond its share', async () => {
     const model = `bound-${randomUUID().slice(0, 8)}`;
     const options: ResultCacheOptions = { ttlSeconds: 60, maxBytesPerModel: size * 3, entriesPerClient: 2 };
+    const generation = await store.begin(model, 'v1', 'spec');
     const put = (n: number, client: string) =>
-      store.settle(model, randomUUID(), undefined, { entry: entryOf(n), answer: answer(String(n)), client, options });
+      store.settle(model, randomUUID(), undefined, { entry: entryOf(n), answer: answer(String(n)), generation, client, options });
     // Client a fills its share of two; its third entry pushes out its own first, not anyone else's.
     await put(1, 'ip:b');
     await put(2, 'ip:a');
@@ -85,5 +88,25 @@ describe('result cache store (real Redis)', () => {
     const usage = await store.usage(model);
     expect(usage.bytes).to.be.at.most(options.maxBytesPerModel);
     expect(usage).to.deep.equal({ entries: 3, bytes: size * 3 });
+  });
+
+  it('serves no answer stored before another version began, however the key was computed', async () => {
+    const model = `swap-${randomUUID().slice(0, 8)}`;
+    const options: ResultCacheOptions = { ttlSeconds: 60, maxBytesPerModel: 1_000_000, entriesPerClient: 100 };
+    const v1 = await store.begin(model, 'v1', 'spec');
+    // Another worker starting the same version and spec keeps the generation (no flush on scaling).
+    expect(await store.begin(model, 'v1', 'spec')).to.equal(v1);
+    const entry = entryOf(42);
+    await store.settle(model, randomUUID(), undefined, { entry, answer: answer('7'), generation: v1, client: 'ip:a', options });
+    expect((await store.lookup(model, entry)).kind).to.equal('hit');
+    // v2 begins (a swap, or a rolling update): a gateway that still thinks v1 is live asks under v1's
+    // key and finds nothing, before any heartbeat told it.
+    const v2 = await store.begin(model, 'v2', 'spec');
+    expect(v2).to.be.greaterThan(v1);
+    expect((await store.lookup(model, entry)).kind).to.equal('miss');
+    expect((await store.lookupOrJoin(model, entry, `${entry}:ip:a`, randomUUID(), 60_000)).kind).to.equal('lead');
+    // A rollback to v1 is a new generation too: v1's old answers stay retired.
+    expect(await store.begin(model, 'v1', 'spec')).to.be.greaterThan(v2);
+    expect((await store.lookup(model, entry)).kind).to.equal('miss');
   });
 });

@@ -10,9 +10,6 @@ import {
 import { predictionEvent } from '@conveyor/shared/contract/events.contract';
 import type { ModelName, ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { CommitOutcome, JobStore } from '@conveyor/shared/contract/job-store';
-import { cacheEntryKey } from '@conveyor/shared/contract/cache.contract';
-import type { ResultCacheOptions, ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
-import { answerSpec } from '@conveyor/shared/model/answer-spec';
 import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess, Workspace } from '@conveyor/shared/model/preprocess';
@@ -20,6 +17,7 @@ import { classify, topKFor } from '@conveyor/shared/model/runtime';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import { isRedisOutOfMemory } from '@conveyor/shared/redis';
 import type { JobCounts } from './job-counts.js';
+import type { WorkerResultCache } from './result-cache.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost, ModelLease } from './model/model-host.js';
 
@@ -54,10 +52,7 @@ export interface ProcessorDeps {
    * The shared result cache (docs/result-cache.md): a job's final commit clears the in-flight record
    * it leads, and, with `store` (RESULT_CACHE on), a completed answer is stored under the version that ran.
    */
-  readonly cache?: {
-    readonly store: Pick<ResultCacheStore, 'settle'>;
-    readonly options: ResultCacheOptions | undefined;
-  };
+  readonly cache?: Pick<WorkerResultCache, 'settle'>;
 }
 
 /** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
@@ -335,13 +330,10 @@ async function failAttempt(
   throw error;
 }
 
-/** Answer specs of the manifests served (one per loaded version), so a job hashes no manifest. */
-const specs = new WeakMap<ModelManifest, string>();
-
 /**
  * The job's final result is committed: the in-flight record it leads is cleared (identical requests
  * arriving now make their own job or find the answer), and a completed answer is stored under the
- * key of the version that ran (cache.contract.ts). After the commit, so the caller's reply never
+ * key of the version that ran (result-cache.ts). After the commit, so the caller's reply never
  * waits for it; a failure costs only the entry (the record lapses after its TTL).
  */
 async function settleCache(
@@ -351,30 +343,8 @@ async function settleCache(
 ): Promise<void> {
   const facts = run.data.cache;
   if (!facts || !deps.cache) return;
-  const { options } = deps.cache;
-  let store: Parameters<ResultCacheStore['settle']>[3];
-  if (completed && options) {
-    const { result, manifest } = completed;
-    let spec = specs.get(manifest);
-    if (spec === undefined) specs.set(manifest, (spec = answerSpec(manifest, deps.topK)));
-    store = {
-      entry: cacheEntryKey(deps.model, { version: result.model.version, spec }, facts.image),
-      client: facts.client,
-      options,
-      answer: {
-        kind: 'cached-answer',
-        version: 1,
-        model: result.model,
-        prediction: result.prediction,
-        input: result.input,
-        worker: result.worker,
-        finishedAt: result.finishedAt,
-        storedAt: Date.now(),
-      },
-    };
-  }
   try {
-    await deps.cache.store.settle(deps.model, run.jobId, facts.inflight, store);
+    await deps.cache.settle(deps.model, run.jobId, facts, completed);
   } catch (error) {
     run.log.warn({ err: error }, 'could not store the answer in the result cache or clear its in-flight record');
   }

@@ -5,6 +5,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { JobStore } from '@conveyor/shared/contract/job-store';
 import { ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
+import { WorkerResultCache } from './result-cache.js';
 import { FleetStore } from '@conveyor/shared/contract/fleet-store';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
@@ -43,8 +44,13 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
 
   // Every configured model gets its own host, queue, concurrency and metrics series (the `model`
   // label is bounded by MODELS); they load and warm up side by side, each taking jobs once it is warm.
+  // Built once Redis is up (below); a model begins its cache generation only after that, when it loads.
+  let cache: WorkerResultCache | undefined;
   const served = config.models.map(
-    (plan) => new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue }), config.TOP_K),
+    (plan) =>
+      new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue }), config.TOP_K, (manifest) =>
+        cache ? cache.begin(plan.name, manifest) : Promise.resolve(),
+      ),
   );
   const metrics = new WorkerMetrics({ models: served.map((s) => s.metricsSource()) });
   // Before the models and Redis: a taken port fails the start at once, and a worker still loading its
@@ -59,7 +65,18 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     predictionStreamMaxLen: config.PREDICTION_STREAM_MAXLEN,
   });
   // Always built: a job's commit clears the in-flight record it leads even with RESULT_CACHE off here.
-  const cache = new ResultCacheStore(redis, keys);
+  cache = new WorkerResultCache(
+    new ResultCacheStore(redis, keys),
+    config.RESULT_CACHE
+      ? {
+          ttlSeconds: config.RESULT_CACHE_TTL_SECONDS,
+          maxBytesPerModel: config.RESULT_CACHE_MAX_BYTES_PER_MODEL,
+          entriesPerClient: config.RESULT_CACHE_ENTRIES_PER_CLIENT,
+        }
+      : undefined,
+    config.TOP_K,
+    log.child({ module: 'result-cache' }),
+  );
   // BullMQ does not close a connection it was given; shutdown closes it below.
   const { connection: bullConnection, errors: workerErrors } = await createBullConnection(
     config.REDIS_URL,
@@ -220,7 +237,7 @@ interface Serving {
   readonly config: WorkerConfig;
   readonly registry: { client: MlflowClient; signingKey: KeyObject | undefined } | undefined;
   readonly jobs: JobStore;
-  readonly cache: ResultCacheStore;
+  readonly cache: WorkerResultCache;
   readonly workerId: string;
   readonly metrics: WorkerMetrics;
   readonly bullConnection: Redis;
@@ -268,16 +285,7 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     log: log.child({ modelName: model.name }),
     counts: model.counts,
     metrics: metrics.forModel(model.name),
-    cache: {
-      store: cache,
-      options: config.RESULT_CACHE
-        ? {
-            ttlSeconds: config.RESULT_CACHE_TTL_SECONDS,
-            maxBytesPerModel: config.RESULT_CACHE_MAX_BYTES_PER_MODEL,
-            entriesPerClient: config.RESULT_CACHE_ENTRIES_PER_CLIENT,
-          }
-        : undefined,
-    },
+    cache,
   });
   const bull = {
     connection: bullConnection,

@@ -63,7 +63,9 @@ export interface ServedAs {
  */
 export function cacheEntryKey(model: string, served: ServedAs, image: string): string {
   // The JSON array cannot be mistaken for another: every part is a quoted string.
-  return createHash('sha256').update(JSON.stringify([1, model, served.version, served.spec, image])).digest('base64url');
+  return createHash('sha256')
+    .update(JSON.stringify([1, model, served.version, served.spec, image]))
+    .digest('base64url');
 }
 
 /** SHA-256 of an image's bytes (base64url). */

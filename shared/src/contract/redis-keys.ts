@@ -138,6 +138,11 @@ function cacheKeys(prefix: string) {
     resultCacheIndex: (model: string) => `${prefix}:result-cache-index:${model}`,
     /** Hash of a model's entries: entry key → `<bytes> <client>`, the field `#bytes` is their sum, `#seq` orders entries stored within one ms. */
     resultCacheSizes: (model: string) => `${prefix}:result-cache-sizes:${model}`,
+    /**
+     * Hash `{ serving, gen }`: the (version|spec) a worker of the model began serving last, and the
+     * generation entries are served under (ResultCacheStore.begin). Never expires (a few bytes per model).
+     */
+    resultCacheServing: (model: string) => `${prefix}:result-cache-serving:${model}`,
     /** Sorted set of the entries one client's jobs stored for a model (its share: RESULT_CACHE_ENTRIES_PER_CLIENT). */
     resultCacheClient: (model: string, client: string) => `${prefix}:result-cache-client:${model}:${client}`,
     /**

@@ -28,11 +28,25 @@ export interface ResultCacheOptions {
  */
 export const ENTRY_OVERHEAD_BYTES = 300;
 
-// KEYS: the entry, the in-flight record. ARGV: the job id that would lead, the record's TTL (ms).
-// Either the stored answer, or the job to follow (counted as one more follower), or this request
-// leads: one script, so of 100 identical requests exactly one leads and 99 follow.
-const FIND = `
-local entry = redis.call('GET', KEYS[1])
+// An entry is `<generation>|<answer JSON>`; it is served only while its generation is the model's
+// current one (KEYS[3], field `gen`), which a worker bumps before it serves a (version, spec) other
+// than the last one begun. So once a new version has begun, no gateway finds an older version's
+// answer, however stale its view of the fleet (see begin()).
+const CURRENT = `
+local function current(entry)
+  if not entry then return false end
+  local gen = redis.call('HGET', KEYS[3], 'gen')
+  local at = string.find(entry, '|', 1, true)
+  if gen and at and string.sub(entry, 1, at - 1) == gen then return string.sub(entry, at + 1) end
+  return false
+end
+`;
+
+// KEYS: the entry, the in-flight record, the model's serving generation. ARGV: the job id that would
+// lead, the record's TTL (ms). Either the stored answer, or the job to follow (counted as one more
+// follower), or this request leads: one script, so of 100 identical requests exactly one leads.
+const FIND = `${CURRENT}
+local entry = current(redis.call('GET', KEYS[1]))
 if entry then return {'hit', entry} end
 local job = redis.call('HGET', KEYS[2], 'job')
 if job then
@@ -42,6 +56,21 @@ end
 redis.call('HSET', KEYS[2], 'job', ARGV[1], 'followers', 0)
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {'lead'}`;
+
+// KEYS: the entry, (unused), the model's serving generation. The answer, if current.
+const LOOKUP = `${CURRENT}
+return current(redis.call('GET', KEYS[1]))`;
+
+// KEYS: the model's serving generation. ARGV: `<version>|<spec>` a worker is about to serve. The
+// generation its answers are stored under: the current one if that pair is the last one begun,
+// else the next (which retires every answer stored before).
+const BEGIN = `
+if redis.call('HGET', KEYS[1], 'serving') == ARGV[1] then
+  local gen = redis.call('HGET', KEYS[1], 'gen')
+  if gen then return tonumber(gen) end
+end
+redis.call('HSET', KEYS[1], 'serving', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'gen', 1)`;
 
 // KEYS: the in-flight record. ARGV: the job. A follower gone: one fewer waits (if the record is still the job's).
 const LEAVE = `
@@ -107,7 +136,9 @@ redis.call('PEXPIRE', KEYS[4], ttl)
 return 1`;
 
 type CacheRedis = Redis & {
-  conveyorCacheFind(entry: string, inflight: string, jobId: string, ttlMs: number): Promise<string[]>;
+  conveyorCacheFind(entry: string, inflight: string, serving: string, jobId: string, ttlMs: number): Promise<string[]>;
+  conveyorCacheLookup(entry: string, unused: string, serving: string): Promise<string | null>;
+  conveyorCacheBegin(serving: string, pair: string): Promise<number>;
   conveyorCacheLeave(inflight: string, jobId: string): Promise<number>;
   conveyorCacheRelease(inflight: string, jobId: string, force: string): Promise<number>;
   conveyorCacheStore(
@@ -145,7 +176,9 @@ export class ResultCacheStore {
   ) {
     // Defined now, not on first use (see JobStore: auto-pipelining copies commands when it opens a pipeline).
     if (typeof (redis as Partial<CacheRedis> & Redis).conveyorCacheFind !== 'function') {
-      redis.defineCommand('conveyorCacheFind', { numberOfKeys: 2, lua: FIND });
+      redis.defineCommand('conveyorCacheFind', { numberOfKeys: 3, lua: FIND });
+      redis.defineCommand('conveyorCacheLookup', { numberOfKeys: 3, lua: LOOKUP });
+      redis.defineCommand('conveyorCacheBegin', { numberOfKeys: 1, lua: BEGIN });
       redis.defineCommand('conveyorCacheLeave', { numberOfKeys: 1, lua: LEAVE });
       redis.defineCommand('conveyorCacheRelease', { numberOfKeys: 1, lua: RELEASE });
       redis.defineCommand('conveyorCacheStore', { numberOfKeys: 5, lua: STORE });
@@ -155,9 +188,10 @@ export class ResultCacheStore {
 
   // --- the gateway's side ---
 
-  /** The stored answer of `entry` (one GET); an unreadable one (a later release's) is a miss. */
+  /** The stored answer of `entry`, if of the current generation (one script); an unreadable one is a miss. */
   async lookup(model: string, entry: string): Promise<CacheFind> {
-    return found(await this.redis.get(this.keys.resultCache(model, entry)));
+    const key = this.keys.resultCache(model, entry);
+    return found(await this.redis.conveyorCacheLookup(key, key, this.keys.resultCacheServing(model)));
   }
 
   /**
@@ -168,6 +202,7 @@ export class ResultCacheStore {
     const [kind, value] = await this.redis.conveyorCacheFind(
       this.keys.resultCache(model, entry),
       this.keys.resultCacheInflight(model, inflight),
+      this.keys.resultCacheServing(model),
       jobId,
       ttlMs,
     );
@@ -193,6 +228,18 @@ export class ResultCacheStore {
   // --- the worker's side (and the gateway's cancellations) ---
 
   /**
+   * A worker is about to serve `version` with answer spec `spec` (before the model takes its first
+   * job, at start and at every swap): the generation to store its answers under. A pair other than
+   * the last one begun starts a new generation, so every answer stored before stops being served at
+   * once, on every gateway — a gateway's view of which version is live may lag a heartbeat, this
+   * does not. (During a rolling swap the older version's answers are stored under a generation
+   * already past: harmless, never served.)
+   */
+  async begin(model: string, version: string, spec: string): Promise<number> {
+    return this.redis.conveyorCacheBegin(this.keys.resultCacheServing(model), `${version}|${spec}`);
+  }
+
+  /**
    * A job's final result is committed: its in-flight record (if it still leads one) is cleared, and
    * a completed answer is stored under `entry` within the model's budget and `client`'s share.
    */
@@ -200,7 +247,14 @@ export class ResultCacheStore {
     model: string,
     jobId: string,
     inflight: string | undefined,
-    store?: { readonly entry: string; readonly answer: CachedAnswer; readonly client: string; readonly options: ResultCacheOptions },
+    store?: {
+      readonly entry: string;
+      readonly answer: CachedAnswer;
+      /** The generation begun for the version that ran (begin()). */
+      readonly generation: number;
+      readonly client: string;
+      readonly options: ResultCacheOptions;
+    },
   ): Promise<void> {
     if (!store && !inflight) return;
     const { keys } = this;
@@ -214,7 +268,7 @@ export class ResultCacheStore {
       keys.resultCacheSizes(model),
       keys.resultCacheClient(model, client),
       record,
-      store ? JSON.stringify(store.answer) : '',
+      store ? `${store.generation}|${JSON.stringify(store.answer)}` : '',
       entry,
       Date.now(),
       (store?.options.ttlSeconds ?? 1) * 1000,

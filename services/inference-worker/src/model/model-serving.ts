@@ -51,6 +51,8 @@ export class ModelServing {
     private readonly log: Logger,
     /** TOP_K: part of what the answers depend on (the result cache's answer spec). */
     private readonly topK?: number,
+    /** Called with each model version's manifest before it serves (the result cache's generation). */
+    private readonly beforeServing: (manifest: ModelManifest) => Promise<void> = () => Promise.resolve(),
   ) {
     this.host = new ModelHost(log);
   }
@@ -68,7 +70,7 @@ export class ModelServing {
   async load(options: LoadOptions & { intervalMs: number }, registry?: RegistrySource): Promise<void> {
     this.log.info({ dir: registry ? undefined : this.plan.dir, uri: registry ? this.plan.uri : undefined }, 'warming up model');
     if (registry) {
-      this.watcher = new ModelWatcher(registry, this.host, options, this.log);
+      this.watcher = new ModelWatcher(registry, this.host, options, this.log, this.beforeServing);
       await this.watcher.start(this.stopping.signal);
       return;
     }
@@ -79,6 +81,7 @@ export class ModelServing {
       await model.close();
       return;
     }
+    await this.beforeServing(model.manifest);
     this.host.replace(model, ref);
     this.log.info({ model: ref, dir: model.dir }, 'model loaded');
   }
