@@ -7,7 +7,7 @@ import { JobStore } from '@conveyor/shared/contract/job-store';
 import { ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
 import { WorkerResultCache } from './result-cache.js';
 import { FleetStore } from '@conveyor/shared/contract/fleet-store';
-import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { redisKeys, type RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import type { Logger } from '@conveyor/shared/logger';
@@ -44,12 +44,12 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
 
   // Every configured model gets its own host, queue, concurrency and metrics series (the `model`
   // label is bounded by MODELS); they load and warm up side by side, each taking jobs once it is warm.
-  // Built once Redis is up (below); a model begins its cache generation only after that, when it loads.
-  let cache: WorkerResultCache | undefined;
+  // The cache is built once Redis is up (below); a model begins its cache generation after that, when it loads.
+  const caching: { cache?: WorkerResultCache } = {};
   const served = config.models.map(
     (plan) =>
       new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue }), config.TOP_K, (manifest) =>
-        cache ? cache.begin(plan.name, manifest) : Promise.resolve(),
+        caching.cache ? caching.cache.begin(plan.name, manifest) : Promise.resolve(),
       ),
   );
   const metrics = new WorkerMetrics({ models: served.map((s) => s.metricsSource()) });
@@ -64,19 +64,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     resultTtlSeconds: config.RESULT_TTL_SECONDS,
     predictionStreamMaxLen: config.PREDICTION_STREAM_MAXLEN,
   });
-  // Always built: a job's commit clears the in-flight record it leads even with RESULT_CACHE off here.
-  cache = new WorkerResultCache(
-    new ResultCacheStore(redis, keys),
-    config.RESULT_CACHE
-      ? {
-          ttlSeconds: config.RESULT_CACHE_TTL_SECONDS,
-          maxBytesPerModel: config.RESULT_CACHE_MAX_BYTES_PER_MODEL,
-          entriesPerClient: config.RESULT_CACHE_ENTRIES_PER_CLIENT,
-        }
-      : undefined,
-    config.TOP_K,
-    log.child({ module: 'result-cache' }),
-  );
+  const cache = (caching.cache = workerResultCache(config, redis, keys, log));
   // BullMQ does not close a connection it was given; shutdown closes it below.
   const { connection: bullConnection, errors: workerErrors } = await createBullConnection(
     config.REDIS_URL,
@@ -120,6 +108,22 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   // Nobody may be listening yet (a test that only stops it); runService and tests read it.
   ready.catch(() => undefined);
   return { stop, ready, workerId };
+}
+
+/** Always built: a job's commit clears the in-flight record it leads even with RESULT_CACHE off here. */
+function workerResultCache(config: WorkerConfig, redis: Redis, keys: RedisKeys, log: Logger): WorkerResultCache {
+  return new WorkerResultCache(
+    new ResultCacheStore(redis, keys),
+    config.RESULT_CACHE
+      ? {
+          ttlSeconds: config.RESULT_CACHE_TTL_SECONDS,
+          maxBytesPerModel: config.RESULT_CACHE_MAX_BYTES_PER_MODEL,
+          entriesPerClient: config.RESULT_CACHE_ENTRIES_PER_CLIENT,
+        }
+      : undefined,
+    config.TOP_K,
+    log.child({ module: 'result-cache' }),
+  );
 }
 
 /** The metrics endpoint, if METRICS_PORT is set; a port that cannot be listened on fails the start. */
