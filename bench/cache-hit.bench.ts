@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import sharp from 'sharp';
+import { CachedAnswer, cacheEntryKey, imageDigest } from '@conveyor/shared/contract/cache.contract';
 import { freePort } from '../harness/free-port.js';
 import { startRedis } from '../harness/redis-server.js';
 import { ROOT, spawnService, type ServiceProcess } from '../harness/service-process.js';
@@ -127,6 +128,20 @@ try {
     rawHits.push((await round(Array<Buffer>(n).fill(seven), 'conveyor; hit', true)).gateway);
     misses.push(await round(await Promise.all(Array.from({ length: n }, fresh)), 'conveyor; fwd=miss'));
   }
+  // What the cache itself adds to a request, in this process: the key (SHA-256 of the bytes, then of
+  // the parts) and reading a stored answer (JSON.parse and the contract's check).
+  const stored = await storedAnswer(base, seven);
+  const micro = (f: () => unknown, reps = 20_000) => {
+    for (let i = 0; i < 2000; i++) f();
+    const start = process.cpuUsage();
+    for (let i = 0; i < reps; i++) f();
+    const cpu = process.cpuUsage(start);
+    return Math.round(((cpu.user + cpu.system) / reps) * 100) / 100;
+  };
+  const cacheOwnUs = {
+    key: micro(() => cacheEntryKey('digits', { version: 'v', spec: 's' }, imageDigest(seven))),
+    readAnswer: micro(() => CachedAnswer.safeParse(JSON.parse(stored))),
+  };
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const ms = (x: number) => Math.round(x * 1000) / 1000;
   console.log(
@@ -143,6 +158,7 @@ try {
           floorGetHealth: { gateway: ms(median(floors)) },
         },
         redisCommandsPerHit: commandsPerHit,
+        cacheOwnCpuUsPerHit: cacheOwnUs,
         perRound: { hits: hits.map((h) => ms(h.gateway)), misses: misses.map((m) => ms(m.gateway)) },
       },
       null,
@@ -153,4 +169,22 @@ try {
   for (const service of services) await service.stop();
   await redis.stop();
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** A stored answer as the cache holds it, from a real hit's body. */
+async function storedAnswer(base: string, image: Buffer): Promise<string> {
+  const form = new FormData();
+  form.append('file', new Blob([image]), 'seven.png');
+  const body = (await (await fetch(`${base}/v1/predict`, { method: 'POST', body: form })).json()) as Record<string, unknown>;
+  const { model, prediction, input, worker, finishedAt } = body;
+  return JSON.stringify({
+    kind: 'cached-answer',
+    version: 1,
+    model,
+    prediction,
+    input,
+    worker,
+    finishedAt,
+    storedAt: Date.now(),
+  });
 }
