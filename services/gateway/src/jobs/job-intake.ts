@@ -72,7 +72,14 @@ export type Obtained =
    * An identical request of the same client has job `jobId` queued or running: `ticket` waits for it.
    * `leave` says the caller hung up (the job then no longer counts it among those who want it).
    */
-  | { readonly kind: 'follow'; readonly jobId: string; readonly ticket: Ticket; leave(): Promise<void> }
+  | {
+      readonly kind: 'follow';
+      readonly jobId: string;
+      readonly ticket: Ticket;
+      leave(): Promise<void>;
+      /** The job turned out lost (BullMQ failed it without a result): its record is dropped, so the next request runs anew. */
+      drop(): Promise<void>;
+    }
   /**
    * The request's own job. With `lead`, identical requests may follow it: `lead.release()` is asked
    * before a hung-up caller's job is cancelled, and answers how many still wait for it (none: the
@@ -143,7 +150,15 @@ export class JobIntake {
       case 'follow': {
         job.place?.release();
         const { jobId } = found;
-        return { kind: 'follow', jobId, ticket: this.follow(jobId), leave: () => cache.store.leave(model, inflight!, jobId) };
+        return {
+          kind: 'follow',
+          jobId,
+          ticket: this.follow(jobId),
+          leave: () => cache.store.leave(model, inflight!, jobId),
+          drop: async () => {
+            await cache.store.release(model, inflight!, jobId, true);
+          },
+        };
       }
       case 'miss':
         return { kind: 'created', job: await this.create(withFacts) };

@@ -262,6 +262,7 @@ async function followJob(
     // The job may have finished before the ticket was registered (its reply gone): its stored result.
     const view = await deps.lookup.find(jobId);
     if (view?.kind === 'finished') return answerResult(ctx, deps, view.result);
+    if (view?.kind === 'lost') return await droppedLostJob(ctx, followed);
     waiting = true;
     const { result, gone } = await waitForResult(ctx, ticket, waitSeconds);
     if (result) return answerResult(ctx, deps, result);
@@ -272,7 +273,9 @@ async function followJob(
       return;
     }
     // The leader's job could not be queued after all (its record is gone): nothing to poll.
-    if (!(await deps.lookup.find(jobId))) {
+    const now = await deps.lookup.find(jobId);
+    if (now?.kind === 'lost') return await droppedLostJob(ctx, followed);
+    if (!now) {
       throw new ProblemError('not-ready', 'The identical request this one waited for could not be queued; retry', {
         retryAfterSeconds: 1,
       });
@@ -300,6 +303,16 @@ async function answerWhenDone(
   if (!result && gone && abandonable) return abandoned(ctx, deps, jobId, lead);
   if (!result) return accepted(ctx, jobId, deps, callback);
   answerResult(ctx, deps, result);
+}
+
+/**
+ * The job an identical request made was lost (BullMQ failed it without a result: it stalled on
+ * crashing workers): its in-flight record is dropped, so that a retry makes a job of its own, and
+ * this caller is told to retry rather than sent to poll a job that will never answer.
+ */
+async function droppedLostJob(ctx: GatewayContext, followed: Extract<Obtained, { kind: 'follow' }>): Promise<never> {
+  await followed.drop().catch((error: unknown) => ctx.state.log.warn({ err: error }, 'could not drop the record of a lost job'));
+  throw new ProblemError('not-ready', 'The identical request this one waited for lost its job; retry', { retryAfterSeconds: 1 });
 }
 
 /** Waits on `ticket` within the caller's wait, or until the caller hangs up (`gone`). */
