@@ -175,6 +175,10 @@ bench: build ## Benchmarks: Conveyor (1 and 2 workers) vs in-process, FastAPI (a
 bench-compare: build ## Only the comparison (ARGS="--bentoml --rounds 1 --requests 200" for a quick look, --models moderation for one model)
 	$(TSX) bench/compare.bench.ts $(ARGS)
 
+.PHONY: bench-cache
+bench-cache: $(NODE_MODULES) ## The result cache: gateway and worker CPU per cache hit vs per miss (ARGS="--requests 400 --rounds 5 --concurrency 4")
+	$(TSX) bench/cache-hit.bench.ts $(ARGS)
+
 .PHONY: drift-demo
 drift-demo: build ## Normal → shifted → normal traffic through the system; the monitor alerts once and resolves; report in docs/reports
 	$(TSX) scripts/drift-demo.ts

@@ -127,6 +127,7 @@ export default defineConfig({
           { text: 'Callbacks', link: '/callbacks' },
           { text: 'Tracing across the queue', link: '/tracing' },
           { text: 'Idempotent submits', link: '/idempotency' },
+          { text: 'Result cache and merged requests', link: '/result-cache' },
           { text: 'Fairness between clients', link: '/fairness' },
           { text: 'Deadlines and cancellation', link: '/deadlines' },
           { text: 'Request priorities', link: '/priorities' },

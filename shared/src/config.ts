@@ -241,6 +241,32 @@ export const resultConfigShape = {
   ),
 };
 
+/** The shared result cache (docs/result-cache.md): gateways read it, workers fill it; both read the switch. */
+export const resultCacheConfigShape = {
+  RESULT_CACHE: env.bool(
+    false,
+    'The shared result cache: gateways answer an image the same model version already answered from it (Cache-Status: conveyor; hit) and merge identical synchronous requests in flight into one job; workers store completed answers. Off by default: a hit is no new prediction for the drift monitor and has no job to give feedback on (docs/result-cache.md)',
+  ),
+  RESULT_CACHE_TTL_SECONDS: env.int(
+    3600,
+    1,
+    7 * 24 * 3600,
+    'How long a cached answer is served, in seconds (a model swap changes the key at once; the TTL only bounds how long an entry holds memory)',
+  ),
+  RESULT_CACHE_MAX_BYTES_PER_MODEL: env.int(
+    16 * 1024 * 1024,
+    1024,
+    4 * 1024 * 1024 * 1024,
+    "Bytes of Redis one model's cached answers may hold (each counted as its JSON + 300 bytes of keys and indexes, ~0.6–1.5 KB): beyond, the oldest entries are evicted",
+  ),
+  RESULT_CACHE_ENTRIES_PER_CLIENT: env.int(
+    4000,
+    1,
+    100_000_000,
+    "Entries one client's jobs (API key, or address when keys are off) may hold in one model's cache: beyond, that client's oldest go first, so one client cannot evict everyone else's answers (the default is ~1/4–1/8 of the default budget)",
+  ),
+};
+
 /** What an image may declare in its header, checked by the gateway (before queueing) and again by the worker. */
 export const imageLimitsShape = {
   MAX_IMAGE_PIXELS: env.int(

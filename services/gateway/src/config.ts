@@ -8,6 +8,7 @@ import {
   redisConfigShape,
   resultConfigShape,
   tracingConfigShape,
+  resultCacheConfigShape,
 } from '@conveyor/shared/config';
 import { PRIORITIES } from './http/priority.js';
 
@@ -17,6 +18,7 @@ export const GatewayConfig = z
     ...logConfigShape,
     ...resultConfigShape,
     ...tracingConfigShape,
+    ...resultCacheConfigShape,
     PORT: env.int(8080, 0, 65535, 'HTTP port of the gateway'),
     HOST: env.string('0.0.0.0', 'Interface the gateway listens on'),
     MAX_UPLOAD_BYTES: env.int(

@@ -25,6 +25,7 @@ import { ApiKeyStore } from './access/api-keys.js';
 import { JobLookup } from './jobs/job-lookup.js';
 import { JobCanceller } from './jobs/job-canceller.js';
 import { JobIntake, type JobIntakeParts } from './jobs/job-intake.js';
+import { ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
 import { JobSubmitter } from './jobs/job-submitter.js';
 import { ModelQueues } from './jobs/model-queues.js';
 import { ResultWaiter } from './jobs/result-waiter.js';
@@ -64,6 +65,10 @@ function createIntake(
           pixelsPerCost: config.FAIR_PIXELS_PER_COST,
         })
       : new PriorityBands(),
+    // The result cache's look-ups and in-flight records: a job waits at most INPUT_TTL_SECONDS for a worker.
+    cache: config.RESULT_CACHE
+      ? { store: new ResultCacheStore(parts.redis, keys), inflightTtlMs: config.INPUT_TTL_SECONDS * 1000 }
+      : undefined,
   });
 }
 
@@ -146,7 +151,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const { callbacks, callbackConnection } = startCallbacks(config, redis, subscriber, jobs, gatewayId, log, tracing.tracer);
 
   const eventStreams = new OpenStreams();
-  const { lookup, canceller } = jobAccess(config, catalogue, queues, jobs, gatewayId);
+  const { lookup, canceller } = jobAccess(config, catalogue, queues, jobs, gatewayId, new ResultCacheStore(redis, keys));
   const app = createApp({
     ...(board ? { dashboard: board.middleware } : {}),
     config,
@@ -201,7 +206,14 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
 }
 
 /** A job of any known model, found (polls) or cancelled: both search every known model's queue. */
-function jobAccess(config: GatewayConfig, catalogue: ModelCatalogue, queues: ModelQueues, jobs: JobStore, gatewayId: string) {
+function jobAccess(
+  config: GatewayConfig,
+  catalogue: ModelCatalogue,
+  queues: ModelQueues,
+  jobs: JobStore,
+  gatewayId: string,
+  cache: ResultCacheStore,
+) {
   const knownQueues = async () => {
     await catalogue.current();
     return catalogue.known().map((model) => ({ model, queue: queues.get(model) }));
@@ -211,6 +223,7 @@ function jobAccess(config: GatewayConfig, catalogue: ModelCatalogue, queues: Mod
     canceller: new JobCanceller(knownQueues, jobs, {
       gatewayId,
       markTtlSeconds: config.INPUT_TTL_SECONDS + config.RESULT_TTL_SECONDS,
+      cache,
     }),
   };
 }

@@ -13,6 +13,7 @@ import {
   redisConfigShape,
   resultConfigShape,
   tracingConfigShape,
+  resultCacheConfigShape,
 } from '@conveyor/shared/config';
 
 const WorkerFields = z.object({
@@ -20,6 +21,7 @@ const WorkerFields = z.object({
   ...logConfigShape,
   ...resultConfigShape,
   ...tracingConfigShape,
+  ...resultCacheConfigShape,
   ...modelsConfigShape,
   MODELS_DIR: env.string(
     'models',

@@ -10,6 +10,7 @@ import {
 import { predictionEvent } from '@conveyor/shared/contract/events.contract';
 import { TraceContext, type ModelName, type ModelRef } from '@conveyor/shared/contract/common.contract';
 import type { CommitOutcome, JobStore } from '@conveyor/shared/contract/job-store';
+import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { Logger } from '@conveyor/shared/logger';
 import { preprocess, Workspace } from '@conveyor/shared/model/preprocess';
 import { classify, topKFor } from '@conveyor/shared/model/runtime';
@@ -28,6 +29,7 @@ import {
   type Tracer,
 } from '@conveyor/shared/tracing';
 import type { JobCounts } from './job-counts.js';
+import type { WorkerResultCache } from './result-cache.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost, ModelLease } from './model/model-host.js';
 
@@ -60,6 +62,11 @@ export interface ProcessorDeps {
   readonly metrics: JobMetrics;
   /** Spans of the jobs that carry a trace (absent: none). */
   readonly tracer?: Tracer | undefined;
+  /**
+   * The shared result cache (docs/result-cache.md): a job's final commit clears the in-flight record
+   * it leads, and, with `store` (RESULT_CACHE on), a completed answer is stored under the version that ran.
+   */
+  readonly cache?: Pick<WorkerResultCache, 'settle'>;
 }
 
 /** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
@@ -223,7 +230,7 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
   try {
     if (!taken.bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
     const { result, embedding } = await predict(deps, run, lease, taken.bytes, workspace);
-    return await commitCompleted(deps, run, result, embedding, report);
+    return await commitCompleted(deps, run, result, embedding, report, lease.model.manifest);
   } catch (error) {
     return await failAttempt(deps, run, lease.ref, error, report);
   } finally {
@@ -269,6 +276,7 @@ async function expire(deps: ProcessorDeps, run: Attempt, deadline: number, repor
     ),
   };
   const outcome = await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)));
+  if (outcome === 'published' || outcome === 'cancelled') await settleCache(deps, run);
   if (outcome === 'published') {
     run.log.info({ deadline: iso, lateMs: run.startedAt - deadline }, 'expired before decoding: not run');
     report('expired');
@@ -349,6 +357,7 @@ async function commitCompleted(
   result: CompletedResult,
   embedding: number[] | undefined,
   report: Report,
+  manifest: ModelManifest,
 ): Promise<InferenceJobReturn> {
   const committing = performance.now();
   const outcome = await commitWhenRoom(run, () =>
@@ -363,7 +372,9 @@ async function commitCompleted(
     end: performance.now(),
     attributes: { 'conveyor.commit.outcome': outcome, 'conveyor.reply': run.data.replyTo !== undefined },
   });
+  if (outcome === 'published') await settleCache(deps, run, { result, manifest });
   if (outcome === 'cancelled') {
+    await settleCache(deps, run);
     run.log.info('result discarded: the job was cancelled while it ran');
     report('cancelled');
     return CANCELLED;
@@ -417,8 +428,9 @@ async function failAttempt(
       model: modelRef,
       error: problemBody(failure),
     };
-    if ((await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)))) === 'published')
-      deps.counts.committedFailed();
+    const outcome = await commitWhenRoom(run, () => deps.jobs.commit(result, commitTarget(deps, run)));
+    if (outcome === 'published') deps.counts.committedFailed();
+    if (outcome === 'published' || outcome === 'cancelled') await settleCache(deps, run);
   }
   if (problem && permanent) {
     run.log.info({ problem: problem.slug, detail: problem.detail }, 'rejected input');
@@ -426,6 +438,26 @@ async function failAttempt(
   }
   run.log.warn({ err: error, lastAttempt }, 'job failed; BullMQ retries it unless this was the last attempt');
   throw error;
+}
+
+/**
+ * The job's final result is committed: the in-flight record it leads is cleared (identical requests
+ * arriving now make their own job or find the answer), and a completed answer is stored under the
+ * key of the version that ran (result-cache.ts). After the commit, so the caller's reply never
+ * waits for it; a failure costs only the entry (the record lapses after its TTL).
+ */
+async function settleCache(
+  deps: ProcessorDeps,
+  run: Attempt,
+  completed?: { readonly result: CompletedResult; readonly manifest: ModelManifest },
+): Promise<void> {
+  const facts = run.data.cache;
+  if (!facts || !deps.cache) return;
+  try {
+    await deps.cache.settle(deps.model, run.jobId, facts, completed);
+  } catch (error) {
+    run.log.warn({ err: error }, 'could not store the answer in the result cache or clear its in-flight record');
+  }
 }
 
 /** A commit refused by a full Redis outlasted the attempt (the worker is shutting down). */

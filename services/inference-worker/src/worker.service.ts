@@ -4,8 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { JobStore } from '@conveyor/shared/contract/job-store';
+import { ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
+import { WorkerResultCache } from './result-cache.js';
 import { FleetStore } from '@conveyor/shared/contract/fleet-store';
-import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { redisKeys, type RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import { mlflowCredentials } from '@conveyor/shared/config';
 import { ServiceFailure, stopSteps, type Service } from '@conveyor/shared/lifecycle';
 import { startTracing, type Tracing } from '@conveyor/shared/tracing';
@@ -43,7 +45,14 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
 
   // Every configured model gets its own host, queue, concurrency and metrics series (the `model`
   // label is bounded by MODELS); they load and warm up side by side, each taking jobs once it is warm.
-  const served = config.models.map((plan) => new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue })));
+  // The cache is built once Redis is up (below); a model begins its cache generation after that, when it loads.
+  const caching: { cache?: WorkerResultCache } = {};
+  const served = config.models.map(
+    (plan) =>
+      new ModelServing(plan, log.child({ modelName: plan.name, queue: plan.queue }), config.TOP_K, (manifest) =>
+        caching.cache ? caching.cache.begin(plan.name, manifest) : Promise.resolve(),
+      ),
+  );
   const metrics = new WorkerMetrics({ models: served.map((s) => s.metricsSource()) });
   // Before the models and Redis: a taken port fails the start at once, and a worker still loading its
   // models is already visible to Prometheus (up, no model_info yet).
@@ -57,6 +66,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     resultTtlSeconds: config.RESULT_TTL_SECONDS,
     predictionStreamMaxLen: config.PREDICTION_STREAM_MAXLEN,
   });
+  const cache = (caching.cache = workerResultCache(config, redis, keys, log));
   // BullMQ does not close a connection it was given; shutdown closes it below.
   const { connection: bullConnection, errors: workerErrors } = await createBullConnection(
     config.REDIS_URL,
@@ -66,8 +76,44 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     { error: 'worker error', restored: 'worker connection restored' },
   );
 
-  const heartbeat = new Heartbeat(
-    new FleetStore(redis, keys),
+  const heartbeat = heartbeatOf(served, new FleetStore(redis, keys), workerId, config, log);
+
+  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing });
+
+  const registry = registryOf(config);
+
+  const serving: Serving = {
+    config,
+    registry,
+    jobs,
+    cache,
+    workerId,
+    metrics,
+    bullConnection,
+    workerErrors,
+    heartbeat,
+    log,
+    tracing,
+  };
+  const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
+
+  // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
+  const ready = serveAll(served, serve, config, log);
+  // Nobody may be listening yet (a test that only stops it); runService and tests read it.
+  ready.catch(() => undefined);
+  return { stop, ready, workerId };
+}
+
+/** The worker's heartbeat: what it serves and refuses, and its counts, every HEARTBEAT_INTERVAL_MS. */
+function heartbeatOf(
+  served: readonly ModelServing[],
+  fleet: FleetStore,
+  workerId: string,
+  config: WorkerConfig,
+  log: Logger,
+): Heartbeat {
+  return new Heartbeat(
+    fleet,
     workerId,
     config.HEARTBEAT_INTERVAL_MS,
     () => ({
@@ -80,10 +126,11 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     log,
     config.HEALTH_FILE,
   );
+}
 
-  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing });
-
-  const registry = config.MLFLOW_TRACKING_URI
+/** The model registry to serve from, with the key that checks signatures, when MLFLOW_TRACKING_URI is set. */
+function registryOf(config: WorkerConfig): Serving['registry'] {
+  return config.MLFLOW_TRACKING_URI
     ? {
         client: new MlflowClient(config.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(config) }),
         signingKey: config.MODEL_SIGNING_PUBLIC_KEY_FILE
@@ -91,15 +138,22 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
           : undefined,
       }
     : undefined;
+}
 
-  const serving: Serving = { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing };
-  const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
-
-  // Serving goes on after start() returns (a model may take long to download): `ready` says how it went.
-  const ready = serveAll(served, serve, config, log);
-  // Nobody may be listening yet (a test that only stops it); runService and tests read it.
-  ready.catch(() => undefined);
-  return { stop, ready, workerId };
+/** Always built: a job's commit clears the in-flight record it leads even with RESULT_CACHE off here. */
+function workerResultCache(config: WorkerConfig, redis: Redis, keys: RedisKeys, log: Logger): WorkerResultCache {
+  return new WorkerResultCache(
+    new ResultCacheStore(redis, keys),
+    config.RESULT_CACHE
+      ? {
+          ttlSeconds: config.RESULT_CACHE_TTL_SECONDS,
+          maxBytesPerModel: config.RESULT_CACHE_MAX_BYTES_PER_MODEL,
+          entriesPerClient: config.RESULT_CACHE_ENTRIES_PER_CLIENT,
+        }
+      : undefined,
+    config.TOP_K,
+    log.child({ module: 'result-cache' }),
+  );
 }
 
 /** The metrics endpoint, if METRICS_PORT is set; a port that cannot be listened on fails the start. */
@@ -220,6 +274,7 @@ interface Serving {
   readonly config: WorkerConfig;
   readonly registry: { client: MlflowClient; signingKey: KeyObject | undefined } | undefined;
   readonly jobs: JobStore;
+  readonly cache: WorkerResultCache;
   readonly workerId: string;
   readonly metrics: WorkerMetrics;
   readonly bullConnection: Redis;
@@ -247,7 +302,7 @@ async function serveOrRefuse(model: ModelServing, serving: Serving, served: read
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
 async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
-  const { config, registry, jobs, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing } = serving;
+  const { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing } = serving;
   const source = registry
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
@@ -269,6 +324,7 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     counts: model.counts,
     metrics: metrics.forModel(model.name),
     tracer: tracing.tracer,
+    cache,
   });
   const bull = {
     connection: bullConnection,

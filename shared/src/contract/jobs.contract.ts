@@ -11,6 +11,7 @@ import {
   TraceContext,
 } from './common.contract.js';
 import { ProblemBody } from '../problem.js';
+import { JobCache } from './cache.contract.js';
 
 /**
  * The job family: the queues, the payload of an inference job and of a callback delivery, the
@@ -70,6 +71,11 @@ export const InferenceJob = z.object({
    * sampled. Added within version 1: workers of the previous release ignore it.
    */
   trace: TraceContext.optional(),
+  /**
+   * The result cache's facts (cache.contract.ts): the image's digest, whose share an entry counts
+   * against, the in-flight record the job leads. Absent: the result is not stored. Added within version 1.
+   */
+  cache: JobCache.optional(),
   input: z.object({
     format: ImageFormat,
     bytes: z.number().int().positive(),

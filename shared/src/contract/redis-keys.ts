@@ -10,7 +10,7 @@ import { STREAMS } from './events.contract.js';
  * during a rolling deploy.
  */
 export function redisKeys(prefix: string) {
-  return { ...jobKeys(prefix), ...gatewayKeys(prefix), ...fleetKeys(prefix), ...streamKeys(prefix) };
+  return { ...jobKeys(prefix), ...gatewayKeys(prefix), ...fleetKeys(prefix), ...streamKeys(prefix), ...cacheKeys(prefix) };
 }
 export type RedisKeys = ReturnType<typeof redisKeys>;
 
@@ -122,6 +122,35 @@ function fleetKeys(prefix: string) {
     workers: `${prefix}:workers`,
     /** Heartbeat details of one worker, JSON, with a TTL. */
     worker: (workerId: string) => `${prefix}:worker:${workerId}`,
+  };
+}
+
+/**
+ * The shared result cache (ResultCacheStore, result-cache-store.ts, owns them all): workers store
+ * answers, gateways read them and keep the in-flight records. Per serving name, so each model has
+ * its own byte budget. `entry` is a cacheEntryKey (cache.contract.ts).
+ */
+function cacheKeys(prefix: string) {
+  return {
+    /** A cached answer (CachedAnswer JSON), expiring after RESULT_CACHE_TTL_SECONDS. */
+    resultCache: (model: string, entry: string) => `${prefix}:result-cache:${model}:${entry}`,
+    /** Sorted set of a model's entries: member the entry key, score when it was stored (ms); evicted oldest first. */
+    resultCacheIndex: (model: string) => `${prefix}:result-cache-index:${model}`,
+    /** Hash of a model's entries: entry key → `<bytes> <client>`, the field `#bytes` is their sum, `#seq` orders entries stored within one ms. */
+    resultCacheSizes: (model: string) => `${prefix}:result-cache-sizes:${model}`,
+    /**
+     * Hash `{ serving, gen }`: the (version|spec) a worker of the model began serving last, and the
+     * generation entries are served under (ResultCacheStore.begin). Never expires (a few bytes per model).
+     */
+    resultCacheServing: (model: string) => `${prefix}:result-cache-serving:${model}`,
+    /** Sorted set of the entries one client's jobs stored for a model (its share: RESULT_CACHE_ENTRIES_PER_CLIENT). */
+    resultCacheClient: (model: string, client: string) => `${prefix}:result-cache-client:${model}:${client}`,
+    /**
+     * Hash `{ job, followers }`: the job identical synchronous requests of one client wait for while it is
+     * queued or running (`inflight` = `<entry>:<client>`), and how many wait beside its own caller.
+     * Cleared by the job's final commit; lapses after INPUT_TTL_SECONDS otherwise.
+     */
+    resultCacheInflight: (model: string, inflight: string) => `${prefix}:result-cache-inflight:${model}:${inflight}`,
   };
 }
 

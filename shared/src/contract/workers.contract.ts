@@ -24,6 +24,13 @@ export const ServedModel = z.object({
    * admission drains the queue at the sum over the live workers. Added within version 1.
    */
   jobsPerSecond: z.number().positive().optional(),
+  /**
+   * What this worker's answers depend on besides the image and the version (model/answer-spec.ts):
+   * gateways use the result cache for the model only while every live worker announces one and the
+   * same (version, cacheSpec). Added within version 1 (a worker of an earlier release sends none:
+   * the cache is not used while it serves).
+   */
+  cacheSpec: z.string().min(1).max(64).optional(),
 });
 export type ServedModel = z.infer<typeof ServedModel>;
 

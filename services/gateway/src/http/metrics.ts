@@ -28,6 +28,14 @@ export class HttpMetrics {
     registers: [this.registry],
   });
 
+  /** Predict requests by what the result cache did (docs/result-cache.md); none with RESULT_CACHE off. */
+  readonly resultCache = new Counter({
+    name: 'conveyor_result_cache_requests_total',
+    help: "Predict requests with RESULT_CACHE on, by model and by what the cache did: hit (a stored answer, no job), collapsed (waited for an identical request's job), miss (its own job), request (Cache-Control: no-cache/no-store), bypass (a Callback-Url, an Idempotency-Key, or two versions live)",
+    labelNames: ['model', 'status'] as const,
+    registers: [this.registry],
+  });
+
   /** Connections refused or closed by the connection guard, by why (http/connection-guard.ts). */
   readonly connectionsRefused = new Counter({
     name: 'conveyor_http_connections_refused_total',

@@ -1,5 +1,6 @@
 import type { JobStore } from '@conveyor/shared/contract/job-store';
-import type { CancelledResult, JobResult } from '@conveyor/shared/contract/jobs.contract';
+import { LEGACY_QUEUE_MODEL, type CancelledResult, type JobResult } from '@conveyor/shared/contract/jobs.contract';
+import type { ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
 import type { ModelQueue } from './job-lookup.js';
 import type { InferenceQueue } from './model-queues.js';
@@ -22,6 +23,8 @@ export interface CancellerOptions {
   readonly gatewayId: string;
   /** How long a cancel mark is kept at most: as long as a job can wait and its result be read. */
   readonly markTtlSeconds: number;
+  /** Clears the in-flight record a cancelled job led (identical requests then make their own job). */
+  readonly cache?: Pick<ResultCacheStore, 'settle'> | undefined;
 }
 
 /**
@@ -97,6 +100,10 @@ export class JobCanceller {
     };
     // The reply goes to the gateway the job names: its waiting request, its callback's delivery.
     const outcome = await this.store.commit(cancelled, { replyTo: job.data.replyTo, queue: queue.name });
+    const inflight = job.data.cache?.inflight;
+    if (outcome === 'published' && inflight) {
+      await this.options.cache?.settle(job.data.model ?? LEGACY_QUEUE_MODEL, id, inflight).catch(() => undefined);
+    }
     // Locked (a worker took it meanwhile): it finds the result kept and stops. Either way, done.
     await queue.remove(id).catch(() => 0);
     return outcome === 'published' ? cancelled : this.store.readResult(id);

@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto';
 import type { CallbackState } from '@conveyor/shared/contract/api.contract';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import { carrierOf, childOf, failSpan, NO_SPAN, SpanKind, tracingOff, type Span, type Tracer } from '@conveyor/shared/tracing';
+import type { CachedAnswer } from '@conveyor/shared/contract/cache.contract';
+import type { ResultCacheStore } from '@conveyor/shared/contract/result-cache-store';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 import type { FairPlace, QueuePlace, Tenant } from '../http/context.js';
 import type { Priority } from '../http/priority.js';
@@ -10,6 +12,7 @@ import type { FairQueue } from './fair-queue.js';
 import type { DeadlineLimit } from './deadline-admission.js';
 import type { JobSubmitter, Submission } from './job-submitter.js';
 import type { ModelQueues } from './model-queues.js';
+import type { CachePlan } from './result-cache.js';
 import type { ResultWaiter, Ticket } from './result-waiter.js';
 
 /** What JobIntake works with (narrowed to what it calls, so a test can hand it fakes). */
@@ -27,6 +30,10 @@ export interface JobIntakeParts {
   readonly callbacks: Pick<CallbackDispatcher, 'reserve' | 'schedule' | 'cancel'>;
   /** Spans of admission and of queueing (absent: none). */
   readonly tracer?: Tracer | undefined;
+  /** The shared result cache (absent: RESULT_CACHE off), and how long an in-flight record lives at most. */
+  readonly cache?:
+    | { readonly store: Pick<ResultCacheStore, 'lookup' | 'lookupOrJoin' | 'leave' | 'release'>; readonly inflightTtlMs: number }
+    | undefined;
 }
 
 /** A model's queue place for a request, taken before its body is read. */
@@ -39,7 +46,7 @@ export interface AdmittedPlace {
 /** Everything a job is made of, once the request's image passed the checks. */
 export interface NewJob extends Pick<
   Submission,
-  'model' | 'jobId' | 'requestId' | 'acceptedAt' | 'input' | 'bytes' | 'facts' | 'owner' | 'deadline'
+  'model' | 'jobId' | 'requestId' | 'acceptedAt' | 'input' | 'bytes' | 'facts' | 'owner' | 'deadline' | 'cache'
 > {
   /** The place taken at admission; given back once the job is queued (or could not be). */
   readonly place?: QueuePlace | undefined;
@@ -61,6 +68,29 @@ export interface CreatedJob {
   /** The callback's first state, when the request named one. */
   readonly callback?: CallbackState | undefined;
 }
+
+/** What a request got from the result cache, or the job made for it (JobIntake.obtain). */
+export type Obtained =
+  /** A stored answer: no job is made. */
+  | { readonly kind: 'hit'; readonly answer: CachedAnswer }
+  /**
+   * An identical request of the same client has job `jobId` queued or running: `ticket` waits for it.
+   * `leave` says the caller hung up (the job then no longer counts it among those who want it).
+   */
+  | {
+      readonly kind: 'follow';
+      readonly jobId: string;
+      readonly ticket: Ticket;
+      leave(): Promise<void>;
+      /** The job turned out lost (BullMQ failed it without a result): its record is dropped, so the next request runs anew. */
+      drop(): Promise<void>;
+    }
+  /**
+   * The request's own job. With `lead`, identical requests may follow it: `lead.release()` is asked
+   * before a hung-up caller's job is cancelled, and answers how many still wait for it (none: the
+   * record is gone, and the job may be cancelled).
+   */
+  | { readonly kind: 'created'; readonly job: CreatedJob; readonly lead?: { release(): Promise<number> } | undefined };
 
 /**
  * Where a job comes to exist. Creating one is three parties agreeing: the reply ticket a waiting
@@ -123,6 +153,55 @@ export class JobIntake {
     return this.parts.waiter.register(jobId);
   }
 
+  /**
+   * The request's answer from the result cache, or the job of an identical request to wait for, or
+   * its own job (create), as `plan` allows (jobs/result-cache.ts). A hit or a follower makes no job:
+   * the queue place taken at admission is given back. A leader whose job cannot be made drops its
+   * in-flight record, so nobody goes on following a job that will never exist.
+   */
+  async obtain(job: NewJob, plan: CachePlan): Promise<Obtained> {
+    const cache = this.parts.cache;
+    const withFacts: NewJob = plan.facts ? { ...job, cache: plan.facts } : job;
+    if (!cache || !plan.entry) return { kind: 'created', job: await this.create(withFacts) };
+    const { entry, inflight } = plan;
+    const model = job.model;
+    const found = inflight
+      ? await cache.store.lookupOrJoin(model, entry, inflight, job.jobId, cache.inflightTtlMs)
+      : await cache.store.lookup(model, entry);
+    // The request's span says how the cache answered (a hit or a follower makes no enqueue span).
+    job.span?.setAttribute('conveyor.cache', found.kind);
+    switch (found.kind) {
+      case 'hit':
+        job.place?.release();
+        return found;
+      case 'follow': {
+        job.place?.release();
+        const { jobId } = found;
+        return {
+          kind: 'follow',
+          jobId,
+          ticket: this.follow(jobId),
+          leave: () => cache.store.leave(model, inflight!, jobId),
+          drop: async () => {
+            await cache.store.release(model, inflight!, jobId, true);
+          },
+        };
+      }
+      case 'miss':
+        return { kind: 'created', job: await this.create(withFacts) };
+      case 'lead': {
+        let created: CreatedJob;
+        try {
+          created = await this.create({ ...job, cache: { ...plan.facts!, inflight } });
+        } catch (error) {
+          await cache.store.release(model, inflight!, job.jobId, true).catch(() => 0);
+          throw error;
+        }
+        return { kind: 'created', job: created, lead: { release: () => cache.store.release(model, inflight!, job.jobId) } };
+      }
+    }
+  }
+
   async create(job: NewJob): Promise<CreatedJob> {
     const { jobId, client, callbackUrl } = job;
     const queue = this.parts.queues.get(job.model);
@@ -173,6 +252,7 @@ export class JobIntake {
         priority: job.fair?.priority,
         deadline: job.deadline,
         trace,
+        cache: job.cache,
       });
       // A large image costs its tenant more of the workers' time: its next jobs go later.
       job.fair?.charge(job.facts.width * job.facts.height);

@@ -1,5 +1,6 @@
 import { INFERENCE_JOB_NAME, INFERENCE_JOB_OPTIONS, type InferenceJob } from '@conveyor/shared/contract/jobs.contract';
 import type { ModelName, TraceContext } from '@conveyor/shared/contract/common.contract';
+import type { JobCache } from '@conveyor/shared/contract/cache.contract';
 import type { JobStore } from '@conveyor/shared/contract/job-store';
 import type { ImageFacts } from '../intake/inspect-image.js';
 import type { PredictInput } from '../intake/read-input.js';
@@ -28,6 +29,8 @@ export interface Submission {
   readonly deadline?: number | undefined;
   /** The trace the job continues (the gateway's enqueue span), when tracing is on and the request sampled. */
   readonly trace?: TraceContext | undefined;
+  /** The result cache's facts (its answer is stored; the in-flight record it leads). */
+  readonly cache?: JobCache | undefined;
 }
 
 /**
@@ -87,6 +90,7 @@ export function inferenceJob(submission: Submission): InferenceJob {
     model: submission.model,
     ...(submission.deadline === undefined ? {} : { deadline: submission.deadline }),
     ...(submission.trace ? { trace: submission.trace } : {}),
+    ...(submission.cache ? { cache: submission.cache } : {}),
     input: {
       ...facts,
       bytes: bytes.length,

@@ -2,6 +2,7 @@ import { inferenceQueue } from '@conveyor/shared/contract/jobs.contract';
 import { servedModels, type ModelAnnouncement, type WorkerHeartbeat } from '@conveyor/shared/contract/workers.contract';
 import { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { FleetStore } from '@conveyor/shared/contract/fleet-store';
+import type { ServedAs } from '@conveyor/shared/contract/cache.contract';
 import type { Logger } from '@conveyor/shared/logger';
 
 /**
@@ -40,6 +41,12 @@ export interface ModelStatus {
    */
   readonly jobsPerSecond?: number | undefined;
   readonly ready: boolean;
+  /**
+   * The one (version, answer spec) every live worker serving it announces, which keys the result
+   * cache (docs/result-cache.md); undefined while none serves it, while two are live (a rolling swap)
+   * or while a worker of an earlier release, which announces no spec, serves it.
+   */
+  readonly servedAs?: ServedAs | undefined;
   /** Live workers that were configured to serve it and refused it, with their reason. */
   readonly refused: readonly { readonly worker: string; readonly problem: string; readonly at: string }[];
 }
@@ -110,35 +117,7 @@ export class ModelCatalogue {
 
   private async read(): Promise<CatalogueView> {
     const [workers, announced] = await Promise.all([this.fleet.liveWorkers(), this.fleet.announcements()]);
-    const serving = new Map<
-      ModelName,
-      { versions: Set<string>; workers: number; concurrency: number; serviceMs: number; measured: number; rate: number; rated: number }
-    >();
-    for (const worker of workers) {
-      for (const served of servedModels(worker)) {
-        const entry = serving.get(served.name) ?? {
-          versions: new Set(),
-          workers: 0,
-          concurrency: 0,
-          serviceMs: 0,
-          measured: 0,
-          rate: 0,
-          rated: 0,
-        };
-        if (served.jobsPerSecond !== undefined) {
-          entry.rate += served.jobsPerSecond;
-          entry.rated++;
-        }
-        entry.versions.add(served.model.version);
-        entry.workers++;
-        entry.concurrency += served.concurrency;
-        if (served.serviceMs !== undefined) {
-          entry.serviceMs += served.serviceMs;
-          entry.measured++;
-        }
-        serving.set(served.name, entry);
-      }
-    }
+    const serving = servingOf(workers);
     const refusals = new Map<ModelName, { worker: string; problem: string; at: string }[]>();
     for (const worker of workers) {
       for (const r of worker.refused ?? []) refusals.set(r.name, [...(refusals.get(r.name) ?? []), { worker: worker.id, problem: r.problem, at: r.at }]);
@@ -169,6 +148,7 @@ export class ModelCatalogue {
         serviceMs: live && live.measured > 0 ? live.serviceMs / live.measured : undefined,
         jobsPerSecond: live && live.rated === live.workers ? live.rate : undefined,
         ready: (live?.workers ?? 0) > 0,
+        servedAs: live ? servedAs(live.specs) : undefined,
         refused: refusals.get(name) ?? [],
       });
     }
@@ -176,4 +156,58 @@ export class ModelCatalogue {
     this.view = view;
     return view;
   }
+}
+
+/** The one (version, spec) of a model's live workers, if they all announce the same. */
+function servedAs(specs: ReadonlySet<string>): ServedAs | undefined {
+  if (specs.size !== 1) return undefined;
+  const [only] = specs;
+  if (!only) return undefined;
+  const [version, spec] = JSON.parse(only) as [string, string];
+  return { version, spec };
+}
+
+/** What the live workers serve, per model: versions, slots, measured service and drain, answer specs. */
+interface Serving {
+  versions: Set<string>;
+  workers: number;
+  concurrency: number;
+  serviceMs: number;
+  measured: number;
+  rate: number;
+  rated: number;
+  specs: Set<string>;
+}
+
+function servingOf(workers: readonly WorkerHeartbeat[]): Map<ModelName, Serving> {
+  const serving = new Map<ModelName, Serving>();
+  for (const worker of workers) {
+    for (const served of servedModels(worker)) {
+      const entry = serving.get(served.name) ?? {
+        versions: new Set(),
+        workers: 0,
+        concurrency: 0,
+        serviceMs: 0,
+        measured: 0,
+        rate: 0,
+        rated: 0,
+        specs: new Set(),
+      };
+      if (served.jobsPerSecond !== undefined) {
+        entry.rate += served.jobsPerSecond;
+        entry.rated++;
+      }
+      entry.versions.add(served.model.version);
+      // A worker without a spec counts as a spec of its own: the cache is then not used.
+      entry.specs.add(served.cacheSpec === undefined ? '' : JSON.stringify([served.model.version, served.cacheSpec]));
+      entry.workers++;
+      entry.concurrency += served.concurrency;
+      if (served.serviceMs !== undefined) {
+        entry.serviceMs += served.serviceMs;
+        entry.measured++;
+      }
+      serving.set(served.name, entry);
+    }
+  }
+  return serving;
 }

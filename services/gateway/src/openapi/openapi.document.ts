@@ -144,10 +144,38 @@ const replayed = z
   .literal('true')
   .optional()
   .meta({ description: 'Present on the answer to a retry with an Idempotency-Key: the job is the one the key made' });
+/** The result cache's answer headers (RESULT_CACHE on; docs/result-cache.md). */
+const cacheStatus = z
+  .string()
+  .optional()
+  .meta({
+    description:
+      'RFC 9211, with RESULT_CACHE on: `conveyor; hit` (a stored answer of the model version served now: no job was made, and the id names no job, so `GET /v1/jobs/{id}` is a 404), ' +
+      '`conveyor; fwd=miss; collapsed` (an identical request of the same client was queued or running: this one waited for its job, whose id it names), ' +
+      '`conveyor; fwd=miss` (its own job, whose answer is stored), `conveyor; fwd=request` (Cache-Control: no-cache or no-store), ' +
+      '`conveyor; fwd=bypass; detail=callback|idempotency-key|versions` (not looked up: a Callback-Url, an Idempotency-Key, or two model versions live during a swap)',
+    example: 'conveyor; hit',
+  });
+const age = z.string().optional().meta({ description: 'RFC 9111, on a cache hit: seconds since the answer was stored' });
+const cacheControl = z
+  .string()
+  .optional()
+  .meta({
+    description:
+      'RFC 9111 request directives, with RESULT_CACHE on: `no-cache` runs a fresh inference (no stored answer, no waiting for an identical request; its answer is stored), ' +
+      '`no-store` does too and its answer is not stored; other directives are ignored',
+    example: 'no-cache',
+  });
 const predictResponses: ZodOpenApiResponsesObject = {
   '200': {
-    description: 'The job finished within the wait: its result',
-    headers: z.object({ 'Preference-Applied': preferenceApplied, 'Idempotent-Replayed': replayed }),
+    description:
+      'The job finished within the wait: its result. With RESULT_CACHE on, also a stored answer (`Cache-Status: conveyor; hit`), which answers a `respond-async` caller at once too',
+    headers: z.object({
+      'Preference-Applied': preferenceApplied,
+      'Idempotent-Replayed': replayed,
+      'Cache-Status': cacheStatus,
+      Age: age,
+    }),
     content: json(CompletedJob),
     links: jobLinks(true),
   },
@@ -158,6 +186,7 @@ const predictResponses: ZodOpenApiResponsesObject = {
       'Retry-After': retryAfter,
       'Preference-Applied': preferenceApplied,
       'Idempotent-Replayed': replayed,
+      'Cache-Status': cacheStatus,
     }),
     content: json(AcceptedJob),
     links: jobLinks(false),
@@ -171,7 +200,7 @@ const predictResponses: ZodOpenApiResponsesObject = {
   },
   '503': {
     description:
-      'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`, `/problems/deadline-unmeetable` (the queue cannot finish the job within its `Prefer: deadline`); with Retry-After',
+      'Problem: `/problems/no-worker` (no live worker serves the model: sync requests, or async ones with NO_WORKER_POLICY=refuse), `/problems/overloaded`, `/problems/not-ready`, `/problems/deadline-unmeetable` (the queue cannot finish the job within its `Prefer: deadline`), `/problems/not-ready` also when the identical request this one waited for could not queue its job; with Retry-After',
     headers: z.object({ 'Retry-After': retryAfter }),
     content: problem,
   },
@@ -269,6 +298,7 @@ function predictOperation(options: DocumentOptions) {
         Prefer: prefer,
         ...(options.callbacks ? { 'Callback-Url': callbackUrl } : {}),
         'Idempotency-Key': idempotencyKey,
+        'Cache-Control': cacheControl,
         'X-Request-Id': requestId,
         traceparent,
         tracestate,

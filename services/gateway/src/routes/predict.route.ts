@@ -20,7 +20,9 @@ import { inspectImage, type ImageFacts } from '../intake/inspect-image.js';
 import { MULTIPART_SLACK, predictBodyParser, readPredictInput, type PredictInput } from '../intake/read-input.js';
 import { uploadGuard, type UploadBudget } from '../intake/upload-guard.js';
 import { requestFingerprint, type IdempotencyLease, type IdempotencyStore } from '../jobs/idempotency.js';
-import type { AdmittedPlace, CreatedJob, JobIntake } from '../jobs/job-intake.js';
+import type { AdmittedPlace, JobIntake, Obtained } from '../jobs/job-intake.js';
+import { cacheDirectives, cacheStatus, planCache, type CacheOutcome, type CachePlan } from '../jobs/result-cache.js';
+import type { CachedAnswer } from '@conveyor/shared/contract/cache.contract';
 import type { JobLookup } from '../jobs/job-lookup.js';
 import type { Ticket } from '../jobs/result-waiter.js';
 import type { ModelCatalogue, ModelStatus } from '../models/model-catalogue.js';
@@ -41,10 +43,11 @@ export interface PredictDeps {
     | 'DEADLINE_ADMISSION'
     | 'DEADLINE_ADMISSION_SHARE'
     | 'INPUT_TTL_SECONDS'
+    | 'RESULT_CACHE'
   >;
   readonly catalogue: Pick<ModelCatalogue, 'resolve' | 'known'>;
   /** Where a job comes to exist: its queue place, then the job with its reply ticket and callback. */
-  readonly intake: Pick<JobIntake, 'admit' | 'create' | 'follow'>;
+  readonly intake: Pick<JobIntake, 'admit' | 'obtain' | 'follow'>;
   /** Idempotency-Key records: which job a key made (jobs/idempotency.ts). */
   readonly idempotency: Pick<IdempotencyStore, 'claim'>;
   /** Where a replayed request finds the job its key made. */
@@ -120,26 +123,36 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   const deadline = ctx.state.deadline;
   const applied = appliedWith(prefer, ctx.state.priority ?? 'normal');
   ctx.set('Preference-Applied', deadline ? `${applied}, deadline=${deadline.seconds}` : applied);
-  let job: CreatedJob;
+  const plan = await cachePlan(ctx, deps, {
+    bytes,
+    waits,
+    callback: callbackUrl !== undefined,
+    lease,
+    deadline: deadline !== undefined,
+  });
+  let obtained: Obtained;
   try {
-    job = await deps.intake.create({
-      model: ctx.state.model!,
-      jobId,
-      requestId: ctx.state.requestId,
-      acceptedAt,
-      input,
-      bytes,
-      facts,
-      place: ctx.state.reservation,
-      fair: ctx.state.fairPlace,
-      owner: ctx.state.apiKey?.id,
-      // Whose share of pending callbacks this one counts against.
-      client: clientOf(ctx),
-      callbackUrl,
-      waits,
-      deadline: deadline?.at,
-      span: ctx.state.span,
-    });
+    obtained = await deps.intake.obtain(
+      {
+        model: ctx.state.model!,
+        jobId,
+        requestId: ctx.state.requestId,
+        acceptedAt,
+        input,
+        bytes,
+        facts,
+        place: ctx.state.reservation,
+        fair: ctx.state.fairPlace,
+        owner: ctx.state.apiKey?.id,
+        // Whose share of pending callbacks this one counts against.
+        client: clientOf(ctx),
+        callbackUrl,
+        waits,
+        deadline: deadline?.at,
+        span: ctx.state.span,
+      },
+      plan,
+    );
   } catch (error) {
     await freeKey(ctx, lease);
     throw error;
@@ -147,14 +160,132 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
     // The upload budget is given back: the bytes are in Redis now, or nowhere.
     ctx.state.upload?.release();
   }
+  if (config.RESULT_CACHE) {
+    const outcome = outcomeOf(plan, obtained);
+    ctx.set('Cache-Status', cacheStatus(outcome));
+    const status = outcome.kind === 'bypass' && outcome.reason === 'request' ? 'request' : outcome.kind;
+    deps.metrics.resultCache.inc({ model: ctx.state.model, status });
+  }
+  if (obtained.kind === 'hit') return answerCached(ctx, deps, obtained.answer, jobId, acceptedAt, prefer.respondAsync);
+  if (obtained.kind === 'follow') return followJob(ctx, deps, obtained, prefer.waitSeconds);
+  const { job, lead } = obtained;
   ctx.state.log.debug({ format: facts.format, width: facts.width, height: facts.height, bytes: bytes.length }, 'job queued');
   // Before answering: a retry that comes after this answer must find the job.
   if (lease) await keepKey(ctx, lease);
   if (!job.ticket) return accepted(ctx, jobId, deps, job.callback);
   // Nobody else may want the job of a caller that hangs up when it has no callback and no
-  // Idempotency-Key (a retry with the key would find it): it is then cancelled if it still waits.
+  // Idempotency-Key (a retry with the key would find it): it is then cancelled if it still waits,
+  // unless identical requests merged into it wait for it too (`lead`).
   const abandonable = !callbackUrl && !lease;
-  return answerWhenDone(ctx, deps, jobId, job.ticket, prefer.waitSeconds, job.callback, abandonable);
+  return answerWhenDone(ctx, deps, jobId, job.ticket, prefer.waitSeconds, job.callback, abandonable, lead);
+}
+
+/** How the request uses the result cache (jobs/result-cache.ts); nothing with RESULT_CACHE off. */
+async function cachePlan(
+  ctx: GatewayContext,
+  deps: PredictDeps,
+  request: { bytes: Buffer; waits: boolean; callback: boolean; lease: IdempotencyLease | undefined; deadline: boolean },
+): Promise<CachePlan> {
+  if (!deps.config.RESULT_CACHE) return {};
+  // From the catalogue's view in memory: admission resolved the model a moment ago.
+  const model = await deps.catalogue.resolve(ctx.state.model!);
+  return planCache({
+    model: ctx.state.model!,
+    servedAs: model?.servedAs,
+    bytes: request.bytes,
+    client: clientOf(ctx),
+    directives: cacheDirectives(ctx.get('cache-control') || undefined),
+    waits: request.waits,
+    callback: request.callback,
+    idempotencyKey: request.lease !== undefined,
+    deadline: request.deadline,
+  });
+}
+
+function outcomeOf(plan: CachePlan, obtained: Obtained): CacheOutcome {
+  if (obtained.kind === 'hit') return { kind: 'hit' };
+  if (obtained.kind === 'follow') return { kind: 'collapsed' };
+  return plan.bypass ? { kind: 'bypass', reason: plan.bypass } : { kind: 'miss' };
+}
+
+/**
+ * A stored answer: a 200 with the result, as a job of this request would have had it, under this
+ * request's own id (no job exists under it: a hit is not kept for polling, and the id of the job that
+ * computed the answer is never shown). No work was done: the timings are zero but `totalMs`. `Age`
+ * says how long ago the answer was stored (RFC 9111). An asynchronous caller gets the answer at
+ * once too (`Prefer: respond-async` is a preference; it is not applied).
+ */
+function answerCached(
+  ctx: GatewayContext,
+  deps: PredictDeps,
+  answer: CachedAnswer,
+  jobId: string,
+  acceptedAt: number,
+  respondAsync: boolean,
+): void {
+  const now = Date.now();
+  if (respondAsync) ctx.remove('Preference-Applied');
+  ctx.set('Age', String(Math.max(0, Math.floor((now - answer.storedAt) / 1000))));
+  deps.metrics.outcomes.inc({ outcome: 'completed' });
+  ctx.state.log.debug({ model: answer.model }, 'answered from the result cache');
+  ctx.status = 200;
+  ctx.body = {
+    id: jobId,
+    requestId: ctx.state.requestId,
+    acceptedAt: new Date(acceptedAt).toISOString(),
+    finishedAt: new Date(now).toISOString(),
+    attempt: 1,
+    worker: answer.worker,
+    status: 'completed',
+    model: answer.model,
+    prediction: answer.prediction,
+    timings: { queueMs: 0, preprocessMs: 0, inferenceMs: 0, totalMs: Math.max(0, now - acceptedAt) },
+    input: answer.input,
+  } satisfies JobResult;
+}
+
+/**
+ * An identical request of the same client has its job queued or running: this one waits for that
+ * job (answered as that job is: its result, or a 202 naming it once the wait runs out). A caller
+ * that hangs up stops counting among those who want the job; it never cancels it.
+ */
+async function followJob(
+  ctx: GatewayContext,
+  deps: PredictDeps,
+  followed: Extract<Obtained, { kind: 'follow' }>,
+  waitSeconds: number,
+): Promise<void> {
+  const { jobId, ticket } = followed;
+  ctx.state.jobId = jobId;
+  ctx.state.log = ctx.state.log.child({ jobId });
+  ctx.state.log.debug('waiting for the job of an identical request');
+  let waiting = false;
+  try {
+    // The job may have finished before the ticket was registered (its reply gone): its stored result.
+    const view = await deps.lookup.find(jobId);
+    if (view?.kind === 'finished') return answerResult(ctx, deps, view.result);
+    if (view?.kind === 'lost') return await droppedLostJob(ctx, followed);
+    waiting = true;
+    const { result, gone } = await waitForResult(ctx, ticket, waitSeconds);
+    if (result) return answerResult(ctx, deps, result);
+    if (gone) {
+      await followed.leave().catch((error: unknown) => ctx.state.log.warn({ err: error }, 'could not leave an in-flight job'));
+      deps.metrics.outcomes.inc({ outcome: 'accepted' });
+      ctx.status = 499;
+      return;
+    }
+    // The leader's job could not be queued after all (its record is gone): nothing to poll.
+    const now = await deps.lookup.find(jobId);
+    if (now?.kind === 'lost') return await droppedLostJob(ctx, followed);
+    if (!now) {
+      throw new ProblemError('not-ready', 'The identical request this one waited for could not be queued; retry', {
+        retryAfterSeconds: 1,
+      });
+    }
+    return accepted(ctx, jobId, deps, undefined);
+  } finally {
+    if (!waiting) ticket.cancel();
+  }
 }
 
 /** Waits for the job's result within the caller's wait: the result (or its problem), else a 202. */
@@ -166,9 +297,32 @@ async function answerWhenDone(
   waitSeconds: number,
   callback: CallbackState | undefined,
   abandonable: boolean,
+  lead?: { release(): Promise<number> },
 ): Promise<void> {
   // A client that hangs up stops the wait; the job goes on unless `abandonable` (then it is cancelled
-  // if no worker took it yet, so it costs no worker time).
+  // if no worker took it yet and no identical request waits for it, so it costs no worker time).
+  const { result, gone } = await waitForResult(ctx, ticket, waitSeconds);
+  if (!result && gone && abandonable) return abandoned(ctx, deps, jobId, lead);
+  if (!result) return accepted(ctx, jobId, deps, callback);
+  answerResult(ctx, deps, result);
+}
+
+/**
+ * The job an identical request made was lost (BullMQ failed it without a result: it stalled on
+ * crashing workers): its in-flight record is dropped, so that a retry makes a job of its own, and
+ * this caller is told to retry rather than sent to poll a job that will never answer.
+ */
+async function droppedLostJob(ctx: GatewayContext, followed: Extract<Obtained, { kind: 'follow' }>): Promise<never> {
+  await followed.drop().catch((error: unknown) => ctx.state.log.warn({ err: error }, 'could not drop the record of a lost job'));
+  throw new ProblemError('not-ready', 'The identical request this one waited for lost its job; retry', { retryAfterSeconds: 1 });
+}
+
+/** Waits on `ticket` within the caller's wait, or until the caller hangs up (`gone`). */
+async function waitForResult(
+  ctx: GatewayContext,
+  ticket: Ticket,
+  waitSeconds: number,
+): Promise<{ result: JobResult | undefined; gone: boolean }> {
   const gone = new AbortController();
   const onClose = () => {
     if (!ctx.res.writableEnded) gone.abort();
@@ -180,9 +334,7 @@ async function answerWhenDone(
   const result = gone.signal.aborted
     ? undefined
     : await ticket.wait(waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
-  if (!result && gone.signal.aborted && abandonable) return abandoned(ctx, deps, jobId);
-  if (!result) return accepted(ctx, jobId, deps, callback);
-  answerResult(ctx, deps, result);
+  return { result, gone: gone.signal.aborted };
 }
 
 function answerResult(ctx: GatewayContext, deps: PredictDeps, result: JobResult): void {
@@ -395,7 +547,20 @@ async function routable(
 }
 
 /** The caller hung up: its job is cancelled unless a worker has it already (nobody reads this answer). */
-async function abandoned(ctx: GatewayContext, deps: PredictDeps, jobId: string): Promise<void> {
+async function abandoned(
+  ctx: GatewayContext,
+  deps: PredictDeps,
+  jobId: string,
+  lead?: { release(): Promise<number> },
+): Promise<void> {
+  // Identical requests merged into the job still want it: it runs for them (unknown counts as wanted).
+  const followers = lead ? await lead.release().catch(() => 1) : 0;
+  if (followers > 0) {
+    ctx.state.log.info({ followers }, 'the caller hung up; its job runs for the identical requests waiting for it');
+    deps.metrics.outcomes.inc({ outcome: 'accepted' });
+    ctx.status = 499;
+    return;
+  }
   const outcome = await deps.canceller.abandon(jobId, ctx.state.model!).catch((error: unknown) => {
     ctx.state.log.warn({ err: error }, 'could not cancel the job of a caller that hung up; it runs');
     return 'failed' as const;

@@ -3,6 +3,8 @@ import type { Redis } from '@conveyor/shared/redis';
 import type { InferenceJob, InferenceJobName, InferenceJobReturn } from '@conveyor/shared/contract/jobs.contract';
 import type { ModelAnnouncement, RefusedModel, ServedModel } from '@conveyor/shared/contract/workers.contract';
 import type { Logger } from '@conveyor/shared/logger';
+import { answerSpec } from '@conveyor/shared/model/answer-spec';
+import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
 import type { ModelPlan } from '../config.js';
 import { JobCounts } from '../job-counts.js';
@@ -41,9 +43,16 @@ export class ModelServing {
   private refusal: RefusedModel | undefined;
   private readonly stopping = new AbortController();
 
+  /** The answer spec of the manifest served now, computed once per loaded manifest. */
+  private spec: { readonly manifest: ModelManifest; readonly value: string } | undefined;
+
   constructor(
     readonly plan: ModelPlan,
     private readonly log: Logger,
+    /** TOP_K: part of what the answers depend on (the result cache's answer spec). */
+    private readonly topK?: number,
+    /** Called with each model version's manifest before it serves (the result cache's generation). */
+    private readonly beforeServing: (manifest: ModelManifest) => Promise<void> = () => Promise.resolve(),
   ) {
     this.host = new ModelHost(log);
     this.counts = new JobCounts(plan.concurrency);
@@ -62,7 +71,7 @@ export class ModelServing {
   async load(options: LoadOptions & { intervalMs: number }, registry?: RegistrySource): Promise<void> {
     this.log.info({ dir: registry ? undefined : this.plan.dir, uri: registry ? this.plan.uri : undefined }, 'warming up model');
     if (registry) {
-      this.watcher = new ModelWatcher(registry, this.host, options, this.log);
+      this.watcher = new ModelWatcher(registry, this.host, options, this.log, this.beforeServing);
       await this.watcher.start(this.stopping.signal);
       return;
     }
@@ -73,6 +82,7 @@ export class ModelServing {
       await model.close();
       return;
     }
+    await this.beforeServing(model.manifest);
     this.host.replace(model, ref);
     this.log.info({ model: ref, dir: model.dir }, 'model loaded');
   }
@@ -125,7 +135,16 @@ export class ModelServing {
       concurrency: this.plan.concurrency,
       ...(serviceMs === undefined ? {} : { serviceMs: Math.round(serviceMs * 100) / 100 }),
       ...(saturatedJobsPerSecond === undefined ? {} : { jobsPerSecond: Math.round(saturatedJobsPerSecond * 100) / 100 }),
+      ...(this.cacheSpec() ? { cacheSpec: this.cacheSpec() } : {}),
     };
+  }
+
+  /** The answer spec of the model served now (the result cache's key part: gateways read it in heartbeats). */
+  cacheSpec(): string | undefined {
+    const manifest = this.host.manifest;
+    if (!manifest) return undefined;
+    if (this.spec?.manifest !== manifest) this.spec = { manifest, value: answerSpec(manifest, this.topK) };
+    return this.spec.value;
   }
 
   announcement(): ModelAnnouncement | undefined {

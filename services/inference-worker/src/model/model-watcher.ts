@@ -1,3 +1,4 @@
+import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { Logger } from '@conveyor/shared/logger';
 import { MlflowAuthError } from '@conveyor/shared/mlflow/client';
 import type { LoadOptions } from '@conveyor/shared/model/runtime';
@@ -24,6 +25,8 @@ export class ModelWatcher {
     private readonly host: ModelHost,
     private readonly options: LoadOptions & { intervalMs: number },
     private readonly log: Logger,
+    /** Called with a version's manifest before it serves (the result cache's generation). */
+    private readonly beforeServing: (manifest: ModelManifest) => Promise<void> = () => Promise.resolve(),
   ) {}
 
   /** Loads the first model: the alias's version, or the last cached one if the registry is down. */
@@ -83,6 +86,7 @@ export class ModelWatcher {
     this.log.info({ model: version, warmUpMs }, 'model warmed up');
     await this.source.remember(version);
     this.current = version;
+    await this.beforeServing(model.manifest);
     this.host.replace(model, { name: version.name, version: version.version });
     this.log.info({ model: version, build: model.manifest.version }, 'serving model version');
   }
