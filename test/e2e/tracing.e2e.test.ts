@@ -145,6 +145,15 @@ describe('tracing: one trace per request, across the queue (OpenTelemetry, a rea
     );
     expect(prediction.trace_id).to.equal(trace);
     expect(prediction.span_id).to.equal(processed.spanID);
+
+    // The request histogram points at the trace (an OpenMetrics exemplar on its bucket).
+    const metrics = await fetch(`${gateway.url}/metrics`);
+    expect(metrics.headers.get('content-type')).to.match(/^application\/openmetrics-text/);
+    const buckets = (await metrics.text())
+      .split('\n')
+      .filter((l) => l.startsWith('conveyor_http_request_duration_seconds_bucket{'));
+    const exemplar = buckets.find((l) => l.includes('route="/v1/predict"') && l.includes(`# {trace_id="${trace}"}`));
+    expect(exemplar, 'a /v1/predict bucket with this trace as its exemplar').to.be.a('string');
   });
 
   it('makes each callback try a span of the same trace, and tells the receiver the trace', async () => {
@@ -216,5 +225,9 @@ describe('tracing: one trace per request, across the queue (OpenTelemetry, a rea
     const lines = recordsWith(untraced, 'jobId', reply.body.id);
     expect(lines.length).to.be.greaterThan(0);
     expect(lines.some((r) => 'trace_id' in r)).to.equal(false);
+    // Metrics stay in Prometheus' text format, without exemplars.
+    const metrics = await fetch(`${untraced.url}/metrics`);
+    expect(metrics.headers.get('content-type')).to.match(/^text\/plain; version=0\.0\.4/);
+    expect(await metrics.text()).to.not.include('trace_id');
   });
 });

@@ -144,7 +144,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // (metrics is made just below; a refusal can only happen once the server listens)
   const connections = connectionGuard(config, log, (reason) => metrics.connectionsRefused.inc({ reason }));
   const reconciler = reconcileNowAndThen(admission, config.RECONCILE_INTERVAL_MS, log);
-  const metrics = httpMetrics(uploadBudget, connections, catalogue, admission, queues);
+  const metrics = httpMetrics(uploadBudget, connections, catalogue, admission, queues, tracing.enabled);
   const jobs = new JobStore(redis, keys, { resultTtlSeconds: config.RESULT_TTL_SECONDS });
   const waiter = new ResultWaiter(subscriber, jobs, keys, gatewayId, log.child({ module: 'result-waiter' }));
   await waiter.start();
@@ -329,8 +329,10 @@ function httpMetrics(
   catalogue: ModelCatalogue,
   admission: Admission,
   queues: ModelQueues,
+  exemplars: boolean,
 ): HttpMetrics {
   return new HttpMetrics({
+    exemplars,
     uploadBytes: () => uploadBudget.bytes,
     connections: () => connections.open,
     queueDepths: async () => {

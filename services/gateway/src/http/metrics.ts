@@ -1,4 +1,12 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import {
+  collectDefaultMetrics,
+  Counter,
+  Gauge,
+  Histogram,
+  Registry,
+  type LabelValues,
+  type RegistryContentType,
+} from 'prom-client';
 
 /** Whether a predict caller waits for the result (the latency SLO is about those) or polls for it. */
 export type PredictMode = 'sync' | 'async';
@@ -12,15 +20,12 @@ export type PredictMode = 'sync' | 'async';
  */
 export const HTTP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10, 30] as const;
 
+type DurationLabel = 'method' | 'route' | 'status' | 'mode' | 'model';
+
 export class HttpMetrics {
-  readonly registry = new Registry();
-  private readonly duration = new Histogram({
-    name: 'conveyor_http_request_duration_seconds',
-    help: 'HTTP request duration by route and status; predict requests also by mode (sync: the caller waits for the result; async: 202 at once) and by model (when the model is known)',
-    labelNames: ['method', 'route', 'status', 'mode', 'model'] as const,
-    buckets: [...HTTP_BUCKETS],
-    registers: [this.registry],
-  });
+  readonly registry = new Registry<RegistryContentType>();
+  private readonly duration: Histogram<DurationLabel>;
+  private readonly exemplars: boolean;
   readonly outcomes = new Counter({
     name: 'conveyor_predict_outcomes_total',
     help: 'POST /v1/predict outcomes: completed (200), failed (4xx/5xx from the job), accepted (202), rejected (before queueing), cancelled (a synchronous caller hung up and its job was cancelled unrun)',
@@ -57,7 +62,23 @@ export class HttpMetrics {
     uploadBytes?: () => number;
     /** Connections open now. */
     connections?: () => number;
+    /**
+     * With tracing on: the request histogram carries the trace id of a recent request per bucket
+     * (an exemplar), which prom-client writes only in the OpenMetrics format; /metrics is then served
+     * as OpenMetrics (Prometheus reads both; it keeps exemplars with --enable-feature=exemplar-storage).
+     */
+    exemplars?: boolean;
   }) {
+    this.exemplars = sources.exemplars ?? false;
+    if (this.exemplars) this.registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+    this.duration = new Histogram({
+      name: 'conveyor_http_request_duration_seconds',
+      help: 'HTTP request duration by route and status; predict requests also by mode (sync: the caller waits for the result; async: 202 at once) and by model (when the model is known)',
+      labelNames: ['method', 'route', 'status', 'mode', 'model'] as const,
+      buckets: [...HTTP_BUCKETS],
+      registers: [this.registry],
+      enableExemplars: this.exemplars,
+    });
     collectDefaultMetrics({ register: this.registry, prefix: 'conveyor_gateway_' });
     new Gauge({
       name: 'conveyor_queue_waiting_jobs',
@@ -109,9 +130,20 @@ export class HttpMetrics {
   }
 
   /** `model`: only a known model's name (bounded by the deployment's models), never one a request merely named. */
-  observe(method: string, route: string, status: number, seconds: number, mode?: PredictMode, model?: string): void {
+  observe(
+    method: string,
+    route: string,
+    status: number,
+    seconds: number,
+    mode?: PredictMode,
+    model?: string,
+    traceId?: string,
+  ): void {
     // No mode or model label at all outside predict: an empty label would only add a series per route.
     const labels = { method, route, status: String(status), ...(mode ? { mode } : {}), ...(model ? { model } : {}) };
-    this.duration.observe(labels, seconds);
+    if (!this.exemplars) return this.duration.observe(labels, seconds);
+    // prom-client types exemplar labels as the metric's own; OpenMetrics names the trace's `trace_id`.
+    const exemplarLabels = (traceId ? { trace_id: traceId } : {}) as LabelValues<DurationLabel>;
+    this.duration.observe({ labels, value: seconds, exemplarLabels });
   }
 }

@@ -49,7 +49,8 @@ export function requestContext(
     } finally {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       const route = (ctx as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
-      metrics.observe(ctx.method, route, ctx.status, durationMs / 1000, ctx.state.predictMode, ctx.state.model);
+      const traceId = span.isRecording() ? span.spanContext().traceId : undefined;
+      metrics.observe(ctx.method, route, ctx.status, durationMs / 1000, ctx.state.predictMode, ctx.state.model, traceId);
       const line = {
         method: ctx.method,
         route,
