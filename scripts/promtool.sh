@@ -26,4 +26,5 @@ fi
 "$bin" check rules ops/prometheus/rules.yml
 "$bin" test rules ops/prometheus/rules.test.yml
 "$bin" check config ops/prometheus/prometheus.yml
+"$bin" check config ops/prometheus/compose.yml
 echo "promtool $version: rules, rule tests and config OK"
