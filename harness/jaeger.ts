@@ -2,6 +2,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import path from 'node:path';
 import { freePort } from './free-port.js';
 import { ROOT } from './service-process.js';
+import { childStopper } from './child-stop.js';
 
 /**
  * A real OTLP receiver for the tracing tests: Jaeger v2 (scripts/jaeger.sh builds the pinned binary
@@ -64,15 +65,8 @@ export async function startJaeger(): Promise<LocalJaeger> {
   });
   const errors: string[] = [];
   child.stderr.on('data', (d: Buffer) => errors.push(d.toString()));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const queryUrl = `http://127.0.0.1:${query}`;
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  };
+  const stop = childStopper(child);
   // Ready once both its query API and its OTLP receiver answer.
   for (;;) {
     if (child.exitCode !== null) throw new Error(`jaeger exited at start:\n${errors.join('').slice(-2000)}`);

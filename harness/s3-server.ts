@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline';
 import { S3Client } from '@aws-sdk/client-s3';
 import { ROOT } from './service-process.js';
 import { venvBin } from './venv.js';
+import { childStopper } from './child-stop.js';
 
 /**
  * A real S3-compatible server for the tests and `MLFLOW_S3=1 make mlflow`: moto's S3 (pinned in
@@ -56,13 +57,7 @@ export async function startS3(options: { bucket: string; host?: string; port?: n
   const errors: string[] = [];
   child.stderr.on('data', (d: Buffer) => errors.push(d.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  };
+  const stop = childStopper(child);
   const ready = await new Promise<{ endpoint: string; port: number } | undefined>((resolve) => {
     const timer = setTimeout(() => resolve(undefined), 60_000);
     const lines = createInterface({ input: child.stdout });
