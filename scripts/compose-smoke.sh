@@ -11,7 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+# COMPOSE chooses the compose command (words split on spaces): `docker compose` (the v2 line) when the
+# Docker CLI has it, else docker-compose 1.29; e.g. COMPOSE=.tools/cli-plugins/docker-compose (make
+# compose-v2). CONTAINER_CLI reads image sizes and container health: docker, else podman.
+if [ -n "${COMPOSE:-}" ]; then
+  read -r -a compose <<<"$COMPOSE"
+elif docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+if [ -n "${CONTAINER_CLI:-}" ]; then cli=$CONTAINER_CLI; elif command -v docker >/dev/null 2>&1; then cli=docker; else cli=podman; fi
 project=${COMPOSE_PROJECT:-conveyor-smoke}
 export GATEWAY_PORT=${GATEWAY_PORT:-18080} MONITOR_PORT=${MONITOR_PORT:-19100} MLFLOW_PORT=${MLFLOW_PORT:-15000}
 export DASHBOARD_USER=smoke DASHBOARD_PASSWORD=smoke-test-password
@@ -25,14 +31,14 @@ fail() { printf '  \033[31m✗ %s\033[0m\n' "$*"; dc logs --tail 40 || true; exi
 cleanup() { echo "== down -v"; dc down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-echo "== build and up (${compose[*]}, DIGITS_WORKERS=$DIGITS_WORKERS, MODERATION_WORKERS=$MODERATION_WORKERS)"
+echo "== build and up ($("${compose[@]}" version 2>/dev/null | head -n 1), DIGITS_WORKERS=$DIGITS_WORKERS, MODERATION_WORKERS=$MODERATION_WORKERS)"
 started=$(date +%s)
 dc build >/dev/null
 built=$(date +%s)
 dc up -d >/dev/null
 echo "   images built in $((built - started)) s, system started in $(($(date +%s) - built)) s"
 for image in conveyor:local conveyor-mlflow:local conveyor-s3:local; do
-  size=$(docker image inspect --format '{{.Size}}' "$image" 2>/dev/null || echo 0)
+  size=$("$cli" image inspect --format '{{.Size}}' "$image" 2>/dev/null || echo 0)
   echo "   $image: $((size / 1000000)) MB"
 done
 
@@ -83,11 +89,11 @@ ok "80 concurrent requests spread over all 4 workers"
 # is its *_WORKERS setting, not 1).
 MODERATION_WORKERS=2 dc up -d >/dev/null 2>&1
 await_workers "4 2" || fail "after MODERATION_WORKERS=2 up -d: digits/moderation workers are $workers, expected 4 2"
-ok "MODERATION_WORKERS=2 docker compose up -d: 2 moderation workers, the 4 digits workers kept"
+ok "MODERATION_WORKERS=2 ${compose[*]} up -d: 2 moderation workers, the 4 digits workers kept"
 export MODERATION_WORKERS=2
 dc up -d --scale inference-worker=2 >/dev/null 2>&1
 await_workers "2 2" || fail "after --scale inference-worker=2: digits/moderation workers are $workers, expected 2 2"
-ok "docker compose up -d --scale inference-worker=2: 2 digits workers, the 2 moderation workers kept"
+ok "${compose[*]} up -d --scale inference-worker=2: 2 digits workers, the 2 moderation workers kept"
 
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$gateway/admin/queues")" = 401 ] || fail "dashboard answered without credentials"
 # One queue per model (shared/src/contract/queue.contract.ts): digits keeps `inference`, the moderation
@@ -126,7 +132,7 @@ print(len(s3.list_object_versions(Bucket='conveyor-mlflow', Prefix='artifacts/0/
 ok "MLflow's artifacts in the s3 service's bucket (versioning on): one path written twice → 2 object versions, the latest served"
 
 # Health from each container's own state (the ps table's layout differs between compose versions).
-health() { dc ps -q | xargs docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}}'; }
+health() { dc ps -q | xargs "$cli" inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}}'; }
 for _ in $(seq 1 30); do
   unhealthy=$(health | grep -vc '^healthy$' || true)
   [ "$unhealthy" = 0 ] && break
