@@ -110,4 +110,3 @@ describe('container image: the moderation-model stage', () => {
     }
   });
 });
-
