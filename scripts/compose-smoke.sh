@@ -87,13 +87,20 @@ ok "80 concurrent requests spread over all 4 workers"
 # Each model scaled on its own, with the docs' commands: a replica count changed for one model
 # leaves the other's workers as they are (a service not named returns to its declared count, which
 # is its *_WORKERS setting, not 1).
+# "Kept" means the same containers, not only as many: the other model's workers are neither stopped
+# nor recreated (a recreated worker drops its warm model and drains its jobs).
+containers() { dc ps -q "$1" | sort | tr '\n' ' '; }
+before=$(containers inference-worker)
 MODERATION_WORKERS=2 dc up -d >/dev/null 2>&1
 await_workers "4 2" || fail "after MODERATION_WORKERS=2 up -d: digits/moderation workers are $workers, expected 4 2"
-ok "MODERATION_WORKERS=2 ${compose[*]} up -d: 2 moderation workers, the 4 digits workers kept"
+[ "$(containers inference-worker)" = "$before" ] || fail "MODERATION_WORKERS=2 up -d replaced digits containers: $before → $(containers inference-worker)"
+ok "MODERATION_WORKERS=2 ${compose[*]} up -d: 2 moderation workers, the same 4 digits containers kept"
 export MODERATION_WORKERS=2
+before=$(containers inference-worker-moderation)
 dc up -d --scale inference-worker=2 >/dev/null 2>&1
 await_workers "2 2" || fail "after --scale inference-worker=2: digits/moderation workers are $workers, expected 2 2"
-ok "${compose[*]} up -d --scale inference-worker=2: 2 digits workers, the 2 moderation workers kept"
+[ "$(containers inference-worker-moderation)" = "$before" ] || fail "--scale inference-worker=2 replaced moderation containers: $before → $(containers inference-worker-moderation)"
+ok "${compose[*]} up -d --scale inference-worker=2: 2 digits workers, the same 2 moderation containers kept"
 
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$gateway/admin/queues")" = 401 ] || fail "dashboard answered without credentials"
 # One queue per model (shared/src/contract/queue.contract.ts): digits keeps `inference`, the moderation
