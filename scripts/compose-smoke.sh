@@ -90,17 +90,42 @@ ok "80 concurrent requests spread over all 4 workers"
 # "Kept" means the same containers, not only as many: the other model's workers are neither stopped
 # nor recreated (a recreated worker drops its warm model and drains its jobs).
 containers() { dc ps -q "$1" | sort | tr '\n' ' '; }
+# One engine makes that unanswerable for the v2 line of compose: podman 4.3's Docker API reports a
+# container's network by its name where Docker reports the network's id, and compose v2 (v5.6.0's
+# hasNetworkMismatch) compares ids, so it recreates every running container at every `up`, changed or
+# not. Read from the engine (the gateway's network as the container reports it, against the network's
+# id), not guessed from a version; docker-compose 1.29 does not compare them and is checked as usual.
+unanswerable=
+if ! "${compose[@]}" version 2>/dev/null | grep -q '^docker-compose version 1\.'; then
+  gateway_id=$(dc ps -q gateway | head -n 1)
+  read -r net_name net_id < <("$cli" inspect --format '{{range $name, $n := .NetworkSettings.Networks}}{{$name}} {{$n.NetworkID}} {{end}}' "$gateway_id")
+  if [ "$cli" = podman ]; then id_field='{{.ID}}'; else id_field='{{.Id}}'; fi
+  if [ "$net_id" != "$("$cli" network inspect --format "$id_field" "$net_name")" ]; then
+    unanswerable="this engine reports network $net_name by name ($net_id), not id, so ${compose[*]} recreates every container at every up"
+  fi
+fi
+not_checked=0
+kept=', the same containers'
+[ -z "$unanswerable" ] || kept=' (their number)'
+same_or_say() { # <service> <before> <what>
+  if [ -n "$unanswerable" ]; then
+    not_checked=$((not_checked + 1))
+    printf '  \033[33m–\033[0m not checked: whether %s kept the same containers (%s)\n' "$1" "$unanswerable"
+  elif [ "$(containers "$1")" != "$2" ]; then
+    fail "$3 replaced $1 containers: $2 → $(containers "$1")"
+  fi
+}
 before=$(containers inference-worker)
 MODERATION_WORKERS=2 dc up -d >/dev/null 2>&1
 await_workers "4 2" || fail "after MODERATION_WORKERS=2 up -d: digits/moderation workers are $workers, expected 4 2"
-[ "$(containers inference-worker)" = "$before" ] || fail "MODERATION_WORKERS=2 up -d replaced digits containers: $before → $(containers inference-worker)"
-ok "MODERATION_WORKERS=2 ${compose[*]} up -d: 2 moderation workers, the same 4 digits containers kept"
+same_or_say inference-worker "$before" "MODERATION_WORKERS=2 up -d"
+ok "MODERATION_WORKERS=2 ${compose[*]} up -d: 2 moderation workers, the 4 digits workers kept$kept"
 export MODERATION_WORKERS=2
 before=$(containers inference-worker-moderation)
 dc up -d --scale inference-worker=2 >/dev/null 2>&1
 await_workers "2 2" || fail "after --scale inference-worker=2: digits/moderation workers are $workers, expected 2 2"
-[ "$(containers inference-worker-moderation)" = "$before" ] || fail "--scale inference-worker=2 replaced moderation containers: $before → $(containers inference-worker-moderation)"
-ok "${compose[*]} up -d --scale inference-worker=2: 2 digits workers, the same 2 moderation containers kept"
+same_or_say inference-worker-moderation "$before" "--scale inference-worker=2"
+ok "${compose[*]} up -d --scale inference-worker=2: 2 digits workers, the 2 moderation workers kept$kept"
 
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$gateway/admin/queues")" = 401 ] || fail "dashboard answered without credentials"
 # One queue per model (shared/src/contract/queue.contract.ts): digits keeps `inference`, the moderation
@@ -148,4 +173,8 @@ done
 [ "$unhealthy" = 0 ] || fail "containers not healthy: $(health | sort | uniq -c | tr '\n' ' ')"
 ok "all $(dc ps -q | wc -l) containers report healthy"
 
-echo "== $checks checks passed"
+if [ "$not_checked" -gt 0 ]; then
+  echo "== $checks checks passed; $not_checked not checked on this engine (said above)"
+else
+  echo "== $checks checks passed"
+fi
