@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 if [ -n "${COMPOSE:-}" ]; then
   read -r -a compose <<<"$COMPOSE"
 elif docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+# Read whole (no `| grep -q`: under pipefail, grep leaving early fails the pipe with SIGPIPE).
+compose_version=$("${compose[@]}" version 2>/dev/null | head -n 1 || true)
 if [ -n "${CONTAINER_CLI:-}" ]; then cli=$CONTAINER_CLI; elif command -v docker >/dev/null 2>&1; then cli=docker; else cli=podman; fi
 project=${COMPOSE_PROJECT:-conveyor-smoke}
 export GATEWAY_PORT=${GATEWAY_PORT:-18080} MONITOR_PORT=${MONITOR_PORT:-19100} MLFLOW_PORT=${MLFLOW_PORT:-15000}
@@ -31,7 +33,7 @@ fail() { printf '  \033[31m✗ %s\033[0m\n' "$*"; dc logs --tail 40 || true; exi
 cleanup() { echo "== down -v"; dc down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-echo "== build and up ($("${compose[@]}" version 2>/dev/null | head -n 1), DIGITS_WORKERS=$DIGITS_WORKERS, MODERATION_WORKERS=$MODERATION_WORKERS)"
+echo "== build and up ($compose_version, DIGITS_WORKERS=$DIGITS_WORKERS, MODERATION_WORKERS=$MODERATION_WORKERS)"
 started=$(date +%s)
 dc build >/dev/null
 built=$(date +%s)
@@ -105,7 +107,7 @@ containers() { dc ps -q "$1" | sort | tr '\n' ' '; }
 # not. Read from the engine (the gateway's network as the container reports it, against the network's
 # id), not guessed from a version; docker-compose 1.29 does not compare them and is checked as usual.
 unanswerable=
-if ! "${compose[@]}" version 2>/dev/null | grep -q '^docker-compose version 1\.'; then
+if [[ $compose_version != "docker-compose version 1."* ]]; then
   gateway_id=$(dc ps -q gateway | head -n 1)
   read -r net_name net_id < <("$cli" inspect --format '{{range $name, $n := .NetworkSettings.Networks}}{{$name}} {{$n.NetworkID}} {{end}}' "$gateway_id")
   if [ "$cli" = podman ]; then id_field='{{.ID}}'; else id_field='{{.Id}}'; fi
