@@ -38,6 +38,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY shared shared
 COPY harness harness
+COPY requirements/models.in requirements/models.lock.txt requirements/
 COPY scripts/models scripts/models
 COPY models/moderation models/moderation
 RUN rm -f models/moderation/model.onnx \

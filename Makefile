@@ -4,6 +4,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 NODE_MODULES := node_modules/.package-lock.json
 TSX := node --conditions=conveyor-source --import tsx
+# The compose command for the compose targets: `docker compose` (the v2 line) when the Docker CLI has
+# it, else docker-compose (1.29 works too). Choose with COMPOSE='…' (e.g. COMPOSE=docker-compose, or
+# COMPOSE=.tools/cli-plugins/docker-compose after `make compose-v2`). Looked up only when used.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
 $(NODE_MODULES): package.json package-lock.json shared/package.json $(wildcard services/*/package.json)
 	npm ci
@@ -141,22 +145,25 @@ screenshots: $(NODE_MODULES) ## Screenshots of the MLflow UI (runs, registry) in
 
 .PHONY: compose-up
 compose-up: ## docker compose up -d --build: DIGITS_WORKERS (4) and MODERATION_WORKERS (1) workers from .env (gateway :8080, monitor :9100, MLflow :5000)
-	docker compose up -d --build || docker-compose up -d --build
+	$(COMPOSE) up -d --build
 
 .PHONY: compose-down
 compose-down: ## Stop the compose system and remove its volumes
-	docker compose down -v || docker-compose down -v
+	$(COMPOSE) down -v
 
 .PHONY: compose-smoke
-compose-smoke: ## Build, start (4 digits + 1 moderation workers), check from outside (predictions, spread, per-model scaling, dashboard, monitor, MLflow), tear down
-	bash scripts/compose-smoke.sh
+compose-smoke: ## Build, start (4 digits + 1 moderation workers), check from outside (predictions, spread, per-model scaling, dashboard, monitor, MLflow), tear down; COMPOSE='…' chooses the compose
+	COMPOSE='$(COMPOSE)' bash scripts/compose-smoke.sh
+
+.PHONY: compose-v2
+compose-v2: ## Build docker compose v5.6.0 (the v2 line) from the Go module proxy into .tools/cli-plugins (once); then make compose-smoke COMPOSE=.tools/cli-plugins/docker-compose
+	bash scripts/compose-v2.sh
 
 .PHONY: compose-remote-run
-compose-remote-run: COMPOSE_CMD := $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 compose-remote-run: CONTAINER_CLI := $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 compose-remote-run: ## Compose with the orchestrator (2 workers per model), one remote training run in the trainer container, recorded → docs/evidence, docs/images
-	DIGITS_WORKERS=2 MODERATION_WORKERS=2 $(COMPOSE_CMD) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build
-	COMPOSE='$(COMPOSE_CMD)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
+	DIGITS_WORKERS=2 MODERATION_WORKERS=2 $(COMPOSE) -f docker-compose.yml -f docker-compose.orchestration.yml up -d --build
+	COMPOSE='$(COMPOSE)' CONTAINER_CLI=$(CONTAINER_CLI) $(TSX) scripts/evidence/remote-training.ts
 
 .PHONY: cost-table
 cost-table: $(NODE_MODULES) ## Rewrite the cost table of docs/training.md from docs/evidence/remote-training-run.json × AWS list prices

@@ -83,3 +83,30 @@ describe('container image: onnxruntime-node bindings', () => {
     expect(dockerfile).not.to.match(/rm -rf[^\n]*onnxruntime-node/);
   });
 });
+
+/**
+ * The moderation-model stage converts the model with scripts/models/moderation.ts, which installs its
+ * converters with `harness/venv.sh models`: that reads requirements/models.in and
+ * requirements/models.lock.txt, so the stage must copy them (when the requirements moved into
+ * requirements/, the stage did not follow, and every image build failed at this step).
+ */
+describe('container image: the moderation-model stage', () => {
+  it('copies every file its conversion reads: the script, the venv script and the models environment', () => {
+    const dockerfile = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+    const stage = /^FROM \S+ AS moderation-model$([\s\S]*?)^FROM /m.exec(dockerfile)?.[1] ?? '';
+    expect(stage, 'moderation-model stage').to.include('scripts/models/moderation.ts --build-only');
+    // COPY <src>... <dest>: the sources are every word but the last.
+    const sources = [...stage.matchAll(/^COPY (?!--from)(.+)$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/).slice(0, -1));
+    const copied = (file: string) => sources.some((src) => file === src || file.startsWith(`${src.replace(/\/$/, '')}/`));
+    for (const file of [
+      'scripts/models/moderation.ts',
+      'harness/venv.sh',
+      'harness/venv.ts',
+      'requirements/models.in',
+      'requirements/models.lock.txt',
+      'models/moderation/manifest.json',
+    ]) {
+      expect(copied(file), `${file} is copied into the stage (sources: ${sources.join(' ')})`).to.equal(true);
+    }
+  });
+});

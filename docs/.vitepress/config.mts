@@ -95,6 +95,7 @@ export default defineConfig({
           { text: 'Configuration', link: '/configuration' },
           { text: 'Models', link: '/models' },
           { text: 'Your own model', link: '/own-model' },
+          { text: "A newcomer's journey, timed", link: '/evidence/newcomer-journey-2026-12-06' },
           { text: 'Python client', link: '/python-client' },
         ],
       },

@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConveyorClient, ConveyorProblem } from './conveyor-client.js';
+import { ConveyorClient, ConveyorProblem, ConveyorUnreachable } from './conveyor-client.js';
 
 /**
  * `conveyor predict <file|url> [--model m] [--async]`: classifies an image through a gateway and
@@ -82,6 +82,8 @@ main(process.argv.slice(2)).then(
   (error: unknown) => {
     if (error instanceof ConveyorProblem) {
       console.error(JSON.stringify(error.problem, null, 2));
+    } else if (error instanceof ConveyorUnreachable) {
+      console.error(`conveyor: ${error.message}; choose the gateway with --gateway or CONVEYOR_URL`);
     } else {
       console.error(`conveyor: ${(error as Error).message}`);
     }

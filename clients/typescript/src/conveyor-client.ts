@@ -42,6 +42,18 @@ export type JobEvent =
   | { readonly event: 'other'; readonly name: string; readonly data: unknown };
 
 /** An RFC 9457 problem answer, as an error. */
+/** No answer at all from the gateway (refused, unknown host, reset): the URL tried, and undici's reason as `cause`. */
+export class ConveyorUnreachable extends Error {
+  constructor(
+    message: string,
+    readonly url: string,
+    cause: unknown,
+  ) {
+    super(message, { cause });
+    this.name = 'ConveyorUnreachable';
+  }
+}
+
 export class ConveyorProblem extends Error {
   override readonly name = 'ConveyorProblem';
   constructor(
@@ -175,7 +187,17 @@ export class ConveyorClient {
   private async send(path: string, init: RequestInit = {}, alsoOk: readonly number[] = []): Promise<Response> {
     const headers = new Headers(init.headers);
     if (this.options.apiKey) headers.set('authorization', `Bearer ${this.options.apiKey}`);
-    const response = await this.fetchImpl(`${this.base}${path}`, { ...init, headers });
+    const url = `${this.base}${path}`;
+    let response: Response;
+    try {
+      response = await this.fetchImpl(url, { ...init, headers });
+    } catch (error) {
+      // undici says only "fetch failed" and keeps the reason (ECONNREFUSED, ENOTFOUND, …) in `cause`:
+      // a user needs the URL that was tried and why, to see a wrong port or host at once.
+      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+      const why = cause?.code ?? cause?.message ?? (error as Error).message;
+      throw new ConveyorUnreachable(`${init.method ?? 'GET'} ${url}: the gateway could not be reached (${why})`, url, error);
+    }
     if (response.ok || alsoOk.includes(response.status)) return response;
     const text = await response.text();
     let problem: Problem;
