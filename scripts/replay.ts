@@ -96,7 +96,9 @@ try {
     startWorker: async (extra) => {
       // The candidate's own worker serves the staged folder alone: the settings that would point it
       // at the registry or at production's folders are not passed on; its metrics port is any free one.
-      for (const key of ['MLFLOW_TRACKING_URI', 'MODEL_URI', 'MODEL_DIR']) delete process.env[key];
+      delete process.env.MLFLOW_TRACKING_URI;
+      delete process.env.MODEL_URI;
+      delete process.env.MODEL_DIR;
       // LOG_LEVEL info at least: its 'worker ready' line is what says it serves.
       const worker = spawnService(
         'inference-worker',
@@ -114,7 +116,7 @@ try {
   });
   if (!isFolder && client)
     await logReplayReport(client, model, values.candidate, reportDir, outcome.comparison, outcome.decision, date);
-  console.log(await readFile(outcome.report.markdown!, 'utf8'));
+  console.log(await readFile(outcome.report.markdown, 'utf8'));
   console.log(`report: ${path.relative(ROOT, reportDir) || reportDir}`);
   process.exitCode = outcome.decision.passed ? 0 : 1;
 } catch (error) {

@@ -1,16 +1,21 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import sharp from 'sharp';
 import { createLogger } from '@conveyor/shared/logger';
+import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { evaluateGate } from '../../services/trainer/src/registry/gate.js';
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { recordThroughGateway } from '../../services/trainer/src/replay/replay-client.js';
+import { REPORT_FILES, logReplayReport } from '../../services/trainer/src/replay/replay-report.js';
 import { readReplaySet, writeReplaySet } from '../../services/trainer/src/replay/replay-set.js';
 import { runReplay, type ReplayOutcome } from '../../services/trainer/src/replay/run-replay.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { labelSwappedCopy, noisyCopy } from '../support/model-variants.js';
+import { sharedMlflow } from '../support/mlflow.js';
 import { randomPrefix } from '../support/redis.js';
+import { registerFolder } from '../support/registry.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 
 /**
@@ -30,6 +35,8 @@ describe('replay: candidates of the digits model against production’s recorded
   let tmp: string;
   let setDir: string;
   let labelCounts: Map<string, number>;
+  const outcomes = new Map<string, { dir: string; outcome: ReplayOutcome }>();
+  let mlflow: ReturnType<typeof sharedMlflow>;
   const predictionsOfProduction = () => production.records.filter((r) => r.msg === 'prediction').length;
 
   async function replay(candidateDir: string, name: string): Promise<ReplayOutcome> {
@@ -52,11 +59,15 @@ describe('replay: candidates of the digits model against production’s recorded
     });
     // The replay never reached production's queue or worker.
     expect(predictionsOfProduction()).to.equal(before);
+    outcomes.set(name, { dir: candidateDir, outcome });
     return outcome;
   }
 
   before(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'conveyor-replay-'));
+    // Slow to start: it comes up while the set is recorded and the candidates replayed.
+    mlflow = sharedMlflow();
+    mlflow.catch(() => undefined);
     [gateway, production] = await Promise.all([startGateway(prefix), startWorker(prefix, {}, 'production')]);
     const { dataset, split } = await heldOutDigits();
     const images = await Promise.all(
@@ -93,7 +104,9 @@ describe('replay: candidates of the digits model against production’s recorded
 
   it('promotes the same weights: 100 % agreement, no confidence shift, no label PSI', async () => {
     const { comparison, decision, candidate, report } = await replay('models/digits', 'same');
-    expect(candidate.version).to.equal(JSON.parse(readFileSync('models/digits/manifest.json', 'utf8')).version);
+    expect(candidate.version).to.equal(
+      (JSON.parse(readFileSync('models/digits/manifest.json', 'utf8')) as { version: string }).version,
+    );
     expect(comparison.failed).to.equal(0);
     expect(comparison.top1Agreement).to.equal(1);
     expect(comparison.meanConfidenceShift).to.be.below(1e-6);
@@ -101,10 +114,10 @@ describe('replay: candidates of the digits model against production’s recorded
     // The candidate answered under its replay name, never as production.
     expect(comparison.candidate.map((r) => r.name)).to.deep.equal(['digits-replay']);
     expect(decision.passed, JSON.stringify(decision.criteria)).to.equal(true);
-    const markdown = readFileSync(report.markdown!, 'utf8');
+    const markdown = readFileSync(report.markdown, 'utf8');
     expect(markdown).to.contain('**Gate: passed.**').and.to.contain('| Top-1 agreement | 100.00 % |');
-    expect(readFileSync(report.examples!, 'utf8').trim().split('\n')).to.have.length(comparison.examples + 1);
-    const png = await sharp(report.png!).metadata();
+    expect(readFileSync(report.examples, 'utf8').trim().split('\n')).to.have.length(comparison.examples + 1);
+    const png = await sharp(report.png).metadata();
     expect(png.format).to.equal('png');
   });
 
@@ -133,5 +146,43 @@ describe('replay: candidates of the digits model against production’s recorded
     expect(agreement.passed).to.equal(false);
     expect(agreement.detail).to.contain(`${(comparison.top1Agreement * 100).toFixed(2)} %`);
     expect(decision.criteria.find((c) => c.id === 'replay-confidence-shift')!.passed).to.equal(false);
+  });
+
+  it('puts each report and its figures on the registered version, where the promotion gate judges them', async () => {
+    const client = new MlflowClient((await mlflow).url);
+    const name = `digits-replay-${prefix
+      .replace(/[^a-z0-9]/gi, '')
+      .slice(-8)
+      .toLowerCase()}`;
+    const date = new Date('2026-12-06T18:00:00.000Z');
+    const verdicts: Record<string, boolean> = {};
+    for (const candidate of ['same', 'swapped']) {
+      const { dir, outcome } = outcomes.get(candidate)!;
+      // The registered folder carries the offline figures the gate also reads.
+      if (candidate === 'swapped') copyFileSync('models/digits/evaluation.json', path.join(dir, 'evaluation.json'));
+      const version = await registerFolder(client, name, dir, 'replay-tests');
+      const destination = await logReplayReport(
+        client,
+        name,
+        version.version,
+        path.dirname(outcome.report.markdown),
+        outcome.comparison,
+        outcome.decision,
+        date,
+      );
+      const run = await client.getRun(version.run_id!);
+      const files = (await client.listArtifacts(`${run.info.artifact_uri}/${destination}`))
+        .map((f) => path.basename(f.path))
+        .sort();
+      expect(files).to.deep.equal(Object.values(REPORT_FILES).sort());
+      const decision = evaluateGate(policy, await client.getModelVersion(name, version.version), undefined);
+      verdicts[candidate] = decision.passed;
+      if (candidate === 'swapped') {
+        const refused = decision.criteria.filter((c) => !c.passed).map((c) => c.id);
+        expect(refused).to.include('replay-agreement');
+        expect(refused).to.not.include('accuracy-floor');
+      }
+    }
+    expect(verdicts).to.deep.equal({ same: true, swapped: false });
   });
 });

@@ -43,8 +43,10 @@ async function predictOnce(target: GatewayTarget, model: ModelName, bytes: Uint8
     }
     let body = (await reply.json().catch(() => ({}))) as Record<string, unknown>;
     if (reply.status === 202) body = await pollJob(target, String(body.id), auth);
-    else if (reply.status !== 200)
-      return { ok: false, reason: `${reply.status} ${String(body.type ?? body.title ?? '')}`.trim() };
+    else if (reply.status !== 200) {
+      const problem = typeof body.type === 'string' ? body.type : typeof body.title === 'string' ? body.title : '';
+      return { ok: false, reason: `${reply.status} ${problem}`.trim() };
+    }
     const result = JobResult.safeParse(body);
     if (!result.success) return { ok: false, reason: `unreadable result: ${result.error.message}` };
     if (result.data.status !== 'completed') return { ok: false, reason: `${result.data.status}: ${result.data.error.title}` };

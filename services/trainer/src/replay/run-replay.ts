@@ -11,7 +11,7 @@ import type { PromotionPolicy } from '../registry/policy.js';
 import { compareAnswers, type CandidateAnswer, type ReplayComparison } from './compare.js';
 import { replayThroughGateway, type GatewayTarget } from './replay-client.js';
 import { ReplaySetError, readReplaySet } from './replay-set.js';
-import { writeReplayReport, type ReplayReportMeta } from './replay-report.js';
+import { writeReplayReport, type REPORT_FILES, type ReplayReportMeta } from './replay-report.js';
 
 /**
  * One replay, end to end: stage the candidate as `<model>-replay`, start a worker that serves it
@@ -50,7 +50,7 @@ export interface ReplayOutcome {
   comparison: ReplayComparison;
   decision: GateDecision;
   candidate: ModelManifest;
-  report: Record<string, string>;
+  report: Record<keyof typeof REPORT_FILES, string>;
 }
 
 /**
