@@ -25,7 +25,13 @@ export async function readReplaySet(dir: string): Promise<RecordedExample[]> {
   const ids = new Set<string>();
   text.split('\n').forEach((line, i) => {
     if (line.trim() === '') return;
-    const parsed = RecordedExample.safeParse(JSON.parse(line));
+    let json: unknown;
+    try {
+      json = JSON.parse(line);
+    } catch {
+      throw new ReplaySetError(`${file}:${i + 1} is not JSON`);
+    }
+    const parsed = RecordedExample.safeParse(json);
     if (!parsed.success) throw new ReplaySetError(`${file}:${i + 1} is not a recorded example: ${parsed.error.message}`);
     if (ids.has(parsed.data.id)) throw new ReplaySetError(`${file}:${i + 1} repeats the example id ${parsed.data.id}`);
     ids.add(parsed.data.id);
