@@ -36,7 +36,6 @@ describe('replay: candidates of the digits model against production’s recorded
   let setDir: string;
   let labelCounts: Map<string, number>;
   const outcomes = new Map<string, { dir: string; outcome: ReplayOutcome }>();
-  let mlflow: ReturnType<typeof sharedMlflow>;
   const predictionsOfProduction = () => production.records.filter((r) => r.msg === 'prediction').length;
 
   async function replay(candidateDir: string, name: string): Promise<ReplayOutcome> {
@@ -65,9 +64,6 @@ describe('replay: candidates of the digits model against production’s recorded
 
   before(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'conveyor-replay-'));
-    // Slow to start: it comes up while the set is recorded and the candidates replayed.
-    mlflow = sharedMlflow();
-    mlflow.catch(() => undefined);
     [gateway, production] = await Promise.all([startGateway(prefix), startWorker(prefix, {}, 'production')]);
     const { dataset, split } = await heldOutDigits();
     const images = await Promise.all(
@@ -149,7 +145,8 @@ describe('replay: candidates of the digits model against production’s recorded
   });
 
   it('puts each report and its figures on the registered version, where the promotion gate judges them', async () => {
-    const client = new MlflowClient((await mlflow).url);
+    // Started here, not in before(): a first start installs its venv synchronously, blocking this process.
+    const client = new MlflowClient((await sharedMlflow()).url);
     const name = `digits-replay-${prefix
       .replace(/[^a-z0-9]/gi, '')
       .slice(-8)
