@@ -13,7 +13,7 @@ import { readPolicy } from '../services/trainer/src/registry/policy.js';
 import { recordThroughGateway } from '../services/trainer/src/replay/replay-client.js';
 import { writeReplaySet } from '../services/trainer/src/replay/replay-set.js';
 import { logReplayReport } from '../services/trainer/src/replay/replay-report.js';
-import { runReplay } from '../services/trainer/src/replay/run-replay.js';
+import { downloadCandidate, runReplay } from '../services/trainer/src/replay/run-replay.js';
 
 /**
  * `make replay MODEL=<name> CANDIDATE=<folder or registry version> [SET=<dir>] [OUT=<dir>]`: replays a
@@ -70,7 +70,7 @@ if (!isFolder) {
     process.exit(2);
   }
   candidateDir = path.join(workDir, 'candidate');
-  await client.downloadDirectory(await client.getDownloadUri(model, values.candidate), candidateDir);
+  await downloadCandidate(client, model, values.candidate, candidateDir);
 }
 const date = new Date();
 const reportDir = path.resolve(

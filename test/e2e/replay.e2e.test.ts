@@ -10,11 +10,12 @@ import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { recordThroughGateway } from '../../services/trainer/src/replay/replay-client.js';
 import { REPORT_FILES, logReplayReport } from '../../services/trainer/src/replay/replay-report.js';
 import { readReplaySet, writeReplaySet } from '../../services/trainer/src/replay/replay-set.js';
-import { runReplay, type ReplayOutcome } from '../../services/trainer/src/replay/run-replay.js';
+import { downloadCandidate, runReplay, type ReplayOutcome } from '../../services/trainer/src/replay/run-replay.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { labelSwappedCopy, noisyCopy } from '../support/model-variants.js';
 import { sharedMlflow } from '../support/mlflow.js';
 import { randomPrefix } from '../support/redis.js';
+import { until } from '../support/wait.js';
 import { registerFolder } from '../support/registry.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 
@@ -56,7 +57,9 @@ describe('replay: candidates of the digits model against production’s recorded
         return { stop: () => stopAll(worker) };
       },
     });
-    // The replay never reached production's queue or worker.
+    // The replay never reached production's queue or worker: every answer came from the replay
+    // model, and production predicted nothing meanwhile.
+    expect(outcome.comparison.candidate.map((r) => r.name)).to.deep.equal(['digits-replay']);
     expect(predictionsOfProduction()).to.equal(before);
     outcomes.set(name, { dir: candidateDir, outcome });
     return outcome;
@@ -71,6 +74,11 @@ describe('replay: candidates of the digits model against production’s recorded
     );
     setDir = path.join(tmp, 'set');
     await writeReplaySet(setDir, await recordThroughGateway({ url: gateway.url, concurrency: 2 }, 'digits', images));
+    // The worker's log lines reach this process after the answers do: wait for all of them, so the
+    // count each replay compares against is final.
+    await until('production logged every recorded prediction', () =>
+      Promise.resolve(predictionsOfProduction() >= images.length || undefined),
+    );
     const examples = await readReplaySet(setDir);
     labelCounts = new Map<string, number>();
     for (const e of examples)
@@ -174,7 +182,11 @@ describe('replay: candidates of the digits model against production’s recorded
       expect(files).to.deep.equal(Object.values(REPORT_FILES).sort());
       const decision = evaluateGate(policy, await client.getModelVersion(name, version.version), undefined);
       verdicts[candidate] = decision.passed;
+      // What `make replay CANDIDATE=<version>` replays: the version's folder, as registered.
+      const downloaded = await downloadCandidate(client, name, version.version, path.join(tmp, `download-${candidate}`));
+      expect(downloaded.version).to.equal(outcome.candidate.version);
       if (candidate === 'swapped') {
+        expect(downloaded.labels.slice(3, 6)).to.deep.equal(['5', '4', '3']);
         const refused = decision.criteria.filter((c) => !c.passed).map((c) => c.id);
         expect(refused).to.include('replay-agreement');
         expect(refused).to.not.include('accuracy-floor');

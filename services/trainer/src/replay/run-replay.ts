@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ModelName } from '@conveyor/shared/contract/common.contract';
 import type { RecordedExample } from '@conveyor/shared/contract/replay.contract';
 import type { Logger } from '@conveyor/shared/logger';
+import type { MlflowClient } from '@conveyor/shared/mlflow/client';
 import { MANIFEST_FILE, type ModelManifest } from '@conveyor/shared/model/manifest';
 import { readManifest } from '@conveyor/shared/model/runtime';
 import { evaluateReplay, type GateDecision } from '../registry/gate.js';
@@ -66,6 +67,17 @@ export async function stageCandidate(candidateDir: string, name: ModelName, work
   await copyFile(path.join(candidateDir, manifest.file), path.join(dir, manifest.file));
   await writeFile(path.join(dir, MANIFEST_FILE), JSON.stringify({ ...manifest, name }, null, 2));
   return manifest;
+}
+
+/** A registered version's model folder, downloaded into `dir` to be replayed like any folder. */
+export async function downloadCandidate(
+  client: MlflowClient,
+  name: string,
+  version: string,
+  dir: string,
+): Promise<ModelManifest> {
+  await client.downloadDirectory(await client.getDownloadUri(name, version), dir);
+  return readManifest(dir);
 }
 
 async function waitReady(gateway: GatewayTarget, name: ModelName, timeoutMs: number): Promise<void> {
