@@ -3,6 +3,8 @@ import { expect } from 'chai';
 import type { ModelVersion } from '@conveyor/shared/mlflow/client';
 import { REPLAY_TAGS, evaluateGate, evaluateReplay } from '../src/registry/gate.js';
 import { PromotionPolicy } from '../src/registry/policy.js';
+import { runReplay } from '../src/replay/run-replay.js';
+import { createLogger } from '@conveyor/shared/logger';
 
 const replay = { minTop1Agreement: 0.95, maxMeanConfidenceShift: 0.05, maxLabelPsi: 0.1, maxP95InferenceRatio: 3 };
 const policy = PromotionPolicy.parse({ minTestAccuracy: 0.975, maxRegression: 0.005, maxLatencyP95Ms: 2, replay });
@@ -74,5 +76,26 @@ describe('promotion gate: replay thresholds', () => {
   it('reads the committed promotion policy with its replay thresholds', () => {
     const committed = PromotionPolicy.parse(JSON.parse(readFileSync('services/trainer/configs/promotion.json', 'utf8')));
     expect(committed.replay).to.include({ required: false, minTop1Agreement: 0.95 });
+  });
+
+  it('will not replay under a policy without replay thresholds, and starts no worker', async () => {
+    let started = 0;
+    const error = await runReplay({
+      gateway: { url: 'http://127.0.0.1:9' },
+      model: 'digits',
+      setDir: 'nowhere',
+      candidateDir: 'models/digits',
+      workDir: 'nowhere',
+      reportDir: 'nowhere',
+      policy: PromotionPolicy.parse({ minTestAccuracy: 0.975, maxRegression: 0.005, maxLatencyP95Ms: 2 }),
+      command: 'test',
+      log: createLogger('test', 'silent'),
+      startWorker: () => {
+        started += 1;
+        return Promise.resolve({ stop: () => Promise.resolve() });
+      },
+    }).catch((e: unknown) => e);
+    expect((error as Error).message).to.contain('sets no replay thresholds');
+    expect(started).to.equal(0);
   });
 });

@@ -93,6 +93,8 @@ async function waitReady(gateway: GatewayTarget, name: ModelName, timeoutMs: num
 }
 
 export async function runReplay(r: ReplayRequest): Promise<ReplayOutcome> {
+  // Without thresholds every candidate would "pass": refuse before starting anything.
+  if (!r.policy.replay) throw new Error('the promotion policy sets no replay thresholds (a `replay` block in promotion.json)');
   const examples = await readReplaySet(r.setDir);
   const foreign = examples.find((e) => e.model !== r.model);
   if (foreign) throw new ReplaySetError(`${r.setDir} holds inputs of ${foreign.model}, not ${r.model}`);
