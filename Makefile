@@ -121,6 +121,14 @@ promote: $(NODE_MODULES) ## Apply the promotion gate to the staging version; mov
 rollback: $(NODE_MODULES) ## Point the production alias back at the version it replaced
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts rollback
 
+.PHONY: replay
+replay: $(NODE_MODULES) ## Replay a recorded set (SET, default data/replay/MODEL) through CANDIDATE (a model folder, or a registry version with MLFLOW_TRACKING_URI) on a running system's own low-priority replay worker; judge it with promotion.json (docs/replay.md)
+	$(TSX) scripts/replay.ts --model "$(or $(MODEL),digits)" --candidate "$(CANDIDATE)" $(if $(SET),--set "$(SET)",) $(if $(OUT),--out "$(OUT)",)
+
+.PHONY: replay-record
+replay-record: $(NODE_MODULES) ## Record production's answers to the images in IMAGES=<dir> through the gateway as a replay set (SET, default data/replay/MODEL)
+	$(TSX) scripts/replay.ts --model "$(or $(MODEL),digits)" --record "$(IMAGES)" $(if $(SET),--set "$(SET)",)
+
 .PHONY: model-moderation
 model-moderation: $(NODE_MODULES) ## models/moderation: nsfwjs's MobileNetV2 → ONNX (pinned .venv/models), sha256 checked, compared with the original in tfjs (RECORD=1 rewrites its reference predictions)
 	$(TSX) scripts/models/moderation.ts $(if $(RECORD),--record,)

@@ -116,6 +116,7 @@ export default defineConfig({
           { text: 'A recorded remote run', link: '/evidence/remote-training-run' },
           { text: 'Data validation report', link: '/validation/validation' },
           { text: 'Signed models', link: '/model-trust' },
+          { text: 'Replay before promotion', link: '/replay' },
         ],
       },
       {

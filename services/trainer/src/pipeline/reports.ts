@@ -8,6 +8,8 @@ export async function confusionMatrixPng(
   confusion: readonly (readonly number[])[],
   labels: readonly string[],
   title: string,
+  /** The names of the rows and the columns: a training run's truth against its predictions by default. */
+  axes: { rows: string; columns: string } = { rows: 'actual', columns: 'predicted' },
 ): Promise<Buffer> {
   const k = labels.length;
   const cell = 44;
@@ -20,8 +22,8 @@ export async function confusionMatrixPng(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${size}" height="${size + 20}" font-family="DejaVu Sans, sans-serif">`,
     `<rect width="100%" height="100%" fill="white"/>`,
     `<text x="${size / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">${esc(title)}</text>`,
-    `<text x="${left + (k * cell) / 2}" y="${top - 24}" text-anchor="middle" font-size="12">predicted</text>`,
-    `<text x="18" y="${top + (k * cell) / 2}" text-anchor="middle" font-size="12" transform="rotate(-90 18 ${top + (k * cell) / 2})">actual</text>`,
+    `<text x="${left + (k * cell) / 2}" y="${top - 24}" text-anchor="middle" font-size="12">${esc(axes.columns)}</text>`,
+    `<text x="18" y="${top + (k * cell) / 2}" text-anchor="middle" font-size="12" transform="rotate(-90 18 ${top + (k * cell) / 2})">${esc(axes.rows)}</text>`,
   ];
   labels.forEach((label, i) => {
     parts.push(`<text x="${left + i * cell + cell / 2}" y="${top - 6}" text-anchor="middle" font-size="12">${esc(label)}</text>`);

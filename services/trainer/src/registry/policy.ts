@@ -13,6 +13,24 @@ export const PromotionPolicy = z.object({
   maxRegression: z.number().min(0).max(1),
   /** Budget for the ONNX session alone, batch 1, 95th percentile. */
   maxLatencyP95Ms: z.number().positive(),
+  /**
+   * Thresholds on a replay of recorded real inputs through the candidate, compared with production's
+   * recorded answers (docs/replay.md). Absent: replay figures are not judged.
+   */
+  replay: z
+    .object({
+      /** A candidate without replay figures is refused (true), or judged on its offline figures alone (false). */
+      required: z.boolean().default(false),
+      /** Least share of recorded inputs whose top-1 label must be production's. */
+      minTop1Agreement: z.number().min(0).max(1),
+      /** Largest mean absolute shift of the probability given to production's label. */
+      maxMeanConfidenceShift: z.number().min(0).max(1),
+      /** Largest PSI of the candidate's top-1 label distribution against production's. */
+      maxLabelPsi: z.number().min(0),
+      /** Largest p95 inference time of the candidate over production's recorded one; absent: not judged. */
+      maxP95InferenceRatio: z.number().positive().optional(),
+    })
+    .optional(),
 });
 export type PromotionPolicy = z.infer<typeof PromotionPolicy>;
 

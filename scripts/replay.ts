@@ -1,0 +1,127 @@
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadConfigOrExit, mlflowCredentials } from '@conveyor/shared/config';
+import { ModelName } from '@conveyor/shared/contract/common.contract';
+import { createLogger } from '@conveyor/shared/logger';
+import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import { ROOT, spawnService } from '../harness/service-process.js';
+import { TrainerConfig } from '../services/trainer/src/config.js';
+import { readPolicy } from '../services/trainer/src/registry/policy.js';
+import { recordThroughGateway } from '../services/trainer/src/replay/replay-client.js';
+import { writeReplaySet } from '../services/trainer/src/replay/replay-set.js';
+import { logReplayReport } from '../services/trainer/src/replay/replay-report.js';
+import { downloadCandidate, runReplay } from '../services/trainer/src/replay/run-replay.js';
+
+/**
+ * `make replay MODEL=<name> CANDIDATE=<folder or registry version> [SET=<dir>] [OUT=<dir>]`: replays a
+ * recorded set through the candidate on a running system (GATEWAY_URL, default http://localhost:8080;
+ * the worker it starts joins REDIS_URL / REDIS_PREFIX, as `make run` sets them) and judges it with
+ * services/trainer/configs/promotion.json. Exit 0: the gate passed; 1: it refused; 2: it could not run.
+ * A registry version (MLFLOW_TRACKING_URI) is downloaded first, and the report and figures go onto it.
+ *
+ * `make replay-record MODEL=<name> IMAGES=<dir> [SET=<dir>]`: records production's answers to the
+ * images of a folder, through the same gateway, as a set (until workers record a live sample).
+ */
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string', default: 'digits' },
+    candidate: { type: 'string' },
+    set: { type: 'string' },
+    out: { type: 'string' },
+    record: { type: 'string' },
+  },
+});
+const env = loadConfigOrExit(TrainerConfig);
+const log = createLogger('replay', env.LOG_LEVEL, { sync: true });
+const model = ModelName.parse(values.model);
+const gateway = {
+  url: (process.env.GATEWAY_URL ?? 'http://localhost:8080').replace(/\/+$/, ''),
+  ...(process.env.API_KEY ? { apiKey: process.env.API_KEY } : {}),
+};
+const setDir = path.resolve(values.set ?? path.join(env.DATA_DIR, 'replay', model));
+const IMAGE = /\.(jpe?g|png|webp|gif|tiff?|avif)$/i;
+
+if (values.record) {
+  const folder = path.resolve(values.record);
+  const names = (await readdir(folder)).filter((n) => IMAGE.test(n)).sort();
+  const images = await Promise.all(names.map(async (name) => ({ name, bytes: await readFile(path.join(folder, name)) })));
+  const recorded = await recordThroughGateway(gateway, model, images);
+  await writeReplaySet(setDir, recorded);
+  log.info({ set: setDir, images: images.length, recorded: recorded.length }, 'recorded set written');
+  process.exit(0);
+}
+
+if (!values.candidate) {
+  console.error('usage: replay --model <name> --candidate <model folder | registry version> [--set dir] [--out dir]');
+  process.exit(2);
+}
+const workDir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-replay-'));
+const isFolder = existsSync(values.candidate) && statSync(values.candidate).isDirectory();
+const client = env.MLFLOW_TRACKING_URI
+  ? new MlflowClient(env.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(env) })
+  : undefined;
+let candidateDir = path.resolve(values.candidate);
+if (!isFolder) {
+  if (!client) {
+    console.error(`${values.candidate} is no folder; a registry version needs MLFLOW_TRACKING_URI`);
+    process.exit(2);
+  }
+  candidateDir = path.join(workDir, 'candidate');
+  await downloadCandidate(client, model, values.candidate, candidateDir);
+}
+const date = new Date();
+const reportDir = path.resolve(
+  values.out ??
+    path.join(
+      env.DATA_DIR,
+      'replay-reports',
+      `${model}-${values.candidate.replace(/[^A-Za-z0-9._-]+/g, '_')}-${date.toISOString().slice(0, 10)}`,
+    ),
+);
+const command = `make replay MODEL=${model} CANDIDATE=${values.candidate}${values.set ? ` SET=${values.set}` : ''}`;
+try {
+  const outcome = await runReplay({
+    gateway,
+    model,
+    setDir,
+    candidateDir,
+    workDir,
+    reportDir,
+    policy: await readPolicy(),
+    command,
+    log,
+    startWorker: async (extra) => {
+      // The candidate's own worker serves the staged folder alone: the settings that would point it
+      // at the registry or at production's folders are not passed on; its metrics port is any free one.
+      delete process.env.MLFLOW_TRACKING_URI;
+      delete process.env.MODEL_URI;
+      delete process.env.MODEL_DIR;
+      // LOG_LEVEL info at least: its 'worker ready' line is what says it serves.
+      const worker = spawnService(
+        'inference-worker',
+        { ...extra, METRICS_PORT: '0', LOG_LEVEL: 'info' },
+        { label: `${model}-replay` },
+      );
+      try {
+        await worker.waitFor((r) => r.msg === 'worker ready', 60_000);
+      } catch (error) {
+        await worker.stop('SIGKILL');
+        throw error;
+      }
+      return { stop: () => worker.stop('SIGTERM').then(() => undefined) };
+    },
+  });
+  if (!isFolder && client)
+    await logReplayReport(client, model, values.candidate, reportDir, outcome.comparison, outcome.decision, date);
+  console.log(await readFile(outcome.report.markdown, 'utf8'));
+  console.log(`report: ${path.relative(ROOT, reportDir) || reportDir}`);
+  process.exitCode = outcome.decision.passed ? 0 : 1;
+} catch (error) {
+  log.error({ err: error }, 'replay failed');
+  process.exitCode = 2;
+} finally {
+  rmSync(workDir, { recursive: true, force: true });
+}
