@@ -4,6 +4,7 @@ import { digitPng, heldOutDigits } from '../support/images.js';
 import { predictModel, request } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
+import { until } from '../support/wait.js';
 
 /** The queue dashboard shows recent completed jobs (bounded), not only failed ones (issue 21). */
 interface BoardQueues {
@@ -32,10 +33,15 @@ describe('queue dashboard: recent completed jobs', function () {
     const { dataset, split } = await heldOutDigits();
     const reply = await predictModel(gateway.url, 'digits', await digitPng(dataset.samples[split.test[0]!]!.pixels));
     expect(reply.status).to.equal(200);
-    const api = await request<BoardQueues>(`${gateway.url}/admin/queues/api/queues`, { headers: auth });
-    expect(api.status).to.equal(200);
-    const digits = api.body.queues.find((q) => q.name === inferenceQueue('digits'));
-    expect(digits, `queues: ${api.body.queues.map((q) => q.name).join(', ')}`).to.not.equal(undefined);
-    expect(digits!.counts.completed).to.equal(1);
+    // The answer leaves with the worker's commit; BullMQ marks the job completed just after it
+    // (moveToFinished, once the processor returns): CI once read the board in between and saw 0.
+    const digits = await until('the job among the completed ones', async () => {
+      const api = await request<BoardQueues>(`${gateway.url}/admin/queues/api/queues`, { headers: auth });
+      expect(api.status).to.equal(200);
+      const queue = api.body.queues.find((q) => q.name === inferenceQueue('digits'));
+      expect(queue, `queues: ${api.body.queues.map((q) => q.name).join(', ')}`).to.not.equal(undefined);
+      return (queue!.counts.completed ?? 0) > 0 ? queue : undefined;
+    });
+    expect(digits.counts.completed).to.equal(1);
   });
 });
