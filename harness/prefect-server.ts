@@ -166,14 +166,29 @@ export type FlowRun = z.infer<typeof FlowRun>;
 
 const FINAL = new Set(['COMPLETED', 'FAILED', 'CRASHED', 'CANCELLED']);
 
+/**
+ * Prefect's server answers 503 for the errors it calls retryable (is_client_retryable_exception: its
+ * SQLite database locked by another writer, the transaction rolled back), and Prefect's own client
+ * retries them. A busy two-core machine running flow runs meets one now and then (seen on
+ * create_flow_run): such a request is asked again, as Prefect's client would.
+ */
+const LOCKED_RETRIES = 8;
+
 async function api<T>(server: PrefectServer, route: string, schema: z.ZodType<T>, body?: unknown): Promise<T> {
-  const response = await fetch(`${server.apiUrl}${route}`, {
-    method: body === undefined ? 'GET' : 'POST',
-    headers: { 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  if (!response.ok) throw new Error(`Prefect ${route}: ${response.status} ${await response.text()}`);
-  return schema.parse(await response.json());
+  for (let attempt = 1; ; attempt++) {
+    const response = await fetch(`${server.apiUrl}${route}`, {
+      method: body === undefined ? 'GET' : 'POST',
+      headers: { 'content-type': 'application/json' },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    if (response.status === 503 && attempt < LOCKED_RETRIES) {
+      await response.body?.cancel();
+      await new Promise((r) => setTimeout(r, 250 * attempt));
+      continue;
+    }
+    if (!response.ok) throw new Error(`Prefect ${route}: ${response.status} ${await response.text()}`);
+    return schema.parse(await response.json());
+  }
 }
 
 /** A flow run of the deployment, now, with these parameters over the deployment's defaults. */

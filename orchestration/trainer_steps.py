@@ -86,24 +86,14 @@ def read_usage(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in file.read_text().splitlines() if line] if file.exists() else []
 
 
-def run_step(
-    step: str,
-    args: Sequence[str],
-    output: Path,
-    env: dict[str, str] | None = None,
-    log: Any = None,
-) -> dict[str, Any]:
-    """Runs `trainer <step> <args…> --output <output>` and returns the JSON it wrote.
-
-    The environment is the caller's (MLFLOW_TRACKING_URI and the account's
-    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD(_FILE) pass through untouched) plus `env`.
-    Its wall time, CPU time and peak memory are appended to `usage.jsonl` beside `output`.
-    """
+def _run_measured(name: str, command: Sequence[str], output: Path, env: dict[str, str] | None, log: Any) -> tuple[int, str]:
+    """Runs `command`, streaming its output to `log`; appends its usage to `usage.jsonl` beside
+    `output`. Returns the exit code and the output's last lines."""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
     started = time.monotonic()
     process = subprocess.Popen(
-        [*trainer_command(), step, *args, "--output", str(output)],
+        list(command),
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -117,12 +107,28 @@ def run_step(
         if log is not None:
             log.info(line.rstrip())
     code, usage = _wait_measured(process)
-    record = {"step": output.stem, "exit_code": code, "wall_s": round(time.monotonic() - started, 3), **usage}
+    record = {"step": name, "exit_code": code, "wall_s": round(time.monotonic() - started, 3), **usage}
     with (output.parent / USAGE_FILE).open("a") as file:
         file.write(json.dumps(record) + "\n")
     if log is not None:
         log.info(f"step usage: {json.dumps(record)}")
-    text = "".join(lines[-40:])
+    return code, "".join(lines[-40:])
+
+
+def run_step(
+    step: str,
+    args: Sequence[str],
+    output: Path,
+    env: dict[str, str] | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Runs `trainer <step> <args…> --output <output>` and returns the JSON it wrote.
+
+    The environment is the caller's (MLFLOW_TRACKING_URI and the account's
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD(_FILE) pass through untouched) plus `env`.
+    Its wall time, CPU time and peak memory are appended to `usage.jsonl` beside `output`.
+    """
+    code, text = _run_measured(output.stem, [*trainer_command(), step, *args, "--output", str(output)], output, env, log)
     if code == 0:
         return json.loads(output.read_text())
     if code == EXIT_VALIDATION_FAILED and output.exists():
@@ -130,3 +136,20 @@ def run_step(
     if code in PERMANENT_EXIT_CODES:
         raise PermanentStepError(step, code, text)
     raise StepError(step, code, text)
+
+
+REPLAY = ROOT / "scripts" / "replay.ts"
+
+
+def run_replay(args: Sequence[str], output: Path, env: dict[str, str] | None = None, log: Any = None) -> dict[str, Any]:
+    """Runs `make replay`'s script (scripts/replay.ts <args…> --output <output>) and returns its verdict.
+
+    Exit 0 (the gate passed) and 1 (it refused: a verdict, not a failure) both return the JSON it
+    wrote, whose `passed` says which. Anything else (2: the replay could not run, e.g. the gateway
+    was unreachable; a crash) is a StepError, which the flow retries.
+    """
+    command = ["node", "--conditions=conveyor-source", "--import", "tsx", str(REPLAY), *args, "--output", str(output)]
+    code, text = _run_measured(output.stem, command, output, env, log)
+    if code in (0, 1) and output.exists():
+        return json.loads(output.read_text())
+    raise StepError("replay", code, text)

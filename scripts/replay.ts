@@ -1,5 +1,5 @@
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,6 +22,10 @@ import { downloadCandidate, runReplay } from '../services/trainer/src/replay/run
  * services/trainer/configs/promotion.json. Exit 0: the gate passed; 1: it refused; 2: it could not run.
  * A registry version (MLFLOW_TRACKING_URI) is downloaded first, and the report and figures go onto it.
  *
+ * `--registered name`: the candidate's registered model when it is not the serving name (default: the
+ * serving name, MODEL). `--policy file` judges with another promotion policy; `--output file` writes the verdict, the figures
+ * and the report's folder as JSON (how the orchestrated flow's replay step reads them).
+ *
  * `make replay-record MODEL=<name> IMAGES=<dir> [SET=<dir>]`: records production's answers to the
  * images of a folder, through the same gateway, as a set (until workers record a live sample).
  */
@@ -32,11 +36,15 @@ const { values } = parseArgs({
     set: { type: 'string' },
     out: { type: 'string' },
     record: { type: 'string' },
+    policy: { type: 'string' },
+    output: { type: 'string' },
+    registered: { type: 'string' },
   },
 });
 const env = loadConfigOrExit(TrainerConfig);
 const log = createLogger('replay', env.LOG_LEVEL, { sync: true });
 const model = ModelName.parse(values.model);
+const registered = values.registered ?? model;
 const gateway = {
   url: (process.env.GATEWAY_URL ?? 'http://localhost:8080').replace(/\/+$/, ''),
   ...(process.env.API_KEY ? { apiKey: process.env.API_KEY } : {}),
@@ -70,7 +78,7 @@ if (!isFolder) {
     process.exit(2);
   }
   candidateDir = path.join(workDir, 'candidate');
-  await downloadCandidate(client, model, values.candidate, candidateDir);
+  await downloadCandidate(client, registered, values.candidate, candidateDir);
 }
 const date = new Date();
 const reportDir = path.resolve(
@@ -90,7 +98,7 @@ try {
     candidateDir,
     workDir,
     reportDir,
-    policy: await readPolicy(),
+    policy: await readPolicy(values.policy),
     command,
     log,
     startWorker: async (extra) => {
@@ -103,7 +111,9 @@ try {
       const worker = spawnService(
         'inference-worker',
         { ...extra, METRICS_PORT: '0', LOG_LEVEL: 'info' },
-        { label: `${model}-replay` },
+        // Niceness 19: where it shares a machine with production's workers, the kernel serves them
+        // first (loadtests/replay-interference.ts measures the difference; docs/replay.md).
+        { label: `${model}-replay`, nice: 19 },
       );
       try {
         await worker.waitFor((r) => r.msg === 'worker ready', 60_000);
@@ -115,9 +125,28 @@ try {
     },
   });
   if (!isFolder && client)
-    await logReplayReport(client, model, values.candidate, reportDir, outcome.comparison, outcome.decision, date);
+    await logReplayReport(client, registered, values.candidate, reportDir, outcome.comparison, outcome.decision, date);
   console.log(await readFile(outcome.report.markdown, 'utf8'));
   console.log(`report: ${path.relative(ROOT, reportDir) || reportDir}`);
+  if (values.output) {
+    const { comparison, decision } = outcome;
+    await mkdir(path.dirname(path.resolve(values.output)), { recursive: true });
+    const verdict = {
+      model,
+      candidate: values.candidate,
+      passed: decision.passed,
+      refused: decision.criteria.filter((c) => !c.passed).map((c) => c.detail),
+      examples: comparison.examples,
+      failed: comparison.failed,
+      top1Agreement: comparison.top1Agreement,
+      meanConfidenceShift: comparison.meanConfidenceShift,
+      labelPsi: comparison.labelPsi,
+      p95InferenceRatio: comparison.p95InferenceRatio,
+      report: reportDir,
+      markdown: outcome.report.markdown,
+    };
+    await writeFile(values.output, `${JSON.stringify(verdict, null, 2)}\n`);
+  }
   process.exitCode = outcome.decision.passed ? 0 : 1;
 } catch (error) {
   log.error({ err: error }, 'replay failed');

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +20,11 @@ import {
 import { freePort } from '../../harness/free-port.js';
 import { startMlflow, type LocalMlflow } from '../../harness/mlflow-server.js';
 import { until } from '../support/wait.js';
+import { recordThroughGateway } from '../../services/trainer/src/replay/replay-client.js';
+import { writeReplaySet } from '../../services/trainer/src/replay/replay-set.js';
+import { digitPng, heldOutDigits } from '../support/images.js';
+import { randomPrefix, testRedisUrl } from '../support/redis.js';
+import { startGateway, startWorker as startConveyorWorker, stopAll, type Gateway } from '../support/services.js';
 
 /**
  * The training pipeline as a Prefect 3 flow (orchestration/): a real Prefect server and process
@@ -27,6 +32,8 @@ import { until } from '../support/wait.js';
  * to start on two cores); a tiny configuration keeps the training itself to seconds. MLflow runs
  * its basic-auth app here: every write the steps make needs the admin's account, which reaches them
  * only through the worker's environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD_FILE).
+ * A running Conveyor (Redis, a gateway, a production digits worker) answers the replay step: the
+ * flow replays each new version over a set production answered before it may be staged.
  */
 describe('orchestration (real Prefect and MLflow)', function () {
   this.timeout(600_000);
@@ -43,6 +50,10 @@ describe('orchestration (real Prefect and MLflow)', function () {
   let passwordFile: string;
   let parameters: Record<string, unknown>;
   const admin = { username: 'admin', password: `admin-${suffix}-${Math.random().toString(36).slice(2)}` };
+  const prefix = randomPrefix('orchestration');
+  let gateway: Gateway;
+  let conveyorEnv: Record<string, string>;
+  let strictPolicy: string;
 
   before(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'conveyor-orchestration-'));
@@ -52,6 +63,35 @@ describe('orchestration (real Prefect and MLflow)', function () {
     writeFileSync(passwordFile, `${admin.password}\n`, { mode: 0o600 });
     client = new MlflowClient(mlflow.url, { credentials: admin });
     source = readMnistSource();
+    // Production, and 60 held-out digits it answered: the recorded set every flow run replays.
+    const production = await startConveyorWorker(prefix, {}, 'production');
+    started.push(() => stopAll(production));
+    gateway = await startGateway(prefix);
+    started.push(() => stopAll(gateway));
+    conveyorEnv = { GATEWAY_URL: gateway.url, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix };
+    const { dataset, split } = await heldOutDigits();
+    const images = await Promise.all(
+      split.test.slice(0, 60).map(async (i) => ({ name: `digit-${i}.png`, bytes: await digitPng(dataset.samples[i]!.pixels) })),
+    );
+    const replaySet = path.join(tmp, 'replay-set');
+    await writeReplaySet(replaySet, await recordThroughGateway({ url: gateway.url, concurrency: 2 }, 'digits', images));
+    // The committed policy (a 95 % agreement floor), and one a two-epoch model on 600 digits meets.
+    strictPolicy = path.resolve('services/trainer/configs/promotion.json');
+    const committed = JSON.parse(readFileSync(strictPolicy, 'utf8')) as { replay: Record<string, unknown> };
+    const lenientPolicy = path.join(tmp, 'lenient-promotion.json');
+    writeFileSync(
+      lenientPolicy,
+      JSON.stringify({
+        ...committed,
+        replay: {
+          ...committed.replay,
+          minTop1Agreement: 0.2,
+          maxMeanConfidenceShift: 1,
+          maxLabelPsi: 100,
+          maxP95InferenceRatio: 1000,
+        },
+      }),
+    );
     const config = path.join(tmp, 'tiny-softmax.json');
     writeFileSync(
       config,
@@ -69,13 +109,22 @@ describe('orchestration (real Prefect and MLflow)', function () {
     );
     server = await startPrefectServer({ home: path.join(tmp, 'prefect'), quiet: true });
     started.push(() => server.stop());
-    parameters = { configs: [config], data_dir: path.join(tmp, 'data'), model, experiment: `orchestrated-${suffix}` };
+    parameters = {
+      configs: [config],
+      data_dir: path.join(tmp, 'data'),
+      model,
+      experiment: `orchestrated-${suffix}`,
+      replay_set: replaySet,
+      serving_model: 'digits',
+      policy: lenientPolicy,
+    };
     deploymentId = deployTraining(server, { parameters });
     const worker = startWorker(server, {
       env: {
         MLFLOW_TRACKING_URI: mlflow.url,
         MLFLOW_TRACKING_USERNAME: admin.username,
         MLFLOW_TRACKING_PASSWORD_FILE: passwordFile,
+        ...conveyorEnv,
       },
       quiet: true,
     });
@@ -94,15 +143,15 @@ describe('orchestration (real Prefect and MLflow)', function () {
     expect(deployment.schedules.map((s) => [s.active, s.schedule.cron])).to.deep.equal([[true, '0 3 * * 1']]);
   });
 
-  it('runs ingest → validate → train → evaluate → register to Completed, registering (with the account given to the worker) a version tagged with the dataset hash and the flow run', async () => {
+  it('runs ingest → validate → train → evaluate → register → replay → stage to Completed, registering (with the account given to the worker) a version tagged with the dataset hash, the flow run and its replay figures', async () => {
     const submitted = await runDeployment(server, deploymentId);
     const run = await waitForFlowRun(server, submitted.id, 300_000);
     expect(run.state_type, run.state?.message ?? '').to.equal('COMPLETED');
 
     // Task runs report their states as events, which may land a moment after the flow run's.
-    const tasks = await until('five completed task runs', async () => {
+    const tasks = await until('seven completed task runs', async () => {
       const all = await taskRunsOf(server, run.id);
-      return all.length === 5 && all.every((t) => t.state_type === 'COMPLETED') && all;
+      return all.length === 7 && all.every((t) => t.state_type === 'COMPLETED') && all;
     });
     expect(tasks.map((t) => t.name.replace(/-[0-9a-f]{3}$/, ''))).to.deep.equal([
       'ingest',
@@ -110,16 +159,23 @@ describe('orchestration (real Prefect and MLflow)', function () {
       'train[tiny-softmax]',
       'evaluate',
       'register',
+      'replay',
+      'stage',
     ]);
 
     const staging = await client.getVersionByAlias(model, 'staging');
     expect(staging, 'a version behind staging').to.not.equal(undefined);
-    expect(tagsOf(staging!)).to.include({
+    const tags = tagsOf(staging!);
+    expect(tags).to.include({
       dataset_hash: source.hash,
       'prefect.flow_run_id': run.id,
       'prefect.flow_run_name': run.name,
       'validation.passed': 'true',
+      'replay.passed': 'true',
     });
+    // Replayed over the 60 recorded digits (a few identical renderings would be one example).
+    expect(Number(tags['replay.examples'])).to.be.within(55, 60);
+    expect(Number(tags['replay.top1_agreement'])).to.be.within(0.2, 1);
     // The MLflow run the version came from is the one the train task tracked, tagged with where it
     // ran (the worker's machine: this one here) and the flow run that started it.
     const tracked = await client.getRun(staging!.run_id!);
@@ -150,6 +206,7 @@ describe('orchestration (real Prefect and MLflow)', function () {
         MLFLOW_TRACKING_URI: `http://127.0.0.1:${gatePort}`,
         MLFLOW_TRACKING_USERNAME: admin.username,
         MLFLOW_TRACKING_PASSWORD_FILE: passwordFile,
+        ...conveyorEnv,
       },
       quiet: true,
     });
@@ -178,13 +235,52 @@ describe('orchestration (real Prefect and MLflow)', function () {
 
     const run = await waitForFlowRun(server, submitted.id, 300_000);
     expect(run.state_type, run.state?.message ?? '').to.equal('COMPLETED');
-    const tasks = await until('five completed task runs', async () => {
+    const tasks = await until('seven completed task runs', async () => {
       const all = await taskRunsOf(server, run.id);
-      return all.length === 5 && all.every((t) => t.state_type === 'COMPLETED') && all;
+      return all.length === 7 && all.every((t) => t.state_type === 'COMPLETED') && all;
     });
     const runCounts = Object.fromEntries(tasks.map((t) => [t.name.replace(/-[0-9a-f]{3}$/, ''), t.run_count]));
-    expect(runCounts).to.deep.equal({ ingest: 1, validate: 1, 'train[tiny-softmax]': 2, evaluate: 1, register: 1 });
+    expect(runCounts).to.deep.equal({
+      ingest: 1,
+      validate: 1,
+      'train[tiny-softmax]': 2,
+      evaluate: 1,
+      register: 1,
+      replay: 1,
+      stage: 1,
+    });
     expect((await client.searchModelVersions(model)).length).to.equal(versionsBefore + 1);
+  });
+
+  it('leaves staging where it was when replay refuses the new version (the committed 95 % agreement floor), with the measured figures on the version and in the replay step', async () => {
+    const stagedBefore = await client.getVersionByAlias(model, 'staging');
+    expect(stagedBefore, 'an earlier run staged a version').to.not.equal(undefined);
+    const submitted = await runDeployment(server, deploymentId, {
+      data_dir: path.join(tmp, 'data-strict'),
+      policy: strictPolicy,
+    });
+    const run = await waitForFlowRun(server, submitted.id, 300_000);
+    // A refused candidate is a verdict, not a failure: the run completes without a stage step.
+    expect(run.state_type, run.state?.message ?? '').to.equal('COMPLETED');
+    const tasks = await until('six completed task runs', async () => {
+      const all = await taskRunsOf(server, run.id);
+      return all.length === 6 && all.every((t) => t.state_type === 'COMPLETED') && all;
+    });
+    expect(tasks.map((t) => t.name.replace(/-[0-9a-f]{3}$/, ''))).to.not.include('stage');
+
+    const versions = await client.searchModelVersions(model);
+    const fresh = versions.find((v) => tagsOf(v)['prefect.flow_run_id'] === run.id);
+    expect(fresh, 'the refused version is registered').to.not.equal(undefined);
+    const tags = tagsOf(fresh!);
+    expect(tags['replay.passed']).to.equal('false');
+    expect(Number(tags['replay.top1_agreement'])).to.be.below(0.95);
+    expect((await client.getVersionByAlias(model, 'staging'))?.version).to.equal(stagedBefore!.version);
+    const verdict = JSON.parse(readFileSync(path.join(tmp, 'data-strict', 'orchestration', run.id, 'replay.json'), 'utf8')) as {
+      passed: boolean;
+      refused: string[];
+    };
+    expect(verdict.passed).to.equal(false);
+    expect(verdict.refused.join(' ')).to.match(/top-1 agreement with production \d+\.\d+ % on \d+ recorded inputs/);
   });
 
   it('fails the flow on data that fails validation, with the report in the message, no retry and no new version', async () => {

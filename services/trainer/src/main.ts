@@ -17,7 +17,7 @@ import { readTrainConfig } from './pipeline/train-config.js';
 import { readSuite, requireValid, validateDataset, writeValidationReport } from './pipeline/validate.js';
 import { readPolicy } from './registry/policy.js';
 import { promote } from './registry/promote.js';
-import { registerRun } from './registry/register.js';
+import { registerRun, stageVersion } from './registry/register.js';
 import { rollback } from './registry/rollback.js';
 
 /**
@@ -31,13 +31,15 @@ import { rollback } from './registry/rollback.js';
  *                                train, evaluate and (with MLFLOW_TRACKING_URI) track one configuration
  *                                (tagged with where it ran, see pipeline/host.ts, and the given tags)
  *   select --run-id id …         compare tracked runs by their evaluation figures; name the best
- *   register --run-id id [--tag k=v …]
- *                                register a tracked run as a new version (alias staging)
+ *   register --run-id id [--tag k=v …] [--no-stage]
+ *                                register a tracked run as a new version (alias staging, unless
+ *                                --no-stage: the orchestrated flow replays it first)
+ *   stage --version n            point `staging` at a registered version
  *   all [--config f …] [--publish dir] [--card file] [--reports dir] [--no-register]
  *   promote [--version n]        apply the promotion gate; move `production` if it passes
  *   rollback                     point `production` back at the version it replaced
  *
- * `--output file` (ingest, validate, train, select, register) writes what the step produced as JSON
+ * `--output file` (ingest, validate, train, select, register, stage) writes what the step produced as JSON
  * (the dataset hash, the report's paths, the run id, the version): an orchestrator running the steps
  * as separate processes passes these along without parsing logs (orchestration/).
  */
@@ -59,6 +61,7 @@ const { positionals, values } = parseArgs({
     card: { type: 'string' },
     reports: { type: 'string' },
     'no-register': { type: 'boolean', default: false },
+    'no-stage': { type: 'boolean', default: false },
     'run-id': { type: 'string', multiple: true },
     tag: { type: 'string', multiple: true },
     output: { type: 'string' },
@@ -222,10 +225,28 @@ try {
       );
       const version = await registerRun(
         c,
-        { modelName: values.model, runId, artifactUri, config, build, datasetHash, validationPassed, metrics, tags: extraTags() },
+        {
+          modelName: values.model,
+          runId,
+          artifactUri,
+          config,
+          build,
+          datasetHash,
+          validationPassed,
+          metrics,
+          tags: extraTags(),
+          stage: !values['no-stage'],
+        },
         log,
       );
-      await emit({ name: version.name, version: version.version, runId, datasetHash });
+      await emit({ name: version.name, version: version.version, runId, datasetHash, staged: !values['no-stage'] });
+      break;
+    }
+    case 'stage': {
+      if (!values.version) throw new Error('stage needs --version <n>');
+      await stageVersion(needClient(), values.model, values.version);
+      log.info({ model: values.model, version: values.version }, 'alias staging moved');
+      await emit({ name: values.model, version: values.version, staged: true });
       break;
     }
     case 'all': {
@@ -283,7 +304,7 @@ try {
       break;
     }
     default:
-      throw new Error(`unknown command ${command} (ingest, validate, train, select, register, all, promote, rollback)`);
+      throw new Error(`unknown command ${command} (ingest, validate, train, select, register, stage, all, promote, rollback)`);
   }
 } catch (error) {
   if (error instanceof ValidationError) {

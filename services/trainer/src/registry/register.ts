@@ -20,6 +20,11 @@ export interface RegistrationInput {
   readonly metrics: RegisteredFigures;
   /** More tags for the version, e.g. the orchestrator's run id (they cannot replace the gate's figures). */
   readonly tags?: Readonly<Record<string, string>>;
+  /**
+   * Point `staging` at the new version (default). false: register only; the orchestrated flow
+   * stages it after replay has judged it on recorded production inputs (stageVersion).
+   */
+  readonly stage?: boolean;
 }
 
 export interface RegisteredFigures {
@@ -49,8 +54,17 @@ export async function registerRun(client: MlflowClient, input: RegistrationInput
       onnx_latency_b1_p95_ms: String(input.metrics.latency.batch1P95Ms),
     },
   });
-  await client.setAlias(input.modelName, ALIASES.staging, version.version);
-  await client.transitionStage(input.modelName, version.version, 'Staging');
+  if (input.stage === false) {
+    log.info({ model: input.modelName, version: version.version, runId: input.runId }, 'registered; not staged yet');
+    return version;
+  }
+  await stageVersion(client, input.modelName, version.version);
   log.info({ model: input.modelName, version: version.version, runId: input.runId }, 'registered; alias staging');
   return version;
+}
+
+/** `staging` (the alias, and the deprecated stage mirrored for people who look at stages) → this version. */
+export async function stageVersion(client: MlflowClient, modelName: string, version: string): Promise<void> {
+  await client.setAlias(modelName, ALIASES.staging, version);
+  await client.transitionStage(modelName, version, 'Staging');
 }
