@@ -136,6 +136,12 @@ export function spawnService(
      * every line it ever printed); unset keeps them all, which tests that count lines rely on.
      */
     keep?: number;
+    /**
+     * Start it at this niceness (nice(1), 0–19: every thread it makes inherits it), so that on a
+     * shared machine the kernel gives other processes the CPU first: background work such as a
+     * replay worker (docs/replay.md measures what it changes).
+     */
+    nice?: number;
   } = {},
 ): ServiceProcess {
   // CONVEYOR_PROFILE_DIR=dir: every service writes a V8 CPU profile there when it exits (how the
@@ -144,7 +150,10 @@ export function spawnService(
   const args = options.built
     ? [...(options.nodeArgs ?? []), ...profile, path.join(ROOT, builtEntry(service))]
     : ['--conditions=conveyor-source', '--import', 'tsx', ...(options.nodeArgs ?? []), path.join(ROOT, ENTRIES[service])];
-  const child = spawn(process.execPath, args, {
+  // nice(1) execs node in place: the child's pid is node's.
+  const [file, argv] =
+    options.nice === undefined ? [process.execPath, args] : ['nice', ['-n', String(options.nice), process.execPath, ...args]];
+  const child = spawn(file, argv, {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', options.logs === false ? 'ignore' : 'pipe', 'pipe'],
