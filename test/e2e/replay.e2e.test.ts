@@ -21,9 +21,10 @@ import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } f
 
 /**
  * The proof of issue 23's replay: a recorded set of real digit images answered by production, then
- * three candidates of the digits model replayed through real workers on a queue of their own — the
- * same weights, a near copy (seeded weight noise, standing in for a retrained model), and a damaged
- * release (labels 3 and 5 swapped in its manifest) — judged by the committed promotion policy.
+ * four candidates of the digits model replayed through real workers on a queue of their own — the
+ * same weights, a near copy (seeded weight noise), a retrained model (production's configuration
+ * trained again with another seed: test/fixtures/digits-retrained), and a damaged release (labels 3
+ * and 5 swapped in its manifest) — judged by the committed promotion policy.
  */
 describe('replay: candidates of the digits model against production’s recorded answers', function () {
   this.timeout(300_000);
@@ -135,6 +136,16 @@ describe('replay: candidates of the digits model against production’s recorded
     expect(decision.passed, JSON.stringify(decision.criteria)).to.equal(true);
   });
 
+  it('promotes a retrained model (production’s configuration, another seed), with high but not total agreement', async () => {
+    const { comparison, decision, candidate } = await replay('test/fixtures/digits-retrained', 'retrained');
+    expect(candidate.version).to.equal('sha-d0c3a9ccb0b4');
+    expect(comparison.failed).to.equal(0);
+    // Two trainings of one configuration disagree on a few hard digits, no more.
+    expect(comparison.top1Agreement).to.be.below(1);
+    expect(comparison.top1Agreement).to.be.at.least(policy.replay!.minTop1Agreement);
+    expect(decision.passed, JSON.stringify(decision.criteria)).to.equal(true);
+  });
+
   it('refuses a release with labels 3 and 5 swapped, with the measured figures in its reasons', async () => {
     await labelSwappedCopy('models/digits', path.join(tmp, 'swapped'), '3', '5');
     const { comparison, decision } = await replay(path.join(tmp, 'swapped'), 'swapped');
@@ -161,7 +172,7 @@ describe('replay: candidates of the digits model against production’s recorded
       .toLowerCase()}`;
     const date = new Date('2026-12-06T18:00:00.000Z');
     const verdicts: Record<string, boolean> = {};
-    for (const candidate of ['same', 'swapped']) {
+    for (const candidate of ['same', 'retrained', 'swapped']) {
       const { dir, outcome } = outcomes.get(candidate)!;
       // The registered folder carries the offline figures the gate also reads.
       if (candidate === 'swapped') copyFileSync('models/digits/evaluation.json', path.join(dir, 'evaluation.json'));
@@ -192,6 +203,6 @@ describe('replay: candidates of the digits model against production’s recorded
         expect(refused).to.not.include('accuracy-floor');
       }
     }
-    expect(verdicts).to.deep.equal({ same: true, swapped: false });
+    expect(verdicts).to.deep.equal({ same: true, retrained: true, swapped: false });
   });
 });
