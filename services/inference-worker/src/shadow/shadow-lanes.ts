@@ -59,8 +59,8 @@ export class ShadowLanes {
       (lane) => {
         if (this.closed) return lane.close();
         this.lanes.set(name, lane);
-        return undefined;
         log.info({ shadow: lane.ref, sampleRate: this.config.SHADOW_SAMPLE_RATE, cpuShare: this.config.SHADOW_CPU_SHARE }, 'shadow ready');
+        return undefined;
       },
       (error: unknown) =>
         log.error(
