@@ -59,11 +59,11 @@ describe('shadow mode: a label-swapped shadow of digits beside production', func
     return started;
   };
   const upload = async (batch: readonly { bytes: Buffer }[]) => {
-    const replies = [];
+    const replies: { id: string; prediction: { label: string }; model: { version: string } }[] = [];
     for (const image of batch) {
       const reply = await predict(gateway.url, image.bytes);
       expect(reply.status, JSON.stringify(reply.body)).to.equal(200);
-      replies.push(reply.body as { id: string; prediction: { label: string }; model: { version: string } });
+      replies.push(reply.body as unknown as (typeof replies)[number]);
     }
     return replies;
   };
@@ -215,7 +215,10 @@ describe('shadow mode: a label-swapped shadow of digits beside production', func
     expect(readFileSync(outcome.report.examples, 'utf8').trim().split('\n')).to.have.length(UPLOADS + 1);
     const confusion = readFileSync(outcome.report.confusion, 'utf8');
     // Row 3 (production) has its pairs in column 5 (the shadow), and row 5 in column 3.
-    const rows = confusion.trim().split('\n').map((l) => l.split(','));
+    const rows = confusion
+      .trim()
+      .split('\n')
+      .map((l) => l.split(','));
     const col = (label: string) => rows[0]!.indexOf(label);
     const row = (label: string) => rows.find((r) => r[0] === label)!;
     expect(Number(row('3')[col('5')])).to.be.above(0);

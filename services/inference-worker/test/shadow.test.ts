@@ -63,9 +63,9 @@ describe('shadow settings (SHADOW_VERSION, SHADOW_SAMPLE_RATE, SHADOW_CPU_SHARE)
   });
 
   it('refuses at start-up a model the worker does not serve, with the models it does', () => {
-    expect(refusal({ SHADOW_VERSION: 'digitz=/srv/x' })).to.contain('SHADOW_VERSION').and.to.contain(
-      '"digitz" is not a model this worker serves (MODELS: digits)',
-    );
+    expect(refusal({ SHADOW_VERSION: 'digitz=/srv/x' }))
+      .to.contain('SHADOW_VERSION')
+      .and.to.contain('"digitz" is not a model this worker serves (MODELS: digits)');
   });
 
   it('refuses malformed entries, a model named twice, a registry ref that is neither version nor alias, its own alias', () => {
@@ -79,7 +79,10 @@ describe('shadow settings (SHADOW_VERSION, SHADOW_SAMPLE_RATE, SHADOW_CPU_SHARE)
   it('bounds the sample rate to 0–1 and the CPU share to (0, 1]', () => {
     expect(refusal({ SHADOW_SAMPLE_RATE: '1.5' })).to.contain('SHADOW_SAMPLE_RATE');
     expect(refusal({ SHADOW_CPU_SHARE: '0' })).to.contain('SHADOW_CPU_SHARE');
-    expect(load({ SHADOW_SAMPLE_RATE: '1', SHADOW_CPU_SHARE: '0.5' })).to.include({ SHADOW_SAMPLE_RATE: 1, SHADOW_CPU_SHARE: 0.5 });
+    expect(load({ SHADOW_SAMPLE_RATE: '1', SHADOW_CPU_SHARE: '0.5' })).to.include({
+      SHADOW_SAMPLE_RATE: 1,
+      SHADOW_CPU_SHARE: 0.5,
+    });
   });
 });
 

@@ -79,21 +79,10 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
     log,
   );
   const views = new DriftViews(store, references, windows);
-  // Shadow pairs (docs/shadow.md): agreement windows of the same size as drift's, shown beside it.
-  const shadowStore = new ShadowStore(redis, config.REDIS_PREFIX);
-  const shadowViews = new ShadowViews(shadowStore, config.MIN_WINDOW);
-  const shadow = shadowConsumer(config, consumerName, shadowConnection, shadowStore, log);
+  const { shadow, shadowViews } = shadowParts(config, consumerName, { reads: shadowConnection, state: redis }, log);
 
-  const { predictions, feedback } = streamConsumers(
-    config,
-    consumerName,
-    monitor,
-    {
-      predictions: predictionsConnection,
-      feedback: feedbackConnection,
-    },
-    log,
-  );
+  const on = { predictions: predictionsConnection, feedback: feedbackConnection };
+  const { predictions, feedback } = streamConsumers(config, consumerName, monitor, on, log);
 
   const report = async () => {
     const files = await writeReport(await store.windowRecords(), path.resolve(config.REPORT_DIR));
@@ -220,15 +209,19 @@ function streamConsumers(
   return { predictions, feedback };
 }
 
-/** The consumer of the shadow stream: pairs counted into agreement windows (each job once). */
-function shadowConsumer(config: MonitorConfig, consumerName: string, on: Redis, store: ShadowStore, log: Logger) {
+/**
+ * Shadow pairs (docs/shadow.md): the consumer of the shadow stream, counting pairs into agreement
+ * windows of the same size as drift's (each job once), and the view that shows them beside drift.
+ */
+function shadowParts(config: MonitorConfig, consumerName: string, on: { reads: Redis; state: Redis }, log: Logger) {
+  const store = new ShadowStore(on.state, config.REDIS_PREFIX);
   const pairs = new ShadowPairs(
     store,
     { windowSize: config.WINDOW_SIZE, ttlSeconds: config.PREDICTION_TTL_SECONDS },
     log.child({ module: 'shadow' }),
   );
-  return new StreamConsumer(
-    on,
+  const shadow = new StreamConsumer(
+    on.reads,
     {
       stream: redisKeys(config.REDIS_PREFIX).shadowStream,
       group: 'monitor',
@@ -242,6 +235,7 @@ function shadowConsumer(config: MonitorConfig, consumerName: string, on: Redis, 
     (entries) => pairs.handle(entries),
     log.child({ module: 'shadow' }),
   );
+  return { shadow, shadowViews: new ShadowViews(store, config.MIN_WINDOW) };
 }
 
 /** Stop consuming, then timers and HTTP, then the alert webhooks in flight, Redis last. */

@@ -33,7 +33,12 @@ export const shadowConfigShape = {
     1000,
     'Jobs waiting for a model’s shadow while it runs one; more are dropped and counted (the shadow never holds a job slot)',
   ),
-  SHADOW_STREAM_MAXLEN: env.int(100_000, 100, 100_000_000, 'Approximate length the shadow stream (the recorded pairs) is trimmed to'),
+  SHADOW_STREAM_MAXLEN: env.int(
+    100_000,
+    100,
+    100_000_000,
+    'Approximate length the shadow stream (the recorded pairs) is trimmed to',
+  ),
 };
 
 /** Where one served model's shadow comes from. */

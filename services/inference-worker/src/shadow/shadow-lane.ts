@@ -65,7 +65,10 @@ interface Pending {
 }
 
 /** Same input tensor for both: same input geometry and the same preprocessing, field by field. */
-export function sameInput(a: Pick<ModelManifest, 'input' | 'preprocess'>, b: Pick<ModelManifest, 'input' | 'preprocess'>): boolean {
+export function sameInput(
+  a: Pick<ModelManifest, 'input' | 'preprocess'>,
+  b: Pick<ModelManifest, 'input' | 'preprocess'>,
+): boolean {
   return isDeepStrictEqual(a.input, b.input) && isDeepStrictEqual(a.preprocess, b.preprocess);
 }
 
@@ -120,7 +123,9 @@ export class ShadowLane implements ShadowHook {
     this.closed = true;
     this.waiting.length = 0;
     await this.running;
-    await this.shadow.model.close().catch((error: unknown) => this.options.log.warn({ err: error }, 'closing the shadow model failed'));
+    await this.shadow.model
+      .close()
+      .catch((error: unknown) => this.options.log.warn({ err: error }, 'closing the shadow model failed'));
   }
 
   /** Settles when nothing is running or waiting (tests, shutdown). */
@@ -142,7 +147,6 @@ export class ShadowLane implements ShadowHook {
   private async runOne({ result, input }: Pending): Promise<void> {
     const { model } = this.shadow;
     const started = this.now();
-    let inferenceMs = 0;
     let charged = false;
     try {
       const tensor =
@@ -157,7 +161,7 @@ export class ShadowLane implements ShadowHook {
             ).tensor;
       const inferring = this.now();
       const [output] = await model.run([tensor]);
-      inferenceMs = this.now() - inferring;
+      const inferenceMs = this.now() - inferring;
       const prediction = classify(output!.probabilities, model.manifest.labels, topKFor(model.manifest, this.options.topK));
       const spent = this.now() - started;
       this.options.budget.charge(spent);
@@ -181,7 +185,10 @@ export class ShadowLane implements ShadowHook {
     } catch (error) {
       if (!charged) this.options.budget.charge(this.now() - started);
       this.options.counts.outcome('failed');
-      this.options.log.warn({ err: error, jobId: result.id, shadow: this.shadow.ref }, 'shadow run failed; production is not affected');
+      this.options.log.warn(
+        { err: error, jobId: result.id, shadow: this.shadow.ref },
+        'shadow run failed; production is not affected',
+      );
     }
   }
 }

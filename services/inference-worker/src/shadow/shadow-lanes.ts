@@ -59,7 +59,10 @@ export class ShadowLanes {
       (lane) => {
         if (this.closed) return lane.close();
         this.lanes.set(name, lane);
-        log.info({ shadow: lane.ref, sampleRate: this.config.SHADOW_SAMPLE_RATE, cpuShare: this.config.SHADOW_CPU_SHARE }, 'shadow ready');
+        log.info(
+          { shadow: lane.ref, sampleRate: this.config.SHADOW_SAMPLE_RATE, cpuShare: this.config.SHADOW_CPU_SHARE },
+          'shadow ready',
+        );
         return undefined;
       },
       (error: unknown) =>

@@ -14,7 +14,11 @@ export function itemOf(event: ShadowEvent): ShadowItem {
   const production = event.production.prediction;
   const shadow = event.shadow.prediction;
   const onProductionLabel = shadow.top.find((t) => t.label === production.label)?.confidence ?? 0;
-  return { jobId: event.jobId, agree: shadow.label === production.label, shift: Math.abs(onProductionLabel - production.confidence) };
+  return {
+    jobId: event.jobId,
+    agree: shadow.label === production.label,
+    shift: Math.abs(onProductionLabel - production.confidence),
+  };
 }
 
 export class ShadowPairs {
