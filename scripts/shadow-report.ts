@@ -40,7 +40,8 @@ const redis = createRedis(REDIS_URL, 'producer', 'conveyor:shadow-report', log);
 try {
   await waitForReady(redis, 10_000);
   const reportDir = path.resolve(
-    values.out ?? path.join(env.DATA_DIR, 'shadow-reports', `${model}-${values.shadow ?? 'latest'}-${date.toISOString().slice(0, 10)}`),
+    values.out ??
+      path.join(env.DATA_DIR, 'shadow-reports', `${model}-${values.shadow ?? 'latest'}-${date.toISOString().slice(0, 10)}`),
   );
   const outcome = await runShadowReport({
     redis,
