@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,7 +11,7 @@ import { runShadowReport } from '../../services/trainer/src/replay/shadow-report
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { predict, request } from '../support/http.js';
 import { labelSwappedCopy } from '../support/model-variants.js';
-import { randomPrefix, testRedis } from '../support/redis.js';
+import { randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
 import { until } from '../support/wait.js';
 import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
 import type { ServiceHandle } from '../../harness/service-process.js';
@@ -235,6 +236,29 @@ describe('shadow mode: a label-swapped shadow of digits beside production', func
       command: 'shadow e2e test',
     });
     expect(limited.comparison.examples).to.equal(10);
+
+    // The command line `make shadow-report` runs: exit 1 (the gate refused), the report printed and written.
+    const cli = spawnSync(
+      process.execPath,
+      [
+        '--conditions=conveyor-source',
+        '--import',
+        'tsx',
+        'scripts/shadow-report.ts',
+        '--model',
+        'digits',
+        '--out',
+        path.join(tmp, 'cli'),
+      ],
+      { env: { ...process.env, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix, LOG_LEVEL: 'warn' }, encoding: 'utf8' },
+    );
+    expect(cli.status, cli.stderr).to.equal(1);
+    expect(cli.stdout).to.contain(`# Shadow of digits: ${swappedVersion} beside production`).and.to.contain('**Gate: refused.**');
+    expect(
+      readFileSync(path.join(tmp, 'cli', 'replay-examples.csv'), 'utf8')
+        .trim()
+        .split('\n'),
+    ).to.have.length(UPLOADS + 1);
   });
 
   it('publishes nothing with shadow mode off (the default), and has no shadow series', async () => {

@@ -7,10 +7,13 @@ import type { CompletedResult } from '@conveyor/shared/contract/jobs.contract';
 import { ShadowEvent } from '@conveyor/shared/contract/shadow.contract';
 import { ModelManifest } from '@conveyor/shared/model/manifest';
 import { preprocess } from '@conveyor/shared/model/preprocess';
+import type { LoadedModel } from '@conveyor/shared/model/runtime';
+import type { CommitOutcome, TakenInput } from '@conveyor/shared/contract/job-store';
 import { digitPng } from '../../../test/support/images.js';
 import { WorkerConfig } from '../src/config.js';
 import { CpuBudget } from '../src/shadow/cpu-budget.js';
-import { ShadowLane, type ShadowInput, type ShadowModel } from '../src/shadow/shadow-lane.js';
+import { ShadowLane, type ShadowHook, type ShadowInput, type ShadowModel } from '../src/shadow/shadow-lane.js';
+import { createInferenceProcessor, type InferenceBullJob, type ProcessorDeps } from '../src/inference.processor.js';
 import type { ShadowOutcome } from '../src/shadow/shadow-metrics.js';
 
 /**
@@ -317,5 +320,104 @@ describe('shadow lane (fake model, fake clock)', () => {
     unpublished.lane.offer(input(jobId(2), '7'));
     await unpublished.lane.idle();
     expect(unpublished.outcomes).to.deep.equal(['failed']);
+  });
+});
+
+describe('shadow hook in the processor (fakes, no Redis)', () => {
+  function deps(commitOutcome: CommitOutcome, offers: ShadowInput[], shadow?: ShadowHook): ProcessorDeps {
+    const model: LoadedModel = {
+      manifest,
+      dir: '/nowhere',
+      outputSize: 10,
+      warmUp: { ms: 0, probabilities: new Float32Array(10) },
+      run: () => {
+        const probabilities = new Float32Array(10).fill(0.01);
+        probabilities[7] = 0.91;
+        return Promise.resolve([{ probabilities }]);
+      },
+      close: () => Promise.resolve(),
+    };
+    return {
+      jobs: { takeInput: () => Promise.resolve(taken), commit: () => Promise.resolve(commitOutcome) },
+      model: 'digits',
+      queue: 'inference',
+      models: { acquire: () => ({ model, ref: { name: 'digits', version: 'prod-1' }, release: () => undefined }) },
+      workerId: 'worker-1',
+      limits: { maxPixels: 1e7, maxSide: 4096, maxAspectRatio: 20 },
+      preprocessTimeoutMs: 30_000,
+      topK: undefined,
+      eventEmbeddings: false,
+      log: pino({ level: 'silent' }),
+      counts: {
+        started: () => undefined,
+        ended: () => undefined,
+        committedCompleted: () => undefined,
+        committedFailed: () => undefined,
+      },
+      metrics: {
+        queueWait: () => undefined,
+        preprocess: () => undefined,
+        inference: () => undefined,
+        processing: () => undefined,
+        outcome: () => undefined,
+      },
+      shadow: shadow ?? { offer: (input) => offers.push({ ...input, tensor: Float32Array.from(input.tensor) }) },
+    };
+  }
+  let image: Buffer;
+  let taken: TakenInput;
+  const job = () =>
+    ({
+      id: jobId(9),
+      data: {
+        kind: 'inference',
+        version: 1,
+        requestId: 'req-9',
+        acceptedAt: Date.now(),
+        model: 'digits',
+        input: { format: 'png', bytes: 100, width: 28, height: 28, source: { kind: 'upload' } },
+      },
+      attemptsMade: 0,
+      opts: { attempts: 3 },
+      processedOn: Date.now(),
+    }) as unknown as InferenceBullJob;
+
+  before(async () => {
+    const pixels = new Uint8Array(28 * 28);
+    for (let y = 6; y < 22; y++) pixels[y * 28 + 14] = 255;
+    image = await digitPng(pixels);
+    taken = { finished: false, bytes: image };
+  });
+
+  it('offers a published answer with its tensor and image, after the commit', async () => {
+    const offers: ShadowInput[] = [];
+    expect(await createInferenceProcessor(deps('published', offers))(job(), 'token')).to.deep.equal({ label: '7' });
+    expect(offers).to.have.length(1);
+    expect(offers[0]!.result).to.include({ id: jobId(9), status: 'completed' });
+    expect(offers[0]!.tensor).to.have.length(28 * 28);
+    expect(offers[0]!.bytes.equals(image)).to.equal(true);
+  });
+
+  it('offers nothing for an answer that was not published (cancelled, or another attempt’s)', async () => {
+    for (const outcome of ['cancelled', 'already-published', 'lock-lost'] as CommitOutcome[]) {
+      const offers: ShadowInput[] = [];
+      await createInferenceProcessor(deps(outcome, offers))(job(), 'token');
+      expect(offers, outcome).to.deep.equal([]);
+    }
+  });
+
+  it('returns while the shadow still runs: the job’s slot is never held by the shadow', async () => {
+    const clock = new FakeClock();
+    const fake = new FakeShadow(clock);
+    let release!: () => void;
+    fake.hang = new Promise<void>((r) => (release = r));
+    const { lane, count } = laneOf(fake, clock);
+    expect(await createInferenceProcessor(deps('published', [], lane))(job(), 'token')).to.deep.equal({ label: '7' });
+    // The job is done; the shadow run it started has not finished.
+    expect(fake.inputs).to.have.length(1);
+    expect(count('ran')).to.equal(0);
+    release();
+    await lane.idle();
+    expect(count('ran')).to.equal(1);
   });
 });
