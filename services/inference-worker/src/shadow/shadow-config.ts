@@ -13,7 +13,7 @@ export const shadowConfigShape = {
     .string()
     .optional()
     .describe(
-      'Shadow versions, `<model>=<ref>[,<model>=<ref>]`: the worker also runs <ref> on a sampled share of <model>’s jobs after answering the caller, and publishes both answers on the shadow stream. <ref> is, with MLFLOW_TRACKING_URI, a version number or alias of the model’s registered model (downloaded and verified like any registry version), else a model folder; unset: no shadow',
+      'Shadow versions, `model=ref[,model=ref]`: the worker also runs the ref on a sampled share of the model’s jobs after answering the caller, and publishes both answers on the shadow stream (docs/shadow.md). The ref is, with MLFLOW_TRACKING_URI, a version number or alias of the model’s registered model (downloaded and verified like any registry version; an alias is resolved once, at start-up), else a model folder; unset: no shadow',
     ),
   SHADOW_SAMPLE_RATE: env.number(
     0.1,
