@@ -82,9 +82,11 @@ async function startWorker(shadow: boolean, metricsPort: number): Promise<Servic
     REDIS_URL: redis!.url,
     LOG_LEVEL: 'info',
     METRICS_PORT: String(metricsPort),
+    HEARTBEAT_INTERVAL_MS: '500',
     ...(shadow ? { SHADOW_VERSION: `digits=${path.join(dir, 'shadow')}`, SHADOW_SAMPLE_RATE: '1', SHADOW_CPU_SHARE: SHARE } : {}),
   };
-  const w = spawnService('inference-worker', env, { label: shadow ? 'worker-shadow' : 'worker' });
+  // Its log lines are read for 'worker ready' (info, as in production: their cost is part of a job's); only the last few kept.
+  const w = spawnService('inference-worker', env, { label: shadow ? 'worker-shadow' : 'worker', keep: 200 });
   await w.waitFor((r) => r.msg === 'worker ready', 60_000);
   if (shadow) await w.waitFor((r) => r.msg === 'shadow ready', 60_000);
   return w;
