@@ -22,6 +22,7 @@ import { startMetricsServer, type MetricsServer } from './metrics/metrics-server
 import { WorkerMetrics } from './metrics/worker-metrics.js';
 import { createInferenceProcessor } from './inference.processor.js';
 import { ShadowLanes } from './shadow/shadow-lanes.js';
+import { shadowLoader } from './model/shadow-loader.js';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
 import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 
@@ -80,7 +81,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   const heartbeat = heartbeatOf(served, new FleetStore(redis, keys), workerId, config, log);
 
   const registry = registryOf(config);
-  const shadows = new ShadowLanes(config, registry, redis, keys, metrics.registry, log);
+  const shadows = new ShadowLanes(config, shadowLoader(config, registry), redis, keys, metrics.registry, log);
 
   const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing, shadows });
 

@@ -1,17 +1,12 @@
-import path from 'node:path';
-import type { KeyObject } from 'node:crypto';
 import type { ModelManifest } from '@conveyor/shared/model/manifest';
 import type { RedisKeys } from '@conveyor/shared/contract/redis-keys';
 import type { ShadowEvent } from '@conveyor/shared/contract/shadow.contract';
 import type { Logger } from '@conveyor/shared/logger';
-import type { MlflowClient } from '@conveyor/shared/mlflow/client';
+import type { LoadedModel } from '@conveyor/shared/model/runtime';
 import type { Redis } from '@conveyor/shared/redis';
 import type { Registry } from 'prom-client';
-import type { WorkerConfig } from '../config.js';
-import { RegistrySource } from '../model/registry-source.js';
-import { loadWarmModel } from '../model/warm-up.js';
 import { CpuBudget } from './cpu-budget.js';
-import type { ShadowPlan } from './shadow-config.js';
+import type { ShadowPlan, ShadowSource } from './shadow-config.js';
 import { ShadowLane, type ShadowHook, type ShadowInput, type ShadowModel } from './shadow-lane.js';
 import { ShadowMetrics } from './shadow-metrics.js';
 
@@ -22,10 +17,28 @@ import { ShadowMetrics } from './shadow-metrics.js';
  * signature, or answering in other labels than production) is refused with a clear log line and
  * production goes on without it: the shadow is an observer and must never cost production a job.
  */
-export interface ShadowRegistry {
-  readonly client: MlflowClient;
-  readonly signingKey: KeyObject | undefined;
+/** What the lanes need of the worker's configuration (WorkerConfig has it all). */
+export interface ShadowSettings {
+  readonly shadows: readonly ShadowPlan[];
+  readonly SHADOW_SAMPLE_RATE: number;
+  readonly SHADOW_CPU_SHARE: number;
+  readonly SHADOW_BACKLOG: number;
+  readonly SHADOW_STREAM_MAXLEN: number;
+  readonly MAX_IMAGE_PIXELS: number;
+  readonly MAX_IMAGE_SIDE: number;
+  readonly MAX_ASPECT_RATIO: number;
+  readonly PREPROCESS_TIMEOUT_MS: number;
+  readonly TOP_K?: number | undefined;
 }
+
+/**
+ * Loads a shadow's model warm, with the checks of any served model (model/shadow-loader.ts: a
+ * folder, or a registry version downloaded, verified and cached like those the worker serves).
+ */
+export type ShadowLoader = (
+  source: ShadowSource,
+  log: Logger,
+) => Promise<{ readonly model: LoadedModel; readonly registry?: { readonly name: string; readonly version: string } }>;
 
 /** How much run time a lane may spend at once after a quiet spell, in seconds of its share. */
 const BURST_SECONDS = 2;
@@ -37,8 +50,8 @@ export class ShadowLanes {
   private closed = false;
 
   constructor(
-    private readonly config: WorkerConfig,
-    private readonly registry: ShadowRegistry | undefined,
+    private readonly config: ShadowSettings,
+    private readonly loadModel: ShadowLoader,
     private readonly redis: Redis,
     private readonly keys: Pick<RedisKeys, 'shadowStream'>,
     metricsRegistry: Registry,
@@ -92,25 +105,12 @@ export class ShadowLanes {
   }
 
   private async load(plan: ShadowPlan, production: ModelManifest, log: Logger): Promise<ShadowLane> {
-    const options = { threads: this.config.ORT_THREADS, offThread: this.config.INFERENCE_THREAD };
-    let shadow: ShadowModel;
-    if (plan.source.kind === 'registry') {
-      if (!this.registry) throw new Error('a registry shadow needs MLFLOW_TRACKING_URI');
-      // The same download, checksum and signature checks as any served registry version.
-      const source = new RegistrySource(
-        this.registry.client,
-        plan.source.uri,
-        path.resolve(this.config.MODEL_CACHE_DIR),
-        log,
-        this.registry.signingKey,
-      );
-      const version = await source.resolve();
-      const { model } = await loadWarmModel(await source.fetch(version), options);
-      shadow = { model, ref: refOf(model.manifest), registry: version };
-    } else {
-      const { model } = await loadWarmModel(plan.source.dir, options);
-      shadow = { model, ref: refOf(model.manifest) };
-    }
+    const loaded = await this.loadModel(plan.source, log);
+    const shadow: ShadowModel = {
+      model: loaded.model,
+      ref: refOf(loaded.model.manifest),
+      ...(loaded.registry ? { registry: loaded.registry } : {}),
+    };
     const mismatch = labelMismatch(production, shadow.model.manifest);
     if (mismatch) {
       await shadow.model.close();
