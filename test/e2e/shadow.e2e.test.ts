@@ -6,11 +6,14 @@ import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { ShadowEvent } from '@conveyor/shared/contract/shadow.contract';
+import { MlflowClient } from '@conveyor/shared/mlflow/client';
 import { PromotionPolicy } from '../../services/trainer/src/registry/policy.js';
 import { runShadowReport } from '../../services/trainer/src/replay/shadow-report.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { predict, request } from '../support/http.js';
 import { labelSwappedCopy } from '../support/model-variants.js';
+import { sharedMlflow } from '../support/mlflow.js';
+import { registerFolder } from '../support/registry.js';
 import { randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
 import { until } from '../support/wait.js';
 import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
@@ -305,5 +308,72 @@ describe('shadow mode: a label-swapped shadow of digits beside production', func
       await stopAll(...workers.splice(0));
     }
     expect(await redis.xlen(keys.shadowStream)).to.equal(before);
+  });
+
+  it('shadows a registry version, downloaded and verified, and puts the report and its figures on that version', async () => {
+    await stopAll(...workers.splice(0));
+    // Started here, not in before(): a first start installs its venv synchronously, blocking this process.
+    const client = new MlflowClient((await sharedMlflow()).url);
+    const name = `digits-shadow-${prefix
+      .replace(/[^a-z0-9]/gi, '')
+      .slice(-8)
+      .toLowerCase()}`;
+    const registeredProduction = await registerFolder(client, name, 'models/digits', 'shadow-tests');
+    await client.setAlias(name, 'production', registeredProduction.version);
+    // The registered folder carries the offline figures the gate also reads.
+    copyFileSync('models/digits/evaluation.json', path.join(tmp, 'swapped', 'evaluation.json'));
+    const candidate = await registerFolder(client, name, path.join(tmp, 'swapped'), 'shadow-tests');
+    const registry = {
+      MLFLOW_TRACKING_URI: (await sharedMlflow()).url,
+      MODEL_URI: `models:/${name}@production`,
+      MODEL_CACHE_DIR: path.join(tmp, 'model-cache'),
+    };
+    const shadowed = await worker(
+      {
+        ...registry,
+        SHADOW_VERSION: `digits=${candidate.version}`,
+        SHADOW_SAMPLE_RATE: '1',
+        SHADOW_CPU_SHARE: '1',
+        SHADOW_BACKLOG: '20',
+      },
+      'worker-registry-shadow',
+    );
+    const ready = await shadowed.waitFor((r) => r.msg === 'shadow ready', 120_000);
+    expect(ready.shadow).to.deep.equal({ name: 'digits', version: swappedVersion });
+    const before = (await shadowEvents()).length;
+    const replies = await upload(images.slice(0, 20));
+    const pairs = await until('a pair for each of the 20 uploads', async () => {
+      const recorded = await shadowEvents();
+      return recorded.length >= before + 20 ? recorded.slice(before).map((e) => e.event) : undefined;
+    });
+    expect(new Set(pairs.map((p) => p.jobId))).to.deep.equal(new Set(replies.map((r) => r.id)));
+    for (const pair of pairs) expect(pair.shadow.registry).to.deep.equal({ name, version: candidate.version });
+
+    // `make shadow-report`, with the registry: the newest pairs are the registry shadow's.
+    const cli = spawnSync(
+      process.execPath,
+      [
+        '--conditions=conveyor-source',
+        '--import',
+        'tsx',
+        'scripts/shadow-report.ts',
+        '--model',
+        'digits',
+        '--limit',
+        '20',
+        '--out',
+        path.join(tmp, 'cli-registry'),
+      ],
+      {
+        env: { ...process.env, ...registry, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix, LOG_LEVEL: 'warn' },
+        encoding: 'utf8',
+      },
+    );
+    expect(cli.status, cli.stderr).to.equal(1);
+    const tags = Object.fromEntries((await client.getModelVersion(name, candidate.version)).tags.map((t) => [t.key, t.value]));
+    const agree = pairs.filter((p) => p.shadow.prediction.label === p.production.prediction.label).length;
+    expect(Number(tags['replay.top1_agreement'])).to.be.closeTo(agree / 20, 1e-9);
+    expect(tags).to.include({ 'replay.examples': '20', 'replay.passed': 'false' });
+    expect(tags['replay.report']).to.match(/replay-report\.md$/);
   });
 });
