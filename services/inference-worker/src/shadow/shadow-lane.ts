@@ -110,7 +110,7 @@ export class ShadowLane implements ShadowHook {
         result: input.result,
         input: reuse ? { tensor: Float32Array.from(input.tensor) } : { bytes: input.bytes },
       });
-      this.running ??= this.drain().finally(() => (this.running = undefined));
+      this.kick();
     } catch (error) {
       this.options.counts.outcome('failed');
       this.options.log.warn({ err: error, jobId: input.result.id }, 'shadow offer failed; production is not affected');
@@ -131,6 +131,14 @@ export class ShadowLane implements ShadowHook {
   /** Settles when nothing is running or waiting (tests, shutdown). */
   async idle(): Promise<void> {
     while (this.running) await this.running;
+  }
+
+  /** Starts draining the backlog unless a drain runs; one that ended as an offer arrived starts again. */
+  private kick(): void {
+    this.running ??= this.drain().finally(() => {
+      this.running = undefined;
+      if (this.waiting.length > 0 && !this.closed) this.kick();
+    });
   }
 
   private async drain(): Promise<void> {
