@@ -129,6 +129,10 @@ replay: $(NODE_MODULES) ## Replay a recorded set (SET, default data/replay/MODEL
 replay-record: $(NODE_MODULES) ## Record production's answers to the images in IMAGES=<dir> through the gateway as a replay set (SET, default data/replay/MODEL)
 	$(TSX) scripts/replay.ts --model "$(or $(MODEL),digits)" --record "$(IMAGES)" $(if $(SET),--set "$(SET)",)
 
+.PHONY: shadow-report
+shadow-report: $(NODE_MODULES) ## Report a shadow's recorded pairs (SHADOW_VERSION on the workers) as replay does: MODEL=… [LIMIT=n newest] [SHADOW=version] [OUT=dir]; judged with promotion.json (docs/shadow.md)
+	$(TSX) scripts/shadow-report.ts --model "$(or $(MODEL),digits)" $(if $(LIMIT),--limit "$(LIMIT)",) $(if $(SHADOW),--shadow "$(SHADOW)",) $(if $(OUT),--out "$(OUT)",)
+
 .PHONY: model-moderation
 model-moderation: $(NODE_MODULES) ## models/moderation: nsfwjs's MobileNetV2 → ONNX (pinned .venv/models), sha256 checked, compared with the original in tfjs (RECORD=1 rewrites its reference predictions)
 	$(TSX) scripts/models/moderation.ts $(if $(RECORD),--record,)

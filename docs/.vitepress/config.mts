@@ -117,6 +117,7 @@ export default defineConfig({
           { text: 'Data validation report', link: '/validation/validation' },
           { text: 'Signed models', link: '/model-trust' },
           { text: 'Replay before promotion', link: '/replay' },
+          { text: 'Shadow mode', link: '/shadow' },
         ],
       },
       {

@@ -15,6 +15,7 @@ import {
   tracingConfigShape,
   resultCacheConfigShape,
 } from '@conveyor/shared/config';
+import { planShadows, shadowConfigShape } from './shadow/shadow-config.js';
 
 const WorkerFields = z.object({
   ...redisConfigShape,
@@ -119,6 +120,7 @@ const WorkerFields = z.object({
     true,
     'Publish the model embedding (when it has one) with each prediction event, for drift monitoring',
   ),
+  ...shadowConfigShape,
 });
 /** A model this worker serves, with where it comes from: resolved once, with the rest of the configuration. */
 export interface ModelPlan {
@@ -151,9 +153,15 @@ function planModels(config: WorkerFields): ModelPlan[] {
 // Cross-field rules (user and password together, no credentials in the URL) need the whole object.
 export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth)
   .superRefine(checkRedisConfig)
+  .superRefine((config, ctx) => {
+    for (const message of planShadows(config, planModels(config)).problems)
+      ctx.addIssue({ code: 'custom', path: ['SHADOW_VERSION'], message });
+  })
   .transform((config) => ({
     ...config,
     /** What this worker serves, in MODELS order (the first is the one older gateways see in the heartbeat). */
     models: planModels(config),
+    /** The served models' shadows (SHADOW_VERSION), checked above. */
+    shadows: planShadows(config, planModels(config)).plans,
   }));
 export type WorkerConfig = z.infer<typeof WorkerConfig>;

@@ -32,6 +32,7 @@ import type { JobCounts } from './job-counts.js';
 import type { WorkerResultCache } from './result-cache.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost, ModelLease } from './model/model-host.js';
+import type { ShadowHook } from './shadow/shadow-lane.js';
 
 /**
  * Where a job becomes a prediction: check the payload, take the image, preprocess it as the
@@ -67,6 +68,8 @@ export interface ProcessorDeps {
    * it leads, and, with `store` (RESULT_CACHE on), a completed answer is stored under the version that ran.
    */
   readonly cache?: Pick<WorkerResultCache, 'settle'>;
+  /** The model's shadow lane (SHADOW_VERSION, docs/shadow.md): offered each published answer, returns at once. */
+  readonly shadow?: ShadowHook | undefined;
 }
 
 /** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
@@ -229,8 +232,8 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
   span.setAttribute('conveyor.model.version', lease.ref.version);
   try {
     if (!taken.bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
-    const { result, embedding } = await predict(deps, run, lease, taken.bytes, workspace);
-    return await commitCompleted(deps, run, result, embedding, report, lease.model.manifest);
+    const { result, embedding, tensor } = await predict(deps, run, lease, taken.bytes, workspace);
+    return await commitCompleted(deps, run, result, embedding, report, lease.model.manifest, { tensor, bytes: taken.bytes });
   } catch (error) {
     return await failAttempt(deps, run, lease.ref, error, report);
   } finally {
@@ -297,7 +300,7 @@ async function predict(
   lease: ModelLease,
   bytes: Buffer,
   workspace: Workspace,
-): Promise<{ result: CompletedResult; embedding: number[] | undefined }> {
+): Promise<{ result: CompletedResult; embedding: number[] | undefined; tensor: Float32Array }> {
   const { model, ref } = lease;
   const { data } = run;
   await handBackIfCancelled(run);
@@ -348,7 +351,7 @@ async function predict(
   };
   const embedding =
     deps.eventEmbeddings && output!.embedding ? Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) : undefined;
-  return { result, embedding };
+  return { result, embedding, tensor: prepared.tensor };
 }
 
 async function commitCompleted(
@@ -358,6 +361,7 @@ async function commitCompleted(
   embedding: number[] | undefined,
   report: Report,
   manifest: ModelManifest,
+  input: { readonly tensor: Float32Array; readonly bytes: Buffer },
 ): Promise<InferenceJobReturn> {
   const committing = performance.now();
   const outcome = await commitWhenRoom(run, () =>
@@ -387,6 +391,7 @@ async function commitCompleted(
   }
   deps.counts.committedCompleted();
   report('completed');
+  deps.shadow?.offer({ result, manifest, ...input }); // after the caller's answer; synchronous, never throws
   const { prediction, model, timings } = result;
   run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
   return { label: prediction.label };

@@ -21,6 +21,8 @@ import { Heartbeat } from './heartbeat.js';
 import { startMetricsServer, type MetricsServer } from './metrics/metrics-server.js';
 import { WorkerMetrics } from './metrics/worker-metrics.js';
 import { createInferenceProcessor } from './inference.processor.js';
+import { ShadowLanes } from './shadow/shadow-lanes.js';
+import { shadowLoader } from './model/shadow-loader.js';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
 import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 
@@ -78,9 +80,10 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
 
   const heartbeat = heartbeatOf(served, new FleetStore(redis, keys), workerId, config, log);
 
-  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing });
-
   const registry = registryOf(config);
+  const shadows = new ShadowLanes(config, shadowLoader(config, registry), redis, keys, metrics.registry, log);
+
+  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing, shadows });
 
   const serving: Serving = {
     config,
@@ -94,6 +97,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     heartbeat,
     log,
     tracing,
+    shadows,
   };
   const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
 
@@ -236,9 +240,10 @@ function stopWorker(
     bullConnection: Redis;
     metricsServer: MetricsServer | undefined;
     tracing: Tracing;
+    shadows: ShadowLanes;
   },
 ) {
-  const { served, heartbeat, redis, bullConnection, metricsServer, tracing } = parts;
+  const { served, heartbeat, redis, bullConnection, metricsServer, tracing, shadows } = parts;
   const inFlight = () => served.reduce((sum, s) => sum + s.counts.inFlight, 0);
   return stopSteps(log, [
     {
@@ -260,6 +265,8 @@ function stopWorker(
       },
     },
     { name: 'heartbeat', run: () => heartbeat.stop() },
+    // After the drain (its jobs' last offers), before Redis (a run in hand publishes its pair).
+    { name: 'shadows', run: () => shadows.close() },
     { name: 'models', run: () => Promise.all(served.map((s) => s.close())) },
     { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(bullConnection)]) },
     // After the drain, whose jobs' spans it exports.
@@ -282,6 +289,7 @@ interface Serving {
   readonly heartbeat: Heartbeat;
   readonly log: Logger;
   readonly tracing: Tracing;
+  readonly shadows: ShadowLanes;
 }
 
 /**
@@ -302,7 +310,8 @@ async function serveOrRefuse(model: ModelServing, serving: Serving, served: read
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
 async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
-  const { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing } = serving;
+  const { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing, shadows } =
+    serving;
   const source = registry
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
@@ -325,6 +334,7 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     metrics: metrics.forModel(model.name),
     tracer: tracing.tracer,
     cache,
+    shadow: shadows.hookFor(model.name, model.host.manifest),
   });
   const bull = {
     connection: bullConnection,

@@ -20,6 +20,9 @@ import { writeReport } from './reports/report.js';
 import { MonitorStore } from './store/monitor-store.js';
 import { oneByOne, StreamConsumer } from './store/stream-consumer.js';
 import { DriftViews } from './views/drift-view.js';
+import { ShadowPairs } from './shadow/shadow-pairs.js';
+import { ShadowStore } from './shadow/shadow-store.js';
+import { ShadowViews } from './views/shadow-view.js';
 
 export interface MonitorService extends Service {
   /** The port of its HTTP endpoint (the one chosen by the system when MONITOR_PORT is 0). */
@@ -40,7 +43,8 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
     createRedis(config.REDIS_URL, 'consumer', `conveyor:monitor-${role}:${consumerName}`, log, { enableAutoPipelining: false });
   const predictionsConnection = blocking('predictions');
   const feedbackConnection = blocking('feedback');
-  const connections = [redis, predictionsConnection, feedbackConnection];
+  const shadowConnection = blocking('shadow');
+  const connections = [redis, predictionsConnection, feedbackConnection, shadowConnection];
   await Promise.all(connections.map((r) => waitForReady(r, 30_000)));
 
   const mlflow = config.MLFLOW_TRACKING_URI
@@ -75,17 +79,10 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
     log,
   );
   const views = new DriftViews(store, references, windows);
+  const { shadow, shadowViews } = shadowParts(config, consumerName, { reads: shadowConnection, state: redis }, log);
 
-  const { predictions, feedback } = streamConsumers(
-    config,
-    consumerName,
-    monitor,
-    {
-      predictions: predictionsConnection,
-      feedback: feedbackConnection,
-    },
-    log,
-  );
+  const on = { predictions: predictionsConnection, feedback: feedbackConnection };
+  const { predictions, feedback } = streamConsumers(config, consumerName, monitor, on, log);
 
   const report = async () => {
     const files = await writeReport(await store.windowRecords(), path.resolve(config.REPORT_DIR));
@@ -93,8 +90,8 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
     return files;
   };
   const server = createMonitorServer({
-    driftView: (model) => views.view(model),
-    registry: monitorMetrics(store, monitor, { predictions, feedback }, profiles),
+    driftView: async (model) => ({ ...(await views.view(model)), shadows: await shadowViews.view(model) }),
+    registry: monitorMetrics(store, monitor, { predictions, feedback, shadow }, profiles, shadowViews),
     writeReport: report,
     ...(config.MONITOR_TOKEN ? { writeToken: config.MONITOR_TOKEN } : {}),
     redisPing: () => redis.ping(),
@@ -103,9 +100,9 @@ export async function startMonitor(config: MonitorConfig, baseLog: Logger): Prom
 
   const { sweeper, reporter } = startTimers(monitor, report, config, log);
 
-  const stop = stopMonitor(log, { predictions, feedback, sweeper, reporter, server, alerts, connections });
+  const stop = stopMonitor(log, { predictions, feedback, shadow, sweeper, reporter, server, alerts, connections });
 
-  await Promise.all([predictions.start(), feedback.start()]);
+  await Promise.all([predictions.start(), feedback.start(), shadow.start()]);
   const port = await listen(server, config);
   log.info({ port, windowSize: config.WINDOW_SIZE }, 'monitor listening');
   return { stop, port };
@@ -212,12 +209,42 @@ function streamConsumers(
   return { predictions, feedback };
 }
 
+/**
+ * Shadow pairs (docs/shadow.md): the consumer of the shadow stream, counting pairs into agreement
+ * windows of the same size as drift's (each job once), and the view that shows them beside drift.
+ */
+function shadowParts(config: MonitorConfig, consumerName: string, on: { reads: Redis; state: Redis }, log: Logger) {
+  const store = new ShadowStore(on.state, config.REDIS_PREFIX);
+  const pairs = new ShadowPairs(
+    store,
+    { windowSize: config.WINDOW_SIZE, ttlSeconds: config.PREDICTION_TTL_SECONDS },
+    log.child({ module: 'shadow' }),
+  );
+  const shadow = new StreamConsumer(
+    on.reads,
+    {
+      stream: redisKeys(config.REDIS_PREFIX).shadowStream,
+      group: 'monitor',
+      consumer: consumerName,
+      count: 500,
+      blockMs: 1000,
+      claimIdleMs: config.CLAIM_IDLE_MS,
+      maxDeliveries: 5,
+      lingerMs: config.READ_LINGER_MS,
+    },
+    (entries) => pairs.handle(entries),
+    log.child({ module: 'shadow' }),
+  );
+  return { shadow, shadowViews: new ShadowViews(store, config.MIN_WINDOW) };
+}
+
 /** Stop consuming, then timers and HTTP, then the alert webhooks in flight, Redis last. */
 function stopMonitor(
   log: Logger,
   parts: {
     predictions: StreamConsumer;
     feedback: StreamConsumer;
+    shadow: StreamConsumer;
     sweeper: NodeJS.Timeout;
     reporter: NodeJS.Timeout | undefined;
     server: Server;
@@ -225,9 +252,9 @@ function stopMonitor(
     connections: readonly Redis[];
   },
 ) {
-  const { predictions, feedback, sweeper, reporter, server, alerts, connections } = parts;
+  const { predictions, feedback, shadow, sweeper, reporter, server, alerts, connections } = parts;
   return stopSteps(log, [
-    { name: 'stop consuming', run: () => Promise.all([predictions.stop(), feedback.stop()]) },
+    { name: 'stop consuming', run: () => Promise.all([predictions.stop(), feedback.stop(), shadow.stop()]) },
     {
       name: 'timers and http',
       run: async () => {

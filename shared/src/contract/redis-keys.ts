@@ -1,5 +1,6 @@
 import { QUEUES } from './jobs.contract.js';
 import { STREAMS } from './events.contract.js';
+import { SHADOW_STREAM } from './shadow.contract.js';
 
 /**
  * Redis keys other than BullMQ's own, all under the deployment prefix: one file, so every key
@@ -154,11 +155,13 @@ function cacheKeys(prefix: string) {
   };
 }
 
-/** The event streams (predictions, feedback, alerts). */
+/** The event streams (predictions, feedback, alerts, shadow pairs). */
 function streamKeys(prefix: string) {
   return {
     predictions: `${prefix}:${STREAMS.predictions}`,
     feedbackStream: `${prefix}:${STREAMS.feedback}`,
     alerts: `${prefix}:${STREAMS.alerts}`,
+    /** Shadow pairs (ShadowEvent, shadow.contract.ts): written by workers' shadow lanes, trimmed to SHADOW_STREAM_MAXLEN. */
+    shadowStream: `${prefix}:${SHADOW_STREAM}`,
   };
 }

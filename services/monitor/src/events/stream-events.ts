@@ -1,5 +1,6 @@
 import { FeedbackEvent, PredictionEvent } from '@conveyor/shared/contract/events.contract';
 import { servingName } from '@conveyor/shared/contract/common.contract';
+import { ShadowEvent } from '@conveyor/shared/contract/shadow.contract';
 import type { Logger } from '@conveyor/shared/logger';
 import type { z } from 'zod';
 import type { StreamEntry } from '../store/stream-consumer.js';
@@ -28,6 +29,9 @@ export const parsePrediction = (entry: StreamEntry, log: Logger): PredictionEven
 
 export const parseFeedback = (entry: StreamEntry, log: Logger): FeedbackEvent | undefined =>
   parseEntry(entry, FeedbackEvent, 'feedback', log);
+
+export const parseShadow = (entry: StreamEntry, log: Logger): ShadowEvent | undefined =>
+  parseEntry(entry, ShadowEvent, 'shadow', log);
 
 /** The model version an event counts for: its serving name and the version loaded under it. */
 export function trackedOf(event: PredictionEvent): TrackedModel {

@@ -4,6 +4,7 @@ import type { ProfileSource } from '../reference/profile-source.js';
 import type { MonitorStore } from '../store/monitor-store.js';
 import type { StreamConsumer } from '../store/stream-consumer.js';
 import { currentVersions } from '../views/drift-view.js';
+import { shownAgreement, type ShadowViews } from '../views/shadow-view.js';
 
 /**
  * Prometheus gauges read from the shared state at scrape time, so every monitor instance reports
@@ -17,11 +18,13 @@ export function monitorMetrics(
   monitor: Monitor,
   consumers: Readonly<Record<string, StreamConsumer>> = {},
   profiles?: Pick<ProfileSource, 'stats'>,
+  shadows?: Pick<ShadowViews, 'view'>,
 ): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'conveyor_monitor_' });
   driftGauges(registry, store);
   qualityGauges(registry, store);
+  if (shadows) shadowGauges(registry, shadows);
   instanceCounters(registry, monitor, consumers, profiles);
   return registry;
 }
@@ -80,6 +83,51 @@ function driftGauges(registry: Registry, store: MonitorStore): void {
       const models = await store.models();
       const current = currentVersions(models);
       for (const tracked of models) this.set(labelsOf(tracked), current.get(tracked.name) === tracked.model.version ? 1 : 0);
+    },
+  });
+}
+
+/**
+ * Shadow pairs (docs/shadow.md), per served model and shadow version: the agreement of the last
+ * closed window (else of the filling one, once provisional), its confidence shift, and the pairs in
+ * the filling window.
+ */
+function shadowGauges(registry: Registry, shadows: Pick<ShadowViews, 'view'>): void {
+  const labels = (v: { name: string; shadow: { version: string } }) => ({ model: v.name, shadow_version: v.shadow.version });
+  new Gauge({
+    name: 'conveyor_shadow_agreement',
+    help: 'Share of shadow pairs whose top-1 label is production’s: the last closed window of WINDOW_SIZE pairs, else the filling one once it holds MIN_WINDOW',
+    labelNames: ['model', 'shadow_version'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const view of await shadows.view()) {
+        const agreement = shownAgreement(view);
+        if (agreement !== null) this.set(labels(view), agreement);
+      }
+    },
+  });
+  new Gauge({
+    name: 'conveyor_shadow_confidence_shift',
+    help: 'Mean |shadow’s probability of production’s label − production’s confidence| over the window conveyor_shadow_agreement reports',
+    labelNames: ['model', 'shadow_version'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const view of await shadows.view()) {
+        const window = view.lastWindow ?? (view.currentWindow.status === 'provisional' ? view.currentWindow : undefined);
+        if (window?.meanConfidenceShift != null) this.set(labels(view), window.meanConfidenceShift);
+      }
+    },
+  });
+  new Gauge({
+    name: 'conveyor_shadow_window_pairs',
+    help: 'Shadow pairs in the window filling now (it closes at WINDOW_SIZE)',
+    labelNames: ['model', 'shadow_version'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const view of await shadows.view()) this.set(labels(view), view.currentWindow.size);
     },
   });
 }

@@ -7,6 +7,12 @@ import { proportions, psi } from '@conveyor/shared/stats/psi';
  * pure code, the figures the replay report shows and the promotion gate judges (docs/replay.md).
  */
 
+/**
+ * What the comparison needs of a recorded example: its id and production's answer. A replay passes
+ * RecordedExamples; the shadow report passes the production side of recorded shadow pairs.
+ */
+export type ComparedExample = Pick<RecordedExample, 'id' | 'production'>;
+
 /** The candidate's answer to one recorded example, or why it gave none. */
 export type CandidateAnswer =
   | { id: string; status: 'completed'; model: ModelRef; prediction: Prediction; inferenceMs: number }
@@ -56,7 +62,7 @@ function distinctRefs(refs: readonly ModelRef[]): ModelRef[] {
   return [...seen.values()];
 }
 
-export function compareAnswers(examples: readonly RecordedExample[], answers: readonly CandidateAnswer[]): ReplayComparison {
+export function compareAnswers(examples: readonly ComparedExample[], answers: readonly CandidateAnswer[]): ReplayComparison {
   if (examples.length === 0) throw new Error('a replay needs at least one recorded example');
   const answerOf = new Map(answers.map((a) => [a.id, a]));
   const labels = new Set<string>();

@@ -4,7 +4,7 @@ import type { RecordedExample } from '@conveyor/shared/contract/replay.contract'
 import type { MlflowClient } from '@conveyor/shared/mlflow/client';
 import { confusionMatrixPng } from '../pipeline/reports.js';
 import { REPLAY_TAGS, type GateDecision } from '../registry/gate.js';
-import type { CandidateAnswer, ReplayComparison } from './compare.js';
+import type { CandidateAnswer, ComparedExample, ReplayComparison } from './compare.js';
 
 /**
  * The replay report: Markdown for people, CSV for tools (one row per recorded input, and the
@@ -19,7 +19,12 @@ export interface ReplayReportMeta {
   date: Date;
   /** The command that produced the report, as it should be shown. */
   command: string;
+  /** Where the candidate's answers came from: a replay through workers (default), or recorded shadow pairs. */
+  source?: 'replay' | 'shadow';
 }
+
+/** An example as the report lists it: a replay's names its image file, a shadow pair has none. */
+export type ReportedExample = ComparedExample & { readonly input?: Pick<RecordedExample['input'], 'file'> };
 
 export const REPORT_FILES = {
   markdown: 'replay-report.md',
@@ -38,11 +43,13 @@ const csv = (rows: (string | number | null)[][]) => rows.map((r) => r.map(csvCel
 export function replayMarkdown(c: ReplayComparison, decision: GateDecision, meta: ReplayReportMeta): string {
   const refs = (rs: ReplayComparison['production']) => rs.map((r) => `${r.name} ${r.version}`).join(', ') || 'none';
   const lines = [
-    `# Replay of ${meta.model}: candidate ${meta.candidate}`,
+    meta.source === 'shadow'
+      ? `# Shadow of ${meta.model}: ${meta.candidate} beside production`
+      : `# Replay of ${meta.model}: candidate ${meta.candidate}`,
     '',
     `${meta.date.toISOString()} · \`${meta.command}\``,
     '',
-    `Recorded set \`${meta.set}\`: ${c.examples} inputs answered by production (${refs(c.production)}); candidate served as ${refs(c.candidate)}.`,
+    `${meta.source === 'shadow' ? 'Recorded shadow pairs' : 'Recorded set'} \`${meta.set}\`: ${c.examples} inputs answered by production (${refs(c.production)}); candidate served as ${refs(c.candidate)}.`,
     '',
     `**Gate: ${decision.passed ? 'passed' : 'refused'}.**`,
     '',
@@ -70,7 +77,7 @@ export function replayMarkdown(c: ReplayComparison, decision: GateDecision, meta
   return lines.join('\n');
 }
 
-export function examplesCsv(examples: readonly RecordedExample[], answers: readonly CandidateAnswer[]): string {
+export function examplesCsv(examples: readonly ReportedExample[], answers: readonly CandidateAnswer[]): string {
   const answerOf = new Map(answers.map((a) => [a.id, a]));
   const rows: (string | number | null)[][] = [
     [
@@ -92,7 +99,7 @@ export function examplesCsv(examples: readonly RecordedExample[], answers: reado
     const done = a?.status === 'completed' ? a : undefined;
     rows.push([
       e.id,
-      e.input.file,
+      e.input?.file ?? null,
       p.label,
       p.confidence,
       done?.prediction.label ?? null,
@@ -113,7 +120,7 @@ export function confusionCsv(c: ReplayComparison): string {
 /** Writes the report's four files into `dir`; returns their paths. */
 export async function writeReplayReport(
   dir: string,
-  examples: readonly RecordedExample[],
+  examples: readonly ReportedExample[],
   answers: readonly CandidateAnswer[],
   comparison: ReplayComparison,
   decision: GateDecision,
