@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { expect } from 'chai';
 import { ensureModerationModel, MODERATION_DIR } from '../../scripts/models/moderation.js';
 import { loadModel, type LoadedModel } from '../src/model/runtime.js';
@@ -60,5 +61,29 @@ describe('inference on a worker thread', function () {
     const apart = [await one(0), await one(5), await one(15)];
     expect(together.map((o) => Array.from(o[0]!.probabilities))).to.deep.equal(apart.map((o) => Array.from(o[0]!.probabilities)));
     expect(together[0][0]!.probabilities).to.not.deep.equal(together[2][0]!.probabilities);
+  });
+
+  /** Each thread of this process and its niceness (/proc/self/task/<tid>/stat, field 19). */
+  function threadNiceness(): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const tid of readdirSync('/proc/self/task')) {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      out.set(Number(tid), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
+    }
+    return out;
+  }
+
+  it('runs a background session at the niceness asked for, on its own thread only, with the same answers', async () => {
+    const own = threadNiceness().get(process.pid)!;
+    const before = new Set([...threadNiceness()].filter(([, n]) => n === 19).map(([tid]) => tid));
+    const background = await loadModel(MODERATION_DIR, { offThread: true, niceness: 19 });
+    loaded.push(background);
+    const lowered = [...threadNiceness()].filter(([tid, n]) => n === 19 && !before.has(tid));
+    expect(lowered, 'one new thread at niceness 19').to.have.length.of.at.least(1);
+    // The process's main thread (and so production's sessions, made from it) keeps its priority.
+    expect(threadNiceness().get(process.pid)).to.equal(own);
+    const [a] = await offThread.run(images.slice(0, 1));
+    const [b] = await background.run(images.slice(0, 1));
+    expect(Array.from(b!.probabilities)).to.deep.equal(Array.from(a!.probabilities));
   });
 });

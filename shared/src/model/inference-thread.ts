@@ -26,20 +26,40 @@ export interface InferenceEngine {
 }
 
 type Reply =
-  | { id: number; ok: true; inputNames?: string[]; outputNames?: string[]; result?: Record<string, Float32Array> }
+  | {
+      id: number;
+      ok: true;
+      inputNames?: string[];
+      outputNames?: string[];
+      niceness?: number | null;
+      result?: Record<string, Float32Array>;
+    }
   | { id: number; ok: false; error: string };
 
 /** The thread's code: CommonJS, evaluated, so it runs the same from the sources and from dist/. */
 const THREAD_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const ort = require(workerData.ort);
+// A background session (a shadow model) lowers its own thread's priority before it makes its
+// session, so onnxruntime's threads inherit it: Linux keeps a niceness per thread, and
+// setpriority(2) given a thread id changes that thread alone (/proc/thread-self names it).
+let niceness = null;
+if (workerData.niceness) {
+  try {
+    const tid = Number(require('node:fs').readlinkSync('/proc/thread-self').split('/').pop());
+    require('node:os').setPriority(tid, workerData.niceness);
+    niceness = require('node:os').getPriority(tid);
+  } catch {
+    niceness = null;
+  }
+}
 let session;
 let local = new Float32Array(0);
 parentPort.on('message', async (m) => {
   try {
     if (m.kind === 'load') {
       session = await ort.InferenceSession.create(m.bytes, m.options);
-      parentPort.postMessage({ id: m.id, ok: true, inputNames: session.inputNames, outputNames: session.outputNames });
+      parentPort.postMessage({ id: m.id, ok: true, inputNames: session.inputNames, outputNames: session.outputNames, niceness });
     } else if (m.kind === 'run') {
       if (local.length !== m.length) local = new Float32Array(m.length);
       local.set(new Float32Array(m.sab, 0, m.length));
@@ -67,6 +87,8 @@ export class InferenceThread implements InferenceEngine {
   private failure: Error | undefined;
   inputNames: readonly string[] = [];
   outputNames: readonly string[] = [];
+  /** The thread's niceness when one was asked for and set (null: not asked, or not on Linux). */
+  niceness: number | null = null;
 
   private constructor(private readonly worker: Worker) {
     worker.on('message', (reply: Reply) => {
@@ -83,13 +105,21 @@ export class InferenceThread implements InferenceEngine {
     worker.on('exit', (code) => fail(new Error(`the inference thread exited (code ${code})`)));
   }
 
-  static async start(bytes: Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<InferenceThread> {
+  /** `niceness` (1–19): run the session at that lower priority (background work: a shadow model). */
+  static async start(
+    bytes: Uint8Array,
+    options: ort.InferenceSession.SessionOptions,
+    niceness?: number,
+  ): Promise<InferenceThread> {
     const ortPath = createRequire(import.meta.url).resolve('onnxruntime-node');
-    const thread = new InferenceThread(new Worker(THREAD_SOURCE, { eval: true, workerData: { ort: ortPath } }));
+    const thread = new InferenceThread(
+      new Worker(THREAD_SOURCE, { eval: true, workerData: { ort: ortPath, niceness: niceness ?? 0 } }),
+    );
     try {
       const reply = await thread.call({ kind: 'load', bytes, options });
       thread.inputNames = reply.inputNames ?? [];
       thread.outputNames = reply.outputNames ?? [];
+      thread.niceness = reply.niceness ?? null;
       return thread;
     } catch (error) {
       await thread.worker.terminate();

@@ -38,6 +38,11 @@ export interface LoadOptions {
    * block the caller's event loop; default: on the calling thread.
    */
   readonly offThread?: boolean;
+  /**
+   * With offThread: run that thread (and onnxruntime's threads it makes) at this niceness, 1–19, so
+   * the kernel serves the process's other threads first. For background sessions (a shadow model).
+   */
+  readonly niceness?: number;
 }
 
 export class ModelLoadError extends Error {
@@ -77,7 +82,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     extra: { session: { 'intra_op.allow_spinning': '0', 'inter_op.allow_spinning': '0' } },
   };
   const session = options.offThread
-    ? await InferenceThread.start(bytes, sessionOptions)
+    ? await InferenceThread.start(bytes, sessionOptions, options.niceness)
     : await inCallingThread(bytes, sessionOptions);
   const { input, output } = manifest;
   for (const name of [output.name, ...(output.embedding ? [output.embedding] : [])]) {

@@ -27,6 +27,12 @@ export const shadowConfigShape = {
     1,
     'Share of one core a model’s shadow may use, measured as its run time against wall time (0.25: a quarter of a core); runs over it are skipped and counted',
   ),
+  SHADOW_NICENESS: env.int(
+    19,
+    0,
+    19,
+    'Niceness of a shadow’s inference thread (Linux; with INFERENCE_THREAD): 19 lets the kernel serve production’s threads first on a busy core; 0: the same priority as production',
+  ),
   SHADOW_BACKLOG: env.int(
     4,
     0,
