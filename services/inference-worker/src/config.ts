@@ -15,6 +15,7 @@ import {
   tracingConfigShape,
   resultCacheConfigShape,
 } from '@conveyor/shared/config';
+import { checkReplayConfig, planReplay, replayConfigShape } from './replay/replay-config.js';
 
 const WorkerFields = z.object({
   ...redisConfigShape,
@@ -23,6 +24,7 @@ const WorkerFields = z.object({
   ...tracingConfigShape,
   ...resultCacheConfigShape,
   ...modelsConfigShape,
+  ...replayConfigShape,
   MODELS_DIR: env.string(
     'models',
     'Folder holding one model folder per served model (<MODELS_DIR>/<name>: model.onnx + manifest.json), used when no MLflow registry is configured',
@@ -151,9 +153,18 @@ function planModels(config: WorkerFields): ModelPlan[] {
 // Cross-field rules (user and password together, no credentials in the URL) need the whole object.
 export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth)
   .superRefine(checkRedisConfig)
-  .transform((config) => ({
-    ...config,
+  .superRefine(checkReplayConfig)
+  .transform((config) => {
     /** What this worker serves, in MODELS order (the first is the one older gateways see in the heartbeat). */
-    models: planModels(config),
-  }));
+    const models = planModels(config);
+    /** The live replay recorder's plan (replay/replay-config.ts); undefined: recording off. */
+    return {
+      ...config,
+      models,
+      replay: planReplay(
+        config,
+        models.map((m) => m.name),
+      ),
+    };
+  });
 export type WorkerConfig = z.infer<typeof WorkerConfig>;

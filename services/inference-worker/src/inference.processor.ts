@@ -32,6 +32,7 @@ import type { JobCounts } from './job-counts.js';
 import type { WorkerResultCache } from './result-cache.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost, ModelLease } from './model/model-host.js';
+import type { LiveRecorder } from './replay/replay-recorder.js';
 
 /**
  * Where a job becomes a prediction: check the payload, take the image, preprocess it as the
@@ -67,6 +68,8 @@ export interface ProcessorDeps {
    * it leads, and, with `store` (RESULT_CACHE on), a completed answer is stored under the version that ran.
    */
   readonly cache?: Pick<WorkerResultCache, 'settle'>;
+  /** The live replay recorder (REPLAY_SAMPLE_RATE): offered every published completed job with its image; returns at once. */
+  readonly recorder?: LiveRecorder | undefined;
 }
 
 /** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
@@ -230,7 +233,7 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
   try {
     if (!taken.bytes) throw new ProblemError('input-expired', 'The uploaded image is no longer stored; submit it again');
     const { result, embedding } = await predict(deps, run, lease, taken.bytes, workspace);
-    return await commitCompleted(deps, run, result, embedding, report, lease.model.manifest);
+    return await commitCompleted(deps, run, result, embedding, report, lease.model.manifest, taken.bytes);
   } catch (error) {
     return await failAttempt(deps, run, lease.ref, error, report);
   } finally {
@@ -358,6 +361,7 @@ async function commitCompleted(
   embedding: number[] | undefined,
   report: Report,
   manifest: ModelManifest,
+  bytes: Buffer,
 ): Promise<InferenceJobReturn> {
   const committing = performance.now();
   const outcome = await commitWhenRoom(run, () =>
@@ -387,6 +391,8 @@ async function commitCompleted(
   }
   deps.counts.committedCompleted();
   report('completed');
+  // Only answers the caller received: sampled now, written in the background, never the job's failure.
+  deps.recorder?.offer(deps.model, result, bytes);
   const { prediction, model, timings } = result;
   run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
   return { label: prediction.label };

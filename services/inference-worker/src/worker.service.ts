@@ -21,6 +21,7 @@ import { Heartbeat } from './heartbeat.js';
 import { startMetricsServer, type MetricsServer } from './metrics/metrics-server.js';
 import { WorkerMetrics } from './metrics/worker-metrics.js';
 import { createInferenceProcessor } from './inference.processor.js';
+import { startReplayRecording, type ReplayRecording } from './replay/replay-recorder.js';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
 import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 
@@ -77,8 +78,9 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   );
 
   const heartbeat = heartbeatOf(served, new FleetStore(redis, keys), workerId, config, log);
+  const replay = startReplayRecording(config.replay, { redis, keys, registry: metrics.registry, log });
 
-  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing });
+  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing, replay });
 
   const registry = registryOf(config);
 
@@ -94,6 +96,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     heartbeat,
     log,
     tracing,
+    recorder: replay?.recorder,
   };
   const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
 
@@ -236,9 +239,10 @@ function stopWorker(
     bullConnection: Redis;
     metricsServer: MetricsServer | undefined;
     tracing: Tracing;
+    replay: ReplayRecording | undefined;
   },
 ) {
-  const { served, heartbeat, redis, bullConnection, metricsServer, tracing } = parts;
+  const { served, heartbeat, redis, bullConnection, metricsServer, tracing, replay } = parts;
   const inFlight = () => served.reduce((sum, s) => sum + s.counts.inFlight, 0);
   return stopSteps(log, [
     {
@@ -259,6 +263,8 @@ function stopWorker(
         );
       },
     },
+    // After the drain (its jobs may still sample), before Redis (a write counts against the daily limit there first).
+    { name: 'replay recordings', run: () => replay?.close(Math.min(5000, config.SHUTDOWN_BUDGET_MS)) ?? Promise.resolve() },
     { name: 'heartbeat', run: () => heartbeat.stop() },
     { name: 'models', run: () => Promise.all(served.map((s) => s.close())) },
     { name: 'redis', run: () => Promise.all([closeRedis(redis), closeRedis(bullConnection)]) },
@@ -282,6 +288,7 @@ interface Serving {
   readonly heartbeat: Heartbeat;
   readonly log: Logger;
   readonly tracing: Tracing;
+  readonly recorder: ReplayRecording['recorder'] | undefined;
 }
 
 /**
@@ -302,7 +309,8 @@ async function serveOrRefuse(model: ModelServing, serving: Serving, served: read
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
 async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
-  const { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing } = serving;
+  const { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing, recorder } =
+    serving;
   const source = registry
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
@@ -325,6 +333,7 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     metrics: metrics.forModel(model.name),
     tracer: tracing.tracer,
     cache,
+    recorder,
   });
   const bull = {
     connection: bullConnection,
