@@ -97,7 +97,16 @@ function completed(id: string, bytes: Buffer, finishedAt = '2026-12-06T12:00:00.
     model: { name: 'digits', version: 'sha-1' },
     prediction: { label: '7', index: 7, confidence: 0.9, top: [{ label: '7', confidence: 0.9 }] },
     timings: { queueMs: 1, preprocessMs: 2, inferenceMs: 0.5, totalMs: 4 },
-    input: { format: 'png', bytes: bytes.length, width: 28, height: 28, channels: 1 } as CompletedResult['input'],
+    input: {
+      format: 'png',
+      bytes: bytes.length,
+      width: 28,
+      height: 28,
+      brightness: 0.1,
+      contrast: 0.2,
+      inkRatio: 0.1,
+      inverted: false,
+    },
   };
 }
 
@@ -109,7 +118,7 @@ class FakeStore implements ReplayStore {
   hold = false;
   fail = false;
 
-  async put(key: string, body: Uint8Array): Promise<void> {
+  async put(key: string, body: Uint8Array, _contentType?: string): Promise<void> {
     if (this.hold) await new Promise<void>((resolve) => this.held.push(resolve));
     if (this.fail) throw new Error('the store is down');
     this.objects.set(key, Buffer.from(body));
@@ -280,7 +289,7 @@ describe('replay store in a folder: read newest first, checked; retention', () =
     expect(await readRecordedExamples(store, 'digits', { limit: 1 })).to.have.length(1);
     await store.put(`digits/2026-12-02/${sha256Hex(b)}.png`, Buffer.from('image B'), 'image/png');
     let refused: Error | undefined;
-    await readRecordedExamples(store, 'digits').catch((error: Error) => (refused = error));
+    await readRecordedExamples(store, 'digits').catch((error: unknown) => (refused = error as Error));
     expect(refused?.message).to.contain('is not the image recorded for example');
 
     expect(await purgeRecordedDays(store, { before: '2026-12-03' })).to.deep.equal([

@@ -31,6 +31,8 @@ export class ReplayStoreError extends Error {
 export type ReplayStoreLocation =
   { readonly kind: 's3'; readonly bucket: string; readonly prefix: string } | { readonly kind: 'folder'; readonly dir: string };
 
+// One bounded run and an optional tail: no nested repetition to backtrack over.
+// eslint-disable-next-line security/detect-unsafe-regex
 const S3_URI = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/;
 
 /** `s3://bucket[/prefix]` or a folder path; any other scheme is refused (a typo must not become a folder named `gs:`). */

@@ -97,8 +97,7 @@ export const replayConfigShape = {
   ),
 };
 
-const ReplayFields = z.object(replayConfigShape);
-type ReplayFields = z.output<typeof ReplayFields>;
+type ReplayFields = z.output<z.ZodObject<typeof replayConfigShape>>;
 
 /** The recorder's plan, resolved once with the rest of the configuration; `undefined`: recording off. */
 export interface ReplayPlan {
