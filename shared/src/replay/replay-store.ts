@@ -110,7 +110,9 @@ class S3ReplayStore implements ReplayStore {
       ...(options.credentials ? { credentials: options.credentials } : {}),
       // Two tries, not the SDK's three with backoff: a recording is a sample, worth little waiting.
       maxAttempts: 2,
-      requestHandler: { connectionTimeout: Math.min(timeout, 3000), requestTimeout: timeout },
+      // throwOnRequestTimeout: without it this SDK only logs a warning past requestTimeout and keeps
+      // waiting, and a store that accepts connections but never answers would hold a write for ever.
+      requestHandler: { connectionTimeout: Math.min(timeout, 3000), requestTimeout: timeout, throwOnRequestTimeout: true },
     });
   }
 
