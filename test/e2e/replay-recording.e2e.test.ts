@@ -112,7 +112,8 @@ describe('live replay recording: workers record a sample of real traffic to S3 (
 
   after(async () => {
     await stopAll(...started);
-    await s3?.stop();
+    // Undefined when the server could not start.
+    await (s3 as LocalS3 | undefined)?.stop();
   });
 
   describe('with REPLAY_SAMPLE_RATE=1 and a daily limit of 20', () => {
