@@ -5,12 +5,12 @@ import { ModelName } from '@conveyor/shared/contract/common.contract';
 import { createLogger } from '@conveyor/shared/logger';
 import {
   describeLocation,
-  openReplayStore,
   parseReplayStoreLocation,
   purgeRecordedDays,
   replayS3Endpoint,
   retentionCutoff,
 } from '@conveyor/shared/replay/replay-store';
+import { openReplayStore } from '@conveyor/shared/replay/open-replay-store';
 
 /**
  * `make replay-purge MODEL=<name|all> [BEFORE=<YYYY-MM-DD>] [ALL=1] [STORE=<uri>]`: deletes recorded
@@ -45,7 +45,7 @@ if (values.before !== undefined && values.all) {
 }
 try {
   const location = parseReplayStoreLocation(uri);
-  const store = openReplayStore(location, { endpoint: replayS3Endpoint(process.env) });
+  const store = await openReplayStore(location, { endpoint: replayS3Endpoint(process.env) });
   const models = values.model === 'all' ? undefined : [ModelName.parse(values.model)];
   const before = values.all ? undefined : (values.before ?? retentionCutoff(config.REPLAY_RETENTION_DAYS));
   const purged = await purgeRecordedDays(store, { models, before });

@@ -9,11 +9,11 @@ import { createLogger } from '@conveyor/shared/logger';
 import { MlflowClient } from '@conveyor/shared/mlflow/client';
 import {
   describeLocation,
-  openReplayStore,
   parseReplayStoreLocation,
   readRecordedExamples,
   replayS3Endpoint,
 } from '@conveyor/shared/replay/replay-store';
+import { openReplayStore } from '@conveyor/shared/replay/open-replay-store';
 import { REPLAY_SET_FILE } from '@conveyor/shared/contract/replay.contract';
 import { ROOT, spawnService } from '../harness/service-process.js';
 import { TrainerConfig } from '../services/trainer/src/config.js';
@@ -159,7 +159,7 @@ async function materialiseLiveSet(uri: string, dir: string): Promise<string> {
   if (limit !== undefined && !(Number.isInteger(limit) && limit > 0))
     throw new Error(`LIMIT ${values.limit} is not a positive whole number`);
   const location = parseReplayStoreLocation(uri);
-  const store = openReplayStore(location, { endpoint: replayS3Endpoint(process.env) });
+  const store = await openReplayStore(location, { endpoint: replayS3Endpoint(process.env) });
   const entries = await readRecordedExamples(store, model, limit === undefined ? {} : { limit });
   if (entries.length === 0) throw new Error(`${describeLocation(location)} holds no recorded example of ${model}`);
   await writeReplaySet(dir, entries);

@@ -78,7 +78,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   );
 
   const heartbeat = heartbeatOf(served, new FleetStore(redis, keys), workerId, config, log);
-  const replay = startReplayRecording(config.replay, { redis, keys, registry: metrics.registry, log });
+  const replay = await startReplayRecording(config.replay, { redis, keys, registry: metrics.registry, log });
 
   const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing, replay });
 

@@ -7,13 +7,8 @@ import { Registry } from 'prom-client';
 import { ConfigError, loadConfig } from '@conveyor/shared/config';
 import type { CompletedResult } from '@conveyor/shared/contract/jobs.contract';
 import { RecordedExample } from '@conveyor/shared/contract/replay.contract';
-import {
-  openReplayStore,
-  purgeRecordedDays,
-  readRecordedExamples,
-  sha256Hex,
-  type ReplayStore,
-} from '@conveyor/shared/replay/replay-store';
+import { openReplayStore } from '@conveyor/shared/replay/open-replay-store';
+import { purgeRecordedDays, readRecordedExamples, sha256Hex, type ReplayStore } from '@conveyor/shared/replay/replay-store';
 import { WorkerConfig } from '../src/config.js';
 import { ReplayRecorder, RetentionSweeper, type DailyQuota } from '../src/replay/replay-recorder.js';
 import { until } from '../../../test/support/wait.js';
@@ -266,7 +261,7 @@ describe('replay store in a folder: read newest first, checked; retention', () =
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   it('reads each input once, newest first, up to a limit, and refuses an altered image', async () => {
-    const store = openReplayStore({ kind: 'folder', dir });
+    const store = await openReplayStore({ kind: 'folder', dir });
     const r = new ReplayRecorder({
       store,
       rates: new Map([['digits', 1]]),

@@ -8,13 +8,13 @@ import type { Redis } from '@conveyor/shared/redis';
 import {
   dayOf,
   imageFileName,
-  openReplayStore,
   purgeRecordedDays,
   retentionCutoff,
   sha256Hex,
   writeRecordedExample,
   type ReplayStore,
 } from '@conveyor/shared/replay/replay-store';
+import { openReplayStore } from '@conveyor/shared/replay/open-replay-store';
 import type { ReplayPlan } from './replay-config.js';
 
 /**
@@ -225,13 +225,13 @@ export interface ReplayRecording {
 }
 
 /** The recorder a worker runs when its plan records any model (config.ts: `replay`); undefined: recording off. */
-export function startReplayRecording(
+export async function startReplayRecording(
   plan: ReplayPlan | undefined,
   deps: { redis: Redis; keys: RedisKeys; registry: Registry; log: Logger },
-): ReplayRecording | undefined {
+): Promise<ReplayRecording | undefined> {
   if (!plan) return undefined;
   const log = deps.log.child({ module: 'replay-recorder' });
-  const store = openReplayStore(plan.store, { endpoint: plan.endpoint });
+  const store = await openReplayStore(plan.store, { endpoint: plan.endpoint });
   const recorder = new ReplayRecorder({
     store,
     rates: plan.rates,
