@@ -163,7 +163,6 @@ describe('live replay recording: workers record a sample of real traffic to S3 (
       const sent = rest.length + 1;
       await until('every sampled job counted', async () => {
         const c = await recordCounts(sys.worker);
-        console.log('DEBUG', JSON.stringify(c));
         return c.recorded! + c.over_daily_limit! === sent;
       });
       expect(await recordCounts(sys.worker)).to.deep.equal({

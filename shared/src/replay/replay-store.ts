@@ -175,38 +175,50 @@ export async function readRecordedExamples(
   for (const day of days) {
     if (chosen.size >= limit) break;
     const keys = (await store.list(`${model}/${day}/`)).filter((k) => k.endsWith('.json'));
-    const examples = await Promise.all(
-      keys.map(async (key) => {
-        const text = (await store.get(key)).toString('utf8');
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          throw new ReplayStoreError(`${store.where}/${key} is not JSON`);
-        }
-        const parsed = RecordedExample.safeParse(json);
-        if (!parsed.success)
-          throw new ReplayStoreError(`${store.where}/${key} is not a recorded example: ${parsed.error.message}`);
-        if (parsed.data.model !== model)
-          throw new ReplayStoreError(`${store.where}/${key} holds an input of ${parsed.data.model}`);
-        return parsed.data;
-      }),
-    );
+    const examples = await mapBounded(keys, READS_AT_ONCE, async (key) => {
+      const text = (await store.get(key)).toString('utf8');
+      let json: unknown;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        throw new ReplayStoreError(`${store.where}/${key} is not JSON`);
+      }
+      const parsed = RecordedExample.safeParse(json);
+      if (!parsed.success) throw new ReplayStoreError(`${store.where}/${key} is not a recorded example: ${parsed.error.message}`);
+      if (parsed.data.model !== model) throw new ReplayStoreError(`${store.where}/${key} holds an input of ${parsed.data.model}`);
+      return parsed.data;
+    });
     examples.sort((a, b) => b.recordedAt.localeCompare(a.recordedAt));
     for (const e of examples) {
       if (chosen.size >= limit) break;
       if (!chosen.has(e.id)) chosen.set(e.id, e);
     }
   }
-  return Promise.all(
-    [...chosen.values()].map(async (example) => {
-      const key = exampleKeys(example).image;
-      const bytes = await store.get(key);
-      if (bytes.length !== example.input.bytes || sha256Hex(bytes) !== example.input.sha256)
-        throw new ReplayStoreError(`${store.where}/${key} is not the image recorded for example ${example.id}`);
-      return { example, bytes };
+  return mapBounded([...chosen.values()], READS_AT_ONCE, async (example) => {
+    const key = exampleKeys(example).image;
+    const bytes = await store.get(key);
+    if (bytes.length !== example.input.bytes || sha256Hex(bytes) !== example.input.sha256)
+      throw new ReplayStoreError(`${store.where}/${key} is not the image recorded for example ${example.id}`);
+    return { example, bytes };
+  });
+}
+
+/** Reads at once: a day holds up to REPLAY_DAILY_LIMIT examples, not a thousand requests at a time. */
+const READS_AT_ONCE = 16;
+
+/** `fn` over `items`, at most `limit` at a time, results in order. */
+async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        results[i] = await fn(items[i]!);
+      }
     }),
   );
+  return results;
 }
 
 export interface PurgedDay {
