@@ -16,7 +16,11 @@ import { startS3, type LocalS3 } from '../../harness/s3-server.js';
 import { ROOT, type ServiceProcess } from '../../harness/service-process.js';
 import { predict, type Reply } from '../support/http.js';
 import { digitPng, heldOutDigits } from '../support/images.js';
-import { randomPrefix, testRedisUrl } from '../support/redis.js';
+import pino from 'pino';
+import { redisKeys } from '@conveyor/shared/contract/redis-keys';
+import { openReplayStore } from '@conveyor/shared/replay/open-replay-store';
+import { RetentionSweeper } from '../../services/inference-worker/src/replay/replay-recorder.js';
+import { randomPrefix, testRedis, testRedisUrl } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startWorker, stopAll, type Gateway } from '../support/services.js';
 import { until } from '../support/wait.js';
 
@@ -259,6 +263,46 @@ describe('live replay recording: workers record a sample of real traffic to S3 (
     expect(await (await fetch(url)).text()).to.not.contain('conveyor_replay_records_total');
     expect(sys.worker.records.filter((r) => r.msg === 'recording a sample of completed jobs for replay')).to.deep.equal([]);
     expect(await versionsUnder(client, bucket, storePrefix)).to.deep.equal([]);
+  });
+
+  it('applies REPLAY_RETENTION_DAYS in one worker per round, deleting every version of the days past it', async () => {
+    const storePrefix = `replay/${suffix}/retention`;
+    const put = (key: string, body: string) =>
+      client.send(new PutObjectCommand({ Bucket: bucket, Key: `${storePrefix}/${key}`, Body: body }));
+    // An old day with an overwritten object and a plainly deleted one (a delete marker), and today.
+    await put('digits/2026-10-01/a.json', '1');
+    await put('digits/2026-10-01/a.json', '2');
+    await put('digits/2026-10-01/b.json', '3');
+    await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: `${storePrefix}/digits/2026-10-01/b.json` }));
+    await put('digits/2026-12-06/c.json', '4');
+    const store = await openReplayStore(
+      { kind: 's3', bucket, prefix: storePrefix },
+      { endpoint: s3.endpoint, credentials: s3.credentials, region: s3.region },
+    );
+    const redis = testRedis();
+    try {
+      const key = redisKeys(randomPrefix('rec-retention')).replayRetention;
+      const sweeper = () =>
+        new RetentionSweeper({
+          store,
+          models: ['digits'],
+          retentionDays: 30,
+          redis,
+          key,
+          intervalMs: 3_600_000,
+          log: pino({ level: 'silent' }),
+        });
+      const now = new Date('2026-12-06T12:00:00.000Z');
+      expect(await sweeper().sweep(now)).to.equal(1);
+      // Another worker in the same hour: its turn is taken.
+      expect(await sweeper().sweep(now)).to.equal(undefined);
+      expect(await versionsUnder(client, bucket, `${storePrefix}/digits/2026-10-01/`)).to.deep.equal([]);
+      expect((await versionsUnder(client, bucket, storePrefix)).map((v) => v.key)).to.deep.equal([
+        `${storePrefix}/digits/2026-12-06/c.json`,
+      ]);
+    } finally {
+      redis.disconnect();
+    }
   });
 
   describe('with the store unreachable', () => {
