@@ -122,8 +122,8 @@ rollback: $(NODE_MODULES) ## Point the production alias back at the version it r
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts rollback
 
 .PHONY: replay
-replay: $(NODE_MODULES) ## Replay a recorded set (SET, default data/replay/MODEL) through CANDIDATE (a model folder, or a registry version with MLFLOW_TRACKING_URI) on a running system's own low-priority replay worker; judge it with promotion.json (docs/replay.md)
-	$(TSX) scripts/replay.ts --model "$(or $(MODEL),digits)" --candidate "$(CANDIDATE)" $(if $(SET),--set "$(SET)",) $(if $(OUT),--out "$(OUT)",)
+replay: $(NODE_MODULES) ## Replay a recorded set (SET: a set folder, default data/replay/MODEL, or the workers' live store s3://bucket/prefix or its folder, newest LIMIT inputs) through CANDIDATE (a model folder, or a registry version with MLFLOW_TRACKING_URI) on a running system's own low-priority replay worker; judge it with promotion.json (docs/replay.md)
+	$(TSX) scripts/replay.ts --model "$(or $(MODEL),digits)" --candidate "$(CANDIDATE)" $(if $(SET),--set "$(SET)",) $(if $(OUT),--out "$(OUT)",) $(if $(LIMIT),--limit "$(LIMIT)",)
 
 .PHONY: replay-record
 replay-record: $(NODE_MODULES) ## Record production's answers to the images in IMAGES=<dir> through the gateway as a replay set (SET, default data/replay/MODEL)
@@ -132,6 +132,10 @@ replay-record: $(NODE_MODULES) ## Record production's answers to the images in I
 .PHONY: shadow-report
 shadow-report: $(NODE_MODULES) ## Report a shadow's recorded pairs (SHADOW_VERSION on the workers) as replay does: MODEL=… [LIMIT=n newest] [SHADOW=version] [OUT=dir]; judged with promotion.json (docs/shadow.md)
 	$(TSX) scripts/shadow-report.ts --model "$(or $(MODEL),digits)" $(if $(LIMIT),--limit "$(LIMIT)",) $(if $(SHADOW),--shadow "$(SHADOW)",) $(if $(OUT),--out "$(OUT)",)
+
+.PHONY: replay-purge
+replay-purge: $(NODE_MODULES) ## Delete recorded days of MODEL (or all) from the live replay store (STORE or REPLAY_STORE) for good, every S3 version: those past REPLAY_RETENTION_DAYS, before BEFORE=<YYYY-MM-DD>, or every day with ALL=1
+	$(TSX) scripts/replay-purge.ts --model "$(or $(MODEL),all)" $(if $(BEFORE),--before "$(BEFORE)",) $(if $(filter 1,$(ALL)),--all,) $(if $(STORE),--store "$(STORE)",)
 
 .PHONY: model-moderation
 model-moderation: $(NODE_MODULES) ## models/moderation: nsfwjs's MobileNetV2 → ONNX (pinned .venv/models), sha256 checked, compared with the original in tfjs (RECORD=1 rewrites its reference predictions)

@@ -7,6 +7,14 @@ import { loadConfigOrExit, mlflowCredentials } from '@conveyor/shared/config';
 import { ModelName } from '@conveyor/shared/contract/common.contract';
 import { createLogger } from '@conveyor/shared/logger';
 import { MlflowClient } from '@conveyor/shared/mlflow/client';
+import {
+  describeLocation,
+  parseReplayStoreLocation,
+  readRecordedExamples,
+  replayS3Endpoint,
+} from '@conveyor/shared/replay/replay-store';
+import { openReplayStore } from '@conveyor/shared/replay/open-replay-store';
+import { REPLAY_SET_FILE } from '@conveyor/shared/contract/replay.contract';
 import { ROOT, spawnService } from '../harness/service-process.js';
 import { TrainerConfig } from '../services/trainer/src/config.js';
 import { readPolicy } from '../services/trainer/src/registry/policy.js';
@@ -21,6 +29,8 @@ import { downloadCandidate, runReplay } from '../services/trainer/src/replay/run
  * the worker it starts joins REDIS_URL / REDIS_PREFIX, as `make run` sets them) and judges it with
  * services/trainer/configs/promotion.json. Exit 0: the gate passed; 1: it refused; 2: it could not run.
  * A registry version (MLFLOW_TRACKING_URI) is downloaded first, and the report and figures go onto it.
+ * SET may also be the workers' live replay store (REPLAY_STORE: `s3://bucket/prefix`, or its folder):
+ * the model's recorded examples, newest first, each input once, at most LIMIT, images checked.
  *
  * `--registered name`: the candidate's registered model when it is not the serving name (default: the
  * serving name, MODEL). `--policy file` judges with another promotion policy; `--output file` writes the verdict, the figures
@@ -39,6 +49,7 @@ const { values } = parseArgs({
     policy: { type: 'string' },
     output: { type: 'string' },
     registered: { type: 'string' },
+    limit: { type: 'string' },
   },
 });
 const env = loadConfigOrExit(TrainerConfig);
@@ -49,7 +60,7 @@ const gateway = {
   url: (process.env.GATEWAY_URL ?? 'http://localhost:8080').replace(/\/+$/, ''),
   ...(process.env.API_KEY ? { apiKey: process.env.API_KEY } : {}),
 };
-const setDir = path.resolve(values.set ?? path.join(env.DATA_DIR, 'replay', model));
+let setDir = path.resolve(values.set ?? path.join(env.DATA_DIR, 'replay', model));
 const IMAGE = /\.(jpe?g|png|webp|gif|tiff?|avif)$/i;
 
 if (values.record) {
@@ -67,6 +78,16 @@ if (!values.candidate) {
   process.exit(2);
 }
 const workDir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-replay-'));
+if (values.set && isLiveStore(values.set)) {
+  try {
+    setDir = await materialiseLiveSet(values.set, path.join(workDir, 'live-set'));
+  } catch (error) {
+    // Exit 2: the replay could not run (1 would read as the gate refusing).
+    log.error({ err: error, set: values.set }, 'could not read the live recorded set');
+    rmSync(workDir, { recursive: true, force: true });
+    process.exit(2);
+  }
+}
 const isFolder = existsSync(values.candidate) && statSync(values.candidate).isDirectory();
 const client = env.MLFLOW_TRACKING_URI
   ? new MlflowClient(env.MLFLOW_TRACKING_URI, { credentials: mlflowCredentials(env) })
@@ -89,7 +110,7 @@ const reportDir = path.resolve(
       `${model}-${values.candidate.replace(/[^A-Za-z0-9._-]+/g, '_')}-${date.toISOString().slice(0, 10)}`,
     ),
 );
-const command = `make replay MODEL=${model} CANDIDATE=${values.candidate}${values.set ? ` SET=${values.set}` : ''}`;
+const command = `make replay MODEL=${model} CANDIDATE=${values.candidate}${values.set ? ` SET=${values.set}` : ''}${values.limit ? ` LIMIT=${values.limit}` : ''}`;
 try {
   const outcome = await runReplay({
     gateway,
@@ -153,4 +174,24 @@ try {
   process.exitCode = 2;
 } finally {
   rmSync(workDir, { recursive: true, force: true });
+}
+
+/** A live store (S3, or a store folder: `<model>/<day>/…` and no examples.jsonl) rather than a set folder. */
+function isLiveStore(set: string): boolean {
+  if (set.startsWith('s3://')) return true;
+  return !existsSync(path.join(set, REPLAY_SET_FILE)) && existsSync(path.join(set, model));
+}
+
+/** The store's examples of MODEL written as a set folder, so the replay reads it like any other. */
+async function materialiseLiveSet(uri: string, dir: string): Promise<string> {
+  const limit = values.limit === undefined ? undefined : Number(values.limit);
+  if (limit !== undefined && !(Number.isInteger(limit) && limit > 0))
+    throw new Error(`LIMIT ${values.limit} is not a positive whole number`);
+  const location = parseReplayStoreLocation(uri);
+  const store = await openReplayStore(location, { endpoint: replayS3Endpoint(process.env) });
+  const entries = await readRecordedExamples(store, model, limit === undefined ? {} : { limit });
+  if (entries.length === 0) throw new Error(`${describeLocation(location)} holds no recorded example of ${model}`);
+  await writeReplaySet(dir, entries);
+  log.info({ store: describeLocation(location), examples: entries.length, set: dir }, 'live recorded set read');
+  return dir;
 }

@@ -16,6 +16,7 @@ import {
   resultCacheConfigShape,
 } from '@conveyor/shared/config';
 import { planShadows, shadowConfigShape } from './shadow/shadow-config.js';
+import { checkReplayConfig, planReplay, replayConfigShape } from './replay/replay-config.js';
 
 const WorkerFields = z.object({
   ...redisConfigShape,
@@ -24,6 +25,7 @@ const WorkerFields = z.object({
   ...tracingConfigShape,
   ...resultCacheConfigShape,
   ...modelsConfigShape,
+  ...replayConfigShape,
   MODELS_DIR: env.string(
     'models',
     'Folder holding one model folder per served model (<MODELS_DIR>/<name>: model.onnx + manifest.json), used when no MLflow registry is configured',
@@ -154,14 +156,23 @@ function planModels(config: WorkerFields): ModelPlan[] {
 export const WorkerConfig = WorkerFields.superRefine(checkMlflowAuth)
   .superRefine(checkRedisConfig)
   .superRefine((config, ctx) => {
+    checkReplayConfig(config, ctx);
     for (const message of planShadows(config, planModels(config)).problems)
       ctx.addIssue({ code: 'custom', path: ['SHADOW_VERSION'], message });
   })
-  .transform((config) => ({
-    ...config,
+  .transform((config) => {
     /** What this worker serves, in MODELS order (the first is the one older gateways see in the heartbeat). */
-    models: planModels(config),
-    /** The served models' shadows (SHADOW_VERSION), checked above. */
-    shadows: planShadows(config, planModels(config)).plans,
-  }));
+    const models = planModels(config);
+    return {
+      ...config,
+      models,
+      /** The served models' shadows (SHADOW_VERSION), checked above. */
+      shadows: planShadows(config, models).plans,
+      /** The live replay recorder's plan (replay/replay-config.ts); undefined: recording off. */
+      replay: planReplay(
+        config,
+        models.map((m) => m.name),
+      ),
+    };
+  });
 export type WorkerConfig = z.infer<typeof WorkerConfig>;

@@ -33,6 +33,7 @@ import type { WorkerResultCache } from './result-cache.js';
 import type { JobMetrics, JobOutcome } from './metrics/worker-metrics.js';
 import type { ModelHost, ModelLease } from './model/model-host.js';
 import type { ShadowHook } from './shadow/shadow-lane.js';
+import type { LiveRecorder } from './replay/replay-recorder.js';
 
 /**
  * Where a job becomes a prediction: check the payload, take the image, preprocess it as the
@@ -70,6 +71,8 @@ export interface ProcessorDeps {
   readonly cache?: Pick<WorkerResultCache, 'settle'>;
   /** The model's shadow lane (SHADOW_VERSION, docs/shadow.md): offered each published answer, returns at once. */
   readonly shadow?: ShadowHook | undefined;
+  /** The live replay recorder (REPLAY_SAMPLE_RATE): offered every published completed job with its image; returns at once. */
+  readonly recorder?: LiveRecorder | undefined;
 }
 
 /** An inference job as BullMQ hands it over (the payload is still checked: it comes from Redis). */
@@ -392,6 +395,8 @@ async function commitCompleted(
   deps.counts.committedCompleted();
   report('completed');
   deps.shadow?.offer({ result, manifest, ...input }); // after the caller's answer; synchronous, never throws
+  // Only answers the caller received: sampled now, written in the background, never the job's failure.
+  deps.recorder?.offer(deps.model, result, input.bytes);
   const { prediction, model, timings } = result;
   run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
   return { label: prediction.label };

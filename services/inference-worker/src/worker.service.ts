@@ -23,6 +23,7 @@ import { WorkerMetrics } from './metrics/worker-metrics.js';
 import { createInferenceProcessor } from './inference.processor.js';
 import { ShadowLanes } from './shadow/shadow-lanes.js';
 import { shadowLoader } from './model/shadow-loader.js';
+import { startReplayRecording, type ReplayRecording } from './replay/replay-recorder.js';
 import { restrictDecoders } from '@conveyor/shared/model/decoders';
 import { MlflowAuthError, MlflowClient } from '@conveyor/shared/mlflow/client';
 
@@ -79,11 +80,12 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
   );
 
   const heartbeat = heartbeatOf(served, new FleetStore(redis, keys), workerId, config, log);
+  const replay = await startReplayRecording(config.replay, { redis, keys, registry: metrics.registry, log });
 
   const registry = registryOf(config);
   const shadows = new ShadowLanes(config, shadowLoader(config, registry), redis, keys, metrics.registry, log);
 
-  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing, shadows });
+  const stop = stopWorker(config, log, { served, heartbeat, redis, bullConnection, metricsServer, tracing, shadows, replay });
 
   const serving: Serving = {
     config,
@@ -98,6 +100,7 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
     log,
     tracing,
     shadows,
+    recorder: replay?.recorder,
   };
   const serve = (model: ModelServing) => serveOrRefuse(model, serving, served);
 
@@ -241,9 +244,10 @@ function stopWorker(
     metricsServer: MetricsServer | undefined;
     tracing: Tracing;
     shadows: ShadowLanes;
+    replay: ReplayRecording | undefined;
   },
 ) {
-  const { served, heartbeat, redis, bullConnection, metricsServer, tracing, shadows } = parts;
+  const { served, heartbeat, redis, bullConnection, metricsServer, tracing, shadows, replay } = parts;
   const inFlight = () => served.reduce((sum, s) => sum + s.counts.inFlight, 0);
   return stopSteps(log, [
     {
@@ -264,6 +268,8 @@ function stopWorker(
         );
       },
     },
+    // After the drain (its jobs may still sample), before Redis (a write counts against the daily limit there first).
+    { name: 'replay recordings', run: () => replay?.close(Math.min(5000, config.SHUTDOWN_BUDGET_MS)) ?? Promise.resolve() },
     { name: 'heartbeat', run: () => heartbeat.stop() },
     // After the drain (its jobs' last offers), before Redis (a run in hand publishes its pair).
     { name: 'shadows', run: () => shadows.close() },
@@ -290,6 +296,7 @@ interface Serving {
   readonly log: Logger;
   readonly tracing: Tracing;
   readonly shadows: ShadowLanes;
+  readonly recorder: ReplayRecording['recorder'] | undefined;
 }
 
 /**
@@ -310,8 +317,21 @@ async function serveOrRefuse(model: ModelServing, serving: Serving, served: read
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
 async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
-  const { config, registry, jobs, cache, workerId, metrics, bullConnection, workerErrors, heartbeat, log, tracing, shadows } =
-    serving;
+  const {
+    config,
+    registry,
+    jobs,
+    cache,
+    workerId,
+    metrics,
+    bullConnection,
+    workerErrors,
+    heartbeat,
+    log,
+    tracing,
+    shadows,
+    recorder,
+  } = serving;
   const source = registry
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
@@ -335,6 +355,7 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     tracer: tracing.tracer,
     cache,
     shadow: shadows.hookFor(model.name, model.host.manifest),
+    recorder,
   });
   const bull = {
     connection: bullConnection,

@@ -244,3 +244,38 @@ describe('inference processor (fakes, no Redis)', () => {
     expect(fakes.counts.completed).to.equal(0);
   });
 });
+
+describe('inference processor: what it offers the live replay recorder (fakes)', () => {
+  let digit: Buffer;
+  before(async () => {
+    const pixels = new Uint8Array(28 * 28);
+    for (let y = 6; y < 22; y++) pixels[y * 28 + 14] = 255;
+    digit = await digitPng(pixels);
+  });
+
+  /** Runs one job; what the recorder was offered. */
+  async function offered(setup: (fakes: Fakes) => void, data: unknown = payload()) {
+    const fakes = new Fakes();
+    fakes.taken = { finished: false, bytes: digit };
+    setup(fakes);
+    const offers: { model: string; status: string; bytes: Buffer }[] = [];
+    const deps: ProcessorDeps = {
+      ...fakes.deps(),
+      recorder: { offer: (model, result, bytes) => offers.push({ model, status: result.status, bytes }) },
+    };
+    await createInferenceProcessor(deps)(bullJob(data, 0, 1), 'token-1').catch(() => undefined);
+    return offers;
+  }
+
+  it('offers a published completed job with the image it ran on', async () => {
+    expect(await offered(() => undefined)).to.deep.equal([{ model: 'digits', status: 'completed', bytes: digit }]);
+  });
+
+  it('offers nothing for a failed, refused, expired, cancelled or unpublished job', async () => {
+    expect(await offered((f) => (f.modelError = new Error('onnxruntime failed')))).to.deep.equal([]);
+    expect(await offered((f) => (f.taken = { finished: false, bytes: Buffer.from('not an image') }))).to.deep.equal([]);
+    expect(await offered(() => undefined, payload({ deadline: Date.now() - 1000 }))).to.deep.equal([]);
+    expect(await offered((f) => (f.commitOutcome = 'cancelled'))).to.deep.equal([]);
+    expect(await offered((f) => (f.commitOutcome = 'lock-lost'))).to.deep.equal([]);
+  });
+});

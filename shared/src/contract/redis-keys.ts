@@ -11,7 +11,14 @@ import { SHADOW_STREAM } from './shadow.contract.js';
  * during a rolling deploy.
  */
 export function redisKeys(prefix: string) {
-  return { ...jobKeys(prefix), ...gatewayKeys(prefix), ...fleetKeys(prefix), ...streamKeys(prefix), ...cacheKeys(prefix) };
+  return {
+    ...jobKeys(prefix),
+    ...gatewayKeys(prefix),
+    ...fleetKeys(prefix),
+    ...streamKeys(prefix),
+    ...cacheKeys(prefix),
+    ...replayKeys(prefix),
+  };
 }
 export type RedisKeys = ReturnType<typeof redisKeys>;
 
@@ -152,6 +159,19 @@ function cacheKeys(prefix: string) {
      * Cleared by the job's final commit; lapses after INPUT_TTL_SECONDS otherwise.
      */
     resultCacheInflight: (model: string, inflight: string) => `${prefix}:result-cache-inflight:${model}:${inflight}`,
+  };
+}
+
+/** The workers' live replay recording (services/inference-worker/src/replay/replay-recorder.ts owns them). */
+function replayKeys(prefix: string) {
+  return {
+    /**
+     * Examples of `model` recorded on `day` (UTC, YYYY-MM-DD) by all workers together: INCR before each
+     * write, refused past REPLAY_DAILY_LIMIT. Expires two days after its first increment.
+     */
+    replayDaily: (model: string, day: string) => `${prefix}:replay:daily:${model}:${day}`,
+    /** Held (SET NX, with an expiry) by the one worker applying REPLAY_RETENTION_DAYS to the store for a while. */
+    replayRetention: `${prefix}:replay:retention`,
   };
 }
 

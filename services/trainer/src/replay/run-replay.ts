@@ -38,7 +38,7 @@ export interface ReplayRequest {
   readonly reportDir: string;
   readonly policy: PromotionPolicy;
   readonly command: string;
-  /** Starts a worker with this environment added (MODELS, MODELS_DIR, DEFAULT_MODEL, concurrency). */
+  /** Starts a worker with this environment added (MODELS, MODELS_DIR, DEFAULT_MODEL, concurrency, REPLAY_SAMPLE_RATE=0). */
   readonly startWorker: (env: Record<string, string>) => Promise<StartedWorker>;
   readonly log: Logger;
   /** How long the replay model may take to become ready at the gateway (ms). */
@@ -102,8 +102,14 @@ export async function runReplay(r: ReplayRequest): Promise<ReplayOutcome> {
   const candidate = await stageCandidate(r.candidateDir, name, r.workDir);
   const log = r.log.child({ model: r.model, replay: name, candidateVersion: candidate.version });
   log.info({ examples: examples.length }, 'replay starting');
-  // One job at a time: a replay is background work and should take one core at most.
-  const worker = await r.startWorker({ MODELS: `${name}:1`, DEFAULT_MODEL: name, MODELS_DIR: r.workDir });
+  // One job at a time: a replay is background work and should take one core at most. Never
+  // recording: the replay model's answers are the candidate's, not production's (docs/replay.md).
+  const worker = await r.startWorker({
+    MODELS: `${name}:1`,
+    DEFAULT_MODEL: name,
+    MODELS_DIR: r.workDir,
+    REPLAY_SAMPLE_RATE: '0',
+  });
   let answers: CandidateAnswer[];
   try {
     await waitReady(r.gateway, name, r.readyTimeoutMs ?? 60_000);
