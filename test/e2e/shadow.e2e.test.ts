@@ -19,6 +19,14 @@ import { until } from '../support/wait.js';
 import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
 import type { ServiceHandle } from '../../harness/service-process.js';
 
+/** `make shadow-report`'s command line, run to its end. */
+function shadowReportCli(args: string[], env: Record<string, string>) {
+  return spawnSync(process.execPath, ['--conditions=conveyor-source', '--import', 'tsx', 'scripts/shadow-report.ts', ...args], {
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+  });
+}
+
 /**
  * Shadow mode end to end (docs/shadow.md), against real Redis, a real gateway, monitor and worker
  * processes: a worker shadows production digits with a copy whose labels 3 and 5 are swapped, at a
@@ -241,20 +249,11 @@ describe('shadow mode: a label-swapped shadow of digits beside production', func
     expect(limited.comparison.examples).to.equal(10);
 
     // The command line `make shadow-report` runs: exit 1 (the gate refused), the report printed and written.
-    const cli = spawnSync(
-      process.execPath,
-      [
-        '--conditions=conveyor-source',
-        '--import',
-        'tsx',
-        'scripts/shadow-report.ts',
-        '--model',
-        'digits',
-        '--out',
-        path.join(tmp, 'cli'),
-      ],
-      { env: { ...process.env, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix, LOG_LEVEL: 'warn' }, encoding: 'utf8' },
-    );
+    const cli = shadowReportCli(['--model', 'digits', '--out', path.join(tmp, 'cli')], {
+      REDIS_URL: testRedisUrl(),
+      REDIS_PREFIX: prefix,
+      LOG_LEVEL: 'warn',
+    });
     expect(cli.status, cli.stderr).to.equal(1);
     expect(cli.stdout).to.contain(`# Shadow of digits: ${swappedVersion} beside production`).and.to.contain('**Gate: refused.**');
     expect(
@@ -350,25 +349,12 @@ describe('shadow mode: a label-swapped shadow of digits beside production', func
     for (const pair of pairs) expect(pair.shadow.registry).to.deep.equal({ name, version: candidate.version });
 
     // `make shadow-report`, with the registry: the newest pairs are the registry shadow's.
-    const cli = spawnSync(
-      process.execPath,
-      [
-        '--conditions=conveyor-source',
-        '--import',
-        'tsx',
-        'scripts/shadow-report.ts',
-        '--model',
-        'digits',
-        '--limit',
-        '20',
-        '--out',
-        path.join(tmp, 'cli-registry'),
-      ],
-      {
-        env: { ...process.env, ...registry, REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix, LOG_LEVEL: 'warn' },
-        encoding: 'utf8',
-      },
-    );
+    const cli = shadowReportCli(['--model', 'digits', '--limit', '20', '--out', path.join(tmp, 'cli-registry')], {
+      ...registry,
+      REDIS_URL: testRedisUrl(),
+      REDIS_PREFIX: prefix,
+      LOG_LEVEL: 'warn',
+    });
     expect(cli.status, cli.stderr).to.equal(1);
     const tags = Object.fromEntries((await client.getModelVersion(name, candidate.version)).tags.map((t) => [t.key, t.value]));
     const agree = pairs.filter((p) => p.shadow.prediction.label === p.production.prediction.label).length;

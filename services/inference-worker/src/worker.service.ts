@@ -317,21 +317,8 @@ async function serveOrRefuse(model: ModelServing, serving: Serving, served: read
 
 /** Load, warm up, take jobs, then announce: in that order, so no caller is routed to a cold model. */
 async function serveModel(model: ModelServing, serving: Serving): Promise<void> {
-  const {
-    config,
-    registry,
-    jobs,
-    cache,
-    workerId,
-    metrics,
-    bullConnection,
-    workerErrors,
-    heartbeat,
-    log,
-    tracing,
-    shadows,
-    recorder,
-  } = serving;
+  const { config, registry, jobs, cache, workerId, metrics } = serving;
+  const { bullConnection, workerErrors, heartbeat, log, tracing, shadows, recorder } = serving;
   const source = registry
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
