@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import type { Browser, Page } from 'playwright-core';
 import { digitPng, heldOutDigits } from '../support/images.js';
 import { launchChromium } from '../support/browser.js';
+import { labelSwappedCopy } from '../support/model-variants.js';
 import { request } from '../support/http.js';
 import { randomPrefix } from '../support/redis.js';
 import { dumpLogsOnFailure, startGateway, startMonitor, startWorker, stopAll, type Gateway } from '../support/services.js';
@@ -14,7 +15,8 @@ import { until } from '../support/wait.js';
  * The page at / in a real browser (headless Chromium): a digit uploaded through the file input
  * shows its label with the confidence bars and timings; a file that is no image shows the
  * problem's title; an asynchronous job is followed to its end over SSE; the drift panel reads the
- * monitor. The page runs under its own strict CSP (a violation would fail it: console errors are
+ * monitor, with a shadow version's agreement beside drift (the worker shadows digits with a copy
+ * whose labels 3 and 5 are swapped: every uploaded three disagrees). The page runs under its own strict CSP (a violation would fail it: console errors are
  * collected).
  */
 describe('the page at / in headless Chromium', function () {
@@ -32,11 +34,14 @@ describe('the page at / in headless Chromium', function () {
   before(async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'conveyor-page-'));
     monitor = await startMonitor(prefix);
+    await labelSwappedCopy('models/digits', path.join(dir, 'swapped'), '3', '5');
     [gateway, worker, browser] = await Promise.all([
       startGateway(prefix, { MONITOR_URL: monitor.url }),
-      startWorker(prefix),
+      startWorker(prefix, { SHADOW_VERSION: `digits=${path.join(dir, 'swapped')}`, SHADOW_SAMPLE_RATE: '1' }),
       launchChromium(),
     ]);
+    // The shadow loads beside serving: ready before the first upload, so every job is shadowed.
+    await worker.waitFor((r) => r.msg === 'shadow ready', 60_000);
     const { dataset, split } = await heldOutDigits();
     const sample = dataset.samples[split.test.find((i) => dataset.samples[i]!.label === 3)!]!;
     digit = { file: path.join(dir, 'three.png'), label: String(sample.label) };
@@ -97,6 +102,20 @@ describe('the page at / in headless Chromium', function () {
     });
     // A few predictions, no window judged yet: "learning", not an "ok" nobody has judged (issue 21).
     expect(await page.locator('#drift li').first().textContent()).to.match(/^digits@sha-\w+: learning · window/);
+  });
+
+  it("shows a shadow version's agreement with production beside drift", async () => {
+    // Two threes were classified above (one synchronous, one queued); the swapped shadow called both 5.
+    const text = await until('the shadow beside drift', async () => {
+      await page.reload();
+      const shown = await page
+        .locator('#shadows li')
+        .first()
+        .textContent({ timeout: 1000 })
+        .catch(() => undefined);
+      return shown?.includes('2 pairs') ? shown : undefined;
+    });
+    expect(text).to.match(/^digits shadow sha-\w+ beside sha-\w+: 0\.0 % agreement \(2 pairs so far, too few to judge\)$/);
   });
 
   it('renders the API reference at /docs with the bundled Redoc, under its CSP', async () => {

@@ -179,6 +179,19 @@ async function loadDrift() {
       return li;
     }),
   );
+  // Beside drift: each shadow version's agreement with production (SHADOW_VERSION on the workers).
+  $('shadows').replaceChildren(
+    ...(body.shadows ?? []).map((s) => {
+      const li = document.createElement('li');
+      const agreement = s.agreement === null ? 'no pairs yet' : `${(s.agreement * 100).toFixed(1)} % agreement`;
+      const window =
+        s.window.status === 'closed'
+          ? `last window of ${s.window.size} pairs`
+          : `${s.window.size} pairs so far${s.window.status === 'insufficient_data' ? ', too few to judge' : ''}`;
+      li.textContent = `${s.model} shadow ${s.shadowVersion} beside ${s.productionVersion}: ${agreement} (${window})`;
+      return li;
+    }),
+  );
 }
 
 // ---- the form

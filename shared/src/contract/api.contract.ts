@@ -236,6 +236,27 @@ export const DriftSummary = z
         window: z.string().meta({ description: 'The current window: insufficient_data, provisional, no_reference, learning' }),
       }),
     ),
+    shadows: z
+      .array(
+        z.object({
+          model: z.string().meta({ description: 'The served model it shadows' }),
+          shadowVersion: z.string(),
+          productionVersion: z.string().meta({ description: 'The production version of its newest pair' }),
+          pairs: z.number().int().min(0).meta({ description: 'Pairs counted since the shadow was first seen' }),
+          agreement: z.number().min(0).max(1).nullable().meta({
+            description:
+              "Share of the window's pairs whose top-1 labels agree: the last closed window's, else the filling one's; null without pairs",
+          }),
+          window: z.object({
+            size: z.number().int().min(0),
+            status: z.enum(['closed', 'provisional', 'insufficient_data']).meta({
+              description:
+                'closed: the last full window (WINDOW_SIZE pairs); provisional / insufficient_data: the filling one, with at least / fewer than MIN_WINDOW pairs',
+            }),
+          }),
+        }),
+      )
+      .meta({ description: 'Shadow versions (SHADOW_VERSION on the workers) and their agreement with production, beside drift' }),
   })
   .meta({ id: 'DriftSummary' });
 export type DriftSummary = z.infer<typeof DriftSummary>;

@@ -25,7 +25,41 @@ const MonitorDrift = z.object({
       currentWindow: z.object({ status: z.string(), size: z.number() }).loose(),
     }),
   ),
+  // A monitor older than shadow mode sends none.
+  shadows: z
+    .array(
+      z.object({
+        name: z.string(),
+        shadow: z.object({ version: z.string() }).loose(),
+        production: z.object({ version: z.string() }).loose(),
+        pairs: z.number(),
+        lastWindow: z.object({ size: z.number(), top1Agreement: z.number().nullable() }).loose().nullable(),
+        currentWindow: z
+          .object({
+            size: z.number(),
+            top1Agreement: z.number().nullable(),
+            status: z.enum(['provisional', 'insufficient_data']),
+          })
+          .loose(),
+      }),
+    )
+    .default([]),
 });
+
+/** A shadow as the page shows it: the last closed window's agreement, else the filling one's. */
+function shadowSummary(s: z.infer<typeof MonitorDrift>['shadows'][number]): DriftSummary['shadows'][number] {
+  const window = s.lastWindow
+    ? { size: s.lastWindow.size, status: 'closed' as const, agreement: s.lastWindow.top1Agreement }
+    : { size: s.currentWindow.size, status: s.currentWindow.status, agreement: s.currentWindow.top1Agreement };
+  return {
+    model: s.name,
+    shadowVersion: s.shadow.version,
+    productionVersion: s.production.version,
+    pairs: s.pairs,
+    agreement: window.agreement,
+    window: { size: window.size, status: window.status },
+  };
+}
 
 export function registerWebRoutes(
   router: Router<GatewayState>,
@@ -50,7 +84,7 @@ export function registerWebRoutes(
   const fetchImpl = deps.fetch ?? fetch;
   router.get('/v1/drift', deps.access.require('predict'), async (ctx) => {
     if (!deps.monitorUrl) {
-      ctx.body = { monitor: false, models: [] };
+      ctx.body = { monitor: false, models: [], shadows: [] };
       return;
     }
     let snapshot: z.infer<typeof MonitorDrift>;
@@ -70,6 +104,7 @@ export function registerWebRoutes(
           levels.length === 0 ? 'learning' : levels.includes('alert') ? 'alert' : levels.includes('warn') ? 'warn' : 'ok';
         return { model: m.model.name, version: m.model.version, level, features: m.states, window: m.currentWindow.status };
       }),
+      shadows: snapshot.shadows.map(shadowSummary),
     };
     ctx.body = body;
   });
