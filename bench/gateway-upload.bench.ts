@@ -85,7 +85,9 @@ const images: Record<CaseName, { bytes: Buffer; description: string }[]> = {
 };
 const uploads = (c: CaseName, kind: BodyKind): Upload[] =>
   images[c].map(({ bytes }) =>
-    kind === 'multipart' ? { ...multipartBody(bytes), imageBytes: bytes.length } : { body: bytes, type: 'image/jpeg', imageBytes: bytes.length },
+    kind === 'multipart'
+      ? { ...multipartBody(bytes), imageBytes: bytes.length }
+      : { body: bytes, type: 'image/jpeg', imageBytes: bytes.length },
   );
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gateway-upload-bench-'));
