@@ -255,7 +255,7 @@ async function startGateway(label: string, checkout: string, prefix: string): Pr
       stdio: ['ignore', 'ignore', 'pipe'],
     },
   );
-  createInterface({ input: child.stderr! }).on('line', (line) => console.error(`[${label}] ${line}`));
+  createInterface({ input: child.stderr }).on('line', (line) => console.error(`[${label}] ${line}`));
   const base = `http://127.0.0.1:${port}`;
   await until(`the ${label} gateway`, async () => (await fetch(`${base}/health`).catch(() => undefined))?.ok === true, 60_000);
   const connection = admin.duplicate();
