@@ -56,9 +56,14 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '4' },
     cases: { type: 'string', default: 'scan,photo,phone' },
     bodies: { type: 'string', default: 'multipart,raw' },
+    /** The gateway runs with --trace-gc: its GCs per request by kind, and their pauses, per cell. */
+    gc: { type: 'boolean', default: false },
+    /** More node options for the gateways (e.g. --perf-basic-prof, for `perf record -p PID`; the pids are printed). */
+    'node-arg': { type: 'string', multiple: true },
     out: { type: 'string' },
   },
 });
+const traceGc = values.gc;
 
 type CaseName = 'scan' | 'photo' | 'phone';
 type BodyKind = 'multipart' | 'raw';
@@ -101,9 +106,17 @@ interface Running {
   readonly agent: Agent;
   readonly queue: Queue;
   readonly connection: Redis;
+  /** GCs seen so far (with --gc): count and pause ms by kind. */
+  readonly gcs: Map<string, { count: number; pauseMs: number }>;
 }
 const running: Running[] = [];
-type Sample = { cpuMsPerRequest: number; requestsPerSecond: number; imageBytes: number };
+type Sample = {
+  cpuMsPerRequest: number;
+  requestsPerSecond: number;
+  imageBytes: number;
+  /** With --gc: GCs per request and their pause ms per request, by kind. */
+  gc?: Record<string, { perRequest: number; pauseMsPerRequest: number }>;
+};
 const samples: Record<string, Sample[]> = {};
 const cellKey = (label: string, c: CaseName, kind: BodyKind) => `${label} ${c} ${kind}`;
 try {
@@ -179,6 +192,7 @@ if (values.out) writeFileSync(values.out, `${JSON.stringify(report, null, 2)}\n`
 /** `n` uploads (the given ones in turn) over `concurrency` keep-alive connections; each must be answered 202. */
 async function cell(g: Running, list: readonly Upload[], n: number): Promise<Sample> {
   let next = 0;
+  const gcBefore = new Map([...g.gcs].map(([k, v]) => [k, { ...v }]));
   const before = processCpuMs(g.child.pid!)!;
   const started = performance.now();
   const one = async () => {
@@ -191,9 +205,25 @@ async function cell(g: Running, list: readonly Upload[], n: number): Promise<Sam
   await Promise.all(Array.from({ length: concurrency }, one));
   const seconds = (performance.now() - started) / 1000;
   const cpuMs = processCpuMs(g.child.pid!)! - before;
+  const gc = traceGc
+    ? Object.fromEntries(
+        [...g.gcs].map(([kind, v]) => {
+          const was = gcBefore.get(kind) ?? { count: 0, pauseMs: 0 };
+          return [
+            kind,
+            { perRequest: round3((v.count - was.count) / n), pauseMsPerRequest: round3((v.pauseMs - was.pauseMs) / n) },
+          ];
+        }),
+      )
+    : undefined;
   await drain(g);
   const imageBytes = list.reduce((sum, u) => sum + u.imageBytes, 0) / list.length;
-  return { cpuMsPerRequest: cpuMs / n, requestsPerSecond: n / seconds, imageBytes: Math.round(imageBytes) };
+  return {
+    cpuMsPerRequest: cpuMs / n,
+    requestsPerSecond: n / seconds,
+    imageBytes: Math.round(imageBytes),
+    ...(gc ? { gc } : {}),
+  };
 }
 
 function post(g: Running, upload: Upload): Promise<number> {
@@ -236,7 +266,15 @@ async function startGateway(label: string, checkout: string, prefix: string): Pr
   const profile = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
   const child = spawn(
     process.execPath,
-    ['--conditions=conveyor-source', '--import', 'tsx', ...profile, path.join(checkout, ENTRIES.gateway)],
+    [
+      '--conditions=conveyor-source',
+      '--import',
+      'tsx',
+      ...profile,
+      ...(traceGc ? ['--trace-gc'] : []),
+      ...(values['node-arg'] ?? []),
+      path.join(checkout, ENTRIES.gateway),
+    ],
     {
       cwd: checkout,
       env: {
@@ -252,15 +290,29 @@ async function startGateway(label: string, checkout: string, prefix: string): Pr
         RECONCILE_INTERVAL_MS: '1000',
       },
       // As compare.bench.ts runs it: log level info (the access log is part of the cost), stdout discarded.
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', traceGc ? 'pipe' : 'ignore', 'pipe'],
     },
   );
+  const gcs = new Map<string, { count: number; pauseMs: number }>();
+  if (traceGc) {
+    // "[pid:0x…]   1234 ms: Scavenge 40.1 (45.2) -> 38.0 (46.2) MB, 1.23 / 0.00 ms  (…) allocation failure;"
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      const m = /ms: (Scavenge|Mark-Compact(?: \(reduce\))?|Mark-Sweep|Minor Mark-Sweep)\b.*?MB, ([\d.]+) \/ ([\d.]+) ms/.exec(
+        line,
+      );
+      if (!m) return;
+      const kind = m[1]!.startsWith('Mark-Compact') ? 'Mark-Compact' : m[1]!;
+      const seen = gcs.get(kind) ?? { count: 0, pauseMs: 0 };
+      gcs.set(kind, { count: seen.count + 1, pauseMs: seen.pauseMs + Number(m[2]) });
+    });
+  }
   createInterface({ input: child.stderr }).on('line', (line) => console.error(`[${label}] ${line}`));
+  console.error(`${label} gateway: pid ${child.pid}, port ${port}`);
   const base = `http://127.0.0.1:${port}`;
   await until(`the ${label} gateway`, async () => (await fetch(`${base}/health`).catch(() => undefined))?.ok === true, 60_000);
   const connection = admin.duplicate();
   const queue = new Queue(inferenceQueue('digits'), { connection, prefix });
-  return { label, prefix, port, child, agent: new Agent({ keepAlive: true, maxSockets: concurrency }), queue, connection };
+  return { label, prefix, port, child, agent: new Agent({ keepAlive: true, maxSockets: concurrency }), queue, connection, gcs };
 }
 
 async function stop(child: ChildProcess): Promise<void> {
