@@ -306,7 +306,7 @@ async function startGateway(label: string, checkout: string, prefix: string): Pr
       gcs.set(kind, { count: seen.count + 1, pauseMs: seen.pauseMs + Number(m[2]) });
     });
   }
-  createInterface({ input: child.stderr }).on('line', (line) => console.error(`[${label}] ${line}`));
+  createInterface({ input: child.stderr! }).on('line', (line) => console.error(`[${label}] ${line}`));
   console.error(`${label} gateway: pid ${child.pid}, port ${port}`);
   const base = `http://127.0.0.1:${port}`;
   await until(`the ${label} gateway`, async () => (await fetch(`${base}/health`).catch(() => undefined))?.ok === true, 60_000);
