@@ -3,6 +3,7 @@ import { JobResult, type CancelledResult, type ReplyMessage } from './jobs.contr
 import { problemBody, ProblemError } from '../problem.js';
 import type { FeedbackEvent, PredictionEvent } from './events.contract.js';
 import type { RedisKeys } from './redis-keys.js';
+import { setBytes } from './set-bytes.js';
 
 /**
  * How a commit ended: 'published' kept the result; 'cancelled' kept a cancelled result instead (the
@@ -151,7 +152,8 @@ export class JobStore {
 
   /** Stores a job's image as a binary string (not base64 inside the job's JSON), expiring after `ttlSeconds`. */
   async putInput(jobId: string, bytes: Buffer, ttlSeconds: number): Promise<void> {
-    await this.redis.set(this.keys.input(jobId), bytes, 'EX', ttlSeconds);
+    // Without ioredis's copy of the image into a fresh Buffer of the whole command (set-bytes.ts).
+    await setBytes(this.redis, this.keys.input(jobId), bytes, ttlSeconds);
   }
 
   /** Removes an image whose job could not be queued (it would hold memory until its TTL). */
