@@ -122,8 +122,8 @@ rollback: $(NODE_MODULES) ## Point the production alias back at the version it r
 	$(TSX) scripts/with-mlflow.ts $(TSX) services/trainer/src/main.ts rollback
 
 .PHONY: replay
-replay: $(NODE_MODULES) ## Replay a recorded set (SET: a set folder, default data/replay/MODEL, or the workers' live store s3://bucket/prefix or its folder, newest LIMIT inputs) through CANDIDATE (a model folder, or a registry version with MLFLOW_TRACKING_URI) on a running system's own low-priority replay worker; judge it with promotion.json (docs/replay.md)
-	$(TSX) scripts/replay.ts --model "$(or $(MODEL),digits)" --candidate "$(CANDIDATE)" $(if $(SET),--set "$(SET)",) $(if $(OUT),--out "$(OUT)",) $(if $(LIMIT),--limit "$(LIMIT)",)
+replay: $(NODE_MODULES) ## Replay a recorded set (SET: a set folder, default data/replay/MODEL, or the workers' live store s3://bucket/prefix or its folder, newest LIMIT inputs), RATE a second (default 20; 0: unpaced), through CANDIDATE (a model folder, or a registry version with MLFLOW_TRACKING_URI) on a running system's own low-priority replay worker; judge it with promotion.json (docs/replay.md)
+	$(TSX) scripts/replay.ts --model "$(or $(MODEL),digits)" --candidate "$(CANDIDATE)" $(if $(SET),--set "$(SET)",) $(if $(OUT),--out "$(OUT)",) $(if $(LIMIT),--limit "$(LIMIT)",) $(if $(RATE),--rate "$(RATE)",)
 
 .PHONY: replay-record
 replay-record: $(NODE_MODULES) ## Record production's answers to the images in IMAGES=<dir> through the gateway as a replay set (SET, default data/replay/MODEL)

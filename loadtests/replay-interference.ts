@@ -23,14 +23,15 @@ import { digitPng, heldOutDigits } from '../test/support/images.js';
  *   replay       a replay running throughout, as `make replay` runs one: its own worker
  *                (MODELS=digits-replay:1), its requests at low priority through the same gateway,
  *                one after another, over and over
- *   replay-nice  the same with the replay worker at niceness 19 (what `make replay` does)
+ *   replay-nice  the same with the replay worker at niceness 19
+ *   replay-paced the same, its requests paced to `--replay-rate` a second (what `make replay` does)
  *
  * Prints per condition the medians over rounds of production's client-side p50/p95/p99, its
  * throughput, the replay's throughput, and each worker's CPU per round (from /proc). Exit 0 always:
  * a measurement, not a test.
  *
  *   node --conditions=conveyor-source --import tsx loadtests/replay-interference.ts [--rounds 3]
- *        [--seconds 30] [--load 0.5] [--out docs/evidence/replay-interference.json]
+ *        [--seconds 30] [--load 0.5] [--replay-rate 20] [--out docs/evidence/replay-interference.json]
  */
 const { values } = parseArgs({
   options: {
@@ -38,6 +39,7 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '30' },
     load: { type: 'string', default: '0.5' },
     calibrate: { type: 'string', default: '400' },
+    'replay-rate': { type: 'string', default: '20' },
     out: { type: 'string' },
   },
 });
@@ -45,7 +47,8 @@ const ROUNDS = Number(values.rounds);
 const SECONDS = Number(values.seconds);
 const LOAD = Number(values.load);
 const CALIBRATE = Number(values.calibrate);
-const CONDITIONS = ['none', 'replay', 'replay-nice'] as const;
+const REPLAY_RATE = Number(values['replay-rate']);
+const CONDITIONS = ['none', 'replay', 'replay-nice', 'replay-paced'] as const;
 type Condition = (typeof CONDITIONS)[number];
 const image = multipartBody(readFileSync(path.join(ROOT, 'docs/examples/seven.png')));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -163,7 +166,7 @@ async function main() {
           replayWorker = spawnService(
             'inference-worker',
             { ...env, MODELS: `${replayModel}:1`, DEFAULT_MODEL: replayModel, MODELS_DIR: workDir },
-            { logs: false, label: 'replay', ...(condition === 'replay-nice' ? { nice: 19 } : {}) },
+            { logs: false, label: 'replay', ...(condition === 'replay' ? {} : { nice: 19 }) },
           );
           for (;;) {
             const ready = await http.get(`/v2/models/${replayModel}/ready`).catch(() => undefined);
@@ -172,7 +175,8 @@ async function main() {
           }
           replayLoop = (async () => {
             while (!replay.stop) {
-              const answers = await replayThroughGateway(gatewayTarget, replayModel, setDir, examples);
+              const target = condition === 'replay-paced' ? { ...gatewayTarget, ratePerSecond: REPLAY_RATE } : gatewayTarget;
+              const answers = await replayThroughGateway(target, replayModel, setDir, examples);
               replayed += answers.filter((a) => a.status === 'completed').length;
             }
           })();
@@ -238,7 +242,7 @@ async function main() {
       );
     const record = {
       date: new Date().toISOString(),
-      command: `loadtests/replay-interference.ts --rounds ${ROUNDS} --seconds ${SECONDS} --load ${LOAD}`,
+      command: `loadtests/replay-interference.ts --rounds ${ROUNDS} --seconds ${SECONDS} --load ${LOAD} --replay-rate ${REPLAY_RATE}`,
       machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, load: os.loadavg() },
       capacity: Math.round(capacity),
       rate: Math.round(rate),

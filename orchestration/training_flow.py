@@ -135,8 +135,9 @@ def register(data_dir: str, model: str, best: dict[str, Any], dataset_hash: str)
     return run_step("register", args, _outputs(data_dir) / "register.json", _env(data_dir, None), get_run_logger())
 
 
-# Replay runs the candidate on one worker of its own over hundreds of inputs: minutes at most.
-@task(name="replay", **RETRIES, timeout_seconds=1800)
+# Replay runs the candidate on one worker of its own, paced at 20 inputs a second: a full live set
+# (REPLAY_DAILY_LIMIT 1,000 a day × 30 days of retention) takes 25 minutes.
+@task(name="replay", **RETRIES, timeout_seconds=3600)
 def replay(
     data_dir: str, model: str, serving: str, version: str, replay_set: str | None, policy: str | None
 ) -> dict[str, Any]:

@@ -17,6 +17,12 @@ export interface GatewayTarget {
   readonly concurrency?: number;
   /** Sent as `Authorization: Bearer …` when the gateway requires API keys. */
   readonly apiKey?: string;
+  /**
+   * At most this many requests started per second (unset: as fast as answers come). A replay shares
+   * the gateway, Redis and the machine with production: pacing it keeps its share small
+   * (loadtests/replay-interference.ts measures what it costs production).
+   */
+  readonly ratePerSecond?: number;
 }
 
 type Outcome = { ok: true; result: CompletedResult } | { ok: false; reason: string };
@@ -64,14 +70,27 @@ async function pollJob(target: GatewayTarget, id: string, auth: Record<string, s
   }
 }
 
-/** Runs `task` over `items` with at most `limit` in flight, results in input order. */
-async function inPool<T, R>(items: readonly T[], limit: number, task: (item: T) => Promise<R>): Promise<R[]> {
+/**
+ * Runs `task` over `items` with at most `limit` in flight, results in input order; with a rate, item
+ * i starts no earlier than i / rate seconds after the first.
+ */
+async function inPool<T, R>(
+  items: readonly T[],
+  limit: number,
+  task: (item: T) => Promise<R>,
+  ratePerSecond?: number,
+): Promise<R[]> {
   const results = new Array<R>(items.length);
+  const started = performance.now();
   let next = 0;
   await Promise.all(
     Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, async () => {
       while (next < items.length) {
         const i = next++;
+        if (ratePerSecond) {
+          const wait = started + (i * 1000) / ratePerSecond - performance.now();
+          if (wait > 0) await sleep(wait);
+        }
         results[i] = await task(items[i]!);
       }
     }),
@@ -125,7 +144,7 @@ export async function replayThroughGateway(
   dir: string,
   examples: readonly RecordedExample[],
 ): Promise<CandidateAnswer[]> {
-  return inPool(examples, target.concurrency ?? 1, async (example): Promise<CandidateAnswer> => {
+  const answer = async (example: RecordedExample): Promise<CandidateAnswer> => {
     const bytes = await readExampleImage(dir, example);
     const outcome = await predictOnce(target, model, bytes, example.input.file);
     if (!outcome.ok) return { id: example.id, status: 'failed', reason: outcome.reason };
@@ -137,5 +156,6 @@ export async function replayThroughGateway(
       prediction: result.prediction,
       inferenceMs: result.timings.inferenceMs,
     };
-  });
+  };
+  return inPool(examples, target.concurrency ?? 1, answer, target.ratePerSecond);
 }
