@@ -7,14 +7,13 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import sharp from 'sharp';
 import { inferenceQueue } from '@conveyor/shared/contract/jobs.contract';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { freePort } from '../harness/free-port.js';
 import { multipartBody } from '../harness/load-client.js';
 import { startRedis } from '../harness/redis-server.js';
 import { ENTRIES, ROOT } from '../harness/service-process.js';
-import { loadMnist, splitDataset } from '../services/trainer/src/pipeline/ingest.js';
+import { scanImage } from './lib/scan-image.js';
 import { median, round3, until } from './lib/drive.js';
 import { photoCase } from './lib/photo-cases.js';
 import { processCpuMs } from './lib/process-cpu.js';
@@ -320,23 +319,4 @@ async function stop(child: ChildProcess): Promise<void> {
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
   await exited;
-}
-
-/** The digits case of compare.bench.ts: the first 50 test digits' scan nearest 5 KB. */
-async function scanImage(): Promise<{ bytes: Buffer; description: string }> {
-  const dataset = loadMnist();
-  const split = splitDataset(dataset, { train: 0.7, validation: 0.15 }, 20261126);
-  let best: { bytes: Buffer; label: number } | undefined;
-  for (const index of split.test.slice(0, 50)) {
-    const sample = dataset.samples[index]!;
-    const bytes = await sharp(
-      Uint8Array.from(sample.pixels, (v) => 255 - Math.round(v * 0.85)),
-      { raw: { width: 28, height: 28, channels: 1 } },
-    )
-      .resize(280, 280, { kernel: 'cubic' })
-      .jpeg({ quality: 85 })
-      .toBuffer();
-    if (!best || Math.abs(bytes.length - 5000) < Math.abs(best.bytes.length - 5000)) best = { bytes, label: sample.label };
-  }
-  return { bytes: best!.bytes, description: `MNIST test digit (a ${best!.label}) as a 280×280 dark-on-light JPEG scan` };
 }
