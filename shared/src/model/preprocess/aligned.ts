@@ -96,6 +96,10 @@ function rowTaps(walk: Walk, y: number, channels: number): { top: number; bottom
 function rgbWalk(walk: Walk, [t0, t1, t2]: [Target, Target, Target]): GrayTotals {
   const { src, outW, outH, stride, out } = walk;
   const { left, right, frac } = walk.columns;
+  // (x · scale − 0) / 1 is x · scale exactly in IEEE arithmetic: with mean 0 and std 1 (nsfwjs'
+  // [0, 1] input) the subtraction and the division, a tenth of this walk, are left out.
+  const { scale } = t0;
+  const scaleOnly = [t0, t1, t2].every((t) => t.m === 0 && t.s === 1);
   let sum = 0;
   let sumSq = 0;
   let dark = 0;
@@ -122,9 +126,15 @@ function rgbWalk(walk: Walk, [t0, t1, t2]: [Target, Target, Target]): GrayTotals
       const v2 = upper + (b + (src[br + 2]! - b) * t - upper) * fy;
       // Normalised from the float32 value, as floatTensor reads it from the resampled plane.
       const at = i * stride;
-      out[t0.base + at] = (Math.fround(v0) * t0.scale - t0.m) / t0.s;
-      out[t1.base + at] = (Math.fround(v1) * t1.scale - t1.m) / t1.s;
-      out[t2.base + at] = (Math.fround(v2) * t2.scale - t2.m) / t2.s;
+      if (scaleOnly) {
+        out[t0.base + at] = Math.fround(v0) * scale;
+        out[t1.base + at] = Math.fround(v1) * scale;
+        out[t2.base + at] = Math.fround(v2) * scale;
+      } else {
+        out[t0.base + at] = (Math.fround(v0) * t0.scale - t0.m) / t0.s;
+        out[t1.base + at] = (Math.fround(v1) * t1.scale - t1.m) / t1.s;
+        out[t2.base + at] = (Math.fround(v2) * t2.scale - t2.m) / t2.s;
+      }
       // The statistics from the 8-bit rounding of the double ((v + 0.5) | 0 is Math.round for
       // v ≥ 0) through lumaOf's fixed-point BT.601 weights.
       const gray = (19595 * ((v0 + 0.5) | 0) + 38470 * ((v1 + 0.5) | 0) + 7471 * ((v2 + 0.5) | 0) + 32768) >>> 16;
