@@ -1,4 +1,7 @@
 import { expect } from 'chai';
+import sharp from 'sharp';
+import { ModelManifest } from '../src/model/manifest.js';
+import { preprocess } from '../src/model/preprocess.js';
 import { resizeAlignedIntoTensor } from '../src/model/preprocess/aligned.js';
 import { lumaOf } from '../src/model/preprocess/pixels.js';
 import { resizeAlignedBilinear } from '../src/model/preprocess/resample.js';
@@ -113,4 +116,76 @@ describe('the fused bilinear-align-corners pass (resize, tensor and statistics i
       /47 values/,
     );
   });
+});
+
+/**
+ * Through preprocess(), on encoded images of the kinds uploads bring: a manifest with a polarity
+ * runs the separate passes, and when the picture's border is dark (nothing to invert) they must
+ * give what the one walk (polarity none) gives, tensor bits and descriptors alike.
+ */
+describe('preprocess() with bilinear-align-corners: the one walk equals the separate passes', function () {
+  this.timeout(60_000);
+  const manifest = (color: 'rgb' | 'gray', polarity: 'none' | 'light-on-dark', layout: 'NCHW' | 'NHWC', channelOrder?: 'bgr') =>
+    ModelManifest.parse({
+      schema: 'conveyor.model/v1',
+      name: 'aligned',
+      version: '1',
+      sha256: '0'.repeat(64),
+      input: { name: 'x', layout, channels: color === 'rgb' ? 3 : 1, height: 57, width: 64 },
+      output: { name: 'y', kind: 'probabilities' },
+      preprocess: {
+        color,
+        resize: 'bilinear-align-corners',
+        polarity,
+        ...(channelOrder ? { channelOrder } : {}),
+        normalize:
+          color === 'rgb'
+            ? { scale: 1 / 255, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+            : { scale: 1 / 255, mean: [0], std: [1] },
+      },
+      labels: ['a', 'b'],
+    });
+
+  /** A noisy picture on a dark frame, so a polarity finds nothing to invert. */
+  function framed(w: number, h: number, channels: 3 | 4): Buffer {
+    const pixels = Buffer.from(image(w, h, channels, w + h));
+    for (let y = 0; y < h; y++)
+      for (let x = 0; x < w; x++) {
+        const o = (y * w + x) * channels;
+        const frame = x < w / 8 || x >= (7 * w) / 8 || y < h / 8 || y >= (7 * h) / 8;
+        if (frame) pixels.fill(10, o, o + 3);
+        // Translucent inside (flattened onto the white background), opaque on the dark frame.
+        if (channels === 4) pixels[o + 3] = frame ? 255 : (x * 7) & 255;
+      }
+    return pixels;
+  }
+  const raw = (w: number, h: number, channels: 3 | 4) =>
+    sharp(framed(w, h, channels), { raw: { width: w, height: h, channels } });
+  const uploads: [string, () => Promise<Buffer>][] = [
+    ['a JPEG', () => raw(300, 200, 3).jpeg().toBuffer()],
+    ['a PNG with alpha', () => raw(150, 190, 4).png().toBuffer()],
+    ['a grey JPEG', () => raw(220, 180, 3).greyscale().jpeg().toBuffer()],
+    ['a CMYK JPEG', () => raw(200, 160, 3).toColourspace('cmyk').jpeg().toBuffer()],
+    ['an EXIF-rotated JPEG (orientation 6)', () => raw(240, 130, 3).jpeg().withMetadata({ orientation: 6 }).toBuffer()],
+    ['a JPEG with an sRGB profile', () => raw(180, 120, 3).withIccProfile('srgb').jpeg().toBuffer()],
+    ['a JPEG with a Display P3 profile', () => raw(180, 120, 3).withIccProfile('p3').jpeg().toBuffer()],
+  ];
+  const layouts = [
+    ['rgb', 'NCHW', undefined],
+    ['rgb', 'NHWC', 'bgr'],
+    ['gray', 'NCHW', undefined],
+  ] as const;
+  for (const [name, make] of uploads) {
+    for (const [color, layout, order] of layouts) {
+      it(`${name}, ${color} ${layout}${order ? ' bgr' : ''}`, async () => {
+        const bytes = await make();
+        const input = { kind: 'encoded', bytes } as const;
+        const separate = await preprocess(input, manifest(color, 'light-on-dark', layout, order), { maxPixels: 1e6 });
+        const walked = await preprocess(input, manifest(color, 'none', layout, order), { maxPixels: 1e6 });
+        expect(separate.descriptors.inverted).to.equal(false);
+        expect(walked.descriptors).to.deep.equal(separate.descriptors);
+        expect(Array.from(bits(walked.tensor))).to.deep.equal(Array.from(bits(separate.tensor)));
+      });
+    }
+  }
 });
