@@ -32,6 +32,9 @@ const frame: Pick<ModelManifest, 'input' | 'preprocess'> = {
   },
 };
 
+// The real MobileNetV2's policy: bilinear-align-corners, resampled in floating point in process.
+const moderation = await readManifest('models/moderation');
+
 const dataset = loadMnist();
 const split = splitDataset(dataset, { train: 0.7, validation: 0.15 }, 20261126);
 const pixels = split.test.slice(0, 50).map((i) => dataset.samples[i]!.pixels);
@@ -83,6 +86,11 @@ const sets: { name: string; manifest: Pick<ModelManifest, 'input' | 'preprocess'
     name: 'frame 224: 640×480 JPEG',
     manifest: frame,
     images: await Promise.all([1, 2, 3, 4].map((s) => photo(640, 480, s).jpeg({ quality: 85 }).toBuffer())),
+  },
+  {
+    name: 'moderation: 600×400 JPEG',
+    manifest: moderation,
+    images: await Promise.all([1, 2, 3, 4].map((s) => photo(600, 400, s).jpeg({ quality: 90 }).toBuffer())),
   },
 ];
 

@@ -1,6 +1,8 @@
 import type { Sharp } from 'sharp';
 import type { ModelManifest, PreprocessSpec } from '../manifest.js';
-import { borderMedian, lumaOf, meanAndStd, round4 } from './pixels.js';
+import type { ImageDescriptors } from '../../contract/common.contract.js';
+import { resizeAlignedIntoTensor } from './aligned.js';
+import { borderMedian, brightnessAndContrast, lumaOf, round4 } from './pixels.js';
 import { resizeAlignedBilinear, shorterSideCrop } from './resample.js';
 import { floatTensor, toTensor } from './tensor.js';
 import type { Prepared } from './types.js';
@@ -50,41 +52,111 @@ export async function framePipeline(
   }
   pipeline = spec.color === 'gray' ? pipeline.greyscale() : pipeline.toColourspace('srgb');
   const { data, info } = await pipeline.removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
-  const channels = spec.color === 'gray' ? 1 : 3;
+  const channels: 1 | 3 = spec.color === 'gray' ? 1 : 3;
   if (info.channels !== channels) throw new Error(`expected ${channels} channels after preprocessing, got ${info.channels}`);
-  let pixels: Uint8Array = new Uint8Array(data.buffer, data.byteOffset, data.length);
+  const decoded = {
+    pixels: new Uint8Array(data.buffer, data.byteOffset, data.length),
+    width: info.width,
+    height: info.height,
+    channels,
+  };
+  // Nothing waits on the result's border without a polarity: the resize, tensor and statistics in one walk.
+  return aligned && spec.polarity === 'none'
+    ? alignedInOneWalk(decoded, oriented, manifest, spec, workspace)
+    : separatePasses(decoded, aligned, oriented, manifest, spec, workspace);
+}
+
+interface Decoded {
+  readonly pixels: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+  readonly channels: 1 | 3;
+}
+
+function alignedInOneWalk(
+  decoded: Decoded,
+  oriented: { width: number; height: number },
+  manifest: Pick<ModelManifest, 'input'>,
+  spec: PreprocessSpec,
+  workspace: Workspace | undefined,
+): Prepared {
+  const { width, height, layout } = manifest.input;
+  const { channels } = decoded;
+  const n = width * height;
+  const tensor = workspace?.floats('tensor', n * channels) ?? new Float32Array(n * channels);
+  const { sum, sumSq, dark } = resizeAlignedIntoTensor(
+    decoded.pixels,
+    decoded.width,
+    decoded.height,
+    channels,
+    width,
+    height,
+    layout,
+    spec,
+    tensor,
+  );
+  return { tensor, descriptors: descriptorsOf(oriented, sum, sumSq, dark, n, false) };
+}
+
+function separatePasses(
+  decoded: Decoded,
+  aligned: boolean,
+  oriented: { width: number; height: number },
+  manifest: Pick<ModelManifest, 'input'>,
+  spec: PreprocessSpec,
+  workspace: Workspace | undefined,
+): Prepared {
+  const { width, height } = manifest.input;
+  const { channels } = decoded;
+  let pixels = decoded.pixels;
   let resampled: Float32Array | undefined;
   if (aligned) {
     const n = width * height * channels;
     // The descriptors below are 8-bit statistics, as for every other policy; the tensor is not.
     const rounded = workspace?.bytes('pixels', n) ?? new Uint8Array(n);
-    resampled = resizeAlignedBilinear(pixels, info.width, info.height, channels, width, height, {
+    resampled = resizeAlignedBilinear(pixels, decoded.width, decoded.height, channels, width, height, {
       out: workspace?.floats('resampled', n),
       rounded,
     });
     pixels = rounded;
-  } else if (info.width !== width || info.height !== height) {
-    throw new Error(`expected ${width}×${height} after preprocessing, got ${info.width}×${info.height}`);
+  } else if (decoded.width !== width || decoded.height !== height) {
+    throw new Error(`expected ${width}×${height} after preprocessing, got ${decoded.width}×${decoded.height}`);
   }
   const gray = channels === 1 ? pixels : lumaOf(pixels, workspace?.bytes('luma', width * height));
   // The polarity is decided on the border before anything is inverted; the tensor's tables then
   // invert as they normalise, so the pixels are read once more and never rewritten.
   const inverted = spec.polarity !== 'none' && borderMedian(gray, width, height) > 127;
-  const { brightness, contrast } = meanAndStd(gray);
+  let sum = 0;
+  let sumSq = 0;
   let dark = 0;
-  for (let i = 0; i < gray.length; i++) if (gray[i]! < 128) dark++;
-  const inkPixels = inverted ? dark : gray.length - dark;
+  for (let i = 0; i < gray.length; i++) {
+    const v = gray[i]!;
+    sum += v;
+    sumSq += v * v;
+    if (v < 128) dark++;
+  }
   return {
     tensor: resampled
       ? floatTensor(resampled, channels, width, height, manifest.input.layout, spec, inverted, workspace)
       : toTensor(pixels, channels, width, height, manifest.input.layout, spec, inverted, workspace),
-    descriptors: {
-      width: oriented.width,
-      height: oriented.height,
-      brightness,
-      contrast,
-      inkRatio: round4(inkPixels / gray.length),
-      inverted,
-    },
+    descriptors: descriptorsOf(oriented, sum, sumSq, dark, gray.length, inverted),
+  };
+}
+
+function descriptorsOf(
+  oriented: { width: number; height: number },
+  sum: number,
+  sumSq: number,
+  dark: number,
+  count: number,
+  inverted: boolean,
+): ImageDescriptors {
+  const inkPixels = inverted ? dark : count - dark;
+  return {
+    width: oriented.width,
+    height: oriented.height,
+    ...brightnessAndContrast(sum, sumSq, count),
+    inkRatio: round4(inkPixels / count),
+    inverted,
   };
 }

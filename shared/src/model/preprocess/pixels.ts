@@ -16,8 +16,13 @@ export function meanAndStd(gray: Uint8Array): { brightness: number; contrast: nu
     sum += v;
     sumSq += v * v;
   }
-  const mean = sum / gray.length;
-  const variance = Math.max(0, sumSq / gray.length - mean * mean);
+  return brightnessAndContrast(sum, sumSq, gray.length);
+}
+
+/** The mean and standard deviation of `count` gray levels from their sum and sum of squares, as fractions of 255. */
+export function brightnessAndContrast(sum: number, sumSq: number, count: number): { brightness: number; contrast: number } {
+  const mean = sum / count;
+  const variance = Math.max(0, sumSq / count - mean * mean);
   return { brightness: round4(mean / 255), contrast: round4(Math.sqrt(variance) / 255) };
 }
 

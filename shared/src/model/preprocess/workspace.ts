@@ -1,7 +1,8 @@
 /**
  * The typed arrays one image needs, kept between images by whoever runs one image at a time (a
- * worker slot), so a job allocates no fresh megabytes: the resampled floats, their 8-bit copy,
- * the luma plane and the tensor. (sharp's decoded pixels are still a fresh Buffer per image:
+ * worker slot), so a job allocates no fresh megabytes: the tensor, and for the policies that need
+ * them the resampled floats, their 8-bit copy and the luma plane (the align-corners resize without
+ * a polarity writes the tensor directly). (sharp's decoded pixels are still a fresh Buffer per image:
  * sharp has no way to decode into a given buffer.) Not for images in parallel.
  */
 export class Workspace {
