@@ -66,7 +66,8 @@ export function predictBodyParser(maxBytes: number): Middleware<GatewayState> {
   const json = koaBody({ multipart: false, json: true, urlencoded: false, text: false, jsonLimit: JSON_LIMIT_BYTES });
   return async (ctx, next) => {
     const declared = Number(ctx.get('content-length') || NaN);
-    const multipart = ctx.is('multipart') !== false;
+    // null: no body at all (not read here; answered by readPredictInput as before).
+    const multipart = Boolean(ctx.is('multipart'));
     if (declared > maxBytes + (multipart ? MULTIPART_SLACK : 0)) {
       throw tooLarge(maxBytes);
     }
@@ -111,7 +112,9 @@ async function readBody(ctx: GatewayContext, limit: number, maxBytes: number): P
  */
 async function parseForm(ctx: GatewayContext, body: Buffer, maxBytes: number): Promise<void> {
   const form = formidable({ multiples: true, ...formidableOptions(maxBytes) });
-  const replay = Object.assign(Readable.from([body]), { headers: ctx.req.headers });
+  // An empty body is no chunk at all, as the request gave formidable none (an empty chunk would reach
+  // a parser that a form without a boundary never got).
+  const replay = Object.assign(Readable.from(body.length > 0 ? [body] : []), { headers: ctx.req.headers });
   try {
     const [fields, parts] = await form.parse(replay as unknown as IncomingMessage);
     ctx.request.body = single(fields);
