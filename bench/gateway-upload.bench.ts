@@ -21,10 +21,15 @@ import { processCpuMs } from './lib/process-cpu.js';
 /**
  * Issue 19's per-megabyte question: the gateway's own CPU per upload, by upload size and body shape,
  * with nothing else on the path. One private Redis, one gateway process per checkout compared (from
- * its TypeScript sources, as `--gateway label=DIR`; this checkout by default), no worker: every
- * request is `Prefer: respond-async` (202 as soon as the image and the job are in Redis), and the
- * queue is emptied between cells (BullMQ's obliterate; the gateway's own reconciliation then gives
- * the queued bytes back and deletes the images), so no cell sees a backlog left by another.
+ * its TypeScript sources, as `--gateway label=DIR`; this checkout by default). Two modes:
+ * - async: no worker; every request is `Prefer: respond-async` (202 as soon as the image and the
+ *   job are in Redis), and the queue is emptied between cells (BullMQ's obliterate; the gateway's
+ *   own reconciliation then gives the queued bytes back and deletes the images), so no cell sees a
+ *   backlog left by another;
+ * - sync: a real inference worker of the same checkout serves the gateway's queue (the digits model,
+ *   for every case: the gateway's work does not depend on the model, and the photos cost the worker
+ *   less that way); every request waits for its result (200): the gateway's result waiter, the reply
+ *   and the answer's serialisation are in the figure. Only the gateway's CPU is counted.
  *
  * Cases (each sent as multipart/form-data with the image in `file`, and as a raw body with
  * `Content-Type: image/jpeg`):
@@ -42,8 +47,9 @@ import { processCpuMs } from './lib/process-cpu.js';
  * gateway writes a V8 CPU profile there when it stops.
  *
  *   node --conditions=conveyor-source --import tsx bench/gateway-upload.bench.ts \
- *        [--gateway before=/tmp/before --gateway after=.] [--rounds 3] [--requests 200] \
- *        [--phone-requests 100] [--concurrency 4] [--cases scan,photo,phone] [--bodies multipart,raw] [--out FILE]
+ *        [--gateway before=/tmp/before --gateway after=.] [--rounds 3] [--requests 200] [--warmup 300] \
+ *        [--phone-requests 100] [--concurrency 4] [--cases scan,photo,phone] [--bodies multipart,raw]
+ *        [--modes async,sync] [--out FILE]
  */
 const { values } = parseArgs({
   options: {
@@ -51,10 +57,16 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     requests: { type: 'string', default: '200' },
     'phone-requests': { type: 'string', default: '100' },
-    warmup: { type: 'string', default: '60' },
+    /**
+     * Requests per cell before the measured rounds. V8 is still compiling the gateway's hot path long
+     * after 60: an asynchronous scan cost 1.2–1.6 ms over the first 2,000 requests and 0.6 ms after.
+     */
+    warmup: { type: 'string', default: '300' },
     concurrency: { type: 'string', default: '4' },
     cases: { type: 'string', default: 'scan,photo,phone' },
     bodies: { type: 'string', default: 'multipart,raw' },
+    /** async: 202 at once, no worker; sync: a worker answers, each request waits for its 200. */
+    modes: { type: 'string', default: 'async,sync' },
     /** The gateway runs with --trace-gc: its GCs per request by kind, and their pauses, per cell. */
     gc: { type: 'boolean', default: false },
     /** More node options for the gateways (e.g. --perf-basic-prof, for `perf record -p PID`; the pids are printed). */
@@ -66,6 +78,7 @@ const traceGc = values.gc;
 
 type CaseName = 'scan' | 'photo' | 'phone';
 type BodyKind = 'multipart' | 'raw';
+type Mode = 'async' | 'sync';
 interface Upload {
   readonly body: Buffer;
   readonly type: string;
@@ -80,6 +93,7 @@ const rounds = Number(values.rounds);
 const concurrency = Number(values.concurrency);
 const caseNames = values.cases.split(',') as CaseName[];
 const bodyKinds = values.bodies.split(',') as BodyKind[];
+const modes = values.modes.split(',') as Mode[];
 const requestsOf = (c: CaseName) => Number(c === 'phone' ? values['phone-requests'] : values.requests);
 
 const images: Record<CaseName, { bytes: Buffer; description: string }[]> = {
@@ -102,6 +116,9 @@ interface Running {
   readonly prefix: string;
   readonly port: number;
   readonly child: ChildProcess;
+  readonly checkout: string;
+  /** The checkout's inference worker, once the synchronous cells start. */
+  worker?: ChildProcess;
   readonly agent: Agent;
   readonly queue: Queue;
   readonly connection: Redis;
@@ -117,20 +134,26 @@ type Sample = {
   gc?: Record<string, { perRequest: number; pauseMsPerRequest: number }>;
 };
 const samples: Record<string, Sample[]> = {};
-const cellKey = (label: string, c: CaseName, kind: BodyKind) => `${label} ${c} ${kind}`;
+const cellKey = (label: string, c: CaseName, kind: BodyKind, mode: Mode) =>
+  `${label} ${c} ${kind}${mode === 'async' ? '' : ' sync'}`;
 try {
   for (const [i, g] of gateways.entries()) running.push(await startGateway(g.label, g.dir, `gwbench${i}`));
-  for (const g of running) {
-    for (const c of caseNames) for (const kind of bodyKinds) await cell(g, uploads(c, kind), Number(values.warmup));
-  }
-  for (let round = 1; round <= rounds; round++) {
-    const order = round % 2 === 1 ? running : [...running].reverse();
-    for (const c of caseNames) {
-      for (const kind of bodyKinds) {
-        for (const g of order) {
-          const sample = await cell(g, uploads(c, kind), requestsOf(c));
-          (samples[cellKey(g.label, c, kind)] ??= []).push(sample);
-          console.error(`round ${round} ${cellKey(g.label, c, kind)}: ${JSON.stringify(sample)}`);
+  // The modes one after the other: the workers start only for the synchronous cells, so that the
+  // asynchronous ones queue with no worker taking the jobs.
+  for (const mode of modes) {
+    if (mode === 'sync') await Promise.all(running.map((g) => startWorker(g)));
+    for (const g of running) {
+      for (const c of caseNames) for (const kind of bodyKinds) await cell(g, uploads(c, kind), Number(values.warmup), mode);
+    }
+    for (let round = 1; round <= rounds; round++) {
+      const order = round % 2 === 1 ? running : [...running].reverse();
+      for (const c of caseNames) {
+        for (const kind of bodyKinds) {
+          for (const g of order) {
+            const sample = await cell(g, uploads(c, kind), requestsOf(c), mode);
+            (samples[cellKey(g.label, c, kind, mode)] ??= []).push(sample);
+            console.error(`round ${round} ${cellKey(g.label, c, kind, mode)}: ${JSON.stringify(sample)}`);
+          }
         }
       }
     }
@@ -141,6 +164,7 @@ try {
     await g.queue.close();
     g.connection.disconnect();
     await stop(g.child);
+    if (g.worker) await stop(g.worker);
   }
   admin.disconnect();
   await redis.stop();
@@ -168,12 +192,14 @@ for (const r of rows) {
 }
 // The slope between the smallest and the largest case: the cost per MB with the fixed cost taken out.
 for (const g of gateways) {
-  for (const kind of bodyKinds) {
-    const small = rows.find((r) => r.cell === cellKey(g.label, caseNames[0]!, kind));
-    const large = rows.find((r) => r.cell === cellKey(g.label, caseNames.at(-1)!, kind));
-    if (!small || !large || small === large) continue;
-    const slope = (large.cpuMsPerRequest - small.cpuMsPerRequest) / ((large.meanImageBytes - small.meanImageBytes) / 1e6);
-    console.log(`${g.label} ${kind}: ${round3(slope)} ms per additional MB (${caseNames[0]} → ${caseNames.at(-1)})`);
+  for (const mode of modes) {
+    for (const kind of bodyKinds) {
+      const small = rows.find((r) => r.cell === cellKey(g.label, caseNames[0]!, kind, mode));
+      const large = rows.find((r) => r.cell === cellKey(g.label, caseNames.at(-1)!, kind, mode));
+      if (!small || !large || small === large) continue;
+      const slope = (large.cpuMsPerRequest - small.cpuMsPerRequest) / ((large.meanImageBytes - small.meanImageBytes) / 1e6);
+      console.log(`${g.label} ${kind} ${mode}: ${round3(slope)} ms per additional MB (${caseNames[0]} → ${caseNames.at(-1)})`);
+    }
   }
 }
 const report = {
@@ -181,15 +207,25 @@ const report = {
   command: `bench/gateway-upload.bench.ts ${process.argv.slice(2).join(' ')}`,
   machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, loadAvgAtEnd: os.loadavg() },
   gateways,
-  settings: { rounds, concurrency, requests: Object.fromEntries(caseNames.map((c) => [c, requestsOf(c)])), bodies: bodyKinds },
+  settings: {
+    rounds,
+    concurrency,
+    requests: Object.fromEntries(caseNames.map((c) => [c, requestsOf(c)])),
+    bodies: bodyKinds,
+    modes,
+  },
   images: Object.fromEntries(caseNames.map((c) => [c, images[c].map((i) => i.description)])),
   rows,
   samples,
 };
 if (values.out) writeFileSync(values.out, `${JSON.stringify(report, null, 2)}\n`);
 
-/** `n` uploads (the given ones in turn) over `concurrency` keep-alive connections; each must be answered 202. */
-async function cell(g: Running, list: readonly Upload[], n: number): Promise<Sample> {
+/**
+ * `n` uploads (the given ones in turn) over `concurrency` keep-alive connections; each must be
+ * answered 202 (async) or 200 with its result (sync).
+ */
+async function cell(g: Running, list: readonly Upload[], n: number, mode: Mode): Promise<Sample> {
+  const expected = mode === 'async' ? 202 : 200;
   let next = 0;
   const gcBefore = new Map([...g.gcs].map(([k, v]) => [k, { ...v }]));
   const before = processCpuMs(g.child.pid!)!;
@@ -197,8 +233,8 @@ async function cell(g: Running, list: readonly Upload[], n: number): Promise<Sam
   const one = async () => {
     while (next < n) {
       const upload = list[next++ % list.length]!;
-      const status = await post(g, upload);
-      if (status !== 202) throw new Error(`${g.label}: HTTP ${status}`);
+      const status = await post(g, upload, mode);
+      if (status !== expected) throw new Error(`${g.label}: HTTP ${status}`);
     }
   };
   await Promise.all(Array.from({ length: concurrency }, one));
@@ -225,7 +261,8 @@ async function cell(g: Running, list: readonly Upload[], n: number): Promise<Sam
   };
 }
 
-function post(g: Running, upload: Upload): Promise<number> {
+function post(g: Running, upload: Upload, mode: Mode): Promise<number> {
+  const expected = mode === 'async' ? 202 : 200;
   return new Promise((resolve, reject) => {
     const req = request(
       {
@@ -234,13 +271,17 @@ function post(g: Running, upload: Upload): Promise<number> {
         path: '/v1/predict',
         method: 'POST',
         agent: g.agent,
-        headers: { 'content-type': upload.type, 'content-length': upload.body.length, prefer: 'respond-async' },
+        headers: {
+          'content-type': upload.type,
+          'content-length': upload.body.length,
+          prefer: mode === 'async' ? 'respond-async' : 'wait=30',
+        },
       },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
-          if (res.statusCode !== 202) console.error(Buffer.concat(chunks).toString());
+          if (res.statusCode !== expected) console.error(Buffer.concat(chunks).toString());
           resolve(res.statusCode ?? 0);
         });
       },
@@ -311,7 +352,39 @@ async function startGateway(label: string, checkout: string, prefix: string): Pr
   await until(`the ${label} gateway`, async () => (await fetch(`${base}/health`).catch(() => undefined))?.ok === true, 60_000);
   const connection = admin.duplicate();
   const queue = new Queue(inferenceQueue('digits'), { connection, prefix });
-  return { label, prefix, port, child, agent: new Agent({ keepAlive: true, maxSockets: concurrency }), queue, connection, gcs };
+  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+  return { label, prefix, port, checkout, child, agent, queue, connection, gcs };
+}
+
+/** The checkout's inference worker on the gateway's queue (the digits model), as `make run` starts one; waits until it serves. */
+async function startWorker(g: Running): Promise<void> {
+  const { label, checkout, prefix } = g;
+  const worker = spawn(
+    process.execPath,
+    ['--conditions=conveyor-source', '--import', 'tsx', path.join(checkout, ENTRIES['inference-worker'])],
+    {
+      cwd: checkout,
+      env: {
+        ...process.env,
+        REDIS_URL: redis.url,
+        REDIS_PREFIX: prefix,
+        MODELS: 'digits',
+        DEFAULT_MODEL: 'digits',
+        HEARTBEAT_INTERVAL_MS: '500',
+        LOG_LEVEL: 'warn',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  createInterface({ input: worker.stderr }).on('line', (line) => console.error(`[${label} worker] ${line}`));
+  console.error(`${label} worker: pid ${worker.pid}`);
+  g.worker = worker;
+  const base = `http://127.0.0.1:${g.port}`;
+  await until(
+    `the ${label} worker`,
+    async () => (await fetch(`${base}/v2/models/digits/ready`).catch(() => undefined))?.ok === true,
+    120_000,
+  );
 }
 
 async function stop(child: ChildProcess): Promise<void> {

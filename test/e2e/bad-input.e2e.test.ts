@@ -243,6 +243,23 @@ describe('bad input', function () {
       expectProblem(reply, 400, 'invalid-request');
     });
 
+    it('answers 400, not 500, for an empty body that declares multipart without a boundary', async () => {
+      const reply = await request(`${gateway.url}/v1/predict`, {
+        method: 'POST',
+        headers: { 'content-type': 'multipart/form-data', prefer: 'respond-async' },
+      });
+      expectProblem(reply, 400, 'invalid-request');
+    });
+
+    it('answers 400, not 500, for a multipart body without a boundary', async () => {
+      const reply = await request(`${gateway.url}/v1/predict`, {
+        method: 'POST',
+        body: 'not a form',
+        headers: { 'content-type': 'multipart/form-data', prefer: 'respond-async' },
+      });
+      expectProblem(reply, 400, 'invalid-request');
+    });
+
     it('answers 400 for a multipart form with the image in the wrong field', async () => {
       expectProblem(
         await request(`${gateway.url}/v1/predict`, { method: 'POST', body: uploadForm(seven, 'a.png', 'image') }),

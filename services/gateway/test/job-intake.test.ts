@@ -199,4 +199,31 @@ describe('job intake (fakes, no Redis)', () => {
     expect(refused).to.equal(fakes.placeError);
     expect(fakes.calls).to.deep.equal(['admit 1234', 'fair.place key:a normal', 'place.release']);
   });
+
+  it('admits and places in one call when admission and fair queuing both can (one round trip)', async () => {
+    const fakes = new Fakes();
+    const parts = fakes.parts(true);
+    const intake = new JobIntake({
+      ...parts,
+      admission: {
+        ...parts.admission,
+        admitPlaced: (_queue, jobId, bytes, _deadline, step) => {
+          fakes.calls.push(`admitPlaced ${bytes} ${step.args[0]} ${step.args[4]}`);
+          return Promise.resolve({ place: fakes.place(jobId), fair: step.settle([42, 1]) });
+        },
+      },
+      fair: {
+        ...parts.fair!,
+        step: (_queue, tenant, jobId, priority) => ({
+          keys: ['p', 'w', 'f', 'places', 'r'],
+          args: [tenant.id, tenant.weight, jobId, 1, priority === 'high' ? 1 : 2, 8, 60, '0', '1'],
+          settle: ([priority]) => ({ priority, charge: () => undefined }),
+        }),
+      },
+    });
+    const admitted = await intake.admit('digits', { id: 'key:a', weight: 1, maxPriority: 'high' }, 1234, 'high');
+    expect(admitted.fair?.priority).to.equal(42);
+    expect(admitted.place.jobId).to.be.a('string');
+    expect(fakes.calls).to.deep.equal(['admitPlaced 1234 key:a 1']);
+  });
 });

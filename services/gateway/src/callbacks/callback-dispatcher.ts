@@ -113,6 +113,9 @@ export class CallbackDispatcher {
     });
     this.worker.on('error', (error) => this.log.warn({ err: error }, 'callback worker error'));
     subscriber.on('message', (_channel: string, message: string) => {
+      // Every reply to a waiting request comes here too: with no delivery waiting for one (callbacks
+      // off, or none pending), it is not parsed a second time (the result waiter reads it).
+      if (this.awaiting.size === 0) return;
       let id: string;
       try {
         id = ReplyMessage.parse(JSON.parse(message)).result.id;

@@ -63,6 +63,8 @@ export interface GatewayState {
   jobId?: string;
   /** A raw image body (Content-Type image/* or application/octet-stream), read within the size limit. */
   rawUpload?: Buffer;
+  /** The file of a multipart form of the common shape (intake/simple-form.ts), read within the size limit. */
+  formUpload?: { readonly bytes: Buffer; readonly filename: string };
   /** The place in the queue reserved at admission, given back once the job is queued. */
   reservation?: QueuePlace;
   /** The share of the gateway's upload budget this request holds while its bytes are in memory. */

@@ -2,7 +2,9 @@ import type { Redis } from '@conveyor/shared/redis';
 import { ProblemError } from '@conveyor/shared/problem';
 import type { QueuePlace } from '../http/context.js';
 import type { DeadlineLimit } from './deadline-admission.js';
+import { FAIR_PLACE_FUNCTION, type FairStep } from './fair-queue.js';
 import type { InferenceQueue } from './model-queues.js';
+import type { FairPlace } from '../http/context.js';
 
 /**
  * Backpressure: when more jobs wait than the workers can reasonably catch up with, new work is
@@ -57,6 +59,27 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[5], ARGV[5], ARGV[4] .. ' ' .. ARGV[6] .. ' ' .. KEYS[3])
 redis.call('INCRBY', KEYS[4], ARGV[4])
 return { 0 }`;
+
+// RESERVE, then (once the place is reserved) fair queuing's placement of the job (fair-queue.ts), in
+// one call: a request pays one round trip for both. Beyond the tenant's share the reservation just
+// made is undone here, as RELEASE would undo it.
+// KEYS: RESERVE's five, then FAIR_PLACE_FUNCTION's five. ARGV: RESERVE's six, then its nine.
+// Returns RESERVE's refusals, { 0, priority, places held } admitted and placed, or { 3, places held }
+// beyond the tenant's share.
+const RESERVE_AND_PLACE = `${FAIR_PLACE_FUNCTION}
+local reserved = (function()
+${RESERVE.replace(/\n/g, '\n  ')}
+end)()
+if reserved[1] ~= 0 then return reserved end
+local placed = fairPlace({ KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10] },
+  { ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15] })
+if placed[1] < 0 then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('HDEL', KEYS[5], ARGV[5])
+  if redis.call('DECRBY', KEYS[4], ARGV[4]) < 0 then redis.call('SET', KEYS[4], 0) end
+  return { 3, placed[2] }
+end
+return { 0, placed[1], placed[2] }`;
 
 // Gives a reservation's place back, and either sets the job's bytes to what was stored (ARGV[1]) or,
 // when ARGV[1] is '', gives them all back. A job whose field is gone (committed already, or
@@ -117,6 +140,9 @@ return { scan[1], released, freed }`;
 
 const RESERVATION_TTL_MS = 60_000;
 
+/** RESERVE's arguments: max depth, reservation TTL (ms), max queued bytes, bytes, job id, job key prefix. */
+type ReserveArgs = [number, number, number, number, string, string];
+
 type AdmissionRedis = Redis & {
   conveyorReserve(
     wait: string,
@@ -124,13 +150,9 @@ type AdmissionRedis = Redis & {
     reservations: string,
     queuedBytes: string,
     queuedImages: string,
-    max: number,
-    ttlMs: number,
-    maxBytes: number,
-    bytes: number,
-    jobId: string,
-    jobKeyPrefix: string,
-  ): Promise<[number, number?]>;
+    ...args: ReserveArgs
+  ): Promise<[number, number?, number?]>;
+  conveyorReservePlace(...keysThenArgs: (string | number)[]): Promise<[number, number?, number?]>;
   conveyorRelease(
     reservations: string,
     queuedImages: string,
@@ -185,6 +207,7 @@ export class Admission {
     private readonly room?: RoomCheck,
   ) {
     redis.defineCommand('conveyorReserve', { numberOfKeys: 5, lua: RESERVE });
+    redis.defineCommand('conveyorReservePlace', { numberOfKeys: 10, lua: RESERVE_AND_PLACE });
     redis.defineCommand('conveyorRelease', { numberOfKeys: 3, lua: RELEASE });
     redis.defineCommand('conveyorReconcile', { numberOfKeys: 2, lua: RECONCILE });
     this.redis = redis as AdmissionRedis;
@@ -231,6 +254,31 @@ export class Admission {
    * declared length, or the upload limit).
    */
   async admit(queue: InferenceQueue, jobId: string, bytes: number, deadline?: DeadlineLimit): Promise<Reservation> {
+    return (await this.reserve(queue, jobId, bytes, deadline)).place;
+  }
+
+  /**
+   * As `admit`, and fair queuing's place for the job (`fair`: FairQueue.step) in the same call to
+   * Redis. Beyond the tenant's share, nothing stays reserved and the 429 is thrown.
+   */
+  async admitPlaced(
+    queue: InferenceQueue,
+    jobId: string,
+    bytes: number,
+    deadline: DeadlineLimit | undefined,
+    fair: FairStep,
+  ): Promise<{ place: Reservation; fair: FairPlace }> {
+    const { place, placed } = await this.reserve(queue, jobId, bytes, deadline, fair);
+    return { place, fair: fair.settle(placed!) };
+  }
+
+  private async reserve(
+    queue: InferenceQueue,
+    jobId: string,
+    bytes: number,
+    deadline: DeadlineLimit | undefined,
+    fair?: FairStep,
+  ): Promise<{ place: Reservation; placed?: [number, number] }> {
     const { wait, prioritized } = queue.keys;
     const reserved = this.keys.reserved(queue.name);
     const { queuedBytes, queuedImages } = this.keys;
@@ -238,23 +286,15 @@ export class Admission {
     // A deadline is one more bound on the depth, checked in the same call as MAX_QUEUE_DEPTH.
     const maxDepth = Math.min(this.limits.maxDepth, deadline?.maxDepth ?? Infinity);
     await this.room?.check();
+    const keys = [wait!, prioritized!, reserved, queuedBytes, queuedImages];
+    const args = [maxDepth, RESERVATION_TTL_MS, maxQueuedBytes, bytes, jobId, queue.toKey('')];
     const reserve = () =>
-      this.redis.conveyorReserve(
-        wait!,
-        prioritized!,
-        reserved,
-        queuedBytes,
-        queuedImages,
-        maxDepth,
-        RESERVATION_TTL_MS,
-        maxQueuedBytes,
-        bytes,
-        jobId,
-        queue.toKey(''),
-      );
-    let [code, value] = await reserve();
+      fair
+        ? this.redis.conveyorReservePlace(...keys, ...fair.keys, ...args, ...fair.args)
+        : this.redis.conveyorReserve(...(keys as [string, string, string, string, string]), ...(args as ReserveArgs));
+    let [code, value, held] = await reserve();
     // Bytes of jobs that left without a commit may still be counted: settle them before refusing.
-    if (code === 2 && (await this.reconcile()).jobs > 0) [code, value] = await reserve();
+    if (code === 2 && (await this.reconcile()).jobs > 0) [code, value, held] = await reserve();
     if (code === 1 && deadline && value !== undefined && value < this.limits.maxDepth) deadline.refuse(value);
     if (code === 1) {
       throw new ProblemError(
@@ -270,18 +310,21 @@ export class Admission {
         retryAfterSeconds: 5,
       });
     }
-    let held = true;
+    // Beyond the tenant's share: the script reserved nothing; fair queuing words the refusal.
+    if (code === 3) fair!.settle([-1, value!]);
+    let kept = true;
     // Fire and forget: a lost release only makes admission stricter until reconcile() settles it.
     const giveBack = (stored: string) => {
-      if (!held) return;
-      held = false;
+      if (!kept) return;
+      kept = false;
       this.redis.conveyorRelease(reserved, queuedImages, queuedBytes, stored, jobId).catch(() => undefined);
     };
-    return {
+    const place: Reservation = {
       jobId,
       // The image stays counted (the worker's result commit takes it off); only the estimate is corrected.
       queued: (stored) => giveBack(String(stored)),
       release: () => giveBack(''),
     };
+    return fair ? { place, placed: [value!, held!] } : { place };
   }
 }

@@ -75,7 +75,10 @@ export function band(priority: Priority): Band {
 // ARGV: tenant, weight, job id, places allowed, the band's first priority, band span, TTL (s),
 // the band's lowest BullMQ score, the score just past the band (exclusive).
 // Returns { priority, places held } or { -1, places held } beyond the share.
-const PLACE = `
+// A Lua function, so that admission can run it in the script that reserves the place (one round
+// trip per request instead of two; admission.ts); PLACE runs it on its own.
+export const FAIR_PLACE_FUNCTION = `
+local function fairPlace(KEYS, ARGV)
 local places = KEYS[4]
 local held = redis.call('ZCARD', places)
 while held > 0 do
@@ -106,7 +109,12 @@ if at > span - 1 then at = span - 1 end
 -- above, from the lowest score, meets jobs in the order they leave the queue.
 redis.call('ZADD', places, first + at, ARGV[3])
 redis.call('EXPIRE', places, ARGV[7])
-return { first + math.floor(at), held + 1 }`;
+return { first + math.floor(at), held + 1 }
+end
+`;
+
+const PLACE = `${FAIR_PLACE_FUNCTION}
+return fairPlace(KEYS, ARGV)`;
 
 // KEYS: finish hash. ARGV: tenant, cost to add, TTL (s). Only a tenant still on record is charged.
 const CHARGE = `
@@ -117,22 +125,7 @@ end
 return 1`;
 
 type FairRedis = Redis & {
-  conveyorFairPlace(
-    prioritized: string,
-    wait: string,
-    finish: string,
-    places: string,
-    reservations: string,
-    tenant: string,
-    weight: number,
-    jobId: string,
-    allowed: number,
-    first: number,
-    span: number,
-    ttl: number,
-    lowestScore: string,
-    pastScore: string,
-  ): Promise<[number, number]>;
+  conveyorFairPlace(...keysThenArgs: [...FairStep['keys'], ...FairStep['args']]): Promise<[number, number]>;
   conveyorFairCharge(finish: string, tenant: string, cost: string, ttl: number): Promise<number>;
 };
 
@@ -161,41 +154,59 @@ export class FairQueue {
    * share of the queue (all bands counted).
    */
   async place(queue: InferenceQueue, tenant: Tenant, jobId: string, priority: Priority): Promise<FairPlace> {
+    const step = this.step(queue, tenant, jobId, priority);
+    return step.settle(await this.redis.conveyorFairPlace(...step.keys, ...step.args));
+  }
+
+  /**
+   * The same placement as `place`, as the keys and arguments of FAIR_PLACE_FUNCTION, for admission
+   * to run in its reservation's script; `settle` reads its answer (and throws the 429 beyond the share).
+   */
+  step(queue: InferenceQueue, tenant: Tenant, jobId: string, priority: Priority): FairStep {
     const { prioritized, wait } = queue.keys;
     const { first, last } = band(priority);
     const finish = this.keys.fairFinish(queue.name, priority);
-    const [bullPriority, held] = await this.redis.conveyorFairPlace(
-      prioritized!,
-      wait!,
-      finish,
-      this.keys.fairPlaces(queue.name, tenant.id),
-      this.keys.admissionReserved(queue.name),
-      tenant.id,
-      tenant.weight,
-      jobId,
-      this.allowed,
-      first,
-      BAND_SPAN,
-      TENANT_TTL_SECONDS,
-      String(first * SCORE_UNIT),
-      String((last + 1) * SCORE_UNIT),
-    );
-    if (bullPriority < 0) {
-      throw new ProblemError(
-        'rate-limited',
-        `This client has ${held} jobs waiting for this model, its share of the queue (${this.allowed} of ${this.options.maxDepth}); retry once some are done`,
-        { retryAfterSeconds: 5 },
-      );
-    }
     return {
-      priority: bullPriority,
-      charge: (pixels) => {
-        const extra = Math.floor(pixels / this.options.pixelsPerCost) / tenant.weight;
-        // Fire and forget: a lost charge only lets one large image go at the price of a small one.
-        if (extra > 0) this.redis.conveyorFairCharge(finish, tenant.id, String(extra), TENANT_TTL_SECONDS).catch(() => undefined);
+      keys: [prioritized!, wait!, finish, this.keys.fairPlaces(queue.name, tenant.id), this.keys.admissionReserved(queue.name)],
+      args: [
+        tenant.id,
+        tenant.weight,
+        jobId,
+        this.allowed,
+        first,
+        BAND_SPAN,
+        TENANT_TTL_SECONDS,
+        String(first * SCORE_UNIT),
+        String((last + 1) * SCORE_UNIT),
+      ],
+      settle: ([bullPriority, held]) => {
+        if (bullPriority < 0) {
+          throw new ProblemError(
+            'rate-limited',
+            `This client has ${held} jobs waiting for this model, its share of the queue (${this.allowed} of ${this.options.maxDepth}); retry once some are done`,
+            { retryAfterSeconds: 5 },
+          );
+        }
+        return {
+          priority: bullPriority,
+          charge: (pixels) => {
+            const extra = Math.floor(pixels / this.options.pixelsPerCost) / tenant.weight;
+            // Fire and forget: a lost charge only lets one large image go at the price of a small one.
+            if (extra > 0)
+              this.redis.conveyorFairCharge(finish, tenant.id, String(extra), TENANT_TTL_SECONDS).catch(() => undefined);
+          },
+        };
       },
     };
   }
+}
+
+/** A fair placement to run inside admission's script (FAIR_PLACE_FUNCTION's keys and arguments). */
+export interface FairStep {
+  readonly keys: readonly [string, string, string, string, string];
+  readonly args: readonly [string, number, string, number, number, number, number, string, string];
+  /** Reads FAIR_PLACE_FUNCTION's answer: the place, or the 429 beyond the tenant's share. */
+  settle(placed: readonly [number, number]): FairPlace;
 }
 
 /**

@@ -18,13 +18,14 @@ import type { ResultWaiter, Ticket } from './result-waiter.js';
 /** What JobIntake works with (narrowed to what it calls, so a test can hand it fakes). */
 export interface JobIntakeParts {
   readonly queues: Pick<ModelQueues, 'get'>;
-  readonly admission: Pick<Admission, 'admit'>;
+  /** `admitPlaced` (when given) reserves the place and runs fair queuing's placement in one call. */
+  readonly admission: Pick<Admission, 'admit'> & Partial<Pick<Admission, 'admitPlaced'>>;
   /**
    * A job's BullMQ priority: fair queuing between tenants within each request priority's band
    * (FairQueue), or the bands alone, first come, first served within each (PriorityBands, with
    * FAIR_QUEUING=false). Absent (in tests): no priority, BullMQ's plain first come, first served.
    */
-  readonly fair?: Pick<FairQueue, 'place'> | undefined;
+  readonly fair?: (Pick<FairQueue, 'place'> & Partial<Pick<FairQueue, 'step'>>) | undefined;
   readonly submitter: Pick<JobSubmitter, 'submit'>;
   readonly waiter: Pick<ResultWaiter, 'register' | 'gatewayId'>;
   readonly callbacks: Pick<CallbackDispatcher, 'reserve' | 'schedule' | 'cancel'>;
@@ -126,9 +127,15 @@ export class JobIntake {
           childOf(span),
         )
       : NO_SPAN;
+    const { admission, fair: fairQueue } = this.parts;
+    const jobId = randomUUID();
     let place: QueuePlace;
     try {
-      place = await this.parts.admission.admit(queue, randomUUID(), bytes, deadline);
+      // Fair queuing's placement in admission's own call to Redis, when both can: one round trip.
+      if (fairQueue?.step && admission.admitPlaced) {
+        return await admission.admitPlaced(queue, jobId, bytes, deadline, fairQueue.step(queue, tenant, jobId, priority));
+      }
+      place = await admission.admit(queue, jobId, bytes, deadline);
     } catch (error) {
       failSpan(step, error);
       throw error;

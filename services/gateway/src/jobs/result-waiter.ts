@@ -103,12 +103,22 @@ export class ResultWaiter {
   private onMessage(message: string): void {
     let parsed: ReplyMessage;
     try {
-      parsed = ReplyMessage.parse(JSON.parse(message));
+      const json = JSON.parse(message) as unknown;
+      // A reply nobody here waits for (its wait ran out; a job with only a callback) is not
+      // validated: nothing would read it. A waited-for one is, in full, before anyone gets it.
+      if (!this.waitedFor(json)) return;
+      parsed = ReplyMessage.parse(json);
     } catch (error) {
       this.log.warn({ err: error }, 'ignoring a malformed reply');
       return;
     }
     this.settleAll(parsed.result.id, parsed.result);
+  }
+
+  /** Whether a reply (as parsed JSON) names a job with a waiter here; one with no string id is read (and refused). */
+  private waitedFor(json: unknown): boolean {
+    const id = (json as { result?: { id?: unknown } } | null)?.result?.id;
+    return typeof id !== 'string' || this.pending.has(id);
   }
 
   /** Every waiter of the job gets its result. */
