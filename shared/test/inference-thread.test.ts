@@ -63,6 +63,19 @@ describe('inference on a worker thread', function () {
     expect(together[0][0]!.probabilities).to.not.deep.equal(together[2][0]!.probabilities);
   });
 
+  it('answers right as its input grows and shrinks between runs (the shared input is handed over once per size)', async () => {
+    const fresh = await loadModel(MODERATION_DIR, { offThread: true });
+    loaded.push(fresh);
+    const batches = [[3], [4, 9], [12], [0, 1, 2, 3], [7, 8], [15]].map((is) => is.map((i) => images[i]!));
+    for (const batch of batches) {
+      const [a, b] = [await inThread.run(batch), await fresh.run(batch)];
+      expect(
+        b.map((o) => Array.from(o.probabilities)),
+        `batch of ${batch.length}`,
+      ).to.deep.equal(a.map((o) => Array.from(o.probabilities)));
+    }
+  });
+
   /** Each thread of this process and its niceness (/proc/self/task/<tid>/stat, field 19). */
   function threadNiceness(): Map<number, number> {
     const out = new Map<number, number>();
