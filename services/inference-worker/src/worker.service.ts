@@ -63,7 +63,10 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
 
   const tracing = startTracing(config, 'inference-worker', workerId);
   const keys = redisKeys(config.REDIS_PREFIX);
-  const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
+  // Without auto-pipelining: a worker's commands come one job at a time (input, commit), rarely two in
+  // one tick, and ioredis builds a pipeline object for every batch it makes, a single command included
+  // (it copies each script defined on the connection into it): that was CPU per command for nothing.
+  const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log, { enableAutoPipelining: false });
   await waitForReady(redis, 30_000);
   const jobs = new JobStore(redis, keys, {
     resultTtlSeconds: config.RESULT_TTL_SECONDS,

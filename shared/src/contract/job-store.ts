@@ -229,13 +229,16 @@ export class JobStore {
 
   // --- the worker's side ---
 
-  /** The image of a job, and whether an earlier attempt already finished it, in one round trip. */
+  /**
+   * The image of a job, and whether an earlier attempt already finished it, in one round trip: both
+   * commands are written before either reply is read. Not an ioredis pipeline: building one copies
+   * every script defined on the connection into it, which cost more CPU than the two commands.
+   */
   async takeInput(jobId: string): Promise<TakenInput> {
-    const [[, done], [, bytes]] = (await this.redis
-      .pipeline()
-      .exists(this.keys.result(jobId))
-      .getBuffer(this.keys.input(jobId))
-      .exec()) as [[Error | null, number], [Error | null, Buffer | null]];
+    const [done, bytes] = await Promise.all([
+      this.redis.exists(this.keys.result(jobId)),
+      this.redis.getBuffer(this.keys.input(jobId)),
+    ]);
     return done ? { finished: true } : { finished: false, bytes };
   }
 
