@@ -198,8 +198,10 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
   const data = acceptPayload(deps, job, report);
   const jobId = job.id!;
   const number = job.attemptsMade + 1;
-  const log = deps.log.child({ jobId, requestId: data.requestId, attempt: number, ...logIds(span) });
   span.setAttribute('conveyor.input.bytes', data.input.bytes);
+  // The attempt's logger is made when a line is first written: most attempts write none below
+  // LOG_LEVEL=info, and pino serializes a child's bindings when it is made.
+  let log: Logger | undefined;
   const run: Attempt = {
     job,
     jobId,
@@ -207,7 +209,9 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
     data,
     token,
     signal,
-    log,
+    get log() {
+      return (log ??= deps.log.child({ jobId, requestId: data.requestId, attempt: number, ...logIds(span) }));
+    },
     startedAt: Date.now(),
     clock: performance.now(),
     span,
@@ -225,7 +229,7 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
   const taken = await deps.jobs.takeInput(jobId);
   recordStep(tracer, span, clock, 'take input', { start: taking, end: performance.now() });
   if (taken.finished) {
-    log.info('already finished by an earlier attempt');
+    run.log.info('already finished by an earlier attempt');
     report('not_published');
     return DUPLICATE;
   }
@@ -352,8 +356,7 @@ async function predict(
     input: { format: data.input.format, bytes: data.input.bytes, ...prepared.descriptors },
     ...(data.deadline === undefined ? {} : { deadline: new Date(data.deadline).toISOString() }),
   };
-  const embedding =
-    deps.eventEmbeddings && output!.embedding ? Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) : undefined;
+  const embedding = deps.eventEmbeddings && output!.embedding ? rounded(output!.embedding) : undefined;
   return { result, embedding, tensor: prepared.tensor };
 }
 
@@ -398,7 +401,10 @@ async function commitCompleted(
   // Only answers the caller received: sampled now, written in the background, never the job's failure.
   deps.recorder?.offer(deps.model, result, input.bytes);
   const { prediction, model, timings } = result;
-  run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
+  // Checked first: asking for run.log makes the attempt's logger (see processOne).
+  if (deps.log.isLevelEnabled('info')) {
+    run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
+  }
   return { label: prediction.label };
 }
 
@@ -533,6 +539,13 @@ function commitTarget(deps: ProcessorDeps, run: Attempt) {
 
 function queueMs(run: Attempt): number {
   return Math.max(0, (run.job.processedOn ?? run.startedAt) - run.data.acceptedAt);
+}
+
+/** The embedding for the prediction event, to 4 decimals (a plain loop: Array.from's callback cost more than the rounding). */
+function rounded(values: Float32Array): number[] {
+  const out = new Array<number>(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = Math.round(values[i]! * 1e4) / 1e4;
+  return out;
 }
 
 function ms(value: number): number {
