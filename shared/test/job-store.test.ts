@@ -40,6 +40,32 @@ describe('job store (real Redis)', () => {
     expect(await redis.exists(keys.input(id))).to.equal(0);
   });
 
+  it('takes no image from a job that is finished, and null from one whose image expired', async () => {
+    const [done, expired] = [randomUUID(), randomUUID()];
+    await store.putInput(done, Buffer.from([1, 2, 3]), 60);
+    await redis.set(keys.result(done), JSON.stringify(completedResult(done)));
+    expect(await store.takeInput(done)).to.deep.equal({ finished: true });
+    expect(await store.takeInput(expired)).to.deep.equal({ finished: false, bytes: null });
+    // Every byte value survives the trip (an image is binary, not text).
+    const binary = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    await store.putInput(expired, binary, 60);
+    expect(await store.takeInput(expired)).to.deep.equal({ finished: false, bytes: binary });
+  });
+
+  it('hands the image over while Redis is full (an attempt waiting to commit must still read)', async () => {
+    const id = randomUUID();
+    await store.putInput(id, Buffer.from([9, 8, 7]), 60);
+    const policy = (await redis.config('GET', 'maxmemory-policy')) as string[];
+    await redis.config('SET', 'maxmemory-policy', 'noeviction');
+    await redis.config('SET', 'maxmemory', '1'); // every write that needs memory is refused
+    try {
+      expect(await store.takeInput(id)).to.deep.equal({ finished: false, bytes: Buffer.from([9, 8, 7]) });
+    } finally {
+      await redis.config('SET', 'maxmemory', '0');
+      await redis.config('SET', 'maxmemory-policy', policy[1] ?? 'noeviction');
+    }
+  });
+
   it('refuses a commit from an attempt that no longer holds the lock', async () => {
     const id = randomUUID();
     await redis.set(keys.jobLock('inference', id), 'the-new-owner', 'EX', 60);

@@ -93,6 +93,15 @@ if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', '
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], '{"kind":"job-finished","version":1,"result":' .. ARGV[2] .. '}') end
 return code`;
 
+/**
+ * A job's image, unless an earlier attempt already committed its result (then 1): one command, one
+ * write to the socket. Flagged read-only, so a Redis at its maxmemory still answers it (an attempt
+ * must be able to see its input while it waits for room to commit). KEYS: result, input.
+ */
+const TAKE_INPUT = `#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+return redis.call('GET', KEYS[2])`;
+
 // Marks a job cancelled unless its result is kept already. KEYS: result, cancel mark. ARGV: TTL (s).
 const MARK_CANCELLED = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -119,6 +128,7 @@ type CommitRedis = Redis & {
     cancelledJson: string,
   ): Promise<number>;
   conveyorMarkCancelled(result: string, mark: string, ttl: number): Promise<number>;
+  conveyorTakeInputBuffer(result: string, input: string): Promise<1 | Buffer | null>;
 };
 
 /**
@@ -142,6 +152,7 @@ export class JobStore {
     if (typeof (redis as Partial<CommitRedis> & Redis).conveyorCommitResult !== 'function') {
       redis.defineCommand('conveyorCommitResult', { numberOfKeys: 8, lua: COMMIT });
       redis.defineCommand('conveyorMarkCancelled', { numberOfKeys: 2, lua: MARK_CANCELLED });
+      redis.defineCommand('conveyorTakeInput', { numberOfKeys: 2, lua: TAKE_INPUT });
     }
   }
 
@@ -230,16 +241,13 @@ export class JobStore {
   // --- the worker's side ---
 
   /**
-   * The image of a job, and whether an earlier attempt already finished it, in one round trip: both
-   * commands are written before either reply is read. Not an ioredis pipeline: building one copies
-   * every script defined on the connection into it, which cost more CPU than the two commands.
+   * The image of a job, and whether an earlier attempt already finished it, in one round trip (see
+   * TAKE_INPUT). Not an ioredis pipeline of EXISTS and GET: building one copies every script defined
+   * on the connection into it, which cost the worker more CPU than the script.
    */
   async takeInput(jobId: string): Promise<TakenInput> {
-    const [done, bytes] = await Promise.all([
-      this.redis.exists(this.keys.result(jobId)),
-      this.redis.getBuffer(this.keys.input(jobId)),
-    ]);
-    return done ? { finished: true } : { finished: false, bytes };
+    const taken = await this.commitCommand().conveyorTakeInputBuffer(this.keys.result(jobId), this.keys.input(jobId));
+    return taken === 1 ? { finished: true } : { finished: false, bytes: taken };
   }
 
   /**
