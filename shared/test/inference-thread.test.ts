@@ -76,6 +76,28 @@ describe('inference on a worker thread', function () {
     }
   });
 
+  it('keeps a model that answers within callingThreadUpToMs on the calling thread, with the same answers', async () => {
+    // Bounds far from either model's speed, so the choice is the same on any machine: a second for
+    // the small digits CNN, a nanosecond (never met) for MobileNetV2.
+    const digitsDir = new URL('../../models/digits', import.meta.url).pathname;
+    const [fast, onThread, slow, background] = await Promise.all([
+      loadModel(digitsDir, { offThread: true, callingThreadUpToMs: 1000 }),
+      loadModel(digitsDir, { offThread: true }),
+      loadModel(MODERATION_DIR, { offThread: true, callingThreadUpToMs: 1e-6 }),
+      loadModel(digitsDir, { offThread: true, callingThreadUpToMs: 1000, niceness: 10 }),
+    ]);
+    loaded.push(fast, onThread, slow, background);
+    expect(fast.onThread, 'fast model').to.equal(false);
+    expect(onThread.onThread, 'no bound').to.equal(true);
+    expect(slow.onThread, 'slow model').to.equal(true);
+    expect(background.onThread, 'a background (niced) session').to.equal(true);
+    const digit = new Float32Array(28 * 28).map((_, i) => (i % 28) / 28);
+    expect(Array.from((await fast.run([digit]))[0]!.probabilities)).to.deep.equal(
+      Array.from((await onThread.run([digit]))[0]!.probabilities),
+    );
+    expect(fast.warmUp.probabilities).to.deep.equal(onThread.warmUp.probabilities);
+  });
+
   /** Each thread of this process and its niceness (/proc/self/task/<tid>/stat, field 19). */
   function threadNiceness(): Map<number, number> {
     const out = new Map<number, number>();

@@ -326,7 +326,12 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
   await model.load(
-    { threads: config.ORT_THREADS, offThread: config.INFERENCE_THREAD, intervalMs: config.MODEL_POLL_INTERVAL_MS },
+    {
+      threads: config.ORT_THREADS,
+      offThread: config.INFERENCE_THREAD,
+      callingThreadUpToMs: config.INFERENCE_THREAD_MIN_MS,
+      intervalMs: config.MODEL_POLL_INTERVAL_MS,
+    },
     source,
   );
   const processor = createInferenceProcessor({
