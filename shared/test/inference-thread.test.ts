@@ -63,6 +63,41 @@ describe('inference on a worker thread', function () {
     expect(together[0][0]!.probabilities).to.not.deep.equal(together[2][0]!.probabilities);
   });
 
+  it('answers right as its input grows and shrinks between runs (the shared input is handed over once per size)', async () => {
+    const fresh = await loadModel(MODERATION_DIR, { offThread: true });
+    loaded.push(fresh);
+    const batches = [[3], [4, 9], [12], [0, 1, 2, 3], [7, 8], [15]].map((is) => is.map((i) => images[i]!));
+    for (const batch of batches) {
+      const [a, b] = [await inThread.run(batch), await fresh.run(batch)];
+      expect(
+        b.map((o) => Array.from(o.probabilities)),
+        `batch of ${batch.length}`,
+      ).to.deep.equal(a.map((o) => Array.from(o.probabilities)));
+    }
+  });
+
+  it('keeps a model that answers within callingThreadUpToMs on the calling thread, with the same answers', async () => {
+    // Bounds far from either model's speed, so the choice is the same on any machine: a second for
+    // the small digits CNN, a nanosecond (never met) for MobileNetV2.
+    const digitsDir = new URL('../../models/digits', import.meta.url).pathname;
+    const [fast, onThread, slow, background] = await Promise.all([
+      loadModel(digitsDir, { offThread: true, callingThreadUpToMs: 1000 }),
+      loadModel(digitsDir, { offThread: true }),
+      loadModel(MODERATION_DIR, { offThread: true, callingThreadUpToMs: 1e-6 }),
+      loadModel(digitsDir, { offThread: true, callingThreadUpToMs: 1000, niceness: 10 }),
+    ]);
+    loaded.push(fast, onThread, slow, background);
+    expect(fast.onThread, 'fast model').to.equal(false);
+    expect(onThread.onThread, 'no bound').to.equal(true);
+    expect(slow.onThread, 'slow model').to.equal(true);
+    expect(background.onThread, 'a background (niced) session').to.equal(true);
+    const digit = new Float32Array(28 * 28).map((_, i) => (i % 28) / 28);
+    expect(Array.from((await fast.run([digit]))[0]!.probabilities)).to.deep.equal(
+      Array.from((await onThread.run([digit]))[0]!.probabilities),
+    );
+    expect(fast.warmUp.probabilities).to.deep.equal(onThread.warmUp.probabilities);
+  });
+
   /** Each thread of this process and its niceness (/proc/self/task/<tid>/stat, field 19). */
   function threadNiceness(): Map<number, number> {
     const out = new Map<number, number>();

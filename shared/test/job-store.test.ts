@@ -4,6 +4,8 @@ import type { Redis } from 'ioredis';
 import { JobStore } from '@conveyor/shared/contract/job-store';
 import { redisKeys } from '@conveyor/shared/contract/redis-keys';
 import { predictionEvent } from '@conveyor/shared/contract/events.contract';
+import { ReplyMessage } from '@conveyor/shared/contract/jobs.contract';
+import { problemCatalogue, problemType } from '@conveyor/shared/problem';
 import { randomPrefix, testRedis } from '../../test/support/redis.js';
 import { completedResult } from '../../test/support/results.js';
 import { until } from '../../test/support/wait.js';
@@ -36,6 +38,32 @@ describe('job store (real Redis)', () => {
     expect((await store.readResult(id))?.worker).to.equal('w');
     expect(await store.takeInput(id)).to.deep.equal({ finished: true });
     expect(await redis.exists(keys.input(id))).to.equal(0);
+  });
+
+  it('takes no image from a job that is finished, and null from one whose image expired', async () => {
+    const [done, expired] = [randomUUID(), randomUUID()];
+    await store.putInput(done, Buffer.from([1, 2, 3]), 60);
+    await redis.set(keys.result(done), JSON.stringify(completedResult(done)));
+    expect(await store.takeInput(done)).to.deep.equal({ finished: true });
+    expect(await store.takeInput(expired)).to.deep.equal({ finished: false, bytes: null });
+    // Every byte value survives the trip (an image is binary, not text).
+    const binary = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    await store.putInput(expired, binary, 60);
+    expect(await store.takeInput(expired)).to.deep.equal({ finished: false, bytes: binary });
+  });
+
+  it('hands the image over while Redis is full (an attempt waiting to commit must still read)', async () => {
+    const id = randomUUID();
+    await store.putInput(id, Buffer.from([9, 8, 7]), 60);
+    const policy = (await redis.config('GET', 'maxmemory-policy')) as string[];
+    await redis.config('SET', 'maxmemory-policy', 'noeviction');
+    await redis.config('SET', 'maxmemory', '1'); // every write that needs memory is refused
+    try {
+      expect(await store.takeInput(id)).to.deep.equal({ finished: false, bytes: Buffer.from([9, 8, 7]) });
+    } finally {
+      await redis.config('SET', 'maxmemory', '0');
+      await redis.config('SET', 'maxmemory-policy', policy[1] ?? 'noeviction');
+    }
   });
 
   it('refuses a commit from an attempt that no longer holds the lock', async () => {
@@ -107,6 +135,40 @@ describe('job store (real Redis)', () => {
     await subscriber.quit();
     // A finished job cannot be marked: its result stands.
     expect(await store.markCancelled(id, 60)).to.equal('finished');
+  });
+
+  it('tells the waiting gateway with the ReplyMessage of the result it kept, byte for byte', async () => {
+    const id = randomUUID();
+    const subscriber = testRedis();
+    const replies: string[] = [];
+    await subscriber.subscribe(keys.replies('gw-reply'));
+    subscriber.on('message', (_channel: string, message: string) => replies.push(message));
+    const result = completedResult(id);
+    expect(await store.commit(result, { queue: 'inference', replyTo: 'gw-reply' })).to.equal('published');
+    await until('the reply', () => Promise.resolve(replies.length > 0 || undefined));
+    const expected: ReplyMessage = { kind: 'job-finished', version: 1, result };
+    expect(replies[0]).to.equal(JSON.stringify(expected));
+    expect(ReplyMessage.parse(JSON.parse(replies[0]!))).to.deep.equal(expected);
+    expect(await redis.get(keys.result(id))).to.equal(JSON.stringify(result));
+    await subscriber.quit();
+  });
+
+  it('keeps the same cancelled result whatever job it replaces (id, attempt, model kept; one problem)', async () => {
+    const [a, b] = [randomUUID(), randomUUID()];
+    for (const id of [a, b]) expect(await store.markCancelled(id, 60)).to.equal('marked');
+    expect(await store.commit(completedResult(a), { queue: 'inference' })).to.equal('cancelled');
+    expect(await store.commit({ ...completedResult(b), attempt: 2 }, { queue: 'inference' })).to.equal('cancelled');
+    const [ka, kb] = await store.readResults([a, b]);
+    expect(ka).to.deep.include({ id: a, status: 'cancelled', attempt: 1, model: completedResult(a).model });
+    expect(kb).to.deep.include({ id: b, status: 'cancelled', attempt: 2 });
+    expect(ka?.status === 'cancelled' && ka.error).to.deep.equal({
+      type: problemType('cancelled'),
+      title: problemCatalogue.cancelled.title,
+      status: problemCatalogue.cancelled.status,
+      detail: 'The job was cancelled while a worker ran it; its result was discarded',
+      slug: 'cancelled',
+    });
+    expect(kb?.status === 'cancelled' && kb.error).to.deep.equal(ka?.status === 'cancelled' && ka.error);
   });
 
   it('does not mark a job whose result is kept already', async () => {

@@ -65,7 +65,13 @@ const WorkerFields = z.object({
   ORT_THREADS: env.int(1, 1, 64, 'onnxruntime intra-op threads per process; scale with processes rather than threads'),
   INFERENCE_THREAD: env.bool(
     true,
-    "Run each model's onnxruntime session on a worker thread of its own, so a slow model does not block the event loop (BullMQ lock renewals, Redis replies, heartbeats); false: on the event loop. No measurable CPU cost (bench/inference-thread.bench.ts)",
+    "Run each model's onnxruntime session on a worker thread of its own, so a slow model does not block the event loop (BullMQ lock renewals, Redis replies, heartbeats); false: on the event loop. See INFERENCE_THREAD_MIN_MS for fast models",
+  ),
+  INFERENCE_THREAD_MIN_MS: env.number(
+    1,
+    0,
+    1000,
+    'With INFERENCE_THREAD: a model that answers one image within this many milliseconds (timed at load, after its warm-up) runs on the event loop instead: the thread hop costs ~0.3 ms of CPU per job, more than such a model, and so short a block stalls nothing. Shadow models stay on their (lower-priority) threads. 0: every model on a thread',
   ),
   SHARP_CONCURRENCY: env.int(1, 0, 64, 'libvips threads per image (0 = one per core); 1 lets concurrent jobs use the cores'),
   ...imageLimitsShape,

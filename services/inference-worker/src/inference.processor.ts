@@ -84,7 +84,7 @@ export type InferenceProcessor = (job: InferenceBullJob, token?: string, signal?
 type Report = (outcome: JobOutcome) => void;
 
 /** One attempt at one job, as the steps below share it. */
-interface Attempt {
+class Attempt {
   readonly job: InferenceBullJob;
   readonly jobId: string;
   /** Delivery attempt (1 = first). */
@@ -92,7 +92,6 @@ interface Attempt {
   readonly data: InferenceJob;
   readonly token: string | undefined;
   readonly signal: AbortSignal | undefined;
-  readonly log: Logger;
   /** When this attempt started (epoch ms), and its monotonic clock. */
   readonly startedAt: number;
   readonly clock: number;
@@ -101,6 +100,37 @@ interface Attempt {
   readonly tracer: Tracer;
   /** Its steps' times, on one clock with it. */
   readonly spanClock: SpanClock;
+  private logger: Logger | undefined;
+
+  constructor(
+    fields: Omit<Attempt, 'log'>,
+    private readonly parentLog: Logger,
+  ) {
+    this.job = fields.job;
+    this.jobId = fields.jobId;
+    this.number = fields.number;
+    this.data = fields.data;
+    this.token = fields.token;
+    this.signal = fields.signal;
+    this.startedAt = fields.startedAt;
+    this.clock = fields.clock;
+    this.span = fields.span;
+    this.tracer = fields.tracer;
+    this.spanClock = fields.spanClock;
+  }
+
+  /**
+   * The attempt's logger, made when a line is first written: most attempts write none below
+   * LOG_LEVEL=info, and pino serializes a child's bindings when it is made.
+   */
+  get log(): Logger {
+    return (this.logger ??= this.parentLog.child({
+      jobId: this.jobId,
+      requestId: this.data.requestId,
+      attempt: this.number,
+      ...logIds(this.span),
+    }));
+  }
 }
 
 const DUPLICATE: InferenceJobReturn = { label: 'duplicate' };
@@ -198,22 +228,11 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
   const data = acceptPayload(deps, job, report);
   const jobId = job.id!;
   const number = job.attemptsMade + 1;
-  const log = deps.log.child({ jobId, requestId: data.requestId, attempt: number, ...logIds(span) });
   span.setAttribute('conveyor.input.bytes', data.input.bytes);
-  const run: Attempt = {
-    job,
-    jobId,
-    number,
-    data,
-    token,
-    signal,
-    log,
-    startedAt: Date.now(),
-    clock: performance.now(),
-    span,
-    tracer,
-    spanClock: clock,
-  };
+  const run = new Attempt(
+    { job, jobId, number, data, token, signal, startedAt: Date.now(), clock: performance.now(), span, tracer, spanClock: clock },
+    deps.log,
+  );
   // processedOn is when BullMQ made the job active for this attempt; acceptedAt is the gateway's clock.
   deps.metrics.queueWait(queueMs(run) / 1000);
 
@@ -225,7 +244,7 @@ async function processOne(call: Call, report: Report): Promise<InferenceJobRetur
   const taken = await deps.jobs.takeInput(jobId);
   recordStep(tracer, span, clock, 'take input', { start: taking, end: performance.now() });
   if (taken.finished) {
-    log.info('already finished by an earlier attempt');
+    run.log.info('already finished by an earlier attempt');
     report('not_published');
     return DUPLICATE;
   }
@@ -352,8 +371,7 @@ async function predict(
     input: { format: data.input.format, bytes: data.input.bytes, ...prepared.descriptors },
     ...(data.deadline === undefined ? {} : { deadline: new Date(data.deadline).toISOString() }),
   };
-  const embedding =
-    deps.eventEmbeddings && output!.embedding ? Array.from(output!.embedding, (v) => Math.round(v * 1e4) / 1e4) : undefined;
+  const embedding = deps.eventEmbeddings && output!.embedding ? rounded(output!.embedding) : undefined;
   return { result, embedding, tensor: prepared.tensor };
 }
 
@@ -398,7 +416,10 @@ async function commitCompleted(
   // Only answers the caller received: sampled now, written in the background, never the job's failure.
   deps.recorder?.offer(deps.model, result, input.bytes);
   const { prediction, model, timings } = result;
-  run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
+  // Checked first: asking for run.log makes the attempt's logger (see processOne).
+  if (deps.log.isLevelEnabled('info')) {
+    run.log.info({ label: prediction.label, confidence: prediction.confidence, model, timings }, 'prediction');
+  }
   return { label: prediction.label };
 }
 
@@ -533,6 +554,14 @@ function commitTarget(deps: ProcessorDeps, run: Attempt) {
 
 function queueMs(run: Attempt): number {
   return Math.max(0, (run.job.processedOn ?? run.startedAt) - run.data.acceptedAt);
+}
+
+/** The embedding for the prediction event, to 4 decimals (a plain loop: Array.from's callback cost more than the rounding). */
+function rounded(values: Float32Array): number[] {
+  // Pushed, not written into `new Array(n)`: a holey array takes JSON.stringify's slow path.
+  const out: number[] = [];
+  for (let i = 0; i < values.length; i++) out.push(Math.round(values[i]! * 1e4) / 1e4);
+  return out;
 }
 
 function ms(value: number): number {

@@ -63,7 +63,10 @@ export async function startWorker(config: WorkerConfig, baseLog: Logger): Promis
 
   const tracing = startTracing(config, 'inference-worker', workerId);
   const keys = redisKeys(config.REDIS_PREFIX);
-  const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log);
+  // Without auto-pipelining: a worker's commands come one job at a time (input, commit), rarely two in
+  // one tick, and ioredis builds a pipeline object for every batch it makes, a single command included
+  // (it copies each script defined on the connection into it): that was CPU per command for nothing.
+  const redis = createRedis(config.REDIS_URL, 'consumer', `conveyor:worker:${workerId}`, log, { enableAutoPipelining: false });
   await waitForReady(redis, 30_000);
   const jobs = new JobStore(redis, keys, {
     resultTtlSeconds: config.RESULT_TTL_SECONDS,
@@ -323,7 +326,12 @@ async function serveModel(model: ModelServing, serving: Serving): Promise<void> 
     ? new RegistrySource(registry.client, model.plan.uri, path.resolve(config.MODEL_CACHE_DIR), log, registry.signingKey)
     : undefined;
   await model.load(
-    { threads: config.ORT_THREADS, offThread: config.INFERENCE_THREAD, intervalMs: config.MODEL_POLL_INTERVAL_MS },
+    {
+      threads: config.ORT_THREADS,
+      offThread: config.INFERENCE_THREAD,
+      callingThreadUpToMs: config.INFERENCE_THREAD_MIN_MS,
+      intervalMs: config.MODEL_POLL_INTERVAL_MS,
+    },
     source,
   );
   const processor = createInferenceProcessor({

@@ -124,6 +124,33 @@ describe('inference processor (fakes, no Redis)', () => {
     digit = await digitPng(pixels);
   });
 
+  it('logs each prediction with the job, request and attempt at info, and makes no per-job logger below it', async () => {
+    for (const level of ['info', 'warn'] as const) {
+      const lines: Record<string, unknown>[] = [];
+      const log = pino({ level }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+      let children = 0;
+      const child = log.child.bind(log);
+      log.child = ((...args: Parameters<typeof log.child>) => (children++, child(...args))) as typeof log.child;
+      const fakes = new Fakes();
+      fakes.taken = { finished: false, bytes: digit };
+      expect(await createInferenceProcessor({ ...fakes.deps(), log })(bullJob(payload()), 'token-1')).to.deep.equal({
+        label: '7',
+      });
+      if (level === 'info') {
+        expect(lines.find((l) => l.msg === 'prediction')).to.include({
+          jobId: 'job-1',
+          requestId: 'req-1',
+          attempt: 1,
+          label: '7',
+        });
+        expect(children).to.equal(1);
+      } else {
+        expect(lines).to.deep.equal([]);
+        expect(children, 'loggers made').to.equal(0);
+      }
+    }
+  });
+
   it('predicts, commits the completed result with its event and reply, and counts it', async () => {
     const fakes = new Fakes();
     fakes.taken = { finished: false, bytes: digit };

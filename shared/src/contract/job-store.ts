@@ -1,5 +1,5 @@
 import type { Redis } from '@conveyor/shared/redis';
-import { JobResult, type CancelledResult, type ReplyMessage } from './jobs.contract.js';
+import { JobResult, type CancelledResult } from './jobs.contract.js';
 import { problemBody, ProblemError } from '../problem.js';
 import type { FeedbackEvent, PredictionEvent } from './events.contract.js';
 import type { RedisKeys } from './redis-keys.js';
@@ -64,30 +64,43 @@ const FEEDBACK_STREAM_MAXLEN = 100_000;
  * script, so a cancellation either comes before the commit (the result is discarded) or finds the
  * result kept (409), never both.
  *
+ * The reply to the waiting gateway is the ReplyMessage `{"kind":"job-finished","version":1,"result":…}`
+ * around the result JSON the script keeps, spelled here in Lua rather than serialized a second time
+ * in JS and sent over the socket twice (the result is most of a commit's bytes).
+ *
  * KEYS: result, input, predictions stream, job lock, queued images (hash), their byte sum, owner, cancel mark.
  * ARGV: token ('' = no lock check), result JSON, TTL (s), event JSON ('' = none), stream max length,
- * reply channel ('' = none), reply JSON, the job id (its field in the queued images), the cancelled
- * result JSON and its reply JSON ('' when the result is a cancellation already).
+ * reply channel ('' = none), the job id (its field in the queued images), the cancelled result JSON
+ * ('' when the result is a cancellation already).
  */
 const COMMIT = `#!lua
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
 local code = 1
-if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[8]) == 1 then
-  ARGV[2], ARGV[4], ARGV[7], code = ARGV[9], '', ARGV[10], 2
+if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[8]) == 1 then
+  ARGV[2], ARGV[4], code = ARGV[8], '', 2
 end
 redis.call('DEL', KEYS[8])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[7], ARGV[3])
 redis.call('DEL', KEYS[2])
-local held = redis.call('HGET', KEYS[5], ARGV[8])
+local held = redis.call('HGET', KEYS[5], ARGV[7])
 if held then
-  redis.call('HDEL', KEYS[5], ARGV[8])
+  redis.call('HDEL', KEYS[5], ARGV[7])
   if redis.call('DECRBY', KEYS[6], tonumber(string.match(held, '^%d+')) or 0) < 0 then redis.call('SET', KEYS[6], 0) end
 end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4]) end
-if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], '{"kind":"job-finished","version":1,"result":' .. ARGV[2] .. '}') end
 return code`;
+
+/**
+ * A job's image, unless an earlier attempt already committed its result (then 1): one command, one
+ * write to the socket. Flagged read-only, so a Redis at its maxmemory still answers it (an attempt
+ * must be able to see its input while it waits for room to commit). KEYS: result, input.
+ */
+const TAKE_INPUT = `#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+return redis.call('GET', KEYS[2])`;
 
 // Marks a job cancelled unless its result is kept already. KEYS: result, cancel mark. ARGV: TTL (s).
 const MARK_CANCELLED = `
@@ -111,12 +124,11 @@ type CommitRedis = Redis & {
     eventJson: string,
     maxLen: number,
     channel: string,
-    replyJson: string,
     jobId: string,
     cancelledJson: string,
-    cancelledReplyJson: string,
   ): Promise<number>;
   conveyorMarkCancelled(result: string, mark: string, ttl: number): Promise<number>;
+  conveyorTakeInputBuffer(result: string, input: string): Promise<1 | Buffer | null>;
 };
 
 /**
@@ -140,6 +152,7 @@ export class JobStore {
     if (typeof (redis as Partial<CommitRedis> & Redis).conveyorCommitResult !== 'function') {
       redis.defineCommand('conveyorCommitResult', { numberOfKeys: 8, lua: COMMIT });
       redis.defineCommand('conveyorMarkCancelled', { numberOfKeys: 2, lua: MARK_CANCELLED });
+      redis.defineCommand('conveyorTakeInput', { numberOfKeys: 2, lua: TAKE_INPUT });
     }
   }
 
@@ -227,14 +240,14 @@ export class JobStore {
 
   // --- the worker's side ---
 
-  /** The image of a job, and whether an earlier attempt already finished it, in one round trip. */
+  /**
+   * The image of a job, and whether an earlier attempt already finished it, in one round trip (see
+   * TAKE_INPUT). Not an ioredis pipeline of EXISTS and GET: building one copies every script defined
+   * on the connection into it, which cost the worker more CPU than the script.
+   */
   async takeInput(jobId: string): Promise<TakenInput> {
-    const [[, done], [, bytes]] = (await this.redis
-      .pipeline()
-      .exists(this.keys.result(jobId))
-      .getBuffer(this.keys.input(jobId))
-      .exec()) as [[Error | null, number], [Error | null, Buffer | null]];
-    return done ? { finished: true } : { finished: false, bytes };
+    const taken = await this.commitCommand().conveyorTakeInputBuffer(this.keys.result(jobId), this.keys.input(jobId));
+    return taken === 1 ? { finished: true } : { finished: false, bytes: taken };
   }
 
   /**
@@ -243,10 +256,7 @@ export class JobStore {
    */
   async commit(result: JobResult, options: CommitOptions): Promise<CommitOutcome> {
     const { replyTo, event, token, queue } = options;
-    const reply: ReplyMessage | undefined = replyTo ? { kind: 'job-finished', version: 1, result } : undefined;
     const cancelled = result.status === 'cancelled' ? undefined : cancelledInstead(result);
-    const cancelledReply: ReplyMessage | undefined =
-      replyTo && cancelled ? { kind: 'job-finished', version: 1, result: cancelled } : undefined;
     const code = await this.commitCommand().conveyorCommitResult(
       this.keys.result(result.id),
       this.keys.input(result.id),
@@ -262,10 +272,8 @@ export class JobStore {
       event ? JSON.stringify(event) : '',
       event ? this.streamMaxLen() : 0,
       replyTo ? this.keys.replies(replyTo) : '',
-      reply ? JSON.stringify(reply) : '',
       result.id,
       cancelled ? JSON.stringify(cancelled) : '',
-      cancelledReply ? JSON.stringify(cancelledReply) : '',
     );
     return code === 1 ? 'published' : code === 2 ? 'cancelled' : code === 0 ? 'already-published' : 'lock-lost';
   }
@@ -281,6 +289,14 @@ export class JobStore {
   }
 }
 
+/**
+ * The problem every cancelled-while-running result carries: made once, not per commit (a ProblemError
+ * captures a stack trace, and every commit sends the cancelled alternative along).
+ */
+const CANCELLED_WHILE_RUNNING = Object.freeze(
+  problemBody(new ProblemError('cancelled', 'The job was cancelled while a worker ran it; its result was discarded')),
+);
+
 /** The cancelled result a commit keeps instead of `result` when the job was cancelled while it ran. */
 function cancelledInstead(result: Exclude<JobResult, CancelledResult>): CancelledResult {
   const { id, requestId, acceptedAt, finishedAt, attempt, worker } = result;
@@ -293,6 +309,6 @@ function cancelledInstead(result: Exclude<JobResult, CancelledResult>): Cancelle
     worker,
     status: 'cancelled',
     ...('model' in result && result.model ? { model: result.model } : {}),
-    error: problemBody(new ProblemError('cancelled', 'The job was cancelled while a worker ran it; its result was discarded')),
+    error: CANCELLED_WHILE_RUNNING,
   };
 }

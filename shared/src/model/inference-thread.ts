@@ -55,14 +55,16 @@ if (workerData.niceness) {
 }
 let session;
 let local = new Float32Array(0);
+let shared = new Float32Array(0);
 parentPort.on('message', async (m) => {
   try {
+    if (m.sab) shared = new Float32Array(m.sab);
     if (m.kind === 'load') {
       session = await ort.InferenceSession.create(m.bytes, m.options);
       parentPort.postMessage({ id: m.id, ok: true, inputNames: session.inputNames, outputNames: session.outputNames, niceness });
     } else if (m.kind === 'run') {
       if (local.length !== m.length) local = new Float32Array(m.length);
-      local.set(new Float32Array(m.sab, 0, m.length));
+      local.set(m.length === shared.length ? shared : shared.subarray(0, m.length));
       const out = await session.run({ [m.input]: new ort.Tensor('float32', local, m.dims) }, m.fetches);
       const result = {};
       for (const name of m.fetches) result[name] = out[name].data;
@@ -84,6 +86,8 @@ export class InferenceThread implements InferenceEngine {
   /** Runs one at a time: the shared input buffer is reused by every run. */
   private queue: Promise<unknown> = Promise.resolve();
   private input = new SharedArrayBuffer(0);
+  /** Whether the thread holds `input` already: it is posted only when it was replaced (grown). */
+  private inputPosted = false;
   private failure: Error | undefined;
   inputNames: readonly string[] = [];
   outputNames: readonly string[] = [];
@@ -134,9 +138,16 @@ export class InferenceThread implements InferenceEngine {
     fetches: readonly string[],
   ): Promise<Record<string, Float32Array>> {
     const turn = this.queue.then(async () => {
-      if (this.input.byteLength < data.byteLength) this.input = new SharedArrayBuffer(data.byteLength);
+      if (this.input.byteLength < data.byteLength) {
+        this.input = new SharedArrayBuffer(data.byteLength);
+        this.inputPosted = false;
+      }
       new Float32Array(this.input, 0, data.length).set(data);
-      const reply = await this.call({ kind: 'run', sab: this.input, length: data.length, input, dims, fetches });
+      // The buffer itself only with the first run after it was made: a SharedArrayBuffer in a message
+      // is a new handle on the other side every time, and the thread keeps the one it was given.
+      const sab = this.inputPosted ? undefined : this.input;
+      this.inputPosted = true;
+      const reply = await this.call({ kind: 'run', sab, length: data.length, input, dims, fetches });
       return reply.result!;
     });
     this.queue = turn.catch(() => undefined);
@@ -154,9 +165,10 @@ export class InferenceThread implements InferenceEngine {
   private async call(message: Record<string, unknown>): Promise<Extract<Reply, { ok: true }>> {
     if (this.failure) throw this.failure;
     const id = this.nextId++;
+    message.id = id;
     const reply = await new Promise<Reply>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ ...message, id });
+      this.worker.postMessage(message);
     });
     if (!reply.ok) throw new Error(reply.error);
     return reply;

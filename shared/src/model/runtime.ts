@@ -25,6 +25,11 @@ export interface LoadedModel {
    * so onnxruntime's first-run allocations are not paid by a request; its time and output.
    */
   readonly warmUp: { readonly ms: number; readonly probabilities: Float32Array };
+  /**
+   * Whether the session runs on a worker thread of its own (LoadOptions.offThread, unless the model
+   * was fast enough to stay on the calling thread: LoadOptions.callingThreadUpToMs). Absent: no.
+   */
+  readonly onThread?: boolean;
   /** Runs a batch of preprocessed images (each laid out as the model's input without batch axis). */
   run(images: readonly Float32Array[]): Promise<ModelOutput[]>;
   close(): Promise<void>;
@@ -38,6 +43,14 @@ export interface LoadOptions {
    * block the caller's event loop; default: on the calling thread.
    */
   readonly offThread?: boolean;
+  /**
+   * With offThread (and no niceness): a model that answers one image within this many milliseconds
+   * (the fastest of a few timed runs after the warm-up) is moved back to the calling thread. The
+   * thread hop costs a fixed ~0.3 ms of CPU per run (two thread wake-ups, a second event loop):
+   * more than such a model's whole run, and blocking the event loop that briefly stalls nothing.
+   * 0 or absent: every model stays on its thread.
+   */
+  readonly callingThreadUpToMs?: number;
   /**
    * With offThread: run that thread (and onnxruntime's threads it makes) at this niceness, 1–19, so
    * the kernel serves the process's other threads first. For background sessions (a shadow model).
@@ -66,25 +79,8 @@ export async function readManifest(dir: string): Promise<ModelManifest> {
   return parsed.data;
 }
 
-export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
-  const manifest = await readManifest(dir);
-  const bytes = await readFile(path.join(dir, manifest.file));
-  const sha256 = createHash('sha256').update(bytes).digest('hex');
-  if (sha256 !== manifest.sha256) {
-    throw new ModelLoadError(`${manifest.file} in ${dir} has sha256 ${sha256}, the manifest says ${manifest.sha256}`);
-  }
-  const sessionOptions: ort.InferenceSession.SessionOptions = {
-    intraOpNumThreads: options.threads ?? 1,
-    interOpNumThreads: 1,
-    executionMode: 'sequential',
-    graphOptimizationLevel: 'all',
-    // Idle onnxruntime threads spin by default and burn a core each; serving processes share cores.
-    extra: { session: { 'intra_op.allow_spinning': '0', 'inter_op.allow_spinning': '0' } },
-  };
-  const session = options.offThread
-    ? await InferenceThread.start(bytes, sessionOptions, options.niceness)
-    : await inCallingThread(bytes, sessionOptions);
-  const { input, output } = manifest;
+/** The inputs and outputs the manifest names are the model's. */
+function checkNames({ input, output }: ModelManifest, session: InferenceEngine): void {
   for (const name of [output.name, ...(output.embedding ? [output.embedding] : [])]) {
     if (!session.outputNames.includes(name)) {
       throw new ModelLoadError(`the manifest names output "${name}", the model has ${session.outputNames.join(', ')}`);
@@ -93,6 +89,32 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   if (!session.inputNames.includes(input.name)) {
     throw new ModelLoadError(`the manifest names input "${input.name}", the model has ${session.inputNames.join(', ')}`);
   }
+}
+
+function sessionOptionsFor(options: LoadOptions): ort.InferenceSession.SessionOptions {
+  return {
+    intraOpNumThreads: options.threads ?? 1,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+    // Idle onnxruntime threads spin by default and burn a core each; serving processes share cores.
+    extra: { session: { 'intra_op.allow_spinning': '0', 'inter_op.allow_spinning': '0' } },
+  };
+}
+
+export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
+  const manifest = await readManifest(dir);
+  const bytes = await readFile(path.join(dir, manifest.file));
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  if (sha256 !== manifest.sha256) {
+    throw new ModelLoadError(`${manifest.file} in ${dir} has sha256 ${sha256}, the manifest says ${manifest.sha256}`);
+  }
+  const sessionOptions = sessionOptionsFor(options);
+  let session = options.offThread
+    ? await InferenceThread.start(bytes, sessionOptions, options.niceness)
+    : await inCallingThread(bytes, sessionOptions);
+  const { input, output } = manifest;
+  checkNames(manifest, session);
   const imageSize = input.channels * input.height * input.width;
   const dims = (n: number) =>
     input.layout === 'NCHW' ? [n, input.channels, input.height, input.width] : [n, input.height, input.width, input.channels];
@@ -102,6 +124,9 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const model: LoadedModel = {
     manifest,
     dir,
+    get onThread() {
+      return session instanceof InferenceThread;
+    },
     get outputSize() {
       return warmUp.probabilities.length;
     },
@@ -140,7 +165,36 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const started = performance.now();
   const [warm] = await model.run([new Float32Array(imageSize)]);
   warmUp = { ms: Math.round((performance.now() - started) * 100) / 100, probabilities: warm!.probabilities };
+  const upToMs = options.callingThreadUpToMs ?? 0;
+  if (
+    session instanceof InferenceThread &&
+    !options.niceness &&
+    upToMs > 0 &&
+    (await fastestRunMs(model, imageSize, upToMs)) <= upToMs
+  ) {
+    const thread = session;
+    session = await inCallingThread(bytes, sessionOptions);
+    await thread.release();
+    await model.run([new Float32Array(imageSize)]); // this session's own first-run allocations
+  }
   return model;
+}
+
+/**
+ * The fastest of up to five runs of one zero image (wall-clock, so a loaded machine can only make a
+ * model look slower, never faster), stopping at the first within `upToMs`. A warm-up far above the
+ * bound (a model of seconds) is not timed again: it would only delay the start.
+ */
+async function fastestRunMs(model: LoadedModel, imageSize: number, upToMs: number): Promise<number> {
+  if (model.warmUp.ms > upToMs * 50) return model.warmUp.ms;
+  let fastest = Infinity;
+  const image = new Float32Array(imageSize);
+  for (let i = 0; i < 5 && fastest > upToMs; i++) {
+    const started = performance.now();
+    await model.run([image]);
+    fastest = Math.min(fastest, performance.now() - started);
+  }
+  return fastest;
 }
 
 async function inCallingThread(bytes: Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<InferenceEngine> {

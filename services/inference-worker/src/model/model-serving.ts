@@ -77,7 +77,7 @@ export class ModelServing {
     }
     const { model, warmUpMs } = await loadWarmModel(this.plan.dir, options);
     const ref = { name: model.manifest.name, version: model.manifest.version };
-    this.log.info({ model: ref, warmUpMs }, 'model warmed up');
+    this.log.info({ model: ref, warmUpMs, onThread: model.onThread ?? false }, 'model warmed up');
     if (this.closed) {
       await model.close();
       return;
