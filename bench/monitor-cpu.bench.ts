@@ -21,12 +21,15 @@ import { processCpuMs } from './lib/process-cpu.js';
  * second, with no events at all, over `--idle-seconds`.
  *
  *   npm run build && node --conditions=conveyor-source --import tsx bench/monitor-cpu.bench.ts [--rate 150] [--seconds 20]
+ *        [--idle-seconds 10] [--env READ_LINGER_MS=1000 …]
  */
 const { values } = parseArgs({
   options: {
     rate: { type: 'string', default: '150' },
     seconds: { type: 'string', default: '20' },
     'idle-seconds': { type: 'string', default: '10' },
+    // More of the monitor's settings, KEY=VALUE (e.g. READ_LINGER_MS=1000), repeatable.
+    env: { type: 'string', multiple: true, default: [] },
   },
 });
 const rate = Number(values.rate);
@@ -55,6 +58,7 @@ const monitor = spawnService(
     LOG_LEVEL: 'info',
     REPORT_INTERVAL_MS: '0',
     REPORT_DIR: path.join(dir, 'reports'),
+    ...Object.fromEntries(values.env.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
   },
   { built: true, label: 'monitor' },
 );
@@ -80,7 +84,7 @@ try {
     JSON.stringify(
       {
         date: new Date().toISOString(),
-        command: `bench/monitor-cpu.bench.ts --rate ${rate} --seconds ${seconds} --idle-seconds ${idleSeconds}`,
+        command: `bench/monitor-cpu.bench.ts --rate ${rate} --seconds ${seconds} --idle-seconds ${idleSeconds}${values.env.map((kv) => ` --env ${kv}`).join('')}`,
         events: n,
         seconds: Math.round(elapsed * 100) / 100,
         monitorCpuMsPerEvent: Math.round((ms / n) * 10000) / 10000,
