@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -11,6 +11,7 @@ import { ROOT, spawnService } from '../harness/service-process.js';
 import { loadMnist } from '../services/trainer/src/pipeline/ingest.js';
 import { predictionEvents } from '../test/support/events.js';
 import { processCpuMs } from './lib/process-cpu.js';
+import { formatBreakdown, RedisCommandStats } from './lib/redis-commandstats.js';
 
 /**
  * The monitor's CPU per prediction event at a steady rate, as in the full system (where its share
@@ -30,6 +31,8 @@ const { values } = parseArgs({
     'idle-seconds': { type: 'string', default: '10' },
     // More of the monitor's settings, KEY=VALUE (e.g. READ_LINGER_MS=1000), repeatable.
     env: { type: 'string', multiple: true, default: [] },
+    // Redis's time per event by command and script, and calls per event (bench/lib/redis-commandstats.ts).
+    'redis-breakdown': { type: 'boolean', default: false },
   },
 });
 const rate = Number(values.rate);
@@ -47,6 +50,8 @@ await model.close();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'monitor-cpu-bench-'));
 const redis = await startRedis({ dir });
 const client = new Redis(redis.url);
+const stats = values['redis-breakdown'] ? new RedisCommandStats(redis.url, [ROOT]) : undefined;
+await stats?.watchScriptLoads();
 const prefix = 'bench';
 const keys = redisKeys(prefix);
 const monitor = spawnService(
@@ -75,11 +80,15 @@ try {
 
   const n = Math.round(rate * seconds);
   const start = cpu();
+  const startSplit = userSystem(monitor.child.pid!);
+  await stats?.begin();
   const started = performance.now();
   await paced(n, rate);
   await drained();
   const elapsed = (performance.now() - started) / 1000;
   const ms = cpu() - start;
+  const endSplit = userSystem(monitor.child.pid!);
+  if (stats) console.error(formatBreakdown('per event', await stats.end(n, { monitor: monitor.child.pid!, bench: process.pid })));
   console.log(
     JSON.stringify(
       {
@@ -88,6 +97,11 @@ try {
         events: n,
         seconds: Math.round(elapsed * 100) / 100,
         monitorCpuMsPerEvent: Math.round((ms / n) * 10000) / 10000,
+        monitorKernelShare:
+          Math.round(
+            ((endSplit.system - startSplit.system) / (endSplit.user + endSplit.system - startSplit.user - startSplit.system)) *
+              100,
+          ) / 100,
         monitorIdleCpuMsPerSecond: Math.round(idleMsPerSecond * 100) / 100,
       },
       null,
@@ -96,9 +110,17 @@ try {
   );
 } finally {
   await monitor.stop();
+  await stats?.close();
   client.disconnect();
   await redis.stop();
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** User and system CPU ticks of a process (/proc/<pid>/stat fields 14 and 15). */
+function userSystem(pid: number): { user: number; system: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+  return { user: Number(fields[11]), system: Number(fields[12]) };
 }
 
 /** `n` events at `perSecond`, in batches every 10 ms (their ids and times fresh). */

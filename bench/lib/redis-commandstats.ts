@@ -476,7 +476,7 @@ export function formatBreakdown(title: string, b: RedisBreakdown): string {
   lines.push('  INFO commandstats (commands inside scripts counted too; EVALSHA includes them):');
   table(b.commandstats, (r) => {
     const nested = (r as RedisBreakdown['commandstats'][number]).nestedCallsPerRequest;
-    return nested > 0 ? `  (${nested.toFixed(3)} inside scripts)` : '';
+    return nested > 0 ? `  (${nested.toFixed(3)} not logged: inside scripts, MULTI or blocked)` : '';
   });
   if (b.lostEntries > 0) lines.push(`  (${b.lostEntries} log entries rotated out before they were read)`);
   return lines.join('\n');
