@@ -143,6 +143,7 @@ export default defineConfig({
         items: [
           { text: 'Performance and load tests', link: '/performance' },
           { text: "The worker's CPU per request", link: '/performance-worker' },
+          { text: "Redis's time per job", link: '/performance-redis' },
           { text: 'Soak', link: '/soak' },
         ],
       },
