@@ -10,6 +10,7 @@ import { classify, loadModel, type LoadedModel } from '@conveyor/shared/model/ru
 import { freePort } from '../harness/free-port.js';
 import { multipartBody, predictClient } from '../harness/load-client.js';
 import { startRedis, type LocalRedis } from '../harness/redis-server.js';
+import { RedisCommandStats, type RedisBreakdown } from './lib/redis-commandstats.js';
 import { ROOT, spawnService, type ServiceProcess } from '../harness/service-process.js';
 import { scanImage } from './lib/scan-image.js';
 import { ownCpuMs, processCpuMs, processTree } from './lib/process-cpu.js';
@@ -95,6 +96,9 @@ const { values } = parseArgs({
     'photo-side': { type: 'string', default: '0' },
     'photo-quality': { type: 'string', default: '90' },
     bentoml: { type: 'boolean', default: false },
+    // Conveyor cells: Redis's time per request by command and script, one line per cell, and in
+    // the results file (bench/lib/redis-commandstats.ts; logs every command to Redis's slow log).
+    'redis-breakdown': { type: 'boolean', default: false },
     // The gateway's CPU per request falls by a third over its first ~2,000 requests (the JIT tiers up).
     warmup: { type: 'string', default: '1000' },
     'bento-max-batch': { type: 'string', default: '32' },
@@ -229,6 +233,8 @@ interface RunningSystem {
   cpu(): Promise<Record<string, number>>;
   /** Processes counted (a peer's tree can grow or shrink). */
   processes(): Record<string, number>;
+  /** Conveyor with --redis-breakdown: its Redis's command and script times, and the pids of its clients. */
+  redisStats?: { stats: RedisCommandStats; pids: Record<string, number> };
   /** Conveyor: major GCs so far, summed over its workers (prom-client's count). */
   majorGcs?(): Promise<number>;
   stop(): Promise<void>;
@@ -252,8 +258,12 @@ async function startConveyor(
   // REPORT_INTERVAL_MS=0 so a periodic drift report does not land in the middle of one cell.
   const env = { REDIS_URL: redis.url };
   const port = await freePort();
+  const redisStats = values['redis-breakdown'] ? new RedisCommandStats(redis.url, [ROOT]) : undefined;
+  // The scripts' texts, as the services send them first (named even if built at run time).
+  await redisStats?.watchScriptLoads();
   const stop = async () => {
     client.disconnect();
+    await redisStats?.close();
     await services.find((s) => s.name === 'gateway')?.stop();
     await Promise.all(services.filter((s) => s.name.startsWith('worker')).map((s) => s.stop()));
     await services.find((s) => s.name === 'monitor')?.stop();
@@ -314,6 +324,9 @@ async function startConveyor(
       port,
       cpu: () => Promise.resolve(Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, processCpuMs(pid) ?? NaN]))),
       processes: () => Object.fromEntries(Object.keys(pids).map((k) => [k, 1])),
+      ...(redisStats
+        ? { redisStats: { stats: redisStats, pids: Object.fromEntries(Object.entries(pids).filter(([k]) => k !== 'redis')) } }
+        : {}),
       majorGcs: async () => {
         let sum = 0;
         for (const metricsPort of metricsPorts) {
@@ -364,6 +377,13 @@ async function startDirect(modelDir: string): Promise<RunningSystem & { model: L
     processes: () => ({ direct: 1 }),
     stop: () => model.close(),
   };
+}
+
+/** One line: Redis µs per request, and the top commands and scripts (calls and µs per request). */
+function redisLine(b: RedisBreakdown): string {
+  const top = b.all.slice(0, 8).map((r) => `${r.name} ${r.callsPerRequest.toFixed(2)}×/${r.usPerRequest.toFixed(0)} µs`);
+  const calls = b.all.reduce((sum, r) => sum + r.callsPerRequest, 0);
+  return `redis ${b.commandUsPerRequest.toFixed(0)} µs/req, ${calls.toFixed(1)} calls/req: ${top.join(', ')}`;
 }
 
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
@@ -797,6 +817,7 @@ try {
       for (const concurrency of concurrencies) {
         for (const system of order) {
           const gcsBefore = await system.majorGcs?.();
+          await system.redisStats?.stats.begin();
           const cell = await runCell(
             system,
             order.filter((o) => o !== system),
@@ -805,14 +826,22 @@ try {
             requests,
           );
           const gcsAfter = await system.majorGcs?.();
+          const redisBreakdown = await system.redisStats?.stats.end(cell.requests, system.redisStats.pids);
           // Major GCs per job in the workers (a job should allocate no megabytes of fresh buffers).
           const majorGcsPerJob =
             gcsBefore !== undefined && gcsAfter !== undefined ? (gcsAfter - gcsBefore) / requests : undefined;
-          cells.push({ model: modelName, round, ...cell, ...(majorGcsPerJob !== undefined ? { majorGcsPerJob } : {}) });
+          cells.push({
+            model: modelName,
+            round,
+            ...cell,
+            ...(majorGcsPerJob !== undefined ? { majorGcsPerJob } : {}),
+            ...(redisBreakdown ? { redis: redisBreakdown } : {}),
+          });
           const failed = cell.non200 + cell.errors;
           console.log(
             `  round ${round + 1} c${String(concurrency).padEnd(3)} ${system.name.padEnd(12)} ${cell.requestsPerSecond.toFixed(0).padStart(5)} req/s  p50 ${cell.p50Ms.toFixed(1)} ms  server CPU ${cell.serverCpuMsPerRequest.toFixed(2)} ms/req  load ${cell.loadAvg1.toFixed(1)}${majorGcsPerJob !== undefined ? `  major GCs/job ${majorGcsPerJob.toFixed(3)}` : ''}${failed ? `  FAILED ${failed}` : ''}`,
           );
+          if (redisBreakdown) console.log(`      ${redisLine(redisBreakdown)}`);
         }
       }
     }

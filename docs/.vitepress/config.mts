@@ -144,6 +144,7 @@ export default defineConfig({
           { text: 'Performance and load tests', link: '/performance' },
           { text: "The worker's CPU per request", link: '/performance-worker' },
           { text: "The gateway's CPU per request", link: '/performance-gateway' },
+          { text: "Redis's time per job", link: '/performance-redis' },
           { text: 'Soak', link: '/soak' },
         ],
       },
