@@ -1,13 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { freePort } from '../harness/free-port.js';
 import { startRedis, type LocalRedis } from '../harness/redis-server.js';
 import { ROOT } from '../harness/service-process.js';
+import { startBuilt, stopChild } from './lib/build-process.js';
 import { drive, median, round3, until } from './lib/drive.js';
 import { photoCase } from './lib/photo-cases.js';
 import { processCpuMs } from './lib/process-cpu.js';
@@ -124,8 +123,8 @@ async function stack(side: Side, prefix: string) {
   const redis: LocalRedis = await startRedis({ dir: redisDir });
   const port = await freePort();
   const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, LOG_LEVEL: 'warn', DEFAULT_MODEL: 'digits', MODELS: model, ...extra };
-  const worker = start(side, dir, 'services/inference-worker/dist/main.js', { ...env, HEARTBEAT_INTERVAL_MS: '500' });
-  const gateway = start(side, dir, 'services/gateway/dist/main.js', { ...env, PORT: String(port), HOST: '127.0.0.1' });
+  const worker = startBuilt(side, dir, 'services/inference-worker/dist/main.js', { ...env, HEARTBEAT_INTERVAL_MS: '500' });
+  const gateway = startBuilt(side, dir, 'services/gateway/dist/main.js', { ...env, PORT: String(port), HOST: '127.0.0.1' });
   const admin = new Redis(redis.url);
   return {
     side,
@@ -138,28 +137,10 @@ async function stack(side: Side, prefix: string) {
       return { worker: processCpuMs(worker.pid!) ?? NaN, gateway: processCpuMs(gateway.pid!) ?? NaN, redis: counts };
     },
     async stop() {
-      await Promise.all([stop(gateway), stop(worker)]);
+      await Promise.all([stopChild(gateway), stopChild(worker)]);
       await admin.quit();
       await redis.stop();
       rmSync(redisDir, { recursive: true, force: true });
     },
   };
-}
-
-function start(side: Side, dir: string, entry: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [path.join(dir, entry)], {
-    cwd: dir,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  // Warnings and errors only (LOG_LEVEL=warn): shown, so a build that cannot start says why.
-  createInterface({ input: child.stderr }).on('line', (line) => console.error(`[${side}] ${line}`));
-  return child;
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  await exited;
 }

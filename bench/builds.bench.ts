@@ -1,12 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { freePort } from '../harness/free-port.js';
 import { startRedis } from '../harness/redis-server.js';
 import { ROOT } from '../harness/service-process.js';
+import { startBuilt, stopChild } from './lib/build-process.js';
 import { drive, median, round3, until } from './lib/drive.js';
 import { photoCase } from './lib/photo-cases.js';
 import { processCpuMs } from './lib/process-cpu.js';
@@ -116,8 +115,15 @@ async function measure(build: Build, prefix: string): Promise<Sample> {
   const port = await freePort();
   await stats?.watchScriptLoads();
   const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, LOG_LEVEL: 'warn', DEFAULT_MODEL: 'digits', MODELS: model };
-  const worker = start(build, 'services/inference-worker/dist/main.js', { ...env, HEARTBEAT_INTERVAL_MS: '500' });
-  const gateway = start(build, 'services/gateway/dist/main.js', { ...env, PORT: String(port), HOST: '127.0.0.1' });
+  const worker = startBuilt(build, builds[build], 'services/inference-worker/dist/main.js', {
+    ...env,
+    HEARTBEAT_INTERVAL_MS: '500',
+  });
+  const gateway = startBuilt(build, builds[build], 'services/gateway/dist/main.js', {
+    ...env,
+    PORT: String(port),
+    HOST: '127.0.0.1',
+  });
   const base = `http://127.0.0.1:${port}`;
   try {
     await until(
@@ -144,24 +150,6 @@ async function measure(build: Build, prefix: string): Promise<Sample> {
       rps: requests / seconds,
     };
   } finally {
-    await Promise.all([stop(gateway), stop(worker)]);
+    await Promise.all([stopChild(gateway), stopChild(worker)]);
   }
-}
-
-function start(build: Build, entry: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [path.join(builds[build], entry)], {
-    cwd: builds[build],
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  // Warnings and errors only (LOG_LEVEL=warn): shown, so a build that cannot start says why.
-  createInterface({ input: child.stderr }).on('line', (line) => console.error(`[${build}] ${line}`));
-  return child;
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  await exited;
 }

@@ -1,7 +1,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { freePort } from './free-port.js';
+import { LISTEN, socketInodes, tcpSockets } from './proc-sockets.js';
 
 /**
  * A private redis-server for `make run`, the tests and the benchmarks: on a free port (or the one
@@ -183,48 +184,21 @@ async function probeRedis(port: number, timeoutMs: number): Promise<RedisProbe> 
  */
 function listenerProcess(port: number): { pid: number; command: string } | undefined {
   if (process.platform !== 'linux') return undefined;
-  const inodes = new Set<string>();
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text: string;
-    try {
-      text = readFileSync(table, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n').slice(1)) {
-      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-      const [, local, , state, , , , , , inode] = line.trim().split(/\s+/);
-      const LISTEN = '0A';
-      if (!local || state !== LISTEN || !inode || inode === '0') continue;
-      if (Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16) === port) inodes.add(inode);
-    }
-  }
+  const inodes = new Set(
+    tcpSockets()
+      .filter((s) => s.state === LISTEN && s.localPort === port)
+      .map((s) => s.inode),
+  );
   if (inodes.size === 0) return undefined;
   for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
-    let fds: string[];
+    if (!socketInodes(pid).some((inode) => inodes.has(inode))) continue;
+    let command = 'a process';
     try {
-      fds = readdirSync(`/proc/${pid}/fd`);
+      command = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
     } catch {
-      continue;
+      // Gone since: the pid alone still says something.
     }
-    for (const fd of fds) {
-      let target: string;
-      try {
-        target = readlinkSync(`/proc/${pid}/fd/${fd}`);
-      } catch {
-        continue;
-      }
-      const socket = /^socket:\[(\d+)\]$/.exec(target);
-      if (socket && inodes.has(socket[1]!)) {
-        let command = 'a process';
-        try {
-          command = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-        } catch {
-          // Gone since: the pid alone still says something.
-        }
-        return { pid: Number(pid), command };
-      }
-    }
+    return { pid: Number(pid), command };
   }
   return undefined;
 }

@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import ts from 'typescript';
+import { socketInodes, tcpSockets } from '../../harness/proc-sockets.js';
 
 /**
  * Where Redis's time goes per request, by command and by script, for the benchmarks.
@@ -415,38 +416,11 @@ function monitorArgs(line: string): string[] {
 /** Local TCP port → label, for every socket the given processes hold (Linux /proc). */
 function clientPorts(processes: Record<string, number>): Map<number, string> {
   const inodeOwner = new Map<string, string>();
-  for (const [label, pid] of Object.entries(processes)) {
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-        if (m) inodeOwner.set(m[1]!, label);
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
+  for (const [label, pid] of Object.entries(processes)) for (const inode of socketInodes(pid)) inodeOwner.set(inode, label);
   const ports = new Map<number, string>();
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text: string;
-    try {
-      text = readFileSync(table, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      const local = fields[1];
-      const inode = fields[9];
-      if (!local || !inode) continue;
-      const label = inodeOwner.get(inode);
-      if (label) ports.set(parseInt(local.slice(local.lastIndexOf(':') + 1), 16), label);
-    }
+  for (const socket of tcpSockets()) {
+    const label = inodeOwner.get(socket.inode);
+    if (label) ports.set(socket.localPort, label);
   }
   return ports;
 }
