@@ -127,10 +127,11 @@ describe('inference on a worker thread', function () {
 });
 
 /**
- * The hand-off itself (InferenceThread without loadModel): every run's answer, error and the
- * thread's end travel through shared memory and a control array, so what must hold is checked
- * directly against a session on the calling thread: answers as the output sizes change, errors
- * per run, and a clean end however it comes.
+ * The hand-off itself (InferenceThread without loadModel), checked directly against a session on
+ * the calling thread: answers as the batch size and the fetches (so the outputs' sizes) change,
+ * errors per run, and a clean end however it comes (released with runs still queued: the release
+ * used to overtake them, "Cannot read properties of undefined (reading 'run')"; the thread dying
+ * under a run), with no unhandled rejection.
  */
 describe("the inference thread's hand-off", function () {
   this.timeout(120_000);
@@ -175,11 +176,20 @@ describe("the inference thread's hand-off", function () {
     const thread = await start();
     const steps: [number[], string[]][] = [
       [[1], ['probabilities']],
-      [[2, 3, 4, 5, 6, 7, 8, 9], ['probabilities', 'embedding']],
+      [
+        [2, 3, 4, 5, 6, 7, 8, 9],
+        ['probabilities', 'embedding'],
+      ],
       [[4], ['probabilities', 'embedding']],
-      [[5, 6, 7], ['embedding', 'probabilities']],
+      [
+        [5, 6, 7],
+        ['embedding', 'probabilities'],
+      ],
       [[8], ['embedding']],
-      [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], ['probabilities', 'embedding']],
+      [
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        ['probabilities', 'embedding'],
+      ],
       [[9], ['probabilities']],
     ];
     for (const [seeds, fetches] of steps) {
