@@ -1,6 +1,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import type { Worker } from 'node:worker_threads';
 import { expect } from 'chai';
+import * as ort from 'onnxruntime-node';
 import { ensureModerationModel, MODERATION_DIR } from '../../scripts/models/moderation.js';
+import { InferenceThread } from '../src/model/inference-thread.js';
 import { loadModel, type LoadedModel } from '../src/model/runtime.js';
 
 /**
@@ -120,5 +123,137 @@ describe('inference on a worker thread', function () {
     const [a] = await offThread.run(images.slice(0, 1));
     const [b] = await background.run(images.slice(0, 1));
     expect(Array.from(b!.probabilities)).to.deep.equal(Array.from(a!.probabilities));
+  });
+});
+
+/**
+ * The hand-off itself (InferenceThread without loadModel), checked directly against a session on
+ * the calling thread: answers as the batch size and the fetches (so the outputs' sizes) change,
+ * errors per run, and a clean end however it comes (released with runs still queued: the release
+ * used to overtake them, "Cannot read properties of undefined (reading 'run')"; the thread dying
+ * under a run), with no unhandled rejection.
+ */
+describe("the inference thread's hand-off", function () {
+  this.timeout(120_000);
+  const digitsDir = new URL('../../models/digits', import.meta.url).pathname;
+  const options: ort.InferenceSession.SessionOptions = { executionMode: 'sequential', intraOpNumThreads: 1 };
+  const image = (seed: number) => new Float32Array(28 * 28).map((_, i) => ((i * (seed + 3)) % 29) / 29);
+  const batchOf = (seeds: number[]) => {
+    const out = new Float32Array(seeds.length * 28 * 28);
+    seeds.forEach((s, i) => out.set(image(s), i * 28 * 28));
+    return out;
+  };
+  let bytes: Buffer;
+  let here: ort.InferenceSession;
+  const threads: InferenceThread[] = [];
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => unhandled.push(reason);
+
+  before(async () => {
+    bytes = readFileSync(`${digitsDir}/model.onnx`);
+    here = await ort.InferenceSession.create(bytes, options);
+    process.on('unhandledRejection', onUnhandled);
+  });
+  after(async () => {
+    process.off('unhandledRejection', onUnhandled);
+    await Promise.all(threads.map((t) => t.release()));
+    await here.release();
+  });
+  afterEach(() => expect(unhandled, 'unhandled rejections').to.deep.equal([]));
+
+  async function start(): Promise<InferenceThread> {
+    const thread = await InferenceThread.start(bytes, options);
+    threads.push(thread);
+    return thread;
+  }
+  async function onCallingThread(data: Float32Array, n: number, fetches: string[]) {
+    const out = await here.run({ input: new ort.Tensor('float32', data, [n, 1, 28, 28]) }, fetches);
+    return Object.fromEntries(fetches.map((f) => [f, Array.from(out[f]!.data as Float32Array)]));
+  }
+  const plain = (r: Record<string, Float32Array>) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, Array.from(v)]));
+
+  it('answers as the calling thread does while batch sizes and fetches change from run to run', async () => {
+    const thread = await start();
+    const steps: [number[], string[]][] = [
+      [[1], ['probabilities']],
+      [
+        [2, 3, 4, 5, 6, 7, 8, 9],
+        ['probabilities', 'embedding'],
+      ],
+      [[4], ['probabilities', 'embedding']],
+      [
+        [5, 6, 7],
+        ['embedding', 'probabilities'],
+      ],
+      [[8], ['embedding']],
+      [
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        ['probabilities', 'embedding'],
+      ],
+      [[9], ['probabilities']],
+    ];
+    for (const [seeds, fetches] of steps) {
+      const data = batchOf(seeds);
+      const got = await thread.run('input', data, [seeds.length, 1, 28, 28], fetches);
+      expect(Object.keys(got), `fetches of batch ${seeds.length}`).to.deep.equal(fetches);
+      expect(plain(got), `batch of ${seeds.length}, ${fetches.join('+')}`).to.deep.equal(
+        await onCallingThread(data, seeds.length, fetches),
+      );
+    }
+  });
+
+  it('fails only the run that failed, with its message, and answers the next ones', async () => {
+    const thread = await start();
+    const good = batchOf([2]);
+    const [a, bad, unknown, b] = await Promise.allSettled([
+      thread.run('input', good, [1, 1, 28, 28], ['probabilities']),
+      thread.run('input', good, [1, 1, 28, 27], ['probabilities']), // dims that do not match the data
+      thread.run('input', good, [1, 1, 28, 28], ['no-such-output']),
+      thread.run('input', good, [1, 1, 28, 28], ['probabilities']),
+    ]);
+    expect(a.status).to.equal('fulfilled');
+    expect(b.status).to.equal('fulfilled');
+    expect(bad.status).to.equal('rejected');
+    expect(String((bad as PromiseRejectedResult).reason)).to.match(/size|length/i);
+    expect(unknown.status).to.equal('rejected');
+    expect(String((unknown as PromiseRejectedResult).reason)).to.match(/no-such-output/);
+    const want = await onCallingThread(good, 1, ['probabilities']);
+    expect(plain((a as PromiseFulfilledResult<Record<string, Float32Array>>).value)).to.deep.equal(want);
+    expect(plain((b as PromiseFulfilledResult<Record<string, Float32Array>>).value)).to.deep.equal(want);
+  });
+
+  it('lets the runs under way finish when released, then refuses new ones', async () => {
+    const thread = await start();
+    const data = batchOf([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+    const runs = [1, 2, 3].map(() => thread.run('input', data, [16, 1, 28, 28], ['probabilities']));
+    const released = thread.release();
+    const answers = await Promise.all(runs);
+    await released;
+    const want = await onCallingThread(data, 16, ['probabilities']);
+    for (const answer of answers) expect(plain(answer)).to.deep.equal(want);
+    let refused: unknown;
+    await thread.run('input', data, [16, 1, 28, 28], ['probabilities']).catch((error: unknown) => (refused = error));
+    expect(String(refused)).to.match(/released|exited/);
+    await thread.release(); // a second release is harmless
+  });
+
+  it('rejects the run under way and the next ones when the thread dies, instead of waiting forever', async () => {
+    const thread = await start();
+    const data = batchOf([3]);
+    await thread.run('input', data, [1, 1, 28, 28], ['probabilities']);
+    const worker = (thread as unknown as { worker: Worker }).worker;
+    const pending = thread.run('input', batchOf(Array.from({ length: 1024 }, (_, i) => i)), [1024, 1, 28, 28], ['probabilities']);
+    const dying = worker.terminate();
+    const outcome = await pending.then(
+      () => 'answered',
+      (error: unknown) => String(error),
+    );
+    await dying;
+    // The run may have finished before the thread was stopped; if not, it says the thread exited.
+    if (outcome !== 'answered') expect(outcome).to.match(/exited/);
+    let next: unknown;
+    await thread.run('input', data, [1, 1, 28, 28], ['probabilities']).catch((error: unknown) => (next = error));
+    expect(String(next)).to.match(/exited/);
+    await thread.release();
   });
 });

@@ -11,7 +11,10 @@ import type * as ort from 'onnxruntime-node';
  *
  * The input travels through a SharedArrayBuffer kept for the thread's life: one memcpy in, one out
  * into the thread's own reused array (onnxruntime-node refuses SharedArrayBuffer-backed tensors),
- * no allocation per job; the outputs (a few floats) come back by structured clone.
+ * no allocation per job; the outputs (a few floats) come back by structured clone. Handing the
+ * outputs back through shared memory and waking each side with Atomics instead of postMessage was
+ * tried and measured at ~0.02 ms of CPU less per run (docs/performance-worker.md, "The hand-off to
+ * the inference thread"): not worth the extra protocol.
  */
 export interface InferenceEngine {
   readonly inputNames: readonly string[];
@@ -89,6 +92,7 @@ export class InferenceThread implements InferenceEngine {
   /** Whether the thread holds `input` already: it is posted only when it was replaced (grown). */
   private inputPosted = false;
   private failure: Error | undefined;
+  private released = false;
   inputNames: readonly string[] = [];
   outputNames: readonly string[] = [];
   /** The thread's niceness when one was asked for and set (null: not asked, or not on Linux). */
@@ -137,6 +141,8 @@ export class InferenceThread implements InferenceEngine {
     dims: readonly number[],
     fetches: readonly string[],
   ): Promise<Record<string, Float32Array>> {
+    // Runs asked for before release() still run; none after it.
+    if (this.released) return Promise.reject(new Error('the inference thread was released'));
     const turn = this.queue.then(async () => {
       if (this.input.byteLength < data.byteLength) {
         this.input = new SharedArrayBuffer(data.byteLength);
@@ -155,7 +161,13 @@ export class InferenceThread implements InferenceEngine {
   }
 
   async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
     try {
+      // After the runs already asked for: the thread handles messages as they come, so a release
+      // posted at once overtook the queued runs (they then found no session) and could free the
+      // session under the run in progress.
+      await this.queue;
       if (!this.failure) await this.call({ kind: 'release' });
     } finally {
       await this.worker.terminate();

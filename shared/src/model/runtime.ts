@@ -91,7 +91,7 @@ function checkNames({ input, output }: ModelManifest, session: InferenceEngine):
   }
 }
 
-function sessionOptionsFor(options: LoadOptions): ort.InferenceSession.SessionOptions {
+export function sessionOptionsFor(options: LoadOptions): ort.InferenceSession.SessionOptions {
   return {
     intraOpNumThreads: options.threads ?? 1,
     interOpNumThreads: 1,
