@@ -325,17 +325,17 @@ async function waitForResult(
 ): Promise<{ result: JobResult | undefined; gone: boolean }> {
   // A flag and the ticket's own cancel, not an AbortController: an AbortSignal and its listener per
   // waiting request cost more than the wait's other bookkeeping, and nothing else reads the signal.
-  let gone = false;
+  const caller = { gone: false };
   const onClose = () => {
-    if (ctx.res.writableEnded || gone) return;
-    gone = true;
+    if (ctx.res.writableEnded || caller.gone) return;
+    caller.gone = true;
     ticket.cancel();
   };
   ctx.res.once('close', onClose);
   // A caller that hung up while its job was being made closed before anyone listened.
   if (ctx.req.socket.destroyed) onClose();
-  const result = gone ? undefined : await ticket.wait(waitSeconds * 1000).finally(() => ctx.res.off('close', onClose));
-  return { result, gone };
+  const result = caller.gone ? undefined : await ticket.wait(waitSeconds * 1000).finally(() => ctx.res.off('close', onClose));
+  return { result, gone: caller.gone };
 }
 
 function answerResult(ctx: GatewayContext, deps: PredictDeps, result: JobResult): void {
