@@ -77,7 +77,8 @@ describe('access', function () {
       const predictKey = stdout.trim();
       expect(predictKey).to.match(/^cvk_[0-9a-f]{12}_/);
       const stored = await redis.hgetall(redisKeys(prefix).apiKeys);
-      expect(JSON.stringify(stored)).not.to.contain(predictKey.split('_')[2]);
+      // The secret is everything after `cvk_<id>_`: base64url, so it may hold (or start with) a `_` itself.
+      expect(JSON.stringify(stored)).not.to.contain(predictKey.slice('cvk_'.length + 12 + 1));
       // Its weight in fair queuing (docs/fairness.md) is stored with it.
       expect((await store.list()).find((k) => k.name === 'app')).to.include({ weight: 3 });
 

@@ -3,7 +3,7 @@ import type { Redis } from '@conveyor/shared/redis';
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { ProblemError } from '@conveyor/shared/problem';
 import { addressKey } from '../http/client-identity.js';
-import type { GatewayState } from '../http/context.js';
+import { bindLog, type GatewayState } from '../http/context.js';
 import type { Priority } from '../http/priority.js';
 import type { ApiKeyStore, Scope } from './api-keys.js';
 
@@ -97,7 +97,7 @@ export function createAccess(redis: Redis, prefix: string, store: ApiKeyStore, o
           throw new ProblemError('forbidden', `The API key "${identity.name}" lacks the ${scope} scope`);
         }
         ctx.state.apiKey = identity;
-        ctx.state.log = ctx.state.log.child({ apiKey: identity.id });
+        bindLog(ctx.state, { apiKey: identity.id });
         subject = `key:${identity.id}`;
         ctx.state.tenant = { id: subject, weight: identity.weight, maxPriority: identity.maxPriority };
       }

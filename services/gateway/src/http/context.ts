@@ -56,7 +56,10 @@ export interface KeyIdentity {
 export interface GatewayState {
   /** From a well-formed X-Request-Id header, or generated; echoed back and carried into the job. */
   requestId: string;
-  /** A logger bound to the request id (and the job id once there is one). */
+  /**
+   * A logger bound to the request id (and the API key and the job id once there are): the request's
+   * own child of the service logger, made once per request; add ids with `bindLog`, not `child`.
+   */
   log: Logger;
   /** The request's SERVER span (a span that records nothing when tracing is off or the path untraced). */
   span: Span;
@@ -88,3 +91,13 @@ export interface GatewayState {
 }
 
 export type GatewayContext = ParameterizedContext<GatewayState>;
+
+/**
+ * Adds `bindings` to every later line of the request's logger (and so to its access-log line).
+ * The request's logger is its own (a child made by `requestContext`), so its bindings are extended in
+ * place: pino's `setBindings` appends the serialized ids to the ones it has, where a grandchild
+ * logger per id would cost an object and a longer prototype chain per request for the same line.
+ */
+export function bindLog(state: Pick<GatewayState, 'log'>, bindings: Record<string, string>): void {
+  state.log.setBindings(bindings);
+}

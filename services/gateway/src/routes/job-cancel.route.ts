@@ -4,7 +4,7 @@ import { ProblemError } from '@conveyor/shared/problem';
 import type { Access } from '../access/access.middleware.js';
 import type { JobOwnership } from '../access/job-ownership.js';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
-import type { GatewayState } from '../http/context.js';
+import { bindLog, type GatewayState } from '../http/context.js';
 import type { JobCanceller } from '../jobs/job-canceller.js';
 
 const JobId = z.uuid();
@@ -30,7 +30,7 @@ export function registerJobCancelRoute(
     const outcome = mine ? await deps.canceller.cancel(id) : { kind: 'unknown' as const };
     if (outcome.kind === 'unknown') throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
     ctx.state.jobId = id;
-    ctx.state.log = ctx.state.log.child({ jobId: id });
+    bindLog(ctx.state, { jobId: id });
     switch (outcome.kind) {
       case 'finished':
         throw new ProblemError(

@@ -2,7 +2,7 @@ import type { Access } from '../access/access.middleware.js';
 import type Router from '@koa/router';
 import { z } from 'zod';
 import { problemBody, ProblemError } from '@conveyor/shared/problem';
-import type { GatewayState } from '../http/context.js';
+import { bindLog, type GatewayState } from '../http/context.js';
 import type { JobLookup } from '../jobs/job-lookup.js';
 import type { CallbackDispatcher } from '../callbacks/callback-dispatcher.js';
 import type { JobOwnership } from '../access/job-ownership.js';
@@ -26,7 +26,7 @@ export function registerJobRoutes(
       JobId.safeParse(id).success && (await ownership.mayRead(ctx.state.apiKey, id)) ? await lookup.find(id) : undefined;
     if (!view) throw new ProblemError('not-found', `No job ${id}: unknown, or its result has expired`);
     ctx.state.jobId = id;
-    ctx.state.log = ctx.state.log.child({ jobId: id });
+    bindLog(ctx.state, { jobId: id });
     // A job given a Callback-Url shows how its delivery went.
     const callback = await callbacks.state(id);
     const extra = callback ? { callback } : {};

@@ -6,7 +6,7 @@ import { ProblemError } from '@conveyor/shared/problem';
 import type { Access } from '../access/access.middleware.js';
 import type { GatewayConfig } from '../config.js';
 import { clientOf } from '../http/client-identity.js';
-import type { GatewayContext, GatewayState } from '../http/context.js';
+import { bindLog, type GatewayContext, type GatewayState } from '../http/context.js';
 import { idempotencyKey } from '../http/idempotency-key.js';
 import type { HttpMetrics, PredictMode } from '../http/metrics.js';
 import { appliedWith, parsePrefer } from '../http/prefer.js';
@@ -119,7 +119,7 @@ async function predict(ctx: GatewayContext, deps: PredictDeps): Promise<void> {
   }
   const { input, bytes, facts, callbackUrl, lease } = read;
   ctx.state.jobId = jobId;
-  ctx.state.log = ctx.state.log.child({ jobId });
+  bindLog(ctx.state, { jobId });
   const deadline = ctx.state.deadline;
   const applied = appliedWith(prefer, ctx.state.priority ?? 'normal');
   ctx.set('Preference-Applied', deadline ? `${applied}, deadline=${deadline.seconds}` : applied);
@@ -257,7 +257,7 @@ async function followJob(
 ): Promise<void> {
   const { jobId, ticket } = followed;
   ctx.state.jobId = jobId;
-  ctx.state.log = ctx.state.log.child({ jobId });
+  bindLog(ctx.state, { jobId });
   ctx.state.log.debug('waiting for the job of an identical request');
   let waiting = false;
   try {
@@ -323,18 +323,19 @@ async function waitForResult(
   ticket: Ticket,
   waitSeconds: number,
 ): Promise<{ result: JobResult | undefined; gone: boolean }> {
-  const gone = new AbortController();
+  // A flag and the ticket's own cancel, not an AbortController: an AbortSignal and its listener per
+  // waiting request cost more than the wait's other bookkeeping, and nothing else reads the signal.
+  const caller = { gone: false };
   const onClose = () => {
-    if (!ctx.res.writableEnded) gone.abort();
+    if (ctx.res.writableEnded || caller.gone) return;
+    caller.gone = true;
+    ticket.cancel();
   };
   ctx.res.once('close', onClose);
   // A caller that hung up while its job was being made closed before anyone listened.
   if (ctx.req.socket.destroyed) onClose();
-  if (gone.signal.aborted) ticket.cancel();
-  const result = gone.signal.aborted
-    ? undefined
-    : await ticket.wait(waitSeconds * 1000, gone.signal).finally(() => ctx.res.off('close', onClose));
-  return { result, gone: gone.signal.aborted };
+  const result = caller.gone ? undefined : await ticket.wait(waitSeconds * 1000).finally(() => ctx.res.off('close', onClose));
+  return { result, gone: caller.gone };
 }
 
 function answerResult(ctx: GatewayContext, deps: PredictDeps, result: JobResult): void {
@@ -358,7 +359,7 @@ function answerResult(ctx: GatewayContext, deps: PredictDeps, result: JobResult)
  */
 async function replay(ctx: GatewayContext, deps: PredictDeps, jobId: string, waits: boolean, waitSeconds: number): Promise<void> {
   ctx.state.jobId = jobId;
-  ctx.state.log = ctx.state.log.child({ jobId });
+  bindLog(ctx.state, { jobId });
   ctx.set('Idempotent-Replayed', 'true');
   // Registered before the job is looked up: a result stored after the look-up still reaches it.
   const ticket = waits ? deps.intake.follow(jobId) : undefined;
