@@ -16,9 +16,10 @@ import { formatBreakdown, parseCommandstats, RedisCommandStats } from './lib/red
  * or addPrioritizedJob), then a worker (concurrency 1, a processor that returns at once) finishes
  * them all (the finish window: moveToFinished, which also fetches the next job, and moveToActive
  * when it did not). A warm-up of `--warm` jobs first fills the completed set to its bound, as on a
- * running system. Per job: Redis command time by script (INFO commandstats and the slow log,
- * bench/lib/redis-commandstats.ts), the commands each script ran, and redis-server's CPU from /proc
- * (with the slow log on, so compare only variants of one run).
+ * running system. Per job: the scripts' time (their commands' included), the commands they ran and
+ * those commands' own time (INFO commandstats), and redis-server's CPU from /proc; with --verbose
+ * the breakdown by script and the commands inside each (the slow log, bench/lib/redis-commandstats.ts;
+ * it costs Redis CPU, so compare only runs alike). Rounds interleave the variants.
  *
  *   node --conditions=conveyor-source --import tsx bench/bullmq-options.bench.ts [--jobs 2000] [--warm 300] [--rounds 2] [--verbose]
  */
@@ -65,15 +66,17 @@ const stats = new RedisCommandStats(redis.url, [ROOT]);
 interface Figures {
   addUs: number;
   addCommands: number;
+  addCommandUs: number;
   finishUs: number;
   finishCommands: number;
+  finishCommandUs: number;
   addCpuMs: number;
   finishCpuMs: number;
 }
 
 const probe = new Redis(redis.url);
 /** Redis's own figures over a window: script and command µs (commandstats) and redis-server CPU. */
-async function window(work: () => Promise<void>): Promise<{ us: number; commands: number; cpuMs: number }> {
+async function window(work: () => Promise<void>): Promise<{ us: number; commands: number; commandUs: number; cpuMs: number }> {
   const before = parseCommandstats(await probe.info('commandstats'));
   const cpu = processCpuMs(redis.pid)!;
   await work();
@@ -81,14 +84,18 @@ async function window(work: () => Promise<void>): Promise<{ us: number; commands
   const after = parseCommandstats(await probe.info('commandstats'));
   let us = 0;
   let commands = 0;
+  let commandUs = 0;
   for (const [name, row] of after) {
     if (/^(config|info|slowlog|client|ping|quit)/.test(name)) continue;
     const calls = row.calls - (before.get(name)?.calls ?? 0);
     // EVALSHA's time includes the commands its scripts ran; those are counted as commands.
     if (name === 'evalsha' || name === 'eval') us += row.usec - (before.get(name)?.usec ?? 0);
-    else commands += calls;
+    else {
+      commands += calls;
+      commandUs += row.usec - (before.get(name)?.usec ?? 0);
+    }
   }
-  return { us, commands, cpuMs };
+  return { us, commands, commandUs, cpuMs };
 }
 
 async function runOnce(variant: Variant, round: number): Promise<Figures> {
@@ -135,8 +142,10 @@ async function runOnce(variant: Variant, round: number): Promise<Figures> {
   return {
     addUs: added.us / jobs,
     addCommands: added.commands / jobs,
+    addCommandUs: added.commandUs / jobs,
     finishUs: finished.us / jobs,
     finishCommands: finished.commands / jobs,
+    finishCommandUs: finished.commandUs / jobs,
     addCpuMs: added.cpuMs / jobs,
     finishCpuMs: finished.cpuMs / jobs,
   };
@@ -148,12 +157,12 @@ try {
   for (let round = 0; round < rounds; round++) for (const v of variants) results.get(v)!.push(await runOnce(v, round));
   console.log(`${jobs} jobs per variant, ${warm} warm-up, medians of ${rounds} rounds; per job:`);
   console.log(
-    `${'variant'.padEnd(68)} ${'script µs add'.padStart(13)} ${'add cmds'.padStart(8)} ${'script µs fin'.padStart(13)} ${'fin cmds'.padStart(8)} ${'CPU add ms'.padStart(10)} ${'CPU fin ms'.padStart(10)}`,
+    `${'variant'.padEnd(68)} ${'script µs add'.padStart(13)} ${'add cmds'.padStart(8)} ${'(µs)'.padStart(6)} ${'script µs fin'.padStart(13)} ${'fin cmds'.padStart(8)} ${'(µs)'.padStart(6)} ${'CPU add ms'.padStart(10)} ${'CPU fin ms'.padStart(10)}`,
   );
   for (const [v, rs] of results) {
     const m = (k: keyof Figures) => median(rs.map((r) => r[k]));
     console.log(
-      `${v.name.padEnd(68)} ${m('addUs').toFixed(1).padStart(13)} ${m('addCommands').toFixed(1).padStart(8)} ${m('finishUs').toFixed(1).padStart(13)} ${m('finishCommands').toFixed(1).padStart(8)} ${m('addCpuMs').toFixed(3).padStart(10)} ${m('finishCpuMs').toFixed(3).padStart(10)}`,
+      `${v.name.padEnd(68)} ${m('addUs').toFixed(1).padStart(13)} ${m('addCommands').toFixed(1).padStart(8)} ${m('addCommandUs').toFixed(1).padStart(6)} ${m('finishUs').toFixed(1).padStart(13)} ${m('finishCommands').toFixed(1).padStart(8)} ${m('finishCommandUs').toFixed(1).padStart(6)} ${m('addCpuMs').toFixed(3).padStart(10)} ${m('finishCpuMs').toFixed(3).padStart(10)}`,
     );
   }
 } finally {
