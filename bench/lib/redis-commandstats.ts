@@ -377,7 +377,7 @@ export class RedisCommandStats {
   }
 }
 
-function parseCommandstats(info: string): Map<string, { calls: number; usec: number }> {
+export function parseCommandstats(info: string): Map<string, { calls: number; usec: number }> {
   const stats = new Map<string, { calls: number; usec: number }>();
   for (const m of info.matchAll(/^cmdstat_(\S+):calls=(\d+),usec=(\d+)/gm)) {
     stats.set(m[1]!, { calls: Number(m[2]), usec: Number(m[3]) });
