@@ -156,8 +156,12 @@ export function createRedis(url: string, role: RedisRole, name: string, log: Log
   // Reconnect with a capped backoff; never give up (the process's health checks say when it matters).
   const retryStrategy = (attempt: number) => Math.min(50 * 2 ** attempt, 2000);
   const byRole: Record<RedisRole, RedisOptions> = {
-    // Commands issued in the same tick (by concurrent requests or jobs) go out in one write.
-    producer: { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: true },
+    // No auto-pipelining on the request path: ioredis builds a Pipeline for every batch it makes (one
+    // command included), copying every script defined on the connection into it; the gateway's
+    // producer connection spent 0.07–0.09 ms more CPU per digit request and 0.18–0.22 ms per photo
+    // with it than without (bench/builds-together.bench.ts, c16, 3 rounds each, 2026-12-07).
+    producer: { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 5000, enableAutoPipelining: false },
+    // Commands issued in the same tick (by concurrent reads) go out in one write.
     consumer: { maxRetriesPerRequest: null, enableReadyCheck: true, enableAutoPipelining: true },
     subscriber: { maxRetriesPerRequest: null },
   };
