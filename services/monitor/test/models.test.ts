@@ -1,3 +1,5 @@
+import { createRequire } from 'node:module';
+import type * as PerfHooks from 'node:perf_hooks';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -118,6 +120,8 @@ function interleave<T>(a: readonly T[], b: readonly T[]): T[] {
   return out;
 }
 
+// prom-client reads perf_hooks through require(); the same module object is patched here.
+const perfHooks = createRequire(import.meta.url)('node:perf_hooks') as typeof PerfHooks;
 describe('several models in one monitor (real Redis)', function () {
   this.timeout(60_000);
   const alphaV1: ModelRef = { name: 'alpha', version: '1' };
@@ -288,6 +292,22 @@ describe('several models in one monitor (real Redis)', function () {
     expect(Object.fromEntries(view.models.map((m) => [m.name, m.states.quality]))).to.deep.equal({ alpha: 'ok', beta: 'alert' });
     const quality = (await redis.xrange(redisKeys(prefix).alerts, '-', '+')).map(([, f]) => AlertEvent.parse(JSON.parse(f[1]!)));
     expect(quality.map((a) => `${a.name}:${a.feature}:${a.severity}`)).to.deep.equal(['beta:quality:alert']);
+  });
+
+  it('samples the event-loop lag every 100 ms, not every 10 ms (100 wake-ups a second of an idle monitor)', () => {
+    const { monitor, store } = setup();
+    const original = perfHooks.monitorEventLoopDelay;
+    const resolutions: (number | undefined)[] = [];
+    perfHooks.monitorEventLoopDelay = (options) => {
+      resolutions.push(options?.resolution);
+      return original(options);
+    };
+    try {
+      monitorMetrics(store, monitor);
+    } finally {
+      perfHooks.monitorEventLoopDelay = original;
+    }
+    expect(resolutions).to.deep.equal([100]);
   });
 
   it('exports every figure labelled with the model and the version', async () => {
